@@ -1,0 +1,52 @@
+"""Shared fixtures: a valid base manifest to mutate, and loading helpers."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from vmid.api.load import load_text
+from vmid.errors import Problem
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+EXAMPLES = SHARED / "kubevirt-examples"
+
+BASE: dict[str, Any] = {
+    "apiVersion": "kubevirt.io/v1",
+    "kind": "VirtualMachineInstance",
+    "metadata": {"name": "testvmi"},
+    "spec": {
+        "domain": {
+            "resources": {"requests": {"memory": "128Mi"}},
+            "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
+        },
+        "volumes": [{"name": "root", "containerDisk": {"image": "kubevirt/cirros"}}],
+    },
+}
+
+
+def dump(data: Any) -> str:
+    """YAML text for a manifest, the way a person would write it (block style)."""
+    import io
+
+    yaml = YAML()
+    stream = io.StringIO()
+    yaml.dump(data, stream)
+    return stream.getvalue()
+
+
+def problems_of(data: Any) -> list[Problem]:
+    """The problems vmid reports for a manifest given as plain data."""
+    _, problems = load_text("test.yaml", dump(data).encode())
+    return problems
+
+
+@pytest.fixture
+def base() -> dict[str, Any]:
+    """A fresh deep copy of a minimal valid VMI to modify."""
+    return copy.deepcopy(BASE)

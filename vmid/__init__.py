@@ -1,0 +1,1 @@
+"""vmid: KubeVirt VirtualMachineInstance manifests run by QEMU on one Linux host."""

@@ -1,0 +1,257 @@
+"""Manifest text -> defaulted, validated VMIs, or every problem located at FILE:LINE:COL.
+
+Runs KubeVirt's admission order: strict schema, then defaults (the mutating webhook), then
+validation (the admitters). Whatever bytes it is given, it answers with problems, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import attrs
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from vmid.api import defaults, validate
+from vmid.api.findings import FieldPath, Finding, quote, render_path
+from vmid.api.structure import structure
+from vmid.api.types import VirtualMachineInstance
+from vmid.errors import ManifestError, Problem
+
+T = TypeVar("T")
+
+#: Kubernetes' API server refuses request bodies over 3 MiB; a manifest larger than that is junk.
+MAX_BYTES = 3 * 1024 * 1024
+#: Limits on one document's size once YAML aliases are expanded.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+API_VERSIONS = ("kubevirt.io/v1", "kubevirt.io/v1alpha3")
+KIND = "VirtualMachineInstance"
+OTHER_KINDS = {
+    "VirtualMachine": "run strategies need the VM controller; put the VM's spec.template into a "
+    "VirtualMachineInstance",
+    "VirtualMachineInstanceReplicaSet": "replica sets need the KubeVirt controllers",
+    "VirtualMachinePool": "pools need the KubeVirt controllers",
+    "VirtualMachineInstancePreset": "presets are deprecated in KubeVirt; write the settings in "
+    "the VirtualMachineInstance",
+}
+
+
+@attrs.frozen
+class Manifest:
+    """One VMI document of a file, defaulted and valid, with the means to locate its fields."""
+
+    file: str
+    vmi: VirtualMachineInstance
+    locator: Locator
+
+    @property
+    def name(self) -> str:
+        assert self.vmi.metadata.name is not None  # validation guarantees it
+        return self.vmi.metadata.name
+
+
+@attrs.frozen
+class Locator:
+    """Maps field paths of one document to 1-based line and column in its file."""
+
+    file: str
+    root: Any
+
+    def problem(self, finding: Finding) -> Problem:
+        line, column = self._position(finding.path)
+        return Problem(self.file, line + 1, column + 1, render_path(finding.path), finding.message)
+
+    def _position(self, path: FieldPath) -> tuple[int, int]:
+        node = self.root
+        where: tuple[int, int] = (node.lc.line, node.lc.col) if hasattr(node, "lc") else (0, 0)
+        for step in path:
+            if isinstance(node, CommentedMap) and step in node:
+                child = node[step]
+                key_pos, value_pos = node.lc.key(step), node.lc.value(step)
+                where = key_pos if isinstance(child, CommentedMap | CommentedSeq) else value_pos
+            elif isinstance(node, CommentedSeq) and isinstance(step, int) and step < len(node):
+                child = node[step]
+                where = node.lc.item(step)
+            else:
+                break
+            node = child
+        return where
+
+
+def load_text(file: str, data: bytes) -> tuple[list[Manifest], list[Problem]]:
+    """Load every document of one manifest file.
+
+    Args:
+        file: the name to put in problems (the path as the user gave it).
+        data: the file's bytes; pass at most MAX_BYTES + 1 of them.
+
+    Returns:
+        The valid VMIs, and the problems of all the others, sorted by position.
+    """
+    manifests: list[Manifest] = []
+    problems: list[Problem] = []
+    try:
+        for document in _parse(file, data):
+            locator = Locator(file, document)
+            vmi, findings = load_document(_plain(file, document))
+            problems += sorted((locator.problem(f) for f in findings), key=_position_key)
+            if vmi is not None:
+                manifests.append(Manifest(file, vmi, locator))
+    except ManifestError as exc:
+        problems += exc.problems
+    return manifests, problems
+
+
+def load_object(file: str, data: bytes, cls: type[T]) -> T:
+    """Load a file holding one YAML object of type `cls` (an empty file gives `cls()`).
+
+    Raises:
+        ManifestError: with every problem, located.
+    """
+    documents = list(_parse(file, data))
+    if not documents:
+        return cls()
+    locator = Locator(file, documents[0])
+    if len(documents) > 1:
+        raise ManifestError((Problem(file, 1, 1, "", "expected one YAML document, found more"),))
+    value, findings = structure(_plain(file, documents[0]), cls)
+    if value is None:
+        raise ManifestError(tuple(locator.problem(f) for f in findings))
+    return value
+
+
+def _parse(file: str, data: bytes) -> Iterator[Any]:
+    """The documents of a YAML file as ruamel round-trip trees (they remember positions)."""
+    if len(data) > MAX_BYTES:
+        raise _file_problem(
+            file,
+            1,
+            1,
+            f"file is larger than {MAX_BYTES // 2**20} MiB, the "
+            "Kubernetes API server's limit for one object",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _offset_position(data, exc.start)
+        raise _file_problem(
+            file,
+            line,
+            column,
+            f"file is not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded",
+        ) from None
+    yaml = YAML(typ="rt", pure=True)
+    yaml.allow_duplicate_keys = False
+    try:
+        for document in yaml.load_all(text):
+            if document is not None:
+                yield document
+    except MarkedYAMLError as exc:
+        raise ManifestError((_yaml_problem(file, exc),)) from None
+    except (YAMLError, RecursionError) as exc:
+        raise _file_problem(file, 1, 1, f"cannot read the YAML: {_describe(exc)}") from None
+
+
+def _file_problem(file: str, line: int, column: int, message: str) -> ManifestError:
+    return ManifestError((Problem(file, line, column, "", message),))
+
+
+def load_document(data: object) -> tuple[VirtualMachineInstance | None, list[Finding]]:
+    """Check, default and validate one plain document (as `yaml.safe_load` would give)."""
+    if not isinstance(data, dict):
+        return None, [
+            Finding((), f"a manifest must be a YAML mapping (an object), not {type(data).__name__}")
+        ]
+    head = _check_type(data)
+    if head:
+        return None, head
+    vmi, findings = structure(data, VirtualMachineInstance)
+    if vmi is None:
+        return None, findings
+    vmi = defaults.apply(vmi)
+    findings = validate.validate(vmi)
+    return (None if findings else vmi), findings
+
+
+def _check_type(data: dict[Any, Any]) -> list[Finding]:
+    kind, version = data.get("kind"), data.get("apiVersion")
+    if kind is None:
+        return [Finding(("kind",), "Required value: every manifest names its kind")]
+    if kind != KIND:
+        why = OTHER_KINDS.get(str(kind), "vmid runs only VirtualMachineInstance objects")
+        return [Finding(("kind",), f"kind {quote(kind)} is not supported by vmid: {why}")]
+    if version not in API_VERSIONS:
+        allowed = ", ".join(quote(v) for v in API_VERSIONS)
+        return [
+            Finding(
+                ("apiVersion",), f"Unsupported value: {quote(version)}: supported values: {allowed}"
+            )
+        ]
+    return []
+
+
+def _plain(file: str, root: Any) -> Any:
+    """Copy ruamel's round-trip tree into plain dict/list/scalars, within a node budget.
+
+    YAML aliases can make a small text expand exponentially ("billion laughs"), or refer to
+    themselves; the budget and the depth limit stop both.
+    """
+    budget = MAX_NODES
+
+    def copy(value: Any, depth: int) -> Any:
+        nonlocal budget
+        budget -= 1
+        if budget < 0 or depth > MAX_DEPTH:
+            line, column = (root.lc.line + 1, root.lc.col + 1) if hasattr(root, "lc") else (1, 1)
+            raise _file_problem(
+                file,
+                line,
+                column,
+                f"the document expands to more than "
+                f"{MAX_NODES} values or is nested deeper than {MAX_DEPTH} "
+                "levels (YAML aliases?)",
+            )
+        if isinstance(value, dict):
+            return {_scalar(k): copy(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [copy(v, depth + 1) for v in value]
+        return _scalar(value)
+
+    return copy(root, 0)
+
+
+def _scalar(value: Any) -> Any:
+    # ruamel's round-trip scalars are subclasses that remember formatting; drop that.
+    for plain in (bool, int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
+    return value
+
+
+def _yaml_problem(file: str, exc: MarkedYAMLError) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    what = " ".join(p for p in (exc.context, exc.problem) if p)
+    if "found character '\\t'" in what:
+        what += " (YAML indents with spaces only)"
+    return Problem(file, line, column, "", f"invalid YAML: {what}")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return f"it is nested too deeply (more than {MAX_DEPTH} levels)"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _offset_position(data: bytes, offset: int) -> tuple[int, int]:
+    before = data[:offset]
+    line = before.count(b"\n") + 1
+    return line, offset - (before.rfind(b"\n") + 1) + 1
+
+
+def _position_key(problem: Problem) -> tuple[int, int]:
+    return problem.line, problem.column

@@ -1,0 +1,127 @@
+"""The daemon configuration (`vmid.yaml`) and the host paths derived from `--root`.
+
+Every key has a built-in default, documented in conf/vmid.yaml; the file only overrides them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+
+from vmid.api import load
+from vmid.api.types import Enum
+from vmid.errors import ConfigError, ManifestError
+
+
+class Accelerator(Enum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class OnDaemonStop(Enum):
+    STOP = "stop"
+    KEEP = "keep"
+
+
+@attrs.frozen(kw_only=True)
+class Firmware:
+    """OVMF images for EFI guests (Debian's `ovmf` package)."""
+
+    efiCode: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    efiVars: str = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    efiSecureCode: str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+    efiSecureVars: str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+
+
+@attrs.frozen(kw_only=True)
+class PodNetwork:
+    """vmid's NAT network, KubeVirt's pod network on one host."""
+
+    bridge: str = "vmid0"
+    cidr: str = "10.0.2.0/24"
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """vmid.yaml. Keys are camelCase, like the manifests they sit beside."""
+
+    accelerator: Accelerator = Accelerator.AUTO
+    qemu: str = "qemu-system-x86_64"
+    qemuImg: str = "qemu-img"
+    #: Run QEMU as this user (QEMU's -runas) instead of vmid's own.
+    qemuUser: str | None = None
+    #: QEMU's seccomp sandbox (-sandbox on,...).
+    sandbox: bool = True
+    onDaemonStop: OnDaemonStop = OnDaemonStop.STOP
+    #: Directories under which hostDisk volumes may live; empty refuses every hostDisk.
+    hostDiskRoots: tuple[str, ...] = ()
+    #: Where persistentVolumeClaim and dataVolume names map to `<dir>/<claimName>.img`;
+    #: relative to the state directory unless absolute.
+    volumesDir: str = "volumes"
+    firmware: Firmware = attrs.field(factory=Firmware)
+    podNetwork: PodNetwork = attrs.field(factory=PodNetwork)
+    #: multus networkName -> host bridge; a name not listed means a bridge of that name.
+    multusBridges: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Paths:
+    """Where vmid keeps everything, all under one root (`/` in production)."""
+
+    root: Path
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "etc/vmid/instances"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "etc/vmid/vmid.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "var/lib/vmid"
+
+    @property
+    def runtime(self) -> Path:
+        return self.root / "run/vmid"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "var/log/vmid"
+
+    def instance_state(self, name: str) -> Path:
+        return self.state / "instances" / name
+
+    def instance_runtime(self, name: str) -> Path:
+        return self.runtime / "instances" / name
+
+    def instance_logs(self, name: str) -> Path:
+        return self.logs / name
+
+    def volumes(self, config: Config) -> Path:
+        return self.state / config.volumesDir
+
+
+def load_config(file: Path, required: bool) -> Config:
+    """Read vmid.yaml; a missing file means all defaults unless it was asked for by name.
+
+    Raises:
+        ConfigError: the file is unreadable or has unknown keys or bad values.
+    """
+    try:
+        with file.open("rb") as stream:
+            data = stream.read(load.MAX_BYTES + 1)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{file}: no such configuration file") from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {os.strerror(exc.errno or 0)}") from exc
+    try:
+        return load.load_object(str(file), data, Config)
+    except ManifestError as exc:
+        raise ConfigError(f"invalid configuration:\n{exc}") from exc

@@ -1,0 +1,1 @@
+"""Effects on the host: accelerator probing, storage, cloud-init ISOs and networking."""

@@ -1,0 +1,51 @@
+"""What planning one VMI needs to know: the VMI, the configuration and where its files go."""
+
+from __future__ import annotations
+
+import posixpath
+
+import attrs
+
+from vmid.api import types as t
+from vmid.config import Accelerator, Config, Paths
+
+
+@attrs.frozen
+class Context:
+    """One VMI with the host facts the plan depends on; `accelerator` is never `auto` here."""
+
+    vmi: t.VirtualMachineInstance
+    config: Config
+    paths: Paths
+    accelerator: Accelerator
+
+    @property
+    def name(self) -> str:
+        assert self.vmi.metadata.name is not None
+        return self.vmi.metadata.name
+
+    @property
+    def state_dir(self) -> str:
+        return str(self.paths.instance_state(self.name))
+
+    @property
+    def runtime_dir(self) -> str:
+        return str(self.paths.instance_runtime(self.name))
+
+    @property
+    def log_dir(self) -> str:
+        return str(self.paths.instance_logs(self.name))
+
+    @property
+    def vcpus(self) -> int:
+        cpu = self.vmi.spec.domain.cpu or t.CPU()
+        return (cpu.sockets or 1) * (cpu.cores or 1) * (cpu.threads or 1)
+
+    def claim_path(self, claim: str) -> str:
+        """The host file a persistentVolumeClaim or dataVolume name stands for."""
+        return posixpath.join(str(self.paths.volumes(self.config)), f"{claim}.img")
+
+    def virtio_model(self, base: str) -> str:
+        """virtio-*-pci as KubeVirt picks it: non-transitional unless useVirtioTransitional."""
+        transitional = self.vmi.spec.domain.devices.useVirtioTransitional
+        return f"{base}-transitional" if transitional else f"{base}-non-transitional"

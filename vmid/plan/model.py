@@ -1,0 +1,123 @@
+"""The LaunchPlan value: everything the runtime needs to prepare, start and stop one VMI."""
+
+from __future__ import annotations
+
+import attrs
+
+#: The control monitor's listening socket, bound by vmid and inherited by QEMU as this fd.
+CONTROL_FD = 3
+
+
+@attrs.frozen(kw_only=True)
+class ImageOverlay:
+    """A qcow2 overlay on a containerDisk image from vmid's image store; writes die with the VMI."""
+
+    path: str
+    image: str
+    imagePath: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class FileOverlay:
+    """A qcow2 overlay on a host file (an ephemeral volume on a claim), discarded at stop."""
+
+    path: str
+    backing: str
+
+
+@attrs.frozen(kw_only=True)
+class EmptyDisk:
+    """A sparse qcow2 of `size` bytes, created once and kept while the VMI exists."""
+
+    path: str
+    size: int
+
+
+@attrs.frozen(kw_only=True)
+class HostFile:
+    """A raw disk file owned by the user: must exist, or is created sparse with `createSize`."""
+
+    path: str
+    createSize: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class IsoFile:
+    """One file of a generated ISO."""
+
+    name: str
+    content: bytes
+
+
+@attrs.frozen(kw_only=True)
+class CloudInitIso:
+    """A cloud-init NoCloud (`cidata`) or ConfigDrive (`config-2`) ISO, rebuilt at every start."""
+
+    path: str
+    label: str
+    files: tuple[IsoFile, ...]
+
+
+@attrs.frozen(kw_only=True)
+class EfiVars:
+    """The guest's UEFI variable store, copied from `template` unless already there."""
+
+    path: str
+    template: str
+
+
+Prepared = ImageOverlay | FileOverlay | EmptyDisk | HostFile | CloudInitIso | EfiVars
+
+
+@attrs.frozen(kw_only=True)
+class Port:
+    """A port forwarded from the host to the guest (masquerade interfaces)."""
+
+    protocol: str
+    port: int
+
+
+@attrs.frozen(kw_only=True)
+class Tap:
+    """One guest NIC's tap device, which the network layer creates and attaches to `bridge`."""
+
+    interface: str
+    device: str
+    mac: str
+    bridge: str
+    network: str
+    masquerade: bool
+    ports: tuple[Port, ...] = ()
+    linkUp: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class Sockets:
+    """Absolute paths of the VM's sockets (QEMU sees them relative to `LaunchPlan.cwd`)."""
+
+    control: str
+    qmp: str
+    console: str | None
+    vnc: str | None
+    guestAgent: str
+
+
+@attrs.frozen(kw_only=True)
+class LaunchPlan:
+    """How to run one VMI: QEMU's argv, the files and taps it needs, and how to stop it."""
+
+    name: str
+    uuid: str
+    argv: tuple[str, ...]
+    #: QEMU runs here; socket paths in argv are relative to it, so long names fit sun_path.
+    cwd: str
+    env: dict[str, str]
+    stateDir: str
+    consoleLog: str
+    qemuLog: str
+    sockets: Sockets
+    prepare: tuple[Prepared, ...]
+    taps: tuple[Tap, ...]
+    gracePeriodSeconds: int
+    acpi: bool
+    startPaused: bool

@@ -1,0 +1,85 @@
+"""Network interfaces: one tap per interface, stable names and MACs, and the QEMU NIC device."""
+
+from __future__ import annotations
+
+import hashlib
+
+from vmid.api import types as t
+from vmid.plan.context import Context
+from vmid.plan.model import Port, Tap
+from vmid.plan.qemu import Value, options
+
+NIC_DEVICES = {
+    "e1000": "e1000",
+    "e1000e": "e1000e",
+    "igb": "igb",
+    "ne2k_pci": "ne2k_pci",
+    "pcnet": "pcnet",
+    "rtl8139": "rtl8139",
+}
+
+
+def tap_name(vmi_name: str, interface: str) -> str:
+    """`vmid` + 11 hex digits: stable for a VMI's interface, unique in practice, 15 characters."""
+    digest = hashlib.sha256(f"{vmi_name}/{interface}".encode()).hexdigest()
+    return f"vmid{digest[:11]}"
+
+
+def stable_mac(vmi_name: str, interface: str) -> str:
+    """A locally administered unicast MAC derived from the VMI and interface names."""
+    digest = hashlib.sha256(f"mac/{vmi_name}/{interface}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def plan_nics(ctx: Context) -> tuple[list[str], list[Tap]]:
+    """The -netdev/-device arguments and the taps for every interface not `absent`."""
+    networks = {n.name: n for n in ctx.vmi.spec.networks}
+    args: list[str] = []
+    taps: list[Tap] = []
+    for index, iface in enumerate(ctx.vmi.spec.domain.devices.interfaces):
+        if iface.state is t.InterfaceState.ABSENT:
+            continue
+        tap = _tap(ctx, iface, networks[iface.name])
+        taps.append(tap)
+        netdev = f"net{index}"
+        args += [
+            "-netdev",
+            options(
+                "tap", {"id": netdev, "ifname": tap.device, "script": "no", "downscript": "no"}
+            ),
+        ]
+        device: dict[str, Value] = {"netdev": netdev, "id": f"ua-{iface.name}", "mac": tap.mac}
+        device["bootindex"] = iface.bootOrder
+        # As KubeVirt: no option ROM (no PXE) on NICs that are not in the boot order.
+        device["romfile"] = "" if iface.bootOrder is None else None
+        device["acpi-index"] = iface.acpiIndex
+        args += ["-device", options(_model(ctx, iface), device)]
+    return args, taps
+
+
+def _tap(ctx: Context, iface: t.Interface, network: t.Network) -> Tap:
+    if network.multus is not None:
+        name = network.multus.networkName
+        bridge = ctx.config.multusBridges.get(name, name.rsplit("/", 1)[-1])
+    else:
+        bridge = ctx.config.podNetwork.bridge
+    return Tap(
+        interface=iface.name,
+        device=tap_name(ctx.name, iface.name),
+        mac=(iface.macAddress or stable_mac(ctx.name, iface.name)).lower().replace("-", ":"),
+        bridge=bridge,
+        network=network.name,
+        masquerade=iface.masquerade is not None,
+        ports=tuple(
+            Port(protocol=(p.protocol or t.Protocol.TCP).value, port=p.port or 0)
+            for p in iface.ports
+        ),
+        linkUp=iface.state is not t.InterfaceState.DOWN,
+    )
+
+
+def _model(ctx: Context, iface: t.Interface) -> str:
+    model = iface.model or "virtio"
+    if model == "virtio":
+        return ctx.virtio_model("virtio-net-pci")
+    return NIC_DEVICES[model]
