@@ -7,7 +7,7 @@ from pathlib import Path
 
 import attrs
 
-from vmid.api.load import MAX_BYTES, Manifest, load_text
+from vmid.api.load import MAX_BYTES, Manifest, load_documents
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem
 from vmid.plan.build import build
@@ -32,19 +32,39 @@ def read_file(file: Path, shown: str | None = None) -> bytes | Problem:
         return Problem(shown or str(file), 1, 1, "", f"cannot read the file: {reason}")
 
 
+@attrs.frozen
+class Entry:
+    """One VMI document of a spool file: planned, or refused with its problems."""
+
+    file: str
+    name: str | None
+    planned: Planned | None
+    problems: tuple[Problem, ...]
+
+
+def plan_documents(
+    file: Path, config: Config, paths: Paths, accelerator: Accelerator, shown: str | None = None
+) -> list[Entry]:
+    """Every document of one file, loaded, defaulted, validated and planned, or refused."""
+    name = shown or str(file)
+    data = read_file(file, name)
+    if isinstance(data, Problem):
+        return [Entry(name, None, None, (data,))]
+    entries = []
+    for document in load_documents(name, data):
+        planned, problems = None, document.problems
+        if document.manifest is not None:
+            plan, findings = build(document.manifest.vmi, config, paths, accelerator)
+            problems += tuple(document.manifest.locator.problem(f) for f in findings)
+            planned = Planned(document.manifest, plan) if plan is not None else None
+        entries.append(Entry(name, document.name, planned, problems))
+    return entries
+
+
 def plan_file(
     file: Path, config: Config, paths: Paths, accelerator: Accelerator, shown: str | None = None
 ) -> tuple[list[Planned], list[Problem]]:
     """Every VMI of one file, loaded, defaulted, validated and planned; or every problem."""
-    name = shown or str(file)
-    data = read_file(file, name)
-    if isinstance(data, Problem):
-        return [], [data]
-    manifests, problems = load_text(name, data)
-    planned: list[Planned] = []
-    for manifest in manifests:
-        plan, findings = build(manifest.vmi, config, paths, accelerator)
-        problems += [manifest.locator.problem(f) for f in findings]
-        if plan is not None:
-            planned.append(Planned(manifest, plan))
-    return planned, problems
+    entries = plan_documents(file, config, paths, accelerator, shown)
+    planned = [e.planned for e in entries if e.planned is not None]
+    return planned, [p for e in entries for p in e.problems]

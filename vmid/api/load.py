@@ -82,7 +82,16 @@ class Locator:
         return where
 
 
-def load_text(file: str, data: bytes) -> tuple[list[Manifest], list[Problem]]:
+@attrs.frozen
+class Document:
+    """One document of a file: a valid manifest, or the name it claims (if any) and its problems."""
+
+    name: str | None
+    manifest: Manifest | None
+    problems: tuple[Problem, ...]
+
+
+def load_documents(file: str, data: bytes) -> list[Document]:
     """Load every document of one manifest file.
 
     Args:
@@ -90,20 +99,36 @@ def load_text(file: str, data: bytes) -> tuple[list[Manifest], list[Problem]]:
         data: the file's bytes; pass at most MAX_BYTES + 1 of them.
 
     Returns:
-        The valid VMIs, and the problems of all the others, sorted by position.
+        One entry per document; a file that is not YAML at all gives one nameless entry.
     """
-    manifests: list[Manifest] = []
-    problems: list[Problem] = []
+    documents: list[Document] = []
     try:
-        for document in _parse(file, data):
-            locator = Locator(file, document)
-            vmi, findings = load_document(_plain(file, document))
-            problems += sorted((locator.problem(f) for f in findings), key=_position_key)
-            if vmi is not None:
-                manifests.append(Manifest(file, vmi, locator))
+        for node in _parse(file, data):
+            locator = Locator(file, node)
+            plain = _plain(file, node)
+            vmi, findings = load_document(plain)
+            problems = tuple(sorted((locator.problem(f) for f in findings), key=_position_key))
+            manifest = Manifest(file, vmi, locator) if vmi is not None else None
+            documents.append(Document(_claimed_name(plain), manifest, problems))
     except ManifestError as exc:
-        problems += exc.problems
-    return manifests, problems
+        documents.append(Document(None, None, exc.problems))
+    return documents
+
+
+def load_text(file: str, data: bytes) -> tuple[list[Manifest], list[Problem]]:
+    """The valid VMIs of a file, and the problems of all the others, in file order."""
+    documents = load_documents(file, data)
+    manifests = [d.manifest for d in documents if d.manifest is not None]
+    return manifests, [p for d in documents for p in d.problems]
+
+
+def _claimed_name(data: object) -> str | None:
+    """metadata.name of a document that may be invalid, if it names a VMI plausibly."""
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        return None
+    metadata = data.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) and validate.DNS1123_SUBDOMAIN.fullmatch(name) else None
 
 
 def load_object(file: str, data: bytes, cls: type[T]) -> T:

@@ -11,7 +11,15 @@ from vmid.config import Accelerator, Config, Paths
 from vmid.plan import devices
 from vmid.plan.context import Context
 from vmid.plan.disks import plan_disks
-from vmid.plan.model import CONTROL_FD, EfiVars, LaunchPlan, Prepared, Sockets
+from vmid.plan.model import (
+    CONTROL_CHARDEV,
+    CONTROL_FD,
+    EfiVars,
+    LaunchPlan,
+    Prepared,
+    Sockets,
+    control_chardev,
+)
 from vmid.plan.nics import plan_nics
 from vmid.plan.qemu import Value, options
 
@@ -250,9 +258,8 @@ def _environment(vmi: t.VirtualMachineInstance) -> dict[str, str]:
 
 
 def _monitors() -> Iterator[str]:
-    yield "-chardev"
-    yield options("socket", {"id": "vmid-control", "fd": CONTROL_FD, "server": True, "wait": False})
-    yield from ("-mon", options(None, {"chardev": "vmid-control", "mode": "control"}))
+    yield from ("-chardev", control_chardev(CONTROL_FD))
+    yield from ("-mon", options(None, {"chardev": CONTROL_CHARDEV, "mode": "control"}))
     yield "-chardev"
     yield options("socket", {"id": "qmp", "path": QMP_SOCKET, "server": True, "wait": False})
     yield from ("-mon", options(None, {"chardev": "qmp", "mode": "control"}))

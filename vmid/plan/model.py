@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import attrs
 
-#: The control monitor's listening socket, bound by vmid and inherited by QEMU as this fd.
+#: The fd `vmid render` shows for the control monitor; the runtime passes its own number.
 CONTROL_FD = 3
+CONTROL_CHARDEV = "vmid-control"
+
+
+def control_chardev(fd: int) -> str:
+    """The -chardev value of vmid's control monitor: a listening socket QEMU inherits as `fd`."""
+    return f"socket,id={CONTROL_CHARDEV},fd={fd},server=on,wait=off"
 
 
 @attrs.frozen(kw_only=True)
@@ -121,3 +127,8 @@ class LaunchPlan:
     gracePeriodSeconds: int
     acpi: bool
     startPaused: bool
+
+    def argv_for(self, control_fd: int) -> tuple[str, ...]:
+        """The argv with the control socket at `control_fd`, the number QEMU will inherit."""
+        shown = control_chardev(CONTROL_FD)
+        return tuple(control_chardev(control_fd) if arg == shown else arg for arg in self.argv)

@@ -1,0 +1,186 @@
+"""One VMI's life against a fake QEMU: phases, the shutdown ladder, launch failures.
+
+The fake QEMU (tests/fakeqemu.py) is a real process speaking QMP on the inherited control
+socket. Real time, short grace periods: trio's autojump clock never jumps while trio-asyncio's
+loop is running, so a mock clock cannot skip the waits here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio_asyncio
+
+from vmid.api.dump import to_data
+from vmid.api.load import load_text
+from vmid.config import Accelerator, Config, Paths
+from vmid.host.storage import ImageStore
+from vmid.plan.build import build
+from vmid.runtime.instance import Instance, LaunchError
+from vmid.runtime.status import IllegalTransition, Phase, Status
+
+FAKE_QEMU = str(Path(__file__).with_name("fakeqemu.py"))
+
+
+@pytest.fixture
+async def asyncio_loop() -> AsyncIterator[None]:
+    async with trio_asyncio.open_loop():
+        yield
+
+
+def make_instance(tmp_path: Path, mode: str, grace: int | None = 30, acpi: bool = True) -> Instance:
+    manifest = f"""
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: fake}}
+spec:
+  {"" if grace is None else f"terminationGracePeriodSeconds: {grace}"}
+  domain:
+    memory: {{guest: 64Mi}}
+    firmware: {{serial: {mode}}}
+    features: {{acpi: {{enabled: {str(acpi).lower()}}}}}
+    devices: {{autoattachPodInterface: false}}
+"""
+    (manifest_obj,), problems = load_text("fake.yaml", manifest.encode())
+    assert problems == []
+    config = Config(qemu=FAKE_QEMU, accelerator=Accelerator.TCG)
+    paths = Paths(tmp_path)
+    plan, findings = build(manifest_obj.vmi, config, paths, Accelerator.TCG)
+    assert plan is not None, findings
+    status = Status(paths.instance_runtime("fake") / "status.json", to_data(manifest_obj.vmi))
+    store = ImageStore(paths.state / "images", config.qemuImg)
+    return Instance(plan, status, store, config.qemuImg, Accelerator.TCG)
+
+
+async def start(instance: Instance, nursery: trio.Nursery) -> trio.CancelScope:
+    """Start the instance in its own cancel scope (cancelling it is the stop request)."""
+    scope = trio.CancelScope()
+
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await instance.run(task_status=task_status)
+
+    await nursery.start(run)
+    return scope
+
+
+async def stop_and_time(instance: Instance) -> float:
+    """Start the instance, ask it to stop, and return how long stopping took."""
+    async with trio.open_nursery() as nursery:
+        scope = await start(instance, nursery)
+        assert instance.status.phase is Phase.RUNNING
+        began = trio.current_time()
+        scope.cancel()
+    return trio.current_time() - began
+
+
+def left_behind(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+def phases(instance: Instance) -> list[str]:
+    return [t["phase"] for t in instance.status.transitions]
+
+
+def written(instance: Instance) -> dict[str, Any]:
+    import json
+
+    data: dict[str, Any] = json.loads(instance.status.path.read_text())
+    return data
+
+
+@pytest.mark.timeout(30)
+async def test_guest_that_obeys_acpi_ends_succeeded(tmp_path: Path, asyncio_loop: None) -> None:
+    instance = make_instance(tmp_path, "obey")
+    elapsed = await stop_and_time(instance)
+    assert elapsed < 1
+    assert phases(instance) == ["Pending", "Scheduled", "Running", "Succeeded"]
+    status = written(instance)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["reason"] == "the guest powered off"
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Ready"] == "False"
+    assert conditions["SoftwareEmulation"] == "True"
+
+
+@pytest.mark.timeout(30)
+async def test_guest_ignoring_acpi_is_killed_when_the_grace_ends(
+    tmp_path: Path, asyncio_loop: None
+) -> None:
+    instance = make_instance(tmp_path, "ignore", grace=2)
+    elapsed = await stop_and_time(instance)
+    assert 2 <= elapsed < 4
+    assert instance.status.phase is Phase.FAILED
+    assert "grace period" in instance.status.reason
+
+
+@pytest.mark.timeout(30)
+async def test_powerdown_is_resent_every_five_seconds(tmp_path: Path, asyncio_loop: None) -> None:
+    instance = make_instance(tmp_path, "second", grace=8)
+    elapsed = await stop_and_time(instance)
+    assert 5 <= elapsed < 6
+    assert instance.status.phase is Phase.SUCCEEDED
+
+
+@pytest.mark.timeout(30)
+async def test_grace_zero_kills_at_once_and_succeeds(tmp_path: Path, asyncio_loop: None) -> None:
+    instance = make_instance(tmp_path, "ignore", grace=0)
+    elapsed = await stop_and_time(instance)
+    assert elapsed < 1
+    assert instance.status.phase is Phase.SUCCEEDED
+
+
+@pytest.mark.timeout(30)
+async def test_qemu_crash_ends_failed_with_its_exit_status(
+    tmp_path: Path, asyncio_loop: None
+) -> None:
+    instance = make_instance(tmp_path, "crash")
+    with trio.fail_after(10):
+        await instance.run()
+    assert instance.status.phase is Phase.FAILED
+    assert "exit status 1" in instance.status.reason
+
+
+@pytest.mark.timeout(30)
+async def test_qemu_killed_from_outside_ends_failed(tmp_path: Path, asyncio_loop: None) -> None:
+    instance = make_instance(tmp_path, "obey")
+    async with trio.open_nursery() as nursery:
+        await start(instance, nursery)
+        os.kill(written(instance)["status"]["qemu"]["pid"], signal.SIGKILL)
+    assert instance.status.phase is Phase.FAILED
+    assert instance.status.reason == "QEMU ended unexpectedly: killed by SIGKILL"
+
+
+@pytest.mark.timeout(30)
+async def test_launch_failure_reports_what_qemu_said(tmp_path: Path, asyncio_loop: None) -> None:
+    instance = make_instance(tmp_path, "refuse")
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(LaunchError, match="'nope' is not a valid device model name"):
+            await start(instance, nursery)
+    status = written(instance)["status"]
+    assert status["phase"] == "Failed"
+    assert "'nope' is not a valid device model name" in status["reason"]
+
+
+@pytest.mark.timeout(30)
+async def test_sockets_are_removed_when_the_vm_ends(tmp_path: Path, asyncio_loop: None) -> None:
+    instance = make_instance(tmp_path, "obey")
+    await stop_and_time(instance)
+    assert not left_behind(instance.plan.sockets.control)
+
+
+def test_illegal_phase_transitions_are_bugs(tmp_path: Path) -> None:
+    status = Status(tmp_path / "status.json", {})
+    status.transition(Phase.SCHEDULED)
+    status.transition(Phase.RUNNING)
+    status.transition(Phase.SUCCEEDED)
+    with pytest.raises(IllegalTransition):
+        status.transition(Phase.RUNNING)
+    with pytest.raises(IllegalTransition):
+        Status(tmp_path / "s.json", {}).transition(Phase.RUNNING)

@@ -1,0 +1,1 @@
+"""The daemon's effects over time: one trio task per VMI, the supervisor, the spool watcher."""

@@ -1,0 +1,384 @@
+"""One VMI's life as a trio task: prepare its files, launch QEMU, supervise it, stop it.
+
+Cancelling the task is the stop request, as with `trio.run_process(deliver_cancel=...)`: the
+shutdown ladder then runs shielded (ACPI powerdown, re-sent every 5 s; when the grace period has
+passed, `quit`, then SIGKILL) and the task ends once QEMU is gone and the status is final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import attrs
+import trio
+
+from vmid.config import Accelerator
+from vmid.errors import VmidError
+from vmid.host import storage
+from vmid.plan.model import LaunchPlan
+from vmid.runtime.qmp import Event, Monitor, MonitorError
+from vmid.runtime.status import Phase, Status
+
+log = logging.getLogger(__name__)
+
+POWERDOWN_RESEND_SECONDS = 5.0  # a booting guest can miss ACPI events (KubeVirt re-sends too)
+MONITOR_CONNECT_TIMEOUT = 30.0
+QUIT_TIMEOUT = 2.0
+HANGUP_TIMEOUT = 1.0
+CLEANUP_TIMEOUT = 10.0
+REASON_LOG_BYTES = 4096
+
+
+class LaunchError(VmidError):
+    """QEMU did not start; the message carries what QEMU said."""
+
+
+@attrs.define
+class _Outcome:
+    """What ended the VM, gathered from QMP events and from the stop ladder."""
+
+    guest_shutdown: bool = False
+    panicked: bool = False
+    reset_terminated: bool = False
+    stop: str | None = None  # "killed-after-grace", "killed-at-once", "acpi"
+
+
+class Instance:
+    """The runtime side of one VMI: its plan, its QEMU process, its status."""
+
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        status: Status,
+        store: storage.ImageStore,
+        qemu_img: str,
+        accelerator: Accelerator,
+    ) -> None:
+        self.plan = plan
+        self.status = status
+        self.log = log.getChild(plan.name)
+        self._store = store
+        self._qemu_img = qemu_img
+        self._accelerator = accelerator
+        self._process: trio.Process | None = None
+        self._monitor: Monitor | None = None
+        self._outcome = _Outcome()
+        #: Set by the supervisor before cancelling when QEMU must be left running (daemon
+        #: stopping with `onDaemonStop: keep`).
+        self.detach = False
+
+    def __repr__(self) -> str:
+        pid = self._process.pid if self._process else None
+        return f"<Instance name={self.plan.name!r} phase={self.status.phase} pid={pid}>"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the VMI until QEMU ends; cancellation stops it gracefully.
+
+        Calls `task_status.started()` once the VMI is Running. Raises VmidError (after marking
+        the status Failed) when it cannot be prepared or launched.
+
+        **Cancellation:** the shutdown ladder runs shielded, bounded by the grace period.
+        """
+        try:
+            await self._start()
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self._abort(exc)
+            raise
+        task_status.started()
+        try:
+            await self._supervise()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    # Section: start
+
+    async def _start(self) -> None:
+        plan = self.plan
+        self.status.write()
+        for item in plan.prepare:
+            await storage.prepare(item, self._store, self._qemu_img)
+        listener = _listen(plan)
+        try:
+            self._process = await self._launch(listener)
+            self.status.transition(Phase.SCHEDULED)
+            self.status.qemu = self._qemu_status()
+            self.status.write()
+            client = _connect(Path(plan.sockets.control))
+        finally:
+            listener.close()
+        with trio.move_on_after(MONITOR_CONNECT_TIMEOUT):
+            try:
+                self._monitor = await Monitor.connect(plan.name, client)
+            except MonitorError as exc:
+                raise LaunchError(self._qemu_said() or str(exc)) from exc
+        if self._monitor is None:
+            client.close()
+            raise LaunchError(
+                f"QEMU did not answer on its control monitor within {MONITOR_CONNECT_TIMEOUT:g} s"
+            )
+        await self._boot()
+
+    async def _launch(self, listener: socket.socket) -> trio.Process:
+        plan = self.plan
+        with _open_log(plan.qemuLog) as qemu_log:
+            process = await trio.lowlevel.open_process(
+                list(plan.argv_for(listener.fileno())),
+                cwd=plan.cwd,
+                env={**os.environ, **plan.env},
+                stdin=subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=qemu_log,
+                pass_fds=(listener.fileno(),),
+                start_new_session=True,  # a signal to vmid's process group never reaches guests
+            )
+        self.log.info("qemu started pid=%d", process.pid)
+        self.log.debug("qemu argv: %s", " ".join(plan.argv))
+        return process
+
+    async def _boot(self) -> None:
+        assert self._monitor is not None
+        await self._monitor.execute("query-status")
+        for tap in self.plan.taps:
+            if not tap.linkUp:
+                await self._monitor.execute(
+                    "set_link", {"name": f"ua-{tap.interface}", "up": False}
+                )
+        if not self.plan.startPaused:
+            await self._monitor.execute("cont")
+        self.status.transition(Phase.RUNNING)
+        self.status.condition("Ready", True)
+        self.status.condition(
+            "Paused", self.plan.startPaused, "PausedByUser" if self.plan.startPaused else ""
+        )
+        self.status.condition(
+            "SoftwareEmulation",
+            self._accelerator is Accelerator.TCG,
+            "TCG" if self._accelerator is Accelerator.TCG else "",
+        )
+        self.status.interfaces = [{"name": t.interface, "mac": t.mac} for t in self.plan.taps]
+        self.status.write()
+        self.log.info("running")
+
+    def _qemu_status(self) -> dict[str, Any]:
+        sockets = self.plan.sockets
+        return {
+            "pid": self._process.pid if self._process else None,
+            "qmpSocket": sockets.qmp,
+            "consoleSocket": sockets.console,
+            "vncSocket": sockets.vnc,
+            "argv": list(self.plan.argv),
+        }
+
+    # Section: supervise
+
+    async def _supervise(self) -> None:
+        """Follow QEMU's events until it exits; if cancelled meanwhile, stop it first."""
+        assert self._process is not None
+        assert self._monitor is not None
+        monitor = self._monitor
+        async with trio.open_nursery() as nursery:
+            # Shielded: the events of a stopping guest (SHUTDOWN) decide its final phase.
+            events = trio.CancelScope(shield=True)
+            nursery.start_soon(self._follow_events, monitor, events)
+            try:
+                await self._process.wait()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop()
+                    if self._process.returncode == 0:  # it ended by itself: read its last words
+                        with trio.move_on_after(HANGUP_TIMEOUT):
+                            await monitor.wait_hangup()
+                    events.cancel()
+        for event in monitor.pending_events():
+            self._on_event(event)
+
+    async def _follow_events(self, monitor: Monitor, scope: trio.CancelScope) -> None:
+        with scope:
+            async for event in monitor.events():
+                self._on_event(event)
+
+    def _on_event(self, event: Event) -> None:
+        self.log.info("event %s %s", event.name, dict(event.data))
+        if event.name == "SHUTDOWN" and event.data.get("guest"):
+            reason = event.data.get("reason")
+            self._outcome.guest_shutdown = reason == "guest-shutdown"
+            self._outcome.panicked |= reason == "guest-panic"
+            self._outcome.reset_terminated = reason == "guest-reset"
+        elif event.name == "GUEST_PANICKED":
+            self._outcome.panicked = True
+        elif event.name in ("STOP", "RESUME") and self.status.phase is Phase.RUNNING:
+            paused = event.name == "STOP"
+            self.status.condition("Paused", paused, "PausedByUser" if paused else "")
+            self.status.write()
+
+    # Section: stop
+
+    async def _stop(self) -> None:
+        """The shutdown ladder; runs shielded, ends when QEMU has exited."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        if self.detach:
+            self.log.info("left running (onDaemonStop: keep)")
+            return
+        grace = self.plan.gracePeriodSeconds
+        if grace == 0 or not self.plan.acpi:
+            self._outcome.stop = "killed-at-once"
+            self._process.kill()
+            await self._process.wait()
+            return
+        self._outcome.stop = "acpi"
+        with trio.move_on_after(grace):
+            while True:
+                await self._powerdown()
+                with trio.move_on_after(POWERDOWN_RESEND_SECONDS):
+                    await self._process.wait()
+                    return
+        self._outcome.stop = "killed-after-grace"
+        self.log.warning("grace period of %d s passed: killing", grace)
+        await self._kill()
+
+    async def _powerdown(self) -> None:
+        assert self._monitor is not None
+        try:
+            await self._monitor.execute("system_powerdown")
+            self.log.info("system_powerdown sent")
+        except MonitorError as exc:
+            self.log.warning("system_powerdown failed: %s", exc)
+
+    async def _kill(self) -> None:
+        assert self._process is not None
+        assert self._monitor is not None
+        with trio.move_on_after(QUIT_TIMEOUT):
+            with contextlib.suppress(MonitorError):
+                await self._monitor.execute("quit")
+            await self._process.wait()
+            return
+        self._process.kill()
+        await self._process.wait()
+
+    # Section: end
+
+    async def _finish(self) -> None:
+        with trio.move_on_after(CLEANUP_TIMEOUT):
+            if self._monitor is not None:
+                await self._monitor.aclose()
+        if self.detach and self._process is not None and self._process.returncode is None:
+            return
+        _remove_sockets(self.plan)
+        phase, reason = self._verdict()
+        if not self.status.phase.final:
+            self.status.transition(phase, reason)
+        self.status.condition("Ready", False, "GuestNotRunning")
+        self.status.write()
+        self.log.info("ended %s %s", phase, reason)
+
+    def _verdict(self) -> tuple[Phase, str]:
+        """The phase KubeVirt would give, from how QEMU ended (design.md, shutdown ladder)."""
+        outcome, code = self._outcome, self._process.returncode if self._process else None
+        if outcome.panicked:
+            return Phase.FAILED, "GuestPanicked"
+        if outcome.stop == "killed-after-grace":
+            return Phase.FAILED, "the guest did not power off within the grace period; killed"
+        if outcome.stop == "killed-at-once":
+            return Phase.SUCCEEDED, "stopped"
+        if outcome.guest_shutdown or outcome.reset_terminated:
+            return Phase.SUCCEEDED, "the guest powered off"
+        return Phase.FAILED, f"QEMU ended unexpectedly: {_describe_exit(code)}"
+
+    async def _abort(self, exc: BaseException) -> None:
+        """A launch that failed or was cancelled: no QEMU left behind, status Failed."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+        if self._monitor is not None:
+            await self._monitor.aclose()
+        _remove_sockets(self.plan)
+        if isinstance(exc, Exception):
+            reason = (
+                str(exc) if isinstance(exc, VmidError | OSError) else f"internal error: {exc!r}"
+            )
+        else:
+            reason = "stopped before it was running"
+        if not self.status.phase.final:
+            self.status.transition(Phase.FAILED, reason)
+        self.status.write()
+        self.log.warning("failed to start: %s", reason)
+
+    def _qemu_said(self) -> str:
+        """The last lines of QEMU's stderr: why it refused to start, in its own words."""
+        try:
+            with open(self.plan.qemuLog, "rb") as stream:
+                stream.seek(0, os.SEEK_END)
+                stream.seek(max(0, stream.tell() - REASON_LOG_BYTES))
+                lines = stream.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown exit status"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _open_log(path: str) -> BinaryIO:
+    return open(path, "ab")
+
+
+def _listen(plan: LaunchPlan) -> socket.socket:
+    """Make the VM's directories, then bind and listen on its control socket.
+
+    QEMU inherits the listening socket; vmid connects to it as a client.
+    """
+    Path(plan.cwd).mkdir(parents=True, exist_ok=True)
+    Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(plan.sockets.control)
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _at(path, listener.bind)
+        path.chmod(0o600)
+        listener.listen(1)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _connect(path: Path) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _at(path, client.connect)
+    except OSError:
+        client.close()
+        raise
+    return client
+
+
+def _at(path: Path, call: Any) -> None:
+    """bind/connect a unix socket by a short name, whatever the length of its directory."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        call(f"/proc/self/fd/{fd}/{path.name}")
+    finally:
+        os.close(fd)
+
+
+def _remove_sockets(plan: LaunchPlan) -> None:
+    # QEMU leaves its VNC socket behind, and every socket after a SIGKILL.
+    for name in ("control", "qmp", "console", "vnc", "guestAgent"):
+        path = getattr(plan.sockets, name)
+        if path:
+            Path(path).unlink(missing_ok=True)

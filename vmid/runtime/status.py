@@ -1,0 +1,111 @@
+"""A VMI's status as KubeVirt shapes it: the phase machine, conditions, and its status file.
+
+The file holds the whole object (`vmid get -o yaml` prints it) and is replaced atomically, so a
+reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+_NEXT: dict[Phase, frozenset[Phase]] = {
+    Phase.PENDING: frozenset({Phase.SCHEDULED, Phase.FAILED}),
+    Phase.SCHEDULED: frozenset({Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED}),
+    Phase.RUNNING: frozenset({Phase.SUCCEEDED, Phase.FAILED}),
+    Phase.SUCCEEDED: frozenset(),
+    Phase.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(AssertionError):
+    """A phase change KubeVirt never makes: a bug in vmid, never the user's fault."""
+
+
+def now() -> str:
+    """The current time as Kubernetes prints it (RFC 3339, UTC, seconds)."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.define
+class Condition:
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    lastTransitionTime: str = attrs.field(factory=now)
+
+
+class Status:
+    """The live status of one VMI, written to `path` on every change."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.phase = Phase.PENDING
+        self.reason = ""
+        self.transitions: list[dict[str, str]] = [_transition(Phase.PENDING)]
+        self.conditions: dict[str, Condition] = {}
+        self.interfaces: list[dict[str, str]] = []
+        self.qemu: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Status phase={self.phase} reason={self.reason!r}>"
+
+    def transition(self, phase: Phase, reason: str = "") -> None:
+        """Move to `phase`; a move KubeVirt never makes raises IllegalTransition."""
+        if phase not in _NEXT[self.phase]:
+            raise IllegalTransition(f"{self.phase} -> {phase}")
+        self.phase = phase
+        self.reason = reason or self.reason
+        self.transitions.append(_transition(phase))
+
+    def condition(self, type_: str, status: bool, reason: str = "", message: str = "") -> None:
+        """Set a condition; its transition time changes only when its status does."""
+        text = "True" if status else "False"
+        old = self.conditions.get(type_)
+        stamp = old.lastTransitionTime if old and old.status == text else now()
+        self.conditions[type_] = Condition(type_, text, reason, message, stamp)
+
+    def to_data(self) -> dict[str, Any]:
+        """The whole object: the manifest (defaulted) and this status."""
+        status: dict[str, Any] = {
+            "phase": str(self.phase),
+            "phaseTransitionTimestamps": self.transitions,
+            "conditions": [attrs.asdict(c) for c in self.conditions.values()],
+            "interfaces": self.interfaces,
+            "qemu": self.qemu,
+        }
+        if self.reason:
+            status["reason"] = self.reason
+        return {**self.manifest, "status": status}
+
+    def write(self) -> None:
+        """Replace the status file atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        staging.write_text(json.dumps(self.to_data(), indent=1) + "\n")
+        os.replace(staging, self.path)
+
+
+def _transition(phase: Phase) -> dict[str, str]:
+    return {"phase": str(phase), "phaseTransitionTimestamp": now()}
