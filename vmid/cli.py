@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
+import logging
+import os
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import cattrs
+import trio
+from ruamel.yaml import YAML
 
 from vmid.config import Config, Paths, load_config
 from vmid.errors import VmidError
 from vmid.host import accel
+from vmid.host.storage import ImageStore
 from vmid.manifests import Planned, plan_file
 from vmid.plan.model import LaunchPlan
+from vmid.runtime import daemon, status
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -59,6 +67,30 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("file", metavar="FILE", type=Path)
     render.add_argument("-o", "--output", choices=("args", "json"), default="args")
     render.set_defaults(run=_render)
+
+    daemon = commands.add_parser("daemon", parents=[common], help="run the vmid daemon")
+    daemon.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    daemon.set_defaults(run=_daemon)
+
+    get = commands.add_parser("get", parents=[common], help="list VMIs, like kubectl get vmi")
+    get.add_argument("name", nargs="?", metavar="NAME")
+    get.add_argument("-o", "--output", choices=("wide", "yaml", "json"))
+    get.set_defaults(run=_get)
+
+    logs = commands.add_parser("logs", parents=[common], help="print a VMI's serial console log")
+    logs.add_argument("name", metavar="NAME")
+    logs.set_defaults(run=_logs)
+
+    image = commands.add_parser("image", help="the local containerDisk image store")
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
+    image_import = image_commands.add_parser(
+        "import", parents=[common], help="add a raw or qcow2 file as image REF"
+    )
+    image_import.add_argument("ref", metavar="REF")
+    image_import.add_argument("file", metavar="FILE", type=Path)
+    image_import.set_defaults(run=_image_import)
+    image_list = image_commands.add_parser("list", parents=[common], help="list stored images")
+    image_list.set_defaults(run=_image_list)
     return parser
 
 
@@ -157,6 +189,123 @@ def _bytes_text(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return "base64:" + base64.b64encode(data).decode()
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    _configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    paths = Paths(args.root or Path("/"))
+    config_file = args.config or paths.config_file
+    trio.run(daemon.serve, paths, config_file, args.config is not None)
+    return EXIT_OK
+
+
+def _configure_logging(level: int) -> None:
+    """One line per record on stderr; under journald, its priority prefix instead of a time."""
+    handler = logging.StreamHandler()
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}  # sd-daemon(3)
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+def _get(args: argparse.Namespace) -> int:
+    paths = Paths(args.root or Path("/"))
+    objects = status.read_objects(paths.runtime)
+    if args.name is not None:
+        objects = [o for o in objects if o.get("metadata", {}).get("name") == args.name]
+        if not objects:
+            print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
+            return EXIT_INVALID
+    if args.output in ("yaml", "json"):
+        data = objects[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objects}
+        _print_data(data, args.output)
+        return EXIT_OK
+    print(_table(objects, wide=args.output == "wide"))
+    return EXIT_OK
+
+
+def _print_data(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2))
+        return
+    yaml = YAML()
+    yaml.default_flow_style = False
+    yaml.dump(data, sys.stdout)
+
+
+def _table(objects: list[dict[str, Any]], wide: bool) -> str:
+    header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
+    rows = [header] + [_row(o, wide) for o in objects]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _row(obj: dict[str, Any], wide: bool) -> list[str]:
+    st = obj.get("status", {})
+    conditions = {c["type"]: c["status"] for c in st.get("conditions", [])}
+    interfaces = st.get("interfaces") or [{}]
+    row = [
+        obj.get("metadata", {}).get("name", "?"),
+        _age(obj.get("metadata", {}).get("creationTimestamp")),
+        st.get("phase", ""),
+        interfaces[0].get("ipAddress", ""),
+        conditions.get("Ready", "False"),
+    ]
+    if wide:
+        row += [conditions.get("Paused", "False"), str(st.get("qemu", {}).get("pid") or "")]
+    return row
+
+
+def _age(stamp: str | None) -> str:
+    if not stamp:
+        return "<unknown>"
+    then = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * 2 or (unit == "m" and seconds >= size):
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _logs(args: argparse.Namespace) -> int:
+    paths = Paths(args.root or Path("/"))
+    log_file = paths.instance_logs(args.name) / "console.log"
+    try:
+        with log_file.open("rb") as stream:
+            shutil.copyfileobj(stream, sys.stdout.buffer)
+    except FileNotFoundError:
+        print(f"vmid: no console log for {args.name!r} ({log_file})", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _image_import(args: argparse.Namespace) -> int:
+    config, paths = _setup(args)
+    store = ImageStore(paths.state / "images", config.qemuImg)
+    stored = trio.run(store.add, args.ref, args.file)
+    print(f"imported {stored.ref} ({stored.format}, {stored.virtualSize} bytes)")
+    return EXIT_OK
+
+
+def _image_list(args: argparse.Namespace) -> int:
+    config, paths = _setup(args)
+    images = ImageStore(paths.state / "images", config.qemuImg).list()
+    rows = [["REF", "FORMAT", "SIZE"]] + [[i.ref, i.format, str(i.virtualSize)] for i in images]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

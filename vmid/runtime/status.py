@@ -109,3 +109,14 @@ class Status:
 
 def _transition(phase: Phase) -> dict[str, str]:
     return {"phase": str(phase), "phaseTransitionTimestamp": now()}
+
+
+def read_objects(runtime: Path) -> list[dict[str, Any]]:
+    """Every VMI object the daemon has written under its runtime directory, by name."""
+    objects = []
+    for path in sorted(runtime.glob("instances/*/status.json")):
+        try:
+            objects.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # removed or being replaced right now
+    return objects

@@ -1,0 +1,120 @@
+"""A real `vmid daemon --root TMP` for end-to-end tests, and ways to watch what it does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+FAKE_QEMU = str(Path(__file__).with_name("fakeqemu.py"))
+
+
+class Daemon:
+    """A vmid daemon process and its root directory."""
+
+    def __init__(self, root: Path, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.root = root
+        self.process = process
+        self.log = log
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "etc/vmid/instances"
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        path = self.root / "run/vmid/instances" / name / "status.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def phase(self, name: str) -> str | None:
+        data = self.status(name)
+        return data["status"]["phase"] if data else None
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"the daemon died waiting for {what}:\n{self.log_text()}")
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log_text()}")
+
+    def wait_phase(self, name: str, phase: str | None, timeout: float = 30) -> None:
+        self.wait_for(f"{name} to be {phase}", lambda: self.phase(name) == phase, timeout)
+
+    def drop(self, name: str, text: str) -> Path:
+        """Write a manifest the way tools should: a temporary file renamed into the spool."""
+        staging = self.spool / f".{name}.tmp"
+        staging.write_text(text)
+        target = self.spool / name
+        staging.rename(target)
+        return target
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def vmid(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vmid.cli", *args, "--root", str(self.root)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@contextmanager
+def running_daemon(root: Path, config: str) -> Iterator[Daemon]:
+    """Start `vmid daemon --root root` with `config` as vmid.yaml; stop it with SIGTERM."""
+    (root / "etc/vmid/instances").mkdir(parents=True, exist_ok=True)
+    (root / "etc/vmid/vmid.yaml").write_text(config)
+    log = root / "daemon.log"
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vmid.cli", "daemon", "-v", "--root", str(root)],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    daemon = Daemon(root, process, log)
+    try:
+        daemon.wait_for("the daemon to be ready", lambda: "vmid ready" in daemon.log_text())
+        yield daemon
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def fake_config(extra: str = "") -> str:
+    return f"accelerator: tcg\nqemu: {FAKE_QEMU}\n{extra}"
+
+
+def manifest(name: str, mode: str = "obey", grace: int = 5, memory: str = "64Mi") -> str:
+    return f"""apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: {grace}
+  domain:
+    memory: {{guest: {memory}}}
+    firmware: {{serial: {mode}}}
+    devices: {{autoattachPodInterface: false}}
+"""

@@ -1,0 +1,192 @@
+"""The daemon end to end with a fake QEMU: the spool drives VMIs, `vmid get` shows them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import fake_config, manifest, running_daemon
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_manifest_renamed_in_runs_and_removal_stops_it(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        file = daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        listing = daemon.vmid("get")
+        assert listing.returncode == 0
+        assert listing.stdout.splitlines()[0].split() == ["NAME", "AGE", "PHASE", "IP", "READY"]
+        name, _age, phase, ready = listing.stdout.splitlines()[1].split()  # IP is empty
+        assert (name, phase, ready) == ("vm-a", "Running", "True")
+        file.unlink()
+        daemon.wait_phase("vm-a", None)
+        assert "vm-a: removed" in daemon.log_text()
+        assert "system_powerdown sent" in daemon.log_text()
+
+
+def test_manifest_written_in_place_runs(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        (daemon.spool / "b.yaml").write_text(manifest("vm-b"))
+        daemon.wait_phase("vm-b", "Running")
+
+
+def test_get_yaml_and_json_show_spec_with_defaults_and_status(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        data = json.loads(daemon.vmid("get", "vm-a", "-o", "json").stdout)
+        assert data["spec"]["domain"]["machine"]["type"] == "q35"
+        status = data["status"]
+        assert status["phase"] == "Running"
+        assert [t["phase"] for t in status["phaseTransitionTimestamps"]] == [
+            "Pending",
+            "Scheduled",
+            "Running",
+        ]
+        assert os.path.isabs(status["qemu"]["qmpSocket"])
+        assert status["qemu"]["pid"] > 0
+        conditions = {c["type"]: c["status"] for c in status["conditions"]}
+        assert conditions["SoftwareEmulation"] == "True"
+        listing = daemon.vmid("get", "-o", "yaml").stdout
+        assert "kind: List" in listing
+        assert "name: vm-a" in listing
+        missing = daemon.vmid("get", "nope")
+        assert missing.returncode == 1
+        assert "not found" in missing.stderr
+
+
+def test_a_bad_manifest_is_reported_and_the_others_run(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("bad.yaml", manifest("vm-bad").replace("guest: 64Mi", "guest: lots"))
+        daemon.drop("good.yaml", manifest("vm-good"))
+        daemon.wait_phase("vm-good", "Running")
+        daemon.wait_phase("vm-bad", "Failed")
+        status = daemon.status("vm-bad")
+        assert status is not None
+        assert "spec.domain.memory.guest" in status["status"]["reason"]
+        daemon.drop("junk.yaml", "\x00\x01 not yaml at all: [")
+        daemon.wait_for("the junk to be reported", lambda: "junk.yaml" in daemon.log_text())
+        assert daemon.phase("vm-good") == "Running"
+
+
+def test_an_edit_that_breaks_the_manifest_leaves_the_vm_running(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        daemon.drop("a.yaml", manifest("vm-a").replace("bus", "x").replace("64Mi", "1x"))
+
+        def unsynchronized() -> bool:
+            data = daemon.status("vm-a") or {}
+            conditions = {c["type"]: c for c in data.get("status", {}).get("conditions", [])}
+            return bool(conditions.get("Synchronized", {}).get("status") == "False")
+
+        daemon.wait_for("Synchronized=False", unsynchronized)
+        assert daemon.status("vm-a")["status"]["qemu"]["pid"] == pid  # type: ignore[index]
+        assert daemon.phase("vm-a") == "Running"
+
+
+def test_a_spec_change_restarts_the_vm_with_the_new_spec(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        old_pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        daemon.drop("a.yaml", manifest("vm-a", memory="96Mi"))
+
+        def restarted() -> bool:
+            data = daemon.status("vm-a") or {}
+            pid = data.get("status", {}).get("qemu", {}).get("pid")
+            return pid not in (None, old_pid) and data["status"]["phase"] == "Running"
+
+        daemon.wait_for("the restart", restarted)
+        argv = daemon.status("vm-a")["status"]["qemu"]["argv"]  # type: ignore[index]
+        assert argv[argv.index("-m") + 1] == "96"
+
+
+def test_metadata_only_changes_do_not_restart(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        text = manifest("vm-a").replace("  name: vm-a", "  name: vm-a\n  labels: {team: x}")
+        daemon.drop("a.yaml", text)
+        daemon.drop("z.yaml", manifest("vm-z"))  # a later event proves the edit was read
+        daemon.wait_phase("vm-z", "Running")
+        assert daemon.status("vm-a")["status"]["qemu"]["pid"] == pid  # type: ignore[index]
+
+
+def test_two_files_claiming_one_name_the_first_wins(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("b.yaml", manifest("same", memory="96Mi"))
+        daemon.drop("a.yaml", manifest("same", memory="64Mi"))
+        daemon.wait_for(
+            "the duplicate to be reported", lambda: "already defined in" in daemon.log_text()
+        )
+        daemon.wait_phase("same", "Running")
+
+        def from_a() -> bool:
+            argv = (daemon.status("same") or {}).get("status", {}).get("qemu", {}).get("argv", [])
+            return bool(argv) and argv[argv.index("-m") + 1] == "64"
+
+        daemon.wait_for("a.yaml's spec", from_a)
+
+
+def test_qemu_killed_from_outside_ends_failed(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        os.kill(daemon.status("vm-a")["status"]["qemu"]["pid"], signal.SIGKILL)  # type: ignore[index]
+        daemon.wait_phase("vm-a", "Failed")
+        assert "SIGKILL" in daemon.status("vm-a")["status"]["reason"]  # type: ignore[index]
+
+
+def test_sigterm_stops_every_vm_gracefully_in_parallel(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        for index in range(3):
+            daemon.drop(f"{index}.yaml", manifest(f"vm-{index}", mode="delay-1", grace=10))
+        for index in range(3):
+            daemon.wait_phase(f"vm-{index}", "Running")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+        log = daemon.log_text()
+        assert log.count("ended Succeeded") == 3
+        assert "vmid stopped" in log
+
+
+def test_keep_leaves_vms_running_when_the_daemon_stops(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    try:
+        os.kill(pid, 0)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_launch_failure_shows_qemus_message(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a", mode="refuse"))
+        daemon.wait_phase("vm-a", "Failed")
+        reason = daemon.status("vm-a")["status"]["reason"]  # type: ignore[index]
+        assert "'nope' is not a valid device model name" in reason
+
+
+def test_missing_image_fails_that_vm_with_a_hint(tmp_path: Path) -> None:
+    text = manifest("vm-a").replace(
+        "devices: {autoattachPodInterface: false}",
+        "devices:\n      autoattachPodInterface: false\n      disks: [{name: root}]\n"
+        "  volumes: [{name: root, containerDisk: {image: example/missing}}]",
+    )
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", text)
+        daemon.wait_phase("vm-a", "Failed")
+        reason = daemon.status("vm-a")["status"]["reason"]  # type: ignore[index]
+        assert "vmid image import docker.io/example/missing:latest" in reason

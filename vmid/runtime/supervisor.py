@@ -1,0 +1,231 @@
+"""Desired vs actual: starts, stops and restarts VMIs so that they match the spool.
+
+Each VMI runs in its own task and cancel scope; whatever goes wrong in one (a bad image, a
+QEMU that refuses to start, a bug) ends that VMI `Failed` and never reaches the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+import attrs
+import trio
+
+from vmid.api import defaults
+from vmid.api import types as t
+from vmid.api.dump import to_data
+from vmid.config import Accelerator, Config, Paths
+from vmid.errors import Problem, VmidError
+from vmid.host.storage import ImageStore
+from vmid.manifests import Entry
+from vmid.plan.build import build
+from vmid.runtime.instance import Instance
+from vmid.runtime.spool import Desired
+from vmid.runtime.status import Phase, Status, now
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+FIRMWARE_UUID_FILE = "firmware-uuid"
+
+
+@attrs.define(eq=False)
+class _VM:
+    """One VMI the supervisor runs: its manifest, its task's scope, and how it ended."""
+
+    entry: Entry
+    status: Status
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    instance: Instance | None = None
+    #: Remove the VMI's state once its task ends (its manifest is gone).
+    remove: bool = False
+
+    @property
+    def spec(self) -> t.VirtualMachineInstanceSpec:
+        assert self.entry.planned is not None
+        return self.entry.planned.manifest.vmi.spec
+
+
+class Supervisor:
+    """Owns every VMI task; `apply(desired)` makes the running set match the spool."""
+
+    def __init__(
+        self, nursery: trio.Nursery, config: Config, paths: Paths, accelerator: Accelerator
+    ) -> None:
+        self._nursery = nursery
+        self._config = config
+        self._paths = paths
+        self._accelerator = accelerator
+        self._store = ImageStore(paths.state / "images", config.qemuImg)
+        self._vms: dict[str, _VM] = {}
+        self._refused: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Supervisor vms={len(self._vms)}>"
+
+    def reconfigure(self, config: Config) -> None:
+        """Use a new configuration for VMIs started from now on."""
+        self._config = config
+
+    def counts(self) -> dict[Phase, int]:
+        """How many VMIs are in each phase (for `systemctl status`)."""
+        counts: dict[Phase, int] = {}
+        for vm in self._vms.values():
+            counts[vm.status.phase] = counts.get(vm.status.phase, 0) + 1
+        return counts
+
+    def apply(self, desired: Desired) -> None:
+        """Start what is new, stop what is gone, restart what changed; returns at once."""
+        for problem in desired.problems:
+            log.error("spool: %s", problem)
+        for name, vm in list(self._vms.items()):
+            entry = desired.vmis.get(name)
+            if entry is None and name in desired.refused:
+                self._refused_while_running(vm, desired.refused[name])
+            elif entry is None:
+                self._stop(name, remove=True)
+            else:
+                self._update(name, vm, entry)
+        for name, entry in desired.vmis.items():
+            if name not in self._vms:
+                self._start(entry)
+        for name, problems in desired.refused.items():
+            if name not in self._vms:
+                self._report_refused(name, problems)
+        for name in self._refused - set(desired.refused) - set(self._vms):
+            _remove_state(self._paths, name)
+        self._refused = set(desired.refused) - set(self._vms)
+
+    async def stop_all(self, keep: bool) -> None:
+        """Stop every VMI in parallel (each with its own grace), or leave them running."""
+        for vm in self._vms.values():
+            if vm.instance is not None:
+                vm.instance.detach = keep
+            vm.scope.cancel()
+        for vm in list(self._vms.values()):
+            await vm.done.wait()
+
+    # Section: transitions
+
+    def _start(self, entry: Entry) -> None:
+        assert entry.name is not None
+        manifest = to_data(entry.planned.manifest.vmi) if entry.planned else {}
+        manifest.setdefault("metadata", {})["creationTimestamp"] = now()
+        status = Status(self._paths.instance_runtime(entry.name) / STATUS_FILE, manifest)
+        vm = _VM(entry, status)
+        self._vms[entry.name] = vm
+        self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
+
+    def _stop(self, name: str, remove: bool) -> None:
+        vm = self._vms[name]
+        vm.remove = vm.remove or remove
+        vm.scope.cancel()
+
+    def _update(self, name: str, vm: _VM, entry: Entry) -> None:
+        synchronized = vm.status.conditions.get("Synchronized")
+        if synchronized is not None and synchronized.status == "False":
+            vm.status.condition("Synchronized", True)
+            vm.status.write()
+        if vm.entry.planned is None or entry.planned is None:
+            return
+        if vm.spec == entry.planned.manifest.vmi.spec:
+            vm.entry = entry
+            return
+        log.info("%s: spec changed: restarting with the new spec", name)
+        self._stop(name, remove=False)
+        self._nursery.start_soon(self._replace, name, vm, entry)
+
+    async def _replace(self, name: str, old: _VM, entry: Entry) -> None:
+        await old.done.wait()
+        if self._vms.get(name) is old:
+            del self._vms[name]
+            await trio.to_thread.run_sync(_remove_state, self._paths, name)
+            self._start(entry)
+
+    def _refused_while_running(self, vm: _VM, problems: tuple[Problem, ...]) -> None:
+        # KubeVirt specs are immutable: a broken edit leaves the running VMI alone.
+        vm.status.condition("Synchronized", False, "InvalidManifest", _summary(problems))
+        vm.status.write()
+        for problem in problems:
+            log.error("%s", problem)
+
+    def _report_refused(self, name: str, problems: tuple[Problem, ...]) -> None:
+        for problem in problems:
+            log.error("%s", problem)
+        status = Status(
+            self._paths.instance_runtime(name) / STATUS_FILE,
+            {
+                "apiVersion": "kubevirt.io/v1",
+                "kind": "VirtualMachineInstance",
+                "metadata": {"name": name, "creationTimestamp": now()},
+            },
+        )
+        status.transition(Phase.FAILED, _summary(problems))
+        status.condition("Synchronized", False, "InvalidManifest", _summary(problems))
+        status.write()
+
+    # Section: one VMI's task
+
+    async def _run(self, name: str, vm: _VM) -> None:
+        with vm.scope:
+            try:
+                vm.instance = self._instance(name, vm)
+                await vm.instance.run()
+            except (VmidError, OSError) as exc:
+                log.warning("%s: %s", name, exc)
+            except Exception as exc:  # a bug in one VMI's handling must not stop the others
+                log.exception("%s: internal error", name)
+                if not vm.status.phase.final:
+                    vm.status.transition(Phase.FAILED, f"internal error in vmid: {exc!r}")
+                    vm.status.write()
+        vm.done.set()
+        if vm.remove and self._vms.get(name) is vm:
+            del self._vms[name]
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_remove_state, self._paths, name)
+            log.info("%s: removed", name)
+
+    def _instance(self, name: str, vm: _VM) -> Instance:
+        assert vm.entry.planned is not None
+        vmi = _with_stored_uuid(vm.entry.planned.manifest.vmi, self._paths.instance_state(name))
+        plan, findings = build(vmi, self._config, self._paths, self._accelerator)
+        assert plan is not None, findings  # the spool planned this very VMI already
+        vm.status.manifest = {**to_data(vmi), "metadata": vm.status.manifest["metadata"]}
+        return Instance(plan, vm.status, self._store, self._config.qemuImg, self._accelerator)
+
+
+def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMachineInstance:
+    """A VMI without its own firmware UUID gets a random one, kept while the VMI exists.
+
+    So cloud-init's instance-id is stable across daemon restarts, and new for a new VMI of the
+    same name, as KubeVirt does for standalone VMIs.
+    """
+    name = vmi.metadata.name or ""
+    current = vmi.spec.domain.firmware_uuid()
+    if current != defaults.firmware_uuid(name):
+        return vmi
+    stored = state / FIRMWARE_UUID_FILE
+    try:
+        value = stored.read_text().strip()
+        uuid.UUID(value)
+    except (OSError, ValueError):
+        value = str(uuid.uuid4())
+        state.mkdir(parents=True, exist_ok=True)
+        stored.write_text(value + "\n")
+    firmware = attrs.evolve(vmi.spec.domain.firmware or t.Firmware(), uuid=value)
+    domain = attrs.evolve(vmi.spec.domain, firmware=firmware)
+    return attrs.evolve(vmi, spec=attrs.evolve(vmi.spec, domain=domain))
+
+
+def _remove_state(paths: Paths, name: str) -> None:
+    """Delete a gone VMI's ephemeral files and runtime directory (logs are kept)."""
+    for directory in (paths.instance_state(name), paths.instance_runtime(name)):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _summary(problems: tuple[Problem, ...]) -> str:
+    return "; ".join(str(p) for p in problems)
