@@ -27,8 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check vmid tests
-	$(BIN)/ruff format --check vmid tests
+	$(BIN)/ruff check vmid tests bench
+	$(BIN)/ruff format --check vmid tests bench
 	$(BIN)/mypy
 
 test: lint

@@ -67,11 +67,19 @@ class Config:
     multusBridges: dict[str, str] = attrs.field(factory=dict)
 
 
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
 @attrs.frozen
 class Paths:
-    """Where vmid keeps everything, all under one root (`/` in production)."""
+    """Where vmid keeps everything, all under one root (`/` in production).
 
-    root: Path
+    The root is made absolute: QEMU runs in the VM's runtime directory, so every path in its
+    argv must be absolute.
+    """
+
+    root: Path = attrs.field(converter=_absolute)
 
     @property
     def spool(self) -> Path:

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import attrs
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 from vmid.api import defaults, validate
 from vmid.api.findings import FieldPath, Finding, quote, render_path
@@ -67,7 +68,7 @@ class Locator:
 
     def _position(self, path: FieldPath) -> tuple[int, int]:
         node = self.root
-        where: tuple[int, int] = (node.lc.line, node.lc.col) if hasattr(node, "lc") else (0, 0)
+        where = _start(node)
         for step in path:
             if isinstance(node, CommentedMap) and step in node:
                 child = node[step]
@@ -80,6 +81,13 @@ class Locator:
                 break
             node = child
         return where
+
+
+def _start(node: Any) -> tuple[int, int]:
+    """Where a node starts, 0-based; (0, 0) for nodes ruamel keeps no position for."""
+    lc = getattr(node, "lc", None)
+    line, column = getattr(lc, "line", None), getattr(lc, "col", None)
+    return (line, column) if isinstance(line, int) and isinstance(column, int) else (0, 0)
 
 
 @attrs.frozen
@@ -177,7 +185,12 @@ def _parse(file: str, data: bytes) -> Iterator[Any]:
                 yield document
     except MarkedYAMLError as exc:
         raise ManifestError((_yaml_problem(file, exc),)) from None
-    except (YAMLError, RecursionError) as exc:
+    except ReaderError as exc:
+        line, column = _offset_position(text.encode(), len(text[: exc.position].encode()))
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        what = f"unacceptable character #x{code:04x}: {exc.reason}"
+        raise _file_problem(file, line, column, f"cannot read the YAML: {what}") from None
+    except Exception as exc:
         raise _file_problem(file, 1, 1, f"cannot read the YAML: {_describe(exc)}") from None
 
 
@@ -231,7 +244,7 @@ def _plain(file: str, root: Any) -> Any:
         nonlocal budget
         budget -= 1
         if budget < 0 or depth > MAX_DEPTH:
-            line, column = (root.lc.line + 1, root.lc.col + 1) if hasattr(root, "lc") else (1, 1)
+            line, column = (n + 1 for n in _start(root))
             raise _file_problem(
                 file,
                 line,

@@ -527,12 +527,17 @@ def _cloud_init(source: t.CloudInitSource, path: FieldPath, out: _Findings) -> N
             )
 
 
+def decode_base64(value: str) -> bytes:
+    """Base64 as KubeVirt (Go) decodes it: line breaks ignored, anything else invalid."""
+    return base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
+
+
 def _cloud_init_size(value: str, encoded: bool) -> int | None:
     """Bytes of data as KubeVirt counts them (decoded for base64); None if not valid base64."""
     if not encoded:
         return len(value.encode())
     try:
-        return len(base64.b64decode(value, validate=True))
+        return len(decode_base64(value))
     except (binascii.Error, ValueError):
         return None
 

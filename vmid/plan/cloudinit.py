@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 from vmid.api import types as t
+from vmid.api.validate import decode_base64
 from vmid.plan.model import IsoFile
 
 NOCLOUD_LABEL = "cidata"
@@ -64,5 +64,5 @@ def _data(text: str | None, encoded: str | None) -> bytes:
     if text is not None:
         return text.encode()
     if encoded is not None:
-        return base64.b64decode(encoded)
+        return decode_base64(encoded)
     return b""

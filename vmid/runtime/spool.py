@@ -93,11 +93,19 @@ class Spool:
             return cached[1]
         refusal = _unsafe(path, st)
         if refusal:
-            entries = [Entry(str(path), None, None, (Problem(str(path), 1, 1, "", refusal),))]
+            entries = [_refused(path, refusal)]
         else:
-            entries = plan_documents(path, self._config, self._paths, self._accelerator)
+            try:
+                entries = plan_documents(path, self._config, self._paths, self._accelerator)
+            except Exception as exc:  # a bug reading one file must not stop the daemon
+                log.exception("%s: internal error", path)
+                entries = [_refused(path, f"internal error in vmid reading this file: {exc!r}")]
         self._cache[name] = (key, entries)
         return entries
+
+
+def _refused(path: Path, message: str) -> Entry:
+    return Entry(str(path), None, None, (Problem(str(path), 1, 1, "", message),))
 
 
 def _unsafe(path: Path, st: os.stat_result) -> str | None:

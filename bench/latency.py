@@ -1,0 +1,162 @@
+"""Launch and stop latency of vmid against bare QEMU with the same argv, measured side by side.
+
+    .venv/bin/python bench/latency.py [--runs N]
+
+(a) launch: a manifest renamed into the spool -> status `Running`, next to a bare
+    qemu-system-x86_64 with the argv vmid renders -> its QMP answering `query-status`;
+(b) stop: the manifest removed -> the POWERDOWN event seen on the VM's public qmp.sock.
+Runs are interleaved (vmid, bare, vmid, ...) and reported as medians with min-max: these
+machines are noisy, single absolute times mean little. Under TCG, as the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.daemon import Daemon, running_daemon
+
+MANIFEST = """apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1  # no guest OS here: the firmware ignores ACPI
+  domain:
+    memory: {{guest: 64Mi}}
+    devices: {{autoattachPodInterface: false}}
+"""
+
+
+def _qmp(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    return sock
+
+
+def _command(stream: TextIO, command: str) -> dict[str, object]:
+    stream.write(json.dumps({"execute": command}) + "\n")
+    stream.flush()
+    while True:
+        reply: dict[str, object] = json.loads(stream.readline())
+        if "return" in reply or "error" in reply:
+            return reply
+
+
+def vmid_launch(daemon: Daemon, index: int) -> tuple[float, float]:
+    """(launch seconds, powerdown seconds) for one VMI through the spool."""
+    name = f"bench-{index}"
+    spool = daemon.spool
+    staging = spool / f".{name}.tmp"
+    staging.write_text(MANIFEST.format(name=name))
+    began = time.monotonic()
+    staging.rename(spool / f"{name}.yaml")
+    while daemon.phase(name) != "Running":
+        time.sleep(0.0005)
+    launch = time.monotonic() - began
+    status = daemon.status(name)
+    assert status is not None
+    qmp = status["status"]["qemu"]["qmpSocket"]
+    with _qmp(qmp) as sock:
+        stream = sock.makefile("rw")
+        json.loads(stream.readline())
+        _command(stream, "qmp_capabilities")
+        removed = time.monotonic()
+        (spool / f"{name}.yaml").unlink()
+        while json.loads(stream.readline()).get("event") != "POWERDOWN":
+            pass
+        powerdown = time.monotonic() - removed
+    while daemon.phase(name) is not None:
+        time.sleep(0.005)
+    return launch, powerdown
+
+
+def bare_launch(argv: list[str], workdir: Path) -> float:
+    """Seconds from exec of the same argv (own control socket) to `query-status` answered."""
+    control = workdir / "control.sock"
+    control.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(control))
+    listener.listen(1)
+    fd = listener.fileno()
+    argv = [a.replace("fd=3,", f"fd={fd},") if a.startswith("socket,id=vmid-control") else a
+            for a in argv]  # fmt: skip
+    began = time.monotonic()
+    process = subprocess.Popen(argv, cwd=workdir, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    with _qmp(str(control)) as sock:
+        sock.settimeout(30)
+        stream = sock.makefile("rw")
+        json.loads(stream.readline())
+        _command(stream, "qmp_capabilities")
+        _command(stream, "query-status")
+        elapsed = time.monotonic() - began
+        stream.write(json.dumps({"execute": "quit"}) + "\n")
+        stream.flush()
+        try:
+            while stream.readline():
+                pass
+        except ConnectionResetError:
+            pass
+    process.wait(timeout=30)
+    listener.close()
+    return elapsed
+
+
+def _rendered_argv(root: Path) -> list[str]:
+    manifest = root / "render.yaml"
+    manifest.write_text(MANIFEST.format(name="bare"))
+    out = subprocess.run(
+        [sys.executable, "-m", "vmid.cli", "render", "-o", "json", str(manifest), "--root",
+         str(root)], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    plan = json.loads(out.stdout)
+    Path(plan["consoleLog"]).parent.mkdir(parents=True, exist_ok=True)
+    argv: list[str] = plan["argv"]
+    return argv
+
+
+def _summary(values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return f"median {statistics.median(ms):7.1f} ms  (min {min(ms):.1f}, max {max(ms):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vmid-bench-") as tmp:
+        root = Path(tmp)
+        (root / "etc/vmid").mkdir(parents=True)
+        (root / "etc/vmid/vmid.yaml").write_text("accelerator: tcg\n")
+        argv = _rendered_argv(root)
+        workdir = root / "bare"
+        workdir.mkdir()
+        vmid_runs, bare_runs, powerdowns = [], [], []
+        with running_daemon(root, "accelerator: tcg\n") as daemon:
+            for index in range(args.runs):
+                launch, powerdown = vmid_launch(daemon, index)
+                vmid_runs.append(launch)
+                powerdowns.append(powerdown)
+                bare_runs.append(bare_launch(argv, workdir))
+    print(f"machine: {os.cpu_count()} CPUs, TCG, {args.runs} interleaved runs")
+    print(f"launch, vmid (spool rename -> Running):      {_summary(vmid_runs)}")
+    print(f"launch, bare QEMU (exec -> query-status):   {_summary(bare_runs)}")
+    overhead = statistics.median(vmid_runs) - statistics.median(bare_runs)
+    ratio = statistics.median(vmid_runs) / statistics.median(bare_runs)
+    print(f"vmid adds {overhead * 1000:.1f} ms to the median ({ratio:.2f}x the bare floor)")
+    print(f"stop: manifest removed -> POWERDOWN on qmp.sock: {_summary(powerdowns)}")
+
+
+if __name__ == "__main__":
+    main()

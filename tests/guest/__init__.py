@@ -1,0 +1,1 @@
+"""The test guest: a tiny BIOS-bootable image for end-to-end tests (see README.md)."""

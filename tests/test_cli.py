@@ -1,0 +1,482 @@
+"""Tests for the `vmid` command as a user runs it: exit codes, stdout and stderr.
+
+Every test writes its manifests and a vmid.yaml with `accelerator: tcg` into tmp_path, so the
+results do not depend on /dev/kvm.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import BASE, dump
+from vmid.cli import main
+
+SEED = """\
+apiVersion: kubevirt.io/v1alpha3
+kind: VirtualMachineInstance
+metadata:
+  name: testvmi-nocloud
+spec:
+  terminationGracePeriodSeconds: 30
+  domain:
+    resources:
+      requests:
+        memory: 1024M
+    devices:
+      disks:
+      - name: containerdisk
+        disk:
+          bus: virtio
+      - name: emptydisk
+        disk:
+          bus: virtio
+      - disk:
+          bus: virtio
+        name: cloudinitdisk
+  volumes:
+  - name: containerdisk
+    containerDisk:
+      image: kubevirt/fedora-cloud-container-disk-demo:latest
+  - name: emptydisk
+    emptyDisk:
+      capacity: "2Gi"
+  - name: cloudinitdisk
+    cloudInitNoCloud:
+      userData: |-
+        #cloud-config
+        password: fedora
+        chpasswd: { expire: False }
+"""
+USER_DATA = "#cloud-config\npassword: fedora\nchpasswd: { expire: False }"
+
+# Three problems, each on its own line, found at once.
+BAD = """\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: bad
+spec:
+  domain:
+    resources:
+      requests:
+        memory: 128Mi
+    cpu:
+      cores: two
+    devices:
+      disks:
+      - name: root
+        disk:
+          bus: virtoi
+      dsks: []
+  volumes:
+  - name: root
+    containerDisk:
+      image: kubevirt/cirros
+"""
+BAD_PROBLEMS = [
+    'bad.yaml:11:14: spec.domain.cpu.cores: Invalid value: "two": must be of type integer',
+    'bad.yaml:16:16: spec.domain.devices.disks[0].disk.bus: Unsupported value: "virtoi": '
+    'supported values: "sata", "scsi", "usb", "virtio"',
+    'bad.yaml:17:7: spec.domain.devices.dsks: unknown field "dsks" (did you mean "disks"?)',
+]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the current directory, with a TCG vmid.yaml in it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vmid.yaml").write_text("accelerator: tcg\n")
+    return tmp_path
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def manifest(name: str, **changes: Any) -> str:
+    data = copy.deepcopy(BASE)
+    data["metadata"]["name"] = name
+    data["spec"].update(changes)
+    return dump(data)
+
+
+# --- validate
+
+
+def test_validate_good_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(workdir, "good.yaml", manifest("good"))
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "good.yaml")
+    assert (status, out, err) == (0, "good.yaml: valid: good\n", "")
+
+
+def test_validate_file_with_two_vmis_names_both(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(workdir, "two.yaml", manifest("one") + "---\n" + manifest("two"))
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "two.yaml")
+    assert (status, out, err) == (0, "two.yaml: valid: one, two\n", "")
+
+
+def test_validate_bad_file_prints_every_problem(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(workdir, "bad.yaml", BAD)
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "bad.yaml")
+    assert status == 1
+    assert out == ""
+    assert err.splitlines() == BAD_PROBLEMS
+
+
+def test_validate_good_and_bad_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(workdir, "good.yaml", manifest("good"))
+    write(workdir, "bad.yaml", BAD)
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "good.yaml", "bad.yaml")
+    assert status == 1
+    assert out == "good.yaml: valid: good\n"
+    assert err.splitlines() == BAD_PROBLEMS
+
+
+def test_validate_bad_file_first_still_checks_the_second(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(workdir, "good.yaml", manifest("good"))
+    write(workdir, "bad.yaml", BAD)
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "bad.yaml", "good.yaml")
+    assert status == 1
+    assert out == "good.yaml: valid: good\n"
+    assert err.splitlines() == BAD_PROBLEMS
+
+
+def test_validate_missing_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "nope.yaml")
+    assert status == 1
+    assert out == ""
+    assert err.startswith("nope.yaml:1:1: cannot read the file")
+    assert "No such file" in err
+
+
+def test_validate_directory_is_not_a_file(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "dir.yaml").mkdir()
+    status, _, err = run(capsys, "--config", "vmid.yaml", "validate", "dir.yaml")
+    assert status == 1
+    assert err.startswith("dir.yaml:1:1: cannot read the file")
+
+
+def test_validate_empty_file_has_no_vmi(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(workdir, "empty.yaml", "# nothing yet\n")
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "empty.yaml")
+    assert status == 1
+    assert out == ""
+    assert "empty.yaml" in err
+    assert "no VirtualMachineInstance" in err
+
+
+def test_validate_binary_junk(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "junk.yaml").write_bytes(bytes(range(256)))
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "junk.yaml")
+    assert status == 1
+    assert out == ""
+    assert err.startswith("junk.yaml:2:118: file is not UTF-8 text")
+
+
+def test_validate_tagged_scalar_document(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(workdir, "tagged.yaml", "!!str hello\n")
+    status, _, err = run(capsys, "--config", "vmid.yaml", "validate", "tagged.yaml")
+    assert status == 1
+    assert err.startswith("tagged.yaml:1:1: ")
+
+
+def test_validate_host_disk_outside_roots_is_a_problem(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = copy.deepcopy(BASE)
+    data["spec"]["volumes"].append(
+        {"name": "host", "hostDisk": {"path": "/etc/shadow", "type": "Disk"}}
+    )
+    text = dump(data)
+    write(workdir, "host.yaml", text)
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "host.yaml")
+    assert status == 1
+    assert out == ""
+    line = text.splitlines().index("    hostDisk:") + 2
+    assert err.startswith(f"host.yaml:{line}:")
+    assert "spec.volumes[1].hostDisk.path: /etc/shadow is outside" in err
+
+
+# --- global flags
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_root_and_config_before_or_after_the_command(
+    workdir: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    write(workdir, "seed.yaml", SEED)
+    root = workdir / "root"
+    flags = ["--root", str(root), "--config", "vmid.yaml"]
+    argv = [*flags, "render", "seed.yaml"] if where == "before" else ["render", "seed.yaml", *flags]
+    status, out, err = run(capsys, *argv)
+    assert (status, err) == (0, "")
+    state = f"{root}/var/lib/vmid/instances/testvmi-nocloud"
+    assert f"filename={state}/disks/containerdisk.qcow2," in out
+    assert f"logfile={root}/var/log/vmid/testvmi-nocloud/console.log," in out
+    assert "-accel tcg \\" in out.splitlines()[2]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_validate_accepts_flags_before_or_after(
+    workdir: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    write(workdir, "good.yaml", manifest("good"))
+    flags = ["--root", str(workdir / "root"), "--config", "vmid.yaml"]
+    argv = [*flags, "validate", "good.yaml"] if where == "before" else ["validate", "good.yaml"]
+    if where == "after":
+        argv += flags
+    assert run(capsys, *argv) == (0, "good.yaml: valid: good\n", "")
+
+
+def test_relative_root_gives_absolute_paths(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(workdir, "seed.yaml", SEED)
+    status, out, err = run(
+        capsys, "--root", "rel", "--config", "vmid.yaml", "render", "seed.yaml", "-o", "json"
+    )
+    assert (status, err) == (0, "")
+    plan = json.loads(out)
+    state = f"{workdir}/rel/var/lib/vmid/instances/testvmi-nocloud"
+    assert plan["cwd"] == f"{workdir}/rel/run/vmid/instances/testvmi-nocloud"
+    root_file = f"driver=file,node-name=file0,filename={state}/disks/containerdisk.qcow2,"
+    assert any(arg.startswith(root_file) for arg in plan["argv"])
+
+
+def test_root_gives_the_default_config_file(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = workdir / "root"
+    (root / "etc/vmid").mkdir(parents=True)
+    (root / "etc/vmid/vmid.yaml").write_text("accelerator: tcg\nqemu: /opt/qemu/bin/qemu\n")
+    write(workdir, "seed.yaml", SEED)
+    status, out, err = run(capsys, "render", "--root", str(root), "seed.yaml")
+    assert (status, err) == (0, "")
+    assert out.splitlines()[0] == "/opt/qemu/bin/qemu \\"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_with_unknown_key(
+    workdir: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    write(workdir, "bad-config.yaml", "accelerator: tcg\nhostDiskRots:\n- /srv\n")
+    write(workdir, "good.yaml", manifest("good"))
+    flags = ["--config", "bad-config.yaml"]
+    argv = [*flags, "validate", "good.yaml"] if where == "before" else ["validate", "good.yaml"]
+    if where == "after":
+        argv += flags
+    status, out, err = run(capsys, *argv)
+    assert status == 2
+    assert out == ""
+    assert (
+        'bad-config.yaml:2:1: hostDiskRots: unknown field "hostDiskRots" '
+        '(did you mean "hostDiskRoots"?)'
+    ) in err.splitlines()
+
+
+def test_config_with_bad_value(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(workdir, "bad-config.yaml", "accelerator: fast\n")
+    write(workdir, "good.yaml", manifest("good"))
+    status, out, err = run(capsys, "--config", "bad-config.yaml", "validate", "good.yaml")
+    assert status == 2
+    assert out == ""
+    assert "bad-config.yaml:1:14: accelerator: Unsupported value: " in err
+
+
+def test_missing_config_named_on_the_command_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(workdir, "good.yaml", manifest("good"))
+    status, out, err = run(capsys, "--config", "missing.yaml", "validate", "good.yaml")
+    assert status == 2
+    assert out == ""
+    assert "missing.yaml" in err
+    assert "no such configuration file" in err
+
+
+def test_missing_default_config_means_defaults(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(workdir, "good.yaml", manifest("good"))
+    status, out, _ = run(capsys, "--root", str(workdir / "empty-root"), "validate", "good.yaml")
+    assert (status, out) == (0, "good.yaml: valid: good\n")
+
+
+# --- render
+
+
+def render_lines(capsys: pytest.CaptureFixture[str], workdir: Path, text: str) -> list[str]:
+    write(workdir, "vmi.yaml", text)
+    status, out, err = run(capsys, "--config", "vmid.yaml", "render", "vmi.yaml")
+    assert (status, err) == (0, "")
+    return out.splitlines()
+
+
+def test_render_one_option_per_line(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = render_lines(capsys, workdir, SEED)
+    assert lines[0] == "qemu-system-x86_64 \\"
+    assert "    -m 977 \\" in lines
+    assert "    -accel tcg \\" in lines
+    assert "    -cpu max \\" in lines
+    assert "    -S \\" in lines
+    assert all(line.endswith(" \\") for line in lines[:-1])
+    assert not lines[-1].endswith("\\")
+    assert all(line.startswith("    -") for line in lines[1:])
+
+
+def test_render_quotes_for_the_shell(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = copy.deepcopy(BASE)
+    data["spec"]["domain"]["firmware"] = {"serial": "it's a serial, with spaces"}
+    lines = render_lines(capsys, workdir, dump(data))
+    (smbios,) = [line for line in lines if "type=1" in line]
+    assert smbios.startswith("    -smbios '")
+    assert "serial=it'\"'\"'s a serial,, with spaces" in smbios
+
+
+def test_render_bad_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(workdir, "bad.yaml", BAD)
+    status, out, err = run(capsys, "--config", "vmid.yaml", "render", "bad.yaml")
+    assert status == 1
+    assert out == ""
+    assert err.splitlines() == BAD_PROBLEMS
+
+
+def test_render_empty_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(workdir, "empty.yaml", "")
+    status, out, _ = run(capsys, "--config", "vmid.yaml", "render", "empty.yaml")
+    assert status == 1
+    assert out == ""
+
+
+def test_render_two_vmis_heads_each(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = render_lines(capsys, workdir, manifest("one") + "---\n" + manifest("two"))
+    assert "# one" in lines
+    assert "# two" in lines
+    assert lines.index("# one") < lines.index("# two")
+
+
+def render_json(capsys: pytest.CaptureFixture[str], workdir: Path, text: str) -> Any:
+    write(workdir, "vmi.yaml", text)
+    status, out, err = run(capsys, "--config", "vmid.yaml", "render", "vmi.yaml", "-o", "json")
+    assert (status, err) == (0, "")
+    return json.loads(out)
+
+
+def test_render_json(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = render_json(capsys, workdir, SEED)
+    argv = plan["argv"]
+    assert argv[0] == "qemu-system-x86_64"
+    assert argv[argv.index("-m") + 1] == "977"
+    assert [p["kind"] for p in plan["prepare"]] == ["ImageOverlay", "EmptyDisk", "CloudInitIso"]
+    overlay, empty, iso = plan["prepare"]
+    assert overlay["image"] == "docker.io/kubevirt/fedora-cloud-container-disk-demo:latest"
+    assert empty["size"] == 2 * 2**30
+    files = {f["name"]: f["content"] for f in iso["files"]}
+    assert files["user-data"] == USER_DATA
+    assert json.loads(files["meta-data"]) == {
+        "instance-id": plan["uuid"],
+        "local-hostname": "testvmi-nocloud",
+    }
+    (tap,) = plan["taps"]
+    assert tap["device"].startswith("vmid")
+    nic = argv[argv.index("-device", argv.index("-netdev")) + 1]
+    assert f"netdev=net0,id=ua-default,mac={tap['mac']}," in nic
+    assert f"ifname={tap['device']}," in argv[argv.index("-netdev") + 1]
+    assert plan["gracePeriodSeconds"] == 30
+
+
+def test_render_json_grace_period(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert render_json(capsys, workdir, manifest("vm"))["gracePeriodSeconds"] == 30
+    given = manifest("vm", terminationGracePeriodSeconds=7)
+    assert render_json(capsys, workdir, given)["gracePeriodSeconds"] == 7
+
+
+def test_render_json_binary_file_content_is_base64(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blob = b"\x1f\x8b\x08\x00binary\xff"
+    data = copy.deepcopy(BASE)
+    data["spec"]["volumes"].append(
+        {"name": "ci", "cloudInitNoCloud": {"userDataBase64": base64.b64encode(blob).decode()}}
+    )
+    plan = render_json(capsys, workdir, dump(data))
+    (iso,) = [p for p in plan["prepare"] if p["kind"] == "CloudInitIso"]
+    files = {f["name"]: f["content"] for f in iso["files"]}
+    assert files["user-data"] == "base64:" + base64.b64encode(blob).decode()
+
+
+def test_render_json_two_vmis_is_a_list(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plans = render_json(capsys, workdir, manifest("one") + "---\n" + manifest("two"))
+    assert [p["name"] for p in plans] == ["one", "two"]
+
+
+def test_render_output_choice_is_checked(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(workdir, "vmi.yaml", SEED)
+    with pytest.raises(SystemExit) as exited:
+        main(["render", "vmi.yaml", "-o", "xml"])
+    assert exited.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "usage: vmid" in capsys.readouterr().err
+
+
+# --- the module entry point
+
+
+@pytest.mark.timeout(60)
+def test_module_entry_point(tmp_path: Path) -> None:
+    write(tmp_path, "vmid.yaml", "accelerator: tcg\n")
+    write(tmp_path, "good.yaml", manifest("good"))
+    write(tmp_path, "bad.yaml", BAD)
+    result = subprocess.run(
+        [sys.executable, "-m", "vmid.cli", "validate", "--config", "vmid.yaml", "good.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        "good.yaml: valid: good\n",
+        "",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "vmid.cli", "validate", "--config", "vmid.yaml", "bad.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == BAD_PROBLEMS
