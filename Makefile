@@ -34,13 +34,26 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-# The daemon is not there yet: `run` shows what works today on the shipped example.
+# A demo: the daemon in the foreground under ./.run (its own root), with conf/instances/, the
+# test guest imported as the seed example's image, and a private network namespace (the pod
+# network comes with the networking work). Ctrl+C stops every VM gracefully.
+# TCG by default: set ACCELERATOR=auto on a host whose KVM works.
+ACCELERATOR ?= tcg
+RUN_ROOT := .run
+SEED_IMAGE := kubevirt/fedora-cloud-container-disk-demo:latest
+
 run: setup
-	@echo "The vmid daemon is not implemented yet. What works today, on conf/instances/testvmi.yaml:"
-	@echo; echo "$$ vmid validate conf/instances/testvmi.yaml"
-	@$(BIN)/vmid validate --config conf/vmid.yaml conf/instances/testvmi.yaml
-	@echo; echo "$$ vmid render conf/instances/testvmi.yaml"
-	@$(BIN)/vmid render --config conf/vmid.yaml conf/instances/testvmi.yaml
+	bash tests/guest/build.sh $(RUN_ROOT)/guest.qcow2
+	mkdir -p $(RUN_ROOT)/etc/vmid/instances
+	install -m 644 conf/instances/*.yaml $(RUN_ROOT)/etc/vmid/instances/
+	printf 'accelerator: %s\n' '$(ACCELERATOR)' > $(RUN_ROOT)/etc/vmid/vmid.yaml
+	$(BIN)/vmid image import --root $(RUN_ROOT) $(SEED_IMAGE) $(RUN_ROOT)/guest.qcow2
+	@echo
+	@echo "From another terminal:  .venv/bin/vmid get --root $(RUN_ROOT)"
+	@echo "                        .venv/bin/vmid logs testvmi-nocloud --root $(RUN_ROOT)"
+	@echo "Remove $(RUN_ROOT)/etc/vmid/instances/testvmi.yaml to power the VM off; Ctrl+C to stop."
+	@echo
+	unshare --net -- $(BIN)/vmid daemon --root $(RUN_ROOT)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -75,14 +75,17 @@ class Daemon:
 
 
 @contextmanager
-def running_daemon(root: Path, config: str) -> Iterator[Daemon]:
-    """Start `vmid daemon --root root` with `config` as vmid.yaml; stop it with SIGTERM."""
+def running_daemon(root: Path, config: str, prefix: tuple[str, ...] = ()) -> Iterator[Daemon]:
+    """Start `vmid daemon --root root` with `config` as vmid.yaml; stop it with SIGTERM.
+
+    `prefix` runs the daemon under another command (`unshare --net` for a private network).
+    """
     (root / "etc/vmid/instances").mkdir(parents=True, exist_ok=True)
     (root / "etc/vmid/vmid.yaml").write_text(config)
     log = root / "daemon.log"
     with log.open("wb") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vmid.cli", "daemon", "-v", "--root", str(root)],
+            [*prefix, sys.executable, "-m", "vmid.cli", "daemon", "-v", "--root", str(root)],
             stdout=stream,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

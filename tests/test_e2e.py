@@ -1,0 +1,112 @@
+"""End to end with everything real: the daemon, QEMU (TCG) and the test guest (tests/guest).
+
+The daemon runs in a network namespace of its own (`unshare --net`): QEMU creates the taps of
+the pod network there, never on this host's interfaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from tests.daemon import Daemon, running_daemon
+
+GUEST = Path(__file__).parent / "guest"
+SEED = EXAMPLES / "seed-testvmi-nocloud.yaml"
+SEED_IMAGE = "kubevirt/fedora-cloud-container-disk-demo:latest"
+UNSHARE = ("unshare", "--net", "--")
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="taps need root (in a private netns)"),
+    pytest.mark.timeout(300),
+]
+
+
+@pytest.fixture(scope="module")
+def guest_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    image = tmp_path_factory.mktemp("guest") / "guest.qcow2"
+    subprocess.run(["bash", str(GUEST / "build.sh"), str(image)], check=True, timeout=900)
+    return image
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, guest_image: Path) -> Iterator[Daemon]:
+    with running_daemon(tmp_path, "accelerator: tcg\n", prefix=UNSHARE) as daemon:
+        imported = daemon.vmid("image", "import", SEED_IMAGE, str(guest_image))
+        assert imported.returncode == 0, imported.stderr
+        yield daemon
+
+
+def console(daemon: Daemon, name: str) -> str:
+    return daemon.vmid("logs", name).stdout
+
+
+def seed_text(name: str, grace: int = 30, user_data: str = "") -> str:
+    text = SEED.read_text().replace("name: testvmi-nocloud", f"name: {name}")
+    text = text.replace(
+        "terminationGracePeriodSeconds: 30", f"terminationGracePeriodSeconds: {grace}"
+    )
+    return text.replace("        password: fedora", f"        password: fedora{user_data}")
+
+
+def test_seed_boots_sees_cloud_init_and_powers_off_on_removal(daemon: Daemon) -> None:
+    file = daemon.drop("seed.yaml", SEED.read_text())
+    daemon.wait_phase("testvmi-nocloud", "Running")
+    daemon.wait_for(
+        "the guest", lambda: "VMID-GUEST: ready" in console(daemon, "testvmi-nocloud"), timeout=120
+    )
+    status = daemon.status("testvmi-nocloud")
+    assert status is not None
+    uuid = status["spec"]["domain"]["firmware"]["uuid"]
+    log = console(daemon, "testvmi-nocloud")
+    assert f"VMID-GUEST: instance-id={uuid}" in log
+    assert "VMID-GUEST: hostname=testvmi-nocloud" in log
+    assert "VMID-GUEST: user-data: password: fedora" in log
+    assert os.path.isabs(status["status"]["qemu"]["qmpSocket"])
+    file.unlink()
+    daemon.wait_phase("testvmi-nocloud", None, timeout=60)
+    assert "testvmi-nocloud: ended Succeeded the guest powered off" in daemon.log_text()
+    assert "VMID-GUEST: powering off" in console(daemon, "testvmi-nocloud")
+
+
+def test_guest_ignoring_acpi_is_killed_after_its_grace(daemon: Daemon) -> None:
+    daemon.drop(
+        "deaf.yaml", seed_text("deaf", grace=3, user_data="\n        # vmid-test: ignore-acpi")
+    )
+    daemon.wait_for(
+        "the guest", lambda: "VMID-GUEST: ready" in console(daemon, "deaf"), timeout=120
+    )
+    (daemon.spool / "deaf.yaml").unlink()
+    daemon.wait_phase("deaf", None, timeout=60)
+    assert "VMID-GUEST: power button ignored" in console(daemon, "deaf")
+    assert "deaf: ended Failed the guest did not power off within the grace period" in (
+        daemon.log_text()
+    )
+
+
+def test_real_qemu_killed_from_outside_ends_failed_and_edits_restart(daemon: Daemon) -> None:
+    daemon.drop("a.yaml", seed_text("vm-a"))
+    daemon.wait_phase("vm-a", "Running")
+    status = daemon.status("vm-a")
+    assert status is not None
+    os.kill(status["status"]["qemu"]["pid"], signal.SIGKILL)
+    daemon.wait_phase("vm-a", "Failed")
+    assert daemon.status("vm-a")["status"]["reason"] == (  # type: ignore[index]
+        "QEMU ended unexpectedly: killed by SIGKILL"
+    )
+    daemon.drop("a.yaml", seed_text("vm-a").replace("memory: 1024M", "memory: 512M"))
+
+    def restarted() -> bool:
+        data = daemon.status("vm-a") or {}
+        argv = data.get("status", {}).get("qemu", {}).get("argv", [])
+        return data.get("status", {}).get("phase") == "Running" and "489" in argv
+
+    daemon.wait_for("the restart with the new spec", restarted)
