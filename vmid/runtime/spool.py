@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml", ".json")
 RESCAN_SECONDS = 60.0
-DEBOUNCE_SECONDS = 0.01  # coalesce a burst (an editor's save, a `cp` of many files)
+DEBOUNCE_SECONDS = 0.002  # coalesce a burst (an editor's save, a `cp` of many files)
 
 _IN_CLOSE_WRITE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x8, 0x40, 0x80
 _IN_DELETE, _IN_DELETE_SELF, _IN_Q_OVERFLOW = 0x200, 0x400, 0x4000
