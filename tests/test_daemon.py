@@ -190,3 +190,20 @@ def test_missing_image_fails_that_vm_with_a_hint(tmp_path: Path) -> None:
         daemon.wait_phase("vm-a", "Failed")
         reason = daemon.status("vm-a")["status"]["reason"]  # type: ignore[index]
         assert "vmid image import docker.io/example/missing:latest" in reason
+
+
+def test_the_newest_of_several_quick_edits_wins(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1"))
+        daemon.wait_phase("vm-a", "Running")
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1", memory="96Mi"))
+        daemon.wait_for("the stop to begin", lambda: "system_powerdown sent" in daemon.log_text())
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1", memory="128Mi"))
+
+        def running_with(memory: str) -> bool:
+            data = daemon.status("vm-a") or {}
+            argv = data.get("status", {}).get("qemu", {}).get("argv", [])
+            return data["status"]["phase"] == "Running" and memory in argv if data else False
+
+        daemon.wait_for("the newest spec", lambda: running_with("128"))
+        assert daemon.log_text().count("qemu started") == 2

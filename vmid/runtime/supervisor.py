@@ -43,6 +43,8 @@ class _VM:
     instance: Instance | None = None
     #: Remove the VMI's state once its task ends (its manifest is gone).
     remove: bool = False
+    #: The changed manifest to start once this VMI has stopped (the newest one wins).
+    successor: Entry | None = None
 
     @property
     def spec(self) -> t.VirtualMachineInstanceSpec:
@@ -132,19 +134,21 @@ class Supervisor:
             vm.status.write()
         if vm.entry.planned is None or entry.planned is None:
             return
-        if vm.spec == entry.planned.manifest.vmi.spec:
+        if vm.successor is None and vm.spec == entry.planned.manifest.vmi.spec:
             vm.entry = entry
             return
-        log.info("%s: spec changed: restarting with the new spec", name)
-        self._stop(name, remove=False)
-        self._nursery.start_soon(self._replace, name, vm, entry)
+        if vm.successor is None:
+            log.info("%s: spec changed: restarting with the new spec", name)
+            self._stop(name, remove=False)
+            self._nursery.start_soon(self._replace, name, vm)
+        vm.successor = entry
 
-    async def _replace(self, name: str, old: _VM, entry: Entry) -> None:
+    async def _replace(self, name: str, old: _VM) -> None:
         await old.done.wait()
-        if self._vms.get(name) is old:
+        if self._vms.get(name) is old and old.successor is not None:
             del self._vms[name]
             await trio.to_thread.run_sync(_remove_state, self._paths, name)
-            self._start(entry)
+            self._start(old.successor)
 
     def _refused_while_running(self, vm: _VM, problems: tuple[Problem, ...]) -> None:
         # KubeVirt specs are immutable: a broken edit leaves the running VMI alone.
