@@ -244,11 +244,14 @@ def _print_data(data: Any, output: str) -> None:
 
 def _table(objects: list[dict[str, Any]], wide: bool) -> str:
     header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
-    rows = [header] + [_row(o, wide) for o in objects]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join(
-        "   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    return _columns([header] + [_row(o, wide) for o in objects])
+
+
+def _columns(rows: list[list[str]]) -> str:
+    """Left-aligned columns three spaces apart, as kubectl prints them."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _row(obj: dict[str, Any], wide: bool) -> list[str]:
@@ -302,9 +305,7 @@ def _image_list(args: argparse.Namespace) -> int:
     config, paths = _setup(args)
     images = ImageStore(paths.state / "images", config.qemuImg).list()
     rows = [["REF", "FORMAT", "SIZE"]] + [[i.ref, i.format, str(i.virtualSize)] for i in images]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for row in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(_columns(rows))
     return EXIT_OK
 
 

@@ -1,0 +1,112 @@
+"""The image store and the files a plan prepares, with the real qemu-img."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vmid.cli import main
+from vmid.host.storage import ImageStore, StorageError, prepare
+from vmid.plan.model import EfiVars, EmptyDisk, HostFile, ImageOverlay
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed"),
+    pytest.mark.timeout(60),
+]
+
+
+def qemu_img(*args: str) -> str:
+    return subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True).stdout
+
+
+def info(path: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads(qemu_img("info", "--output=json", str(path)))
+    return data
+
+
+def test_image_import_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 2**20)
+    root = ["--root", str(tmp_path / "root"), "--config", "/dev/null"]
+    assert main(["image", "import", "kubevirt/cirros", str(image), *root]) == 0
+    assert (
+        "imported docker.io/kubevirt/cirros:latest (raw, 1048576 bytes)" in capsys.readouterr().out
+    )
+    assert main(["image", "list", *root]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["REF", "FORMAT", "SIZE"]
+    assert lines[1].split() == ["docker.io/kubevirt/cirros:latest", "raw", "1048576"]
+
+
+async def test_images_with_a_backing_file_are_refused(tmp_path: Path) -> None:
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "1M")
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top))
+    store = ImageStore(tmp_path / "images", "qemu-img")
+    with pytest.raises(StorageError, match="backing file is not accepted"):
+        await store.add("example/top", top)
+    assert store.list() == []
+
+
+async def test_missing_image_says_how_to_add_it(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "images", "qemu-img")
+    overlay = ImageOverlay(path=str(tmp_path / "o.qcow2"), image="docker.io/x/y:latest")
+    with pytest.raises(
+        StorageError, match=re.escape("vmid image import docker.io/x/y:latest FILE")
+    ):
+        await prepare(overlay, store, "qemu-img")
+
+
+async def test_overlay_is_new_at_each_prepare_and_backed_by_the_image(tmp_path: Path) -> None:
+    image = tmp_path / "disk.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "8M")
+    store = ImageStore(tmp_path / "images", "qemu-img")
+    stored = await store.add("example/disk:1", image)
+    overlay = tmp_path / "state/disks/root.qcow2"
+    item = ImageOverlay(path=str(overlay), image=stored.ref)
+    await prepare(item, store, "qemu-img")
+    qemu_img("resize", "-q", str(overlay), "16M")  # a write the next launch must not see
+    await prepare(item, store, "qemu-img")
+    data = info(overlay)
+    assert data["backing-filename"] == str(stored.path)
+    assert data["virtual-size"] == 8 * 2**20
+
+
+async def test_empty_disk_is_made_once_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "disks/scratch.qcow2"
+    item = EmptyDisk(path=str(path), size=64 * 2**20)
+    store = ImageStore(tmp_path / "images", "qemu-img")
+    await prepare(item, store, "qemu-img")
+    qemu_img("resize", "-q", str(path), "128M")
+    await prepare(item, store, "qemu-img")
+    assert info(path)["virtual-size"] == 128 * 2**20
+
+
+async def test_host_disks_are_created_sparse_or_must_exist(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "images", "qemu-img")
+    created = tmp_path / "disks/data.img"
+    await prepare(HostFile(path=str(created), createSize=2**30), store, "qemu-img")
+    assert created.stat().st_size == 2**30
+    assert created.stat().st_blocks == 0
+    created.write_bytes(b"keep")
+    await prepare(HostFile(path=str(created), createSize=2**30), store, "qemu-img")
+    assert created.read_bytes() == b"keep"  # an existing disk is never truncated
+    with pytest.raises(StorageError, match="does not exist"):
+        await prepare(HostFile(path=str(tmp_path / "nope.img")), store, "qemu-img")
+
+
+async def test_efi_vars_are_copied_once(tmp_path: Path) -> None:
+    template = tmp_path / "VARS.fd"
+    template.write_bytes(b"template")
+    target = tmp_path / "state/efivars.fd"
+    store = ImageStore(tmp_path / "images", "qemu-img")
+    await prepare(EfiVars(path=str(target), template=str(template)), store, "qemu-img")
+    target.write_bytes(b"guest wrote this")
+    await prepare(EfiVars(path=str(target), template=str(template)), store, "qemu-img")
+    assert target.read_bytes() == b"guest wrote this"
