@@ -75,7 +75,9 @@ class Daemon:
 
 
 @contextmanager
-def running_daemon(root: Path, config: str, prefix: tuple[str, ...] = ()) -> Iterator[Daemon]:
+def running_daemon(
+    root: Path, config: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[Daemon]:
     """Start `vmid daemon --root root` with `config` as vmid.yaml; stop it with SIGTERM.
 
     `prefix` runs the daemon under another command (`unshare --net` for a private network).
@@ -89,7 +91,7 @@ def running_daemon(root: Path, config: str, prefix: tuple[str, ...] = ()) -> Ite
             stdout=stream,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     daemon = Daemon(root, process, log)
     try:

@@ -47,48 +47,74 @@ def requests(conn: socket.socket) -> Iterator[dict[str, Any]]:
 def main(argv: list[str]) -> int:
     mode = option(argv, "-smbios", r"serial=([^,]+)") or "obey"
     if mode == "refuse":
-        print("qemu-system-x86_64: -device nope: 'nope' is not a valid device model name",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "qemu-system-x86_64: -device nope: 'nope' is not a valid device model name",
+            file=sys.stderr,
+        )
         return 1
     fd = int(option(argv, "-chardev", r"id=vmid-control,fd=(\d+)") or "-1")
+    fake = FakeQemu(mode)
     listener = socket.socket(fileno=fd)
-    conn, _ = listener.accept()
-    lock = threading.Lock()
+    while True:  # like QEMU: a client hanging up leaves the VM running, and it may reconnect
+        conn, _ = listener.accept()
+        if fake.serve(conn):
+            return 0
 
-    def send(message: dict[str, object]) -> None:
-        with lock:
-            conn.sendall(json.dumps(message).encode() + b"\r\n")
 
-    def event(name: str, data: dict[str, object] | None = None) -> None:
-        send({"event": name, "data": data or {}, "timestamp": {"seconds": 0, "microseconds": 0}})
+class FakeQemu:
+    """The fake's state across monitor connections."""
 
-    def power_off(after: float) -> None:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.powering_off = False
+        self.powerdowns = 0
+        self.lock = threading.Lock()
+        self.conn: socket.socket | None = None
+
+    def send(self, message: dict[str, object]) -> None:
+        with self.lock:
+            if self.conn is not None:
+                self.conn.sendall(json.dumps(message).encode() + b"\r\n")
+
+    def event(self, name: str, data: dict[str, object] | None = None) -> None:
+        stamp = {"seconds": 0, "microseconds": 0}
+        self.send({"event": name, "data": data or {}, "timestamp": stamp})
+
+    def power_off(self, after: float) -> None:
         time.sleep(after)
-        event("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+        self.event("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
         os._exit(0)
 
-    send({"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}})
-    powering_off = False
-    powerdowns = 0
-    for request in requests(conn):
-        command, ident = request["execute"], request.get("id")
-        send({"return": {"status": "prelaunch", "running": False} if command == "query-status"
-              else {}, **({"id": ident} if ident is not None else {})})  # fmt: skip
-        if command == "cont" and mode == "crash":
-            os._exit(1)
-        if command == "system_powerdown":
-            event("POWERDOWN")
-            powerdowns += 1
-            if mode == "second" and powerdowns == 2:
-                power_off(0.0)
-            if mode == "obey" or (mode.startswith("delay-") and not powering_off):
-                delay = 0.0 if mode == "obey" else float(mode.removeprefix("delay-"))
-                powering_off = True
-                threading.Thread(target=power_off, args=(delay,), daemon=True).start()
-        if command == "quit":
-            event("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
-            return 0
-    return 0
+    def serve(self, conn: socket.socket) -> bool:
+        """Answer one client until it hangs up; True once asked to quit."""
+        self.conn = conn
+        self.send(
+            {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}
+        )
+        for request in requests(conn):
+            command, ident = request["execute"], request.get("id")
+            result = {"status": "prelaunch", "running": False} if command == "query-status" else {}
+            self.send({"return": result, **({"id": ident} if ident is not None else {})})
+            if command == "cont" and self.mode == "crash":
+                os._exit(1)
+            if command == "system_powerdown":
+                self.powerdown()
+            if command == "quit":
+                self.event("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+                return True
+        with self.lock:
+            self.conn = None
+        return False
+
+    def powerdown(self) -> None:
+        self.event("POWERDOWN")
+        self.powerdowns += 1
+        if self.mode == "second" and self.powerdowns == 2:
+            self.power_off(0.0)
+        if self.mode == "obey" or (self.mode.startswith("delay-") and not self.powering_off):
+            delay = 0.0 if self.mode == "obey" else float(self.mode.removeprefix("delay-"))
+            self.powering_off = True
+            threading.Thread(target=self.power_off, args=(delay,), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -158,7 +158,9 @@ def test_sigterm_stops_every_vm_gracefully_in_parallel(tmp_path: Path) -> None:
         assert "vmid stopped" in log
 
 
-def test_keep_leaves_vms_running_when_the_daemon_stops(tmp_path: Path) -> None:
+def test_keep_leaves_vms_running_and_a_new_daemon_never_starts_a_second_qemu(
+    tmp_path: Path,
+) -> None:
     with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
@@ -166,7 +168,13 @@ def test_keep_leaves_vms_running_when_the_daemon_stops(tmp_path: Path) -> None:
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(timeout=30) == 0
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # still running
+        with running_daemon(tmp_path, fake_config()) as again:
+            again.wait_phase("vm-a", "Failed")
+            reason = again.status("vm-a")["status"]["reason"]  # type: ignore[index]
+            assert f"still running (pid {pid})" in reason
+            assert again.log_text().count("qemu started") == 0
+        os.kill(pid, 0)  # and left alone
     finally:
         os.kill(pid, signal.SIGKILL)
 

@@ -18,9 +18,16 @@ from vmid.errors import ConfigError
 from vmid.host import accel
 from vmid.runtime import spool as spool_module
 from vmid.runtime.spool import Spool
+from vmid.runtime.status import Phase
 from vmid.runtime.supervisor import Supervisor
+from vmid.runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
+
+#: Extra time asked of systemd on top of the longest grace: quit, SIGKILL, cleanup.
+STOP_MARGIN_SECONDS = 15
+#: How long READY=1 waits for the spool's VMIs to be Running (or Failed) at start.
+SETTLE_SECONDS = 60
 
 
 async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
@@ -33,21 +40,32 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
     for directory in (paths.spool, paths.state, paths.runtime, paths.logs):
         directory.mkdir(parents=True, exist_ok=True)
     spool = Spool(paths.spool, config, paths, accelerator)
+    notifier = Notifier()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio_asyncio.open_loop(), trio.open_nursery() as vms:
             supervisor = Supervisor(vms, config, paths, accelerator)
             async with trio.open_nursery() as watchers:
+                watchers.start_soon(notifier.watchdog)
                 await watchers.start(spool_module.watch, spool, supervisor.apply)
+                with trio.move_on_after(SETTLE_SECONDS):
+                    await supervisor.wait_settled()
+                supervisor.on_change(lambda: notifier.notify(STATUS=_summary(supervisor)))
+                notifier.notify(READY="1", STATUS=_summary(supervisor))
                 log.info("vmid ready: %s", _summary(supervisor))
                 async for signum in signals:
                     if signum == signal.SIGHUP:
+                        notifier.notify(RELOADING="1")
                         _reload(spool, supervisor, config_file, config_required)
                         supervisor.apply(await trio.to_thread.run_sync(spool.scan))
+                        notifier.notify(READY="1", STATUS=_summary(supervisor))
                         continue
                     log.info("vmid stopping (%s)", signal.Signals(signum).name)
                     watchers.cancel_scope.cancel()
                     break
             keep = config.onDaemonStop is OnDaemonStop.KEEP
+            notifier.notify(STOPPING="1", STATUS=f"stopping: {_summary(supervisor)}")
+            if not keep:
+                notifier.extend_timeout(supervisor.max_grace() + STOP_MARGIN_SECONDS)
             await supervisor.stop_all(keep=keep)
     log.info("vmid stopped")
 
@@ -64,5 +82,6 @@ def _reload(spool: Spool, supervisor: Supervisor, config_file: Path, required: b
 
 
 def _summary(supervisor: Supervisor) -> str:
+    """`3 running, 1 failed`: VMIs per phase, in lifecycle order."""
     counts = supervisor.counts()
-    return ", ".join(f"{n} {p.value.lower()}" for p, n in sorted(counts.items())) or "no VMIs"
+    return ", ".join(f"{counts[p]} {p.value.lower()}" for p in Phase if p in counts) or "no VMIs"

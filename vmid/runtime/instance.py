@@ -8,6 +8,7 @@ passed, `quit`, then SIGKILL) and the task ends once QEMU is gone and the status
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -103,6 +104,13 @@ class Instance:
 
     async def _start(self) -> None:
         plan = self.plan
+        orphan = _earlier_qemu(plan, self.status.path)
+        if orphan is not None:
+            # Never two QEMUs on one VM's disks. Re-adopting it is not implemented yet.
+            raise LaunchError(
+                f"a QEMU of this VMI from an earlier vmid is still running (pid {orphan}); "
+                f"stop it (kill {orphan}) and vmid will start the VMI again on its next rescan"
+            )
         self.status.write()
         for item in plan.prepare:
             await storage.prepare(item, self._store, self._qemu_img)
@@ -323,6 +331,23 @@ class Instance:
         except OSError:
             return ""
         return lines[-1] if lines else ""
+
+
+def _earlier_qemu(plan: LaunchPlan, status_file: Path) -> int | None:
+    """The pid of a QEMU this VMI's last status names, if that process is still this VM's QEMU.
+
+    Identity is checked, not assumed (pids are reused): the process must run in the VM's
+    runtime directory with this VM's `-name`.
+    """
+    try:
+        pid = int(json.loads(status_file.read_text())["status"]["qemu"]["pid"])
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            argv = stream.read().split(b"\0")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    name_option = next((a for a in plan.argv if a.startswith("guest=")), "").encode()
+    return pid if cwd == plan.cwd and name_option in argv else None
 
 
 def _describe_exit(code: int | None) -> str:

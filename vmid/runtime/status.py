@@ -10,6 +10,7 @@ import datetime
 import enum
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,11 @@ class Condition:
 class Status:
     """The live status of one VMI, written to `path` on every change."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], on_write: Callable[[], None] = lambda: None
+    ) -> None:
         self.path = path
+        self._on_write = on_write
         self.manifest = manifest
         self.phase = Phase.PENDING
         self.reason = ""
@@ -105,6 +109,7 @@ class Status:
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         staging.write_text(json.dumps(self.to_data(), indent=1) + "\n")
         os.replace(staging, self.path)
+        self._on_write()
 
 
 def _transition(phase: Phase) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -65,6 +66,8 @@ class Supervisor:
         self._store = ImageStore(paths.state / "images", config.qemuImg)
         self._vms: dict[str, _VM] = {}
         self._refused: set[str] = set()
+        self._on_change: Callable[[], None] = lambda: None
+        self._changed = trio.Event()
 
     def __repr__(self) -> str:
         return f"<Supervisor vms={len(self._vms)}>"
@@ -79,6 +82,26 @@ class Supervisor:
         for vm in self._vms.values():
             counts[vm.status.phase] = counts.get(vm.status.phase, 0) + 1
         return counts
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after every status change (for systemd's STATUS= line)."""
+        self._on_change = callback
+
+    def max_grace(self) -> int:
+        """The longest grace period among the VMIs that may have to be stopped."""
+        graces = [vm.instance.plan.gracePeriodSeconds for vm in self._vms.values() if vm.instance]
+        return max(graces, default=0)
+
+    async def wait_settled(self) -> None:
+        """Wait until no VMI is still starting (each is Running or has ended)."""
+        starting = (Phase.PENDING, Phase.SCHEDULED)
+        while any(vm.status.phase in starting for vm in self._vms.values()):
+            await self._changed.wait()
+
+    def _status_written(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        self._on_change()
 
     def apply(self, desired: Desired) -> None:
         """Start what is new, stop what is gone, restart what changed; returns at once."""
@@ -117,7 +140,8 @@ class Supervisor:
         assert entry.name is not None
         manifest = to_data(entry.planned.manifest.vmi) if entry.planned else {}
         manifest.setdefault("metadata", {})["creationTimestamp"] = now()
-        status = Status(self._paths.instance_runtime(entry.name) / STATUS_FILE, manifest)
+        path = self._paths.instance_runtime(entry.name) / STATUS_FILE
+        status = Status(path, manifest, self._status_written)
         vm = _VM(entry, status)
         self._vms[entry.name] = vm
         self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
@@ -189,6 +213,7 @@ class Supervisor:
         vm.done.set()
         if vm.remove and self._vms.get(name) is vm:
             del self._vms[name]
+            self._status_written()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_remove_state, self._paths, name)
             log.info("%s: removed", name)

@@ -1,0 +1,65 @@
+"""The daemon under systemd: sd_notify readiness, status, stopping, timeouts and watchdog."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import fake_config, manifest, running_daemon
+from vmid.runtime.systemd import Notifier
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def received(sock: socket.socket) -> list[str]:
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+def test_ready_status_stopping_and_watchdog(tmp_path: Path) -> None:
+    spool = tmp_path / "etc/vmid/instances"
+    spool.mkdir(parents=True)
+    (spool / "a.yaml").write_text(manifest("vm-a", grace=7))
+    (spool / "b.yaml").write_text(manifest("vm-b", mode="refuse"))
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.setblocking(False)
+        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
+        messages: list[str] = []
+
+        def watchdog_pinged() -> bool:
+            messages.extend(received(sock))
+            return any("WATCHDOG=1" in m for m in messages)
+
+        with running_daemon(tmp_path, fake_config(), env=env) as daemon:
+            daemon.wait_for("the watchdog", watchdog_pinged)
+            daemon.process.send_signal(signal.SIGTERM)
+            assert daemon.process.wait(timeout=30) == 0
+        messages += received(sock)
+    text = "\n".join(messages)
+    ready = next(m for m in messages if "READY=1" in m)
+    # READY=1 only once the spool's VMIs have started or failed, with a summary.
+    assert "STATUS=1 running, 1 failed" in ready
+    assert "STOPPING=1" in text
+    assert f"EXTEND_TIMEOUT_USEC={(7 + 15) * 10**6}" in text
+
+
+def test_without_notify_socket_nothing_is_sent() -> None:
+    notifier = Notifier({})
+    notifier.notify(READY="1")
+    assert notifier.watchdog_seconds is None
+
+
+def test_abstract_socket_and_watchdog_of_another_process() -> None:
+    notifier = Notifier(
+        {"NOTIFY_SOCKET": "@vmid-test", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}
+    )
+    assert repr(notifier) == "<Notifier socket='\\x00vmid-test' watchdog=None>"
