@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # QEMU and its firmware; tests run real QEMU (TCG) to prove the planned command lines start.
 APT_PACKAGES := qemu-system-x86 qemu-utils ovmf
 
-.PHONY: setup packages lint test run clean golden
+.PHONY: setup packages lint test run clean golden install
 
 setup: packages $(VENV)/.installed
 
@@ -54,6 +54,15 @@ run: setup
 	@echo "Remove $(RUN_ROOT)/etc/vmid/instances/testvmi.yaml to power the VM off; Ctrl+C to stop."
 	@echo
 	unshare --net -- $(BIN)/vmid daemon --root $(RUN_ROOT)
+
+# Install for systemd: the package into /usr/local (pip), the unit, the config with its
+# defaults documented, and the spool. Then: systemctl daemon-reload; systemctl enable --now vmid
+PREFIX ?= /usr/local
+install: packages
+	$(PYTHON) -m pip install --prefix $(PREFIX) .
+	install -D -m 644 systemd/vmid.service /etc/systemd/system/vmid.service
+	install -d -m 755 /etc/vmid /etc/vmid/instances
+	test -e /etc/vmid/vmid.yaml || install -m 644 conf/vmid.yaml /etc/vmid/vmid.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

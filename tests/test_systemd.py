@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,21 @@ def test_abstract_socket_and_watchdog_of_another_process() -> None:
         {"NOTIFY_SOCKET": "@vmid-test", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}
     )
     assert repr(notifier) == "<Notifier socket='\\x00vmid-test' watchdog=None>"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
+def test_unit_file_is_valid(tmp_path: Path) -> None:
+    unit = (Path(__file__).parent.parent / "systemd/vmid.service").read_text()
+    assert "Type=notify" in unit
+    assert "KillMode=process" in unit
+    # verify wants the ExecStart binary to exist; check every directive with one that does.
+    (tmp_path / "vmid.service").write_text(unit.replace("/usr/local/bin/vmid", "/bin/true"))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "vmid.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Unknown" not in result.stderr, result.stderr
