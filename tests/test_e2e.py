@@ -110,3 +110,45 @@ def test_real_qemu_killed_from_outside_ends_failed_and_edits_restart(daemon: Dae
         return data.get("status", {}).get("phase") == "Running" and "489" in argv
 
     daemon.wait_for("the restart with the new spec", restarted)
+
+
+MINIMAL = """apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: tools}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    memory: {guest: 64Mi}
+    devices: {autoattachPodInterface: false}
+"""
+
+
+def test_qmp_pause_unpause_reset_and_screenshot(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.drop("tools.yaml", MINIMAL)
+    daemon.wait_phase("tools", "Running")
+    status = daemon.vmid("qmp", "tools", "query-status")
+    assert status.returncode == 0, status.stderr
+    assert '"status": "running"' in status.stdout
+
+    def paused() -> str:
+        data = daemon.status("tools") or {}
+        conditions = {c["type"]: c for c in data.get("status", {}).get("conditions", [])}
+        return str(conditions.get("Paused", {}).get("status"))
+
+    assert daemon.vmid("pause", "tools").returncode == 0
+    daemon.wait_for("the Paused condition", lambda: paused() == "True")
+    again = daemon.vmid("pause", "tools")
+    assert (again.returncode, again.stderr.strip()) == (2, "vmid: VMI tools is already paused")
+    assert daemon.vmid("unpause", "tools").returncode == 0
+    daemon.wait_for("Paused=False", lambda: paused() == "False")
+    assert daemon.vmid("reset", "tools").returncode == 0
+    shot = tmp_path / "screen.png"
+    saved = daemon.vmid("screenshot", "tools", str(shot))
+    assert saved.returncode == 0, saved.stderr
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = daemon.vmid("qmp", "tools", "no-such-command")
+    assert bad.returncode == 2
+    assert "CommandNotFound" in bad.stderr
+    missing = daemon.vmid("pause", "nope")
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr

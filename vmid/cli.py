@@ -22,6 +22,7 @@ import cattrs
 import trio
 from ruamel.yaml import YAML
 
+from vmid import control
 from vmid.config import Config, Paths, load_config
 from vmid.errors import VmidError
 from vmid.host import accel
@@ -80,6 +81,26 @@ def _parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", parents=[common], help="print a VMI's serial console log")
     logs.add_argument("name", metavar="NAME")
     logs.set_defaults(run=_logs)
+
+    qmp = commands.add_parser("qmp", parents=[common], help="run a QMP command on a VMI's qmp.sock")
+    qmp.add_argument("name", metavar="NAME")
+    qmp.add_argument("command", metavar="COMMAND")
+    qmp.add_argument("arguments", nargs="?", metavar="JSON-ARGS", type=_json_object)
+    qmp.set_defaults(run=_qmp)
+    for action, text in (
+        ("pause", "pause a running VMI"),
+        ("unpause", "resume a paused VMI"),
+        ("reset", "hard-reset a VMI, as the reset button does"),
+    ):
+        parser_ = commands.add_parser(action, parents=[common], help=text)
+        parser_.add_argument("name", metavar="NAME")
+        parser_.set_defaults(run=_lifecycle, action=action)
+    screenshot = commands.add_parser(
+        "screenshot", parents=[common], help="save the VMI's screen as a PNG file"
+    )
+    screenshot.add_argument("name", metavar="NAME")
+    screenshot.add_argument("file", metavar="FILE.png", type=Path)
+    screenshot.set_defaults(run=_screenshot)
 
     image = commands.add_parser("image", help="the local containerDisk image store")
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
@@ -290,6 +311,61 @@ def _logs(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"vmid: no console log for {args.name!r} ({log_file})", file=sys.stderr)
         return EXIT_INVALID
+    return EXIT_OK
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("the arguments must be a JSON object")
+    return value
+
+
+def _running(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The qmp.sock and status of a Running VMI, or ControlError saying why not."""
+    paths = Paths(args.root or Path("/"))
+    objects = [
+        o
+        for o in status.read_objects(paths.runtime)
+        if o.get("metadata", {}).get("name") == args.name
+    ]
+    if not objects:
+        raise control.ControlError(f"virtualmachineinstance {args.name!r} not found")
+    st = objects[0].get("status", {})
+    if st.get("phase") != "Running" or not st.get("qemu", {}).get("qmpSocket"):
+        raise control.ControlError(f"VMI {args.name} is not running (phase {st.get('phase')})")
+    return Path(st["qemu"]["qmpSocket"]), st
+
+
+def _qmp(args: argparse.Namespace) -> int:
+    qmp_socket, _ = _running(args)
+    result = control.execute(qmp_socket, args.command, args.arguments)
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _lifecycle(args: argparse.Namespace) -> int:
+    qmp_socket, st = _running(args)
+    paused = any(c["type"] == "Paused" and c["status"] == "True" for c in st.get("conditions", []))
+    # KubeVirt's refusals (pkg/virt-api/rest/lifecycle.go).
+    if args.action == "pause" and paused:
+        raise control.ControlError(f"VMI {args.name} is already paused")
+    if args.action == "unpause" and not paused:
+        raise control.ControlError(f"VMI {args.name} is not paused")
+    command = {"pause": "stop", "unpause": "cont", "reset": "system_reset"}[args.action]
+    control.execute(qmp_socket, command)
+    print(f"VMI {args.name} was scheduled to {args.action}")
+    return EXIT_OK
+
+
+def _screenshot(args: argparse.Namespace) -> int:
+    qmp_socket, _ = _running(args)
+    target = args.file.absolute()  # QEMU writes it, from its own working directory
+    control.execute(qmp_socket, "screendump", {"filename": str(target), "format": "png"})
+    print(f"saved {target}")
     return EXIT_OK
 
 

@@ -22,7 +22,7 @@ import trio
 
 from vmid.config import Accelerator
 from vmid.errors import VmidError
-from vmid.host import storage
+from vmid.host import storage, unixsock
 from vmid.plan.model import LaunchPlan
 from vmid.runtime.qmp import Event, Monitor, MonitorError
 from vmid.runtime.status import Phase, Status
@@ -120,7 +120,7 @@ class Instance:
             self.status.transition(Phase.SCHEDULED)
             self.status.qemu = self._qemu_status()
             self.status.write()
-            client = _connect(Path(plan.sockets.control))
+            client = unixsock.connect(Path(plan.sockets.control))
         finally:
             listener.close()
         with trio.move_on_after(MONITOR_CONNECT_TIMEOUT):
@@ -363,42 +363,13 @@ def _open_log(path: str) -> BinaryIO:
 
 
 def _listen(plan: LaunchPlan) -> socket.socket:
-    """Make the VM's directories, then bind and listen on its control socket.
+    """Make the VM's directories, then listen on its control socket.
 
     QEMU inherits the listening socket; vmid connects to it as a client.
     """
     Path(plan.cwd).mkdir(parents=True, exist_ok=True)
     Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
-    path = Path(plan.sockets.control)
-    path.unlink(missing_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        _at(path, listener.bind)
-        path.chmod(0o600)
-        listener.listen(1)
-    except OSError:
-        listener.close()
-        raise
-    return listener
-
-
-def _connect(path: Path) -> socket.socket:
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        _at(path, client.connect)
-    except OSError:
-        client.close()
-        raise
-    return client
-
-
-def _at(path: Path, call: Any) -> None:
-    """bind/connect a unix socket by a short name, whatever the length of its directory."""
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        call(f"/proc/self/fd/{fd}/{path.name}")
-    finally:
-        os.close(fd)
+    return unixsock.listen(Path(plan.sockets.control))
 
 
 def _remove_sockets(plan: LaunchPlan) -> None:
