@@ -215,3 +215,55 @@ def test_the_newest_of_several_quick_edits_wins(tmp_path: Path) -> None:
 
         daemon.wait_for("the newest spec", lambda: running_with("128"))
         assert daemon.log_text().count("qemu started") == 2
+
+
+def test_a_name_too_long_for_a_path_is_refused_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("long.yaml", manifest("a" * 300))
+        daemon.drop("ok.yaml", manifest("vm-ok"))
+        daemon.wait_phase("vm-ok", "Running")
+        daemon.wait_for(
+            "the long name's problem", lambda: "must be no more than 253" in daemon.log_text()
+        )
+        assert daemon.process.poll() is None
+
+
+def test_an_ended_vmi_is_cleaned_up_when_removed_and_starts_anew_when_re_added(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        file = daemon.drop("a.yaml", manifest("vm-a", mode="crash"))
+        daemon.wait_phase("vm-a", "Failed")
+        file.unlink()
+        daemon.wait_phase("vm-a", None)
+        assert not (tmp_path / "var/lib/vmid/instances/vm-a").exists()
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+
+
+def test_sigterm_during_a_restart_for_a_spec_change_exits_cleanly(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1"))
+        daemon.wait_phase("vm-a", "Running")
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1", memory="96Mi"))
+        daemon.wait_for("the stop to begin", lambda: "system_powerdown sent" in daemon.log_text())
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+        assert daemon.log_text().count("qemu started") == 1
+
+
+def test_the_first_file_claims_a_name_even_when_it_is_invalid(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("same").replace("64Mi", "lots"))
+        daemon.drop("b.yaml", manifest("same"))
+        daemon.wait_for("the duplicate", lambda: "already defined in" in daemon.log_text())
+        daemon.wait_phase("same", "Failed")
+
+
+def test_status_files_and_logs_are_private(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        status = tmp_path / "run/vmid/instances/vm-a/status.json"
+        assert status.stat().st_mode & 0o077 == 0
+        assert (tmp_path / "var/log/vmid/vm-a/qemu.log").stat().st_mode & 0o077 == 0

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
 import json
 import logging
 import os
+import select
 import shlex
 import shutil
+import socket
 import sys
+import termios
+import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ from ruamel.yaml import YAML
 from vmid import control
 from vmid.config import Config, Paths, load_config
 from vmid.errors import VmidError
-from vmid.host import accel
+from vmid.host import accel, unixsock
 from vmid.host.storage import ImageStore
 from vmid.manifests import Planned, plan_file
 from vmid.plan.model import LaunchPlan
@@ -95,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
         parser_ = commands.add_parser(action, parents=[common], help=text)
         parser_.add_argument("name", metavar="NAME")
         parser_.set_defaults(run=_lifecycle, action=action)
+    console = commands.add_parser(
+        "console", parents=[common], help="attach to a VMI's serial console (Ctrl+] leaves)"
+    )
+    console.add_argument("name", metavar="NAME")
+    console.set_defaults(run=_console)
     screenshot = commands.add_parser(
         "screenshot", parents=[common], help="save the VMI's screen as a PNG file"
     )
@@ -359,6 +369,63 @@ def _lifecycle(args: argparse.Namespace) -> int:
     control.execute(qmp_socket, command)
     print(f"VMI {args.name} was scheduled to {args.action}")
     return EXIT_OK
+
+
+ESCAPE = b"\x1d"  # Ctrl+], as virtctl console and telnet
+
+
+def _console(args: argparse.Namespace) -> int:
+    _, st = _running(args)
+    path = st.get("qemu", {}).get("consoleSocket")
+    if not path:
+        raise control.ControlError(f"VMI {args.name} has no serial console")
+    try:
+        sock = unixsock.connect(Path(path))
+    except OSError as exc:
+        raise control.ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+    print(
+        f"Successfully connected to {args.name} console. Press Ctrl+] to exit console.",
+        file=sys.stderr,
+        flush=True,
+    )
+    with sock, _raw_terminal(sys.stdin.fileno()):
+        _relay(sock, sys.stdin.fileno(), sys.stdout.fileno())
+    print(f"\r\nDisconnected from {args.name} console.", file=sys.stderr)
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Iterator[None]:
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _relay(sock: socket.socket, stdin: int, stdout: int) -> None:
+    """Copy both ways until Ctrl+] on stdin, or the console closes (the VM is gone)."""
+    readers: list[int] = [sock.fileno(), stdin]
+    while True:
+        ready, _, _ = select.select(readers, [], [])
+        if sock.fileno() in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            os.write(stdout, data)
+        if stdin in ready:
+            data = os.read(stdin, 65536)
+            if ESCAPE in data:
+                sock.sendall(data[: data.index(ESCAPE)])
+                return
+            if not data:
+                readers.remove(stdin)  # stdin ended: keep showing the console
+                continue
+            sock.sendall(data)
 
 
 def _screenshot(args: argparse.Namespace) -> int:

@@ -136,7 +136,9 @@ def _claimed_name(data: object) -> str | None:
         return None
     metadata = data.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
-    return name if isinstance(name, str) and validate.DNS1123_SUBDOMAIN.fullmatch(name) else None
+    if not isinstance(name, str) or len(name) > 253:  # it may become a directory name
+        return None
+    return name if validate.DNS1123_SUBDOMAIN.fullmatch(name) else None
 
 
 def load_object(file: str, data: bytes, cls: type[T]) -> T:

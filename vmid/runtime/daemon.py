@@ -7,6 +7,7 @@ SIGTERM or SIGINT stops every VMI gracefully and in parallel, then exits (with
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -37,6 +38,8 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
     log.info("vmid starting: root=%s accelerator=%s", paths.root, accelerator)
     if accelerator is Accelerator.TCG:
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
+    # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
+    os.umask(0o077)
     for directory in (paths.spool, paths.state, paths.runtime, paths.logs):
         directory.mkdir(parents=True, exist_ok=True)
     spool = Spool(paths.spool, config, paths, accelerator)
@@ -55,8 +58,8 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         notifier.notify(RELOADING="1")
-                        _reload(spool, supervisor, config_file, config_required)
-                        supervisor.apply(await trio.to_thread.run_sync(spool.scan))
+                        await _reload(spool, supervisor, config_file, config_required)
+                        await spool.rescan(supervisor.apply)
                         notifier.notify(READY="1", STATUS=_summary(supervisor))
                         continue
                     log.info("vmid stopping (%s)", signal.Signals(signum).name)
@@ -70,13 +73,13 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
     log.info("vmid stopped")
 
 
-def _reload(spool: Spool, supervisor: Supervisor, config_file: Path, required: bool) -> None:
+async def _reload(spool: Spool, supervisor: Supervisor, config_file: Path, required: bool) -> None:
     try:
         config = load_config(config_file, required=required)
     except ConfigError as exc:
         log.error("configuration not reloaded: %s", exc)
         return
-    spool.reconfigure(config)
+    await spool.reconfigure(config)
     supervisor.reconfigure(config)
     log.info("configuration reloaded")
 

@@ -106,10 +106,12 @@ class Instance:
         plan = self.plan
         orphan = _earlier_qemu(plan, self.status.path)
         if orphan is not None:
-            # Never two QEMUs on one VM's disks. Re-adopting it is not implemented yet.
+            # Never two QEMUs on one VM's disks. Re-adopting it is not implemented yet; keep
+            # its pid in the status so the next daemon finds it too.
+            self.status.qemu = {"pid": orphan}
             raise LaunchError(
                 f"a QEMU of this VMI from an earlier vmid is still running (pid {orphan}); "
-                f"stop it (kill {orphan}) and vmid will start the VMI again on its next rescan"
+                f"stop it (kill {orphan}), then remove and re-add the manifest or restart vmid"
             )
         self.status.write()
         for item in plan.prepare:
@@ -212,7 +214,10 @@ class Instance:
     async def _follow_events(self, monitor: Monitor, scope: trio.CancelScope) -> None:
         with scope:
             async for event in monitor.events():
-                self._on_event(event)
+                try:
+                    self._on_event(event)
+                except Exception:  # bookkeeping (a full /run) must never stop a healthy VM
+                    self.log.exception("handling event %s failed", event.name)
 
     def _on_event(self, event: Event) -> None:
         self.log.info("event %s %s", event.name, dict(event.data))
@@ -309,7 +314,8 @@ class Instance:
             await self._process.wait()
         if self._monitor is not None:
             await self._monitor.aclose()
-        _remove_sockets(self.plan)
+        if self._process is not None:  # the sockets are ours only if our QEMU made them
+            _remove_sockets(self.plan)
         if isinstance(exc, Exception):
             reason = (
                 str(exc) if isinstance(exc, VmidError | OSError) else f"internal error: {exc!r}"

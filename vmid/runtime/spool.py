@@ -29,7 +29,7 @@ RESCAN_SECONDS = 60.0
 DEBOUNCE_SECONDS = 0.002  # coalesce a burst (an editor's save, a `cp` of many files)
 
 _IN_CLOSE_WRITE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x8, 0x40, 0x80
-_IN_DELETE, _IN_DELETE_SELF, _IN_Q_OVERFLOW = 0x200, 0x400, 0x4000
+_IN_DELETE, _IN_DELETE_SELF, _IN_Q_OVERFLOW, _IN_IGNORED = 0x200, 0x400, 0x4000, 0x8000
 _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 _WATCH_MASK = _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_DELETE | _IN_DELETE_SELF
 _EVENT = struct.Struct("iIII")
@@ -60,14 +60,25 @@ class Spool:
         self._paths = paths
         self._accelerator = accelerator
         self._cache: dict[str, tuple[tuple[int, ...], list[Entry]]] = {}
+        self._lock = trio.Lock()
 
     def __repr__(self) -> str:
         return f"<Spool dir={str(self.directory)!r} files={len(self._cache)}>"
 
-    def reconfigure(self, config: Config) -> None:
+    async def reconfigure(self, config: Config) -> None:
         """Use a new configuration; every file is planned again at the next scan."""
-        self._config = config
-        self._cache.clear()
+        async with self._lock:
+            self._config = config
+            self._cache.clear()
+
+    async def rescan(self, on_change: Callable[[Desired], None]) -> None:
+        """Scan (in a worker thread, one scan at a time) and hand the result to `on_change`."""
+        async with self._lock:
+            desired = await trio.to_thread.run_sync(self.scan)
+            try:
+                on_change(desired)
+            except Exception:  # a bug reconciling must not stop the daemon and its VMs
+                log.exception("applying the spool failed")
 
     def scan(self) -> Desired:
         """Read every manifest file (changed ones only) and decide which VMI each name means."""
@@ -123,25 +134,30 @@ def _unsafe(path: Path, st: os.stat_result) -> str | None:
 def _decide(entries: list[Entry]) -> Desired:
     vmis: dict[str, Entry] = {}
     refused: dict[str, tuple[Problem, ...]] = {}
+    claimed: dict[str, str] = {}
     problems: list[Problem] = []
     for entry in entries:
-        if entry.name is not None and entry.name in vmis:
-            first = vmis[entry.name].file
+        name = entry.name
+        if name is None:
+            problems += entry.problems
+        elif name in claimed:  # the first file by name claims it, valid or not
             problems.append(
                 Problem(
                     entry.file,
                     1,
                     1,
                     "metadata.name",
-                    f"VMI {entry.name!r} is already defined in {first}, which comes first; ignored",
+                    f"VMI {name!r} is "
+                    f"already defined in {claimed[name]}, which comes first; "
+                    "ignored",
                 )
             )
-        elif entry.planned is not None and entry.name is not None:
-            vmis[entry.name] = entry
-        elif entry.name is not None and entry.name not in refused:
-            refused[entry.name] = entry.problems
         else:
-            problems += entry.problems
+            claimed[name] = entry.file
+            if entry.planned is not None:
+                vmis[name] = entry
+            else:
+                refused[name] = entry.problems
     return Desired(vmis, refused, tuple(problems))
 
 
@@ -173,7 +189,7 @@ class Inotify:
             offset = 0
             while offset < len(data):
                 _, mask, _, length = _EVENT.unpack_from(data, offset)
-                overflow |= bool(mask & (_IN_Q_OVERFLOW | _IN_DELETE_SELF))
+                overflow |= bool(mask & (_IN_Q_OVERFLOW | _IN_DELETE_SELF | _IN_IGNORED))
                 offset += _EVENT.size + length
             return overflow
 
@@ -191,16 +207,23 @@ async def watch(
 
     **Cancellation:** the only way this returns.
     """
-    spool.directory.mkdir(parents=True, exist_ok=True)
-    notify = Inotify(spool.directory)
+    notify = _watch_directory(spool.directory)
     try:
-        on_change(await trio.to_thread.run_sync(spool.scan))
+        await spool.rescan(on_change)
         task_status.started()
         while True:
             with trio.move_on_after(RESCAN_SECONDS):
                 if await notify.wait():
-                    log.warning("inotify queue overflowed: rescanning the spool")
+                    # Overflowed, or the directory was removed: watch it afresh.
+                    log.warning("spool watch lost events: rescanning")
+                    notify.close()
+                    notify = _watch_directory(spool.directory)
                 await trio.sleep(DEBOUNCE_SECONDS)
-            on_change(await trio.to_thread.run_sync(spool.scan))
+            await spool.rescan(on_change)
     finally:
         notify.close()
+
+
+def _watch_directory(directory: Path) -> Inotify:
+    directory.mkdir(parents=True, exist_ok=True)
+    return Inotify(directory)

@@ -46,6 +46,8 @@ class _VM:
     remove: bool = False
     #: The changed manifest to start once this VMI has stopped (the newest one wins).
     successor: Entry | None = None
+    #: The task ended and left the VMI in place (its manifest is still there).
+    task_ended: bool = False
 
     @property
     def spec(self) -> t.VirtualMachineInstanceSpec:
@@ -65,7 +67,8 @@ class Supervisor:
         self._accelerator = accelerator
         self._store = ImageStore(paths.state / "images", config.qemuImg)
         self._vms: dict[str, _VM] = {}
-        self._refused: set[str] = set()
+        self._refused: dict[str, tuple[Problem, ...]] = {}
+        self._stopping = False
         self._on_change: Callable[[], None] = lambda: None
         self._changed = trio.Event()
 
@@ -105,6 +108,8 @@ class Supervisor:
 
     def apply(self, desired: Desired) -> None:
         """Start what is new, stop what is gone, restart what changed; returns at once."""
+        if self._stopping:
+            return
         for problem in desired.problems:
             log.error("spool: %s", problem)
         for name, vm in list(self._vms.items()):
@@ -112,22 +117,25 @@ class Supervisor:
             if entry is None and name in desired.refused:
                 self._refused_while_running(vm, desired.refused[name])
             elif entry is None:
-                self._stop(name, remove=True)
+                self._stop(vm, remove=True)
             else:
                 self._update(name, vm, entry)
         for name, entry in desired.vmis.items():
             if name not in self._vms:
                 self._start(entry)
-        for name, problems in desired.refused.items():
-            if name not in self._vms:
+        refused = {n: p for n, p in desired.refused.items() if n not in self._vms}
+        for name, problems in refused.items():
+            if self._refused.get(name) != problems:  # report each change once
                 self._report_refused(name, problems)
-        for name in self._refused - set(desired.refused) - set(self._vms):
+        for name in set(self._refused) - set(refused) - set(self._vms):
             _remove_state(self._paths, name)
-        self._refused = set(desired.refused) - set(self._vms)
+        self._refused = refused
 
     async def stop_all(self, keep: bool) -> None:
         """Stop every VMI in parallel (each with its own grace), or leave them running."""
+        self._stopping = True
         for vm in self._vms.values():
+            vm.successor = None
             if vm.instance is not None:
                 vm.instance.detach = keep
             vm.scope.cancel()
@@ -146,10 +154,13 @@ class Supervisor:
         self._vms[entry.name] = vm
         self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
 
-    def _stop(self, name: str, remove: bool) -> None:
-        vm = self._vms[name]
+    def _stop(self, vm: _VM, remove: bool) -> None:
         vm.remove = vm.remove or remove
         vm.scope.cancel()
+        if vm.task_ended and (vm.remove or vm.successor is not None):
+            # An ended VMI has no task left to clean up after it.
+            vm.task_ended = False
+            self._nursery.start_soon(self._end, vm.entry.name, vm)
 
     def _update(self, name: str, vm: _VM, entry: Entry) -> None:
         synchronized = vm.status.conditions.get("Synchronized")
@@ -158,28 +169,26 @@ class Supervisor:
             vm.status.write()
         if vm.entry.planned is None or entry.planned is None:
             return
-        if vm.successor is None and vm.spec == entry.planned.manifest.vmi.spec:
+        unchanged = vm.spec == entry.planned.manifest.vmi.spec
+        if vm.successor is None and not vm.remove and unchanged:
             vm.entry = entry
             return
+        # A changed spec, or a manifest back while its VMI is being removed: a new VMI
+        # starts once the old one has stopped; the newest manifest wins.
         if vm.successor is None:
-            log.info("%s: spec changed: restarting with the new spec", name)
-            self._stop(name, remove=False)
-            self._nursery.start_soon(self._replace, name, vm)
+            log.info("%s: manifest changed: restarting with the new spec", name)
         vm.successor = entry
-
-    async def _replace(self, name: str, old: _VM) -> None:
-        await old.done.wait()
-        if self._vms.get(name) is old and old.successor is not None:
-            del self._vms[name]
-            await trio.to_thread.run_sync(_remove_state, self._paths, name)
-            self._start(old.successor)
+        self._stop(vm, remove=False)
 
     def _refused_while_running(self, vm: _VM, problems: tuple[Problem, ...]) -> None:
         # KubeVirt specs are immutable: a broken edit leaves the running VMI alone.
-        vm.status.condition("Synchronized", False, "InvalidManifest", _summary(problems))
-        vm.status.write()
-        for problem in problems:
-            log.error("%s", problem)
+        old = vm.status.conditions.get("Synchronized")
+        message = _summary(problems)
+        if old is None or old.message != message:
+            vm.status.condition("Synchronized", False, "InvalidManifest", message)
+            vm.status.write()
+            for problem in problems:
+                log.error("%s", problem)
 
     def _report_refused(self, name: str, problems: tuple[Problem, ...]) -> None:
         for problem in problems:
@@ -194,7 +203,10 @@ class Supervisor:
         )
         status.transition(Phase.FAILED, _summary(problems))
         status.condition("Synchronized", False, "InvalidManifest", _summary(problems))
-        status.write()
+        try:
+            status.write()
+        except OSError as exc:
+            log.error("%s: cannot write its status: %s", name, exc)
 
     # Section: one VMI's task
 
@@ -205,18 +217,37 @@ class Supervisor:
                 await vm.instance.run()
             except (VmidError, OSError) as exc:
                 log.warning("%s: %s", name, exc)
+                self._failed(vm, str(exc))
             except Exception as exc:  # a bug in one VMI's handling must not stop the others
                 log.exception("%s: internal error", name)
-                if not vm.status.phase.final:
-                    vm.status.transition(Phase.FAILED, f"internal error in vmid: {exc!r}")
-                    vm.status.write()
-        vm.done.set()
-        if vm.remove and self._vms.get(name) is vm:
+                self._failed(vm, f"internal error in vmid: {exc!r}")
+        if vm.remove or vm.successor is not None:
+            await self._end(name, vm)
+        else:
+            vm.task_ended = True
+            vm.done.set()
+
+    async def _end(self, name: str | None, vm: _VM) -> None:
+        """The VMI is gone: remove its files, then start its successor, if any."""
+        assert name is not None
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_remove_state, self._paths, name)
+        if self._vms.get(name) is vm:
             del self._vms[name]
-            self._status_written()
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_remove_state, self._paths, name)
             log.info("%s: removed", name)
+            if vm.successor is not None and not self._stopping:
+                self._start(vm.successor)
+        self._status_written()
+        vm.done.set()
+
+    def _failed(self, vm: _VM, reason: str) -> None:
+        if vm.status.phase.final:
+            return
+        vm.status.transition(Phase.FAILED, reason)
+        try:
+            vm.status.write()
+        except OSError as exc:
+            log.error("%s: cannot write its status: %s", vm.entry.name, exc)
 
     def _instance(self, name: str, vm: _VM) -> Instance:
         assert vm.entry.planned is not None
