@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,10 +72,29 @@ def test_seed_boots_sees_cloud_init_and_powers_off_on_removal(daemon: Daemon) ->
     assert "VMID-GUEST: hostname=testvmi-nocloud" in log
     assert "VMID-GUEST: user-data: password: fedora" in log
     assert os.path.isabs(status["status"]["qemu"]["qmpSocket"])
+    attached = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmid.cli",
+            "console",
+            "testvmi-nocloud",
+            "--root",
+            str(daemon.root),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert attached.stderr is not None
+    greeting = attached.stderr.readline()  # printed once connected
+    assert b"Successfully connected to testvmi-nocloud console" in greeting
     file.unlink()
     daemon.wait_phase("testvmi-nocloud", None, timeout=60)
     assert "testvmi-nocloud: ended Succeeded the guest powered off" in daemon.log_text()
     assert "VMID-GUEST: powering off" in console(daemon, "testvmi-nocloud")
+    out, _ = attached.communicate(timeout=30)  # the console ends with the VM
+    assert b"VMID-GUEST: powering off" in out
 
 
 def test_guest_ignoring_acpi_is_killed_after_its_grace(daemon: Daemon) -> None:
