@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,9 +159,35 @@ def test_sigterm_stops_every_vm_gracefully_in_parallel(tmp_path: Path) -> None:
         assert "vmid stopped" in log
 
 
-def test_keep_leaves_vms_running_and_a_new_daemon_never_starts_a_second_qemu(
-    tmp_path: Path,
-) -> None:
+def test_keep_then_a_new_daemon_re_adopts_the_running_vm(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        created = daemon.status("vm-a")["metadata"]["creationTimestamp"]  # type: ignore[index]
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    try:
+        os.kill(pid, 0)  # still running
+        with running_daemon(tmp_path, fake_config()) as again:
+            again.wait_for(
+                "the re-adoption", lambda: f"re-adopted qemu pid={pid}" in again.log_text()
+            )
+            status = again.status("vm-a")
+            assert status is not None
+            assert status["status"]["phase"] == "Running"
+            assert status["status"]["qemu"]["pid"] == pid
+            assert status["metadata"]["creationTimestamp"] == created
+            assert again.log_text().count("qemu started") == 0
+            (again.spool / "a.yaml").unlink()  # the re-adopted VM stops the usual way
+            again.wait_phase("vm-a", None)
+            assert "vm-a: ended Succeeded the guest powered off" in again.log_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_manifest_removed_while_the_daemon_was_down_is_honoured(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
@@ -168,7 +195,28 @@ def test_keep_leaves_vms_running_and_a_new_daemon_never_starts_a_second_qemu(
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(timeout=30) == 0
     try:
-        os.kill(pid, 0)  # still running
+        (tmp_path / "etc/vmid/instances/a.yaml").unlink()
+        with running_daemon(tmp_path, fake_config()) as again:
+            again.wait_phase("vm-a", None)
+            log = again.log_text()
+            assert "removed while vmid was not running" in log
+            assert "system_powerdown sent" in log
+            assert "vm-a: ended Succeeded the guest powered off" in log
+            assert not (tmp_path / "var/lib/vmid/instances/vm-a").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_vm_left_running_with_another_spec_is_never_doubled(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    try:
+        (tmp_path / "etc/vmid/instances/a.yaml").write_text(manifest("vm-a", memory="96Mi"))
         with running_daemon(tmp_path, fake_config()) as again:
             again.wait_phase("vm-a", "Failed")
             reason = again.status("vm-a")["status"]["reason"]  # type: ignore[index]

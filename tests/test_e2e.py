@@ -6,6 +6,7 @@ the pod network there, never on this host's interfaces.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -44,6 +45,14 @@ def daemon(tmp_path: Path, guest_image: Path) -> Iterator[Daemon]:
         imported = daemon.vmid("image", "import", SEED_IMAGE, str(guest_image))
         assert imported.returncode == 0, imported.stderr
         yield daemon
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie its new parent has not reaped yet (it was an earlier daemon's child)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def console(daemon: Daemon, name: str) -> str:
@@ -172,3 +181,26 @@ def test_qmp_pause_unpause_reset_and_screenshot(daemon: Daemon, tmp_path: Path) 
     missing = daemon.vmid("pause", "nope")
     assert missing.returncode == 2
     assert "not found" in missing.stderr
+
+
+def test_real_qemu_is_re_adopted_by_a_restarted_daemon(tmp_path: Path) -> None:
+    keep = "accelerator: tcg\nonDaemonStop: keep\n"
+    with running_daemon(tmp_path, keep, prefix=UNSHARE) as daemon:
+        daemon.drop("tools.yaml", MINIMAL)
+        daemon.wait_phase("tools", "Running")
+        pid = daemon.status("tools")["status"]["qemu"]["pid"]  # type: ignore[index]
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    try:
+        with running_daemon(tmp_path, "accelerator: tcg\n", prefix=UNSHARE) as again:
+            again.wait_for(
+                "the re-adoption", lambda: f"re-adopted qemu pid={pid}" in again.log_text()
+            )
+            paused = again.vmid("pause", "tools")
+            assert paused.returncode == 0, paused.stderr  # its qmp.sock still works
+            (again.spool / "tools.yaml").unlink()
+            again.wait_phase("tools", None)
+        assert ended(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -8,7 +8,6 @@ passed, `quit`, then SIGKILL) and the task ends once QEMU is gone and the status
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from vmid.config import Accelerator
 from vmid.errors import VmidError
 from vmid.host import storage, unixsock
 from vmid.plan.model import LaunchPlan
+from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, find_qemu, name_option
 from vmid.runtime.qmp import Event, Monitor, MonitorError
 from vmid.runtime.status import Phase, Status
 
@@ -61,19 +61,24 @@ class Instance:
         store: storage.ImageStore,
         qemu_img: str,
         accelerator: Accelerator,
+        adopt: int | None = None,
     ) -> None:
+        """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over."""
         self.plan = plan
         self.status = status
         self.log = log.getChild(plan.name)
         self._store = store
         self._qemu_img = qemu_img
         self._accelerator = accelerator
-        self._process: trio.Process | None = None
+        self._adopt = adopt
+        self._process: trio.Process | AdoptedProcess | None = None
         self._monitor: Monitor | None = None
         self._outcome = _Outcome()
         #: Set by the supervisor before cancelling when QEMU must be left running (daemon
         #: stopping with `onDaemonStop: keep`).
         self.detach = False
+        #: Stop the VM as soon as it is Running: a re-adopted VM whose manifest is gone.
+        self.stop_once_running = False
 
     def __repr__(self) -> str:
         pid = self._process.pid if self._process else None
@@ -104,10 +109,13 @@ class Instance:
 
     async def _start(self) -> None:
         plan = self.plan
-        orphan = _earlier_qemu(plan, self.status.path)
+        if self._adopt is not None:
+            await self._readopt(self._adopt)
+            return
+        orphan = find_qemu(self.status.path, name_option(plan.argv), plan.cwd)
         if orphan is not None:
-            # Never two QEMUs on one VM's disks. Re-adopting it is not implemented yet; keep
-            # its pid in the status so the next daemon finds it too.
+            # Never two QEMUs on one VM's disks. The supervisor re-adopts a QEMU whose spec is
+            # the manifest's; this one is not. Keep its pid so the next daemon finds it too.
             self.status.qemu = {"pid": orphan}
             raise LaunchError(
                 f"a QEMU of this VMI from an earlier vmid is still running (pid {orphan}); "
@@ -136,6 +144,24 @@ class Instance:
                 f"QEMU did not answer on its control monitor within {MONITOR_CONNECT_TIMEOUT:g} s"
             )
         await self._boot()
+
+    async def _readopt(self, pid: int) -> None:
+        """Take over a QEMU an earlier daemon started: watch it, reconnect, resume supervision."""
+        self._process = AdoptedProcess(pid)
+        client = unixsock.connect(Path(self.plan.sockets.control))
+        with trio.move_on_after(MONITOR_CONNECT_TIMEOUT):
+            self._monitor = await Monitor.connect(self.plan.name, client)
+        if self._monitor is None:
+            client.close()
+            raise LaunchError("the QEMU left by an earlier vmid does not answer on its monitor")
+        state = await self._monitor.execute("query-status")
+        if self.status.phase is not Phase.RUNNING:
+            self.status.transition(Phase.RUNNING)
+        paused = state.get("status") == "paused"
+        self.status.condition("Paused", paused, "PausedByUser" if paused else "")
+        self.status.condition("Ready", True)
+        self.status.write()
+        self.log.info("re-adopted qemu pid=%d (%s)", pid, state.get("status"))
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
         plan = self.plan
@@ -200,11 +226,13 @@ class Instance:
             events = trio.CancelScope(shield=True)
             nursery.start_soon(self._follow_events, monitor, events)
             try:
-                await self._process.wait()
+                if not self.stop_once_running:
+                    await self._process.wait()
             finally:
                 with trio.CancelScope(shield=True):
                     await self._stop()
-                    if self._process.returncode == 0:  # it ended by itself: read its last words
+                    if self._process.returncode in (0, UNKNOWN_EXIT):  # it ended by itself:
+                        # read its last words (SHUTDOWN, GUEST_PANICKED) before judging.
                         with trio.move_on_after(HANGUP_TIMEOUT):
                             await monitor.wait_hangup()
                     events.cancel()
@@ -339,26 +367,9 @@ class Instance:
         return lines[-1] if lines else ""
 
 
-def _earlier_qemu(plan: LaunchPlan, status_file: Path) -> int | None:
-    """The pid of a QEMU this VMI's last status names, if that process is still this VM's QEMU.
-
-    Identity is checked, not assumed (pids are reused): the process must run in the VM's
-    runtime directory with this VM's `-name`.
-    """
-    try:
-        pid = int(json.loads(status_file.read_text())["status"]["qemu"]["pid"])
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-        with open(f"/proc/{pid}/cmdline", "rb") as stream:
-            argv = stream.read().split(b"\0")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    name_option = next((a for a in plan.argv if a.startswith("guest=")), "").encode()
-    return pid if cwd == plan.cwd and name_option in argv else None
-
-
 def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "unknown exit status"
+    if code is None or code == UNKNOWN_EXIT:
+        return "unknown exit status (it was started by an earlier vmid)"
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit status {code}"

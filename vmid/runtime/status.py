@@ -75,6 +75,20 @@ class Status:
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
 
+    @classmethod
+    def load(cls, path: Path, on_write: Callable[[], None] = lambda: None) -> Status:
+        """The status an earlier daemon wrote (raises OSError, ValueError or KeyError)."""
+        data = json.loads(path.read_text())
+        recorded = data.pop("status")
+        status = cls(path, data, on_write)
+        status.phase = Phase(recorded["phase"])
+        status.reason = recorded.get("reason", "")
+        status.transitions = list(recorded["phaseTransitionTimestamps"])
+        status.conditions = {c["type"]: Condition(**c) for c in recorded.get("conditions", [])}
+        status.interfaces = list(recorded.get("interfaces", []))
+        status.qemu = dict(recorded.get("qemu", {}))
+        return status
+
     def transition(self, phase: Phase, reason: str = "") -> None:
         """Move to `phase`; a move KubeVirt never makes raises IllegalTransition."""
         if phase not in _NEXT[self.phase]:

@@ -11,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -18,12 +19,15 @@ import trio
 from vmid.api import defaults
 from vmid.api import types as t
 from vmid.api.dump import to_data
+from vmid.api.load import Locator, Manifest, load_document
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
 from vmid.host.storage import ImageStore
-from vmid.manifests import Entry
+from vmid.manifests import Entry, Planned
 from vmid.plan.build import build
+from vmid.plan.model import LaunchPlan
 from vmid.runtime.instance import Instance
+from vmid.runtime.process import find_qemu, name_option
 from vmid.runtime.spool import Desired
 from vmid.runtime.status import Phase, Status, now
 
@@ -69,6 +73,7 @@ class Supervisor:
         self._vms: dict[str, _VM] = {}
         self._refused: dict[str, tuple[Problem, ...]] = {}
         self._stopping = False
+        self._applied = False
         self._on_change: Callable[[], None] = lambda: None
         self._changed = trio.Event()
 
@@ -110,6 +115,9 @@ class Supervisor:
         """Start what is new, stop what is gone, restart what changed; returns at once."""
         if self._stopping:
             return
+        if not self._applied:
+            self._applied = True
+            self._leftovers(desired)
         for problem in desired.problems:
             log.error("spool: %s", problem)
         for name, vm in list(self._vms.items()):
@@ -130,6 +138,36 @@ class Supervisor:
         for name in set(self._refused) - set(refused) - set(self._vms):
             _remove_state(self._paths, name)
         self._refused = refused
+
+    def _leftovers(self, desired: Desired) -> None:
+        """VMIs an earlier daemon ran whose manifests are gone: stop them gracefully, clean up."""
+        for path in sorted(self._paths.runtime.glob(f"instances/*/{STATUS_FILE}")):
+            name = path.parent.name
+            if name in desired.vmis or name in desired.refused:
+                continue
+            entry = self._entry_from_status(name, path)
+            if entry is None:
+                _remove_state(self._paths, name)
+                continue
+            log.info("%s: its manifest was removed while vmid was not running: stopping it", name)
+            vm = _VM(entry, Status(path, {}, self._status_written), remove=True)
+            self._vms[name] = vm
+            self._nursery.start_soon(self._run, name, vm, name=f"vmi {name}")
+
+    def _entry_from_status(self, name: str, path: Path) -> Entry | None:
+        """An entry for the VMI an earlier daemon's status describes, if its QEMU still runs."""
+        try:
+            earlier = Status.load(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        vmi, _ = load_document(earlier.manifest)
+        if vmi is None or earlier.phase.final:
+            return None
+        plan, _ = build(vmi, self._config, self._paths, self._accelerator)
+        if plan is None or find_qemu(path, name_option(plan.argv), plan.cwd) is None:
+            return None
+        manifest = Manifest(str(path), vmi, Locator(str(path), None))
+        return Entry(str(path), name, Planned(manifest, plan), ())
 
     async def stop_all(self, keep: bool) -> None:
         """Stop every VMI in parallel (each with its own grace), or leave them running."""
@@ -155,6 +193,8 @@ class Supervisor:
         self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
 
     def _stop(self, vm: _VM, remove: bool) -> None:
+        if remove and vm.remove:
+            return  # already on its way out (a re-adopted leftover stops by itself)
         vm.remove = vm.remove or remove
         vm.scope.cancel()
         if vm.task_ended and (vm.remove or vm.successor is not None):
@@ -254,8 +294,32 @@ class Supervisor:
         vmi = _with_stored_uuid(vm.entry.planned.manifest.vmi, self._paths.instance_state(name))
         plan, findings = build(vmi, self._config, self._paths, self._accelerator)
         assert plan is not None, findings  # the spool planned this very VMI already
-        vm.status.manifest = {**to_data(vmi), "metadata": vm.status.manifest["metadata"]}
-        return Instance(plan, vm.status, self._store, self._config.qemuImg, self._accelerator)
+        adopt = self._adoptable(vm, plan, to_data(vmi)["spec"])
+        if adopt is None and vm.remove:
+            raise VmidError("its QEMU ended before it could be re-adopted")
+        if adopt is None:
+            vm.status.manifest = {**to_data(vmi), "metadata": vm.status.manifest["metadata"]}
+        store, qemu_img = self._store, self._config.qemuImg
+        instance = Instance(plan, vm.status, store, qemu_img, self._accelerator, adopt=adopt)
+        instance.stop_once_running = vm.remove
+        return instance
+
+    def _adoptable(self, vm: _VM, plan: LaunchPlan, spec: dict[str, Any]) -> int | None:
+        """The pid of this VM's QEMU from an earlier daemon, if it runs this very spec.
+
+        Then the VM's status becomes the one that daemon wrote (phases, conditions, age).
+        """
+        pid = find_qemu(vm.status.path, name_option(plan.argv), plan.cwd)
+        if pid is None:
+            return None
+        try:
+            earlier = Status.load(vm.status.path, self._status_written)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if earlier.manifest.get("spec") != spec or earlier.phase.final:
+            return None  # the instance's guard refuses to start a second QEMU, and says why
+        vm.status = earlier
+        return pid
 
 
 def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMachineInstance:
