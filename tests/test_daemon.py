@@ -208,6 +208,22 @@ def test_a_manifest_removed_while_the_daemon_was_down_is_honoured(tmp_path: Path
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_vm_that_died_while_the_daemon_was_down_ends_failed(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    os.kill(pid, signal.SIGKILL)
+    with running_daemon(tmp_path, fake_config()) as again:
+        again.wait_phase("vm-a", "Failed")
+        status = again.status("vm-a")
+        assert status is not None
+        assert status["status"]["reason"] == "QEMU ended while vmid was not running"
+        assert again.log_text().count("qemu started") == 0
+
+
 def test_a_vm_left_running_with_another_spec_is_never_doubled(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))

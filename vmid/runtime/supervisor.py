@@ -309,12 +309,15 @@ class Supervisor:
 
         Then the VM's status becomes the one that daemon wrote (phases, conditions, age).
         """
-        pid = find_qemu(vm.status.path, name_option(plan.argv), plan.cwd)
-        if pid is None:
-            return None
         try:
             earlier = Status.load(vm.status.path, self._status_written)
         except (OSError, ValueError, KeyError, TypeError):
+            return None
+        pid = find_qemu(vm.status.path, name_option(plan.argv), plan.cwd)
+        if pid is None and not earlier.phase.final and earlier.qemu.get("pid"):
+            vm.status = earlier  # as KubeVirt: a VMI whose QEMU vanished has Failed
+            raise VmidError("QEMU ended while vmid was not running")
+        if pid is None:
             return None
         if earlier.manifest.get("spec") != spec or earlier.phase.final:
             return None  # the instance's guard refuses to start a second QEMU, and says why
