@@ -331,3 +331,35 @@ def test_status_files_and_logs_are_private(tmp_path: Path) -> None:
         status = tmp_path / "run/vmid/instances/vm-a/status.json"
         assert status.stat().st_mode & 0o077 == 0
         assert (tmp_path / "var/log/vmid/vm-a/qemu.log").stat().st_mode & 0o077 == 0
+
+
+def test_kill_9_of_the_daemon_then_restart_re_adopts_every_vm(tmp_path: Path) -> None:
+    names = [f"vm-{i}" for i in range(3)]
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        for name in names:
+            daemon.drop(f"{name}.yaml", manifest(name))
+        for name in names:
+            daemon.wait_phase(name, "Running")
+        pids = {n: daemon.status(n)["status"]["qemu"]["pid"] for n in names}  # type: ignore[index]
+        daemon.process.kill()
+        daemon.process.wait()
+    try:
+        with running_daemon(tmp_path, fake_config()) as again:
+            for name in names:
+                again.wait_for(
+                    name,
+                    lambda n=name: (
+                        f"re-adopted qemu pid={pids[n]}"  # type: ignore[misc]
+                        in again.log_text()
+                    ),
+                )
+                assert again.status(name)["status"]["qemu"]["pid"] == pids[name]  # type: ignore[index]
+            assert again.log_text().count("qemu started") == 0
+            (again.spool / "vm-1.yaml").unlink()
+            again.wait_phase("vm-1", None)
+            assert again.phase("vm-0") == again.phase("vm-2") == "Running"
+            assert "vm-1: ended Succeeded" in again.log_text()
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
