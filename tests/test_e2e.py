@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -175,6 +176,20 @@ def test_qmp_pause_unpause_reset_and_screenshot(daemon: Daemon, tmp_path: Path) 
     saved = daemon.vmid("screenshot", "tools", str(shot))
     assert saved.returncode == 0, saved.stderr
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "vmid.cli", "vnc", "tools", "--root", str(daemon.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert viewer.stdout is not None
+        line = viewer.stdout.readline().decode()
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as vnc:
+            assert vnc.recv(12) == b"RFB 003.008\n"
+    finally:
+        viewer.send_signal(signal.SIGINT)
+        viewer.communicate(timeout=10)
     bad = daemon.vmid("qmp", "tools", "no-such-command")
     assert bad.returncode == 2
     assert "CommandNotFound" in bad.stderr

@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import termios
+import threading
 import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -105,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     console.add_argument("name", metavar="NAME")
     console.set_defaults(run=_console)
+    vnc = commands.add_parser(
+        "vnc", parents=[common], help="serve a VMI's VNC display on a localhost TCP port"
+    )
+    vnc.add_argument("name", metavar="NAME")
+    vnc.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
+    vnc.set_defaults(run=_vnc)
     screenshot = commands.add_parser(
         "screenshot", parents=[common], help="save the VMI's screen as a PNG file"
     )
@@ -426,6 +433,45 @@ def _relay(sock: socket.socket, stdin: int, stdout: int) -> None:
                 readers.remove(stdin)  # stdin ended: keep showing the console
                 continue
             sock.sendall(data)
+
+
+def _vnc(args: argparse.Namespace) -> int:
+    _, st = _running(args)
+    path = st.get("qemu", {}).get("vncSocket")
+    if not path:
+        raise control.ControlError(f"VMI {args.name} has no graphics device")
+    with socket.create_server(("127.0.0.1", args.port)) as server:
+        port = server.getsockname()[1]
+        print(
+            f"VNC of {args.name} on 127.0.0.1:{port} (e.g. vncviewer 127.0.0.1::{port}); "
+            "Ctrl+C to stop",
+            flush=True,
+        )
+        try:
+            while True:
+                client, _ = server.accept()
+                threading.Thread(target=_proxy, args=(client, Path(path)), daemon=True).start()
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+
+def _proxy(client: socket.socket, vnc_socket: Path) -> None:
+    """One viewer's connection, relayed to the VM's VNC unix socket until either side closes."""
+    with client:
+        try:
+            upstream = unixsock.connect(vnc_socket)
+        except OSError:
+            return
+        with upstream:
+            peers = {client.fileno(): upstream, upstream.fileno(): client}
+            while True:
+                ready, _, _ = select.select(list(peers), [], [])
+                for fd in ready:
+                    source = client if fd == client.fileno() else upstream
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    peers[fd].sendall(data)
 
 
 def _screenshot(args: argparse.Namespace) -> int:
