@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -363,3 +365,26 @@ def test_kill_9_of_the_daemon_then_restart_re_adopts_every_vm(tmp_path: Path) ->
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_get_watch_prints_each_change(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "vmid.cli", "get", "-w", "--root", str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watcher.stdout is not None
+            assert watcher.stdout.readline().split() == ["NAME", "AGE", "PHASE", "IP", "READY"]
+            file = daemon.drop("a.yaml", manifest("vm-a"))
+            while "Running" not in (line := watcher.stdout.readline()):
+                assert line, "the watch ended"
+            assert line.split()[0] == "vm-a"
+            file.unlink()
+            while "Deleted" not in (line := watcher.stdout.readline()):
+                assert line, "the watch ended"
+        finally:
+            watcher.send_signal(signal.SIGINT)
+            watcher.communicate(timeout=10)

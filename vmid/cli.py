@@ -19,6 +19,7 @@ import socket
 import sys
 import termios
 import threading
+import time
 import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get", parents=[common], help="list VMIs, like kubectl get vmi")
     get.add_argument("name", nargs="?", metavar="NAME")
     get.add_argument("-o", "--output", choices=("wide", "yaml", "json"))
+    get.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
     get.set_defaults(run=_get)
 
     logs = commands.add_parser("logs", parents=[common], help="print a VMI's serial console log")
@@ -263,12 +265,47 @@ def _get(args: argparse.Namespace) -> int:
         if not objects:
             print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
             return EXIT_INVALID
+    if args.watch:
+        return _watch(paths, args)
     if args.output in ("yaml", "json"):
         data = objects[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objects}
         _print_data(data, args.output)
         return EXIT_OK
     print(_table(objects, wide=args.output == "wide"))
     return EXIT_OK
+
+
+WATCH_INTERVAL = 0.25
+
+
+def _watch(paths: Paths, args: argparse.Namespace) -> int:
+    """Like `kubectl get -w`: the table, then a row for every VMI whose row changes."""
+    wide = args.output == "wide"
+    header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
+    shown: dict[str, list[str]] = {}
+    first = True
+    try:
+        while True:
+            rows = {}
+            for obj in status.read_objects(paths.runtime):
+                name = obj.get("metadata", {}).get("name", "?")
+                if args.name in (None, name):
+                    rows[name] = _row(obj, wide)
+            # AGE changes every second; only the other columns make a change.
+            changed = [r for n, r in rows.items() if _sans_age(shown.get(n)) != _sans_age(r)]
+            gone = [[n, "", "Deleted"] + [""] * (len(header) - 3) for n in shown if n not in rows]
+            if changed or gone or first:
+                lines = _columns([header, *changed, *gone]).splitlines()
+                print("\n".join(lines if first else lines[1:]), flush=True)
+                first = False
+            shown = rows
+            time.sleep(WATCH_INTERVAL)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _sans_age(row: list[str] | None) -> list[str] | None:
+    return None if row is None else row[:1] + row[2:]
 
 
 def _print_data(data: Any, output: str) -> None:
