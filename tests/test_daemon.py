@@ -388,3 +388,21 @@ def test_get_watch_prints_each_change(tmp_path: Path) -> None:
         finally:
             watcher.send_signal(signal.SIGINT)
             watcher.communicate(timeout=10)
+
+
+def test_describe_shows_spec_conditions_history_and_events(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        described = daemon.vmid("describe", "vm-a")
+        assert described.returncode == 0, described.stderr
+        text = described.stdout
+        assert "Phase:    Running" in text
+        assert "Memory:   64Mi" in text
+        assert "Conditions:" in text
+        assert "SoftwareEmulation" in text
+        for phase in ("Pending", "Scheduled", "Running"):
+            assert f"  {phase} " in text
+        for reason in ("Launched", "Started"):
+            assert reason in text
+        assert daemon.vmid("describe", "nope").returncode == 1

@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
     get.set_defaults(run=_get)
 
+    describe = commands.add_parser(
+        "describe", parents=[common], help="a VMI's spec, conditions, phase history and events"
+    )
+    describe.add_argument("name", metavar="NAME")
+    describe.set_defaults(run=_describe)
+
     logs = commands.add_parser("logs", parents=[common], help="print a VMI's serial console log")
     logs.add_argument("name", metavar="NAME")
     logs.set_defaults(run=_logs)
@@ -354,6 +360,89 @@ def _age(stamp: str | None) -> str:
         if seconds >= size * 2 or (unit == "m" and seconds >= size):
             return f"{seconds // size}{unit}"
     return f"{max(seconds, 0)}s"
+
+
+def _describe(args: argparse.Namespace) -> int:
+    paths = Paths(args.root or Path("/"))
+    found = [
+        o
+        for o in status.read_objects(paths.runtime)
+        if o.get("metadata", {}).get("name") == args.name
+    ]
+    if not found:
+        print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
+        return EXIT_INVALID
+    obj = found[0]
+    st, spec = obj.get("status", {}), obj.get("spec", {})
+    domain = spec.get("domain", {})
+    cpu, qemu = domain.get("cpu", {}), st.get("qemu", {})
+    fields = [
+        ("Name", args.name),
+        ("Created", obj.get("metadata", {}).get("creationTimestamp", "")),
+        ("Phase", st.get("phase", "")),
+        ("Reason", st.get("reason", "")),
+        (
+            "CPU",
+            f"{cpu.get('sockets', 1)} sockets x {cpu.get('cores', 1)} cores x "
+            f"{cpu.get('threads', 1)} threads, model {cpu.get('model', '')}",
+        ),
+        ("Memory", domain.get("memory", {}).get("guest", "")),
+        ("QEMU", f"pid {qemu.get('pid')}" if qemu.get("pid") else ""),
+        ("QMP", qemu.get("qmpSocket") or ""),
+    ]
+    for label, value in fields:
+        print(f"{label + ':':<10}{value}")
+    sections = [
+        (
+            "Disks",
+            ["NAME", "TARGET", "BUS"],
+            [
+                [
+                    d.get("name", ""),
+                    next(iter(set(d) & {"disk", "cdrom", "lun"}), ""),
+                    next((d[k].get("bus", "") for k in ("disk", "cdrom", "lun") if k in d), ""),
+                ]
+                for d in domain.get("devices", {}).get("disks", [])
+            ],
+        ),
+        (
+            "Interfaces",
+            ["NAME", "MAC", "IP"],
+            [
+                [i.get("name", ""), i.get("mac", ""), i.get("ipAddress", "")]
+                for i in st.get("interfaces", [])
+            ],
+        ),
+        (
+            "Conditions",
+            ["TYPE", "STATUS", "REASON", "MESSAGE"],
+            [
+                [c["type"], c["status"], c.get("reason", ""), c.get("message", "")]
+                for c in st.get("conditions", [])
+            ],
+        ),
+        (
+            "Phase history",
+            ["PHASE", "SINCE"],
+            [
+                [t["phase"], t["phaseTransitionTimestamp"]]
+                for t in st.get("phaseTransitionTimestamps", [])
+            ],
+        ),
+        (
+            "Events",
+            ["TIME", "TYPE", "REASON", "MESSAGE"],
+            [
+                [e["time"], e["type"], e["reason"], e["message"]]
+                for e in status.read_events(paths.instance_runtime(args.name))
+            ],
+        ),
+    ]
+    for title, header, rows in sections:
+        print(f"{title}:")
+        body = _columns([header, *rows]) if rows else "<none>"
+        print("\n".join(f"  {line}" for line in body.splitlines()))
+    return EXIT_OK
 
 
 def _logs(args: argparse.Namespace) -> int:

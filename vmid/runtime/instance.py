@@ -161,6 +161,8 @@ class Instance:
         self.status.condition("Paused", paused, "PausedByUser" if paused else "")
         self.status.condition("Ready", True)
         self.status.write()
+        self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
+        self.status.write()
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state.get("status"))
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
@@ -176,6 +178,7 @@ class Instance:
                 pass_fds=(listener.fileno(),),
                 start_new_session=True,  # a signal to vmid's process group never reaches guests
             )
+        self.status.event("Normal", "Launched", f"QEMU started, pid {process.pid}")
         self.log.info("qemu started pid=%d", process.pid)
         self.log.debug("qemu argv: %s", " ".join(plan.argv))
         return process
@@ -201,6 +204,7 @@ class Instance:
             "TCG" if self._accelerator is Accelerator.TCG else "",
         )
         self.status.interfaces = [{"name": t.interface, "mac": t.mac} for t in self.plan.taps]
+        self.status.event("Normal", "Started", "VirtualMachineInstance started.")
         self.status.write()
         self.log.info("running")
 
@@ -254,11 +258,23 @@ class Instance:
             self._outcome.guest_shutdown = reason == "guest-shutdown"
             self._outcome.panicked |= reason == "guest-panic"
             self._outcome.reset_terminated = reason == "guest-reset"
+            self.status.event("Normal", "GuestShutdown", f"the guest shut down ({reason})")
         elif event.name == "GUEST_PANICKED":
             self._outcome.panicked = True
+            self.status.event("Warning", "GuestPanicked", "the guest kernel panicked")
+        elif event.name == "RESET":
+            self.status.event(
+                "Normal", "Reset", f"the machine was reset ({event.data.get('reason')})"
+            )
+            self.status.write()
         elif event.name in ("STOP", "RESUME") and self.status.phase is Phase.RUNNING:
             paused = event.name == "STOP"
             self.status.condition("Paused", paused, "PausedByUser" if paused else "")
+            self.status.event(
+                "Normal",
+                "Paused" if paused else "Resumed",
+                "VMI was paused" if paused else "VMI was resumed",
+            )
             self.status.write()
 
     # Section: stop
@@ -284,6 +300,7 @@ class Instance:
                     await self._process.wait()
                     return
         self._outcome.stop = "killed-after-grace"
+        self.status.event("Warning", "Killed", f"the grace period of {grace} s passed: killed")
         self.log.warning("grace period of %d s passed: killing", grace)
         await self._kill()
 
@@ -291,6 +308,8 @@ class Instance:
         assert self._monitor is not None
         try:
             await self._monitor.execute("system_powerdown")
+            self.status.event("Normal", "ShuttingDown", "Signaled Graceful Shutdown (ACPI)")
+            self.status.write()
             self.log.info("system_powerdown sent")
         except MonitorError as exc:
             self.log.warning("system_powerdown failed: %s", exc)
@@ -319,6 +338,10 @@ class Instance:
         if not self.status.phase.final:
             self.status.transition(phase, reason)
         self.status.condition("Ready", False, "GuestNotRunning")
+        if phase is Phase.SUCCEEDED:
+            self.status.event("Normal", "Stopped", "The VirtualMachineInstance was shut down.")
+        else:
+            self.status.event("Warning", "Stopped", f"The VirtualMachineInstance crashed: {reason}")
         self.status.write()
         self.log.info("ended %s %s", phase, reason)
 
@@ -352,6 +375,8 @@ class Instance:
             reason = "stopped before it was running"
         if not self.status.phase.final:
             self.status.transition(Phase.FAILED, reason)
+        self.status.write()
+        self.status.event("Warning", "FailedCreate", reason)
         self.status.write()
         self.log.warning("failed to start: %s", reason)
 

@@ -47,6 +47,11 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: How many events each VMI keeps for `vmid describe`.
+MAX_EVENTS = 50
+EVENTS_FILE = "events.json"
+
+
 @attrs.define
 class Condition:
     type: str
@@ -71,6 +76,7 @@ class Status:
         self.conditions: dict[str, Condition] = {}
         self.interfaces: list[dict[str, str]] = []
         self.qemu: dict[str, Any] = {}
+        self.events: list[dict[str, str]] = []
 
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
@@ -87,7 +93,13 @@ class Status:
         status.conditions = {c["type"]: Condition(**c) for c in recorded.get("conditions", [])}
         status.interfaces = list(recorded.get("interfaces", []))
         status.qemu = dict(recorded.get("qemu", {}))
+        status.events = read_events(path.parent)
         return status
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        """Record an event (KubeVirt's Normal/Warning, a reason, a message); kept bounded."""
+        entry = {"time": now(), "type": type_, "reason": reason, "message": message}
+        self.events = [*self.events, entry][-MAX_EVENTS:]
 
     def transition(self, phase: Phase, reason: str = "") -> None:
         """Move to `phase`; a move KubeVirt never makes raises IllegalTransition."""
@@ -123,6 +135,9 @@ class Status:
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         staging.write_text(json.dumps(self.to_data(), indent=1) + "\n")
         os.replace(staging, self.path)
+        events = self.path.with_name(EVENTS_FILE)
+        staging.write_text(json.dumps(self.events, indent=1) + "\n")
+        os.replace(staging, events)
         self._on_write()
 
 
@@ -139,3 +154,12 @@ def read_objects(runtime: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue  # removed or being replaced right now
     return objects
+
+
+def read_events(directory: Path) -> list[dict[str, str]]:
+    """The events a VMI's status keeps, oldest first."""
+    try:
+        events: list[dict[str, str]] = json.loads((directory / EVENTS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return events
