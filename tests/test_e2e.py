@@ -82,6 +82,17 @@ def test_seed_boots_sees_cloud_init_and_powers_off_on_removal(daemon: Daemon) ->
     assert "VMID-GUEST: hostname=testvmi-nocloud" in log
     assert "VMID-GUEST: user-data: password: fedora" in log
     assert os.path.isabs(status["status"]["qemu"]["qmpSocket"])
+    rebooted = daemon.vmid("soft-reboot", "testvmi-nocloud")
+    assert rebooted.returncode == 0, rebooted.stderr
+    daemon.wait_for(
+        "the reboot",
+        lambda: console(daemon, "testvmi-nocloud").count("VMID-GUEST: ready") == 2,
+        timeout=120,
+    )
+    after = daemon.status("testvmi-nocloud")
+    assert after is not None
+    assert after["status"]["phase"] == "Running"
+    assert after["status"]["qemu"]["pid"] == status["status"]["qemu"]["pid"]
     attached = subprocess.Popen(
         [
             sys.executable,

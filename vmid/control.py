@@ -6,8 +6,10 @@ with socat. vmid's daemon never uses this socket, so nothing here can block it.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,36 @@ class ControlError(VmidError):
 
 def execute(qmp_socket: Path, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
     """Run one QMP command on `qmp_socket` and return QEMU's answer."""
+    with _session(qmp_socket, command) as (_, stream):
+        return _request(stream, command, arguments)
+
+
+def soft_reboot(qmp_socket: Path, timeout: float) -> None:
+    """Reboot through the ACPI power button, as libvirt's ACPI reboot does.
+
+    The guest shuts down cleanly; QEMU, told to pause instead of exiting, is then reset and
+    continued, so the same VMI (same QEMU) boots again.
+    """
+    with _session(qmp_socket, "soft-reboot") as (sock, stream):
+        _request(stream, "set-action", {"shutdown": "pause"})
+        try:
+            _request(stream, "system_powerdown", None)
+            sock.settimeout(timeout)
+            try:
+                _wait_event(stream, "SHUTDOWN")
+            except TimeoutError:
+                raise ControlError(
+                    f"the guest did not power off within {timeout:g} s of the ACPI power button"
+                ) from None
+            sock.settimeout(TIMEOUT)
+            _request(stream, "system_reset", None)
+            _request(stream, "cont", None)
+        finally:
+            _request(stream, "set-action", {"shutdown": "poweroff"})
+
+
+@contextlib.contextmanager
+def _session(qmp_socket: Path, what: str) -> Iterator[tuple[socket.socket, Any]]:
     try:
         sock = unixsock.connect(qmp_socket)
     except OSError as exc:
@@ -33,9 +65,16 @@ def execute(qmp_socket: Path, command: str, arguments: Mapping[str, Any] | None 
         try:
             json.loads(stream.readline())  # the greeting
             _request(stream, "qmp_capabilities", None)
-            return _request(stream, command, arguments)
+            yield sock, stream
         except (OSError, ValueError) as exc:
-            raise ControlError(f"{command}: the QMP connection failed: {exc}") from exc
+            raise ControlError(f"{what}: the QMP connection failed: {exc}") from exc
+
+
+def _wait_event(stream: Any, name: str) -> None:
+    while line := stream.readline():
+        if json.loads(line).get("event") == name:
+            return
+    raise ControlError(f"QEMU closed the connection before {name}")
 
 
 def _request(stream: Any, command: str, arguments: Mapping[str, Any] | None) -> Any:

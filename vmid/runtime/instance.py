@@ -216,6 +216,7 @@ class Instance:
             "consoleSocket": sockets.console,
             "vncSocket": sockets.vnc,
             "argv": list(self.plan.argv),
+            "acpi": self.plan.acpi,
         }
 
     # Section: supervise
@@ -263,6 +264,8 @@ class Instance:
             self._outcome.panicked = True
             self.status.event("Warning", "GuestPanicked", "the guest kernel panicked")
         elif event.name == "RESET":
+            # A reset after a guest shutdown is a soft reboot: the guest runs on.
+            self._outcome.guest_shutdown = self._outcome.reset_terminated = False
             self.status.event(
                 "Normal", "Reset", f"the machine was reset ({event.data.get('reason')})"
             )
