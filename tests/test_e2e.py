@@ -186,7 +186,10 @@ def test_qmp_pause_unpause_reset_and_screenshot(daemon: Daemon, tmp_path: Path) 
     shot = tmp_path / "screen.png"
     saved = daemon.vmid("screenshot", "tools", str(shot))
     assert saved.returncode == 0, saved.stderr
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (720, 400)  # VGA text mode, 80x25 cells of 9x16 pixels
     viewer = subprocess.Popen(
         [sys.executable, "-m", "vmid.cli", "vnc", "tools", "--root", str(daemon.root)],
         stdout=subprocess.PIPE,
