@@ -21,6 +21,7 @@ from vmid.config import Accelerator, Config
 from vmid.errors import ManifestError, Problem
 
 FILE = "vmi.yaml"
+KIB = 1024
 MIB = 2**20
 HEAD = "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n"
 
@@ -170,17 +171,22 @@ def test_huge_integer_in_config_is_a_problem() -> None:
 # --- size
 
 
-def test_file_over_3_mib_is_refused_unread() -> None:
-    problem = only_problem(b"a" * (3 * MIB + 1))
+def test_file_over_256_kib_is_refused_unread() -> None:
+    problem = only_problem(b"a" * (256 * KIB + 1))
     assert (problem.line, problem.column) == (1, 1)
-    assert "3 MiB" in problem.message
+    assert "larger than 256 KiB" in problem.message
 
 
-def test_file_of_exactly_3_mib_is_read() -> None:
+def test_file_of_exactly_256_kib_is_read() -> None:
     # One long string: the YAML is read, and refused for what it is, not for its size.
-    problem = only_problem(b"a" * (3 * MIB))
-    assert "3 MiB" not in problem.message
+    problem = only_problem(b"a" * (256 * KIB))
+    assert "256 KiB" not in problem.message
     assert "must be a YAML mapping" in problem.message
+
+
+def test_a_50_mb_file_is_refused_unread() -> None:
+    problem = only_problem(b"# junk\n" * (50 * MIB // 7))
+    assert "larger than 256 KiB" in problem.message
 
 
 # --- aliases and nesting
