@@ -36,6 +36,19 @@ class Daemon:
             return None
         return data
 
+    def pid(self, name: str) -> int:
+        """The QEMU pid the VMI's status names."""
+        data = self.status(name)
+        assert data is not None, f"{name} has no status"
+        pid: int = data["status"]["qemu"]["pid"]
+        return pid
+
+    def reason(self, name: str) -> str:
+        """Why the VMI is in its phase (KubeVirt's status.reason)."""
+        data = self.status(name)
+        assert data is not None, f"{name} has no status"
+        return str(data["status"].get("reason", ""))
+
     def phase(self, name: str) -> str | None:
         data = self.status(name)
         return data["status"]["phase"] if data else None
@@ -105,6 +118,19 @@ def running_daemon(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def leave_running(root: Path, name: str) -> dict[str, Any]:
+    """Run VMI `name` under a daemon with `onDaemonStop: keep`, stop that daemon, and return the
+    VMI's status as the daemon left it; its (fake) QEMU goes on running."""
+    with running_daemon(root, fake_config("onDaemonStop: keep\n")) as daemon:
+        daemon.drop(f"{name}.yaml", manifest(name))
+        daemon.wait_phase(name, "Running")
+        status = daemon.status(name)
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    assert status is not None
+    return status
 
 
 def fake_config(extra: str = "") -> str:

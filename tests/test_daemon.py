@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import fake_config, manifest, running_daemon
+from tests.daemon import fake_config, leave_running, manifest, running_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,7 +81,7 @@ def test_an_edit_that_breaks_the_manifest_leaves_the_vm_running(tmp_path: Path) 
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
-        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        pid = daemon.pid("vm-a")
         daemon.drop("a.yaml", manifest("vm-a").replace("bus", "x").replace("64Mi", "1x"))
 
         def unsynchronized() -> bool:
@@ -90,7 +90,7 @@ def test_an_edit_that_breaks_the_manifest_leaves_the_vm_running(tmp_path: Path) 
             return bool(conditions.get("Synchronized", {}).get("status") == "False")
 
         daemon.wait_for("Synchronized=False", unsynchronized)
-        assert daemon.status("vm-a")["status"]["qemu"]["pid"] == pid  # type: ignore[index]
+        assert daemon.pid("vm-a") == pid
         assert daemon.phase("vm-a") == "Running"
 
 
@@ -98,7 +98,7 @@ def test_a_spec_change_restarts_the_vm_with_the_new_spec(tmp_path: Path) -> None
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
-        old_pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        old_pid = daemon.pid("vm-a")
         daemon.drop("a.yaml", manifest("vm-a", memory="96Mi"))
 
         def restarted() -> bool:
@@ -115,12 +115,12 @@ def test_metadata_only_changes_do_not_restart(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
-        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
+        pid = daemon.pid("vm-a")
         text = manifest("vm-a").replace("  name: vm-a", "  name: vm-a\n  labels: {team: x}")
         daemon.drop("a.yaml", text)
         daemon.drop("z.yaml", manifest("vm-z"))  # a later event proves the edit was read
         daemon.wait_phase("vm-z", "Running")
-        assert daemon.status("vm-a")["status"]["qemu"]["pid"] == pid  # type: ignore[index]
+        assert daemon.pid("vm-a") == pid
 
 
 def test_two_files_claiming_one_name_the_first_wins(tmp_path: Path) -> None:
@@ -143,9 +143,9 @@ def test_qemu_killed_from_outside_ends_failed(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
-        os.kill(daemon.status("vm-a")["status"]["qemu"]["pid"], signal.SIGKILL)  # type: ignore[index]
+        os.kill(daemon.pid("vm-a"), signal.SIGKILL)
         daemon.wait_phase("vm-a", "Failed")
-        assert "SIGKILL" in daemon.status("vm-a")["status"]["reason"]  # type: ignore[index]
+        assert "SIGKILL" in daemon.reason("vm-a")
 
 
 def test_sigterm_stops_every_vm_gracefully_in_parallel(tmp_path: Path) -> None:
@@ -162,13 +162,8 @@ def test_sigterm_stops_every_vm_gracefully_in_parallel(tmp_path: Path) -> None:
 
 
 def test_keep_then_a_new_daemon_re_adopts_the_running_vm(tmp_path: Path) -> None:
-    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
-        daemon.drop("a.yaml", manifest("vm-a"))
-        daemon.wait_phase("vm-a", "Running")
-        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
-        created = daemon.status("vm-a")["metadata"]["creationTimestamp"]  # type: ignore[index]
-        daemon.process.send_signal(signal.SIGTERM)
-        assert daemon.process.wait(timeout=30) == 0
+    left = leave_running(tmp_path, "vm-a")
+    pid, created = left["status"]["qemu"]["pid"], left["metadata"]["creationTimestamp"]
     try:
         os.kill(pid, 0)  # still running
         with running_daemon(tmp_path, fake_config()) as again:
@@ -181,7 +176,7 @@ def test_keep_then_a_new_daemon_re_adopts_the_running_vm(tmp_path: Path) -> None
             assert status["status"]["qemu"]["pid"] == pid
             assert status["metadata"]["creationTimestamp"] == created
             assert again.log_text().count("qemu started") == 0
-            (again.spool / "a.yaml").unlink()  # the re-adopted VM stops the usual way
+            (again.spool / "vm-a.yaml").unlink()  # the re-adopted VM stops the usual way
             again.wait_phase("vm-a", None)
             assert "vm-a: ended Succeeded the guest powered off" in again.log_text()
     finally:
@@ -190,14 +185,9 @@ def test_keep_then_a_new_daemon_re_adopts_the_running_vm(tmp_path: Path) -> None
 
 
 def test_a_manifest_removed_while_the_daemon_was_down_is_honoured(tmp_path: Path) -> None:
-    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
-        daemon.drop("a.yaml", manifest("vm-a"))
-        daemon.wait_phase("vm-a", "Running")
-        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
-        daemon.process.send_signal(signal.SIGTERM)
-        assert daemon.process.wait(timeout=30) == 0
+    pid = leave_running(tmp_path, "vm-a")["status"]["qemu"]["pid"]
     try:
-        (tmp_path / "etc/vmid/instances/a.yaml").unlink()
+        (tmp_path / "etc/vmid/instances/vm-a.yaml").unlink()
         with running_daemon(tmp_path, fake_config()) as again:
             again.wait_phase("vm-a", None)
             log = again.log_text()
@@ -211,12 +201,7 @@ def test_a_manifest_removed_while_the_daemon_was_down_is_honoured(tmp_path: Path
 
 
 def test_a_vm_that_died_while_the_daemon_was_down_ends_failed(tmp_path: Path) -> None:
-    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
-        daemon.drop("a.yaml", manifest("vm-a"))
-        daemon.wait_phase("vm-a", "Running")
-        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
-        daemon.process.send_signal(signal.SIGTERM)
-        assert daemon.process.wait(timeout=30) == 0
+    pid = leave_running(tmp_path, "vm-a")["status"]["qemu"]["pid"]
     os.kill(pid, signal.SIGKILL)
     with running_daemon(tmp_path, fake_config()) as again:
         again.wait_phase("vm-a", "Failed")
@@ -227,17 +212,12 @@ def test_a_vm_that_died_while_the_daemon_was_down_ends_failed(tmp_path: Path) ->
 
 
 def test_a_vm_left_running_with_another_spec_is_never_doubled(tmp_path: Path) -> None:
-    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
-        daemon.drop("a.yaml", manifest("vm-a"))
-        daemon.wait_phase("vm-a", "Running")
-        pid = daemon.status("vm-a")["status"]["qemu"]["pid"]  # type: ignore[index]
-        daemon.process.send_signal(signal.SIGTERM)
-        assert daemon.process.wait(timeout=30) == 0
+    pid = leave_running(tmp_path, "vm-a")["status"]["qemu"]["pid"]
     try:
-        (tmp_path / "etc/vmid/instances/a.yaml").write_text(manifest("vm-a", memory="96Mi"))
+        (tmp_path / "etc/vmid/instances/vm-a.yaml").write_text(manifest("vm-a", memory="96Mi"))
         with running_daemon(tmp_path, fake_config()) as again:
             again.wait_phase("vm-a", "Failed")
-            reason = again.status("vm-a")["status"]["reason"]  # type: ignore[index]
+            reason = again.reason("vm-a")
             assert f"still running (pid {pid})" in reason
             assert again.log_text().count("qemu started") == 0
         os.kill(pid, 0)  # and left alone
@@ -249,7 +229,7 @@ def test_launch_failure_shows_qemus_message(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="refuse"))
         daemon.wait_phase("vm-a", "Failed")
-        reason = daemon.status("vm-a")["status"]["reason"]  # type: ignore[index]
+        reason = daemon.reason("vm-a")
         assert "'nope' is not a valid device model name" in reason
 
 
@@ -262,7 +242,7 @@ def test_missing_image_fails_that_vm_with_a_hint(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", text)
         daemon.wait_phase("vm-a", "Failed")
-        reason = daemon.status("vm-a")["status"]["reason"]  # type: ignore[index]
+        reason = daemon.reason("vm-a")
         assert "vmid image import docker.io/example/missing:latest" in reason
 
 
@@ -342,7 +322,7 @@ def test_kill_9_of_the_daemon_then_restart_re_adopts_every_vm(tmp_path: Path) ->
             daemon.drop(f"{name}.yaml", manifest(name))
         for name in names:
             daemon.wait_phase(name, "Running")
-        pids = {n: daemon.status(n)["status"]["qemu"]["pid"] for n in names}  # type: ignore[index]
+        pids = {n: daemon.pid(n) for n in names}
         daemon.process.kill()
         daemon.process.wait()
     try:
@@ -355,7 +335,7 @@ def test_kill_9_of_the_daemon_then_restart_re_adopts_every_vm(tmp_path: Path) ->
                         in again.log_text()
                     ),
                 )
-                assert again.status(name)["status"]["qemu"]["pid"] == pids[name]  # type: ignore[index]
+                assert again.pid(name) == pids[name]
             assert again.log_text().count("qemu started") == 0
             (again.spool / "vm-1.yaml").unlink()
             again.wait_phase("vm-1", None)

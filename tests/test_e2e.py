@@ -140,9 +140,7 @@ def test_real_qemu_killed_from_outside_ends_failed_and_edits_restart(daemon: Dae
     assert status is not None
     os.kill(status["status"]["qemu"]["pid"], signal.SIGKILL)
     daemon.wait_phase("vm-a", "Failed")
-    assert daemon.status("vm-a")["status"]["reason"] == (  # type: ignore[index]
-        "QEMU ended unexpectedly: killed by SIGKILL"
-    )
+    assert daemon.reason("vm-a") == ("QEMU ended unexpectedly: killed by SIGKILL")
     daemon.drop("a.yaml", seed_text("vm-a").replace("memory: 1024M", "memory: 512M"))
 
     def restarted() -> bool:
@@ -217,7 +215,7 @@ def test_real_qemu_is_re_adopted_by_a_restarted_daemon(tmp_path: Path) -> None:
     with running_daemon(tmp_path, keep, prefix=UNSHARE) as daemon:
         daemon.drop("tools.yaml", MINIMAL)
         daemon.wait_phase("tools", "Running")
-        pid = daemon.status("tools")["status"]["qemu"]["pid"]  # type: ignore[index]
+        pid = daemon.pid("tools")
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(timeout=30) == 0
     try:
