@@ -86,7 +86,6 @@ def build(
         argv=tuple(argv),
         cwd=ctx.runtime_dir,
         env=_environment(vmi),
-        stateDir=ctx.state_dir,
         consoleLog=console_log,
         qemuLog=posixpath.join(ctx.log_dir, "qemu.log"),
         sockets=_sockets(ctx),

@@ -95,7 +95,8 @@ def _backing(
     own = posixpath.join(disks, f"{volume.name}.qcow2")
     if volume.containerDisk is not None:
         image = imageref.normalize(volume.containerDisk.image)
-        overlay = ImageOverlay(path=own, image=image, imagePath=volume.containerDisk.path)
+        # vmid's store keeps one disk file per image, so containerDisk.path needs no lookup.
+        overlay = ImageOverlay(path=own, image=image)
         return _Backing(own, "qcow2", overlay)
     if volume.emptyDisk is not None:
         size = volume.emptyDisk.capacity.value() // MIB * MIB  # KubeVirt rounds down to MiB

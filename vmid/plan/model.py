@@ -20,7 +20,6 @@ class ImageOverlay:
 
     path: str
     image: str
-    imagePath: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -118,7 +117,6 @@ class LaunchPlan:
     #: QEMU runs here; socket paths in argv are relative to it, so long names fit sun_path.
     cwd: str
     env: dict[str, str]
-    stateDir: str
     consoleLog: str
     qemuLog: str
     sockets: Sockets
