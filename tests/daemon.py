@@ -89,14 +89,19 @@ class Daemon:
 
 @contextmanager
 def running_daemon(
-    root: Path, config: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+    root: Path,
+    config: str,
+    prefix: tuple[str, ...] = ("unshare", "--net", "--"),
+    env: dict[str, str] | None = None,
 ) -> Iterator[Daemon]:
     """Start `vmid daemon --root root` with `config` as vmid.yaml; stop it with SIGTERM.
 
-    `prefix` runs the daemon under another command (`unshare --net` for a private network).
+    `prefix` runs the daemon under another command: by default `unshare --net`, so whatever
+    it does to links and nftables stays in a network namespace of its own.
     """
     (root / "etc/vmid/instances").mkdir(parents=True, exist_ok=True)
     (root / "etc/vmid/vmid.yaml").write_text(config)
+    _traversable(root)
     log = root / "daemon.log"
     with log.open("wb") as stream:
         process = subprocess.Popen(
@@ -118,6 +123,15 @@ def running_daemon(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _traversable(root: Path) -> None:
+    """Let others search `root` and its parents (pytest makes them 0700), as `/` is: vmid's
+    dnsmasq drops to `nobody` and must still reach its hosts file under the root."""
+    for directory in (root, *root.parents):
+        mode = directory.stat().st_mode
+        if mode & 0o011 != 0o011:
+            directory.chmod(mode | 0o011)
 
 
 def leave_running(root: Path, name: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from vmid.config import Accelerator, Config, Paths
 from vmid.host.storage import ImageStore
 from vmid.plan.build import build
 from vmid.runtime.instance import Instance, LaunchError
+from vmid.runtime.network import Network
 from vmid.runtime.status import IllegalTransition, Phase, Status
 
 FAKE_QEMU = str(Path(__file__).with_name("fakeqemu.py"))
@@ -55,7 +56,9 @@ spec:
     assert plan is not None, findings
     status = Status(paths.instance_runtime("fake") / "status.json", to_data(manifest_obj.vmi))
     store = ImageStore(paths.state / "images", config.qemuImg)
-    return Instance(plan, status, store, config.qemuImg, Accelerator.TCG)
+    # No taps (autoattachPodInterface: false): the network service is never needed.
+    network = Network(config, paths)
+    return Instance(plan, status, store, config.qemuImg, Accelerator.TCG, network)
 
 
 async def start(instance: Instance, nursery: trio.Nursery) -> trio.CancelScope:

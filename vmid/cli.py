@@ -254,6 +254,8 @@ def _configure_logging(level: int) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    # pyroute2 logs every netlink message at DEBUG; -v is for vmid's own events.
+    logging.getLogger("pyroute2").setLevel(max(level, logging.INFO))
 
 
 _PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}  # sd-daemon(3)

@@ -6,6 +6,7 @@ Every key has a built-in default, documented in conf/vmid.yaml; the file only ov
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import attrs
@@ -41,7 +42,14 @@ class PodNetwork:
     """vmid's NAT network, KubeVirt's pod network on one host."""
 
     bridge: str = "vmid0"
+    #: The guests' addresses; the first host address is the bridge's (the gateway).
     cidr: str = "10.0.2.0/24"
+    #: DNS servers offered by DHCP; null: the host's own (non-loopback) resolvers.
+    dnsServers: tuple[str, ...] | None = None
+    #: Let vmid turn on net.ipv4.ip_forward (needed for guests to reach beyond the host).
+    ipForward: bool = True
+    #: dnsmasq drops its root privileges to this user once its DHCP socket is open.
+    dhcpUser: str = "nobody"
 
 
 @attrs.frozen(kw_only=True)
@@ -130,6 +138,26 @@ def load_config(file: Path, required: bool) -> Config:
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {os.strerror(exc.errno or 0)}") from exc
     try:
-        return load.load_object(str(file), data, Config)
+        config = load.load_object(str(file), data, Config)
     except ManifestError as exc:
         raise ConfigError(f"invalid configuration:\n{exc}") from exc
+    _check_network(file, config)
+    return config
+
+
+def _check_network(file: Path, config: Config) -> None:
+    pod = config.podNetwork
+    try:
+        pool = IPv4Network(pod.cidr)
+    except ValueError as exc:
+        raise ConfigError(f"{file}: podNetwork.cidr: {exc}; e.g. 10.0.2.0/24") from exc
+    if pool.prefixlen > 30:
+        raise ConfigError(f"{file}: podNetwork.cidr: {pool} is too small for a gateway and a VM")
+    if not (pod.bridge.startswith("vmid") and len(pod.bridge) <= 15 and pod.bridge.isalnum()):
+        raise ConfigError(
+            f"{file}: podNetwork.bridge: {pod.bridge!r} must start with 'vmid' (vmid removes "
+            "only links so named), be alphanumeric and at most 15 characters"
+        )
+    for name, bridge in config.multusBridges.items():
+        if not bridge or len(bridge) > 15 or "/" in bridge or bridge.isspace():
+            raise ConfigError(f"{file}: multusBridges.{name}: {bridge!r} is not a link name")

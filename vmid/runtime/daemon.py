@@ -18,6 +18,7 @@ from vmid.config import Accelerator, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError
 from vmid.host import accel
 from vmid.runtime import spool as spool_module
+from vmid.runtime.network import Network
 from vmid.runtime.spool import Spool
 from vmid.runtime.status import Phase
 from vmid.runtime.supervisor import Supervisor
@@ -40,13 +41,16 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
-    for directory in (paths.spool, paths.state, paths.runtime, paths.logs):
+    _make_traversable(paths.runtime)
+    for directory in (paths.spool, paths.state, paths.logs):
         directory.mkdir(parents=True, exist_ok=True)
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio_asyncio.open_loop(), trio.open_nursery() as vms:
-            supervisor = Supervisor(vms, config, paths, accelerator)
+            network = Network(config, paths)
+            await vms.start(network.serve)
+            supervisor = Supervisor(vms, config, paths, accelerator, network)
             async with trio.open_nursery() as watchers:
                 watchers.start_soon(notifier.watchdog)
                 await watchers.start(spool_module.watch, spool, supervisor.apply)
@@ -58,7 +62,7 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         notifier.notify(RELOADING="1")
-                        await _reload(spool, supervisor, config_file, config_required)
+                        await _reload(spool, supervisor, network, config_file, config_required)
                         await spool.rescan(supervisor.apply)
                         notifier.notify(READY="1", STATUS=_summary(supervisor))
                         continue
@@ -70,10 +74,13 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
             if not keep:
                 notifier.extend_timeout(supervisor.max_grace() + STOP_MARGIN_SECONDS)
             await supervisor.stop_all(keep=keep)
+            await network.close(keep=keep)
     log.info("vmid stopped")
 
 
-async def _reload(spool: Spool, supervisor: Supervisor, config_file: Path, required: bool) -> None:
+async def _reload(
+    spool: Spool, supervisor: Supervisor, network: Network, config_file: Path, required: bool
+) -> None:
     try:
         config = load_config(config_file, required=required)
     except ConfigError as exc:
@@ -81,7 +88,20 @@ async def _reload(spool: Spool, supervisor: Supervisor, config_file: Path, requi
         return
     await spool.reconfigure(config)
     supervisor.reconfigure(config)
+    network.reconfigure(config)
     log.info("configuration reloaded")
+
+
+def _make_traversable(directory: Path) -> None:
+    """Create `directory` (and missing parents) searchable by all, listable by vmid only.
+
+    dnsmasq re-reads its hosts file in runtime/network as its unprivileged user; the VMs' own
+    directories below stay 0700. Existing parents (`/run`) are left as they are.
+    """
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in (*missing, directory):
+        created.chmod(0o711)
 
 
 def _summary(supervisor: Supervisor) -> str:

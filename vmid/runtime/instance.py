@@ -23,6 +23,7 @@ from vmid.config import Accelerator
 from vmid.errors import VmidError
 from vmid.host import storage, unixsock
 from vmid.plan.model import LaunchPlan
+from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, find_qemu, name_option
 from vmid.runtime.qmp import Event, Monitor, MonitorError
 from vmid.runtime.status import Phase, Status
@@ -61,6 +62,7 @@ class Instance:
         store: storage.ImageStore,
         qemu_img: str,
         accelerator: Accelerator,
+        network: Network,
         adopt: int | None = None,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over."""
@@ -70,6 +72,8 @@ class Instance:
         self._store = store
         self._qemu_img = qemu_img
         self._accelerator = accelerator
+        self._network = network
+        self._attached = False
         self._adopt = adopt
         self._process: trio.Process | AdoptedProcess | None = None
         self._monitor: Monitor | None = None
@@ -124,6 +128,7 @@ class Instance:
         self.status.write()
         for item in plan.prepare:
             await storage.prepare(item, self._store, self._qemu_img)
+        await self._attach()
         listener = _listen(plan)
         try:
             self._process = await self._launch(listener)
@@ -154,6 +159,7 @@ class Instance:
         if self._monitor is None:
             client.close()
             raise LaunchError("the QEMU left by an earlier vmid does not answer on its monitor")
+        await self._attach()
         state = await self._monitor.execute("query-status")
         if self.status.phase is not Phase.RUNNING:
             self.status.transition(Phase.RUNNING)
@@ -164,6 +170,22 @@ class Instance:
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.status.write()
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state.get("status"))
+
+    async def _attach(self) -> None:
+        """The VM's taps on their bridges, with addresses (before QEMU opens the taps)."""
+        self._attached = True
+        self.status.interfaces = await self._network.attach(self.plan.name, self.plan)
+        for interface in self.status.interfaces:
+            if interface.get("ipAddress"):
+                self.log.info("interface %s: %s", interface["name"], interface["ipAddress"])
+
+    async def _detach(self) -> None:
+        if not self._attached:
+            return
+        try:
+            await self._network.detach(self.plan.name)
+        except VmidError as exc:
+            self.log.error("removing its taps failed: %s", exc)
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
         plan = self.plan
@@ -203,7 +225,6 @@ class Instance:
             self._accelerator is Accelerator.TCG,
             "TCG" if self._accelerator is Accelerator.TCG else "",
         )
-        self.status.interfaces = [{"name": t.interface, "mac": t.mac} for t in self.plan.taps]
         self.status.event("Normal", "Started", "VirtualMachineInstance started.")
         self.status.write()
         self.log.info("running")
@@ -337,6 +358,7 @@ class Instance:
         if self.detach and self._process is not None and self._process.returncode is None:
             return
         _remove_sockets(self.plan)
+        await self._detach()
         phase, reason = self._verdict()
         if not self.status.phase.final:
             self.status.transition(phase, reason)
@@ -370,6 +392,7 @@ class Instance:
             await self._monitor.aclose()
         if self._process is not None:  # the sockets are ours only if our QEMU made them
             _remove_sockets(self.plan)
+        await self._detach()
         if isinstance(exc, Exception):
             reason = (
                 str(exc) if isinstance(exc, VmidError | OSError) else f"internal error: {exc!r}"

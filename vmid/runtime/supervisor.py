@@ -27,6 +27,7 @@ from vmid.manifests import Entry, Planned
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
 from vmid.runtime.instance import Instance
+from vmid.runtime.network import Network
 from vmid.runtime.process import find_qemu, name_option
 from vmid.runtime.spool import Desired
 from vmid.runtime.status import Phase, Status, now
@@ -63,9 +64,15 @@ class Supervisor:
     """Owns every VMI task; `apply(desired)` makes the running set match the spool."""
 
     def __init__(
-        self, nursery: trio.Nursery, config: Config, paths: Paths, accelerator: Accelerator
+        self,
+        nursery: trio.Nursery,
+        config: Config,
+        paths: Paths,
+        accelerator: Accelerator,
+        network: Network,
     ) -> None:
         self._nursery = nursery
+        self._network = network
         self._config = config
         self._paths = paths
         self._accelerator = accelerator
@@ -118,6 +125,8 @@ class Supervisor:
         if not self._applied:
             self._applied = True
             self._leftovers(desired)
+            known = set(desired.vmis) | set(desired.refused) | set(self._vms)
+            self._nursery.start_soon(self._collect, known)
         for problem in desired.problems:
             log.error("spool: %s", problem)
         for name, vm in list(self._vms.items()):
@@ -168,6 +177,12 @@ class Supervisor:
             return None
         manifest = Manifest(str(path), vmi, Locator(str(path), None))
         return Entry(str(path), name, Planned(manifest, plan), ())
+
+    async def _collect(self, known: set[str]) -> None:
+        try:
+            await self._network.collect(known)
+        except VmidError as exc:
+            log.error("cleaning up after an earlier vmid: %s", exc)
 
     async def stop_all(self, keep: bool) -> None:
         """Stop every VMI in parallel (each with its own grace), or leave them running."""
@@ -272,6 +287,11 @@ class Supervisor:
         assert name is not None
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_remove_state, self._paths, name)
+            if vm.successor is None:
+                try:
+                    await self._network.release(name)
+                except VmidError as exc:
+                    log.error("%s: releasing its addresses failed: %s", name, exc)
         if self._vms.get(name) is vm:
             del self._vms[name]
             log.info("%s: removed", name)
@@ -300,7 +320,9 @@ class Supervisor:
         if adopt is None:
             vm.status.manifest = {**to_data(vmi), "metadata": vm.status.manifest["metadata"]}
         store, qemu_img = self._store, self._config.qemuImg
-        instance = Instance(plan, vm.status, store, qemu_img, self._accelerator, adopt=adopt)
+        instance = Instance(
+            plan, vm.status, store, qemu_img, self._accelerator, self._network, adopt=adopt
+        )
         instance.stop_once_running = vm.remove
         return instance
 

@@ -1,0 +1,178 @@
+"""vmid's IPAM: which VMI interface has which tap, MAC and pod-network address, on disk.
+
+The registry is written (fsync, rename) before any tap exists or any QEMU starts, so after a
+crash the next daemon knows every address and tap that may be in use: never two VMs on one
+address, and no tap it cannot account for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from vmid.host.network import NetworkError
+from vmid.plan.model import Port, Tap
+
+
+@attrs.frozen(kw_only=True)
+class Attachment:
+    """One VMI interface's tap, as recorded; `active` while its tap exists for a running VM."""
+
+    vmi: str
+    interface: str
+    device: str
+    bridge: str
+    mac: str
+    #: The pod-network address; None on multus (host) bridges, whose LAN does its own DHCP.
+    ip: str | None
+    ports: tuple[Port, ...] = ()
+    active: bool = False
+
+
+class Registry:
+    """Every Attachment, keyed by (VMI, interface); `save()` persists it atomically."""
+
+    def __init__(self, path: Path, attachments: Iterable[Attachment] = ()) -> None:
+        self.path = path
+        self._items = {(a.vmi, a.interface): a for a in attachments}
+
+    def __repr__(self) -> str:
+        active = sum(a.active for a in self._items.values())
+        return f"<Registry {self.path} attachments={len(self._items)} active={active}>"
+
+    def __iter__(self) -> Iterator[Attachment]:
+        return iter(sorted(self._items.values(), key=lambda a: (a.vmi, a.interface)))
+
+    def of(self, vmi: str) -> list[Attachment]:
+        return [a for a in self if a.vmi == vmi]
+
+    def vmis(self) -> set[str]:
+        return {a.vmi for a in self._items.values()}
+
+    def assign(self, vmi: str, taps: Iterable[Tap], pod_bridge: str, pool: IPv4Network) -> None:
+        """Record `vmi`'s taps as active, with an address for each tap on the pod bridge.
+
+        An interface keeps the address it had; a new one gets the lowest free address.
+
+        Raises:
+            NetworkError: a port forwarded or a MAC used by another running VMI, or no free
+                address left; nothing is recorded then.
+        """
+        taps = list(taps)
+        others = [a for a in self._items.values() if a.vmi != vmi]
+        _check_conflicts(vmi, taps, [a for a in others if a.active])
+        taken = {a.ip for a in others if a.ip} | {
+            a.ip for a in self.of(vmi) if a.ip and a.interface in {t.interface for t in taps}
+        }
+        new: dict[tuple[str, str], Attachment] = {}
+        for tap in taps:
+            ip = None
+            if tap.bridge == pod_bridge:
+                old = self._items.get((vmi, tap.interface))
+                ip = old.ip if old is not None and old.ip else _free(pool, taken)
+                taken.add(ip)
+            new[(vmi, tap.interface)] = Attachment(
+                vmi=vmi,
+                interface=tap.interface,
+                device=tap.device,
+                bridge=tap.bridge,
+                mac=tap.mac,
+                ip=ip,
+                ports=tap.ports,
+                active=True,
+            )
+        for key in [k for k in self._items if k[0] == vmi]:
+            del self._items[key]
+        self._items.update(new)
+
+    def deactivate(self, vmi: str) -> None:
+        """`vmi`'s taps are gone; it keeps its addresses (it may start again)."""
+        for key, item in list(self._items.items()):
+            if key[0] == vmi:
+                self._items[key] = attrs.evolve(item, active=False)
+
+    def release(self, vmi: str) -> None:
+        """Forget `vmi`: its addresses are free again."""
+        for key in [k for k in self._items if k[0] == vmi]:
+            del self._items[key]
+
+    def save(self) -> None:
+        """Write the registry: a temporary file, fsync, rename (the old file or the new)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"attachments": [_to_json(a) for a in self]}
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        with temporary.open("w") as stream:
+            json.dump(data, stream, indent=1)
+            stream.flush()
+            os.fsync(stream.fileno())
+        temporary.replace(self.path)
+
+
+def load(path: Path) -> Registry:
+    """The registry at `path`; none yet is an empty one.
+
+    Raises:
+        NetworkError: the file exists but is not a registry vmid wrote.
+    """
+    try:
+        data = json.loads(path.read_text())
+        return Registry(path, [_from_json(item) for item in data["attachments"]])
+    except FileNotFoundError:
+        return Registry(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NetworkError(
+            f"{path}: unreadable address registry ({exc}); move it away to start afresh "
+            "(running VMs keep their addresses until they restart)"
+        ) from exc
+
+
+def hosts(pool: IPv4Network) -> list[IPv4Address]:
+    """The addresses guests may get: every host address but the first (the gateway's)."""
+    return list(pool.hosts())[1:]
+
+
+def gateway(pool: IPv4Network) -> IPv4Address:
+    return next(iter(pool.hosts()))
+
+
+def _free(pool: IPv4Network, taken: set[str]) -> str:
+    for address in hosts(pool):
+        if str(address) not in taken:
+            return str(address)
+    raise NetworkError(
+        f"the pod network {pool} has no free address ({len(hosts(pool))} in use); "
+        "remove a VMI or widen podNetwork.cidr in vmid.yaml"
+    )
+
+
+def _check_conflicts(vmi: str, taps: list[Tap], active: list[Attachment]) -> None:
+    for tap in taps:
+        for other in active:
+            if other.bridge == tap.bridge and other.mac == tap.mac:
+                raise NetworkError(
+                    f"interface {tap.interface}: MAC {tap.mac} is already used by VMI "
+                    f"{other.vmi} (interface {other.interface}) on bridge {tap.bridge}"
+                )
+            for port in set(tap.ports) & set(other.ports):
+                raise NetworkError(
+                    f"interface {tap.interface}: port {port.protocol}/{port.port} is already "
+                    f"forwarded to VMI {other.vmi} (interface {other.interface}); "
+                    "a host port can be forwarded to one VMI only"
+                )
+
+
+def _to_json(item: Attachment) -> dict[str, Any]:
+    data = attrs.asdict(item, recurse=False)
+    data["ports"] = [[p.protocol, p.port] for p in item.ports]
+    return data
+
+
+def _from_json(data: dict[str, Any]) -> Attachment:
+    ports = tuple(Port(protocol=str(p), port=int(n)) for p, n in data.pop("ports", []))
+    return Attachment(**data, ports=ports)

@@ -1,0 +1,149 @@
+"""Links: vmid's bridge, the guests' taps, the host's bridges. The only user of pyroute2.
+
+Every function here is synchronous (pyroute2's IPRoute is): the runtime calls them through
+`trio.to_thread.run_sync`. Errors come out as NetworkError with the kernel's reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vmid.errors import VmidError
+
+#: Every link vmid creates is named with this prefix, and vmid only ever deletes such links.
+PREFIX = "vmid"
+
+_TUNSETIFF = 0x400454CA
+_TUNSETPERSIST = 0x400454CB
+_TUNSETOWNER = 0x400454CC
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+
+
+class NetworkError(VmidError):
+    """A bridge, tap, address or rule could not be set up; the message says which and why."""
+
+
+@contextmanager
+def _ipr(action: str) -> Iterator[IPRoute]:
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as exc:
+        raise NetworkError(f"{action}: {os.strerror(exc.code)}") from exc
+    except OSError as exc:
+        raise NetworkError(f"{action}: {exc.strerror or exc}") from exc
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _kind(ipr: IPRoute, index: int) -> str | None:
+    (link,) = ipr.get_links(index)
+    info = link.get_attr("IFLA_LINKINFO")
+    return None if info is None else str(info.get_attr("IFLA_INFO_KIND"))
+
+
+def ensure_bridge(name: str, address: IPv4Interface) -> None:
+    """Create bridge `name` with `address` and bring it up; a no-op when it is already so."""
+    with _ipr(f"cannot set up bridge {name}") as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            ipr.link("add", ifname=name, kind="bridge")
+            index = _index(ipr, name)
+            assert index is not None
+        elif _kind(ipr, index) != "bridge":
+            raise NetworkError(f"{name} exists and is not a bridge; rename podNetwork.bridge")
+        addresses = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
+        if (str(address.ip), address.network.prefixlen) not in addresses:
+            ipr.addr(
+                "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
+            )
+        ipr.link("set", index=index, state="up")
+
+
+def bridge_exists(name: str) -> bool:
+    """Whether a bridge of that name exists (multus networks attach to existing bridges)."""
+    with _ipr(f"cannot look up bridge {name}") as ipr:
+        index = _index(ipr, name)
+        return index is not None and _kind(ipr, index) == "bridge"
+
+
+def ensure_tap(name: str, bridge: str, owner: int) -> None:
+    """A persistent tap owned by uid `owner` (QEMU's user), enslaved to `bridge`, up.
+
+    An existing tap (a re-adopted VM's, which QEMU holds open) is only re-enslaved and set up.
+    """
+    if not name.startswith(PREFIX):
+        raise ValueError(f"vmid only manages links named {PREFIX}*: {name}")
+    with _ipr(f"cannot set up tap {name} on bridge {bridge}") as ipr:
+        master = _index(ipr, bridge)
+        if master is None:
+            raise NetworkError(f"bridge {bridge} does not exist")
+        if _index(ipr, name) is None:
+            _create_tap(name, owner)
+        index = _index(ipr, name)
+        assert index is not None
+        ipr.link("set", index=index, master=master, state="up")
+
+
+def _create_tap(name: str, owner: int) -> None:
+    # A plain ioctl: pyroute2's tuntap helper does not pass IFF_VNET_HDR through.
+    request = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, request)
+        fcntl.ioctl(fd, _TUNSETOWNER, owner)
+        fcntl.ioctl(fd, _TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
+
+
+def delete_link(name: str) -> None:
+    """Delete a link vmid created (a tap or vmid's bridge); gone already is fine."""
+    if not name.startswith(PREFIX):
+        raise ValueError(f"vmid only deletes links named {PREFIX}*: {name}")
+    with _ipr(f"cannot delete {name}") as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+
+
+def vmid_taps() -> set[str]:
+    """The names of every tap (tun) link named with vmid's prefix."""
+    with _ipr("cannot list links") as ipr:
+        names = set()
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = None if info is None else info.get_attr("IFLA_INFO_KIND")
+            if name and name.startswith(PREFIX) and kind == "tun":
+                names.add(str(name))
+        return names
+
+
+def enable_ip_forward(proc: Path = Path("/proc/sys/net/ipv4/ip_forward")) -> None:
+    """Turn on IPv4 forwarding (in vmid's network namespace)."""
+    try:
+        if proc.read_text().strip() != "1":
+            proc.write_text("1\n")
+    except OSError as exc:
+        raise NetworkError(f"cannot turn on {proc}: {exc.strerror}") from exc

@@ -1,0 +1,299 @@
+"""The host side of every VMI's NICs: vmid's bridge, the taps, addresses, DHCP and NAT.
+
+One `Network` per daemon. `attach` before QEMU starts, `detach` once it is gone, `release`
+when the VMI is removed; every change is serialized and ends with dnsmasq's static leases and
+vmid's nftables table matching the registry. dnsmasq runs under `serve`, restarted if it dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import subprocess
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from vmid.config import Config, Paths
+from vmid.host import dnsmasq, ipam, nftables
+from vmid.host import network as links
+from vmid.host.network import NetworkError
+from vmid.plan.model import LaunchPlan
+
+log = logging.getLogger(__name__)
+
+DHCP_READY_TIMEOUT = 5.0
+DHCP_STOP_TIMEOUT = 5.0
+DHCP_BACKOFF_MAX = 30.0
+#: A dnsmasq that ran this long before dying is restarted at once again.
+DHCP_HEALTHY_SECONDS = 60.0
+
+
+class Network:
+    """vmid's pod network and the taps of every VMI; see the module docstring."""
+
+    def __init__(self, config: Config, paths: Paths) -> None:
+        self._config = config
+        self._dir = paths.runtime / "network"
+        self._logs = paths.logs
+        self._registry = ipam.load(paths.state / "network" / "attachments.json")
+        self._lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._dhcp: trio.Process | None = None
+        self._dhcp_scope: trio.CancelScope | None = None
+        self._applied: str | None = None
+        self._pod_ready = False
+
+    def __repr__(self) -> str:
+        return f"<Network bridge={self._bridge} {self._registry!r} dhcp={self._dhcp!r}>"
+
+    @property
+    def _bridge(self) -> str:
+        return self._config.podNetwork.bridge
+
+    @property
+    def _pool(self) -> IPv4Network:
+        return IPv4Network(self._config.podNetwork.cidr)
+
+    @property
+    def _hosts_file(self) -> Path:
+        return self._dir / f"dnsmasq-{self._bridge}.hosts"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self._dir / f"dnsmasq-{self._bridge}.pid"
+
+    def reconfigure(self, config: Config) -> None:
+        """Keep the pod network as it is while VMIs use it; other keys apply at once."""
+        if self._pod_ready and config.podNetwork != self._config.podNetwork:
+            log.warning("podNetwork changes apply after a restart of vmid with no VM running")
+            config = _with_pod(config, self._config)
+        self._config = config
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery dnsmasq runs in; cancel to stop it."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # Section: VMIs
+
+    async def attach(self, name: str, plan: LaunchPlan) -> list[dict[str, Any]]:
+        """Record, create and enslave `plan`'s taps; the interfaces' status entries.
+
+        Raises:
+            NetworkError: a missing host bridge, a conflict with another VMI, no free address,
+                or the kernel refusing; the VMI should fail with that message.
+        """
+        if not plan.taps:
+            return []
+        async with self._lock:
+            for tap in plan.taps:
+                if tap.bridge != self._bridge and not await trio.to_thread.run_sync(
+                    links.bridge_exists, tap.bridge
+                ):
+                    raise NetworkError(
+                        f"interface {tap.interface}: network {tap.network} is attached to bridge "
+                        f"{tap.bridge}, which does not exist on this host; create it, or map the "
+                        "network's name to a bridge in multusBridges in vmid.yaml"
+                    )
+            self._registry.assign(name, plan.taps, self._bridge, self._pool)
+            await trio.to_thread.run_sync(self._registry.save)
+            if any(tap.bridge == self._bridge for tap in plan.taps):
+                await self._ensure_pod()
+            owner = _uid(self._config.qemuUser)
+            for tap in plan.taps:
+                await trio.to_thread.run_sync(links.ensure_tap, tap.device, tap.bridge, owner)
+            await self._sync()
+        by_interface = {a.interface: a for a in self._registry.of(name)}
+        return [_interface_status(by_interface[tap.interface], tap.linkUp) for tap in plan.taps]
+
+    async def detach(self, name: str) -> None:
+        """`name`'s QEMU is gone: delete its taps and forwards; it keeps its addresses."""
+        attachments = self._registry.of(name)
+        if not attachments:
+            return
+        async with self._lock:
+            for item in attachments:
+                await trio.to_thread.run_sync(links.delete_link, item.device)
+            self._registry.deactivate(name)
+            await trio.to_thread.run_sync(self._registry.save)
+            await self._sync()
+
+    async def release(self, name: str) -> None:
+        """`name` is removed: its taps go (if any are left) and its addresses are free again."""
+        if not self._registry.of(name):
+            return
+        await self.detach(name)
+        async with self._lock:
+            self._registry.release(name)
+            await trio.to_thread.run_sync(self._registry.save)
+            await self._sync()
+
+    async def collect(self, known: set[str]) -> None:
+        """After a crash: release VMIs not in `known`, delete taps the registry does not list."""
+        for name in sorted(self._registry.vmis() - known):
+            log.info("%s: releasing the addresses of a VMI that is gone", name)
+            await self.release(name)
+        listed = {a.device for a in self._registry}
+        for device in sorted(await trio.to_thread.run_sync(links.vmid_taps) - listed):
+            log.info("deleting tap %s: no VMI uses it", device)
+            await trio.to_thread.run_sync(links.delete_link, device)
+
+    async def close(self, keep: bool) -> None:
+        """Daemon stopping: stop dnsmasq; unless VMs are kept running, remove rules and bridge."""
+        if self._dhcp_scope is not None:
+            self._dhcp_scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        if keep or not self._pod_ready:
+            return
+        async with self._lock:
+            if not any(a.active for a in self._registry):
+                await nftables.apply(nftables.ruleset(self._bridge, self._pool, ()))
+                await trio.to_thread.run_sync(links.delete_link, self._bridge)
+                self._pod_ready = False
+
+    # Section: the pod network
+
+    async def _ensure_pod(self) -> None:
+        """vmid's bridge with the gateway address, forwarding, and dnsmasq running."""
+        if self._pod_ready:
+            return
+        if self._nursery is None:
+            raise NetworkError("vmid's network service is not running")
+        gateway = IPv4Interface(f"{ipam.gateway(self._pool)}/{self._pool.prefixlen}")
+        await trio.to_thread.run_sync(links.ensure_bridge, self._bridge, gateway)
+        if self._config.podNetwork.ipForward:
+            await trio.to_thread.run_sync(links.enable_ip_forward)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.chmod(0o755)  # dnsmasq re-reads its hosts file as its unprivileged user
+        dnsmasq.write_hosts(self._hosts_file, dnsmasq.hosts_lines(self._bridge, self._registry))
+        self._dhcp_scope = trio.CancelScope()
+        await self._nursery.start(self._serve_dhcp, self._dhcp_scope)
+        self._pod_ready = True
+        log.info("pod network %s on %s ready (gateway %s)", self._pool, self._bridge, gateway.ip)
+
+    async def _sync(self) -> None:
+        """Bring dnsmasq's leases and the nftables table in line with the registry."""
+        if self._pod_ready:
+            hosts = dnsmasq.hosts_lines(self._bridge, self._registry)
+            if dnsmasq.write_hosts(self._hosts_file, hosts) and self._dhcp is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._dhcp.send_signal(signal.SIGHUP)
+        script = nftables.ruleset(self._bridge, self._pool, self._registry)
+        if script != self._applied and (self._pod_ready or self._applied is not None):
+            await nftables.apply(script)
+            self._applied = script
+
+    async def _serve_dhcp(
+        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Run dnsmasq until cancelled; restart it (with a growing pause) when it dies."""
+        backoff = 1.0
+        with scope:
+            began = trio.current_time()
+            await self._run_dhcp(task_status)  # a first start that fails fails the attach
+            while True:
+                if trio.current_time() - began > DHCP_HEALTHY_SECONDS:
+                    backoff = 1.0
+                log.warning("dnsmasq on %s exited; restarting in %g s", self._bridge, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, DHCP_BACKOFF_MAX)
+                began = trio.current_time()
+                try:
+                    await self._run_dhcp(trio.TASK_STATUS_IGNORED)
+                except (NetworkError, OSError) as exc:
+                    log.error("dnsmasq on %s: %s", self._bridge, exc)
+
+    async def _run_dhcp(self, task_status: trio.TaskStatus[None]) -> None:
+        await trio.to_thread.run_sync(dnsmasq.kill_stale, self._pid_file, self._hosts_file)
+        self._pid_file.unlink(missing_ok=True)
+        servers = self._config.podNetwork.dnsServers
+        argv = dnsmasq.argv(
+            self._bridge,
+            self._pool,
+            ipam.gateway(self._pool),
+            self._hosts_file,
+            self._pid_file,
+            dnsmasq.host_resolvers() if servers is None else servers,
+            self._config.podNetwork.dhcpUser,
+        )
+        self._logs.mkdir(parents=True, exist_ok=True)
+        with (self._logs / f"dnsmasq-{self._bridge}.log").open("ab") as output:
+            try:
+                process = await trio.lowlevel.open_process(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise NetworkError(f"cannot start dnsmasq: {exc.strerror}") from exc
+        self._dhcp = process
+        try:
+            await self._wait_dhcp_ready(process)
+            task_status.started()
+            log.info("dnsmasq on %s running, pid %d", self._bridge, process.pid)
+            await process.wait()
+        finally:
+            self._dhcp = None
+            with trio.CancelScope(shield=True):
+                await _terminate(process)
+
+    async def _wait_dhcp_ready(self, process: trio.Process) -> None:
+        """dnsmasq writes its pid file once its signal handlers are in place (SIGHUP is safe)."""
+        with trio.move_on_after(DHCP_READY_TIMEOUT):
+            while process.returncode is None:
+                with contextlib.suppress(OSError, ValueError):
+                    if int(self._pid_file.read_text()) == process.pid:
+                        return
+                await trio.sleep(0.01)
+        if process.poll() is not None:
+            log_file = self._logs / f"dnsmasq-{self._bridge}.log"
+            last = log_file.read_text(errors="replace").strip().splitlines()[-1:]
+            raise NetworkError(f"dnsmasq failed to start: {' '.join(last)} (see {log_file})")
+
+
+async def _terminate(process: trio.Process) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    with trio.move_on_after(DHCP_STOP_TIMEOUT):
+        await process.wait()
+        return
+    process.kill()
+    await process.wait()
+
+
+def _uid(user: str | None) -> int:
+    if user is None:
+        return os.getuid()
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError as exc:
+        raise NetworkError(f"qemuUser {user} does not exist on this host") from exc
+
+
+def _interface_status(item: ipam.Attachment, link_up: bool) -> dict[str, Any]:
+    status: dict[str, Any] = {"name": item.interface, "mac": item.mac}
+    if item.ip:
+        status.update(ipAddress=item.ip, ipAddresses=[item.ip])
+    status.update(
+        infoSource="domain",
+        linkState="up" if link_up else "down",
+        podInterfaceName=item.device,
+    )
+    return status
+
+
+def _with_pod(config: Config, old: Config) -> Config:
+    return attrs.evolve(config, podNetwork=old.podNetwork)
