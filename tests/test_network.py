@@ -1,0 +1,230 @@
+"""The pod network and host bridges under the real daemon, with fake QEMUs (no guest).
+
+The daemon runs in a network namespace of its own (tests/daemon.py); the tests look inside it
+with `nsenter`. What a guest sees (DHCP, forwarded ports, pings) is in test_network_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import Daemon, fake_config, running_daemon
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="links and nftables need root (in a netns)"),
+    pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed"),
+    pytest.mark.timeout(120),
+]
+
+
+def vmi(
+    name: str, network: str = "pod: {}", binding: str = "masquerade: {}", ports: str = ""
+) -> str:
+    return f"""apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 5
+  domain:
+    memory: {{guest: 64Mi}}
+    firmware: {{serial: obey}}
+    devices:
+      interfaces:
+      - name: net
+        {binding}
+        {ports}
+  networks:
+  - name: net
+    {network}
+"""
+
+
+def inside(daemon: Daemon, *command: str) -> str:
+    """Run `command` in the daemon's network namespace; its stdout."""
+    done = subprocess.run(
+        ["nsenter", f"--net=/proc/{daemon.process.pid}/ns/net", "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return done.stdout
+
+
+def links(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    return {link["ifname"]: link for link in json.loads(inside(daemon, "ip", "-j", "-d", "link"))}
+
+
+def interface(daemon: Daemon, name: str) -> dict[str, Any]:
+    status = daemon.status(name)
+    assert status is not None
+    (first,) = status["status"]["interfaces"]
+    return dict(first)
+
+
+def registry(daemon: Daemon) -> list[dict[str, Any]]:
+    path = daemon.root / "var/lib/vmid/network/attachments.json"
+    return list(json.loads(path.read_text())["attachments"])
+
+
+def assert_nothing_left(daemon: Daemon) -> None:
+    assert [n for n in links(daemon) if n.startswith("vmid") and n != "vmid0"] == []
+    assert registry(daemon) == []
+    assert "table inet vmid" not in inside(daemon, "nft", "list", "ruleset")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        yield daemon
+
+
+def test_a_pod_interface_gets_an_address_a_tap_on_vmid0_and_a_forward(daemon: Daemon) -> None:
+    daemon.drop("web.yaml", vmi("web", ports="ports: [{port: 8080}]"))
+    daemon.wait_phase("web", "Running")
+    nic = interface(daemon, "web")
+    assert nic["ipAddress"] == "10.0.2.2"
+    assert nic["ipAddresses"] == ["10.0.2.2"]
+    assert nic["linkState"] == "up"
+    tap = links(daemon)[nic["podInterfaceName"]]
+    assert tap["master"] == "vmid0"
+    assert tap["linkinfo"]["info_kind"] == "tun"
+    assert "10.0.2.1/24" in inside(daemon, "ip", "-br", "addr", "show", "vmid0")
+    rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
+    assert "tcp dport 8080 dnat ip to 10.0.2.2:8080" in rules
+    hosts = (daemon.root / "run/vmid/network/dnsmasq-vmid0.hosts").read_text()
+    assert hosts == f"{nic['mac']},10.0.2.2\n"
+    assert "web" in daemon.vmid("get").stdout.split("10.0.2.2")[0]
+
+    (daemon.spool / "web.yaml").unlink()
+    daemon.wait_phase("web", None)
+    assert_nothing_left(daemon)
+    assert (daemon.root / "run/vmid/network/dnsmasq-vmid0.hosts").read_text() == ""
+
+
+def test_a_port_forwarded_to_one_vmi_fails_the_next_and_spares_the_first(daemon: Daemon) -> None:
+    daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 80}]"))
+    daemon.wait_phase("a", "Running")
+    daemon.drop("b.yaml", vmi("b", ports="ports: [{port: 80, name: http}]"))
+    daemon.wait_phase("b", "Failed")
+    assert "port TCP/80 is already forwarded to VMI a" in daemon.reason("b")
+    assert daemon.phase("a") == "Running"
+    assert [r["vmi"] for r in registry(daemon)] == ["a"]  # b's attempt left nothing behind
+    assert len([n for n in links(daemon) if n.startswith("vmid") and n != "vmid0"]) == 1
+
+
+def test_a_multus_network_puts_the_tap_on_the_mapped_host_bridge(tmp_path: Path) -> None:
+    config = fake_config("multusBridges: {lan: brlan}\n")
+    with running_daemon(tmp_path, config) as daemon:
+        inside(daemon, "ip", "link", "add", "brlan", "type", "bridge")
+        daemon.drop("lan.yaml", vmi("lan", "multus: {networkName: lan}", "bridge: {}"))
+        daemon.drop("gone.yaml", vmi("gone", "multus: {networkName: nowhere}", "bridge: {}"))
+        daemon.wait_phase("lan", "Running")
+        daemon.wait_phase("gone", "Failed")
+        nic = interface(daemon, "lan")
+        assert "ipAddress" not in nic  # the LAN's own DHCP gives it, not vmid
+        assert links(daemon)[nic["podInterfaceName"]]["master"] == "brlan"
+        assert "vmid0" not in links(daemon)  # no pod network was needed
+        assert "bridge nowhere, which does not exist on this host" in daemon.reason("gone")
+        assert "multusBridges" in daemon.reason("gone")
+        (daemon.spool / "lan.yaml").unlink()
+        daemon.wait_phase("lan", None)
+        assert "brlan" in links(daemon)  # the host's bridge is not vmid's to remove
+        assert [n for n in links(daemon) if n.startswith("vmid")] == []
+
+
+def test_an_exhausted_pool_fails_the_vmi_that_finds_it_so(tmp_path: Path) -> None:
+    config = fake_config("podNetwork: {cidr: 10.9.0.0/30}\n")  # .1 the gateway, .2 one guest
+    with running_daemon(tmp_path, config) as daemon:
+        daemon.drop("one.yaml", vmi("one"))
+        daemon.wait_phase("one", "Running")
+        daemon.drop("two.yaml", vmi("two"))
+        daemon.wait_phase("two", "Failed")
+        assert "the pod network 10.9.0.0/30 has no free address" in daemon.reason("two")
+        assert interface(daemon, "one")["ipAddress"] == "10.9.0.2"
+        assert daemon.phase("one") == "Running"
+
+
+def test_stopping_the_daemon_removes_its_bridge_rules_and_dnsmasq(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("web.yaml", vmi("web", ports="ports: [{port: 80}]"))
+        daemon.wait_phase("web", "Running")
+        dnsmasq = int((tmp_path / "run/vmid/network/dnsmasq-vmid0.pid").read_text())
+        namespace = f"/proc/{daemon.process.pid}/ns/net"
+        keeper = subprocess.Popen(["nsenter", f"--net={namespace}", "--", "sleep", "60"])
+        try:
+            daemon.process.send_signal(signal.SIGTERM)
+            assert daemon.process.wait(timeout=30) == 0
+            done = subprocess.run(
+                [
+                    "nsenter",
+                    f"--net=/proc/{keeper.pid}/ns/net",
+                    "--",
+                    "sh",
+                    "-c",
+                    "ip -br link; nft list ruleset",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            )
+        finally:
+            keeper.kill()
+            keeper.wait()
+    assert "vmid" not in done.stdout
+    assert (
+        not Path(f"/proc/{dnsmasq}").exists()
+        or "dnsmasq" not in Path(f"/proc/{dnsmasq}/cmdline").read_text()
+    )
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A named network namespace that outlives one daemon, for crash-and-restart tests."""
+    name = f"vmid-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+
+
+def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
+    tmp_path: Path, netns: str
+) -> None:
+    prefix = ("ip", "netns", "exec", netns)
+    with running_daemon(tmp_path, fake_config(), prefix=prefix) as daemon:
+        daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 80}]"))
+        daemon.drop("b.yaml", vmi("b"))
+        daemon.wait_phase("a", "Running")
+        daemon.wait_phase("b", "Running")
+        tap_a = interface(daemon, "a")["podInterfaceName"]
+        qemu_a = daemon.pid("a")
+        daemon.process.kill()  # no cleanup at all
+        daemon.process.wait()
+        os.kill(qemu_a, signal.SIGKILL)
+        (daemon.spool / "a.yaml").unlink()
+    with running_daemon(tmp_path, fake_config(), prefix=prefix) as daemon:
+        daemon.wait_for(
+            "a's addresses to be released", lambda: [r["vmi"] for r in registry(daemon)] == ["b"]
+        )
+        daemon.wait_for("a's tap to go", lambda: tap_a not in links(daemon))
+        assert daemon.phase("b") == "Running"  # re-adopted, its tap and address kept
+        assert interface(daemon, "b")["ipAddress"] == "10.0.2.3"
+        rules = inside(daemon, "nft", "list", "ruleset")
+        assert "dport 80" not in rules
+        (daemon.spool / "b.yaml").unlink()
+        daemon.wait_phase("b", None)
+        assert_nothing_left(daemon)

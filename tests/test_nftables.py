@@ -1,0 +1,118 @@
+"""vmid's nftables table and dnsmasq's inputs, rendered from the IPAM registry."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from vmid.host import dnsmasq, nftables
+from vmid.host.ipam import Attachment
+from vmid.plan.model import Port
+
+POOL = IPv4Network("10.0.2.0/24")
+
+
+def attachment(vmi: str, ip: str | None, bridge: str = "vmid0", **kw: object) -> Attachment:
+    values: dict[str, object] = {
+        "vmi": vmi,
+        "interface": "default",
+        "device": f"vmid-{vmi}",
+        "bridge": bridge,
+        "mac": f"02:00:00:00:00:{len(vmi):02x}",
+        "ip": ip,
+        "active": True,
+    }
+    values.update(kw)
+    return Attachment(**values)  # type: ignore[arg-type]
+
+
+WEB = attachment("web", "10.0.2.2", mac="02:00:00:00:00:0b", ports=(Port(protocol="TCP", port=80),))
+DNS = attachment("dns", "10.0.2.3", mac="02:00:00:00:00:0a", ports=(Port(protocol="UDP", port=53),))
+LAN = attachment("lan", None, bridge="brlan")
+
+
+def test_the_table_forwards_ports_masquerades_and_accepts_the_bridges() -> None:
+    script = nftables.ruleset("vmid0", POOL, [WEB, DNS, LAN])
+    lines = [line.strip() for line in script.splitlines()]
+    # Replaced as a whole in one transaction, whether or not it existed.
+    assert lines[:3] == ["table inet vmid {}", "delete table inet vmid", "table inet vmid {"]
+    forward = (
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 80 "
+        "dnat ip to 10.0.2.2:80"
+    )
+    assert lines.count(forward) == 2  # prerouting (from outside) and output (from the host)
+    assert any("meta l4proto udp th dport 53 dnat ip to 10.0.2.3:53" in line for line in lines)
+    assert "ip saddr 10.0.2.0/24 ip daddr != 10.0.2.0/24 masquerade" in lines
+    assert 'iifname "brlan" accept' in lines
+    assert 'iifname "vmid0" accept' in lines
+
+
+def test_stopped_vmis_forward_nothing_and_no_vmi_means_no_table() -> None:
+    stopped = attachment("web", "10.0.2.2", ports=(Port(protocol="TCP", port=80),), active=False)
+    assert "dport 80" not in nftables.ruleset("vmid0", POOL, [stopped, DNS])
+    assert nftables.ruleset("vmid0", POOL, [stopped]) == (
+        "table inet vmid {}\ndelete table inet vmid\n"
+    )
+
+
+def test_host_bridges_alone_get_no_nat() -> None:
+    script = nftables.ruleset("vmid0", POOL, [LAN])
+    assert "masquerade" not in script
+    assert "dnat ip to" not in script
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nft")
+@pytest.mark.timeout(30)
+def test_the_kernel_accepts_the_table_twice_over_in_a_private_namespace() -> None:
+    script = nftables.ruleset("vmid0", POOL, [WEB, DNS, LAN])
+    empty = nftables.ruleset("vmid0", POOL, [])
+    shell = 'nft -f - <<<"$1" && nft -f - <<<"$1" && nft -f - <<<"$2" && nft list ruleset'
+    done = subprocess.run(
+        ["unshare", "--net", "--", "bash", "-c", shell, "-", script, empty],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""  # the empty script removed the table it had replaced
+
+
+def test_dnsmasq_serves_dhcp_only_on_the_bridge_from_vmids_leases(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    args = dnsmasq.argv(
+        "vmid0", POOL, POOL.network_address + 1, hosts, tmp_path / "pid", ["9.9.9.9"], "nobody"
+    )
+    assert "--port=0" in args  # no DNS service
+    assert "--interface=vmid0" in args
+    assert "--bind-interfaces" in args
+    assert "--dhcp-range=10.0.2.0,static,255.255.255.0,1h" in args
+    assert f"--dhcp-hostsfile={hosts}" in args
+    assert "--dhcp-option=option:router,10.0.2.1" in args
+    assert "--dhcp-option=option:dns-server,9.9.9.9" in args
+    assert "--conf-file=/dev/null" in args  # never the host's /etc/dnsmasq.conf
+    stopped = attachment("off", "10.0.2.9", mac="02:00:00:00:00:0c", active=False)
+    # Stopped VMIs keep their leases: their address is theirs until they are removed.
+    assert dnsmasq.hosts_lines("vmid0", [WEB, DNS, LAN, stopped]).splitlines() == [
+        "02:00:00:00:00:0a,10.0.2.3",
+        "02:00:00:00:00:0b,10.0.2.2",
+        "02:00:00:00:00:0c,10.0.2.9",
+    ]
+
+
+def test_the_hosts_file_is_replaced_only_when_it_changes(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    assert dnsmasq.write_hosts(hosts, "02:00:00:00:00:01,10.0.2.2\n")
+    assert not dnsmasq.write_hosts(hosts, "02:00:00:00:00:01,10.0.2.2\n")
+    assert hosts.stat().st_mode & 0o777 == 0o644  # dnsmasq reads it as nobody
+
+
+def test_guests_get_the_hosts_resolvers_but_loopback_ones(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# x\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\nsearch x\n")
+    assert dnsmasq.host_resolvers(conf) == ["192.0.2.53"]
+    assert dnsmasq.host_resolvers(tmp_path / "missing") == []
