@@ -3,8 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# QEMU and its firmware; tests run real QEMU (TCG) to prove the planned command lines start.
-APT_PACKAGES := qemu-system-x86 qemu-utils ovmf
+# QEMU and its firmware (tests run real QEMU, TCG, to prove the planned command lines start);
+# dnsmasq and nft for the pod network; ip and nsenter for the network tests.
+APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux
 
 .PHONY: setup packages lint test run clean golden install
 
@@ -35,8 +36,9 @@ test: lint
 	$(BIN)/pytest
 
 # A demo: the daemon in the foreground under ./.run (its own root), with conf/instances/, the
-# test guest imported as the seed example's image, and a private network namespace (the pod
-# network comes with the networking work). Ctrl+C stops every VM gracefully.
+# test guest imported as the seed example's image, and a private network namespace (vmid0,
+# dnsmasq and the nftables table live there, never on this host's own links).
+# Ctrl+C stops every VM gracefully.
 # TCG by default: set ACCELERATOR=auto on a host whose KVM works.
 ACCELERATOR ?= tcg
 RUN_ROOT := .run

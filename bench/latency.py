@@ -4,7 +4,9 @@
 
 (a) launch: a manifest renamed into the spool -> status `Running`, next to a bare
     qemu-system-x86_64 with the argv vmid renders -> its QMP answering `query-status`;
-(b) stop: the manifest removed -> the POWERDOWN event seen on the VM's public qmp.sock.
+(b) stop: the manifest removed -> the POWERDOWN event seen on the VM's public qmp.sock;
+(c) the same launch with one pod-network interface (masquerade): vmid's per-VM network setup
+    (IPAM record, tap, enslave, dnsmasq lease, nftables) is the difference from (a).
 Runs are interleaved (vmid, bare, vmid, ...) and reported as medians with min-max: these
 machines are noisy, single absolute times mean little. Under TCG, as the tests.
 """
@@ -36,6 +38,11 @@ spec:
     memory: {{guest: 64Mi}}
     devices: {{autoattachPodInterface: false}}
 """
+WITH_NIC = MANIFEST.replace(
+    "devices: {{autoattachPodInterface: false}}",
+    "devices: {{interfaces: [{{name: default, masquerade: {{}}}}]}}\n"
+    "  networks: [{{name: default, pod: {{}}}}]",
+)
 
 
 def _qmp(path: str) -> socket.socket:
@@ -53,12 +60,11 @@ def _command(stream: TextIO, command: str) -> dict[str, object]:
             return reply
 
 
-def vmid_launch(daemon: Daemon, index: int) -> tuple[float, float]:
+def vmid_launch(daemon: Daemon, name: str, manifest: str = MANIFEST) -> tuple[float, float]:
     """(launch seconds, powerdown seconds) for one VMI through the spool."""
-    name = f"bench-{index}"
     spool = daemon.spool
     staging = spool / f".{name}.tmp"
-    staging.write_text(MANIFEST.format(name=name))
+    staging.write_text(manifest.format(name=name))
     began = time.monotonic()
     staging.rename(spool / f"{name}.yaml")
     while daemon.phase(name) != "Running":
@@ -113,9 +119,9 @@ def bare_launch(argv: list[str], workdir: Path) -> float:
     return elapsed
 
 
-def _rendered_argv(root: Path) -> list[str]:
+def _rendered_argv(root: Path, text: str = MANIFEST) -> list[str]:
     manifest = root / "render.yaml"
-    manifest.write_text(MANIFEST.format(name="bare"))
+    manifest.write_text(text.format(name="bare"))
     out = subprocess.run(
         [sys.executable, "-m", "vmid.cli", "render", "-o", "json", str(manifest), "--root",
          str(root)], capture_output=True, text=True, check=True,
@@ -140,15 +146,21 @@ def main() -> None:
         (root / "etc/vmid").mkdir(parents=True)
         (root / "etc/vmid/vmid.yaml").write_text("accelerator: tcg\n")
         argv = _rendered_argv(root)
+        # QEMU (root, in the daemon's netns) creates this tap itself: the bare floor with a NIC.
+        nic_argv = ["nsenter", "--net=/proc/{pid}/ns/net", "--", *_rendered_argv(root, WITH_NIC)]
         workdir = root / "bare"
         workdir.mkdir()
-        vmid_runs, bare_runs, powerdowns = [], [], []
+        vmid_runs, bare_runs, powerdowns, nic_runs, bare_nic_runs = [], [], [], [], []
         with running_daemon(root, "accelerator: tcg\n") as daemon:
+            nic_argv[1] = nic_argv[1].format(pid=daemon.process.pid)
+            vmid_launch(daemon, "warm-up", WITH_NIC)  # the bridge and dnsmasq, once per daemon
             for index in range(args.runs):
-                launch, powerdown = vmid_launch(daemon, index)
+                launch, powerdown = vmid_launch(daemon, f"bench-{index}")
                 vmid_runs.append(launch)
                 powerdowns.append(powerdown)
                 bare_runs.append(bare_launch(argv, workdir))
+                nic_runs.append(vmid_launch(daemon, f"nic-{index}", WITH_NIC)[0])
+                bare_nic_runs.append(bare_launch(nic_argv, workdir))
     print(f"machine: {os.cpu_count()} CPUs, TCG, {args.runs} interleaved runs")
     print(f"launch, vmid (spool rename -> Running):      {_summary(vmid_runs)}")
     print(f"launch, bare QEMU (exec -> query-status):   {_summary(bare_runs)}")
@@ -156,6 +168,15 @@ def main() -> None:
     ratio = statistics.median(vmid_runs) / statistics.median(bare_runs)
     print(f"vmid adds {overhead * 1000:.1f} ms to the median ({ratio:.2f}x the bare floor)")
     print(f"stop: manifest removed -> POWERDOWN on qmp.sock: {_summary(powerdowns)}")
+    print(f"launch, vmid with a pod NIC:                 {_summary(nic_runs)}")
+    print(f"launch, bare QEMU with that NIC:             {_summary(bare_nic_runs)}")
+    network = statistics.median(nic_runs) - statistics.median(vmid_runs)
+    qemu_nic = statistics.median(bare_nic_runs) - statistics.median(bare_runs)
+    print(
+        f"a pod NIC adds {network * 1000:.1f} ms to vmid's median launch, "
+        f"{qemu_nic * 1000:.1f} ms of it QEMU's own (tap and virtio-net): vmid's network setup "
+        f"is {(network - qemu_nic) * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

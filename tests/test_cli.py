@@ -480,3 +480,25 @@ def test_module_entry_point(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == BAD_PROBLEMS
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("podNetwork: {cidr: 10.0.2.1/24}\n", "podNetwork.cidr: 10.0.2.1/24 has host bits set"),
+        ("podNetwork: {cidr: 10.0.2.0/31}\n", "10.0.2.0/31 is too small for a gateway and a VM"),
+        ("podNetwork: {bridge: virbr0}\n", "podNetwork.bridge: 'virbr0' must start with 'vmid'"),
+        ("multusBridges: {lan: a-bridge-name-too-long}\n", "multusBridges.lan: "),
+        ("podNetwork: {dnsServers: 9.9.9.9}\n", "podNetwork.dnsServers: "),
+    ],
+)
+def test_config_with_a_bad_network(
+    workdir: Path, capsys: pytest.CaptureFixture[str], config: str, expected: str
+) -> None:
+    write(workdir, "bad-config.yaml", config)
+    write(workdir, "good.yaml", manifest("good"))
+    status, out, err = run(capsys, "--config", "bad-config.yaml", "validate", "good.yaml")
+    assert status == 2
+    assert out == ""
+    assert "bad-config.yaml" in err
+    assert expected in err

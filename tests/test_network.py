@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 
 from tests.daemon import Daemon, fake_config, running_daemon
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="links and nftables need root (in a netns)"),
@@ -228,3 +231,40 @@ def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
         (daemon.spool / "b.yaml").unlink()
         daemon.wait_phase("b", None)
         assert_nothing_left(daemon)
+
+
+def dhcp_lease(daemon: Daemon, mac: str) -> str:
+    """The address vmid's dnsmasq gives `mac`: udhcpc on a veth whose peer is on vmid0."""
+    script = f"""
+ip link add vmidtest-g type veth peer name vmidtest-b
+ip link set vmidtest-b master vmid0 up
+ip link set vmidtest-g address {mac} up
+{BUSYBOX} udhcpc -i vmidtest-g -n -q -f -t 10 -T 1 -s /bin/true 2>&1
+status=$?
+ip link del vmidtest-g
+exit $status
+"""
+    out = inside(daemon, "sh", "-ec", script)
+    found = re.search(r"lease of (\S+) obtained", out)
+    assert found, out
+    return found.group(1)
+
+
+def test_dnsmasq_gives_each_vmi_its_address_and_a_freed_one_to_the_next(daemon: Daemon) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    first = interface(daemon, "a")
+    assert dhcp_lease(daemon, first["mac"]) == first["ipAddress"] == "10.0.2.2"
+    daemon.drop("b.yaml", vmi("b"))
+    daemon.wait_phase("b", "Running")
+    assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
+    (daemon.spool / "a.yaml").unlink()
+    daemon.wait_phase("a", None)
+    # dnsmasq still remembers a's lease of 10.0.2.2: vmid must make it forget.
+    daemon.drop("c.yaml", vmi("c"))
+    daemon.wait_phase("c", "Running")
+    third = interface(daemon, "c")
+    assert third["ipAddress"] == "10.0.2.2"
+    assert third["mac"] != first["mac"]
+    assert dhcp_lease(daemon, third["mac"]) == "10.0.2.2"
+    assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"

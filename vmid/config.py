@@ -6,7 +6,7 @@ Every key has a built-in default, documented in conf/vmid.yaml; the file only ov
 from __future__ import annotations
 
 import os
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import attrs
@@ -158,6 +158,11 @@ def _check_network(file: Path, config: Config) -> None:
             f"{file}: podNetwork.bridge: {pod.bridge!r} must start with 'vmid' (vmid removes "
             "only links so named), be alphanumeric and at most 15 characters"
         )
+    for server in pod.dnsServers or ():
+        try:
+            IPv4Address(server)
+        except ValueError as exc:
+            raise ConfigError(f"{file}: podNetwork.dnsServers: {exc}") from exc
     for name, bridge in config.multusBridges.items():
         if not bridge or len(bridge) > 15 or "/" in bridge or bridge.isspace():
             raise ConfigError(f"{file}: multusBridges.{name}: {bridge!r} is not a link name")

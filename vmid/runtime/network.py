@@ -47,6 +47,10 @@ class Network:
         self._nursery: trio.Nursery | None = None
         self._dhcp: trio.Process | None = None
         self._dhcp_scope: trio.CancelScope | None = None
+        self._dhcp_ready = trio.Event()
+        self._dhcp_restart = False
+        #: Every address -> MAC the running dnsmasq was given: it may hold a lease for each.
+        self._served: dict[str, str] = {}
         self._applied: str | None = None
         self._pod_ready = False
 
@@ -186,12 +190,33 @@ class Network:
         if self._pod_ready:
             hosts = dnsmasq.hosts_lines(self._bridge, self._registry)
             if dnsmasq.write_hosts(self._hosts_file, hosts) and self._dhcp is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._dhcp.send_signal(signal.SIGHUP)
+                await self._reload_dhcp(hosts)
         script = nftables.ruleset(self._bridge, self._pool, self._registry)
         if script != self._applied and (self._pod_ready or self._applied is not None):
             await nftables.apply(script)
             self._applied = script
+
+    async def _reload_dhcp(self, hosts: str) -> None:
+        """SIGHUP dnsmasq, or restart it when an address it may have leased changed hands.
+
+        dnsmasq keeps a released VMI's lease in memory for the lease time and will not give
+        that address to another MAC; a fresh dnsmasq (no lease file) has no such memory.
+        """
+        assert self._dhcp is not None
+        mapping = _mapping(hosts)
+        moved = [ip for ip, mac in mapping.items() if self._served.get(ip, mac) != mac]
+        if not moved:
+            self._served.update(mapping)
+            with contextlib.suppress(ProcessLookupError):
+                self._dhcp.send_signal(signal.SIGHUP)
+            return
+        log.info("restarting dnsmasq: %s now leased to another VMI", ", ".join(moved))
+        self._dhcp_restart = True
+        self._dhcp_ready = trio.Event()
+        with contextlib.suppress(ProcessLookupError):
+            self._dhcp.terminate()
+        with trio.move_on_after(DHCP_READY_TIMEOUT):
+            await self._dhcp_ready.wait()
 
     async def _serve_dhcp(
         self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
@@ -204,9 +229,12 @@ class Network:
             while True:
                 if trio.current_time() - began > DHCP_HEALTHY_SECONDS:
                     backoff = 1.0
-                log.warning("dnsmasq on %s exited; restarting in %g s", self._bridge, backoff)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, DHCP_BACKOFF_MAX)
+                if self._dhcp_restart:
+                    self._dhcp_restart = False
+                else:
+                    log.warning("dnsmasq on %s exited; restarting in %g s", self._bridge, backoff)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, DHCP_BACKOFF_MAX)
                 began = trio.current_time()
                 try:
                     await self._run_dhcp(trio.TASK_STATUS_IGNORED)
@@ -240,7 +268,9 @@ class Network:
                 raise NetworkError(f"cannot start dnsmasq: {exc.strerror}") from exc
         self._dhcp = process
         try:
+            self._served = _mapping(self._hosts_file.read_text())
             await self._wait_dhcp_ready(process)
+            self._dhcp_ready.set()
             task_status.started()
             log.info("dnsmasq on %s running, pid %d", self._bridge, process.pid)
             await process.wait()
@@ -272,6 +302,12 @@ async def _terminate(process: trio.Process) -> None:
         return
     process.kill()
     await process.wait()
+
+
+def _mapping(hosts: str) -> dict[str, str]:
+    """address -> MAC from dnsmasq's hosts file text (`MAC,IP` lines)."""
+    pairs = (line.split(",") for line in hosts.splitlines() if line)
+    return {ip: mac for mac, ip in pairs}
 
 
 def _uid(user: str | None) -> int:
