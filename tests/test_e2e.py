@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -231,3 +232,65 @@ def test_real_qemu_is_re_adopted_by_a_restarted_daemon(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
+    tmp_path: Path, guest_image: Path
+) -> None:
+    nobody = pwd.getpwnam("nobody")
+    with running_daemon(tmp_path, "accelerator: tcg\nqemuUser: nobody\n") as daemon:
+        imported = daemon.vmid("image", "import", SEED_IMAGE, str(guest_image))
+        assert imported.returncode == 0, imported.stderr
+        daemon.drop("seed.yaml", seed_text("low", grace=30))
+        daemon.wait_phase("low", "Running")
+        daemon.wait_for(
+            "the guest", lambda: "VMID-GUEST: ready" in console(daemon, "low"), timeout=120
+        )
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{daemon.pid('low')}/status").read_text()
+            .splitlines()
+        )  # fmt: skip
+        assert fields["Uid"].split() == [str(nobody.pw_uid)] * 4  # real, effective, saved, fs
+        assert fields["Seccomp"].strip() == "2"  # a seccomp filter (-sandbox on)
+        assert fields["NoNewPrivs"].strip() == "1"
+        runtime = tmp_path / "run/vmid/instances/low"
+        for name in ("qmp.sock", "console.sock", "vnc.sock"):
+            info = (runtime / name).stat()
+            assert (info.st_uid, info.st_mode & 0o777) == (nobody.pw_uid, 0o600), name
+        assert (tmp_path / "var/lib/vmid/instances/low").stat().st_mode & 0o777 == 0o700
+        # The tools still work: root reaches the sockets, the screenshot comes back to root.
+        assert daemon.vmid("qmp", "low", "query-status").returncode == 0
+        shot = daemon.vmid("screenshot", "low", str(tmp_path / "low.png"))
+        assert shot.returncode == 0, shot.stderr
+        assert (tmp_path / "low.png").read_bytes().startswith(b"\x89PNG")
+        (daemon.spool / "seed.yaml").unlink()
+        daemon.wait_phase("low", None, timeout=60)
+        assert "the guest powered off" in daemon.log_text()
+
+
+def test_a_hostdisk_the_qemu_user_cannot_open_fails_that_vmi(tmp_path: Path) -> None:
+    disks = tmp_path / "disks"
+    disks.mkdir()
+    private = disks / "private.img"
+    private.write_bytes(b"\0" * 1024 * 1024)
+    private.chmod(0o600)  # root's
+    config = f"accelerator: tcg\nqemuUser: nobody\nhostDiskRoots: [{disks}]\n"
+    manifest = f"""apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: hd}}
+spec:
+  domain:
+    memory: {{guest: 64Mi}}
+    devices:
+      autoattachPodInterface: false
+      disks: [{{name: data, disk: {{bus: virtio}}}}]
+  volumes: [{{name: data, hostDisk: {{path: {private}, type: Disk}}}}]
+"""
+    with running_daemon(tmp_path, config) as daemon:
+        daemon.drop("hd.yaml", manifest)
+        daemon.wait_phase("hd", "Failed")
+        assert (
+            f"{private} (a hostDisk or claim) is not open to read and write for qemuUser "
+            "nobody" in daemon.reason("hd")
+        )
+    assert private.stat().st_uid == 0  # vmid never takes a user's file away from them

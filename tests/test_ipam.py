@@ -20,6 +20,7 @@ def tap(vmi: str, interface: str = "default", bridge: str = POD, **kw: object) -
         "interface": interface,
         "device": f"vmid{abs(hash((vmi, interface))) % 10**11:011d}",
         "mac": kw.pop("mac", f"02:00:00:00:{len(vmi):02x}:{len(interface):02x}"),
+        "netdev": "net0",
         "bridge": bridge,
         "network": interface,
         "masquerade": True,

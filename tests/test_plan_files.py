@@ -494,7 +494,10 @@ def test_taps_differ_by_interface_and_vmi(base: dict[str, Any]) -> None:
 def test_tap_macs_reach_the_nic_devices(base: dict[str, Any]) -> None:
     plan = plan_of(two_interfaces(base))
     netdevs = [p for h, p in options_of(plan.argv, "-netdev") if h == "tap"]
-    assert [n["ifname"] for n in netdevs] == [t.device for t in plan.taps]
+    # Each tap by fd, in the order of plan.taps (the runtime passes the real fds).
+    assert [(n["id"], n["fd"]) for n in netdevs] == [
+        (t.netdev, str(4 + i)) for i, t in enumerate(plan.taps)
+    ]
     nics = [p for _, p in options_of(plan.argv, "-device") if "netdev" in p]
     assert [n["mac"] for n in nics] == [t.mac for t in plan.taps]
 

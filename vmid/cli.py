@@ -623,8 +623,15 @@ def _soft_reboot(name: str, qmp_socket: Path, st: dict[str, Any], paused: bool) 
 
 def _screenshot(args: argparse.Namespace) -> int:
     qmp_socket, _ = _running(args)
-    target = args.file.absolute()  # QEMU writes it, from its own working directory
-    control.execute(qmp_socket, "screendump", {"filename": str(target), "format": "png"})
+    target = args.file.absolute()
+    # QEMU (perhaps an unprivileged qemuUser) writes into its own working directory, the VM's
+    # runtime directory; vmid moves the file where it was asked.
+    shot = qmp_socket.parent / f"screenshot-{os.getpid()}.png"
+    try:
+        control.execute(qmp_socket, "screendump", {"filename": shot.name, "format": "png"})
+        shutil.copyfile(shot, target)
+    finally:
+        shot.unlink(missing_ok=True)
     print(f"saved {target}")
     return EXIT_OK
 

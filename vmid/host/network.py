@@ -100,6 +100,20 @@ def ensure_tap(name: str, bridge: str, owner: int) -> None:
         ipr.link("set", index=index, master=master, state="up")
 
 
+def open_tap(name: str) -> int:
+    """An fd on the existing tap `name`, for QEMU to inherit (close it once QEMU has it)."""
+    if not name.startswith(PREFIX):
+        raise ValueError(f"vmid only manages links named {PREFIX}*: {name}")
+    request = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, request)
+    except OSError as exc:
+        os.close(fd)
+        raise NetworkError(f"cannot open tap {name}: {exc.strerror}") from exc
+    return fd
+
+
 def _create_tap(name: str, owner: int) -> None:
     # A plain ioctl: pyroute2's tuntap helper does not pass IFF_VNET_HDR through.
     request = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)

@@ -213,8 +213,6 @@ def _process(ctx: Context) -> Iterator[str]:
                 "resourcecontrol": "deny",
             },
         )
-    if config.qemuUser:
-        yield from ("-runas", config.qemuUser)
     if vmi.spec.domain.rebootPolicy is t.RebootPolicy.TERMINATE:
         yield "-no-reboot"
     yield from _rtc(vmi.spec.domain.clock)

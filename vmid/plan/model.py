@@ -9,9 +9,21 @@ CONTROL_FD = 3
 CONTROL_CHARDEV = "vmid-control"
 
 
+#: The fds `vmid render` shows for the taps, in order; the runtime passes its own numbers.
+TAP_FD_BASE = 4
+
+
 def control_chardev(fd: int) -> str:
     """The -chardev value of vmid's control monitor: a listening socket QEMU inherits as `fd`."""
     return f"socket,id={CONTROL_CHARDEV},fd={fd},server=on,wait=off"
+
+
+def tap_netdev(netdev: str, fd: int) -> str:
+    """The -netdev value of a tap vmid opened and QEMU inherits as `fd`.
+
+    By fd, as libvirt does: QEMU (perhaps unprivileged) never opens /dev/net/tun itself.
+    """
+    return f"tap,id={netdev},fd={fd}"
 
 
 @attrs.frozen(kw_only=True)
@@ -88,6 +100,8 @@ class Tap:
 
     interface: str
     device: str
+    #: The -netdev id; `vmid render` shows the tap at fd TAP_FD_BASE + its index in `taps`.
+    netdev: str
     mac: str
     bridge: str
     network: str
@@ -126,7 +140,11 @@ class LaunchPlan:
     acpi: bool
     startPaused: bool
 
-    def argv_for(self, control_fd: int) -> tuple[str, ...]:
-        """The argv with the control socket at `control_fd`, the number QEMU will inherit."""
-        shown = control_chardev(CONTROL_FD)
-        return tuple(control_chardev(control_fd) if arg == shown else arg for arg in self.argv)
+    def argv_for(self, control_fd: int, tap_fds: dict[str, int]) -> tuple[str, ...]:
+        """The argv with the fds QEMU will inherit: the control socket, a tap per netdev."""
+        real = {control_chardev(CONTROL_FD): control_chardev(control_fd)}
+        for index, tap in enumerate(self.taps):
+            real[tap_netdev(tap.netdev, TAP_FD_BASE + index)] = tap_netdev(
+                tap.netdev, tap_fds[tap.netdev]
+            )
+        return tuple(real.get(arg, arg) for arg in self.argv)

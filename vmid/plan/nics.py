@@ -6,7 +6,7 @@ import hashlib
 
 from vmid.api import types as t
 from vmid.plan.context import Context
-from vmid.plan.model import Port, Tap
+from vmid.plan.model import TAP_FD_BASE, Port, Tap, tap_netdev
 from vmid.plan.qemu import Value, options
 
 NIC_DEVICES = {
@@ -39,15 +39,10 @@ def plan_nics(ctx: Context) -> tuple[list[str], list[Tap]]:
     for index, iface in enumerate(ctx.vmi.spec.domain.devices.interfaces):
         if iface.state is t.InterfaceState.ABSENT:
             continue
-        tap = _tap(ctx, iface, networks[iface.name])
-        taps.append(tap)
         netdev = f"net{index}"
-        args += [
-            "-netdev",
-            options(
-                "tap", {"id": netdev, "ifname": tap.device, "script": "no", "downscript": "no"}
-            ),
-        ]
+        tap = _tap(ctx, iface, networks[iface.name], netdev)
+        args += ["-netdev", tap_netdev(netdev, TAP_FD_BASE + len(taps))]
+        taps.append(tap)
         device: dict[str, Value] = {"netdev": netdev, "id": f"ua-{iface.name}", "mac": tap.mac}
         device["bootindex"] = iface.bootOrder
         # As KubeVirt: no option ROM (no PXE) on NICs that are not in the boot order.
@@ -57,7 +52,7 @@ def plan_nics(ctx: Context) -> tuple[list[str], list[Tap]]:
     return args, taps
 
 
-def _tap(ctx: Context, iface: t.Interface, network: t.Network) -> Tap:
+def _tap(ctx: Context, iface: t.Interface, network: t.Network, netdev: str) -> Tap:
     if network.multus is not None:
         name = network.multus.networkName
         bridge = ctx.config.multusBridges.get(name, name.rsplit("/", 1)[-1])
@@ -66,6 +61,7 @@ def _tap(ctx: Context, iface: t.Interface, network: t.Network) -> Tap:
     return Tap(
         interface=iface.name,
         device=tap_name(ctx.name, iface.name),
+        netdev=netdev,
         mac=(iface.macAddress or stable_mac(ctx.name, iface.name)).lower().replace("-", ":"),
         bridge=bridge,
         network=network.name,

@@ -41,9 +41,9 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
-    _make_traversable(paths.runtime)
-    for directory in (paths.spool, paths.state, paths.logs):
-        directory.mkdir(parents=True, exist_ok=True)
+    for directory in (paths.runtime, paths.state, paths.logs):
+        _make_traversable(directory)
+    paths.spool.mkdir(parents=True, exist_ok=True)
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -95,8 +95,9 @@ async def _reload(
 def _make_traversable(directory: Path) -> None:
     """Create `directory` (and missing parents) searchable by all, listable by vmid only.
 
-    dnsmasq re-reads its hosts file in runtime/network as its unprivileged user; the VMs' own
-    directories below stay 0700. Existing parents (`/run`) are left as they are.
+    dnsmasq re-reads its hosts file in runtime/network as its unprivileged user, and QEMU
+    running as `qemuUser` reaches its VM's own directories below (which stay 0700, owned by
+    that user). Existing parents (`/run`, `/var/lib`) are left as they are.
     """
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ import trio
 
 from vmid.config import Accelerator
 from vmid.errors import VmidError
-from vmid.host import storage, unixsock
-from vmid.plan.model import LaunchPlan
+from vmid.host import identity, storage, unixsock
+from vmid.host.identity import QemuUser
+from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, find_qemu, name_option
 from vmid.runtime.qmp import Event, Monitor, MonitorError
@@ -64,8 +65,15 @@ class Instance:
         accelerator: Accelerator,
         network: Network,
         adopt: int | None = None,
+        user: QemuUser | None = None,
+        own: tuple[Path, ...] = (),
+        traverse: tuple[Path, ...] = (),
     ) -> None:
-        """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over."""
+        """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
+
+        `user`: run QEMU as this user, handing it the VM's own directories `own` (its state,
+        runtime and log directories) before the launch; it may pass through `traverse`.
+        """
         self.plan = plan
         self.status = status
         self.log = log.getChild(plan.name)
@@ -75,6 +83,9 @@ class Instance:
         self._network = network
         self._attached = False
         self._adopt = adopt
+        self._user = user
+        self._own = own
+        self._traverse = traverse
         self._process: trio.Process | AdoptedProcess | None = None
         self._monitor: Monitor | None = None
         self._outcome = _Outcome()
@@ -131,6 +142,8 @@ class Instance:
         await self._attach()
         listener = _listen(plan)
         try:
+            if self._user is not None:
+                await trio.to_thread.run_sync(self._hand_over, self._user)
             self._process = await self._launch(listener)
             self.status.transition(Phase.SCHEDULED)
             self.status.qemu = self._qemu_status()
@@ -187,19 +200,46 @@ class Instance:
         except VmidError as exc:
             self.log.error("removing its taps failed: %s", exc)
 
+    def _hand_over(self, user: QemuUser) -> None:
+        """QEMU's user gets the VM's own directories and must be able to open its other disks."""
+        for item in self.plan.prepare:
+            if isinstance(item, HostFile):
+                identity.check_access(user, Path(item.path), True, "a hostDisk or claim")
+            elif isinstance(item, FileOverlay):
+                identity.check_access(user, Path(item.backing), False, "an ephemeral's claim")
+            elif isinstance(item, ImageOverlay):
+                image = self._store.get(item.image).path  # read-only (0444) backing file
+                identity.make_traversable(image.parent.parent)
+                identity.make_traversable(image.parent)
+        for directory in self._traverse:
+            identity.make_traversable(directory)
+        for directory in self._own:
+            identity.hand_over(user, directory)
+
     async def _launch(self, listener: socket.socket) -> trio.Process:
         plan = self.plan
-        with _open_log(plan.qemuLog) as qemu_log:
-            process = await trio.lowlevel.open_process(
-                list(plan.argv_for(listener.fileno())),
-                cwd=plan.cwd,
-                env={**os.environ, **plan.env},
-                stdin=subprocess.DEVNULL,
-                stdout=qemu_log,
-                stderr=qemu_log,
-                pass_fds=(listener.fileno(),),
-                start_new_session=True,  # a signal to vmid's process group never reaches guests
-            )
+        user = self._user
+        taps = self._network.open_taps(plan)
+        try:
+            with _open_log(plan.qemuLog) as qemu_log:
+                process = await trio.lowlevel.open_process(
+                    list(plan.argv_for(listener.fileno(), taps)),
+                    cwd=plan.cwd,
+                    env={**os.environ, **plan.env},
+                    stdin=subprocess.DEVNULL,
+                    stdout=qemu_log,
+                    stderr=qemu_log,
+                    pass_fds=(listener.fileno(), *taps.values()),
+                    start_new_session=True,  # a signal to vmid's group never reaches guests
+                    # Dropped between fork and exec (not QEMU's -runas: see host/identity.py).
+                    user=user.uid if user else None,
+                    group=user.gid if user else None,
+                    extra_groups=list(user.groups) if user else None,
+                    umask=0o177,  # its sockets and logs: 0600, for its user (and root) only
+                )
+        finally:
+            for fd in taps.values():
+                os.close(fd)
         self.status.event("Normal", "Launched", f"QEMU started, pid {process.pid}")
         self.log.info("qemu started pid=%d", process.pid)
         self.log.debug("qemu argv: %s", " ".join(plan.argv))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
 import signal
 import subprocess
 from ipaddress import IPv4Interface, IPv4Network
@@ -21,7 +20,7 @@ import attrs
 import trio
 
 from vmid.config import Config, Paths
-from vmid.host import dnsmasq, ipam, nftables
+from vmid.host import dnsmasq, identity, ipam, nftables
 from vmid.host import network as links
 from vmid.host.network import NetworkError
 from vmid.plan.model import LaunchPlan
@@ -112,12 +111,29 @@ class Network:
             await trio.to_thread.run_sync(self._registry.save)
             if any(tap.bridge == self._bridge for tap in plan.taps):
                 await self._ensure_pod()
-            owner = _uid(self._config.qemuUser)
+            user = identity.resolve(self._config.qemuUser)
+            owner = os.getuid() if user is None else user.uid
             for tap in plan.taps:
                 await trio.to_thread.run_sync(links.ensure_tap, tap.device, tap.bridge, owner)
             await self._sync()
         by_interface = {a.interface: a for a in self._registry.of(name)}
         return [_interface_status(by_interface[tap.interface], tap.linkUp) for tap in plan.taps]
+
+    def open_taps(self, plan: LaunchPlan) -> dict[str, int]:
+        """An fd on each of `plan`'s taps, by netdev id, for QEMU to inherit; close them after.
+
+        Raises:
+            NetworkError: a tap cannot be opened (no fd is left open then).
+        """
+        fds: dict[str, int] = {}
+        try:
+            for tap in plan.taps:
+                fds[tap.netdev] = links.open_tap(tap.device)
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        return fds
 
     async def detach(self, name: str) -> None:
         """`name`'s QEMU is gone: delete its taps and forwards; it keeps its addresses."""
@@ -308,15 +324,6 @@ def _mapping(hosts: str) -> dict[str, str]:
     """address -> MAC from dnsmasq's hosts file text (`MAC,IP` lines)."""
     pairs = (line.split(",") for line in hosts.splitlines() if line)
     return {ip: mac for mac, ip in pairs}
-
-
-def _uid(user: str | None) -> int:
-    if user is None:
-        return os.getuid()
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError as exc:
-        raise NetworkError(f"qemuUser {user} does not exist on this host") from exc
 
 
 def _interface_status(item: ipam.Attachment, link_up: bool) -> dict[str, Any]:

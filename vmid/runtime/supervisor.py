@@ -22,6 +22,7 @@ from vmid.api.dump import to_data
 from vmid.api.load import Locator, Manifest, load_document
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
+from vmid.host import identity
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry, Planned
 from vmid.plan.build import build
@@ -286,12 +287,13 @@ class Supervisor:
         """The VMI is gone: remove its files, then start its successor, if any."""
         assert name is not None
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_remove_state, self._paths, name)
+            # Addresses first: once its status is gone, nothing of the VMI is left.
             if vm.successor is None:
                 try:
                     await self._network.release(name)
                 except VmidError as exc:
                     log.error("%s: releasing its addresses failed: %s", name, exc)
+            await trio.to_thread.run_sync(_remove_state, self._paths, name)
         if self._vms.get(name) is vm:
             del self._vms[name]
             log.info("%s: removed", name)
@@ -319,9 +321,28 @@ class Supervisor:
             raise VmidError("its QEMU ended before it could be re-adopted")
         if adopt is None:
             vm.status.manifest = {**to_data(vmi), "metadata": vm.status.manifest["metadata"]}
-        store, qemu_img = self._store, self._config.qemuImg
+        store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
         instance = Instance(
-            plan, vm.status, store, qemu_img, self._accelerator, self._network, adopt=adopt
+            plan,
+            vm.status,
+            store,
+            qemu_img,
+            self._accelerator,
+            self._network,
+            adopt=adopt,
+            user=identity.resolve(self._config.qemuUser),
+            own=(
+                paths.instance_state(name),
+                paths.instance_runtime(name),
+                paths.instance_logs(name),
+            ),
+            traverse=(
+                paths.state,
+                paths.state / "instances",
+                paths.runtime,
+                paths.runtime / "instances",
+                paths.logs,
+            ),
         )
         instance.stop_once_running = vm.remove
         return instance

@@ -1,0 +1,96 @@
+"""Who QEMU runs as (`qemuUser`), and handing it the files it needs, and only those.
+
+vmid drops QEMU's privileges itself, between fork and exec, as libvirt does: QEMU's own
+`-runas` calls setuid after its seccomp filter is in place, and `elevateprivileges=deny` then
+kills it (SIGSYS). The user gets its VM's own directories; everything else it must be able
+to read already (a hostDisk it cannot open fails the VMI with a message saying so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import attrs
+
+from vmid.errors import VmidError
+
+
+class IdentityError(VmidError):
+    """qemuUser does not exist, or cannot reach a file its VM needs."""
+
+
+@attrs.frozen
+class QemuUser:
+    """The unprivileged user (and groups) QEMU runs as."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def resolve(name: str | None) -> QemuUser | None:
+    """The configured user, with its supplementary groups and `kvm` (for /dev/kvm).
+
+    Raises:
+        IdentityError: no such user.
+    """
+    if name is None:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise IdentityError(
+            f"qemuUser {name} does not exist on this host: create it "
+            f"(useradd --system --no-create-home --shell /usr/sbin/nologin {name}) "
+            "or set qemuUser in vmid.yaml"
+        ) from None
+    groups = set(os.getgrouplist(name, entry.pw_gid))
+    with contextlib.suppress(KeyError):
+        groups.add(grp.getgrnam("kvm").gr_gid)
+    return QemuUser(name, entry.pw_uid, entry.pw_gid, tuple(sorted(groups)))
+
+
+def hand_over(user: QemuUser, *directories: Path) -> None:
+    """Give `user` the VM's own directories (vmid's, named by the plan) and all they hold."""
+    for directory in directories:
+        if not directory.exists():
+            continue
+        os.chown(directory, user.uid, user.gid, follow_symlinks=False)
+        for parent, dirs, files in os.walk(directory):
+            for name in (*dirs, *files):
+                os.chown(Path(parent) / name, user.uid, user.gid, follow_symlinks=False)
+
+
+def check_access(user: QemuUser, path: Path, write: bool, what: str) -> None:
+    """Refuse a file `user` could not open (read, or read and write), by its mode bits.
+
+    Raises:
+        IdentityError: naming the file, the user and what to change.
+    """
+    try:
+        info = path.stat()
+    except OSError:
+        return  # a missing file is reported by whoever needs it, with its own words
+    need = stat.S_IROTH | (stat.S_IWOTH if write else 0)
+    if info.st_uid == user.uid:
+        need <<= 6
+    elif info.st_gid in user.groups or info.st_gid == user.gid:
+        need <<= 3
+    if info.st_mode & need != need:
+        mode = "read and write" if write else "read"
+        raise IdentityError(
+            f"{path} ({what}) is not open to {mode} for qemuUser {user.name}: "
+            f"chown {user.name} it, or give its group ({info.st_gid}) {mode} access"
+        )
+
+
+def make_traversable(directory: Path) -> None:
+    """Let the QEMU user pass through (not list) one of vmid's directories: mode 0711."""
+    if directory.exists() and directory.stat().st_mode & 0o011 != 0o011:
+        directory.chmod(directory.stat().st_mode | 0o011)
