@@ -74,7 +74,10 @@ class FakeQemu:
     def send(self, message: dict[str, object]) -> None:
         with self.lock:
             if self.conn is not None:
-                self.conn.sendall(json.dumps(message).encode() + b"\r\n")
+                try:
+                    self.conn.sendall(json.dumps(message).encode() + b"\r\n")
+                except OSError:  # the client went away (a daemon killed): as QEMU, carry on
+                    self.conn = None
 
     def event(self, name: str, data: dict[str, object] | None = None) -> None:
         stamp = {"seconds": 0, "microseconds": 0}
@@ -91,6 +94,15 @@ class FakeQemu:
         self.send(
             {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}
         )
+        try:
+            return self._serve(conn)
+        except OSError:  # reset by a client that died
+            return False
+        finally:
+            with self.lock:
+                self.conn = None
+
+    def _serve(self, conn: socket.socket) -> bool:
         for request in requests(conn):
             command, ident = request["execute"], request.get("id")
             result = {"status": "prelaunch", "running": False} if command == "query-status" else {}
@@ -102,8 +114,6 @@ class FakeQemu:
             if command == "quit":
                 self.event("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
                 return True
-        with self.lock:
-            self.conn = None
         return False
 
     def powerdown(self) -> None:

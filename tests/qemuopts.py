@@ -25,7 +25,10 @@ def parse(text: str) -> tuple[str | None, dict[str, str]]:
     """(head or None, {key: value}) for an option string."""
     parts = split(text)
     head = None
-    if parts and "=" not in parts[0]:
+    # As QEMU's QemuOpts: the first item is the implied value (a type, a backend) when the
+    # raw text reaches a comma (even of an escaped ",,") or its end before any "=".
+    cut = min((i for i in (text.find(","), text.find("=")) if i >= 0), default=len(text))
+    if parts and (cut == len(text) or text[cut] == ","):
         head = parts.pop(0)
     pairs = dict(part.split("=", 1) for part in parts)
     return head, pairs

@@ -386,3 +386,32 @@ def test_describe_shows_spec_conditions_history_and_events(tmp_path: Path) -> No
         for reason in ("Launched", "Started"):
             assert reason in text
         assert daemon.vmid("describe", "nope").returncode == 1
+
+
+def test_spool_files_others_may_write_or_that_lead_outside_are_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.yaml"
+    outside.write_text(manifest("outside"))
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        writable = daemon.spool / "writable.yaml"
+        writable.write_text(manifest("writable"))
+        writable.chmod(0o666)
+        foreign = daemon.spool / "foreign.yaml"
+        foreign.write_text(manifest("foreign"))
+        os.chown(foreign, 65534, 65534)
+        (daemon.spool / "link-out.yaml").symlink_to(outside)
+        (daemon.spool / ".inside").write_text(manifest("inside"))
+        (daemon.spool / "link-in.yaml").symlink_to(daemon.spool / ".inside")
+        daemon.wait_phase("inside", "Running")  # a link within the spool is fine
+        daemon.wait_for(
+            "three refusals",
+            lambda: all(
+                f"instances/{name}.yaml:1:1: refused: " in daemon.log_text()
+                for name in ("writable", "foreign", "link-out")
+            ),
+        )
+        log = daemon.log_text()
+        assert "with mode -rw-rw-rw-; a manifest must be owned by root" in log
+        assert "owned by uid 65534" in log
+        assert f"a symlink to {outside}, outside the spool" in log
+        assert daemon.phase("outside") is None
+        assert daemon.phase("writable") is None

@@ -294,3 +294,26 @@ spec:
             "nobody" in daemon.reason("hd")
         )
     assert private.stat().st_uid == 0  # vmid never takes a user's file away from them
+
+
+def test_a_253_character_name_gets_working_sockets(tmp_path: Path) -> None:
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    text = f"""apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    memory: {{guest: 64Mi}}
+    devices: {{autoattachPodInterface: false}}
+"""
+    with running_daemon(tmp_path, "accelerator: tcg\n") as daemon:
+        daemon.drop("long.yaml", text)
+        daemon.wait_phase(name, "Running")
+        socket_path = tmp_path / "run/vmid/instances" / name / "qmp.sock"
+        assert len(str(socket_path).encode()) > 108  # longer than sun_path holds
+        done = daemon.vmid("qmp", name, "query-status")
+        assert done.returncode == 0, done.stderr
+        assert '"running"' in done.stdout
+        (daemon.spool / "long.yaml").unlink()
+        daemon.wait_phase(name, None)

@@ -6,6 +6,8 @@ validation (the admitters). Whatever bytes it is given, it answers with problems
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -195,6 +197,12 @@ def _parse(file: str, data: bytes) -> Iterator[Any]:
         what = f"unacceptable character #x{code:04x}: {exc.reason}"
         raise _file_problem(file, line, column, f"cannot read the YAML: {what}") from None
     except Exception as exc:
+        limit = sys.get_int_max_str_digits()
+        huge = re.search(rf"\d{{{limit + 1},}}", text)
+        if isinstance(exc, ValueError) and huge is not None:
+            line, column = _offset_position(text.encode(), len(text[: huge.start()].encode()))
+            message = f"a number of {len(huge.group())} digits; no field takes such a number"
+            raise _file_problem(file, line, column, message) from None
         raise _file_problem(file, 1, 1, f"cannot read the YAML: {_describe(exc)}") from None
 
 

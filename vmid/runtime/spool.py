@@ -102,7 +102,7 @@ class Spool:
         cached = self._cache.get(name)
         if cached and cached[0] == key:
             return cached[1]
-        refusal = _unsafe(path, st)
+        refusal = _unsafe(path, st, self.directory)
         if refusal:
             entries = [_refused(path, refusal)]
         else:
@@ -119,8 +119,16 @@ def _refused(path: Path, message: str) -> Entry:
     return Entry(str(path), None, None, (Problem(str(path), 1, 1, "", message),))
 
 
-def _unsafe(path: Path, st: os.stat_result) -> str | None:
-    """Like sshd's StrictModes: a manifest anyone but root may write could run anything."""
+def _unsafe(path: Path, st: os.stat_result, spool: Path) -> str | None:
+    """Like sshd's StrictModes: a manifest anyone but root may write could run anything.
+
+    A symlink is followed only within the spool: one to /etc/shadow must not be read (its
+    parse errors would quote it into the log).
+    """
+    if path.is_symlink():
+        target = path.resolve()
+        if target.parent != spool.resolve():
+            return f"refused: a symlink to {target}, outside the spool; copy the file in instead"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
