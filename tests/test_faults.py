@@ -238,3 +238,23 @@ def test_the_daemon_killed_in_the_middle_of_a_stop(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.wait_phase("a", None, timeout=30)  # re-adopted, stopped with its grace
         assert_nothing_left(tmp_path)
+
+
+def test_an_inotify_queue_overflow_loses_no_manifest(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("a"))
+        daemon.wait_phase("a", "Running")
+        daemon.process.send_signal(signal.SIGSTOP)  # the daemon reads nothing meanwhile
+        try:
+            limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+            noise = daemon.spool / ".noise"
+            for _ in range(limit // 2 + 100):  # two events each: create+write, delete
+                noise.write_text("x")
+                noise.unlink()
+            daemon.drop("b.yaml", manifest("b"))
+            (daemon.spool / "a.yaml").unlink()
+        finally:
+            daemon.process.send_signal(signal.SIGCONT)
+        daemon.wait_for("the overflow", lambda: "spool watch lost events" in daemon.log_text())
+        daemon.wait_phase("b", "Running")
+        daemon.wait_phase("a", None)
