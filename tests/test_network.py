@@ -269,3 +269,22 @@ def test_dnsmasq_gives_each_vmi_its_address_and_a_freed_one_to_the_next(daemon: 
     assert third["mac"] != first["mac"]
     assert dhcp_lease(daemon, third["mac"]) == "10.0.2.2"
     assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
+
+
+def test_a_killed_dnsmasq_is_restarted_and_serves_again(daemon: Daemon) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    pid_file = daemon.root / "run/vmid/network/dnsmasq-vmid0.pid"
+    first = int(pid_file.read_text())
+    os.kill(first, signal.SIGKILL)
+
+    def restarted() -> bool:
+        try:
+            return int(pid_file.read_text()) != first
+        except (OSError, ValueError):
+            return False
+
+    daemon.wait_for("a new dnsmasq", restarted)
+    assert "dnsmasq on vmid0 exited; restarting in 1 s" in daemon.log_text()
+    nic = interface(daemon, "a")
+    assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
