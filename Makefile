@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # dnsmasq and nft for the pod network; ip and nsenter for the network tests.
 APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux
 
-.PHONY: setup packages lint test run clean golden install
+.PHONY: setup packages lint test run clean golden install bench
 
 setup: packages $(VENV)/.installed
 
@@ -70,6 +70,12 @@ install: packages
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Benchmarks side by side with bare QEMU (TCG): prints a table, writes bench/results.json.
+# About 5 minutes; see bench/README.md. BENCH_ARGS="--runs 3 --vms 10 --idle 10" for a quick one.
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Rewrite tests/golden/*.args from the current planner; review the diff before committing.
 golden: setup

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -87,8 +88,11 @@ def vmid_launch(daemon: Daemon, name: str, manifest: str = MANIFEST) -> tuple[fl
     return launch, powerdown
 
 
-def bare_launch(argv: list[str], workdir: Path) -> float:
-    """Seconds from exec of the same argv (own control socket) to `query-status` answered."""
+def bare_launch(argv: list[str], workdir: Path, began: float | None = None) -> float:
+    """Seconds from exec of the same argv (own control socket) to `query-status` answered.
+
+    `began`: count from this monotonic time instead (QEMUs started in parallel).
+    """
     control = workdir / "control.sock"
     control.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -97,7 +101,7 @@ def bare_launch(argv: list[str], workdir: Path) -> float:
     fd = listener.fileno()
     argv = [a.replace("fd=3,", f"fd={fd},") if a.startswith("socket,id=vmid-control") else a
             for a in argv]  # fmt: skip
-    began = time.monotonic()
+    began = time.monotonic() if began is None else began
     process = subprocess.Popen(argv, cwd=workdir, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     with _qmp(str(control)) as sock:
@@ -117,6 +121,16 @@ def bare_launch(argv: list[str], workdir: Path) -> float:
     process.wait(timeout=30)
     listener.close()
     return elapsed
+
+
+def own_tap(argv: list[str]) -> list[str]:
+    """The argv with QEMU creating its tap itself (by name) instead of inheriting vmid's fd."""
+    return [
+        re.sub(
+            r"^tap,id=(net\d+),fd=\d+$", r"tap,id=\1,ifname=vmidbench\1,script=no,downscript=no", a
+        )
+        for a in argv
+    ]
 
 
 def _rendered_argv(root: Path, text: str = MANIFEST) -> list[str]:
@@ -147,7 +161,8 @@ def main() -> None:
         (root / "etc/vmid/vmid.yaml").write_text("accelerator: tcg\n")
         argv = _rendered_argv(root)
         # QEMU (root, in the daemon's netns) creates this tap itself: the bare floor with a NIC.
-        nic_argv = ["nsenter", "--net=/proc/{pid}/ns/net", "--", *_rendered_argv(root, WITH_NIC)]
+        nic_argv = ["nsenter", "--net=/proc/{pid}/ns/net", "--",
+                    *own_tap(_rendered_argv(root, WITH_NIC))]  # fmt: skip
         workdir = root / "bare"
         workdir.mkdir()
         vmid_runs, bare_runs, powerdowns, nic_runs, bare_nic_runs = [], [], [], [], []

@@ -1,0 +1,1 @@
+"""vmid's benchmarks (see bench/README.md)."""

@@ -1,0 +1,438 @@
+"""`make bench`: vmid side by side with bare QEMU, in one run, as ratios; raw figures to JSON.
+
+    .venv/bin/python bench/run.py [--runs N] [--guest-runs N] [--vms N] [--idle S] [--json F]
+
+Everything under TCG, the daemon in a network namespace of its own (as the tests). Each
+comparison interleaves vmid and bare QEMU (vmid, bare, vmid, ...) and reports medians with
+min-max: these machines are noisy, a single absolute time means little. bench/README.md
+explains each figure and keeps the latest results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.latency import MANIFEST, WITH_NIC, bare_launch, own_tap, vmid_launch
+from tests.daemon import FAKE_QEMU, Daemon, running_daemon
+from vmid.api.load import load_text
+from vmid.config import Accelerator, Paths, load_config
+from vmid.host.storage import ImageStore, prepare
+from vmid.plan.build import build
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "example/bench:1"
+GUEST_IMAGE = "kubevirt/fedora-cloud-container-disk-demo:latest"
+SEED_SHAPE = """apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: {grace}
+  domain:
+    memory: {{guest: {memory}}}
+    devices:
+      autoattachPodInterface: false
+      disks:
+      - {{name: root, disk: {{bus: virtio}}}}
+      - {{name: scratch, disk: {{bus: virtio}}}}
+      - {{name: ci, disk: {{bus: virtio}}}}
+  volumes:
+  - {{name: root, containerDisk: {{image: {image}}}}}
+  - {{name: scratch, emptyDisk: {{capacity: 1Gi}}}}
+  - {{name: ci, cloudInitNoCloud: {{userData: "#cloud-config\\nhostname: {name}"}}}}
+"""
+SCALE = """apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    memory: {{guest: 32Mi}}
+    devices: {{autoattachPodInterface: false, autoattachGraphicsDevice: false}}
+"""
+IGNORING = """apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: {grace}
+  domain:
+    memory: {{guest: 64Mi}}
+    firmware: {{serial: ignore}}
+    devices: {{autoattachPodInterface: false}}
+"""
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def shown(values: list[float], unit: str = "ms") -> str:
+    scale = 1000 if unit == "ms" else 1
+    s = stats(values)
+    return f"{s['median'] * scale:8.1f} {unit} ({s['min'] * scale:.1f}-{s['max'] * scale:.1f})"
+
+
+class Bench:
+    """One root, one daemon (real QEMU), the raw figures."""
+
+    def __init__(self, root: Path, daemon: Daemon, runs: int) -> None:
+        self.root = root
+        self.daemon = daemon
+        self.runs = runs
+        self.results: dict[str, Any] = {}
+        self.config = load_config(root / "etc/vmid/vmid.yaml", required=True)
+        self.paths = Paths(root / "bare-root")
+
+    def bare_argv(self, text: str, name: str) -> list[str]:
+        """The argv vmid plans for `text`, its files prepared once (not part of the floor)."""
+        (manifest,), problems = load_text("bench.yaml", text.format(name=name).encode())
+        assert not problems, problems
+        plan, findings = build(manifest.vmi, self.config, self.paths, Accelerator.TCG)
+        assert plan is not None, findings
+        store = ImageStore(self.root / "var/lib/vmid/images", self.config.qemuImg)
+
+        async def prepare_all() -> None:
+            for item in plan.prepare:
+                await prepare(item, store, self.config.qemuImg)
+
+        trio.run(prepare_all)
+        Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
+        return list(plan.argv)
+
+    def launch(self, key: str, text: str, bare: list[str]) -> None:
+        vmid_runs, bare_runs, powerdowns = [], [], []
+        workdir = self.root / f"bare-{key}"
+        workdir.mkdir(exist_ok=True)
+        for index in range(self.runs):
+            launch, powerdown = vmid_launch(self.daemon, f"{key}-{index}", text)
+            vmid_runs.append(launch)
+            powerdowns.append(powerdown)
+            bare_runs.append(bare_launch(bare, workdir))
+        self.results[f"launch_{key}"] = {"vmid": vmid_runs, "bare": bare_runs}
+        self.results.setdefault("powerdown", []).extend(powerdowns)
+
+
+def scale(bench: Bench, count: int, idle_seconds: float) -> None:
+    """`count` VMIs dropped at once -> all Running, vs `count` bare QEMUs started in parallel."""
+    daemon = bench.daemon
+    pid = daemon.process.pid
+    cpu_before = cpu_seconds(pid)
+    names = [f"scale-{i}" for i in range(count)]
+    for name in names:
+        (daemon.spool / f".{name}.tmp").write_text(SCALE.format(name=name))
+    began = time.monotonic()
+    for name in names:
+        (daemon.spool / f".{name}.tmp").rename(daemon.spool / f"{name}.yaml")
+    wait(lambda: all(daemon.phase(n) == "Running" for n in names), 300)
+    vmid_up = time.monotonic() - began
+    cpu_launch = cpu_seconds(pid) - cpu_before
+    idle_before = cpu_seconds(pid)
+    time.sleep(idle_seconds)
+    idle_cpu = cpu_seconds(pid) - idle_before
+    rss = memory_kib(pid)
+    began = time.monotonic()
+    for name in names:
+        (daemon.spool / f"{name}.yaml").unlink()
+    wait(lambda: all(daemon.phase(n) is None for n in names), 300)
+    vmid_down = time.monotonic() - began
+    bare_up = bare_parallel(bench, count)
+    bench.results["scale"] = {
+        "vms": count,
+        "vmid_all_running_s": vmid_up,
+        "bare_all_answering_s": bare_up,
+        "vmid_all_gone_s": vmid_down,
+        "daemon_cpu_launch_s": cpu_launch,
+        "daemon_idle_cpu_s": idle_cpu,
+        "idle_seconds": idle_seconds,
+        "daemon_rss_kib": rss["VmRSS"],
+        "daemon_peak_rss_kib": rss["VmHWM"],
+    }
+
+
+def bare_parallel(bench: Bench, count: int) -> float:
+    """`count` bare QEMUs (the scale argv) started at once -> every QMP answering."""
+    argv = bench.bare_argv(SCALE, "bare-scale")
+    root = bench.root / "bare-scale"
+    root.mkdir(exist_ok=True)
+    times: list[float] = []
+    errors: list[BaseException] = []
+
+    def one(index: int) -> None:
+        workdir = root / str(index)
+        workdir.mkdir(exist_ok=True)
+        try:
+            times.append(bare_launch(argv, workdir, began=began))
+        except BaseException as exc:  # reported below: a thread cannot raise into main
+            errors.append(exc)
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return max(times)
+
+
+def guest(bench: Bench, runs: int, image: Path) -> None:
+    """The test guest: spool -> `ready` on its console, vs bare QEMU with the same argv; and
+    the stop: removal -> POWERDOWN on qmp.sock, SHUTDOWN -> status Succeeded."""
+    daemon = bench.daemon
+    text = (
+        SEED_SHAPE.replace("{image}", GUEST_IMAGE)
+        .replace("{grace}", "30")
+        .replace("{memory}", "256Mi")
+    )
+    bare = bench.bare_argv(text, "bare-guest")
+    vmid_boot, bare_boot, shutdown_to_succeeded = [], [], []
+    for index in range(runs):
+        name = f"guest-{index}"
+        console = daemon.root / "var/log/vmid" / name / "console.log"
+        staging = daemon.spool / f".{name}.tmp"
+        staging.write_text(text.format(name=name))
+        began = time.monotonic()
+        staging.rename(daemon.spool / f"{name}.yaml")
+        wait(lambda: console.exists() and b"VMID-GUEST: ready" in console.read_bytes(), 180)  # noqa: B023
+        vmid_boot.append(time.monotonic() - began)
+        shutdown_to_succeeded.append(stop_guest(daemon, name))
+        bare_boot.append(bare_guest(bare, bench.root / "bare-guest-run"))
+    bench.results["guest_boot"] = {"vmid": vmid_boot, "bare": bare_boot}
+    bench.results["shutdown_to_succeeded"] = shutdown_to_succeeded
+
+
+def stop_guest(daemon: Daemon, name: str) -> float:
+    """Remove the manifest; seconds from QEMU's SHUTDOWN event to the status `Succeeded`."""
+    status = daemon.status(name)
+    assert status is not None
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(status["status"]["qemu"]["qmpSocket"])
+        stream = sock.makefile("rw")
+        json.loads(stream.readline())
+        stream.write('{"execute": "qmp_capabilities"}\n')
+        stream.flush()
+        stream.readline()
+        (daemon.spool / f"{name}.yaml").unlink()
+        while json.loads(stream.readline()).get("event") != "SHUTDOWN":
+            pass
+        shutdown = time.monotonic()
+    path = daemon.root / "run/vmid/instances" / name / "status.json"
+    while True:
+        try:
+            if json.loads(path.read_text())["status"]["phase"] == "Succeeded":
+                break
+        except (OSError, ValueError, KeyError):
+            if not path.exists():
+                break
+        time.sleep(0.0005)
+    elapsed = time.monotonic() - shutdown
+    wait(lambda: daemon.phase(name) is None, 60)
+    return elapsed
+
+
+def bare_guest(argv: list[str], workdir: Path) -> float:
+    """Bare QEMU with vmid's argv for the guest: exec -> `ready` on its console log."""
+    console = Path(next(a for a in argv if "logfile=" in a).split("logfile=")[1].split(",")[0])
+    console.unlink(missing_ok=True)
+    workdir.mkdir(exist_ok=True)
+    control = workdir / "control.sock"
+    control.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(control))
+    listener.listen(1)
+    fd = listener.fileno()
+    argv = [a.replace("fd=3,", f"fd={fd},") if a.startswith("socket,id=vmid-control") else a
+            for a in argv]  # fmt: skip
+    began = time.monotonic()
+    process = subprocess.Popen(argv, cwd=workdir, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:  # -S: it waits for `cont`
+            sock.connect(str(control))
+            stream = sock.makefile("rw")
+            json.loads(stream.readline())
+            for command in ("qmp_capabilities", "cont"):
+                stream.write(json.dumps({"execute": command}) + "\n")
+                stream.flush()
+                while "return" not in json.loads(stream.readline()):
+                    pass
+            wait(lambda: console.exists() and b"VMID-GUEST: ready" in console.read_bytes(), 180)
+            return time.monotonic() - began
+    finally:
+        process.kill()
+        process.wait()
+        listener.close()
+
+
+def kill_lateness(root: Path, runs: int, grace: int = 2) -> list[float]:
+    """A guest ignoring ACPI: seconds past its grace until vmid reports it killed."""
+    late = []
+    with running_daemon(root / "fake", f"accelerator: tcg\nqemu: {FAKE_QEMU}\n") as daemon:
+        for index in range(runs):
+            name = f"deaf-{index}"
+            daemon.drop(f"{name}.yaml", IGNORING.format(name=name, grace=grace))
+            daemon.wait_phase(name, "Running")
+            began = time.monotonic()
+            (daemon.spool / f"{name}.yaml").unlink()
+            wait(lambda: daemon.phase(name) in ("Failed", None), grace + 30, 0.0005)  # noqa: B023
+            late.append(time.monotonic() - began - grace)
+    return late
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines) if k in (
+        "VmRSS", "VmHWM")}  # fmt: skip
+
+
+def wait(check: Callable[[], bool], timeout: float, interval: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the benchmark waited too long")
+        time.sleep(interval)
+
+
+def libvirt() -> str:
+    """libvirt is measured only when it is installed and answering; why not, otherwise."""
+    if shutil.which("virsh") is None:
+        return "not measured: libvirt is not installed (apt-get install libvirt-daemon-system)"
+    done = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True)
+    if done.returncode != 0:
+        return "not measured: libvirtd does not answer on qemu:///system"
+    return "not measured: comparing with virsh create is not written yet"
+
+
+def report(results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"machine: {results['machine']['cpus']} CPUs, {results['machine']['kernel']}, TCG; "
+        f"{results['runs']} interleaved runs (medians, min-max)",
+        "",
+        f"{'figure':52} {'vmid':>26} {'bare QEMU':>26} {'ratio':>7}  target",
+    ]
+    targets = {"minimal": 1.3, "seed": 2.0, "nic": None}
+    for key, label in (("minimal", "(a) minimal VMI"), ("seed", "(b) seed shape: 3 disks"),
+                       ("nic", "(c) with a pod NIC")):  # fmt: skip
+        runs = results[f"launch_{key}"]
+        ratio = statistics.median(runs["vmid"]) / statistics.median(runs["bare"])
+        target = targets[key]
+        verdict = (
+            "" if target is None else f"<= {target}x: {'met' if ratio <= target else 'NOT met'}"
+        )
+        lines.append(f"launch {label:45} {shown(runs['vmid'])} {shown(runs['bare'])} "
+                     f"{ratio:6.2f}x  {verdict}")  # fmt: skip
+    g = results["guest_boot"]
+    ratio = statistics.median(g["vmid"]) / statistics.median(g["bare"])
+    lines.append(f"{'guest boot: spool -> ready on the console':52} {shown(g['vmid'], 's')} "
+                 f"{shown(g['bare'], 's')} {ratio:6.2f}x  ~1x")  # fmt: skip
+    p = results["powerdown"]
+    met = "met" if statistics.median(p) < 0.05 else "NOT met"
+    lines.append(f"{'stop: manifest removed -> POWERDOWN at QEMU':52} {shown(p)} "
+                 f"{'':26} {'':7}  < 50 ms: {met}")  # fmt: skip
+    s = results["shutdown_to_succeeded"]
+    lines.append(f"{'stop: guest SHUTDOWN -> status Succeeded':52} {shown(s)}")
+    k = results["kill_lateness"]
+    lines.append(f"{'stop: ACPI ignored -> killed, after the grace':52} {shown(k)} "
+                 f"{'':26} {'':7}  < 200 ms: {'met' if max(k) < 0.2 else 'NOT met'}")  # fmt: skip
+    sc = results["scale"]
+    ratio = sc["vmid_all_running_s"] / sc["bare_all_answering_s"]
+    lines += [
+        f"{sc['vms']} VMIs at once -> all Running {sc['vmid_all_running_s']:.2f} s; "
+        f"{sc['vms']} bare QEMUs in parallel -> all answering {sc['bare_all_answering_s']:.2f} s: "
+        f"{ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})",
+        f"  all removed -> all gone {sc['vmid_all_gone_s']:.2f} s; daemon CPU for the launch "
+        f"{sc['daemon_cpu_launch_s']:.2f} s",
+        f"  daemon RSS {sc['daemon_rss_kib'] / 1024:.1f} MiB "
+        f"(peak {sc['daemon_peak_rss_kib'] / 1024:.1f}) "
+        f"(target < 120 MB: {'met' if sc['daemon_peak_rss_kib'] * 1024 < 120e6 else 'NOT met'})",
+        f"  idle daemon with {sc['vms']} VMs: {sc['daemon_idle_cpu_s']:.2f} CPU s in "
+        f"{sc['idle_seconds']:.0f} s = {100 * sc['daemon_idle_cpu_s'] / sc['idle_seconds']:.2f} % "
+        f"of a core (target < 1 %: "
+        f"{'met' if sc['daemon_idle_cpu_s'] / sc['idle_seconds'] < 0.01 else 'NOT met'})",
+        f"libvirt: {results['libvirt']}",
+    ]  # fmt: skip
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--guest-runs", type=int, default=3)
+    parser.add_argument("--vms", type=int, default=50)
+    parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench/results.json")
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "runs": args.runs,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    with tempfile.TemporaryDirectory(prefix="vmid-bench-") as tmp:
+        root = Path(tmp)
+        os.chmod(root, 0o711)
+        guest_image = root / "guest.qcow2"
+        subprocess.run(["bash", str(ROOT / "tests/guest/build.sh"), str(guest_image)],
+                       check=True, env={**os.environ, "VMID_GUEST_QUIET": "1"})  # fmt: skip
+        blank = root / "blank.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "1G"], check=True)
+        with running_daemon(root, "accelerator: tcg\n") as daemon:
+            for ref, file in ((IMAGE, blank), (GUEST_IMAGE, guest_image)):
+                done = daemon.vmid("image", "import", ref, str(file))
+                assert done.returncode == 0, done.stderr
+            bench = Bench(root, daemon, args.runs)
+            print("launch (a) minimal ...", file=sys.stderr)
+            bench.launch("minimal", MANIFEST, bench.bare_argv(MANIFEST, "bare-a"))
+            print("launch (b) seed shape ...", file=sys.stderr)
+            seed = SEED_SHAPE.replace("{image}", IMAGE).replace("{grace}", "1").replace(
+                "{memory}", "64Mi")  # fmt: skip
+            bench.launch("seed", seed, bench.bare_argv(seed, "bare-b"))
+            print("launch (c) pod NIC ...", file=sys.stderr)
+            vmid_launch(daemon, "warm-up", WITH_NIC)  # the bridge and dnsmasq, once per daemon
+            nic = ["nsenter", f"--net=/proc/{daemon.process.pid}/ns/net", "--",
+                   *own_tap(bench.bare_argv(WITH_NIC, "bare-c"))]  # fmt: skip
+            bench.launch("nic", WITH_NIC, nic)
+            print(f"guest boot x{args.guest_runs} ...", file=sys.stderr)
+            guest(bench, args.guest_runs, guest_image)
+            print(f"{args.vms} VMIs at once, then {args.idle:.0f} s idle ...", file=sys.stderr)
+            scale(bench, args.vms, args.idle)
+            results.update(bench.results)
+            daemon.process.send_signal(signal.SIGTERM)
+            daemon.process.wait(timeout=120)
+        print("kill after the grace ...", file=sys.stderr)
+        results["kill_lateness"] = kill_lateness(root, max(3, args.runs // 2))
+    results["libvirt"] = libvirt()
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print("\n".join(report(results)))
+    print(f"\nraw figures: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
