@@ -415,10 +415,15 @@ def main() -> None:
                 "{memory}", "64Mi")  # fmt: skip
             bench.launch("seed", seed, bench.bare_argv(seed, "bare-b"))
             print("launch (c) pod NIC ...", file=sys.stderr)
-            vmid_launch(daemon, "warm-up", WITH_NIC)  # the bridge and dnsmasq, once per daemon
+            # One VM on the pod network stays up, as on a host in use: the bridge, dnsmasq and
+            # the nftables table are there already (the last VM gone, they go too).
+            daemon.drop("keeper.yaml", WITH_NIC.format(name="keeper"))
+            daemon.wait_phase("keeper", "Running")
             nic = ["nsenter", f"--net=/proc/{daemon.process.pid}/ns/net", "--",
                    *own_tap(bench.bare_argv(WITH_NIC, "bare-c"))]  # fmt: skip
             bench.launch("nic", WITH_NIC, nic)
+            (daemon.spool / "keeper.yaml").unlink()
+            daemon.wait_phase("keeper", None)
             print(f"guest boot x{args.guest_runs} ...", file=sys.stderr)
             guest(bench, args.guest_runs, guest_image)
             print(f"{args.vms} VMIs at once, then {args.idle:.0f} s idle ...", file=sys.stderr)

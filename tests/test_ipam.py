@@ -55,7 +55,22 @@ def test_a_vmi_keeps_its_address_across_restarts_and_loses_it_when_removed(
     assert ips(registry, "a") == ["10.0.2.2"]
     registry.release("a")
     registry.assign("dddd", [tap("dddd")], POD, POOL)
-    assert ips(registry, "dddd") == ["10.0.2.2"]
+    assert ips(registry, "dddd") == ["10.0.2.5"]  # a freed address is reused last
+
+
+def test_a_freed_address_is_reused_once_the_pool_wraps_around(tmp_path: Path) -> None:
+    registry = ipam.Registry(tmp_path / "r.json")
+    small = IPv4Network("192.168.7.0/29")  # .2-.6 for guests
+    for n in range(5):
+        registry.assign(f"vm{n}", [tap(f"vm{n}", mac=f"02:00:00:00:00:{n:02x}")], POD, small)
+    registry.release("vm1")
+    registry.release("vm3")
+    registry.assign("new", [tap("new", mac="02:00:00:00:01:00")], POD, small)
+    assert ips(registry, "new") == ["192.168.7.3"]  # after .6 comes .2 (taken), then .3
+    registry.save()
+    again = ipam.load(registry.path)
+    again.assign("newer", [tap("newer", mac="02:00:00:00:02:00")], POD, small)
+    assert ips(again, "newer") == ["192.168.7.5"]  # the cursor survives a restart
 
 
 def test_the_registry_survives_a_restart_of_the_daemon(tmp_path: Path) -> None:
@@ -104,7 +119,11 @@ def test_an_interface_dropped_by_a_new_spec_gives_its_address_back(tmp_path: Pat
     registry.assign("a", [tap("a", "one")], POD, POOL)
     registry.deactivate("a")
     registry.assign("a", [tap("a", "two")], POD, POOL)
-    assert [(x.interface, x.ip) for x in registry.of("a")] == [("two", "10.0.2.2")]
+    assert [(x.interface, x.ip) for x in registry.of("a")] == [("two", "10.0.2.3")]
+    registry.assign("bb", [tap("bb")], POD, POOL)
+    registry.assign("ccc", [tap("ccc", mac="02:00:00:00:09:09")], POD, POOL)
+    assert ips(registry, "ccc") == ["10.0.2.5"]
+    assert "10.0.2.2" not in {a.ip for a in registry}  # "one"'s address was given back
 
 
 def test_a_damaged_registry_is_an_error_that_says_what_to_do(tmp_path: Path) -> None:

@@ -251,24 +251,30 @@ exit $status
     return found.group(1)
 
 
-def test_dnsmasq_gives_each_vmi_its_address_and_a_freed_one_to_the_next(daemon: Daemon) -> None:
-    daemon.drop("a.yaml", vmi("a"))
-    daemon.wait_phase("a", "Running")
-    first = interface(daemon, "a")
-    assert dhcp_lease(daemon, first["mac"]) == first["ipAddress"] == "10.0.2.2"
-    daemon.drop("b.yaml", vmi("b"))
-    daemon.wait_phase("b", "Running")
-    assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
-    (daemon.spool / "a.yaml").unlink()
-    daemon.wait_phase("a", None)
-    # dnsmasq still remembers a's lease of 10.0.2.2: vmid must make it forget.
-    daemon.drop("c.yaml", vmi("c"))
-    daemon.wait_phase("c", "Running")
-    third = interface(daemon, "c")
-    assert third["ipAddress"] == "10.0.2.2"
-    assert third["mac"] != first["mac"]
-    assert dhcp_lease(daemon, third["mac"]) == "10.0.2.2"
-    assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
+def test_dnsmasq_gives_each_vmi_its_address_and_a_freed_one_to_the_next(tmp_path: Path) -> None:
+    config = fake_config("podNetwork: {cidr: 10.0.2.0/29}\n")  # .2-.6 for guests
+    with running_daemon(tmp_path, config) as daemon:
+        daemon.drop("a.yaml", vmi("a"))
+        daemon.wait_phase("a", "Running")
+        first = interface(daemon, "a")
+        assert dhcp_lease(daemon, first["mac"]) == first["ipAddress"] == "10.0.2.2"
+        daemon.drop("b.yaml", vmi("b"))
+        daemon.wait_phase("b", "Running")
+        assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
+        (daemon.spool / "a.yaml").unlink()
+        daemon.wait_phase("a", None)
+        for name in ("c", "d", "e"):  # a freed address is handed out last: .4, .5, .6
+            daemon.drop(f"{name}.yaml", vmi(name))
+            daemon.wait_phase(name, "Running")
+        assert interface(daemon, "e")["ipAddress"] == "10.0.2.6"
+        # The pool wraps: a's old address, which dnsmasq still remembers leasing to a.
+        daemon.drop("f.yaml", vmi("f"))
+        daemon.wait_phase("f", "Running")
+        last = interface(daemon, "f")
+        assert last["ipAddress"] == "10.0.2.2"
+        assert last["mac"] != first["mac"]
+        assert dhcp_lease(daemon, last["mac"]) == "10.0.2.2"
+        assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
 
 
 def test_a_killed_dnsmasq_is_restarted_and_serves_again(daemon: Daemon) -> None:

@@ -38,9 +38,13 @@ class Attachment:
 class Registry:
     """Every Attachment, keyed by (VMI, interface); `save()` persists it atomically."""
 
-    def __init__(self, path: Path, attachments: Iterable[Attachment] = ()) -> None:
+    def __init__(
+        self, path: Path, attachments: Iterable[Attachment] = (), last: str | None = None
+    ) -> None:
         self.path = path
         self._items = {(a.vmi, a.interface): a for a in attachments}
+        #: The address handed out last: the next new one is the first free one after it.
+        self.last = last
 
     def __repr__(self) -> str:
         active = sum(a.active for a in self._items.values())
@@ -58,7 +62,9 @@ class Registry:
     def assign(self, vmi: str, taps: Iterable[Tap], pod_bridge: str, pool: IPv4Network) -> None:
         """Record `vmi`'s taps as active, with an address for each tap on the pod bridge.
 
-        An interface keeps the address it had; a new one gets the lowest free address.
+        An interface keeps the address it had; a new one gets the first free address after
+        the one handed out last (wrapping around), as DHCP servers do: a freed address is
+        reused last, so neighbours' ARP caches and DHCP servers' memories of it have aged.
 
         Raises:
             NetworkError: a port forwarded or a MAC used by another running VMI, or no free
@@ -75,7 +81,10 @@ class Registry:
             ip = None
             if tap.bridge == pod_bridge:
                 old = self._items.get((vmi, tap.interface))
-                ip = old.ip if old is not None and old.ip else _free(pool, taken)
+                if old is not None and old.ip:
+                    ip = old.ip
+                else:
+                    ip = self.last = _free(pool, taken, self.last)
                 taken.add(ip)
             new[(vmi, tap.interface)] = Attachment(
                 vmi=vmi,
@@ -105,7 +114,7 @@ class Registry:
     def save(self) -> None:
         """Write the registry: a temporary file, fsync, rename (the old file or the new)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"attachments": [_to_json(a) for a in self]}
+        data = {"last": self.last, "attachments": [_to_json(a) for a in self]}
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         with temporary.open("w") as stream:
             json.dump(data, stream, indent=1)
@@ -122,7 +131,8 @@ def load(path: Path) -> Registry:
     """
     try:
         data = json.loads(path.read_text())
-        return Registry(path, [_from_json(item) for item in data["attachments"]])
+        attachments = [_from_json(item) for item in data["attachments"]]
+        return Registry(path, attachments, data.get("last"))
     except FileNotFoundError:
         return Registry(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -141,10 +151,12 @@ def gateway(pool: IPv4Network) -> IPv4Address:
     return next(iter(pool.hosts()))
 
 
-def _free(pool: IPv4Network, taken: set[str]) -> str:
-    for address in hosts(pool):
-        if str(address) not in taken:
-            return str(address)
+def _free(pool: IPv4Network, taken: set[str], last: str | None) -> str:
+    candidates = [str(a) for a in hosts(pool)]
+    start = candidates.index(last) + 1 if last in candidates else 0
+    for address in candidates[start:] + candidates[:start]:
+        if address not in taken:
+            return address
     raise NetworkError(
         f"the pod network {pool} has no free address ({len(hosts(pool))} in use); "
         "remove a VMI or widen podNetwork.cidr in vmid.yaml"

@@ -333,6 +333,9 @@ class Instance:
             self.status.write()
         elif event.name in ("STOP", "RESUME") and self.status.phase is Phase.RUNNING:
             paused = event.name == "STOP"
+            current = self.status.conditions.get("Paused")
+            if current is not None and (current.status == "True") == paused:
+                return  # the RESUME of vmid's own `cont` at boot: nothing changed
             self.status.condition("Paused", paused, "PausedByUser" if paused else "")
             self.status.event(
                 "Normal",

@@ -77,6 +77,8 @@ class Status:
         self.interfaces: list[dict[str, str]] = []
         self.qemu: dict[str, Any] = {}
         self.events: list[dict[str, str]] = []
+        #: The event list as last written (events.json is rewritten only when it changed).
+        self._written_events: list[dict[str, str]] | None = None
 
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
@@ -135,9 +137,10 @@ class Status:
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         staging.write_text(json.dumps(self.to_data(), indent=1) + "\n")
         os.replace(staging, self.path)
-        events = self.path.with_name(EVENTS_FILE)
-        staging.write_text(json.dumps(self.events, indent=1) + "\n")
-        os.replace(staging, events)
+        if self.events is not self._written_events:  # event() makes a new list each time
+            staging.write_text(json.dumps(self.events, indent=1) + "\n")
+            os.replace(staging, self.path.with_name(EVENTS_FILE))
+            self._written_events = self.events
         self._on_write()
 
 
