@@ -18,17 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.run import SCALE as MANIFEST
 from tests.daemon import running_daemon
-
-MANIFEST = """apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata: {{name: {name}}}
-spec:
-  terminationGracePeriodSeconds: 0
-  domain:
-    memory: {{guest: 32Mi}}
-    devices: {{autoattachPodInterface: false, autoattachGraphicsDevice: false}}
-"""
 
 
 def main() -> None:

@@ -375,7 +375,7 @@ def report(results: dict[str, Any]) -> list[str]:
         f"{'met' if sc['daemon_idle_cpu_s'] / sc['idle_seconds'] < 0.01 else 'NOT met'})",
         f"libvirt: {results['libvirt']}",
     ]  # fmt: skip
-    return lines
+    return [line.rstrip() for line in lines]
 
 
 def main() -> None:
