@@ -73,8 +73,13 @@ clean:
 
 # Benchmarks side by side with bare QEMU (TCG): prints a table, writes bench/results.json.
 # About 5 minutes; see bench/README.md. BENCH_ARGS="--runs 3 --vms 10 --idle 10" for a quick one.
+# LIBVIRT=1 also installs libvirt (daemon, QEMU driver, virsh) to compare with `virsh create`;
+# its libvirtd runs in throwaway mounts (bench/libvirtd-throwaway.sh), nothing of it is kept.
 BENCH_ARGS ?=
+LIBVIRT ?=
+LIBVIRT_PACKAGES := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 bench: setup
+	@if [ -n "$(LIBVIRT)" ]; then $(MAKE) --no-print-directory packages APT_PACKAGES="$(LIBVIRT_PACKAGES)"; fi
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Rewrite tests/golden/*.args from the current planner; review the diff before committing.

@@ -23,7 +23,7 @@ from vmid.config import Accelerator
 from vmid.errors import VmidError
 from vmid.host import identity, storage, unixsock
 from vmid.host.identity import QemuUser
-from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan
+from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, find_qemu, name_option
 from vmid.runtime.qmp import Event, Monitor, MonitorError
@@ -137,8 +137,7 @@ class Instance:
                 f"stop it (kill {orphan}), then remove and re-add the manifest or restart vmid"
             )
         self.status.write()
-        for item in plan.prepare:
-            await storage.prepare(item, self._store, self._qemu_img)
+        await self._prepare()
         await self._attach()
         listener = _listen(plan)
         try:
@@ -183,6 +182,25 @@ class Instance:
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.status.write()
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state.get("status"))
+
+    async def _prepare(self) -> None:
+        """The plan's files, all at once: two qemu-img runs need not wait for each other.
+
+        Raises the first VmidError or OSError as it is (a bug still comes as a group).
+        """
+        errors: list[Exception] = []
+
+        async def one(item: Prepared) -> None:
+            try:
+                await storage.prepare(item, self._store, self._qemu_img)
+            except (VmidError, OSError) as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for item in self.plan.prepare:
+                nursery.start_soon(one, item)
+        if errors:
+            raise errors[0]
 
     async def _attach(self) -> None:
         """The VM's taps on their bridges, with addresses (before QEMU opens the taps)."""
