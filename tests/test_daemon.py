@@ -415,3 +415,16 @@ def test_spool_files_others_may_write_or_that_lead_outside_are_refused(tmp_path:
         assert f"a symlink to {outside}, outside the spool" in log
         assert daemon.phase("outside") is None
         assert daemon.phase("writable") is None
+
+
+def test_a_symlink_planted_as_a_vms_log_is_never_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    logs = tmp_path / "var/log/vmid/planted"
+    logs.mkdir(parents=True)
+    (logs / "qemu.log").symlink_to(victim)
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("p.yaml", manifest("planted"))
+        daemon.wait_phase("planted", "Failed")
+        assert "Too many levels of symbolic links" in daemon.reason("planted")
+    assert victim.read_text() == "untouched\n"

@@ -257,7 +257,16 @@ def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
         for name in ("qmp.sock", "console.sock", "vnc.sock"):
             info = (runtime / name).stat()
             assert (info.st_uid, info.st_mode & 0o777) == (nobody.pw_uid, 0o600), name
-        assert (tmp_path / "var/lib/vmid/instances/low").stat().st_mode & 0o777 == 0o700
+        # Its files are its own; the directories holding them stay root's (0711: it passes
+        # through, cannot list, cannot plant a symlink where root writes).
+        state = tmp_path / "var/lib/vmid/instances/low"
+        assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (0, 0o711)
+        for disk in [*state.glob("disks/*"), *state.glob("cloud-init/*")]:
+            assert disk.stat().st_uid == nobody.pw_uid, disk
+        logs = tmp_path / "var/log/vmid/low"
+        assert (logs.stat().st_uid, (logs / "console.log").stat().st_uid) == (0, nobody.pw_uid)
+        assert (logs / "qemu.log").stat().st_uid == 0
+        assert (runtime / "status.json").stat().st_uid == 0
         # The tools still work: root reaches the sockets, the screenshot comes back to root.
         assert daemon.vmid("qmp", "low", "query-status").returncode == 0
         shot = daemon.vmid("screenshot", "low", str(tmp_path / "low.png"))

@@ -2,8 +2,10 @@
 
 vmid drops QEMU's privileges itself, between fork and exec, as libvirt does: QEMU's own
 `-runas` calls setuid after its seccomp filter is in place, and `elevateprivileges=deny` then
-kills it (SIGSYS). The user gets its VM's own directories; everything else it must be able
-to read already (a hostDisk it cannot open fails the VMI with a message saying so).
+kills it (SIGSYS). The user gets the files vmid made for its VM (disks, ISO, EFI variables,
+console log) and its working directory (for its sockets); the directories holding the files
+stay root's, so root never writes where the user could plant a symlink. Anything else it must
+be able to open already (a hostDisk it cannot open fails the VMI with a message saying so).
 """
 
 from __future__ import annotations
@@ -56,15 +58,20 @@ def resolve(name: str | None) -> QemuUser | None:
     return QemuUser(name, entry.pw_uid, entry.pw_gid, tuple(sorted(groups)))
 
 
-def hand_over(user: QemuUser, *directories: Path) -> None:
-    """Give `user` the VM's own directories (vmid's, named by the plan) and all they hold."""
-    for directory in directories:
-        if not directory.exists():
-            continue
-        os.chown(directory, user.uid, user.gid, follow_symlinks=False)
-        for parent, dirs, files in os.walk(directory):
-            for name in (*dirs, *files):
-                os.chown(Path(parent) / name, user.uid, user.gid, follow_symlinks=False)
+def give(user: QemuUser, path: Path) -> None:
+    """Make one file vmid created for this VM `user`'s (never following a symlink)."""
+    os.chown(path, user.uid, user.gid, follow_symlinks=False)
+
+
+def give_new_file(user: QemuUser, path: Path) -> None:
+    """Create `path` (0600) if missing and make it `user`'s: for files QEMU opens in vmid's
+    directories (its console log), which stay root's so that root never writes where the
+    QEMU user could plant a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchown(fd, user.uid, user.gid)
+    finally:
+        os.close(fd)
 
 
 def check_access(user: QemuUser, path: Path, write: bool, what: str) -> None:

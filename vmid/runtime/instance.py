@@ -66,13 +66,12 @@ class Instance:
         network: Network,
         adopt: int | None = None,
         user: QemuUser | None = None,
-        own: tuple[Path, ...] = (),
         traverse: tuple[Path, ...] = (),
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
-        `user`: run QEMU as this user, handing it the VM's own directories `own` (its state,
-        runtime and log directories) before the launch; it may pass through `traverse`.
+        `user`: run QEMU as this user, handing it its VM's files before the launch; it may pass
+        through vmid's directories `traverse`.
         """
         self.plan = plan
         self.status = status
@@ -84,7 +83,6 @@ class Instance:
         self._attached = False
         self._adopt = adopt
         self._user = user
-        self._own = own
         self._traverse = traverse
         self._process: trio.Process | AdoptedProcess | None = None
         self._monitor: Monitor | None = None
@@ -219,20 +217,29 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self, user: QemuUser) -> None:
-        """QEMU's user gets the VM's own directories and must be able to open its other disks."""
+        """QEMU's user gets its VM's files and working directory, and passes through vmid's."""
+        for directory in self._traverse:
+            identity.make_traversable(directory)
+        made = [Path(self.plan.consoleLog)]
         for item in self.plan.prepare:
             if isinstance(item, HostFile):
                 identity.check_access(user, Path(item.path), True, "a hostDisk or claim")
-            elif isinstance(item, FileOverlay):
+                continue
+            if isinstance(item, FileOverlay):
                 identity.check_access(user, Path(item.backing), False, "an ephemeral's claim")
             elif isinstance(item, ImageOverlay):
                 image = self._store.get(item.image).path  # read-only (0444) backing file
                 identity.make_traversable(image.parent.parent)
                 identity.make_traversable(image.parent)
-        for directory in self._traverse:
-            identity.make_traversable(directory)
-        for directory in self._own:
-            identity.hand_over(user, directory)
+            made.append(Path(item.path))
+        identity.give_new_file(user, made[0])
+        for path in made:
+            for directory in path.parents:
+                if directory in self._traverse:
+                    break
+                identity.make_traversable(directory)
+            identity.give(user, path)
+        identity.give(user, Path(self.plan.cwd))  # its sockets; root writes there safely
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
         plan = self.plan
@@ -488,7 +495,9 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _open_log(path: str) -> BinaryIO:
-    return open(path, "ab")
+    # O_NOFOLLOW: a symlink planted in a log directory must not make root append elsewhere.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, 0o600), "ab")
 
 
 def _listen(plan: LaunchPlan) -> socket.socket:

@@ -10,6 +10,7 @@ import datetime
 import enum
 import json
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,14 +135,24 @@ class Status:
     def write(self) -> None:
         """Replace the status file atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        staging.write_text(json.dumps(self.to_data(), indent=1) + "\n")
-        os.replace(staging, self.path)
+        _replace(self.path, json.dumps(self.to_data(), indent=1) + "\n")
         if self.events is not self._written_events:  # event() makes a new list each time
-            staging.write_text(json.dumps(self.events, indent=1) + "\n")
-            os.replace(staging, self.path.with_name(EVENTS_FILE))
+            _replace(self.path.with_name(EVENTS_FILE), json.dumps(self.events, indent=1) + "\n")
             self._written_events = self.events
         self._on_write()
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `path` atomically through a new file of an unguessable name.
+
+    The directory may belong to an unprivileged QEMU user (its sockets live there): O_EXCL
+    and O_NOFOLLOW keep root from writing through a symlink that user planted.
+    """
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(staging, flags, 0o600), "w") as stream:
+        stream.write(text)
+    os.replace(staging, path)
 
 
 def _transition(phase: Phase) -> dict[str, str]:

@@ -331,11 +331,6 @@ class Supervisor:
             self._network,
             adopt=adopt,
             user=identity.resolve(self._config.qemuUser),
-            own=(
-                paths.instance_state(name),
-                paths.instance_runtime(name),
-                paths.instance_logs(name),
-            ),
             traverse=(
                 paths.state,
                 paths.state / "instances",
