@@ -262,7 +262,7 @@ def test_relative_root_gives_absolute_paths(
     assert (status, err) == (0, "")
     plan = json.loads(out)
     state = f"{workdir}/rel/var/lib/vmid/instances/testvmi-nocloud"
-    assert plan["cwd"] == f"{workdir}/rel/run/vmid/instances/testvmi-nocloud"
+    assert plan["cwd"] == f"{workdir}/rel/run/vmid/instances/testvmi-nocloud/qemu"
     root_file = f"driver=file,node-name=file0,filename={state}/disks/containerdisk.qcow2,"
     assert any(arg.startswith(root_file) for arg in plan["argv"])
 

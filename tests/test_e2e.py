@@ -255,7 +255,7 @@ def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
         assert fields["NoNewPrivs"].strip() == "1"
         runtime = tmp_path / "run/vmid/instances/low"
         for name in ("qmp.sock", "console.sock", "vnc.sock"):
-            info = (runtime / name).stat()
+            info = (runtime / "qemu" / name).stat()
             assert (info.st_uid, info.st_mode & 0o777) == (nobody.pw_uid, 0o600), name
         # Its files are its own; the directories holding them stay root's (0711: it passes
         # through, cannot list, cannot plant a symlink where root writes).
@@ -266,7 +266,8 @@ def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
         logs = tmp_path / "var/log/vmid/low"
         assert (logs.stat().st_uid, (logs / "console.log").stat().st_uid) == (0, nobody.pw_uid)
         assert (logs / "qemu.log").stat().st_uid == 0
-        assert (runtime / "status.json").stat().st_uid == 0
+        assert (runtime.stat().st_uid, (runtime / "status.json").stat().st_uid) == (0, 0)
+        assert (runtime / "qemu").stat().st_uid == nobody.pw_uid  # its working directory
         # The tools still work: root reaches the sockets, the screenshot comes back to root.
         assert daemon.vmid("qmp", "low", "query-status").returncode == 0
         shot = daemon.vmid("screenshot", "low", str(tmp_path / "low.png"))
@@ -319,7 +320,7 @@ spec:
     with running_daemon(tmp_path, "accelerator: tcg\n") as daemon:
         daemon.drop("long.yaml", text)
         daemon.wait_phase(name, "Running")
-        socket_path = tmp_path / "run/vmid/instances" / name / "qmp.sock"
+        socket_path = tmp_path / "run/vmid/instances" / name / "qemu/qmp.sock"
         assert len(str(socket_path).encode()) > 108  # longer than sun_path holds
         done = daemon.vmid("qmp", name, "query-status")
         assert done.returncode == 0, done.stderr

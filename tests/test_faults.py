@@ -25,7 +25,7 @@ pytestmark = [
 
 
 def qemus_of(root: Path) -> dict[str, int]:
-    """{VMI name: pid} of every process whose working directory is a VMI's under `root`."""
+    """{VMI name: pid} of every process working in a VMI's QEMU directory under `root`."""
     found = {}
     instances = root / "run/vmid/instances"
     for entry in Path("/proc").iterdir():
@@ -36,8 +36,8 @@ def qemus_of(root: Path) -> dict[str, int]:
             state = (entry / "stat").read_text().split(")")[-1].split()[0]
         except OSError:
             continue
-        if cwd.parent == instances and state != "Z":
-            found[cwd.name] = int(entry.name)
+        if cwd.parent.parent == instances and cwd.name == "qemu" and state != "Z":
+            found[cwd.parent.name] = int(entry.name)
     return found
 
 

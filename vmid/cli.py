@@ -16,6 +16,7 @@ import select
 import shlex
 import shutil
 import socket
+import stat
 import sys
 import termios
 import threading
@@ -629,7 +630,13 @@ def _screenshot(args: argparse.Namespace) -> int:
     shot = qmp_socket.parent / f"screenshot-{os.getpid()}.png"
     try:
         control.execute(qmp_socket, "screendump", {"filename": shot.name, "format": "png"})
-        shutil.copyfile(shot, target)
+        # Never through a symlink: that directory may be an unprivileged QEMU user's.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        with os.fdopen(os.open(shot, flags), "rb") as source:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                raise control.ControlError(f"{shot} is not a regular file")
+            with target.open("wb") as copy:
+                shutil.copyfileobj(source, copy)
     finally:
         shot.unlink(missing_ok=True)
     print(f"saved {target}")

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from vmid.host.ipam import Attachment
+from vmid.host.network import NetworkError
 
 LEASE_TIME = "1h"
 
@@ -68,9 +69,12 @@ def write_hosts(path: Path, text: str) -> bool:
         if path.read_text() == text:
             return False
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.chmod(0o644)
-    temporary.replace(path)
+    try:
+        temporary.write_text(text)
+        temporary.chmod(0o644)
+        temporary.replace(path)
+    except OSError as exc:
+        raise NetworkError(f"cannot write {path}: {exc.strerror}") from exc
     return True
 
 

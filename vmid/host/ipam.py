@@ -112,15 +112,22 @@ class Registry:
             del self._items[key]
 
     def save(self) -> None:
-        """Write the registry: a temporary file, fsync, rename (the old file or the new)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the registry: a temporary file, fsync, rename (the old file or the new).
+
+        Raises:
+            NetworkError: it cannot be written (a full disk).
+        """
         data = {"last": self.last, "attachments": [_to_json(a) for a in self]}
         temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with temporary.open("w") as stream:
-            json.dump(data, stream, indent=1)
-            stream.flush()
-            os.fsync(stream.fileno())
-        temporary.replace(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with temporary.open("w") as stream:
+                json.dump(data, stream, indent=1)
+                stream.flush()
+                os.fsync(stream.fileno())
+            temporary.replace(self.path)
+        except OSError as exc:
+            raise NetworkError(f"cannot write {self.path}: {exc.strerror}") from exc
 
 
 def load(path: Path) -> Registry:

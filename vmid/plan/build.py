@@ -84,7 +84,7 @@ def build(
         name=ctx.name,
         uuid=vmi.spec.domain.firmware_uuid(),
         argv=tuple(argv),
-        cwd=ctx.runtime_dir,
+        cwd=posixpath.join(ctx.runtime_dir, QEMU_DIR),
         env=_environment(vmi),
         consoleLog=console_log,
         qemuLog=posixpath.join(ctx.log_dir, "qemu.log"),
@@ -108,13 +108,19 @@ def _acpi(vmi: t.VirtualMachineInstance) -> bool:
     return not (features and features.acpi and features.acpi.enabled is False)
 
 
+#: QEMU's working directory inside the VM's runtime directory, where its sockets live: with
+#: qemuUser it is that user's, while the directory above (status files, the control socket,
+#: passed to QEMU by fd) stays root's.
+QEMU_DIR = "qemu"
+
+
 def _sockets(ctx: Context) -> Sockets:
     def path(name: str) -> str:
-        return posixpath.join(ctx.runtime_dir, name)
+        return posixpath.join(ctx.runtime_dir, QEMU_DIR, name)
 
     devs = ctx.vmi.spec.domain.devices
     return Sockets(
-        control=path(CONTROL_SOCKET),
+        control=posixpath.join(ctx.runtime_dir, CONTROL_SOCKET),
         qmp=path(QMP_SOCKET),
         console=None if devs.autoattachSerialConsole is False else path(devices.CONSOLE_SOCKET),
         vnc=None if devs.autoattachGraphicsDevice is False else path(devices.VNC_SOCKET),

@@ -163,6 +163,7 @@ class Instance:
     async def _readopt(self, pid: int) -> None:
         """Take over a QEMU an earlier daemon started: watch it, reconnect, resume supervision."""
         self._process = AdoptedProcess(pid)
+        self._attached = True  # its taps exist: if re-adoption fails, they go with it
         client = unixsock.connect(Path(self.plan.sockets.control))
         with trio.move_on_after(MONITOR_CONNECT_TIMEOUT):
             self._monitor = await Monitor.connect(self.plan.name, client)
@@ -239,7 +240,8 @@ class Instance:
                     break
                 identity.make_traversable(directory)
             identity.give(user, path)
-        identity.give(user, Path(self.plan.cwd))  # its sockets; root writes there safely
+        identity.make_traversable(Path(self.plan.cwd).parent)
+        identity.give(user, Path(self.plan.cwd))  # its sockets; root never writes there
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
         plan = self.plan
@@ -507,7 +509,7 @@ def _listen(plan: LaunchPlan) -> socket.socket:
     """
     Path(plan.cwd).mkdir(parents=True, exist_ok=True)
     Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
-    return unixsock.listen(Path(plan.sockets.control))
+    return unixsock.listen(Path(plan.sockets.control))  # in root's directory, above QEMU's
 
 
 def _remove_sockets(plan: LaunchPlan) -> None:

@@ -162,10 +162,11 @@ class Network:
         for name in sorted(self._registry.vmis() - known):
             log.info("%s: releasing the addresses of a VMI that is gone", name)
             await self.release(name)
-        listed = {a.device for a in self._registry}
-        for device in sorted(await trio.to_thread.run_sync(links.vmid_taps) - listed):
-            log.info("deleting tap %s: no VMI uses it", device)
-            await trio.to_thread.run_sync(links.delete_link, device)
+        async with self._lock:  # an attach meanwhile records its taps before making them
+            listed = {a.device for a in self._registry}
+            for device in sorted(await trio.to_thread.run_sync(links.vmid_taps) - listed):
+                log.info("deleting tap %s: no VMI uses it", device)
+                await trio.to_thread.run_sync(links.delete_link, device)
 
     async def close(self, keep: bool) -> None:
         """Daemon stopping: stop dnsmasq; unless VMs are kept running, remove rules and bridge."""

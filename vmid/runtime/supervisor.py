@@ -179,6 +179,13 @@ class Supervisor:
         manifest = Manifest(str(path), vmi, Locator(str(path), None))
         return Entry(str(path), name, Planned(manifest, plan), ())
 
+    async def _detach(self, name: str) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._network.detach(name)
+            except VmidError as exc:
+                log.error("%s: removing its taps failed: %s", name, exc)
+
     async def _collect(self, known: set[str]) -> None:
         try:
             await self._network.collect(known)
@@ -274,6 +281,8 @@ class Supervisor:
             except (VmidError, OSError) as exc:
                 log.warning("%s: %s", name, exc)
                 self._failed(vm, str(exc))
+                if vm.instance is None:  # failed before it had an instance to clean up
+                    await self._detach(name)
             except Exception as exc:  # a bug in one VMI's handling must not stop the others
                 log.exception("%s: internal error", name)
                 self._failed(vm, f"internal error in vmid: {exc!r}")
