@@ -327,3 +327,30 @@ spec:
         assert '"running"' in done.stdout
         (daemon.spool / "long.yaml").unlink()
         daemon.wait_phase(name, None)
+
+
+def test_a_disk_vmid_creates_for_an_unprivileged_qemu_is_that_users(tmp_path: Path) -> None:
+    disks = tmp_path / "disks"
+    disks.mkdir()
+    created = disks / "new.img"
+    config = f"accelerator: tcg\nqemuUser: nobody\nhostDiskRoots: [{disks}]\n"
+    manifest = f"""apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: created}}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    memory: {{guest: 64Mi}}
+    devices:
+      autoattachPodInterface: false
+      disks: [{{name: data, disk: {{bus: virtio}}}}]
+  volumes: [{{name: data, hostDisk: {{path: {created}, type: DiskOrCreate, capacity: 64Mi}}}}]
+"""
+    with running_daemon(tmp_path, config) as daemon:
+        daemon.drop("c.yaml", manifest)
+        daemon.wait_phase("created", "Running")
+        assert created.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert created.stat().st_size == 64 * 1024 * 1024
+        (daemon.spool / "c.yaml").unlink()
+        daemon.wait_phase("created", None)
+    assert created.exists()  # a hostDisk outlives its VMI

@@ -160,4 +160,8 @@ def enable_ip_forward(proc: Path = Path("/proc/sys/net/ipv4/ip_forward")) -> Non
         if proc.read_text().strip() != "1":
             proc.write_text("1\n")
     except OSError as exc:
-        raise NetworkError(f"cannot turn on {proc}: {exc.strerror}") from exc
+        raise NetworkError(
+            f"cannot turn on {proc}: {exc.strerror}; set net.ipv4.ip_forward=1 on the host "
+            "(under systemd, the unit's ProtectKernelTunables= keeps vmid from doing it), or "
+            "podNetwork.ipForward: false in vmid.yaml to run without it"
+        ) from exc

@@ -151,11 +151,14 @@ def _copy_image(source: Path, staging: Path, ref: str, info: ImageInfo) -> None:
     (staging / IMAGE_META).write_text(json.dumps(meta) + "\n")
 
 
-async def prepare(item: Prepared, store: ImageStore, qemu_img_binary: str) -> None:
+async def prepare(
+    item: Prepared, store: ImageStore, qemu_img_binary: str, owner: tuple[int, int] | None = None
+) -> None:
     """Make one file a plan needs exist, in the state the plan expects.
 
     Overlays are made anew (writes to a containerDisk die with each launch, as in KubeVirt);
-    empty disks and EFI variables are made once and kept; host files are checked or created.
+    empty disks and EFI variables are made once and kept; host files are checked or created
+    (`owner`, uid and gid, gets a host file vmid creates: it is QEMU's to write).
     """
     if isinstance(item, ImageOverlay):
         image = store.get(item.image)
@@ -169,7 +172,7 @@ async def prepare(item: Prepared, store: ImageStore, qemu_img_binary: str) -> No
                 qemu_img_binary, "create", "-q", "-f", "qcow2", item.path, str(item.size)
             )
     elif isinstance(item, HostFile):
-        await trio.to_thread.run_sync(_host_file, item)
+        await trio.to_thread.run_sync(_host_file, item, owner)
     elif isinstance(item, CloudInitIso):
         await trio.to_thread.run_sync(write_iso, item)
     elif isinstance(item, EfiVars):
@@ -210,7 +213,7 @@ def _existing_disk(path: Path, what: str) -> Path:
     return path
 
 
-def _host_file(item: HostFile) -> None:
+def _host_file(item: HostFile, owner: tuple[int, int] | None) -> None:
     path = Path(item.path)
     if path.exists() or item.createSize is None:
         _existing_disk(path, "a hostDisk or claim")
@@ -222,6 +225,8 @@ def _host_file(item: HostFile) -> None:
         return  # created meanwhile: never truncate a disk that exists
     try:
         os.ftruncate(fd, item.createSize)  # sparse, like KubeVirt's createSparseRaw
+        if owner is not None:
+            os.fchown(fd, *owner)
     finally:
         os.close(fd)
 

@@ -189,9 +189,11 @@ class Instance:
         """
         errors: list[Exception] = []
 
+        owner = (self._user.uid, self._user.gid) if self._user else None
+
         async def one(item: Prepared) -> None:
             try:
-                await storage.prepare(item, self._store, self._qemu_img)
+                await storage.prepare(item, self._store, self._qemu_img, owner)
             except (VmidError, OSError) as exc:
                 errors.append(exc)
 
