@@ -132,3 +132,12 @@ def test_a_damaged_registry_is_an_error_that_says_what_to_do(tmp_path: Path) -> 
     with pytest.raises(NetworkError, match=r"unreadable address registry .* move it away"):
         ipam.load(path)
     assert list(ipam.load(tmp_path / "none.json")) == []
+
+
+def test_after_a_cidr_change_an_interface_gets_an_address_of_the_new_pool(tmp_path: Path) -> None:
+    registry = ipam.Registry(tmp_path / "r.json")
+    registry.assign("a", [tap("a")], POD, POOL)
+    registry.deactivate("a")
+    wide = IPv4Network("10.128.0.0/9")  # counted, not listed: 8 million addresses
+    registry.assign("a", [tap("a")], POD, wide)
+    assert ips(registry, "a") == ["10.128.0.2"]

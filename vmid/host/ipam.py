@@ -81,8 +81,8 @@ class Registry:
             ip = None
             if tap.bridge == pod_bridge:
                 old = self._items.get((vmi, tap.interface))
-                if old is not None and old.ip:
-                    ip = old.ip
+                if old is not None and old.ip and IPv4Address(old.ip) in pool:
+                    ip = old.ip  # kept (one from before a cidr change is not)
                 else:
                     ip = self.last = _free(pool, taken, self.last)
                 taken.add(ip)
@@ -149,23 +149,23 @@ def load(path: Path) -> Registry:
         ) from exc
 
 
-def hosts(pool: IPv4Network) -> list[IPv4Address]:
-    """The addresses guests may get: every host address but the first (the gateway's)."""
-    return list(pool.hosts())[1:]
-
-
 def gateway(pool: IPv4Network) -> IPv4Address:
     return next(iter(pool.hosts()))
 
 
 def _free(pool: IPv4Network, taken: set[str], last: str | None) -> str:
-    candidates = [str(a) for a in hosts(pool)]
-    start = candidates.index(last) + 1 if last in candidates else 0
-    for address in candidates[start:] + candidates[:start]:
+    """The first address not taken after `last`, wrapping; counted, not listed (a /8 is big)."""
+    first = int(pool.network_address) + 2  # past the network address and the gateway
+    size = int(pool.broadcast_address) - first
+    start = 0
+    if last is not None and IPv4Address(last) in pool:
+        start = (int(IPv4Address(last)) + 1 - first) % size
+    for offset in range(size):
+        address = str(IPv4Address(first + (start + offset) % size))
         if address not in taken:
             return address
     raise NetworkError(
-        f"the pod network {pool} has no free address ({len(hosts(pool))} in use); "
+        f"the pod network {pool} has no free address ({size} in use); "
         "remove a VMI or widen podNetwork.cidr in vmid.yaml"
     )
 
