@@ -294,3 +294,18 @@ def test_a_killed_dnsmasq_is_restarted_and_serves_again(daemon: Daemon) -> None:
     assert "dnsmasq on vmid0 exited; restarting in 1 s" in daemon.log_text()
     nic = interface(daemon, "a")
     assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
+
+
+def test_a_pod_network_changed_by_a_reload_waits_for_a_restart(daemon: Daemon) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    config = daemon.root / "etc/vmid/vmid.yaml"
+    config.write_text(config.read_text() + "podNetwork: {bridge: vmid9, cidr: 10.9.0.0/24}\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for("the reload", lambda: "configuration reloaded" in daemon.log_text())
+    assert "podNetwork changes apply after a restart of vmid" in daemon.log_text()
+    daemon.drop("b.yaml", vmi("b"))
+    daemon.wait_phase("b", "Running")  # planned and attached on the running pod network
+    nic = interface(daemon, "b")
+    assert nic["ipAddress"].startswith("10.0.2.")
+    assert links(daemon)[nic["podInterfaceName"]]["master"] == "vmid0"

@@ -86,9 +86,9 @@ async def _reload(
     except ConfigError as exc:
         log.error("configuration not reloaded: %s", exc)
         return
+    config = network.reconfigure(config)
     await spool.reconfigure(config)
     supervisor.reconfigure(config)
-    network.reconfigure(config)
     log.info("configuration reloaded")
 
 

@@ -72,12 +72,14 @@ class Network:
     def _pid_file(self) -> Path:
         return self._dir / f"dnsmasq-{self._bridge}.pid"
 
-    def reconfigure(self, config: Config) -> None:
-        """Keep the pod network as it is while VMIs use it; other keys apply at once."""
+    def reconfigure(self, config: Config) -> Config:
+        """The configuration to use from now on: the pod network stays as it is while VMIs
+        use it (the planner must use the same); other keys apply at once."""
         if self._pod_ready and config.podNetwork != self._config.podNetwork:
             log.warning("podNetwork changes apply after a restart of vmid with no VM running")
             config = _with_pod(config, self._config)
         self._config = config
+        return config
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery dnsmasq runs in; cancel to stop it."""
