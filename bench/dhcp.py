@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.latency import summary
 from tests.daemon import Daemon, running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,12 +86,6 @@ def bare_run(image: Path, workdir: Path) -> float:
         process.wait()
 
 
-def _summary(values: list[float]) -> str:
-    return (
-        f"median {statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f})"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
@@ -112,9 +107,9 @@ def main() -> None:
                 leased.append(lease)
                 bare.append(bare_run(image, workdir))
     print(f"machine: {os.cpu_count()} CPUs, TCG, {args.runs} interleaved runs, the test guest")
-    print(f"vmid: spool rename -> Running:                 {_summary(running)}")
-    print(f"vmid: spool rename -> guest bound its lease:   {_summary(leased)}")
-    print(f"bare QEMU, user networking: exec -> lease:     {_summary(bare)}")
+    print(f"vmid: spool rename -> Running:                 {summary(running, 's')}")
+    print(f"vmid: spool rename -> guest bound its lease:   {summary(leased, 's')}")
+    print(f"bare QEMU, user networking: exec -> lease:     {summary(bare, 's')}")
     ratio = statistics.median(leased) / statistics.median(bare)
     print(f"vmid's pod network / QEMU's slirp, start to lease: {ratio:.2f}x")
 

@@ -88,11 +88,8 @@ def vmid_launch(daemon: Daemon, name: str, manifest: str = MANIFEST) -> tuple[fl
     return launch, powerdown
 
 
-def bare_launch(argv: list[str], workdir: Path, began: float | None = None) -> float:
-    """Seconds from exec of the same argv (own control socket) to `query-status` answered.
-
-    `began`: count from this monotonic time instead (QEMUs started in parallel).
-    """
+def control_listener(argv: list[str], workdir: Path) -> tuple[socket.socket, list[str]]:
+    """A listening control socket in `workdir`, and `argv` with its fd (as vmid does it)."""
     control = workdir / "control.sock"
     control.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -101,6 +98,17 @@ def bare_launch(argv: list[str], workdir: Path, began: float | None = None) -> f
     fd = listener.fileno()
     argv = [a.replace("fd=3,", f"fd={fd},") if a.startswith("socket,id=vmid-control") else a
             for a in argv]  # fmt: skip
+    return listener, argv
+
+
+def bare_launch(argv: list[str], workdir: Path, began: float | None = None) -> float:
+    """Seconds from exec of the same argv (own control socket) to `query-status` answered.
+
+    `began`: count from this monotonic time instead (QEMUs started in parallel).
+    """
+    listener, argv = control_listener(argv, workdir)
+    fd = listener.fileno()
+    control = workdir / "control.sock"
     began = time.monotonic() if began is None else began
     process = subprocess.Popen(argv, cwd=workdir, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -146,9 +154,12 @@ def _rendered_argv(root: Path, text: str = MANIFEST) -> list[str]:
     return argv
 
 
-def _summary(values: list[float]) -> str:
-    ms = [v * 1000 for v in values]
-    return f"median {statistics.median(ms):7.1f} ms  (min {min(ms):.1f}, max {max(ms):.1f})"
+def summary(values: list[float], unit: str = "ms") -> str:
+    """`median 12.3 ms  (min 10.1, max 15.0)`: what every benchmark here prints."""
+    scale = 1000 if unit == "ms" else 1
+    shown = [v * scale for v in values]
+    middle = statistics.median(shown)
+    return f"median {middle:7.1f} {unit}  (min {min(shown):.1f}, max {max(shown):.1f})"
 
 
 def main() -> None:
@@ -180,14 +191,14 @@ def main() -> None:
                 nic_runs.append(vmid_launch(daemon, f"nic-{index}", WITH_NIC)[0])
                 bare_nic_runs.append(bare_launch(nic_argv, workdir))
     print(f"machine: {os.cpu_count()} CPUs, TCG, {args.runs} interleaved runs")
-    print(f"launch, vmid (spool rename -> Running):      {_summary(vmid_runs)}")
-    print(f"launch, bare QEMU (exec -> query-status):   {_summary(bare_runs)}")
+    print(f"launch, vmid (spool rename -> Running):      {summary(vmid_runs)}")
+    print(f"launch, bare QEMU (exec -> query-status):   {summary(bare_runs)}")
     overhead = statistics.median(vmid_runs) - statistics.median(bare_runs)
     ratio = statistics.median(vmid_runs) / statistics.median(bare_runs)
     print(f"vmid adds {overhead * 1000:.1f} ms to the median ({ratio:.2f}x the bare floor)")
-    print(f"stop: manifest removed -> POWERDOWN on qmp.sock: {_summary(powerdowns)}")
-    print(f"launch, vmid with a pod NIC:                 {_summary(nic_runs)}")
-    print(f"launch, bare QEMU with that NIC:             {_summary(bare_nic_runs)}")
+    print(f"stop: manifest removed -> POWERDOWN on qmp.sock: {summary(powerdowns)}")
+    print(f"launch, vmid with a pod NIC:                 {summary(nic_runs)}")
+    print(f"launch, bare QEMU with that NIC:             {summary(bare_nic_runs)}")
     network = statistics.median(nic_runs) - statistics.median(vmid_runs)
     qemu_nic = statistics.median(bare_nic_runs) - statistics.median(bare_runs)
     print(

@@ -31,7 +31,14 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.latency import MANIFEST, WITH_NIC, bare_launch, own_tap, vmid_launch
+from bench.latency import (
+    MANIFEST,
+    WITH_NIC,
+    bare_launch,
+    control_listener,
+    own_tap,
+    vmid_launch,
+)
 from tests.daemon import FAKE_QEMU, Daemon, running_daemon
 from vmid.api.load import load_text
 from vmid.config import Accelerator, Paths, load_config
@@ -260,14 +267,8 @@ def bare_guest(argv: list[str], workdir: Path) -> float:
     console = Path(next(a for a in argv if "logfile=" in a).split("logfile=")[1].split(",")[0])
     console.unlink(missing_ok=True)
     workdir.mkdir(exist_ok=True)
-    control = workdir / "control.sock"
-    control.unlink(missing_ok=True)
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(control))
-    listener.listen(1)
-    fd = listener.fileno()
-    argv = [a.replace("fd=3,", f"fd={fd},") if a.startswith("socket,id=vmid-control") else a
-            for a in argv]  # fmt: skip
+    listener, argv = control_listener(argv, workdir)
+    fd, control = listener.fileno(), workdir / "control.sock"
     began = time.monotonic()
     process = subprocess.Popen(argv, cwd=workdir, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

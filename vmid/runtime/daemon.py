@@ -12,11 +12,11 @@ import signal
 from pathlib import Path
 
 import trio
-import trio_asyncio
 
 from vmid.config import Accelerator, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError
 from vmid.host import accel
+from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
 from vmid.runtime.network import Network
 from vmid.runtime.spool import Spool
@@ -47,7 +47,7 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with trio_asyncio.open_loop(), trio.open_nursery() as vms:
+        async with qmp.bridge(), trio.open_nursery() as vms:
             network = Network(config, paths)
             await vms.start(network.serve)
             supervisor = Supervisor(vms, config, paths, accelerator, network)

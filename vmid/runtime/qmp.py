@@ -6,6 +6,7 @@ The only module that imports `trio_asyncio` or `qemu.qmp`. It needs a trio-async
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
 
 COMMAND_TIMEOUT = 10.0
+
+
+def bridge() -> contextlib.AbstractAsyncContextManager[Any]:
+    """The asyncio loop qemu.qmp runs on, inside trio: open it around everything using Monitor."""
+    loop: contextlib.AbstractAsyncContextManager[Any] = trio_asyncio.open_loop()
+    return loop
 
 
 class MonitorError(VmidError):
