@@ -102,16 +102,8 @@ def running_daemon(
     (root / "etc/vmid/instances").mkdir(parents=True, exist_ok=True)
     (root / "etc/vmid/vmid.yaml").write_text(config)
     _traversable(root)
-    log = root / "daemon.log"
-    with log.open("wb") as stream:
-        process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "vmid.cli", "daemon", "-v", "--root", str(root)],
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-    daemon = Daemon(root, process, log)
+    daemon = start_daemon(root, prefix, env)
+    process = daemon.process
     try:
         daemon.wait_for("the daemon to be ready", lambda: "vmid ready" in daemon.log_text())
         yield daemon
@@ -123,6 +115,24 @@ def running_daemon(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def start_daemon(
+    root: Path,
+    prefix: tuple[str, ...] = ("unshare", "--net", "--"),
+    env: dict[str, str] | None = None,
+) -> Daemon:
+    """Start `vmid daemon --root root` (the `vmid` entry point) without waiting for it."""
+    log = root / "daemon.log"
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "vmid", "daemon", "-v", "--root", str(root)],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+    return Daemon(root, process, log)
 
 
 def _traversable(root: Path) -> None:

@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import fake_config, leave_running, manifest, running_daemon
+from tests.daemon import fake_config, leave_running, manifest, running_daemon, start_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -428,3 +429,50 @@ def test_a_symlink_planted_as_a_vms_log_is_never_written_through(tmp_path: Path)
         daemon.wait_phase("planted", "Failed")
         assert "Too many levels of symbolic links" in daemon.reason("planted")
     assert victim.read_text() == "untouched\n"
+
+
+def test_on_daemon_stop_keep_set_by_a_reload_keeps_the_vms_running(tmp_path: Path) -> None:
+    """The README's upgrade procedure: keep, reload, then stop leaves every VM running."""
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("vm-a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.pid("vm-a")
+        (tmp_path / "etc/vmid/vmid.yaml").write_text(fake_config("onDaemonStop: keep\n"))
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for("the reload", lambda: "configuration reloaded" in daemon.log_text())
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    try:
+        os.kill(pid, 0)  # still running, for the next daemon to re-adopt
+        assert daemon.phase("vm-a") == "Running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_signals_while_the_daemon_starts_are_answered_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "etc/vmid/instances").mkdir(parents=True)
+    (tmp_path / "etc/vmid/vmid.yaml").write_text(fake_config())
+    daemon = start_daemon(tmp_path, prefix=())
+    try:
+        # From vmid's first line on (the interpreter's own start-up is beyond any program).
+        daemon.wait_for("vmid to hold its signals", lambda: _holds_sighup(daemon.process.pid))
+        while "vmid ready" not in daemon.log_text():
+            daemon.process.send_signal(signal.SIGHUP)
+            time.sleep(0.005)
+            assert daemon.process.poll() is None, daemon.log_text()
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+        assert "vmid stopped" in daemon.log_text()
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+
+
+def _holds_sighup(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigBlk:"):
+                return bool(int(line.split()[1], 16) & 1 << (signal.SIGHUP - 1))
+    return False

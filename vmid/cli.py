@@ -15,6 +15,7 @@ import os
 import select
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import sys
@@ -31,6 +32,7 @@ import trio
 from ruamel.yaml import YAML
 
 from vmid import control
+from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Config, Paths, load_config
 from vmid.errors import VmidError
 from vmid.host import accel, unixsock
@@ -45,6 +47,8 @@ EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one vmid command; returns the process exit status."""
     args = _parser().parse_args(argv)
+    if args.run is not _daemon:  # only the daemon answers them itself (vmid.__main__)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
     try:
         result: int = args.run(args)
     except VmidError as exc:

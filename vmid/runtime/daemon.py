@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
 
-from vmid.config import Accelerator, OnDaemonStop, Paths, load_config
+from vmid.__main__ import HELD_SIGNALS
+from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError
 from vmid.host import accel
 from vmid.runtime import qmp
@@ -33,7 +35,20 @@ SETTLE_SECONDS = 60
 
 
 async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
-    """Run the daemon until SIGTERM/SIGINT; returns once every VMI is stopped (or kept)."""
+    """Run the daemon until SIGTERM/SIGINT; returns once every VMI is stopped (or kept).
+
+    Signals the entry point held (`vmid.__main__`) are delivered once the receiver is in
+    place, and released before any child starts: a blocked mask is inherited across exec.
+    """
+    with trio.open_signal_receiver(*HELD_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+        await _serve(paths, config_file, config_required, signals)
+    log.info("vmid stopped")
+
+
+async def _serve(
+    paths: Paths, config_file: Path, config_required: bool, signals: AsyncIterator[int]
+) -> None:
     config = load_config(config_file, required=config_required)
     accelerator = accel.resolve(config.accelerator)
     log.info("vmid starting: root=%s accelerator=%s", paths.root, accelerator)
@@ -46,50 +61,58 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
     paths.spool.mkdir(parents=True, exist_ok=True)
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with qmp.bridge(), trio.open_nursery() as vms:
-            network = Network(config, paths)
-            await vms.start(network.serve)
-            supervisor = Supervisor(vms, config, paths, accelerator, network)
-            async with trio.open_nursery() as watchers:
-                watchers.start_soon(notifier.watchdog)
-                await watchers.start(spool_module.watch, spool, supervisor.apply)
-                with trio.move_on_after(SETTLE_SECONDS):
-                    await supervisor.wait_settled()
-                supervisor.on_change(lambda: notifier.notify(STATUS=_summary(supervisor)))
-                notifier.notify(READY="1", STATUS=_summary(supervisor))
-                log.info("vmid ready: %s", _summary(supervisor))
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        notifier.notify(RELOADING="1")
-                        await _reload(spool, supervisor, network, config_file, config_required)
-                        await spool.rescan(supervisor.apply)
-                        notifier.notify(READY="1", STATUS=_summary(supervisor))
-                        continue
-                    log.info("vmid stopping (%s)", signal.Signals(signum).name)
-                    watchers.cancel_scope.cancel()
-                    break
-            keep = config.onDaemonStop is OnDaemonStop.KEEP
-            notifier.notify(STOPPING="1", STATUS=f"stopping: {_summary(supervisor)}")
-            if not keep:
-                notifier.extend_timeout(supervisor.max_grace() + STOP_MARGIN_SECONDS)
-            await supervisor.stop_all(keep=keep)
-            await network.close(keep=keep)
-    log.info("vmid stopped")
+    async with qmp.bridge(), trio.open_nursery() as vms:
+        network = Network(config, paths)
+        await vms.start(network.serve)
+        supervisor = Supervisor(vms, config, paths, accelerator, network)
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(notifier.watchdog)
+            await watchers.start(spool_module.watch, spool, supervisor.apply)
+            with trio.move_on_after(SETTLE_SECONDS):
+                await supervisor.wait_settled()
+            supervisor.on_change(lambda: notifier.notify(STATUS=_summary(supervisor)))
+            notifier.notify(READY="1", STATUS=_summary(supervisor))
+            log.info("vmid ready: %s", _summary(supervisor))
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    notifier.notify(RELOADING="1")
+                    config = await _reload(
+                        config, spool, supervisor, network, config_file, config_required
+                    )
+                    await spool.rescan(supervisor.apply)
+                    notifier.notify(READY="1", STATUS=_summary(supervisor))
+                    continue
+                log.info("vmid stopping (%s)", signal.Signals(signum).name)
+                watchers.cancel_scope.cancel()
+                break
+        # The configuration in force now: `onDaemonStop: keep` set by a reload counts.
+        keep = config.onDaemonStop is OnDaemonStop.KEEP
+        notifier.notify(STOPPING="1", STATUS=f"stopping: {_summary(supervisor)}")
+        if not keep:
+            notifier.extend_timeout(supervisor.max_grace() + STOP_MARGIN_SECONDS)
+        await supervisor.stop_all(keep=keep)
+        await network.close(keep=keep)
 
 
 async def _reload(
-    spool: Spool, supervisor: Supervisor, network: Network, config_file: Path, required: bool
-) -> None:
+    config: Config,
+    spool: Spool,
+    supervisor: Supervisor,
+    network: Network,
+    config_file: Path,
+    required: bool,
+) -> Config:
+    """Re-read vmid.yaml; the configuration in force afterwards (the old one if it is bad)."""
     try:
         config = load_config(config_file, required=required)
     except ConfigError as exc:
         log.error("configuration not reloaded: %s", exc)
-        return
+        return config
     config = network.reconfigure(config)
     await spool.reconfigure(config)
     supervisor.reconfigure(config)
     log.info("configuration reloaded")
+    return config
 
 
 def _make_traversable(directory: Path) -> None:
