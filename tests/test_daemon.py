@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,36 @@ def test_an_edit_that_breaks_the_manifest_leaves_the_vm_running(tmp_path: Path) 
         daemon.wait_for("Synchronized=False", unsynchronized)
         assert daemon.pid("vm-a") == pid
         assert daemon.phase("vm-a") == "Running"
+
+
+def test_a_manifest_fixed_while_the_daemon_was_down_is_synchronized_again(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.pid("vm-a")
+        daemon.drop("a.yaml", manifest("vm-a").replace("64Mi", "1x"))
+        daemon.wait_for(
+            "Synchronized=False",
+            lambda: (
+                _conditions(daemon.status("vm-a")).get("Synchronized", {}).get("status") == "False"
+            ),
+        )
+    try:
+        (tmp_path / "etc/vmid/instances/a.yaml").write_text(manifest("vm-a"))
+        with running_daemon(tmp_path, fake_config()) as again:
+            again.wait_for("the re-adoption", lambda: "re-adopted" in again.log_text())
+            conditions = _conditions(again.status("vm-a"))
+            assert conditions["Synchronized"]["status"] == "True"
+            assert conditions["Ready"]["status"] == "True"
+            assert again.pid("vm-a") == pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _conditions(status: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    assert status is not None
+    return {c["type"]: c for c in status["status"].get("conditions", [])}
 
 
 def test_a_spec_change_restarts_the_vm_with_the_new_spec(tmp_path: Path) -> None:
@@ -209,6 +240,7 @@ def test_a_vm_that_died_while_the_daemon_was_down_ends_failed(tmp_path: Path) ->
         status = again.status("vm-a")
         assert status is not None
         assert status["status"]["reason"] == "QEMU ended while vmid was not running"
+        assert _conditions(status)["Ready"]["status"] == "False"
         assert again.log_text().count("qemu started") == 0
 
 

@@ -315,6 +315,7 @@ class Supervisor:
         if vm.status.phase.final:
             return
         vm.status.transition(Phase.FAILED, reason)
+        vm.status.condition("Ready", False, "GuestNotRunning")
         try:
             vm.status.write()
         except OSError as exc:
@@ -369,6 +370,10 @@ class Supervisor:
         if earlier.manifest.get("spec") != spec or earlier.phase.final:
             return None  # the instance's guard refuses to start a second QEMU, and says why
         vm.status = earlier
+        # Its manifest is valid now (this entry was planned), whatever it was before.
+        synchronized = earlier.conditions.get("Synchronized")
+        if synchronized is not None and synchronized.status == "False":
+            earlier.condition("Synchronized", True)
         return pid
 
 
