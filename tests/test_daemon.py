@@ -258,6 +258,19 @@ def test_a_vm_left_running_with_another_spec_is_never_doubled(tmp_path: Path) ->
         os.kill(pid, signal.SIGKILL)
 
 
+def test_an_edit_then_a_removal_within_the_grace_starts_nothing(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1"))
+        daemon.wait_phase("vm-a", "Running")
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1", memory="96Mi"))
+        daemon.wait_for("the restart", lambda: "system_powerdown sent" in daemon.log_text())
+        (daemon.spool / "a.yaml").unlink()
+        daemon.wait_phase("vm-a", None)
+        time.sleep(0.5)  # a wrongly started successor would show by now
+        assert daemon.phase("vm-a") is None
+        assert daemon.log_text().count("qemu started") == 1
+
+
 def test_launch_failure_shows_qemus_message(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="refuse"))

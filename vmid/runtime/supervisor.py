@@ -219,6 +219,8 @@ class Supervisor:
         if remove and vm.remove:
             return  # already on its way out (a re-adopted leftover stops by itself)
         vm.remove = vm.remove or remove
+        if remove:
+            vm.successor = None  # an edit then a removal: the edited spec must not start
         vm.scope.cancel()
         if vm.task_ended and (vm.remove or vm.successor is not None):
             # An ended VMI has no task left to clean up after it.
