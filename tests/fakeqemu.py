@@ -8,6 +8,10 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
   second     power off on the second system_powerdown only (a guest still booting)
   crash      exit with status 1 right after `cont`
   refuse     print an error like QEMU's and exit 1 before opening the monitor
+  stall      never answer its first client's query-status (a daemon that dies before `cont`)
+
+Its run state (prelaunch until `cont`, running, paused after `stop`) is answered by
+query-status and kept in the file `runstate` in its working directory, for tests to read.
 """
 
 from __future__ import annotations
@@ -70,6 +74,14 @@ class FakeQemu:
         self.powerdowns = 0
         self.lock = threading.Lock()
         self.conn: socket.socket | None = None
+        self.clients = 0
+        self.runstate = "prelaunch"
+        self.set_runstate("prelaunch")
+
+    def set_runstate(self, state: str) -> None:
+        self.runstate = state
+        with open("runstate", "w") as stream:
+            stream.write(state)
 
     def send(self, message: dict[str, object]) -> None:
         with self.lock:
@@ -91,6 +103,7 @@ class FakeQemu:
     def serve(self, conn: socket.socket) -> bool:
         """Answer one client until it hangs up; True once asked to quit."""
         self.conn = conn
+        self.clients += 1
         self.send(
             {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}
         )
@@ -105,10 +118,16 @@ class FakeQemu:
     def _serve(self, conn: socket.socket) -> bool:
         for request in requests(conn):
             command, ident = request["execute"], request.get("id")
-            result = {"status": "prelaunch", "running": False} if command == "query-status" else {}
+            if command == "query-status" and self.mode == "stall" and self.clients == 1:
+                continue
+            result: dict[str, object] = {}
+            if command == "query-status":
+                result = {"status": self.runstate, "running": self.runstate == "running"}
             self.send({"return": result, **({"id": ident} if ident is not None else {})})
             if command == "cont" and self.mode == "crash":
                 os._exit(1)
+            if command in ("cont", "stop"):
+                self.set_runstate("running" if command == "cont" else "paused")
             if command == "system_powerdown":
                 self.powerdown()
             if command == "quit":

@@ -271,6 +271,28 @@ def test_an_edit_then_a_removal_within_the_grace_starts_nothing(tmp_path: Path) 
         assert daemon.log_text().count("qemu started") == 1
 
 
+def test_a_qemu_left_before_cont_is_booted_when_re_adopted(tmp_path: Path) -> None:
+    """The daemon dies after QEMU started but before it was continued (`-S`)."""
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("vm-a.yaml", manifest("vm-a", mode="stall"))
+        daemon.wait_phase("vm-a", "Scheduled")
+        pid = daemon.pid("vm-a")
+        runstate = tmp_path / "run/vmid/instances/vm-a/qemu/runstate"
+        daemon.wait_for("QEMU to be up", lambda: runstate.exists())
+        daemon.process.kill()
+        daemon.process.wait()
+    try:
+        assert runstate.read_text() == "prelaunch"
+        with running_daemon(tmp_path, fake_config()) as again:
+            again.wait_phase("vm-a", "Running")
+            assert again.pid("vm-a") == pid
+            assert runstate.read_text() == "running"  # the guest runs, as Running says
+            assert again.log_text().count("qemu started") == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_launch_failure_shows_qemus_message(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="refuse"))

@@ -171,16 +171,19 @@ class Instance:
             client.close()
             raise LaunchError("the QEMU left by an earlier vmid does not answer on its monitor")
         await self._attach()
-        state = await self._monitor.execute("query-status")
+        state = (await self._monitor.execute("query-status")).get("status")
+        self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
+        self.log.info("re-adopted qemu pid=%d (%s)", pid, state)
+        if state == "prelaunch" and self.status.phase is Phase.SCHEDULED:
+            # The earlier daemon died between launch and `cont`: the guest never ran.
+            await self._boot()
+            return
         if self.status.phase is not Phase.RUNNING:
             self.status.transition(Phase.RUNNING)
-        paused = state.get("status") == "paused"
+        paused = state in ("paused", "prelaunch")  # prelaunch: started with startStrategy Paused
         self.status.condition("Paused", paused, "PausedByUser" if paused else "")
         self.status.condition("Ready", True)
         self.status.write()
-        self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
-        self.status.write()
-        self.log.info("re-adopted qemu pid=%d (%s)", pid, state.get("status"))
 
     async def _prepare(self) -> None:
         """The plan's files, all at once: two qemu-img runs need not wait for each other.
