@@ -23,9 +23,10 @@ from vmid.config import Accelerator
 from vmid.errors import VmidError
 from vmid.host import identity, storage, unixsock
 from vmid.host.identity import QemuUser
+from vmid.plan.build import QEMU_DIR
 from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared
 from vmid.runtime.network import Network
-from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, find_qemu, name_option
+from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
 from vmid.runtime.qmp import Event, Monitor, MonitorError
 from vmid.runtime.status import Phase, Status
 
@@ -103,10 +104,13 @@ class Instance:
         Calls `task_status.started()` once the VMI is Running. Raises VmidError (after marking
         the status Failed) when it cannot be prepared or launched.
 
-        **Cancellation:** the shutdown ladder runs shielded, bounded by the grace period.
+        **Cancellation:** the shutdown ladder runs shielded, bounded by the grace period. Taking
+        over a running QEMU is shielded too (bounded by the monitor's timeouts): a stop that
+        comes meanwhile is a graceful stop once it is supervised, never a kill.
         """
         try:
-            await self._start()
+            with trio.CancelScope(shield=self._adopt is not None):
+                await self._start()
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._abort(exc)
@@ -125,14 +129,15 @@ class Instance:
         if self._adopt is not None:
             await self._readopt(self._adopt)
             return
-        orphan = find_qemu(self.status.path, name_option(plan.argv), plan.cwd)
-        if orphan is not None:
-            # Never two QEMUs on one VM's disks. The supervisor re-adopts a QEMU whose spec is
-            # the manifest's; this one is not. Keep its pid so the next daemon finds it too.
-            self.status.qemu = {"pid": orphan}
+        # Never two QEMUs on one VM's disks. The supervisor owns every QEMU it found at start
+        # and every one it started, so this guard holds only against a bug.
+        instances = Path(plan.cwd).parent.parent
+        orphans = await trio.to_thread.run_sync(find_qemus, instances, QEMU_DIR)
+        if orphans.get(plan.name):
+            pid = orphans[plan.name][0]
             raise LaunchError(
-                f"a QEMU of this VMI from an earlier vmid is still running (pid {orphan}); "
-                f"stop it (kill {orphan}), then remove and re-add the manifest or restart vmid"
+                f"a QEMU of this VMI that vmid does not supervise is running (pid {pid}); "
+                f"vmid will not start a second one (stop it: kill {pid})"
             )
         self.status.write()
         await self._prepare()
@@ -172,8 +177,11 @@ class Instance:
             raise LaunchError("the QEMU left by an earlier vmid does not answer on its monitor")
         await self._attach()
         state = (await self._monitor.execute("query-status")).get("status")
+        self.status.qemu = {**self._qemu_status(), "argv": cmdline(pid)}  # what it really runs
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state)
+        if self.status.phase is Phase.PENDING:  # it died before it could record the launch
+            self.status.transition(Phase.SCHEDULED)
         if state == "prelaunch" and self.status.phase is Phase.SCHEDULED:
             # The earlier daemon died between launch and `cont`: the guest never ran.
             await self._boot()

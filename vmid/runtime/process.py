@@ -6,7 +6,6 @@ daemon must find it again, and never mistake an unrelated process with a reused 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -17,25 +16,40 @@ import trio
 UNKNOWN_EXIT = 1 << 16
 
 
-def name_option(argv: tuple[str, ...]) -> str:
-    """The `-name` value of a QEMU argv (`guest=NAME,debug-threads=on`): the VM's identity."""
-    return next((a for a in argv if a.startswith("guest=")), "")
-
-
-def find_qemu(status_file: Path, name_option: str, cwd: str) -> int | None:
-    """The pid the VMI's last status names, if it is still that VM's QEMU.
-
-    Identity is checked, not assumed (pids are reused): the process must run in the VM's
-    runtime directory `cwd`, with the VM's `-name` option value `name_option`.
-    """
+def cmdline(pid: int) -> list[str]:
+    """The argv process `pid` runs (empty if it is gone)."""
     try:
-        pid = int(json.loads(status_file.read_text())["status"]["qemu"]["pid"])
-        running_in = os.readlink(f"/proc/{pid}/cwd")
         with open(f"/proc/{pid}/cmdline", "rb") as stream:
-            argv = stream.read().split(b"\0")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return pid if running_in == cwd and name_option.encode() in argv else None
+            return stream.read().decode(errors="replace").rstrip("\0").split("\0")
+    except OSError:
+        return []
+
+
+def find_qemus(instances: Path, qemu_dir: str) -> dict[str, list[int]]:
+    """Every QEMU of vmid's VMIs that is running now, by VMI name: the system is the truth.
+
+    A QEMU belongs to the VMI whose directory it runs in (`instances/NAME/qemu_dir`) and whose
+    name its `-name guest=NAME,...` option carries; both are checked (pids are reused, and a
+    person may have a shell in that directory). Status files can be stale or missing (a crash
+    between fork and write); this scan cannot. More than one pid for a name is a past fault.
+    """
+    base = str(instances) + "/"
+    found: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue  # gone, or a kernel thread
+        name = cwd.removeprefix(base).removesuffix("/" + qemu_dir)
+        if cwd.startswith(base) and "/" not in name and _runs_as(int(entry), name):
+            found.setdefault(name, []).append(int(entry))
+    return found
+
+
+def _runs_as(pid: int, name: str) -> bool:
+    return any(arg.startswith(f"guest={name},") for arg in cmdline(pid))
 
 
 class AdoptedProcess:

@@ -11,7 +11,6 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
@@ -19,23 +18,22 @@ import trio
 from vmid.api import defaults
 from vmid.api import types as t
 from vmid.api.dump import to_data
-from vmid.api.load import Locator, Manifest, load_document
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
 from vmid.host import identity
 from vmid.host.storage import ImageStore
-from vmid.manifests import Entry, Planned
+from vmid.manifests import Entry
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
+from vmid.runtime import takeover
 from vmid.runtime.instance import Instance
 from vmid.runtime.network import Network
-from vmid.runtime.process import find_qemu, name_option
 from vmid.runtime.spool import Desired
 from vmid.runtime.status import Phase, Status, now
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
+STATUS_FILE = takeover.STATUS_FILE
 FIRMWARE_UUID_FILE = "firmware-uuid"
 
 
@@ -54,11 +52,16 @@ class _VM:
     successor: Entry | None = None
     #: The task ended and left the VMI in place (its manifest is still there).
     task_ended: bool = False
+    #: The pid of a QEMU an earlier daemon left for this VMI, to take over.
+    adopt: int | None = None
+    #: Its QEMU runs another spec than its manifest's, or one nobody knows (taken over from
+    #: an earlier daemon): a manifest restarts it, whatever it says.
+    stale: bool = False
 
     @property
-    def spec(self) -> t.VirtualMachineInstanceSpec:
+    def spec(self) -> t.VirtualMachineInstanceSpec | None:
         assert self.entry.planned is not None
-        return self.entry.planned.manifest.vmi.spec
+        return None if self.stale else self.entry.planned.manifest.vmi.spec
 
 
 class Supervisor:
@@ -125,7 +128,7 @@ class Supervisor:
             return
         if not self._applied:
             self._applied = True
-            self._leftovers(desired)
+            self._take_over(desired)
             known = set(desired.vmis) | set(desired.refused) | set(self._vms)
             self._nursery.start_soon(self._collect, known)
         for problem in desired.problems:
@@ -146,38 +149,89 @@ class Supervisor:
             if self._refused.get(name) != problems:  # report each change once
                 self._report_refused(name, problems)
         for name in set(self._refused) - set(refused) - set(self._vms):
-            _remove_state(self._paths, name)
+            self._nursery.start_soon(self._forget, name)
         self._refused = refused
 
-    def _leftovers(self, desired: Desired) -> None:
-        """VMIs an earlier daemon ran whose manifests are gone: stop them gracefully, clean up."""
-        for path in sorted(self._paths.runtime.glob(f"instances/*/{STATUS_FILE}")):
-            name = path.parent.name
-            if name in desired.vmis or name in desired.refused:
-                continue
-            entry = self._entry_from_status(name, path)
-            if entry is None:
-                _remove_state(self._paths, name)
-                continue
-            log.info("%s: its manifest was removed while vmid was not running: stopping it", name)
-            vm = _VM(entry, Status(path, {}, self._status_written), remove=True)
-            self._vms[name] = vm
-            self._nursery.start_soon(self._run, name, vm, name=f"vmi {name}")
+    def _take_over(self, desired: Desired) -> None:
+        """Before anything starts, own all an earlier daemon left (runtime/takeover.py).
 
-    def _entry_from_status(self, name: str, path: Path) -> Entry | None:
-        """An entry for the VMI an earlier daemon's status describes, if its QEMU still runs."""
-        try:
-            earlier = Status.load(path)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        vmi, _ = load_document(earlier.manifest)
-        if vmi is None or earlier.phase.final:
-            return None
-        plan, _ = build(vmi, self._config, self._paths, self._accelerator)
-        if plan is None or find_qemu(path, name_option(plan.argv), plan.cwd) is None:
-            return None
-        manifest = Manifest(str(path), vmi, Locator(str(path), None))
-        return Entry(str(path), name, Planned(manifest, plan), ())
+        Every QEMU still running is adopted; the spool then decides as for any running VMI
+        (same spec: it goes on; another: a graceful restart; a broken manifest: left alone;
+        none: a graceful stop). A VMI that had ended stays ended while its spec is unchanged.
+        """
+        left = takeover.survey(self._config, self._paths, self._accelerator, self._status_written)
+        for name, found in left.items():
+            if found.pids:
+                self._adopt(found, desired.vmis.get(name))
+                if name not in desired.vmis and name not in desired.refused:
+                    log.info("%s: its manifest was removed while vmid was not running", name)
+            elif name in desired.vmis:
+                self._resume_ended(found, desired.vmis[name])
+            elif name not in desired.refused:
+                _remove_state(self._paths, name)
+
+    def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
+        name, (pid, *others) = found.name, found.pids
+        for other in others:  # only a fault before this daemon can have made them
+            log.error("%s: another QEMU of it runs too (pid %d); stop it by hand", name, other)
+        entry, stale = self._running_entry(found, pid, wanted)
+        status = found.status or self._new_status(entry)
+        self._vms[name] = vm = _VM(entry, status, adopt=pid, stale=stale)
+        log.info("%s: found its QEMU (pid %d) running: taking it over", name, pid)
+        self._nursery.start_soon(self._run, name, vm, name=f"vmi {name}")
+
+    def _running_entry(
+        self, found: takeover.Left, pid: int, wanted: Entry | None
+    ) -> tuple[Entry, bool]:
+        """The entry to supervise a found QEMU with, and whether it runs another spec than
+        `wanted` (the manifest's) or one nobody knows: then the manifest restarts it."""
+        if wanted is not None and wanted.planned is not None:
+            vmi = self._stored(found.name, wanted)
+            if found.status is not None and found.entry is not None:
+                same = to_data(vmi)["spec"] == found.status.manifest.get("spec")
+            else:  # no status survived: compare what it runs with what vmid would run
+                same = takeover.runs_plan(pid, self._plan(vmi))
+            if same:
+                return wanted, False
+        if found.entry is not None:
+            return found.entry, True
+        return wanted or self._bare(found.name), True
+
+    def _resume_ended(self, found: takeover.Left, wanted: Entry) -> None:
+        """A VMI with a status and no QEMU: ended (or died while vmid was not running)."""
+        earlier = found.status
+        if earlier is None or found.entry is None or wanted.planned is None:
+            return
+        if to_data(self._stored(found.name, wanted))["spec"] != earlier.manifest.get("spec"):
+            return  # another spec: a new VMI
+        if not earlier.phase.final and not earlier.qemu.get("pid"):
+            return  # it never got as far as a QEMU: start it
+        vm = _VM(wanted, earlier, task_ended=True)
+        vm.done.set()
+        self._vms[found.name] = vm
+        if not earlier.phase.final:  # as KubeVirt: a VMI whose QEMU vanished has Failed
+            self._failed(vm, "QEMU ended while vmid was not running")
+            self._nursery.start_soon(self._detach, found.name)
+
+    def _bare(self, name: str) -> Entry:
+        return takeover.bare_entry(name, self._config, self._paths, self._accelerator)
+
+    def _new_status(self, entry: Entry) -> Status:
+        assert entry.name is not None
+        assert entry.planned is not None
+        manifest = to_data(entry.planned.manifest.vmi)
+        manifest.setdefault("metadata", {})["creationTimestamp"] = now()
+        path = self._paths.instance_runtime(entry.name) / STATUS_FILE
+        return Status(path, manifest, self._status_written)
+
+    async def _forget(self, name: str) -> None:
+        """A refused manifest is gone: its addresses and state go too."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._network.release(name)
+            except VmidError as exc:
+                log.error("%s: releasing its addresses failed: %s", name, exc)
+            await trio.to_thread.run_sync(_remove_state, self._paths, name)
 
     async def _detach(self, name: str) -> None:
         with trio.CancelScope(shield=True):
@@ -207,11 +261,7 @@ class Supervisor:
 
     def _start(self, entry: Entry) -> None:
         assert entry.name is not None
-        manifest = to_data(entry.planned.manifest.vmi) if entry.planned else {}
-        manifest.setdefault("metadata", {})["creationTimestamp"] = now()
-        path = self._paths.instance_runtime(entry.name) / STATUS_FILE
-        status = Status(path, manifest, self._status_written)
-        vm = _VM(entry, status)
+        vm = _VM(entry, self._new_status(entry))
         self._vms[entry.name] = vm
         self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
 
@@ -234,7 +284,7 @@ class Supervisor:
             vm.status.write()
         if vm.entry.planned is None or entry.planned is None:
             return
-        unchanged = vm.spec == entry.planned.manifest.vmi.spec
+        unchanged = vm.spec is not None and vm.spec == entry.planned.manifest.vmi.spec
         if vm.successor is None and not vm.remove and unchanged:
             vm.entry = entry
             return
@@ -324,14 +374,9 @@ class Supervisor:
             log.error("%s: cannot write its status: %s", vm.entry.name, exc)
 
     def _instance(self, name: str, vm: _VM) -> Instance:
-        assert vm.entry.planned is not None
-        vmi = _with_stored_uuid(vm.entry.planned.manifest.vmi, self._paths.instance_state(name))
-        plan, findings = build(vmi, self._config, self._paths, self._accelerator)
-        assert plan is not None, findings  # the spool planned this very VMI already
-        adopt = self._adoptable(vm, plan, to_data(vmi)["spec"])
-        if adopt is None and vm.remove:
-            raise VmidError("its QEMU ended before it could be re-adopted")
-        if adopt is None:
+        vmi = self._stored(name, vm.entry)
+        plan = self._plan(vmi)
+        if vm.adopt is None:  # a new QEMU for this spec (an adopted one keeps its status)
             vm.status.manifest = {**to_data(vmi), "metadata": vm.status.manifest["metadata"]}
         store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
         instance = Instance(
@@ -341,7 +386,7 @@ class Supervisor:
             qemu_img,
             self._accelerator,
             self._network,
-            adopt=adopt,
+            adopt=vm.adopt,
             user=identity.resolve(self._config.qemuUser),
             traverse=(
                 paths.state,
@@ -354,29 +399,15 @@ class Supervisor:
         instance.stop_once_running = vm.remove
         return instance
 
-    def _adoptable(self, vm: _VM, plan: LaunchPlan, spec: dict[str, Any]) -> int | None:
-        """The pid of this VM's QEMU from an earlier daemon, if it runs this very spec.
+    def _stored(self, name: str, entry: Entry) -> t.VirtualMachineInstance:
+        """The entry's VMI with the firmware UUID it keeps while it exists."""
+        assert entry.planned is not None
+        return _with_stored_uuid(entry.planned.manifest.vmi, self._paths.instance_state(name))
 
-        Then the VM's status becomes the one that daemon wrote (phases, conditions, age).
-        """
-        try:
-            earlier = Status.load(vm.status.path, self._status_written)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        pid = find_qemu(vm.status.path, name_option(plan.argv), plan.cwd)
-        if pid is None and not earlier.phase.final and earlier.qemu.get("pid"):
-            vm.status = earlier  # as KubeVirt: a VMI whose QEMU vanished has Failed
-            raise VmidError("QEMU ended while vmid was not running")
-        if pid is None:
-            return None
-        if earlier.manifest.get("spec") != spec or earlier.phase.final:
-            return None  # the instance's guard refuses to start a second QEMU, and says why
-        vm.status = earlier
-        # Its manifest is valid now (this entry was planned), whatever it was before.
-        synchronized = earlier.conditions.get("Synchronized")
-        if synchronized is not None and synchronized.status == "False":
-            earlier.condition("Synchronized", True)
-        return pid
+    def _plan(self, vmi: t.VirtualMachineInstance) -> LaunchPlan:
+        plan, findings = build(vmi, self._config, self._paths, self._accelerator)
+        assert plan is not None, findings  # the spool planned this very VMI already
+        return plan
 
 
 def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMachineInstance:

@@ -1,0 +1,99 @@
+"""What an earlier daemon left behind: running QEMUs (from the process table) and status files.
+
+The process table is the truth about which VMIs run; a status file says which spec a QEMU
+runs and how a VMI that is not running ended. The supervisor owns all of it before it starts
+anything, so it never starts a second QEMU for a VMI and never forgets a running one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from vmid.api.load import Locator, Manifest, load_document
+from vmid.config import Accelerator, Config, Paths
+from vmid.manifests import Entry, Planned
+from vmid.plan.build import QEMU_DIR, build
+from vmid.plan.model import LaunchPlan
+from vmid.runtime.process import cmdline, find_qemus
+from vmid.runtime.status import Status
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+_FD = re.compile(r"\bfd=\d+")
+
+
+@attrs.frozen
+class Left:
+    """One VMI name an earlier daemon left: its QEMUs, its status, the VMI its status names."""
+
+    name: str
+    pids: tuple[int, ...]
+    status: Status | None
+    #: The VMI the status describes, planned; None when there is no usable status.
+    entry: Entry | None
+
+
+def survey(
+    config: Config, paths: Paths, accelerator: Accelerator, on_write: Callable[[], None]
+) -> dict[str, Left]:
+    """Every VMI with a running QEMU or a status file under `paths`, by name."""
+    instances = paths.runtime / "instances"
+    running = find_qemus(instances, QEMU_DIR)
+    names = set(running) | {p.parent.name for p in instances.glob(f"*/{STATUS_FILE}")}
+    left = {}
+    for name in sorted(names):
+        status = _load(instances / name / STATUS_FILE, on_write)
+        entry = _entry(status, config, paths, accelerator) if status else None
+        left[name] = Left(name, tuple(sorted(running.get(name, ()))), status, entry)
+    return left
+
+
+def bare_entry(name: str, config: Config, paths: Paths, accelerator: Accelerator) -> Entry:
+    """A VMI of that name with every default: its sockets, directories and default grace, to
+    supervise and stop a QEMU whose spec is unknown (its status was never written)."""
+    data = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": name},
+        "spec": {"domain": {"memory": {"guest": "1Mi"}, "devices": {}}},
+    }
+    entry = _planned(data, f"<{name}: a QEMU vmid has no record of>", config, paths, accelerator)
+    assert entry is not None, "a minimal VMI always plans"
+    return entry
+
+
+def runs_plan(pid: int, plan: LaunchPlan) -> bool:
+    """Whether process `pid` runs exactly `plan`'s argv (fd numbers aside)."""
+    return [_FD.sub("fd=", a) for a in cmdline(pid)] == [_FD.sub("fd=", a) for a in plan.argv]
+
+
+def _load(path: Path, on_write: Callable[[], None]) -> Status | None:
+    try:
+        return Status.load(path, on_write)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if path.exists():
+            log.warning("%s: unreadable status (%s): vmid goes by the process table", path, exc)
+        return None
+
+
+def _entry(status: Status, config: Config, paths: Paths, accelerator: Accelerator) -> Entry | None:
+    return _planned(status.manifest, str(status.path), config, paths, accelerator)
+
+
+def _planned(
+    data: object, file: str, config: Config, paths: Paths, accelerator: Accelerator
+) -> Entry | None:
+    vmi, _ = load_document(data)
+    if vmi is None or vmi.metadata.name is None:
+        return None
+    plan, _ = build(vmi, config, paths, accelerator)
+    if plan is None:
+        return None
+    manifest = Manifest(file, vmi, Locator(file, None))
+    return Entry(file, vmi.metadata.name, Planned(manifest, plan), ())
