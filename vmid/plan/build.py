@@ -169,6 +169,15 @@ def _cpu_model(ctx: Context) -> str:
     flags.update(_hyperv_flags(ctx, features))
     if any(p.model is t.PanicModel.HYPERV for p in domain.devices.panicDevices):
         flags["hv-crash"] = True
+    return _cpu_option(model, flags)
+
+
+def _cpu_option(model: str, flags: dict[str, Value]) -> str:
+    """-cpu's text. QEMU splits it on every comma (`,,` is no escape there) and ends a name at
+    its first '=': validation keeps both out of names, and commas out of values; this checks."""
+    assert not any(c in model for c in ",="), model
+    assert not any(c in name for name in flags for c in ",="), flags
+    assert not any("," in v for v in flags.values() if isinstance(v, str)), flags
     return options(model, flags)
 
 
