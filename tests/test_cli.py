@@ -395,7 +395,7 @@ def test_render_json(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tap,) = plan["taps"]
     assert tap["device"].startswith("vmid")
     nic = argv[argv.index("-device", argv.index("-netdev")) + 1]
-    assert f"netdev=net0,id=ua-default,mac={tap['mac']}," in nic
+    assert f"netdev=net0,id=ua-interface-default,mac={tap['mac']}," in nic
     assert argv[argv.index("-netdev") + 1] == f"tap,id={tap['netdev']},fd=4"  # vmid opens it
     assert plan["gracePeriodSeconds"] == 30
 

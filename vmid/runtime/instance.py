@@ -23,7 +23,7 @@ from vmid.config import Accelerator
 from vmid.errors import VmidError
 from vmid.host import identity, storage, unixsock
 from vmid.host.identity import QemuUser
-from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared
+from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared, device_id
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, find_qemu, name_option
 from vmid.runtime.qmp import Event, Monitor, MonitorError
@@ -280,7 +280,7 @@ class Instance:
         for tap in self.plan.taps:
             if not tap.linkUp:
                 await self._monitor.execute(
-                    "set_link", {"name": f"ua-{tap.interface}", "up": False}
+                    "set_link", {"name": device_id("interface", tap.interface), "up": False}
                 )
         if not self.plan.startPaused:
             await self._monitor.execute("cont")
