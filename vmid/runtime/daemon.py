@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from vmid.config import Accelerator, OnDaemonStop, Paths, load_config
-from vmid.errors import ConfigError
+from vmid.errors import ConfigError, VmidError
 from vmid.host import accel
 from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
@@ -41,9 +41,7 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
-    for directory in (paths.runtime, paths.state, paths.logs):
-        _make_traversable(directory)
-    paths.spool.mkdir(parents=True, exist_ok=True)
+    _make_directories(paths)
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -90,6 +88,23 @@ async def _reload(
     await spool.reconfigure(config)
     supervisor.reconfigure(config)
     log.info("configuration reloaded")
+
+
+class StateError(VmidError):
+    """A directory vmid keeps its state, runtime files or logs in cannot be made or written."""
+
+
+def _make_directories(paths: Paths) -> None:
+    """vmid's own directories, or StateError saying which one and why (a read-only mount)."""
+    try:
+        for directory in (paths.runtime, paths.state, paths.logs):
+            _make_traversable(directory)
+        paths.spool.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"cannot prepare {exc.filename}: {os.strerror(exc.errno or 0)}; vmid keeps its "
+            "state, runtime files and logs under --root and needs them writable"
+        ) from exc
 
 
 def _make_traversable(directory: Path) -> None:
