@@ -510,3 +510,56 @@ def test_config_with_a_bad_value(
     assert out == ""
     assert "bad-config.yaml" in err
     assert expected in err
+
+
+# A guest's console output, escape sequences and bytes that are not UTF-8 included.
+GUEST_OUTPUT = b"login: \x1b]0;owned\x07\x1b[2J\rroot\r\nok\tdone \xff\xc3\xa9\xc2\x9b\x9b\n"
+
+
+def _logs_on_a_terminal(root: Path) -> bytes:
+    """What `vmid logs` writes when its stdout is a terminal (a pty here)."""
+    import os
+    import pty
+    import tty
+
+    primary, secondary = pty.openpty()
+    tty.setraw(secondary)  # no newline translation: the bytes as vmid wrote them
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vmid.cli", "logs", "vm", "--root", str(root)],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # EIO: the writer closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    os.close(primary)
+    _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    return output
+
+
+@pytest.mark.timeout(60)
+def test_logs_show_a_guests_escape_sequences_on_a_terminal_and_pass_them_to_a_pipe(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "var/log/vmid/vm/console.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(GUEST_OUTPUT)
+    shown = _logs_on_a_terminal(tmp_path)
+    assert (
+        shown == b"login: \\x1b]0;owned\\x07\\x1b[2J\\x0droot\r\nok\tdone \\xff\xc3\xa9\\x9b\\x9b\n"
+    )
+    piped = subprocess.run(
+        [sys.executable, "-m", "vmid.cli", "logs", "vm", "--root", str(tmp_path)],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert piped.stdout == GUEST_OUTPUT
