@@ -39,3 +39,24 @@ def unparse(head: str | None, pairs: dict[str, str]) -> str:
     items = [] if head is None else [head.replace(",", ",,")]
     items += [f"{k}={v.replace(',', ',,')}" for k, v in pairs.items()]
     return ",".join(items)
+
+
+def parse_cpu(text: str) -> tuple[str, dict[str, str]]:
+    """(model, {feature: value}) for a -cpu value, split as QEMU 7.2 really splits it.
+
+    The model ends at the first comma (`g_strsplit(cpu_option, ",", 2)`); the features are
+    `strtok`ed on every comma (so `,,` is an empty item, skipped, never an escape) and each ends
+    its name at its first '=' (x86_cpu_parse_featurestr); a bare `name`, `+name` or `-name`
+    is a flag turned on or off.
+    """
+    model, _, rest = text.partition(",")
+    features: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        if "=" in item:
+            name, value = item.split("=", 1)
+        elif item[0] in "+-":
+            name, value = item[1:], "on" if item[0] == "+" else "off"
+        else:
+            name, value = item, "on"
+        features[name] = value
+    return model, features

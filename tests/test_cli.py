@@ -395,7 +395,7 @@ def test_render_json(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tap,) = plan["taps"]
     assert tap["device"].startswith("vmid")
     nic = argv[argv.index("-device", argv.index("-netdev")) + 1]
-    assert f"netdev=net0,id=ua-default,mac={tap['mac']}," in nic
+    assert f"netdev=net0,id=ua-interface-default,mac={tap['mac']}," in nic
     assert argv[argv.index("-netdev") + 1] == f"tap,id={tap['netdev']},fd=4"  # vmid opens it
     assert plan["gracePeriodSeconds"] == 30
 
@@ -482,6 +482,22 @@ def test_module_entry_point(tmp_path: Path) -> None:
         ("podNetwork: {bridge: virbr0}\n", "podNetwork.bridge: 'virbr0' must start with 'vmid'"),
         ("multusBridges: {lan: a-bridge-name-too-long}\n", "multusBridges.lan: "),
         ("podNetwork: {dnsServers: 9.9.9.9}\n", "podNetwork.dnsServers: "),
+        ("podNetwork: {cidr: 0.0.0.0/0}\n", "podNetwork.cidr: 0.0.0.0/0 overlaps 0.0.0.0/8"),
+        ("podNetwork: {cidr: 127.0.0.0/8}\n", "127.0.0.0/8 overlaps 127.0.0.0/8, loopback"),
+        ("podNetwork: {cidr: 224.0.0.0/24}\n", "224.0.0.0/24 overlaps 224.0.0.0/4, multicast"),
+        ("podNetwork: {cidr: 169.254.0.0/24}\n", "overlaps 169.254.0.0/16, link-local"),
+        ("podNetwork: {cidr: 240.0.0.0/24}\n", "overlaps 240.0.0.0/4, reserved"),
+        ("hostDiskRoots: [/]\n", "hostDiskRoots: '/' is or holds a system directory (/bin)"),
+        ("hostDiskRoots: [/etc/disks]\n", "'/etc/disks' is or holds a system directory (/etc)"),
+        ("hostDiskRoots: [/var]\n", "'/var' is or holds a system directory (/var/lib/vmid)"),
+        ("hostDiskRoots: [/var/lib/vmid]\n", "system directory (/var/lib/vmid)"),
+        ("hostDiskRoots: [/dev/]\n", "'/dev/' is or holds a system directory (/dev)"),
+        ("hostDiskRoots: [disks]\n", "hostDiskRoots: 'disks' must be an absolute path"),
+        ("hostDiskRoots: [/srv/../etc]\n", "'/srv/../etc' must not contain '..'"),
+        ("volumesDir: ../../../etc\n", "volumesDir: '../../../etc' must not contain '..'"),
+        ("volumesDir: /proc\n", "volumesDir: '/proc' is or holds a system directory (/proc)"),
+        ("multusBridges: {x: lo}\n", "multusBridges.x: 'lo' is the loopback device"),
+        ("multusBridges: {x: vmid0}\n", "multusBridges.x: 'vmid0' is a name vmid manages"),
     ],
 )
 def test_config_with_a_bad_value(
@@ -494,3 +510,56 @@ def test_config_with_a_bad_value(
     assert out == ""
     assert "bad-config.yaml" in err
     assert expected in err
+
+
+# A guest's console output, escape sequences and bytes that are not UTF-8 included.
+GUEST_OUTPUT = b"login: \x1b]0;owned\x07\x1b[2J\rroot\r\nok\tdone \xff\xc3\xa9\xc2\x9b\x9b\n"
+
+
+def _logs_on_a_terminal(root: Path) -> bytes:
+    """What `vmid logs` writes when its stdout is a terminal (a pty here)."""
+    import os
+    import pty
+    import tty
+
+    primary, secondary = pty.openpty()
+    tty.setraw(secondary)  # no newline translation: the bytes as vmid wrote them
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vmid.cli", "logs", "vm", "--root", str(root)],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # EIO: the writer closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    os.close(primary)
+    _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    return output
+
+
+@pytest.mark.timeout(60)
+def test_logs_show_a_guests_escape_sequences_on_a_terminal_and_pass_them_to_a_pipe(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "var/log/vmid/vm/console.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(GUEST_OUTPUT)
+    shown = _logs_on_a_terminal(tmp_path)
+    assert (
+        shown == b"login: \\x1b]0;owned\\x07\\x1b[2J\\x0droot\r\nok\tdone \\xff\xc3\xa9\\x9b\\x9b\n"
+    )
+    piped = subprocess.run(
+        [sys.executable, "-m", "vmid.cli", "logs", "vm", "--root", str(tmp_path)],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert piped.stdout == GUEST_OUTPUT

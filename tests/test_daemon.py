@@ -564,3 +564,28 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_read_only_state_directory_ends_the_daemon_with_a_message(tmp_path: Path) -> None:
+    state = tmp_path / "var/lib/vmid"
+    state.mkdir(parents=True)
+    (tmp_path / "vmid.yaml").write_text(fake_config())
+    # A read-only mount in a mount namespace of the test's own: the host's mounts are untouched.
+    script = f'mount -t tmpfs -o ro tmpfs "{state}" && exec "$@"'
+    config = ["--config", str(tmp_path / "vmid.yaml")]
+    daemon = [sys.executable, "-m", "vmid.cli", "daemon", "--root", str(tmp_path), *config]
+    result = subprocess.run(
+        ["unshare", "--mount", "--net", "--", "sh", "-c", script, "sh", *daemon],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr  # as for a bad vmid.yaml
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"vmid: cannot prepare {state}: Read-only file system; vmid keeps its state, runtime "
+        "files and logs under --root and needs them writable"
+    )

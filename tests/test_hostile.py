@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from tests.daemon import fake_config, manifest, running_daemon
-from tests.qemuopts import parse
+from tests.qemuopts import parse, parse_cpu
 from vmid.api.load import load_text
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem
@@ -37,6 +37,8 @@ FILE_LEVEL = re.compile(
 #: Option keys whose value QEMU opens as a file: a manifest string must never land there.
 FILE_KEYS = {"file", "filename", "romfile", "path", "logfile", "fd"}
 FLAG = re.compile(r"^-[A-Za-z][a-z0-9-]*$")
+#: The -cpu properties vmid sets to something other than on/off.
+CPU_VALUES = {"hv-spinlocks", "hv-vendor-id"}
 
 
 def test_the_corpus_is_large_and_every_file_says_what_it_tries() -> None:
@@ -58,6 +60,16 @@ def check_plan(plan: LaunchPlan, root: Path) -> None:
     """No manifest text makes an option of its own, a file option, or a path outside vmid's."""
     assert plan.argv[0] == CONFIG.qemu
     for flag, value in _flags_alternate(plan.argv):
+        if flag == "-cpu" and value is not None:
+            # QEMU reads -cpu with its own splitter: it must see exactly what vmid meant.
+            meant = parse(value)
+            model, features = parse_cpu(value)
+            assert (model, features) == meant, (flag, value)
+            # Feature names come from the manifest: each may only turn a feature on or off.
+            assert all(v in ("on", "off") or k in CPU_VALUES for k, v in features.items()), (
+                flag,
+                value,
+            )
         if value is None or "=" not in value:
             continue
         _, pairs = parse(value)
@@ -103,7 +115,6 @@ def test_a_hostile_file_is_refused_by_field_or_planned_harmlessly(
 def test_option_text_in_a_manifest_stays_inside_its_value(tmp_path: Path) -> None:
     for name, flag, expected in [
         ("firmware-serial", "-smbios", 'a,b=c,,d="e" -f'),
-        ("cpu-model", "-cpu", "host,+vmx -S"),
         ("machine-type", "-machine", "q35,accel=kvm"),
     ]:
         (item,), _ = plan_file(
@@ -125,7 +136,7 @@ def test_a_daemon_fed_every_hostile_file_at_once_serves_the_good_vmis(tmp_path: 
     with running_daemon(tmp_path, fake_config("hostDiskRoots: [/srv/disks]\n")) as daemon:
         daemon.drop("good.yaml", manifest("good"))
         for path in HOSTILE:
-            if path.stem not in ("many-disks", "huge-memory"):  # QEMU's to refuse, and slow
+            if path.stem != "huge-memory":  # QEMU's to refuse, and slow
                 (daemon.spool / path.name).write_bytes(path.read_bytes())
         daemon.wait_phase("good", "Running")
         daemon.wait_phase(long_name, "Running")  # its control socket, 253 characters deep

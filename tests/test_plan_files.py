@@ -526,7 +526,7 @@ def test_absent_interface_has_no_tap(base: dict[str, Any]) -> None:
     plan = plan_of(base)
     assert [t.interface for t in plan.taps] == ["default"]
     assert len([a for a in plan.argv if a == "-netdev"]) == 1
-    assert not any("ua-blue" in a for a in plan.argv)
+    assert not any("ua-interface-blue" in a for a in plan.argv)
 
 
 def test_down_interface_has_link_down(base: dict[str, Any]) -> None:
@@ -634,3 +634,65 @@ def test_explicit_accelerator_passes_through(tmp_path: Path, explicit: Accelerat
     device.write_bytes(b"")
     assert accel.resolve(explicit, kvm_device=str(device)) is explicit
     assert accel.resolve(explicit, kvm_device=str(tmp_path / "missing")) is explicit
+
+
+# Section: q35's root bus (tests/golden/pci-full.yaml fills it; real QEMU starts that one)
+
+PCI_FULL = Path(__file__).parent / "golden" / "pci-full.yaml"
+
+
+MORE_DISK = {
+    "      - {name: d0,": "      - {name: more, disk: {bus: virtio}}\n      - {name: d0,",
+    "\n  - {name: d0,": "\n  - {name: more, emptyDisk: {capacity: 1Mi}}\n  - {name: d0,",
+}
+MORE_NIC = {
+    "      - {name: lan,": "      - {name: more, bridge: {}}\n      - {name: lan,",
+    "\n  - {name: lan,": "\n  - {name: more, multus: {networkName: more}}\n  - {name: lan,",
+}
+
+
+@pytest.mark.parametrize(
+    ("edits", "listing"),
+    [
+        (MORE_DISK, ": 19 disks on virtio, 2 interfaces, "),
+        (MORE_NIC, ": 18 disks on virtio, 3 interfaces, "),
+    ],
+    ids=["disk", "interface"],
+)
+def test_more_pci_devices_than_q35_holds_are_refused_at_the_devices(
+    tmp_path: Path, edits: dict[str, str], listing: str
+) -> None:
+    text = PCI_FULL.read_text()
+    for old, new in edits.items():
+        text = text.replace(old, new, 1)
+    manifest = tmp_path / "full.yaml"
+    manifest.write_text(text)
+    planned, problems = plan_file(manifest, TCG, Paths(ROOT), Accelerator.TCG)
+    assert planned == []
+    (problem,) = problems
+    assert (problem.field, problem.line) == ("spec.domain.devices", 10)
+    assert problem.message.startswith(
+        "31 PCI devices do not fit on q35's root bus, which has room for 30: "
+    )
+    assert listing in problem.message
+    assert problem.message.endswith("put disks on bus scsi (one controller holds them all) or sata")
+
+
+@pytest.mark.parametrize(
+    "devices",
+    [
+        *({"video": {"type": v}} for v in ("vga", "cirrus", "virtio", "ramfb", "bochs")),
+        *(
+            {"interfaces": [{"name": "default", "masquerade": {}, "model": m}]}
+            for m in ("e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139", "virtio")
+        ),
+        {"sound": {"name": "s", "model": "ac97"}},
+    ],
+)
+def test_every_device_vmid_plugs_in_is_counted_or_known_to_be_off_the_root_bus(
+    base: dict[str, Any], devices: dict[str, Any]
+) -> None:
+    base["spec"]["domain"]["devices"].update(devices)
+    if "interfaces" in devices:
+        base["spec"]["networks"] = [{"name": "default", "pod": {}}]
+    plan_of(base)  # pci.root_bus_devices asserts it knows every driver

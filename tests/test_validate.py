@@ -387,6 +387,37 @@ CASES: list[tuple[str, Patch, list[tuple[str, str]]]] = [
         {"spec.domain.cpu": {"features": [{"name": "pcid"}, {"name": ""}]}},
         [("spec.domain.cpu.features[1].name", "Required value: a CPU feature needs a name")],
     ),
+    # QEMU splits -cpu on every comma, ",," included: a comma would set another CPU property.
+    (
+        "cpu-model-sets-a-property",
+        {"spec.domain.cpu": {"model": "qemu64,model-id=X"}},
+        [
+            (
+                "spec.domain.cpu.model",
+                Sub('Invalid value: "qemu64,model-id=X": a CPU model name consists of letters'),
+            )
+        ],
+    ),
+    (
+        "cpu-feature-sets-the-vendor",
+        {"spec.domain.cpu": {"features": [{"name": "vendor=AuthenticAMD,family"}]}},
+        [
+            (
+                "spec.domain.cpu.features[0].name",
+                Sub('Invalid value: "vendor=AuthenticAMD,family": a CPU feature name consists'),
+            )
+        ],
+    ),
+    (
+        "hyperv-vendorid-sets-a-property",
+        {"spec.domain.features": {"hyperv": {"vendorid": {"vendorid": "x,pmu=on"}}}},
+        [
+            (
+                "spec.domain.features.hyperv.vendorid.vendorid",
+                "Invalid value: \"x,pmu=on\": vendorid must be printable ASCII without ','",
+            )
+        ],
+    ),
     # --- firmware, features, clock
     (
         "firmware-uuid",
@@ -891,6 +922,26 @@ CASES: list[tuple[str, Patch, list[tuple[str, str]]]] = [
         [("spec.volumes[1].hostDisk.capacity", 'Invalid value: "0": must be greater than 0')],
     ),
     (
+        "host-disk-create-capacity-beyond-any-disk",
+        host_disk({"path": "/var/lib/disk.img", "type": "DiskOrCreate", "capacity": "1e90"}),
+        [
+            (
+                "spec.volumes[1].hostDisk.capacity",
+                'Invalid value: "1e90": must be at most 2Pi, the largest qcow2 image QEMU makes',
+            )
+        ],
+    ),
+    (
+        "empty-disk-capacity-beyond-qcow2",
+        with_volume(1, {"name": "scratch", "emptyDisk": {"capacity": "3Pi"}}),
+        [
+            (
+                "spec.volumes[1].emptyDisk.capacity",
+                'Invalid value: "3Pi": must be at most 2Pi, the largest qcow2 image QEMU makes',
+            )
+        ],
+    ),
+    (
         "cloud-init-two-user-data",
         cloud_init(
             "cloudInitNoCloud",
@@ -1253,6 +1304,13 @@ BOUNDARIES: list[tuple[str, Patch]] = [
         {"spec.domain.firmware": {"bootloader": {"efi": {"secureBoot": False}}}},
     ),
     ("empty-disk-1Mi", with_volume(1, {"name": "scratch", "emptyDisk": {"capacity": "1Mi"}})),
+    ("empty-disk-2Pi", with_volume(1, {"name": "scratch", "emptyDisk": {"capacity": "2Pi"}})),
+    ("cpu-model-qemu-name", {"spec.domain.cpu": {"model": "Skylake-Client-IBRS"}}),
+    ("cpu-feature-with-a-dot", {"spec.domain.cpu": {"features": [{"name": "sse4.1"}]}}),
+    (
+        "vendorid-with-a-space",
+        {"spec.domain.features": {"hyperv": {"vendorid": {"vendorid": "Microsoft Hv"}}}},
+    ),
     ("user-data-2048", cloud_init("cloudInitNoCloud", {"userData": "x" * 2048})),
     # KubeVirt counts decoded bytes: 1600 bytes are 2136 characters of base64.
     (
@@ -1282,6 +1340,24 @@ def test_user_data_limit_counts_bytes_not_characters(base: dict[str, Any]) -> No
 @pytest.mark.parametrize("patch", [b[1] for b in BOUNDARIES], ids=[b[0] for b in BOUNDARIES])
 def test_boundary_accepted(base: dict[str, Any], patch: Patch) -> None:
     assert pairs(problems_of(apply_patch(base, patch))) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "item"),
+    [
+        (DISKS, lambda i: {"name": f"d{i}", "disk": {"bus": "scsi"}}),
+        ("spec.volumes", lambda i: {"name": f"d{i}", "emptyDisk": {"capacity": "1Mi"}}),
+        (IFACES, lambda i: {"name": f"n{i}", "bridge": {}}),
+        ("spec.networks", lambda i: {"name": f"n{i}", "multus": {"networkName": "br"}}),
+    ],
+    ids=["disks", "volumes", "interfaces", "networks"],
+)
+def test_a_list_the_host_acts_on_is_bounded_as_in_kubevirt(
+    base: dict[str, Any], field: str, item: Any
+) -> None:
+    apply_patch(base, {field: [item(i) for i in range(257)]})
+    expected = f"{field} list exceeds the 256 element limit in length"
+    assert (field, expected) in pairs(problems_of(base))
 
 
 def test_base_manifest_is_valid(base: dict[str, Any]) -> None:

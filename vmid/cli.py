@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import codecs
 import contextlib
 import datetime
 import json
 import logging
 import os
+import re
 import select
 import shlex
 import shutil
@@ -25,7 +27,7 @@ import time
 import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cattrs
 import trio
@@ -458,11 +460,35 @@ def _logs(args: argparse.Namespace) -> int:
     log_file = paths.instance_logs(args.name) / "console.log"
     try:
         with log_file.open("rb") as stream:
-            shutil.copyfileobj(stream, sys.stdout.buffer)
+            if sys.stdout.isatty():
+                _copy_escaped(stream, sys.stdout.buffer)
+            else:
+                shutil.copyfileobj(stream, sys.stdout.buffer)
     except FileNotFoundError:
         print(f"vmid: no console log for {args.name!r} ({log_file})", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
+
+
+#: What a guest's output may not send to the admin's terminal: control characters (C0, DEL,
+#: C1) but newline, tab and the carriage return of a CRLF, and bytes that are not UTF-8.
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\udc80-\udcff]|\r(?!\n)")
+_CHUNK = 65536
+
+
+def _copy_escaped(source: BinaryIO, target: BinaryIO) -> None:
+    """Copy a guest's console output with control characters shown as `\x1b`, as journalctl
+    does, so an escape sequence in it cannot drive the terminal."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    while chunk := source.readline(_CHUNK):
+        text = decoder.decode(chunk)
+        target.write(_UNSAFE.sub(_escape_char, text).encode())
+    target.write(_UNSAFE.sub(_escape_char, decoder.decode(b"", final=True)).encode())
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00 if code >= 0xDC80 else code:02x}"
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -142,6 +142,9 @@ def load_config(file: Path, required: bool) -> Config:
     except ManifestError as exc:
         raise ConfigError(f"invalid configuration:\n{exc}") from exc
     _check_network(file, config)
+    _check_pool(file, IPv4Network(config.podNetwork.cidr))
+    _check_host_paths(file, config)
+    _check_multus_bridges(file, config)
     return config
 
 
@@ -166,3 +169,99 @@ def _check_network(file: Path, config: Config) -> None:
     for name, bridge in config.multusBridges.items():
         if not bridge or len(bridge) > 15 or "/" in bridge or bridge.isspace():
             raise ConfigError(f"{file}: multusBridges.{name}: {bridge!r} is not a link name")
+
+
+#: Addresses no guest pool may take: the host's own loopback, what the kernel and routers treat
+#: specially, and "this network" (RFC 6890).
+_SPECIAL_NETWORKS = {
+    IPv4Network("0.0.0.0/8"): "'this network', never a host's address",
+    IPv4Network("127.0.0.0/8"): "loopback: guests would shadow the host's own services",
+    IPv4Network("169.254.0.0/16"): "link-local, never routed",
+    IPv4Network("224.0.0.0/4"): "multicast, never a host's address",
+    IPv4Network("240.0.0.0/4"): "reserved, and its last address is the broadcast address",
+}
+#: Directories a hostDisk root may neither be, be inside, nor contain: the system's own and
+#: vmid's state (a manifest could otherwise hand a guest /etc/shadow, /dev/sda or another VM's
+#: disks). With `--root`, vmid's own directories move, but a production host's do not.
+_SYSTEM_DIRS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/vmid",
+    "/var/log/vmid",
+)
+
+
+def _check_pool(file: Path, pool: IPv4Network) -> None:
+    for special, why in _SPECIAL_NETWORKS.items():
+        if pool.overlaps(special):
+            raise ConfigError(
+                f"{file}: podNetwork.cidr: {pool} overlaps {special}, {why}; "
+                "use a private range such as 10.0.2.0/24"
+            )
+
+
+def _check_host_paths(file: Path, config: Config) -> None:
+    for root in config.hostDiskRoots:
+        why = _not_a_root(root)
+        if why:
+            raise ConfigError(f"{file}: hostDiskRoots: {root!r} {why}")
+    volumes = Path(config.volumesDir)
+    if ".." in volumes.parts:
+        raise ConfigError(
+            f"{file}: volumesDir: {config.volumesDir!r} must not contain '..': a relative "
+            "volumesDir stays inside vmid's state directory"
+        )
+    if volumes.is_absolute() and _system_dir(str(volumes)):
+        raise ConfigError(
+            f"{file}: volumesDir: {config.volumesDir!r} is or holds a system directory "
+            f"({_system_dir(str(volumes))}): claims would name files there"
+        )
+
+
+def _not_a_root(root: str) -> str | None:
+    """Why `root` cannot hold hostDisk volumes, or None."""
+    if not root.startswith("/"):
+        return "must be an absolute path: vmid's working directory is no place for disks"
+    if ".." in root.split("/"):
+        return "must not contain '..': name the directory itself"
+    system = _system_dir(root)
+    if system:
+        return (
+            f"is or holds a system directory ({system}): a manifest could hand a guest "
+            "the host's files; use a directory of its own, such as /srv/vmid-disks"
+        )
+    return None
+
+
+def _system_dir(path: str) -> str | None:
+    """The system directory `path` is, is inside, or contains (`/` contains them all)."""
+    normal = os.path.normpath(path).rstrip("/") + "/"
+    for system in _SYSTEM_DIRS:
+        if normal.startswith(system + "/") or (system + "/").startswith(normal):
+            return system
+    return None
+
+
+def _check_multus_bridges(file: Path, config: Config) -> None:
+    for name, bridge in config.multusBridges.items():
+        if bridge == "lo":
+            raise ConfigError(
+                f"{file}: multusBridges.{name}: 'lo' is the loopback device, not a bridge: "
+                "guests would reach the host's local services"
+            )
+        if bridge.startswith("vmid"):
+            raise ConfigError(
+                f"{file}: multusBridges.{name}: {bridge!r} is a name vmid manages (its pod "
+                "bridge and its taps are vmid*): name a bridge of your own"
+            )

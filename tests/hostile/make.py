@@ -124,6 +124,25 @@ case(
     HEAD.format(name="inject-cpu") + DEV + "    cpu: {model: 'host,+vmx -S'}\n",
 )
 case(
+    "cpu-model-comma",
+    "a CPU model that sets a CPU property (QEMU's -cpu splits on every comma, even ',,')",
+    HEAD.format(name="inject-cpu-model") + DEV + "    cpu: {model: 'qemu64,model-id=X'}\n",
+)
+case(
+    "cpu-feature-comma",
+    "a CPU feature name that sets the CPU vendor",
+    HEAD.format(name="inject-cpu-feature")
+    + DEV
+    + "    cpu: {features: [{name: 'vendor=AuthenticAMD,family'}]}\n",
+)
+case(
+    "hyperv-vendorid-comma",
+    "a Hyper-V vendor id that turns on the host PMU",
+    HEAD.format(name="inject-vendorid")
+    + DEV
+    + "    features: {hyperv: {vendorid: {enabled: true, vendorid: 'x,pmu=on'}}}\n",
+)
+case(
     "hostname-injection",
     "a hostname with shell and option characters",
     vmi("inject-host", rest="  hostname: 'a;rm -rf /,b=c'\n"),

@@ -43,6 +43,18 @@ RESERVED_MAC = "02:00:00:00:00:00"
 NIC_MODELS = ("e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139", "virtio")
 CLOUD_INIT_LIMIT = 2048
 TIMEZONE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+# QEMU's -cpu parser splits its whole text on every comma (`,,` is no escape there) and takes
+# the first '=' of each item as the end of a name: names may hold neither, and nothing else
+# QEMU's own model and feature names do not use.
+CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+CPU_FEATURE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# libvirt's schema for a Hyper-V vendor id (what KubeVirt hands it): up to 12 characters, no
+# comma; printable ASCII here, as it becomes a CPUID string.
+VENDOR_ID = re.compile(r"[\x20-\x2b\x2d-\x7e]{1,12}")
+ARRAY_LEN_MAX = 256  # KubeVirt's limit on disks, volumes, interfaces and networks
+#: qcow2's largest image with QEMU's default 64 KiB clusters ("The image size is too large for
+#: file format 'qcow2'" above it); a raw hostDisk gets the same bound.
+MAX_DISK_BYTES = 2 * 2**50
 RESERVED_LABELS = (
     "kubevirt.io/created-by",
     "kubevirt.io/migrationJobUID",
@@ -228,10 +240,25 @@ def _cpu(domain: t.DomainSpec, out: _Findings) -> None:
             (*path, "isolateEmulatorThread"),
             "isolateEmulatorThread should be only set in combination with DedicatedCPUPlacement",
         )
+    if cpu.model is not None and not CPU_MODEL.fullmatch(cpu.model):
+        out.add(
+            (*path, "model"),
+            f"Invalid value: {quote(cpu.model)}: a CPU model name consists of letters, digits, "
+            "'.', '_' or '-' and starts with a letter or digit, as QEMU's do (e.g. "
+            f"'Skylake-Client-IBRS', regex used for validation is '{CPU_MODEL.pattern}')",
+        )
     for index, feature in enumerate(cpu.features):
         if not feature.name:
             out.add(
                 (*path, "features", index, "name"), "Required value: a CPU feature needs a name"
+            )
+        elif not CPU_FEATURE.fullmatch(feature.name):
+            out.add(
+                (*path, "features", index, "name"),
+                f"Invalid value: {quote(feature.name)}: a CPU feature name consists of lower "
+                "case letters, digits, '.', '_' or '-' and starts with a letter or digit, as "
+                f"QEMU's do (e.g. 'tsc-deadline', regex used for validation is "
+                f"'{CPU_FEATURE.pattern}')",
             )
 
 
@@ -273,6 +300,12 @@ def _firmware_features_clock(domain: t.DomainSpec, out: _Findings) -> None:
             (*DOMAIN, "features", "hyperv", "vendorid", "vendorid"),
             "vendorid must be 1 to 12 characters long",
         )
+    elif vendor and vendor.vendorid and not VENDOR_ID.fullmatch(vendor.vendorid):
+        out.add(
+            (*DOMAIN, "features", "hyperv", "vendorid", "vendorid"),
+            f"Invalid value: {quote(vendor.vendorid)}: vendorid must be printable ASCII "
+            "without ','",
+        )
     _clock(domain.clock, out)
 
 
@@ -291,7 +324,17 @@ def _clock(clock: t.Clock | None, out: _Findings) -> None:
         )
 
 
+def _too_many(path: FieldPath, items: tuple[object, ...], out: _Findings) -> bool:
+    """KubeVirt's bound on a list a manifest makes the host act on; True if it is exceeded."""
+    if len(items) <= ARRAY_LEN_MAX:
+        return False
+    out.add(path, f"{render_path(path)} list exceeds the {ARRAY_LEN_MAX} element limit in length")
+    return True
+
+
 def _disks(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
+    if _too_many((*DEVICES, "disks"), spec.domain.devices.disks, out):
+        return  # as KubeVirt: nothing over the limit is looked at
     volumes = {v.name: v for v in spec.volumes}
     seen: dict[str, int] = {}
     sata = 0
@@ -397,6 +440,8 @@ def _disk_options(disk: t.Disk, bus: t.Bus | None, path: FieldPath, out: _Findin
 
 
 def _volumes(volumes: tuple[t.Volume, ...], out: _Findings) -> None:
+    if _too_many((*SPEC, "volumes"), volumes, out):
+        return
     seen: dict[str, int] = {}
     cloud_init: list[int] = []
     for index, volume in enumerate(volumes):
@@ -430,6 +475,8 @@ def _volume_source(volume: t.Volume, path: FieldPath, out: _Findings) -> None:
             (*path, "emptyDisk", "capacity"),
             f"the size for volume {volume.name} is too low: an empty disk needs at least 1Mi",
         )
+    elif volume.emptyDisk is not None:
+        _capacity((*path, "emptyDisk", "capacity"), volume.emptyDisk.capacity, out)
     if volume.hostDisk is not None:
         _host_disk(volume.hostDisk, (*path, "hostDisk"), out)
     for field in ("cloudInitNoCloud", "cloudInitConfigDrive"):
@@ -497,6 +544,17 @@ def _host_disk(disk: t.HostDisk, path: FieldPath, out: _Findings) -> None:
                 (*path, "capacity"),
                 f"Invalid value: {quote(str(disk.capacity))}: must be greater than 0",
             )
+        else:
+            _capacity((*path, "capacity"), disk.capacity, out)
+
+
+def _capacity(path: FieldPath, capacity: Quantity, out: _Findings) -> None:
+    if capacity.exact > MAX_DISK_BYTES:
+        out.add(
+            path,
+            f"Invalid value: {quote(str(capacity))}: must be at most 2Pi, the largest qcow2 "
+            "image QEMU makes",
+        )
 
 
 def _cloud_init(source: t.CloudInitSource, path: FieldPath, out: _Findings) -> None:
@@ -543,6 +601,9 @@ def _cloud_init_size(value: str, encoded: bool) -> int | None:
 
 
 def _networks(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
+    too_many = _too_many((*SPEC, "networks"), spec.networks, out)
+    if _too_many((*DEVICES, "interfaces"), spec.domain.devices.interfaces, out) or too_many:
+        return
     networks: dict[str, t.Network] = {}
     pod_networks = 0
     for index, network in enumerate(spec.networks):

@@ -33,6 +33,9 @@ QEMU_IMG_TIMEOUT = 30.0
 # KubeVirt's limits for `qemu-img info` on untrusted images (pkg/os/disk/validation.go).
 QEMU_IMG_CPU_SECONDS = 10
 QEMU_IMG_MEMORY = 2000 * 2**20
+#: qemu-img runs at once, daemon-wide: each holds a process and its pipes (fds), and a VMI's
+#: many disks must not take them all (a VMI also bounds its own: runtime/instance.py).
+QEMU_IMG_RUNS = trio.CapacityLimiter(4)
 IMAGE_FILE = "disk.img"
 IMAGE_META = "image.json"
 
@@ -70,8 +73,11 @@ async def qemu_img(qemu_img_binary: str, *args: str) -> str:
         qemu_img_binary,
         *args,
     ]
-    with trio.move_on_after(QEMU_IMG_TIMEOUT) as scope:
-        result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    async with QEMU_IMG_RUNS:
+        with trio.move_on_after(QEMU_IMG_TIMEOUT) as scope:
+            result = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False
+            )
     if scope.cancelled_caught:
         raise StorageError(f"qemu-img {args[0]} took longer than {QEMU_IMG_TIMEOUT:g} s")
     if result.returncode != 0:
@@ -227,6 +233,11 @@ def _host_file(item: HostFile, owner: tuple[int, int] | None) -> None:
         os.ftruncate(fd, item.createSize)  # sparse, like KubeVirt's createSparseRaw
         if owner is not None:
             os.fchown(fd, *owner)
+    except (OSError, OverflowError) as exc:
+        os.unlink(path)  # never leave a partial disk: the next start would take it as made
+        raise StorageError(
+            f"{path}: cannot create a {item.createSize}-byte hostDisk: {exc}"
+        ) from exc
     finally:
         os.close(fd)
 

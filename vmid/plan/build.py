@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from vmid.api import types as t
 from vmid.api.findings import Finding
 from vmid.config import Accelerator, Config, Paths
-from vmid.plan import devices
+from vmid.plan import devices, pci
 from vmid.plan.context import Context
 from vmid.plan.disks import plan_disks
 from vmid.plan.model import (
@@ -54,7 +54,7 @@ _BASEBOARD = {
 def build(
     vmi: t.VirtualMachineInstance, config: Config, paths: Paths, accelerator: Accelerator
 ) -> tuple[LaunchPlan | None, list[Finding]]:
-    """Plan one VMI; findings are the configuration-dependent problems (hostDisk roots).
+    """Plan one VMI; findings are the problems validation cannot see (hostDisk roots, slots).
 
     `vmi` must be defaulted and valid (`vmid.api.load`); `accelerator` must be kvm or tcg.
     """
@@ -80,6 +80,9 @@ def build(
         *devices.guest_agent(),
         *devices.misc(ctx),
     ]
+    findings = pci.check_fit(argv)
+    if findings:
+        return None, findings
     plan = LaunchPlan(
         name=ctx.name,
         uuid=vmi.spec.domain.firmware_uuid(),
@@ -169,6 +172,15 @@ def _cpu_model(ctx: Context) -> str:
     flags.update(_hyperv_flags(ctx, features))
     if any(p.model is t.PanicModel.HYPERV for p in domain.devices.panicDevices):
         flags["hv-crash"] = True
+    return _cpu_option(model, flags)
+
+
+def _cpu_option(model: str, flags: dict[str, Value]) -> str:
+    """-cpu's text. QEMU splits it on every comma (`,,` is no escape there) and ends a name at
+    its first '=': validation keeps both out of names, and commas out of values; this checks."""
+    assert not any(c in model for c in ",="), model
+    assert not any(c in name for name in flags for c in ",="), flags
+    assert not any("," in v for v in flags.values() if isinstance(v, str)), flags
     return options(model, flags)
 
 

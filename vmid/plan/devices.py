@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from vmid.api import types as t
 from vmid.plan.context import Context
+from vmid.plan.model import device_id
 from vmid.plan.qemu import options
 
 CONSOLE_SOCKET = "console.sock"
@@ -101,7 +102,7 @@ def misc(ctx: Context) -> Iterator[str]:
     for device in _inputs(devices):
         driver = "usb-tablet" if device.bus is t.InputBus.USB else "virtio-tablet-pci"
         bus = "usb.0" if device.bus is t.InputBus.USB else None
-        yield from ("-device", options(driver, {"id": f"ua-{device.name}", "bus": bus}))
+        yield from ("-device", options(driver, {"id": device_id("input", device.name), "bus": bus}))
     yield from _watchdog(devices.watchdog)
     for index, panic in enumerate(devices.panicDevices):
         if panic.model in _PANIC:
@@ -119,7 +120,7 @@ def _watchdog(watchdog: t.Watchdog | None) -> Iterator[str]:
     if watchdog is None or watchdog.i6300esb is None:
         return
     action = watchdog.i6300esb.action or t.WatchdogAction.RESET
-    yield from ("-device", options("i6300esb", {"id": f"ua-{watchdog.name}"}))
+    yield from ("-device", options("i6300esb", {"id": device_id("watchdog", watchdog.name)}))
     yield from ("-action", options(None, {"watchdog": action.value}))
 
 
@@ -129,9 +130,9 @@ def _sound(sound: t.Sound | None) -> Iterator[str]:
     # Without an audiodev QEMU falls back to the host's ALSA and logs errors; the guest only
     # needs the device to exist.
     yield from ("-audiodev", options("none", {"id": "audio0"}))
+    ident = device_id("sound", sound.name or "")  # validation refuses a sound without a name
     if sound.model is t.SoundModel.AC97:
-        yield from ("-device", options("AC97", {"id": f"ua-{sound.name}", "audiodev": "audio0"}))
+        yield from ("-device", options("AC97", {"id": ident, "audiodev": "audio0"}))
         return
-    yield from ("-device", options("ich9-intel-hda", {"id": f"ua-{sound.name}"}))
-    yield "-device"
-    yield options("hda-duplex", {"bus": f"ua-{sound.name}.0", "audiodev": "audio0"})
+    yield from ("-device", options("ich9-intel-hda", {"id": ident}))
+    yield from ("-device", options("hda-duplex", {"bus": f"{ident}.0", "audiodev": "audio0"}))

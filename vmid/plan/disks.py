@@ -19,6 +19,7 @@ from vmid.plan.model import (
     HostFile,
     ImageOverlay,
     Prepared,
+    device_id,
 )
 from vmid.plan.qemu import Value, options
 
@@ -202,7 +203,7 @@ def _disk_args(
     if disk.dedicatedIOThread:
         iothread = f"iothread-{index}"
         yield from ("-object", options("iothread", {"id": iothread}))
-    device: dict[str, Value] = {"drive": format_node, "id": f"ua-{disk.name}"}
+    device: dict[str, Value] = {"drive": format_node, "id": device_id("disk", disk.name)}
     device.update(_placement(ctx, kind, bus, controllers, iothread))
     device.update(_device_properties(ctx, disk, kind, bus, write_cache))
     yield from ("-device", options(device.pop("driver"), device))  # type: ignore[arg-type]

@@ -26,6 +26,15 @@ def tap_netdev(netdev: str, fd: int) -> str:
     return f"tap,id={netdev},fd={fd}"
 
 
+def device_id(kind: str, name: str) -> str:
+    """QEMU's id for a device the manifest names: `ua-disk-root`, `ua-interface-default`.
+
+    KubeVirt's user alias (`ua-NAME`) with the kind inside it: a disk, an interface and an input
+    may share a name, QEMU's ids may not.
+    """
+    return f"ua-{kind}-{name}"
+
+
 @attrs.frozen(kw_only=True)
 class ImageOverlay:
     """A qcow2 overlay on a containerDisk image from vmid's image store; writes die with the VMI."""

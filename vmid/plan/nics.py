@@ -6,7 +6,7 @@ import hashlib
 
 from vmid.api import types as t
 from vmid.plan.context import Context
-from vmid.plan.model import TAP_FD_BASE, Port, Tap, tap_netdev
+from vmid.plan.model import TAP_FD_BASE, Port, Tap, device_id, tap_netdev
 from vmid.plan.qemu import Value, options
 
 NIC_DEVICES = {
@@ -43,7 +43,11 @@ def plan_nics(ctx: Context) -> tuple[list[str], list[Tap]]:
         tap = _tap(ctx, iface, networks[iface.name], netdev)
         args += ["-netdev", tap_netdev(netdev, TAP_FD_BASE + len(taps))]
         taps.append(tap)
-        device: dict[str, Value] = {"netdev": netdev, "id": f"ua-{iface.name}", "mac": tap.mac}
+        device: dict[str, Value] = {
+            "netdev": netdev,
+            "id": device_id("interface", iface.name),
+            "mac": tap.mac,
+        }
         device["bootindex"] = iface.bootOrder
         # As KubeVirt: no option ROM (no PXE) on NICs that are not in the boot order.
         device["romfile"] = "" if iface.bootOrder is None else None

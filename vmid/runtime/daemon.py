@@ -16,7 +16,7 @@ import trio
 
 from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
-from vmid.errors import ConfigError
+from vmid.errors import ConfigError, VmidError
 from vmid.host import accel
 from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
@@ -56,9 +56,7 @@ async def _serve(
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
-    for directory in (paths.runtime, paths.state, paths.logs):
-        _make_traversable(directory)
-    paths.spool.mkdir(parents=True, exist_ok=True)
+    _make_directories(paths)
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
     async with qmp.bridge(), trio.open_nursery() as vms:
@@ -113,6 +111,23 @@ async def _reload(
     supervisor.reconfigure(config)
     log.info("configuration reloaded")
     return config
+
+
+class StateError(VmidError):
+    """A directory vmid keeps its state, runtime files or logs in cannot be made or written."""
+
+
+def _make_directories(paths: Paths) -> None:
+    """vmid's own directories, or StateError saying which one and why (a read-only mount)."""
+    try:
+        for directory in (paths.runtime, paths.state, paths.logs):
+            _make_traversable(directory)
+        paths.spool.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"cannot prepare {exc.filename}: {os.strerror(exc.errno or 0)}; vmid keeps its "
+            "state, runtime files and logs under --root and needs them writable"
+        ) from exc
 
 
 def _make_traversable(directory: Path) -> None:

@@ -24,7 +24,7 @@ from vmid.errors import VmidError
 from vmid.host import identity, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
-from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared
+from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared, device_id
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
 from vmid.runtime.qmp import Event, Monitor, MonitorError
@@ -38,6 +38,9 @@ QUIT_TIMEOUT = 2.0
 HANGUP_TIMEOUT = 1.0
 CLEANUP_TIMEOUT = 10.0
 REASON_LOG_BYTES = 4096
+#: Files one VMI prepares at once: its 30 disks wait for each other, not another VMI for them
+#: (qemu-img runs are bounded daemon-wide too: storage.QEMU_IMG_RUNS).
+PREPARE_AT_ONCE = 2
 
 
 class LaunchError(VmidError):
@@ -194,17 +197,19 @@ class Instance:
         self.status.write()
 
     async def _prepare(self) -> None:
-        """The plan's files, all at once: two qemu-img runs need not wait for each other.
+        """The plan's files, PREPARE_AT_ONCE at a time: two qemu-img runs need not wait.
 
         Raises the first VmidError or OSError as it is (a bug still comes as a group).
         """
         errors: list[Exception] = []
 
         owner = (self._user.uid, self._user.gid) if self._user else None
+        limiter = trio.CapacityLimiter(PREPARE_AT_ONCE)
 
         async def one(item: Prepared) -> None:
             try:
-                await storage.prepare(item, self._store, self._qemu_img, owner)
+                async with limiter:
+                    await storage.prepare(item, self._store, self._qemu_img, owner)
             except (VmidError, OSError) as exc:
                 errors.append(exc)
 
@@ -291,7 +296,7 @@ class Instance:
         for tap in self.plan.taps:
             if not tap.linkUp:
                 await self._monitor.execute(
-                    "set_link", {"name": f"ua-{tap.interface}", "up": False}
+                    "set_link", {"name": device_id("interface", tap.interface), "up": False}
                 )
         if not self.plan.startPaused:
             await self._monitor.execute("cont")
