@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -415,6 +416,61 @@ def test_spool_files_others_may_write_or_that_lead_outside_are_refused(tmp_path:
         assert f"a symlink to {outside}, outside the spool" in log
         assert daemon.phase("outside") is None
         assert daemon.phase("writable") is None
+
+
+def test_a_fifo_renamed_over_a_manifest_is_refused_and_the_daemon_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The attack: between the spool's check of a manifest and its open, a FIFO is renamed
+    # over it; opening a FIFO waits for a writer, wedging the spool for good. Flipping a file
+    # and a FIFO for two seconds hits that window in some of the hundreds of scans it causes.
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        target = daemon.spool / "flip.yaml"
+        deadline = time.monotonic() + 2
+        flips = 0
+        while time.monotonic() < deadline or flips % 2 == 0:  # end on the FIFO
+            staging = daemon.spool / f".flip{flips % 2}"
+            if flips % 2:
+                os.mkfifo(staging)
+            else:
+                staging.write_text("# not a manifest yet\n")
+            os.rename(staging, target)
+            flips += 1
+        daemon.drop("b.yaml", manifest("vm-b"))
+        daemon.wait_phase("vm-b", "Running", timeout=15)
+        daemon.wait_for(
+            "the FIFO to be refused",
+            lambda: (
+                "instances/flip.yaml:1:1: refused: a FIFO (named pipe), not a regular file"
+                in daemon.log_text()
+            ),
+            timeout=10,
+        )
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=15) == 0
+
+
+def test_a_fifo_as_vmid_yaml_is_refused_on_sighup_and_sigterm_still_stops(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        config = daemon.root / "etc/vmid/vmid.yaml"
+        config.unlink()
+        os.mkfifo(config)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for(
+            "the reload to be refused",
+            lambda: (
+                f"configuration not reloaded: {config}: not read: it is a FIFO (named pipe)"
+                in daemon.log_text()
+            ),
+            timeout=10,
+        )
+        assert daemon.phase("vm-a") == "Running"
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=15) == 0
 
 
 def test_a_symlink_planted_as_a_vms_log_is_never_written_through(tmp_path: Path) -> None:

@@ -6,12 +6,13 @@ daemon must find it again, and never mistake an unrelated process with a reused 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
 
 import trio
+
+from vmid.runtime import status
 
 #: The exit status of a process that is not vmid's child cannot be known.
 UNKNOWN_EXIT = 1 << 16
@@ -29,7 +30,7 @@ def find_qemu(status_file: Path, name_option: str, cwd: str) -> int | None:
     runtime directory `cwd`, with the VM's `-name` option value `name_option`.
     """
     try:
-        pid = int(json.loads(status_file.read_text())["status"]["qemu"]["pid"])
+        pid = int(status.read_json(status_file)["status"]["qemu"]["pid"])
         running_in = os.readlink(f"/proc/{pid}/cwd")
         with open(f"/proc/{pid}/cmdline", "rb") as stream:
             argv = stream.read().split(b"\0")
