@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import fake_config, leave_running, manifest, running_daemon
+from vmid.config import Accelerator, Config, Paths
+from vmid.runtime.spool import Spool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -448,6 +450,28 @@ def test_a_fifo_renamed_over_a_manifest_is_refused_and_the_daemon_goes_on(
         )
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(timeout=15) == 0
+
+
+def test_spool_links_are_followed_only_to_a_regular_file_in_the_spool(tmp_path: Path) -> None:
+    spool = tmp_path / "instances"
+    spool.mkdir()
+    (spool / ".real").write_text(manifest("real"))
+    (spool / "relative.yaml").symlink_to(".real")
+    (spool / "chain.yaml").symlink_to("relative.yaml")
+    (spool / "up.yaml").symlink_to("..")
+    os.mkfifo(spool / ".fifo")
+    (spool / "to-fifo.yaml").symlink_to(spool / ".fifo")
+    desired = Spool(spool, Config(), Paths(tmp_path), Accelerator.TCG).scan()
+    assert list(desired.vmis) == ["real"]
+    assert desired.vmis["real"].file == str(spool / "relative.yaml")
+    problems = {Path(p.file).name: p.message for p in desired.problems}
+    assert problems == {
+        "chain.yaml": f"refused: a symlink to {spool}/relative.yaml, which is a symlink, "
+        "which vmid does not follow here",
+        "to-fifo.yaml": f"refused: a symlink to {spool}/.fifo, which is a FIFO (named pipe), "
+        "not a regular file",
+        "up.yaml": f"refused: a symlink to {tmp_path}, outside the spool; copy the file in instead",
+    }
 
 
 def test_a_fifo_as_vmid_yaml_is_refused_on_sighup_and_sigterm_still_stops(
