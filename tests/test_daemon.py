@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from tests.daemon import Daemon, fake_config, leave_running, manifest, running_daemon, start_daemon
+from vmid.config import Accelerator, Config, Paths
+from vmid.runtime.spool import Spool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -495,6 +497,83 @@ def test_spool_files_others_may_write_or_that_lead_outside_are_refused(tmp_path:
         assert f"a symlink to {outside}, outside the spool" in log
         assert daemon.phase("outside") is None
         assert daemon.phase("writable") is None
+
+
+def test_a_fifo_renamed_over_a_manifest_is_refused_and_the_daemon_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The attack: between the spool's check of a manifest and its open, a FIFO is renamed
+    # over it; opening a FIFO waits for a writer, wedging the spool for good. Flipping a file
+    # and a FIFO for two seconds hits that window in some of the hundreds of scans it causes.
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        target = daemon.spool / "flip.yaml"
+        deadline = time.monotonic() + 2
+        flips = 0
+        while time.monotonic() < deadline or flips % 2 == 0:  # end on the FIFO
+            staging = daemon.spool / f".flip{flips % 2}"
+            if flips % 2:
+                os.mkfifo(staging)
+            else:
+                staging.write_text("# not a manifest yet\n")
+            os.rename(staging, target)
+            flips += 1
+        daemon.drop("b.yaml", manifest("vm-b"))
+        daemon.wait_phase("vm-b", "Running", timeout=15)
+        daemon.wait_for(
+            "the FIFO to be refused",
+            lambda: (
+                "instances/flip.yaml:1:1: refused: a FIFO (named pipe), not a regular file"
+                in daemon.log_text()
+            ),
+            timeout=10,
+        )
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=15) == 0
+
+
+def test_spool_links_are_followed_only_to_a_regular_file_in_the_spool(tmp_path: Path) -> None:
+    spool = tmp_path / "instances"
+    spool.mkdir()
+    (spool / ".real").write_text(manifest("real"))
+    (spool / "relative.yaml").symlink_to(".real")
+    (spool / "chain.yaml").symlink_to("relative.yaml")
+    (spool / "up.yaml").symlink_to("..")
+    os.mkfifo(spool / ".fifo")
+    (spool / "to-fifo.yaml").symlink_to(spool / ".fifo")
+    desired = Spool(spool, Config(), Paths(tmp_path), Accelerator.TCG).scan()
+    assert list(desired.vmis) == ["real"]
+    assert desired.vmis["real"].file == str(spool / "relative.yaml")
+    problems = {Path(p.file).name: p.message for p in desired.problems}
+    assert problems == {
+        "chain.yaml": f"refused: a symlink to {spool}/relative.yaml, which is a symlink, "
+        "which vmid does not follow here",
+        "to-fifo.yaml": f"refused: a symlink to {spool}/.fifo, which is a FIFO (named pipe), "
+        "not a regular file",
+        "up.yaml": f"refused: a symlink to {tmp_path}, outside the spool; copy the file in instead",
+    }
+
+
+def test_a_fifo_as_vmid_yaml_is_refused_on_sighup_and_sigterm_still_stops(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        config = daemon.root / "etc/vmid/vmid.yaml"
+        config.unlink()
+        os.mkfifo(config)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for(
+            "the reload to be refused",
+            lambda: (
+                f"configuration not reloaded: {config}: not read: it is a FIFO (named pipe)"
+                in daemon.log_text()
+            ),
+            timeout=10,
+        )
+        assert daemon.phase("vm-a") == "Running"
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=15) == 0
 
 
 def test_a_symlink_planted_as_a_vms_log_is_never_written_through(tmp_path: Path) -> None:

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import rfb
 from tests.conftest import EXAMPLES
 from tests.daemon import Daemon, running_daemon
+from vmid.host import unixsock
 
 GUEST = Path(__file__).parent / "guest"
 SEED = EXAMPLES / "seed-testvmi-nocloud.yaml"
@@ -209,6 +211,38 @@ def test_qmp_pause_unpause_reset_and_screenshot(daemon: Daemon, tmp_path: Path) 
     missing = daemon.vmid("pause", "nope")
     assert missing.returncode == 2
     assert "not found" in missing.stderr
+
+
+def test_vnc_asks_for_the_one_time_password_only_vmid_vnc_printed(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, "accelerator: tcg\n", prefix=UNSHARE) as daemon:
+        daemon.drop("tools.yaml", MINIMAL)  # no disk: QEMU's display is all this needs
+        daemon.wait_phase("tools", "Running")
+        viewer = subprocess.Popen(
+            [sys.executable, "-m", "vmid.cli", "vnc", "tools", "--root", str(daemon.root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert viewer.stdout is not None
+            port = int(viewer.stdout.readline().decode().split("127.0.0.1:")[1].split()[0])
+            # Another local user connects to the port and guesses.
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as attacker:
+                assert rfb.login(attacker, b"guess") == "refused"
+            password = viewer.stdout.readline().decode().split("password: ")[1].split()[0]
+            assert len(password) == 8
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as user:
+                assert rfb.login(user, password.encode()) == "accepted"
+        finally:
+            viewer.send_signal(signal.SIGTERM)
+            _, errors = viewer.communicate(timeout=10)
+        assert viewer.returncode == 0, errors
+        status = daemon.status("tools")
+        assert status is not None
+        with unixsock.connect(Path(status["status"]["qemu"]["vncSocket"])) as late:
+            assert rfb.login(late, password.encode()) == "refused"  # expired with vmid vnc
+        shot = daemon.vmid("screenshot", "tools", str(tmp_path / "screen.png"))
+        assert shot.returncode == 0, shot.stderr
+        assert (tmp_path / "screen.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_real_qemu_is_re_adopted_by_a_restarted_daemon(tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ def info(path: Path) -> dict[str, object]:
 def test_image_import_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "disk.raw"
     image.write_bytes(b"\0" * 2**20)
-    root = ["--root", str(tmp_path / "root"), "--config", "/dev/null"]
+    (tmp_path / "empty.yaml").write_text("")
+    root = ["--root", str(tmp_path / "root"), "--config", str(tmp_path / "empty.yaml")]
     assert main(["image", "import", "kubevirt/cirros", str(image), *root]) == 0
     assert (
         "imported docker.io/kubevirt/cirros:latest (raw, 1048576 bytes)" in capsys.readouterr().out

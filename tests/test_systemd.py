@@ -102,3 +102,23 @@ def test_the_qemu_user_the_shipped_config_names_is_the_one_sysusers_creates(
     assert done.returncode == 0, done.stderr
     assert f"Creating user '{config.qemuUser}'" in done.stderr + done.stdout
     assert config.sandbox
+
+
+MAX_EXPOSURE = 3.3  # `systemd-analyze security`: 6.6 before CapabilityBoundingSet and the rest
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
+def test_the_unit_keeps_its_exposure_score() -> None:
+    unit = Path(__file__).parent.parent / "systemd/vmid.service"
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    line = next(
+        (x for x in result.stdout.splitlines() if "Overall exposure level" in x), result.stderr
+    )
+    assert "vmid.service:" in line, line
+    assert float(line.split(":")[1].split()[0]) <= MAX_EXPOSURE, result.stdout

@@ -14,12 +14,14 @@ import json
 import logging
 import os
 import re
+import secrets
 import select
 import shlex
 import shutil
 import signal
 import socket
 import stat
+import string
 import sys
 import termios
 import threading
@@ -123,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("name", metavar="NAME")
     console.set_defaults(run=_console)
     vnc = commands.add_parser(
-        "vnc", parents=[common], help="serve a VMI's VNC display on a localhost TCP port"
+        "vnc",
+        parents=[common],
+        help="serve a VMI's VNC display on a localhost TCP port, with a one-time password",
     )
     vnc.add_argument("name", metavar="NAME")
     vnc.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
@@ -598,24 +602,67 @@ def _relay(sock: socket.socket, stdin: int, stdout: int) -> None:
             sock.sendall(data)
 
 
+#: VNC authentication is DES keyed by the password: QEMU uses its first 8 characters only.
+VNC_PASSWORD_LENGTH = 8
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits  # 62**8: about 2**47.6
+
+
 def _vnc(args: argparse.Namespace) -> int:
-    _, st = _running(args)
+    qmp_socket, st = _running(args)
     path = st.get("qemu", {}).get("vncSocket")
     if not path:
         raise control.ControlError(f"VMI {args.name} has no graphics device")
+    password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(VNC_PASSWORD_LENGTH))
     with socket.create_server(("127.0.0.1", args.port)) as server:
         port = server.getsockname()[1]
-        print(
-            f"VNC of {args.name} on 127.0.0.1:{port} (e.g. vncviewer 127.0.0.1::{port}); "
-            "Ctrl+C to stop",
-            flush=True,
-        )
+        # Any local user can connect to the port: the password is what only this user knows.
+        _set_vnc_password(args.name, qmp_socket, password)
         try:
-            while True:
-                client, _ = server.accept()
-                threading.Thread(target=_proxy, args=(client, Path(path)), daemon=True).start()
-        except KeyboardInterrupt:
-            return EXIT_OK
+            print(
+                f"VNC of {args.name} on 127.0.0.1:{port} (e.g. vncviewer 127.0.0.1::{port}); "
+                f"Ctrl+C to stop\npassword: {password} (one-time: VNC passwords are DES keys "
+                "of 8 characters; it expires when this command ends)",
+                flush=True,
+            )
+            _serve_vnc(server, Path(path))
+        finally:
+            _expire_vnc_password(qmp_socket)
+    return EXIT_OK
+
+
+def _set_vnc_password(name: str, qmp_socket: Path, password: str) -> None:
+    arguments = {"protocol": "vnc", "password": password}
+    try:
+        control.execute(qmp_socket, "set_password", arguments)
+    except control.ControlError as exc:
+        # A QEMU started by an older vmid serves VNC without a password: never relay it.
+        raise control.ControlError(
+            f"cannot set a VNC password on {name} ({exc}); a VMI started by an older vmid "
+            "has a display without password: recreate it to use vmid vnc"
+        ) from exc
+
+
+def _expire_vnc_password(qmp_socket: Path) -> None:
+    try:
+        control.execute(qmp_socket, "expire_password", {"protocol": "vnc", "time": "now"})
+    except control.ControlError as exc:  # the VM is gone, and its password with it
+        print(f"vmid: the VNC password was not expired: {exc}", file=sys.stderr)
+
+
+def _serve_vnc(server: socket.socket, vnc_socket: Path) -> None:
+    """Relay every viewer to the VM's socket until Ctrl+C, SIGTERM or SIGHUP."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)  # so the password is expired on those too
+    try:
+        while True:
+            client, _ = server.accept()
+            threading.Thread(target=_proxy, args=(client, vnc_socket), daemon=True).start()
+    except KeyboardInterrupt:
+        return
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _proxy(client: socket.socket, vnc_socket: Path) -> None:

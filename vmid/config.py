@@ -14,6 +14,7 @@ import attrs
 from vmid.api import load
 from vmid.api.types import Enum
 from vmid.errors import ConfigError, ManifestError
+from vmid.host import safefile
 
 
 class Accelerator(Enum):
@@ -129,12 +130,15 @@ def load_config(file: Path, required: bool) -> Config:
         ConfigError: the file is unreadable or has unknown keys or bad values.
     """
     try:
-        with file.open("rb") as stream:
-            data = stream.read(load.MAX_BYTES + 1)
+        # Non-blocking and checked on the fd: a FIFO as vmid.yaml must not wedge a SIGHUP.
+        # Symlinks are followed: /etc/vmid is root's, and config management links files there.
+        data = safefile.read_regular(file, load.MAX_BYTES + 1, follow=True)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{file}: no such configuration file") from None
         return Config()
+    except safefile.FileRefused as exc:
+        raise ConfigError(f"{file}: not read: it is {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {os.strerror(exc.errno or 0)}") from exc
     try:

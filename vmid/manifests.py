@@ -47,7 +47,13 @@ def plan_documents(
 ) -> list[Entry]:
     """Every document of one file, loaded, defaulted, validated and planned, or refused."""
     name = shown or str(file)
-    data = read_file(file, name)
+    return plan_data(name, read_file(file, name), config, paths, accelerator)
+
+
+def plan_data(
+    name: str, data: bytes | Problem, config: Config, paths: Paths, accelerator: Accelerator
+) -> list[Entry]:
+    """Every document of a file's contents `data` (or why it could not be read), as entries."""
     if isinstance(data, Problem):
         return [Entry(name, None, None, (data,))]
     entries = []

@@ -60,7 +60,9 @@ def graphics(ctx: Context) -> Iterator[str]:
     devices = ctx.vmi.spec.domain.devices
     if devices.autoattachGraphicsDevice is False:
         return
-    yield from ("-vnc", f"unix:{VNC_SOCKET}")
+    # password=on: no viewer gets in until `vmid vnc` sets a one-time password over QMP (the
+    # socket is QEMU's user's, but `vmid vnc` relays it to a TCP port any local user can reach).
+    yield from ("-vnc", f"unix:{VNC_SOCKET},password=on")
     video = devices.video.type if devices.video and devices.video.type else t.VideoType.VGA
     extra = {"vgamem_mb": 16} if video is t.VideoType.VGA else {}
     yield from ("-device", options(_VIDEO[video], {"id": "video0", **extra}))

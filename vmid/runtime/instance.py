@@ -21,7 +21,7 @@ import trio
 
 from vmid.config import Accelerator
 from vmid.errors import VmidError
-from vmid.host import identity, storage, unixsock
+from vmid.host import identity, safefile, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
 from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared, device_id
@@ -497,7 +497,8 @@ class Instance:
     def _qemu_said(self) -> str:
         """The last lines of QEMU's stderr: why it refused to start, in its own words."""
         try:
-            with open(self.plan.qemuLog, "rb") as stream:
+            fd, _ = safefile.open_regular(self.plan.qemuLog)  # never wait on a FIFO here
+            with os.fdopen(fd, "rb") as stream:
                 stream.seek(0, os.SEEK_END)
                 stream.seek(max(0, stream.tell() - REASON_LOG_BYTES))
                 lines = stream.read().decode(errors="replace").strip().splitlines()

@@ -18,9 +18,11 @@ from pathlib import Path
 import attrs
 import trio
 
+from vmid.api.load import MAX_BYTES
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem
-from vmid.manifests import Entry, plan_documents
+from vmid.host import safefile
+from vmid.manifests import Entry, plan_data
 
 log = logging.getLogger(__name__)
 
@@ -83,54 +85,101 @@ class Spool:
     def scan(self) -> Desired:
         """Read every manifest file (changed ones only) and decide which VMI each name means."""
         try:
-            names = sorted(n for n in os.listdir(self.directory) if spool_file(n))
+            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            names = []
-        entries: list[Entry] = []
-        for name in names:
-            entries += self._entries(name)
+            self._cache = {}
+            return _decide([])
+        try:
+            names = sorted(n for n in os.listdir(directory) if spool_file(n))
+            entries: list[Entry] = []
+            for name in names:
+                entries += self._entries(name, directory)
+        finally:
+            os.close(directory)
         self._cache = {k: v for k, v in self._cache.items() if k in names}
         return _decide(entries)
 
-    def _entries(self, name: str) -> list[Entry]:
+    def _entries(self, name: str, directory: int) -> list[Entry]:
         path = self.directory / name
         try:
-            st = path.stat()
+            fd, st = _open_manifest(name, directory, self.directory)
         except FileNotFoundError:
             return []
-        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid)
-        cached = self._cache.get(name)
-        if cached and cached[0] == key:
-            return cached[1]
-        refusal = _unsafe(path, st, self.directory)
-        if refusal:
-            entries = [_refused(path, refusal)]
-        else:
-            try:
-                entries = plan_documents(path, self._config, self._paths, self._accelerator)
-            except Exception as exc:  # a bug reading one file must not stop the daemon
-                log.exception("%s: internal error", path)
-                entries = [_refused(path, f"internal error in vmid reading this file: {exc!r}")]
+        except safefile.FileRefused as exc:
+            return [_refused(path, f"refused: {exc}")]
+        except OSError as exc:
+            return [_refused(path, f"cannot read the file: {exc.strerror}")]
+        try:
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid)
+            cached = self._cache.get(name)
+            if cached and cached[0] == key:
+                return cached[1]
+            entries = self._read(path, fd, st)
+        finally:
+            os.close(fd)
         self._cache[name] = (key, entries)
         return entries
+
+    def _read(self, path: Path, fd: int, st: os.stat_result) -> list[Entry]:
+        refusal = _unsafe(st)
+        if refusal:
+            return [_refused(path, refusal)]
+        try:
+            data = safefile.read_fd(fd, MAX_BYTES + 1)
+            return plan_data(str(path), data, self._config, self._paths, self._accelerator)
+        except Exception as exc:  # a bug reading one file must not stop the daemon
+            log.exception("%s: internal error", path)
+            return [_refused(path, f"internal error in vmid reading this file: {exc!r}")]
 
 
 def _refused(path: Path, message: str) -> Entry:
     return Entry(str(path), None, None, (Problem(str(path), 1, 1, "", message),))
 
 
-def _unsafe(path: Path, st: os.stat_result, spool: Path) -> str | None:
+def _open_manifest(name: str, directory: int, spool: Path) -> tuple[int, os.stat_result]:
+    """Open a spool entry without blocking (a FIFO) and without a check/open race.
+
+    A symlink is followed only to a file directly in the spool: one to /etc/shadow must not
+    be read (its parse errors would quote it into the log). The link's directory is compared
+    by inode with the spool's, and the file is then opened by name in the spool's fd, not
+    following a second link, so swapping anything meanwhile cannot lead outside.
+    """
+    try:
+        return safefile.open_regular(name, dir_fd=directory)
+    except safefile.FileRefused as refused:
+        try:
+            target = os.readlink(name, dir_fd=directory)
+        except OSError:
+            raise refused from None  # not a symlink: a FIFO, a directory...
+    shown = os.path.normpath(os.path.join(spool, target))
+    parent, base = os.path.split(target)
+    if not _same_directory(parent or ".", directory) or base in ("", ".", ".."):
+        raise safefile.FileRefused(
+            f"a symlink to {shown}, outside the spool; copy the file in instead"
+        )
+    try:
+        return safefile.open_regular(base, dir_fd=directory)
+    except safefile.FileRefused as exc:
+        raise safefile.FileRefused(f"a symlink to {shown}, which is {exc}") from exc
+
+
+def _same_directory(parent: str, directory: int) -> bool:
+    try:
+        fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory)
+    except OSError:
+        return False
+    try:
+        there, spool = os.fstat(fd), os.fstat(directory)
+    finally:
+        os.close(fd)
+    return (there.st_dev, there.st_ino) == (spool.st_dev, spool.st_ino)
+
+
+def _unsafe(st: os.stat_result) -> str | None:
     """Like sshd's StrictModes: a manifest anyone but root may write could run anything.
 
-    A symlink is followed only within the spool: one to /etc/shadow must not be read (its
-    parse errors would quote it into the log).
+    Checked on the open file's fstat, so the file read is the file checked.
     """
-    if path.is_symlink():
-        target = path.resolve()
-        if target.parent != spool.resolve():
-            return f"refused: a symlink to {target}, outside the spool; copy the file in instead"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
     if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
         return (
             f"refused: owned by uid {st.st_uid} with mode {stat.filemode(st.st_mode)}; "

@@ -17,6 +17,8 @@ from typing import Any
 
 import attrs
 
+from vmid.host import safefile
+
 
 class Phase(enum.StrEnum):
     PENDING = "Pending"
@@ -50,6 +52,8 @@ def now() -> str:
 
 #: How many events each VMI keeps for `vmid describe`.
 MAX_EVENTS = 50
+#: A status file holds one manifest (at most 256 KiB of YAML) and its status: far below this.
+MAX_FILE_BYTES = 16 << 20
 EVENTS_FILE = "events.json"
 
 
@@ -87,7 +91,7 @@ class Status:
     @classmethod
     def load(cls, path: Path, on_write: Callable[[], None] = lambda: None) -> Status:
         """The status an earlier daemon wrote (raises OSError, ValueError or KeyError)."""
-        data = json.loads(path.read_text())
+        data = read_json(path)
         recorded = data.pop("status")
         status = cls(path, data, on_write)
         status.phase = Phase(recorded["phase"])
@@ -159,12 +163,17 @@ def _transition(phase: Phase) -> dict[str, str]:
     return {"phase": str(phase), "phaseTransitionTimestamp": now()}
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file vmid wrote, read without blocking on a FIFO or following a symlink."""
+    return json.loads(safefile.read_regular(path, MAX_FILE_BYTES))
+
+
 def read_objects(runtime: Path) -> list[dict[str, Any]]:
     """Every VMI object the daemon has written under its runtime directory, by name."""
     objects = []
     for path in sorted(runtime.glob("instances/*/status.json")):
         try:
-            objects.append(json.loads(path.read_text()))
+            objects.append(read_json(path))
         except (OSError, ValueError):
             continue  # removed or being replaced right now
     return objects
@@ -173,7 +182,7 @@ def read_objects(runtime: Path) -> list[dict[str, Any]]:
 def read_events(directory: Path) -> list[dict[str, str]]:
     """The events a VMI's status keeps, oldest first."""
     try:
-        events: list[dict[str, str]] = json.loads((directory / EVENTS_FILE).read_text())
+        events: list[dict[str, str]] = read_json(directory / EVENTS_FILE)
     except (OSError, ValueError):
         return []
     return events
