@@ -2,10 +2,9 @@
 
 vmid drops QEMU's privileges itself, between fork and exec, as libvirt does: QEMU's own
 `-runas` calls setuid after its seccomp filter is in place, and `elevateprivileges=deny` then
-kills it (SIGSYS). The user gets the files vmid made for its VM (disks, ISO, EFI variables,
-console log) and its working directory (for its sockets); the directories holding the files
-stay root's, so root never writes where the user could plant a symlink. Anything else it must
-be able to open already (a hostDisk it cannot open fails the VMI with a message saying so).
+kills it (SIGSYS). The user gets its VM's console log and its working directory (for its
+sockets); the directories holding them stay root's, so root never writes where the user could
+plant a symlink. Disks, images, ISOs and EFI files it gets by fd (host/beneath.py).
 """
 
 from __future__ import annotations
