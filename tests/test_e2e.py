@@ -291,12 +291,14 @@ def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
         for name in ("qmp.sock", "console.sock", "vnc.sock"):
             info = (runtime / "qemu" / name).stat()
             assert (info.st_uid, info.st_mode & 0o777) == (nobody.pw_uid, 0o600), name
-        # Its files are its own; the directories holding them stay root's (0711: it passes
-        # through, cannot list, cannot plant a symlink where root writes).
+        # Its disks, ISO and image it gets by fd: they and their directories stay root's and
+        # closed to it; the image store too.
         state = tmp_path / "var/lib/vmid/instances/low"
-        assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (0, 0o711)
+        assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (0, 0o700)
         for disk in [*state.glob("disks/*"), *state.glob("cloud-init/*")]:
-            assert disk.stat().st_uid == nobody.pw_uid, disk
+            assert disk.stat().st_uid == 0, disk
+        images = tmp_path / "var/lib/vmid/images"
+        assert (images.stat().st_uid, images.stat().st_mode & 0o777) == (0, 0o700)
         logs = tmp_path / "var/log/vmid/low"
         assert (logs.stat().st_uid, (logs / "console.log").stat().st_uid) == (0, nobody.pw_uid)
         assert (logs / "qemu.log").stat().st_uid == 0
@@ -312,7 +314,7 @@ def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
         assert "the guest powered off" in daemon.log_text()
 
 
-def test_a_hostdisk_the_qemu_user_cannot_open_fails_that_vmi(tmp_path: Path) -> None:
+def test_an_unprivileged_qemu_gets_a_root_only_hostdisk_by_fd(tmp_path: Path) -> None:
     disks = tmp_path / "disks"
     disks.mkdir()
     private = disks / "private.img"
@@ -323,6 +325,7 @@ def test_a_hostdisk_the_qemu_user_cannot_open_fails_that_vmi(tmp_path: Path) -> 
 kind: VirtualMachineInstance
 metadata: {{name: hd}}
 spec:
+  terminationGracePeriodSeconds: 0
   domain:
     memory: {{guest: 64Mi}}
     devices:
@@ -332,11 +335,9 @@ spec:
 """
     with running_daemon(tmp_path, config) as daemon:
         daemon.drop("hd.yaml", manifest)
-        daemon.wait_phase("hd", "Failed")
-        assert (
-            f"{private} (a hostDisk or claim) is not open to read and write for qemuUser "
-            "nobody" in daemon.reason("hd")
-        )
+        daemon.wait_phase("hd", "Running")
+        (daemon.spool / "hd.yaml").unlink()
+        daemon.wait_phase("hd", None)
     assert private.stat().st_uid == 0  # vmid never takes a user's file away from them
 
 

@@ -5,6 +5,8 @@ Regenerate after an intended change with `make golden` (UPDATE_GOLDEN=1) and rev
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 from pathlib import Path
 
@@ -39,3 +41,23 @@ def test_golden_args(manifest: Path) -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         expected.write_text(rendered)
     assert rendered == expected.read_text()
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.stem)
+def test_qemu_opens_no_file_by_name(manifest: Path) -> None:
+    """Every file node is an fd vmid passes; every qcow2 says which node backs it (or null):
+    QEMU never opens a path, nor a file an image header names."""
+    plan = plan_golden(manifest).plan
+    nodes = {}
+    for flag, value in itertools.pairwise(plan.argv):
+        if flag == "-blockdev":
+            node = json.loads(value)
+            nodes[node["node-name"]] = node
+    passed = {f"/dev/fdset/{f.fdset}" for f in plan.files}
+    for node in nodes.values():
+        if node["driver"] == "file":
+            assert node["filename"] in passed, node
+        if node["driver"] == "qcow2":
+            assert "backing" in node, node
+            backing = node["backing"]
+            assert backing is None or nodes[backing]["driver"] == "raw", node

@@ -35,7 +35,7 @@ FILE_LEVEL = re.compile(
     r"not UTF-8|larger than|invalid YAML|cannot read|expands to more|YAML mapping|no Virtual|digits"
 )
 #: Option keys whose value QEMU opens as a file: a manifest string must never land there.
-FILE_KEYS = {"file", "filename", "romfile", "path", "logfile", "fd"}
+FILE_KEYS = {"file", "filename", "romfile", "path", "logfile", "fd", "opaque"}
 FLAG = re.compile(r"^-[A-Za-z][a-z0-9-]*$")
 #: The -cpu properties vmid sets to something other than on/off.
 CPU_VALUES = {"hv-spinlocks", "hv-vendor-id"}
@@ -70,12 +70,12 @@ def check_plan(plan: LaunchPlan, root: Path) -> None:
                 flag,
                 value,
             )
-        if value is None or "=" not in value:
+        if value is None or ("=" not in value and not value.startswith("{")):
             continue
         _, pairs = parse(value)
         for key, text in pairs.items():
             assert re.fullmatch(r"[a-z][a-z0-9_.-]*", key), (flag, key)
-            if key in FILE_KEYS and text.startswith("/"):
+            if key in FILE_KEYS and text.startswith("/") and not text.startswith("/dev/fdset/"):
                 assert Path(text).is_relative_to(root) or text.startswith("/usr/share/"), (
                     flag,
                     key,

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -21,10 +22,10 @@ import trio
 
 from vmid.config import Accelerator
 from vmid.errors import VmidError
-from vmid.host import identity, safefile, storage, unixsock
+from vmid.host import beneath, identity, safefile, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
-from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared, device_id
+from vmid.plan.model import LaunchPlan, Prepared, device_id
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
 from vmid.runtime.qmp import Event, Monitor, MonitorError
@@ -236,21 +237,11 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self, user: QemuUser) -> None:
-        """QEMU's user gets its VM's files and working directory, and passes through vmid's."""
+        """QEMU's user gets its working directory and console log, and passes through vmid's
+        directories to them; its disks, images, ISOs and EFI files it gets by fd."""
         for directory in self._traverse:
             identity.make_traversable(directory)
         made = [Path(self.plan.consoleLog)]
-        for item in self.plan.prepare:
-            if isinstance(item, HostFile):
-                identity.check_access(user, Path(item.path), True, "a hostDisk or claim")
-                continue
-            if isinstance(item, FileOverlay):
-                identity.check_access(user, Path(item.backing), False, "an ephemeral's claim")
-            elif isinstance(item, ImageOverlay):
-                image = self._store.get(item.image).path  # read-only (0444) backing file
-                identity.make_traversable(image.parent.parent)
-                identity.make_traversable(image.parent)
-            made.append(Path(item.path))
         identity.give_new_file(user, made[0])
         for path in made:
             for directory in path.parents:
@@ -264,17 +255,22 @@ class Instance:
     async def _launch(self, listener: socket.socket) -> trio.Process:
         plan = self.plan
         user = self._user
-        taps = self._network.open_taps(plan)
+        files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
+        try:
+            taps = self._network.open_taps(plan)
+        except BaseException:
+            _close(files.values())
+            raise
         try:
             with _open_log(plan.qemuLog) as qemu_log:
                 process = await trio.lowlevel.open_process(
-                    list(plan.argv_for(listener.fileno(), taps)),
+                    list(plan.argv_for(listener.fileno(), taps, files)),
                     cwd=plan.cwd,
                     env={**os.environ, **plan.env},
                     stdin=subprocess.DEVNULL,
                     stdout=qemu_log,
                     stderr=qemu_log,
-                    pass_fds=(listener.fileno(), *taps.values()),
+                    pass_fds=(listener.fileno(), *taps.values(), *files.values()),
                     start_new_session=True,  # a signal to vmid's group never reaches guests
                     # Dropped between fork and exec (not QEMU's -runas: see host/identity.py).
                     user=user.uid if user else None,
@@ -283,8 +279,7 @@ class Instance:
                     umask=0o177,  # its sockets and logs: 0600, for its user (and root) only
                 )
         finally:
-            for fd in taps.values():
-                os.close(fd)
+            _close([*taps.values(), *files.values()])
         self.status.event("Normal", "Launched", f"QEMU started, pid {process.pid}")
         self.log.info("qemu started pid=%d", process.pid)
         self.log.debug("qemu argv: %s", " ".join(plan.argv))
@@ -513,6 +508,11 @@ def _describe_exit(code: int | None) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit status {code}"
+
+
+def _close(fds: Iterable[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _open_log(path: str) -> BinaryIO:

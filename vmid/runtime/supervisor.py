@@ -389,8 +389,6 @@ class Supervisor:
             adopt=vm.adopt,
             user=identity.resolve(self._config.qemuUser),
             traverse=(
-                paths.state,
-                paths.state / "instances",
                 paths.runtime,
                 paths.runtime / "instances",
                 paths.logs,
