@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import Daemon, fake_config, running_daemon
+from vmid.plan.nics import tap_name
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
@@ -125,6 +126,52 @@ def test_a_port_forwarded_to_one_vmi_fails_the_next_and_spares_the_first(daemon:
     assert daemon.phase("a") == "Running"
     assert [r["vmi"] for r in registry(daemon)] == ["a"]  # b's attempt left nothing behind
     assert len([n for n in links(daemon) if n.startswith("vmid") and n != "vmid0"]) == 1
+
+
+def vmid_links(daemon: Daemon) -> list[str]:
+    return sorted(n for n in links(daemon) if n.startswith("vmid") and n != "vmid0")
+
+
+def test_a_tap_name_collision_fails_the_second_vmi_and_spares_the_firsts_tap(
+    tmp_path: Path,
+) -> None:
+    # Force the collision inside the daemon: VMI b's tap is named as VMI a's.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "from vmid.plan import nics\n"
+        "real = nics.tap_name\n"
+        "nics.tap_name = lambda vmi, iface: real('a' if vmi == 'b' else vmi, iface)\n"
+    )
+    env = {"PYTHONPATH": f"{shim}:{os.environ.get('PYTHONPATH', '')}"}
+    with running_daemon(tmp_path, fake_config(), env=env) as daemon:
+        daemon.drop("a.yaml", vmi("a"))
+        daemon.wait_phase("a", "Running")
+        tap = interface(daemon, "a")["podInterfaceName"]
+        daemon.drop("b.yaml", vmi("b"))
+        daemon.wait_phase("b", "Failed")
+        assert daemon.phase("a") == "Running"
+        assert links(daemon)[tap]["master"] == "vmid0"  # b's cleanup left a's tap alone
+        assert f"tap name {tap} collides with the tap of VMI a (interface net)" in daemon.reason(
+            "b"
+        )
+        assert [r["vmi"] for r in registry(daemon)] == ["a"]
+
+
+def test_a_link_vmid_did_not_make_is_neither_taken_nor_deleted(daemon: Daemon) -> None:
+    foreign = tap_name("b", "net")
+    inside(daemon, "ip", "tuntap", "add", "mode", "tap", "name", foreign)
+    daemon.drop("b.yaml", vmi("b"))
+    daemon.wait_phase("b", "Failed")
+    assert f"a link named {foreign} (this interface's tap name) exists already" in daemon.reason(
+        "b"
+    )
+    assert "vmid did not make it for this VMI" in daemon.reason("b")
+    assert "master" not in links(daemon)[foreign]  # not put on vmid's bridge
+    (daemon.spool / "b.yaml").unlink()
+    daemon.wait_phase("b", None)
+    assert vmid_links(daemon) == [foreign]  # b's cleanup did not delete it
+    assert not (daemon.root / "var/lib/vmid/network/attachments.json").exists()  # no claim
 
 
 def test_a_multus_network_puts_the_tap_on_the_mapped_host_bridge(tmp_path: Path) -> None:

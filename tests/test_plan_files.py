@@ -466,7 +466,7 @@ def locally_administered_unicast(mac: str) -> bool:
 
 def test_default_tap(base: dict[str, Any]) -> None:
     (tap,) = plan_of(base).taps
-    assert re.fullmatch(r"vmid[0-9a-f]{11}", tap.device)
+    assert re.fullmatch(r"vmid[0-9a-zA-Z]{11}", tap.device)
     assert len(tap.device) == 15
     assert MAC.fullmatch(tap.mac)
     assert locally_administered_unicast(tap.mac)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import string
 
 from vmid.api import types as t
 from vmid.plan.context import Context
@@ -19,10 +20,20 @@ NIC_DEVICES = {
 }
 
 
+#: Letters and digits (link names are case-sensitive): 11 of them carry 65 bits, IFNAMSIZ allows
+#: no more. Names can still collide; the network layer refuses a name another VMI holds.
+_ALPHABET = string.digits + string.ascii_lowercase + string.ascii_uppercase
+_LENGTH = 11
+
+
 def tap_name(vmi_name: str, interface: str) -> str:
-    """`vmid` + 11 hex digits: stable for a VMI's interface, unique in practice, 15 characters."""
-    digest = hashlib.sha256(f"{vmi_name}/{interface}".encode()).hexdigest()
-    return f"vmid{digest[:11]}"
+    """`vmid` + 11 letters and digits: stable for a VMI's interface, 15 characters (IFNAMSIZ)."""
+    number = int.from_bytes(hashlib.sha256(f"{vmi_name}/{interface}".encode()).digest(), "big")
+    digits = []
+    for _ in range(_LENGTH):
+        number, digit = divmod(number, len(_ALPHABET))
+        digits.append(_ALPHABET[digit])
+    return "vmid" + "".join(digits)
 
 
 def stable_mac(vmi_name: str, interface: str) -> str:
