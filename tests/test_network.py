@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,7 +86,7 @@ def registry(daemon: Daemon) -> list[dict[str, Any]]:
 def assert_nothing_left(daemon: Daemon) -> None:
     assert [n for n in links(daemon) if n.startswith("vmid") and n != "vmid0"] == []
     assert registry(daemon) == []
-    assert "table inet vmid" not in inside(daemon, "nft", "list", "ruleset")
+    assert "vmid" not in inside(daemon, "nft", "list", "ruleset")  # neither table
 
 
 @pytest.fixture
@@ -172,6 +173,45 @@ def test_a_link_vmid_did_not_make_is_neither_taken_nor_deleted(daemon: Daemon) -
     daemon.wait_phase("b", None)
     assert vmid_links(daemon) == [foreign]  # b's cleanup did not delete it
     assert not (daemon.root / "var/lib/vmid/network/attachments.json").exists()  # no claim
+
+
+#: Listen on a link for N seconds; print the markers of tests/fakeqemu.py's frames seen there.
+WATCH = """
+import socket, sys, time
+markers = (b"VMID-SPOOF-ARP", b"VMID-SPOOF-IP", b"VMID-SPOOF-MAC", b"VMID-PROBE-ARP")
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+sock.bind((sys.argv[1], 0))
+sock.settimeout(0.2)
+seen = set()
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        frame = sock.recv(65536)
+    except TimeoutError:
+        continue
+    seen.update(m.decode() for m in markers if m in frame)
+print(" ".join(sorted(seen)))
+"""
+
+
+def test_a_guest_cannot_claim_another_vmis_address_or_send_from_another_mac(
+    daemon: Daemon,
+) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    victim = interface(daemon, "a")["ipAddress"]
+    # A guest that answers ARP for a's address and sends from it (tests/fakeqemu.py spoof-IP).
+    daemon.drop("evil.yaml", vmi("evil").replace("serial: obey", f"serial: spoof-{victim}"))
+    daemon.wait_phase("evil", "Running")
+    # Another port on the bridge (a neighbour, as the host is) sees what the bridge lets by.
+    inside(daemon, "ip", "link", "add", "obs-g", "type", "veth", "peer", "name", "obs-b")
+    inside(daemon, "ip", "link", "set", "obs-b", "master", "vmid0", "up")
+    inside(daemon, "ip", "link", "set", "obs-g", "up")
+    seen = inside(daemon, sys.executable, "-c", WATCH, "obs-g", "3").split()
+    assert seen == ["VMID-PROBE-ARP"]  # the guest's tap works; its spoofed frames went nowhere
+    neighbours = inside(daemon, "ip", "neigh", "show", "dev", "vmid0")
+    assert interface(daemon, "evil")["mac"] not in neighbours
+    assert daemon.phase("a") == "Running"
 
 
 def test_a_multus_network_puts_the_tap_on_the_mapped_host_bridge(tmp_path: Path) -> None:

@@ -39,8 +39,14 @@ LAN = attachment("lan", None, bridge="brlan")
 def test_the_table_forwards_ports_masquerades_and_accepts_the_bridges() -> None:
     script = nftables.ruleset("vmid0", POOL, [WEB, DNS, LAN])
     lines = [line.strip() for line in script.splitlines()]
-    # Replaced as a whole in one transaction, whether or not it existed.
-    assert lines[:3] == ["table inet vmid {}", "delete table inet vmid", "table inet vmid {"]
+    # Replaced as a whole in one transaction, whether or not they existed.
+    assert lines[:5] == [
+        "table inet vmid {}",
+        "delete table inet vmid",
+        "table bridge vmid {}",
+        "delete table bridge vmid",
+        "table inet vmid {",
+    ]
     forward = (
         "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 80 "
         "dnat ip to 10.0.2.2:80"
@@ -57,7 +63,38 @@ def test_stopped_vmis_forward_nothing_and_no_vmi_means_no_table() -> None:
     assert "dport 80" not in nftables.ruleset("vmid0", POOL, [stopped, DNS])
     assert nftables.ruleset("vmid0", POOL, [stopped]) == (
         "table inet vmid {}\ndelete table inet vmid\n"
+        "table bridge vmid {}\ndelete table bridge vmid\n"
     )
+
+
+def chain(script: str, name: str) -> list[str]:
+    """The rules of one chain of the script, stripped."""
+    lines = [line.strip() for line in script.splitlines()]
+    start = lines.index(f"chain {name} {{") + 1
+    return lines[start : lines.index("}", start)]
+
+
+def test_each_tap_may_send_only_from_its_own_mac_and_address() -> None:
+    script = nftables.ruleset("vmid0", POOL, [WEB, DNS, LAN]).split("table bridge vmid {\n")[1]
+    assert chain(script, "prerouting")[-1] == (
+        'iifname vmap { "vmid-dns" : jump vmid-dns, "vmid-lan" : jump vmid-lan, '
+        '"vmid-web" : jump vmid-web }'
+    )
+    web = chain(script, "vmid-web")
+    assert web[0] == "ether saddr != 02:00:00:00:00:0b drop"
+    assert "arp saddr ether != 02:00:00:00:00:0b drop" in web
+    # ARP and IP only from its own address; DHCP before it has one; nothing else.
+    assert web[-4:] == [
+        "arp saddr ip { 10.0.2.2, 0.0.0.0 } accept",
+        "ip saddr 10.0.2.2 accept",
+        "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
+        "drop",
+    ]
+    # On a host bridge vmid does not know the address: the MAC only.
+    lan = chain(script, "vmid-lan")
+    assert lan[0] == "ether saddr != 02:00:00:00:00:03 drop"
+    assert "arp saddr ether != 02:00:00:00:00:03 drop" in lan
+    assert not any("ip" in rule.split()[:2] or rule == "drop" for rule in lan)
 
 
 def test_host_bridges_alone_get_no_nat() -> None:
