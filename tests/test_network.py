@@ -119,11 +119,11 @@ def test_a_pod_interface_gets_an_address_a_tap_on_vmid0_and_a_forward(daemon: Da
 
 
 def test_a_port_forwarded_to_one_vmi_fails_the_next_and_spares_the_first(daemon: Daemon) -> None:
-    daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 80}]"))
+    daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 8000}]"))
     daemon.wait_phase("a", "Running")
-    daemon.drop("b.yaml", vmi("b", ports="ports: [{port: 80, name: http}]"))
+    daemon.drop("b.yaml", vmi("b", ports="ports: [{port: 8000, name: http}]"))
     daemon.wait_phase("b", "Failed")
-    assert "port TCP/80 is already forwarded to VMI a" in daemon.reason("b")
+    assert "port TCP/8000 is already forwarded to VMI a" in daemon.reason("b")
     assert daemon.phase("a") == "Running"
     assert [r["vmi"] for r in registry(daemon)] == ["a"]  # b's attempt left nothing behind
     assert len([n for n in links(daemon) if n.startswith("vmid") and n != "vmid0"]) == 1
@@ -214,6 +214,79 @@ def test_a_guest_cannot_claim_another_vmis_address_or_send_from_another_mac(
     assert daemon.phase("a") == "Running"
 
 
+#: Sockets as host services hold them: TCP 0.0.0.0:8080, UDP [::]:8053 (dual-stack), and TCP
+#: 127.0.0.1:8082 (loopback, which no forward takes). Prints "ready" once they are bound.
+LISTEN = """
+import socket, sys, time
+tcp = socket.create_server(("0.0.0.0", 8080))
+udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+udp.bind(("::", 8053))
+local = socket.create_server(("127.0.0.1", 8082))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_port_a_host_process_listens_on_fails_the_vmi_naming_the_listener(
+    daemon: Daemon,
+) -> None:
+    namespace = f"--net=/proc/{daemon.process.pid}/ns/net"
+    service = subprocess.Popen(
+        ["nsenter", namespace, "--", sys.executable, "-c", LISTEN],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service.stdout is not None
+        assert service.stdout.readline() == "ready\n"
+        daemon.drop("web.yaml", vmi("web", ports="ports: [{port: 8081}, {port: 8080}]"))
+        daemon.drop("dns.yaml", vmi("dns", ports="ports: [{port: 8053, protocol: UDP}]"))
+        daemon.drop("ok.yaml", vmi("ok", ports="ports: [{port: 8082}, {port: 8053}]"))
+        daemon.wait_phase("web", "Failed")
+        daemon.wait_phase("dns", "Failed")
+        daemon.wait_phase("ok", "Running")  # TCP/8053 and loopback's 8082 are free to forward
+        assert re.search(
+            rf"port TCP/8080 is in use on this host by \S+ \(pid {service.pid}\) listening on "
+            r"0\.0\.0\.0:8080",
+            daemon.reason("web"),
+        ), daemon.reason("web")
+        assert "port UDP/8053 is in use on this host by" in daemon.reason("dns")
+        assert "listening on [::]:8053" in daemon.reason("dns")
+        rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
+        assert "dport 8080" not in rules
+        assert "dport 8081" not in rules
+        assert "tcp dport 8082" in rules
+    finally:
+        service.kill()
+        service.wait()
+        if service.stdout is not None:
+            service.stdout.close()
+
+
+def test_ports_outside_the_configured_range_and_too_many_ports_are_refused(
+    tmp_path: Path,
+) -> None:
+    config = fake_config("podNetwork: {publishPorts: {min: 2000, max: 3000}}\n")
+    with running_daemon(tmp_path, config) as daemon:
+        daemon.drop("low.yaml", vmi("low", ports="ports: [{port: 2500}, {port: 80}]"))
+        many = ", ".join(f"{{port: {n}}}" for n in range(10000, 11000))
+        daemon.drop("many.yaml", vmi("many", ports=f"ports: [{many}]"))
+        daemon.drop("ok.yaml", vmi("ok", ports="ports: [{port: 2000}, {port: 3000}]"))
+        daemon.wait_phase("low", "Failed")
+        daemon.wait_phase("many", "Failed")
+        daemon.wait_phase("ok", "Running")
+        assert (
+            "spec.domain.devices.interfaces[0].ports[1].port: port 80 is outside the range of "
+            "host ports vmid.yaml allows to forward (podNetwork.publishPorts: 2000-3000)"
+        ) in daemon.reason("low")
+        assert (
+            "spec.domain.devices.interfaces[0].ports list exceeds the 256 element limit in length"
+        ) in daemon.reason("many")
+        rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
+        assert "dport 2500" not in rules
+        assert "dport 10000" not in rules
+
+
 def test_a_multus_network_puts_the_tap_on_the_mapped_host_bridge(tmp_path: Path) -> None:
     config = fake_config("multusBridges: {lan: brlan}\n")
     with running_daemon(tmp_path, config) as daemon:
@@ -248,7 +321,7 @@ def test_an_exhausted_pool_fails_the_vmi_that_finds_it_so(tmp_path: Path) -> Non
 
 def test_stopping_the_daemon_removes_its_bridge_rules_and_dnsmasq(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
-        daemon.drop("web.yaml", vmi("web", ports="ports: [{port: 80}]"))
+        daemon.drop("web.yaml", vmi("web", ports="ports: [{port: 8000}]"))
         daemon.wait_phase("web", "Running")
         dnsmasq = int((tmp_path / "run/vmid/network/dnsmasq-vmid0.pid").read_text())
         namespace = f"/proc/{daemon.process.pid}/ns/net"
@@ -296,7 +369,7 @@ def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
 ) -> None:
     prefix = ("ip", "netns", "exec", netns)
     with running_daemon(tmp_path, fake_config(), prefix=prefix) as daemon:
-        daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 80}]"))
+        daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 8000}]"))
         daemon.drop("b.yaml", vmi("b"))
         daemon.wait_phase("a", "Running")
         daemon.wait_phase("b", "Running")
@@ -315,7 +388,7 @@ def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
         assert daemon.phase("b") == "Running"  # re-adopted, its tap and address kept
         assert interface(daemon, "b")["ipAddress"] == address_b
         rules = inside(daemon, "nft", "list", "ruleset")
-        assert "dport 80" not in rules
+        assert "dport 8000" not in rules
         (daemon.spool / "b.yaml").unlink()
         daemon.wait_phase("b", None)
         assert_nothing_left(daemon)

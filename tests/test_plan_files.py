@@ -15,12 +15,14 @@ import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import pytest
 
 from tests import qemuopts
 from tests.conftest import dump
+from vmid.api.findings import Finding
 from vmid.api.load import load_text
-from vmid.config import Accelerator, Config, Firmware, Paths, PodNetwork
+from vmid.config import Accelerator, Config, Firmware, Paths, PodNetwork, PortRange
 from vmid.host import accel
 from vmid.manifests import plan_file
 from vmid.plan.build import build
@@ -448,7 +450,7 @@ def two_interfaces(data: dict[str, Any]) -> dict[str, Any]:
         {
             "name": "default",
             "masquerade": {},
-            "ports": [{"port": 22}, {"port": 53, "protocol": "UDP"}],
+            "ports": [{"port": 2222}, {"port": 5353, "protocol": "UDP"}],
         },
         {"name": "blue", "bridge": {}},
     ]
@@ -505,7 +507,7 @@ def test_tap_macs_reach_the_nic_devices(base: dict[str, Any]) -> None:
 def test_masquerade_and_ports(base: dict[str, Any]) -> None:
     default, blue = plan_of(two_interfaces(base)).taps
     assert default.masquerade is True
-    assert [(p.protocol, p.port) for p in default.ports] == [("TCP", 22), ("UDP", 53)]
+    assert [(p.protocol, p.port) for p in default.ports] == [("TCP", 2222), ("UDP", 5353)]
     assert blue.masquerade is False
 
 
@@ -634,3 +636,20 @@ def test_explicit_accelerator_passes_through(tmp_path: Path, explicit: Accelerat
     device.write_bytes(b"")
     assert accel.resolve(explicit, kvm_device=str(device)) is explicit
     assert accel.resolve(explicit, kvm_device=str(tmp_path / "missing")) is explicit
+
+
+def test_ports_outside_publish_ports_are_located_problems(base: dict[str, Any]) -> None:
+    data = two_interfaces(base)
+    data["spec"]["domain"]["devices"]["interfaces"][0]["ports"].append({"port": 80})
+    manifests, _ = load_text("vmi.yaml", dump(data).encode())
+    plan, findings = build(manifests[0].vmi, TCG, Paths(ROOT), Accelerator.TCG)
+    assert plan is None
+    assert findings == [
+        Finding(
+            ("spec", "domain", "devices", "interfaces", 0, "ports", 2, "port"),
+            "port 80 is outside the range of host ports vmid.yaml allows to forward "
+            "(podNetwork.publishPorts: 1024-65535)",
+        )
+    ]
+    wide = attrs.evolve(TCG, podNetwork=PodNetwork(publishPorts=PortRange(min=1)))
+    assert build(manifests[0].vmi, wide, Paths(ROOT), Accelerator.TCG)[1] == []

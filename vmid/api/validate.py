@@ -43,6 +43,9 @@ RESERVED_MAC = "02:00:00:00:00:00"
 NIC_MODELS = ("e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139", "virtio")
 CLOUD_INIT_LIMIT = 2048
 TIMEZONE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+#: Forwarded ports per interface (one interface per VMI may have them: the pod network's):
+#: each is a rule the host re-applies on every VMI change, and a socket it looks for.
+MAX_PORTS = 256
 RESERVED_LABELS = (
     "kubevirt.io/created-by",
     "kubevirt.io/migrationJobUID",
@@ -648,6 +651,10 @@ def _interface(
 def _ports(iface: t.Interface, path: FieldPath, out: _Findings) -> None:
     if iface.ports and iface.masquerade is None:
         out.add((*path, "ports"), "ports are forwarded only to a masquerade interface")
+    if len(iface.ports) > MAX_PORTS:  # KubeVirt's wording for its list bounds
+        where = (*path, "ports")
+        out.add(where, f"{render_path(where)} list exceeds the {MAX_PORTS} element limit in length")
+        return
     names: set[str] = set()
     for index, port in enumerate(iface.ports):
         port_path = (*path, "ports", index)

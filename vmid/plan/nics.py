@@ -6,6 +6,7 @@ import hashlib
 import string
 
 from vmid.api import types as t
+from vmid.api.findings import Finding
 from vmid.plan.context import Context
 from vmid.plan.model import TAP_FD_BASE, Port, Tap, tap_netdev
 from vmid.plan.qemu import Value, options
@@ -61,6 +62,23 @@ def plan_nics(ctx: Context) -> tuple[list[str], list[Tap]]:
         device["acpi-index"] = iface.acpiIndex
         args += ["-device", options(_model(ctx, iface), device)]
     return args, taps
+
+
+def port_findings(ctx: Context) -> list[Finding]:
+    """Forwarded ports outside the range vmid.yaml lets manifests publish (a host fact)."""
+    allowed = ctx.config.podNetwork.publishPorts
+    findings = []
+    for index, iface in enumerate(ctx.vmi.spec.domain.devices.interfaces):
+        for number, port in enumerate(iface.ports):
+            if port.port is not None and not allowed.min <= port.port <= allowed.max:
+                findings.append(
+                    Finding(
+                        ("spec", "domain", "devices", "interfaces", index, "ports", number, "port"),
+                        f"port {port.port} is outside the range of host ports vmid.yaml allows "
+                        f"to forward (podNetwork.publishPorts: {allowed.min}-{allowed.max})",
+                    )
+                )
+    return findings
 
 
 def _tap(ctx: Context, iface: t.Interface, network: t.Network, netdev: str) -> Tap:

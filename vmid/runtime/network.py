@@ -19,8 +19,8 @@ from typing import Any
 import attrs
 import trio
 
-from vmid.config import Config, Paths
-from vmid.host import dnsmasq, identity, ipam, nftables
+from vmid.config import Config, Paths, PodNetwork, PortRange
+from vmid.host import dnsmasq, identity, ipam, listeners, nftables
 from vmid.host import network as links
 from vmid.host.network import NetworkError
 from vmid.plan.model import LaunchPlan
@@ -73,9 +73,9 @@ class Network:
         return self._dir / f"dnsmasq-{self._bridge}.pid"
 
     def reconfigure(self, config: Config) -> Config:
-        """The configuration to use from now on: the pod network stays as it is while VMIs
-        use it (the planner must use the same); other keys apply at once."""
-        if self._pod_ready and config.podNetwork != self._config.podNetwork:
+        """The configuration to use from now on: the pod network (but publishPorts) stays as
+        it is while VMIs use it (the planner must use the same); other keys apply at once."""
+        if self._pod_ready and _fixed(config.podNetwork) != _fixed(self._config.podNetwork):
             log.warning("podNetwork changes apply after a restart of vmid with no VM running")
             config = _with_pod(config, self._config)
         self._config = config
@@ -98,9 +98,9 @@ class Network:
         `adopted`: the VM runs already (re-adopted), its taps exist and its QEMU holds them.
 
         Raises:
-            NetworkError: a missing host bridge, a conflict with another VMI or a link vmid did
-                not make for it, no free address, or the kernel refusing; the VMI should fail
-                with that message.
+            NetworkError: a missing host bridge, a port a host process listens on, a conflict
+                with another VMI or a link vmid did not make for it, no free address, or the
+                kernel refusing; the VMI should fail with that message.
         """
         if not plan.taps:
             return []
@@ -114,6 +114,9 @@ class Network:
                         f"{tap.bridge}, which does not exist on this host; create it, or map the "
                         "network's name to a bridge in multusBridges in vmid.yaml"
                     )
+            if not adopted:  # a re-adopted VM's forwards exist already: it keeps them
+                forwards = [(tap.interface, port) for tap in plan.taps for port in tap.ports]
+                await trio.to_thread.run_sync(listeners.check_free, forwards)
             reuse = await self._reusable_taps(name, plan, adopted)
             self._registry.assign(name, plan.taps, self._bridge, self._pool)
             await trio.to_thread.run_sync(self._registry.save)
@@ -381,5 +384,12 @@ def _interface_status(item: ipam.Attachment, link_up: bool) -> dict[str, Any]:
     return status
 
 
+def _fixed(pod: PodNetwork) -> PodNetwork:
+    """What of the pod network cannot change under running VMIs: all but the ports range,
+    which only the planner uses (for VMIs it plans from now on)."""
+    return attrs.evolve(pod, publishPorts=PortRange())
+
+
 def _with_pod(config: Config, old: Config) -> Config:
-    return attrs.evolve(config, podNetwork=old.podNetwork)
+    pod = attrs.evolve(old.podNetwork, publishPorts=config.podNetwork.publishPorts)
+    return attrs.evolve(config, podNetwork=pod)
