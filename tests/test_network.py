@@ -107,7 +107,7 @@ def test_a_pod_interface_gets_an_address_a_tap_on_vmid0_and_a_forward(daemon: Da
     assert tap["linkinfo"]["info_kind"] == "tun"
     assert "10.0.2.1/24" in inside(daemon, "ip", "-br", "addr", "show", "vmid0")
     rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
-    assert "tcp dport 8080 dnat ip to 10.0.2.2:8080" in rules
+    assert "tcp . 8080 : 10.0.2.2 . 8080" in rules  # the map of forwards
     hosts = (daemon.root / "run/vmid/network/dnsmasq-vmid0.hosts").read_text()
     assert hosts == f"{nic['mac']},10.0.2.2\n"
     assert "web" in daemon.vmid("get").stdout.split("10.0.2.2")[0]
@@ -253,9 +253,9 @@ def test_a_port_a_host_process_listens_on_fails_the_vmi_naming_the_listener(
         assert "port UDP/8053 is in use on this host by" in daemon.reason("dns")
         assert "listening on [::]:8053" in daemon.reason("dns")
         rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
-        assert "dport 8080" not in rules
-        assert "dport 8081" not in rules
-        assert "tcp dport 8082" in rules
+        assert ". 8080 :" not in rules
+        assert ". 8081 :" not in rules
+        assert "tcp . 8082 :" in rules
     finally:
         service.kill()
         service.wait()
@@ -283,8 +283,9 @@ def test_ports_outside_the_configured_range_and_too_many_ports_are_refused(
             "spec.domain.devices.interfaces[0].ports list exceeds the 256 element limit in length"
         ) in daemon.reason("many")
         rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
-        assert "dport 2500" not in rules
-        assert "dport 10000" not in rules
+        assert ". 2500 :" not in rules
+        assert ". 10000 :" not in rules
+        assert "tcp . 3000 :" in rules
 
 
 def test_a_multus_network_puts_the_tap_on_the_mapped_host_bridge(tmp_path: Path) -> None:
@@ -388,7 +389,7 @@ def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
         assert daemon.phase("b") == "Running"  # re-adopted, its tap and address kept
         assert interface(daemon, "b")["ipAddress"] == address_b
         rules = inside(daemon, "nft", "list", "ruleset")
-        assert "dport 8000" not in rules
+        assert ". 8000 :" not in rules
         (daemon.spool / "b.yaml").unlink()
         daemon.wait_phase("b", None)
         assert_nothing_left(daemon)
