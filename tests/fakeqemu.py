@@ -12,6 +12,11 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
 
 Its run state (prelaunch until `cont`, running, paused after `stop`) is answered by
 query-status and kept in the file `runstate` in its working directory, for tests to read.
+
+
+  spoof-IP   a hostile guest on its tap (net0): it claims address IP (an ARP reply and a UDP
+             packet from IP) and sends from another MAC, every 0.2 s; plus one frame the
+             anti-spoofing rules let through (an ARP probe), so an observer sees the tap works
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -56,6 +62,10 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    if mode.startswith("spoof-"):
+        threading.Thread(
+            target=spoof, args=(argv, mode.removeprefix("spoof-")), daemon=True
+        ).start()
     fd = int(option(argv, "-chardev", r"id=vmid-control,fd=(\d+)") or "-1")
     fake = FakeQemu(mode)
     listener = socket.socket(fileno=fd)
@@ -63,6 +73,47 @@ def main(argv: list[str]) -> int:
         conn, _ = listener.accept()
         if fake.serve(conn):
             return 0
+
+
+BROADCAST = b"\xff" * 6
+
+
+def arp(mac: bytes, sender: str, target: str, operation: int, marker: bytes) -> bytes:
+    """An Ethernet broadcast ARP frame (`marker` in its padding, for an observer to find)."""
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, operation)
+    body += mac + socket.inet_aton(sender) + BROADCAST + socket.inet_aton(target)
+    return BROADCAST + mac + b"\x08\x06" + body + marker
+
+
+def udp(mac: bytes, source: str, marker: bytes) -> bytes:
+    """An Ethernet and IPv4 broadcast UDP datagram from `source` carrying `marker`."""
+    length = 20 + 8 + len(marker)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, length, 0, 0, 64, 17, 0, socket.inet_aton(source), BROADCAST[:4]
+    )
+    words = struct.unpack("!10H", header)
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    header = header[:10] + struct.pack("!H", ~total & 0xFFFF) + header[12:]
+    datagram = struct.pack("!HHHH", 9999, 9999, 8 + len(marker), 0) + marker
+    return BROADCAST + mac + b"\x08\x00" + header + datagram
+
+
+def spoof(argv: list[str], victim: str) -> None:
+    fd = int(option(argv, "-netdev", r"tap,id=net0,fd=(\d+)") or "-1")
+    mac = bytes.fromhex((option(argv, "-device", r"mac=([0-9a-f:]+)") or "").replace(":", ""))
+    other = bytes.fromhex("02ee00000001")
+    frames = [
+        arp(mac, victim, victim, 2, b"VMID-SPOOF-ARP"),  # "the victim's address is at my MAC"
+        udp(mac, victim, b"VMID-SPOOF-IP"),
+        udp(other, victim, b"VMID-SPOOF-MAC"),
+        arp(mac, "0.0.0.0", victim, 1, b"VMID-PROBE-ARP"),  # a probe: allowed
+    ]
+    while True:
+        for frame in frames:
+            os.write(fd, bytes(10) + frame)  # vmid opens taps with IFF_VNET_HDR: a zero header
+        time.sleep(0.2)
 
 
 class FakeQemu:

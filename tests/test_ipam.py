@@ -141,3 +141,15 @@ def test_after_a_cidr_change_an_interface_gets_an_address_of_the_new_pool(tmp_pa
     wide = IPv4Network("10.128.0.0/9")  # counted, not listed: 8 million addresses
     registry.assign("a", [tap("a")], POD, wide)
     assert ips(registry, "a") == ["10.128.0.2"]
+
+
+def test_a_tap_name_is_one_interfaces_even_while_its_vmi_is_stopped(tmp_path: Path) -> None:
+    registry = ipam.Registry(tmp_path / "r.json")
+    registry.assign("a", [tap("a", device="vmidSAME")], POD, POOL)
+    registry.deactivate("a")
+    with pytest.raises(NetworkError, match=r"tap name vmidSAME collides with the tap of VMI a "):
+        registry.assign("bb", [tap("bb", device="vmidSAME")], POD, POOL)
+    with pytest.raises(NetworkError, match="collides with the tap of its interface one"):
+        registry.check_devices("bb", [tap("bb", "one", device="x"), tap("bb", "two", device="x")])
+    assert registry.of("bb") == []
+    registry.assign("a", [tap("a", device="vmidSAME")], POD, POOL)  # a's own, again

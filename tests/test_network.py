@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import Daemon, fake_config, running_daemon
+from vmid.plan.nics import tap_name
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
@@ -84,7 +86,7 @@ def registry(daemon: Daemon) -> list[dict[str, Any]]:
 def assert_nothing_left(daemon: Daemon) -> None:
     assert [n for n in links(daemon) if n.startswith("vmid") and n != "vmid0"] == []
     assert registry(daemon) == []
-    assert "table inet vmid" not in inside(daemon, "nft", "list", "ruleset")
+    assert "vmid" not in inside(daemon, "nft", "list", "ruleset")  # neither table
 
 
 @pytest.fixture
@@ -105,7 +107,7 @@ def test_a_pod_interface_gets_an_address_a_tap_on_vmid0_and_a_forward(daemon: Da
     assert tap["linkinfo"]["info_kind"] == "tun"
     assert "10.0.2.1/24" in inside(daemon, "ip", "-br", "addr", "show", "vmid0")
     rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
-    assert "tcp dport 8080 dnat ip to 10.0.2.2:8080" in rules
+    assert "tcp . 8080 : 10.0.2.2 . 8080" in rules  # the map of forwards
     hosts = (daemon.root / "run/vmid/network/dnsmasq-vmid0.hosts").read_text()
     assert hosts == f"{nic['mac']},10.0.2.2\n"
     assert "web" in daemon.vmid("get").stdout.split("10.0.2.2")[0]
@@ -117,14 +119,173 @@ def test_a_pod_interface_gets_an_address_a_tap_on_vmid0_and_a_forward(daemon: Da
 
 
 def test_a_port_forwarded_to_one_vmi_fails_the_next_and_spares_the_first(daemon: Daemon) -> None:
-    daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 80}]"))
+    daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 8000}]"))
     daemon.wait_phase("a", "Running")
-    daemon.drop("b.yaml", vmi("b", ports="ports: [{port: 80, name: http}]"))
+    daemon.drop("b.yaml", vmi("b", ports="ports: [{port: 8000, name: http}]"))
     daemon.wait_phase("b", "Failed")
-    assert "port TCP/80 is already forwarded to VMI a" in daemon.reason("b")
+    assert "port TCP/8000 is already forwarded to VMI a" in daemon.reason("b")
     assert daemon.phase("a") == "Running"
     assert [r["vmi"] for r in registry(daemon)] == ["a"]  # b's attempt left nothing behind
     assert len([n for n in links(daemon) if n.startswith("vmid") and n != "vmid0"]) == 1
+
+
+def vmid_links(daemon: Daemon) -> list[str]:
+    return sorted(n for n in links(daemon) if n.startswith("vmid") and n != "vmid0")
+
+
+def test_a_tap_name_collision_fails_the_second_vmi_and_spares_the_firsts_tap(
+    tmp_path: Path,
+) -> None:
+    # Force the collision inside the daemon: VMI b's tap is named as VMI a's.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "from vmid.plan import nics\n"
+        "real = nics.tap_name\n"
+        "nics.tap_name = lambda vmi, iface: real('a' if vmi == 'b' else vmi, iface)\n"
+    )
+    env = {"PYTHONPATH": f"{shim}:{os.environ.get('PYTHONPATH', '')}"}
+    with running_daemon(tmp_path, fake_config(), env=env) as daemon:
+        daemon.drop("a.yaml", vmi("a"))
+        daemon.wait_phase("a", "Running")
+        tap = interface(daemon, "a")["podInterfaceName"]
+        daemon.drop("b.yaml", vmi("b"))
+        daemon.wait_phase("b", "Failed")
+        assert daemon.phase("a") == "Running"
+        assert links(daemon)[tap]["master"] == "vmid0"  # b's cleanup left a's tap alone
+        assert f"tap name {tap} collides with the tap of VMI a (interface net)" in daemon.reason(
+            "b"
+        )
+        assert [r["vmi"] for r in registry(daemon)] == ["a"]
+
+
+def test_a_link_vmid_did_not_make_is_neither_taken_nor_deleted(daemon: Daemon) -> None:
+    foreign = tap_name("b", "net")
+    inside(daemon, "ip", "tuntap", "add", "mode", "tap", "name", foreign)
+    daemon.drop("b.yaml", vmi("b"))
+    daemon.wait_phase("b", "Failed")
+    assert f"a link named {foreign} (this interface's tap name) exists already" in daemon.reason(
+        "b"
+    )
+    assert "vmid did not make it for this VMI" in daemon.reason("b")
+    assert "master" not in links(daemon)[foreign]  # not put on vmid's bridge
+    (daemon.spool / "b.yaml").unlink()
+    daemon.wait_phase("b", None)
+    assert vmid_links(daemon) == [foreign]  # b's cleanup did not delete it
+    assert not (daemon.root / "var/lib/vmid/network/attachments.json").exists()  # no claim
+
+
+#: Listen on a link for N seconds; print the markers of tests/fakeqemu.py's frames seen there.
+WATCH = """
+import socket, sys, time
+markers = (b"VMID-SPOOF-ARP", b"VMID-SPOOF-IP", b"VMID-SPOOF-MAC", b"VMID-PROBE-ARP")
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+sock.bind((sys.argv[1], 0))
+sock.settimeout(0.2)
+seen = set()
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        frame = sock.recv(65536)
+    except TimeoutError:
+        continue
+    seen.update(m.decode() for m in markers if m in frame)
+print(" ".join(sorted(seen)))
+"""
+
+
+def test_a_guest_cannot_claim_another_vmis_address_or_send_from_another_mac(
+    daemon: Daemon,
+) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    victim = interface(daemon, "a")["ipAddress"]
+    # A guest that answers ARP for a's address and sends from it (tests/fakeqemu.py spoof-IP).
+    daemon.drop("evil.yaml", vmi("evil").replace("serial: obey", f"serial: spoof-{victim}"))
+    daemon.wait_phase("evil", "Running")
+    # Another port on the bridge (a neighbour, as the host is) sees what the bridge lets by.
+    inside(daemon, "ip", "link", "add", "obs-g", "type", "veth", "peer", "name", "obs-b")
+    inside(daemon, "ip", "link", "set", "obs-b", "master", "vmid0", "up")
+    inside(daemon, "ip", "link", "set", "obs-g", "up")
+    seen = inside(daemon, sys.executable, "-c", WATCH, "obs-g", "3").split()
+    assert seen == ["VMID-PROBE-ARP"]  # the guest's tap works; its spoofed frames went nowhere
+    neighbours = inside(daemon, "ip", "neigh", "show", "dev", "vmid0")
+    assert interface(daemon, "evil")["mac"] not in neighbours
+    assert daemon.phase("a") == "Running"
+
+
+#: Sockets as host services hold them: TCP 0.0.0.0:8080, UDP [::]:8053 (dual-stack), and TCP
+#: 127.0.0.1:8082 (loopback, which no forward takes). Prints "ready" once they are bound.
+LISTEN = """
+import socket, sys, time
+tcp = socket.create_server(("0.0.0.0", 8080))
+udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+udp.bind(("::", 8053))
+local = socket.create_server(("127.0.0.1", 8082))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_port_a_host_process_listens_on_fails_the_vmi_naming_the_listener(
+    daemon: Daemon,
+) -> None:
+    namespace = f"--net=/proc/{daemon.process.pid}/ns/net"
+    service = subprocess.Popen(
+        ["nsenter", namespace, "--", sys.executable, "-c", LISTEN],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service.stdout is not None
+        assert service.stdout.readline() == "ready\n"
+        daemon.drop("web.yaml", vmi("web", ports="ports: [{port: 8081}, {port: 8080}]"))
+        daemon.drop("dns.yaml", vmi("dns", ports="ports: [{port: 8053, protocol: UDP}]"))
+        daemon.drop("ok.yaml", vmi("ok", ports="ports: [{port: 8082}, {port: 8053}]"))
+        daemon.wait_phase("web", "Failed")
+        daemon.wait_phase("dns", "Failed")
+        daemon.wait_phase("ok", "Running")  # TCP/8053 and loopback's 8082 are free to forward
+        assert re.search(
+            rf"port TCP/8080 is in use on this host by \S+ \(pid {service.pid}\) listening on "
+            r"0\.0\.0\.0:8080",
+            daemon.reason("web"),
+        ), daemon.reason("web")
+        assert "port UDP/8053 is in use on this host by" in daemon.reason("dns")
+        assert "listening on [::]:8053" in daemon.reason("dns")
+        rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
+        assert ". 8080 :" not in rules
+        assert ". 8081 :" not in rules
+        assert "tcp . 8082 :" in rules
+    finally:
+        service.kill()
+        service.wait()
+        if service.stdout is not None:
+            service.stdout.close()
+
+
+def test_ports_outside_the_configured_range_and_too_many_ports_are_refused(
+    tmp_path: Path,
+) -> None:
+    config = fake_config("podNetwork: {publishPorts: {min: 2000, max: 3000}}\n")
+    with running_daemon(tmp_path, config) as daemon:
+        daemon.drop("low.yaml", vmi("low", ports="ports: [{port: 2500}, {port: 80}]"))
+        many = ", ".join(f"{{port: {n}}}" for n in range(10000, 11000))
+        daemon.drop("many.yaml", vmi("many", ports=f"ports: [{many}]"))
+        daemon.drop("ok.yaml", vmi("ok", ports="ports: [{port: 2000}, {port: 3000}]"))
+        daemon.wait_phase("low", "Failed")
+        daemon.wait_phase("many", "Failed")
+        daemon.wait_phase("ok", "Running")
+        assert (
+            "spec.domain.devices.interfaces[0].ports[1].port: port 80 is outside the range of "
+            "host ports vmid.yaml allows to forward (podNetwork.publishPorts: 2000-3000)"
+        ) in daemon.reason("low")
+        assert (
+            "spec.domain.devices.interfaces[0].ports list exceeds the 256 element limit in length"
+        ) in daemon.reason("many")
+        rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
+        assert ". 2500 :" not in rules
+        assert ". 10000 :" not in rules
+        assert "tcp . 3000 :" in rules
 
 
 def test_a_multus_network_puts_the_tap_on_the_mapped_host_bridge(tmp_path: Path) -> None:
@@ -161,7 +322,7 @@ def test_an_exhausted_pool_fails_the_vmi_that_finds_it_so(tmp_path: Path) -> Non
 
 def test_stopping_the_daemon_removes_its_bridge_rules_and_dnsmasq(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
-        daemon.drop("web.yaml", vmi("web", ports="ports: [{port: 80}]"))
+        daemon.drop("web.yaml", vmi("web", ports="ports: [{port: 8000}]"))
         daemon.wait_phase("web", "Running")
         dnsmasq = int((tmp_path / "run/vmid/network/dnsmasq-vmid0.pid").read_text())
         namespace = f"/proc/{daemon.process.pid}/ns/net"
@@ -209,7 +370,7 @@ def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
 ) -> None:
     prefix = ("ip", "netns", "exec", netns)
     with running_daemon(tmp_path, fake_config(), prefix=prefix) as daemon:
-        daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 80}]"))
+        daemon.drop("a.yaml", vmi("a", ports="ports: [{port: 8000}]"))
         daemon.drop("b.yaml", vmi("b"))
         daemon.wait_phase("a", "Running")
         daemon.wait_phase("b", "Running")
@@ -228,7 +389,7 @@ def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
         assert daemon.phase("b") == "Running"  # re-adopted, its tap and address kept
         assert interface(daemon, "b")["ipAddress"] == address_b
         rules = inside(daemon, "nft", "list", "ruleset")
-        assert "dport 80" not in rules
+        assert ". 8000 :" not in rules
         (daemon.spool / "b.yaml").unlink()
         daemon.wait_phase("b", None)
         assert_nothing_left(daemon)

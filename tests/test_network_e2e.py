@@ -72,7 +72,8 @@ def status_ip(daemon: Daemon, name: str) -> str:
 
 @pytest.fixture
 def daemon(tmp_path: Path, guest_image: Path) -> Iterator[Daemon]:  # noqa: F811
-    with running_daemon(tmp_path, "accelerator: tcg\n") as daemon:
+    config = "accelerator: tcg\npodNetwork: {publishPorts: {min: 80}}\n"  # the guest serves 80
+    with running_daemon(tmp_path, config) as daemon:
         imported = daemon.vmid("image", "import", SEED_IMAGE, str(guest_image))
         assert imported.returncode == 0, imported.stderr
         yield daemon

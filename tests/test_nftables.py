@@ -39,14 +39,20 @@ LAN = attachment("lan", None, bridge="brlan")
 def test_the_table_forwards_ports_masquerades_and_accepts_the_bridges() -> None:
     script = nftables.ruleset("vmid0", POOL, [WEB, DNS, LAN])
     lines = [line.strip() for line in script.splitlines()]
-    # Replaced as a whole in one transaction, whether or not it existed.
-    assert lines[:3] == ["table inet vmid {}", "delete table inet vmid", "table inet vmid {"]
+    # Replaced as a whole in one transaction, whether or not they existed.
+    assert lines[:5] == [
+        "table inet vmid {}",
+        "delete table inet vmid",
+        "table bridge vmid {}",
+        "delete table bridge vmid",
+        "table inet vmid {",
+    ]
     forward = (
-        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 80 "
-        "dnat ip to 10.0.2.2:80"
+        "fib daddr type local ip daddr != 127.0.0.0/8 dnat ip to meta l4proto . th dport map "
+        "@forwards"
     )
     assert lines.count(forward) == 2  # prerouting (from outside) and output (from the host)
-    assert any("meta l4proto udp th dport 53 dnat ip to 10.0.2.3:53" in line for line in lines)
+    assert "elements = { udp . 53 : 10.0.2.3 . 53, tcp . 80 : 10.0.2.2 . 80 }" in lines
     assert "ip saddr 10.0.2.0/24 ip daddr != 10.0.2.0/24 masquerade" in lines
     assert 'iifname "brlan" accept' in lines
     assert 'iifname "vmid0" accept' in lines
@@ -54,16 +60,47 @@ def test_the_table_forwards_ports_masquerades_and_accepts_the_bridges() -> None:
 
 def test_stopped_vmis_forward_nothing_and_no_vmi_means_no_table() -> None:
     stopped = attachment("web", "10.0.2.2", ports=(Port(protocol="TCP", port=80),), active=False)
-    assert "dport 80" not in nftables.ruleset("vmid0", POOL, [stopped, DNS])
+    assert ". 80 :" not in nftables.ruleset("vmid0", POOL, [stopped, DNS])
     assert nftables.ruleset("vmid0", POOL, [stopped]) == (
         "table inet vmid {}\ndelete table inet vmid\n"
+        "table bridge vmid {}\ndelete table bridge vmid\n"
     )
+
+
+def chain(script: str, name: str) -> list[str]:
+    """The rules of one chain of the script, stripped."""
+    lines = [line.strip() for line in script.splitlines()]
+    start = lines.index(f"chain {name} {{") + 1
+    return lines[start : lines.index("}", start)]
+
+
+def test_each_tap_may_send_only_from_its_own_mac_and_address() -> None:
+    script = nftables.ruleset("vmid0", POOL, [WEB, DNS, LAN]).split("table bridge vmid {\n")[1]
+    assert chain(script, "prerouting")[-1] == (
+        'iifname vmap { "vmid-dns" : jump vmid-dns, "vmid-lan" : jump vmid-lan, '
+        '"vmid-web" : jump vmid-web }'
+    )
+    web = chain(script, "vmid-web")
+    assert web[0] == "ether saddr != 02:00:00:00:00:0b drop"
+    assert "arp saddr ether != 02:00:00:00:00:0b drop" in web
+    # ARP and IP only from its own address; DHCP before it has one; nothing else.
+    assert web[-4:] == [
+        "arp saddr ip { 10.0.2.2, 0.0.0.0 } accept",
+        "ip saddr 10.0.2.2 accept",
+        "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
+        "drop",
+    ]
+    # On a host bridge vmid does not know the address: the MAC only.
+    lan = chain(script, "vmid-lan")
+    assert lan[0] == "ether saddr != 02:00:00:00:00:03 drop"
+    assert "arp saddr ether != 02:00:00:00:00:03 drop" in lan
+    assert not any("ip" in rule.split()[:2] or rule == "drop" for rule in lan)
 
 
 def test_host_bridges_alone_get_no_nat() -> None:
     script = nftables.ruleset("vmid0", POOL, [LAN])
     assert "masquerade" not in script
-    assert "dnat ip to" not in script
+    assert "forwards" not in script
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nft")
@@ -71,9 +108,13 @@ def test_host_bridges_alone_get_no_nat() -> None:
 def test_the_kernel_accepts_the_table_twice_over_in_a_private_namespace() -> None:
     script = nftables.ruleset("vmid0", POOL, [WEB, DNS, LAN])
     empty = nftables.ruleset("vmid0", POOL, [])
-    shell = 'nft -f - <<<"$1" && nft -f - <<<"$1" && nft -f - <<<"$2" && nft list ruleset'
+    no_ports = nftables.ruleset("vmid0", POOL, [attachment("x", "10.0.2.9")])  # an empty map
+    shell = (
+        'nft -f - <<<"$1" && nft -f - <<<"$1" && nft -f - <<<"$3" && nft -f - <<<"$2" && '
+        "nft list ruleset"
+    )
     done = subprocess.run(
-        ["unshare", "--net", "--", "bash", "-c", shell, "-", script, empty],
+        ["unshare", "--net", "--", "bash", "-c", shell, "-", script, empty, no_ports],
         capture_output=True,
         text=True,
         timeout=20,

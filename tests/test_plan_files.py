@@ -15,12 +15,14 @@ import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import pytest
 
 from tests import qemuopts
 from tests.conftest import dump
+from vmid.api.findings import Finding
 from vmid.api.load import load_text
-from vmid.config import Accelerator, Config, Firmware, Paths, PodNetwork
+from vmid.config import Accelerator, Config, Firmware, Paths, PodNetwork, PortRange
 from vmid.host import accel
 from vmid.manifests import plan_file
 from vmid.plan.build import build
@@ -482,7 +484,7 @@ def two_interfaces(data: dict[str, Any]) -> dict[str, Any]:
         {
             "name": "default",
             "masquerade": {},
-            "ports": [{"port": 22}, {"port": 53, "protocol": "UDP"}],
+            "ports": [{"port": 2222}, {"port": 5353, "protocol": "UDP"}],
         },
         {"name": "blue", "bridge": {}},
     ]
@@ -500,7 +502,7 @@ def locally_administered_unicast(mac: str) -> bool:
 
 def test_default_tap(base: dict[str, Any]) -> None:
     (tap,) = plan_of(base).taps
-    assert re.fullmatch(r"vmid[0-9a-f]{11}", tap.device)
+    assert re.fullmatch(r"vmid[0-9a-zA-Z]{11}", tap.device)
     assert len(tap.device) == 15
     assert MAC.fullmatch(tap.mac)
     assert locally_administered_unicast(tap.mac)
@@ -539,7 +541,7 @@ def test_tap_macs_reach_the_nic_devices(base: dict[str, Any]) -> None:
 def test_masquerade_and_ports(base: dict[str, Any]) -> None:
     default, blue = plan_of(two_interfaces(base)).taps
     assert default.masquerade is True
-    assert [(p.protocol, p.port) for p in default.ports] == [("TCP", 22), ("UDP", 53)]
+    assert [(p.protocol, p.port) for p in default.ports] == [("TCP", 2222), ("UDP", 5353)]
     assert blue.masquerade is False
 
 
@@ -730,3 +732,20 @@ def test_every_device_vmid_plugs_in_is_counted_or_known_to_be_off_the_root_bus(
     if "interfaces" in devices:
         base["spec"]["networks"] = [{"name": "default", "pod": {}}]
     plan_of(base)  # pci.root_bus_devices asserts it knows every driver
+
+
+def test_ports_outside_publish_ports_are_located_problems(base: dict[str, Any]) -> None:
+    data = two_interfaces(base)
+    data["spec"]["domain"]["devices"]["interfaces"][0]["ports"].append({"port": 80})
+    manifests, _ = load_text("vmi.yaml", dump(data).encode())
+    plan, findings = build(manifests[0].vmi, TCG, Paths(ROOT), Accelerator.TCG)
+    assert plan is None
+    assert findings == [
+        Finding(
+            ("spec", "domain", "devices", "interfaces", 0, "ports", 2, "port"),
+            "port 80 is outside the range of host ports vmid.yaml allows to forward "
+            "(podNetwork.publishPorts: 1024-65535)",
+        )
+    ]
+    wide = attrs.evolve(TCG, podNetwork=PodNetwork(publishPorts=PortRange(min=1)))
+    assert build(manifests[0].vmi, wide, Paths(ROOT), Accelerator.TCG)[1] == []

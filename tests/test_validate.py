@@ -1200,6 +1200,16 @@ CASES: list[tuple[str, Patch, list[tuple[str, str]]]] = [
         ),
         [(f"{IFACES}[0].ports[1].name", "Duplicate name of the port: http")],
     ),
+    (
+        "interface-too-many-ports",
+        network([{**MASQ, "ports": [{"port": 1024 + n} for n in range(257)]}], [POD]),
+        [
+            (
+                f"{IFACES}[0].ports",
+                f"{IFACES}[0].ports list exceeds the 256 element limit in length",
+            )
+        ],
+    ),
     # --- boot order
     (
         "boot-order-disk-zero",

@@ -39,6 +39,16 @@ class Firmware:
 
 
 @attrs.frozen(kw_only=True)
+class PortRange:
+    """The host ports a manifest may forward to its VM (`ports[]`), both ends included."""
+
+    #: Not below 1024: the well-known ports are the host's services' (ssh, DNS, HTTP, ...),
+    #: which a forward would silently take from whatever starts listening after the VM.
+    min: int = 1024
+    max: int = 65535
+
+
+@attrs.frozen(kw_only=True)
 class PodNetwork:
     """vmid's NAT network, KubeVirt's pod network on one host."""
 
@@ -51,6 +61,7 @@ class PodNetwork:
     ipForward: bool = True
     #: dnsmasq drops its root privileges to this user once its DHCP socket is open.
     dhcpUser: str = "nobody"
+    publishPorts: PortRange = attrs.field(factory=PortRange)
 
 
 @attrs.frozen(kw_only=True)
@@ -164,6 +175,12 @@ def _check_network(file: Path, config: Config) -> None:
         raise ConfigError(
             f"{file}: podNetwork.bridge: {pod.bridge!r} must start with 'vmid' (vmid removes "
             "only links so named), be alphanumeric and at most 15 characters"
+        )
+    ports = pod.publishPorts
+    if not 1 <= ports.min <= ports.max <= 65535:
+        raise ConfigError(
+            f"{file}: podNetwork.publishPorts: {{min: {ports.min}, max: {ports.max}}} is not a "
+            "range of ports: 1 <= min <= max <= 65535"
         )
     for server in pod.dnsServers or ():
         try:

@@ -709,6 +709,8 @@ def _interface(
 def _ports(iface: t.Interface, path: FieldPath, out: _Findings) -> None:
     if iface.ports and iface.masquerade is None:
         out.add((*path, "ports"), "ports are forwarded only to a masquerade interface")
+    if _too_many((*path, "ports"), iface.ports, out):
+        return  # each is a forward and a listener check on the host
     names: set[str] = set()
     for index, port in enumerate(iface.ports):
         port_path = (*path, "ports", index)

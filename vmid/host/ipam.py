@@ -67,11 +67,12 @@ class Registry:
         reused last, so neighbours' ARP caches and DHCP servers' memories of it have aged.
 
         Raises:
-            NetworkError: a port forwarded or a MAC used by another running VMI, or no free
-                address left; nothing is recorded then.
+            NetworkError: a tap name recorded for another VMI, a port forwarded or a MAC used
+                by another running VMI, or no free address left; nothing is recorded then.
         """
         taps = list(taps)
         others = [a for a in self._items.values() if a.vmi != vmi]
+        self.check_devices(vmi, taps)
         _check_conflicts(vmi, taps, [a for a in others if a.active])
         taken = {a.ip for a in others if a.ip} | {
             a.ip for a in self.of(vmi) if a.ip and a.interface in {t.interface for t in taps}
@@ -99,6 +100,30 @@ class Registry:
         for key in [k for k in self._items if k[0] == vmi]:
             del self._items[key]
         self._items.update(new)
+
+    def check_devices(self, vmi: str, taps: Iterable[Tap]) -> None:
+        """Refuse tap names recorded for another VMI, running or not (each VMI deletes the taps
+        it records), or twice in `taps`.
+
+        Raises:
+            NetworkError: naming the other VMI and interface.
+        """
+        others = [a for a in self._items.values() if a.vmi != vmi]
+        owners = {a.device: f"VMI {a.vmi} (interface {a.interface})" for a in others}
+        for tap in taps:
+            holder = owners.get(tap.device)
+            if holder is not None:
+                raise NetworkError(
+                    f"interface {tap.interface}: tap name {tap.device} collides with the tap of "
+                    f"{holder}; rename this VMI or the interface"
+                )
+            owners[tap.device] = f"its interface {tap.interface}"
+
+    def forget(self, vmi: str, devices: set[str]) -> None:
+        """`vmi` never got these taps (they were not vmid's to take): no record claims them."""
+        for key, item in list(self._items.items()):
+            if key[0] == vmi and item.device in devices:
+                del self._items[key]
 
     def deactivate(self, vmi: str) -> None:
         """`vmi`'s taps are gone; it keeps its addresses (it may start again)."""

@@ -10,7 +10,7 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -29,10 +29,16 @@ _TUNSETOWNER = 0x400454CC
 _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
+#: TUNSETIFF fails (EBUSY) rather than attach to a tap that exists already.
+_IFF_TUN_EXCL = 0x8000
 
 
 class NetworkError(VmidError):
     """A bridge, tap, address or rule could not be set up; the message says which and why."""
+
+
+class LinkExists(NetworkError):
+    """A tap vmid was to create exists already: another VMI's, or not vmid's at all."""
 
 
 @contextmanager
@@ -82,10 +88,11 @@ def bridge_exists(name: str) -> bool:
         return index is not None and _kind(ipr, index) == "bridge"
 
 
-def ensure_tap(name: str, bridge: str, owner: int) -> None:
+def ensure_tap(name: str, bridge: str, owner: int, reuse: bool) -> None:
     """A persistent tap owned by uid `owner` (QEMU's user), enslaved to `bridge`, up.
 
-    An existing tap (a re-adopted VM's, which QEMU holds open) is only re-enslaved and set up.
+    With `reuse`, an existing tap (this VMI's, e.g. re-adopted: QEMU holds it open) is only
+    re-enslaved and set up; without, a link of that name is refused (LinkExists).
     """
     if not name.startswith(PREFIX):
         raise ValueError(f"vmid only manages links named {PREFIX}*: {name}")
@@ -95,6 +102,8 @@ def ensure_tap(name: str, bridge: str, owner: int) -> None:
             raise NetworkError(f"bridge {bridge} does not exist")
         if _index(ipr, name) is None:
             _create_tap(name, owner)
+        elif not reuse:
+            raise LinkExists(f"a link named {name} exists already")
         index = _index(ipr, name)
         assert index is not None
         ipr.link("set", index=index, master=master, state="up")
@@ -115,11 +124,18 @@ def open_tap(name: str) -> int:
 
 
 def _create_tap(name: str, owner: int) -> None:
-    # A plain ioctl: pyroute2's tuntap helper does not pass IFF_VNET_HDR through.
-    request = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
+    # A plain ioctl: pyroute2's tuntap helper does not pass IFF_VNET_HDR through. EXCL: a tap
+    # made by someone else between the lookup and here is not taken over.
+    flags = _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR | _IFF_TUN_EXCL
+    request = struct.pack("16sH", name.encode(), flags)
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(fd, _TUNSETIFF, request)
+        try:
+            fcntl.ioctl(fd, _TUNSETIFF, request)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise LinkExists(f"a link named {name} exists already") from exc
+            raise
         fcntl.ioctl(fd, _TUNSETOWNER, owner)
         fcntl.ioctl(fd, _TUNSETPERSIST, 1)
     finally:
@@ -139,6 +155,12 @@ def delete_link(name: str) -> None:
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 raise
+
+
+def existing(names: Iterable[str]) -> set[str]:
+    """Those of `names` that name a link (of any kind) now."""
+    with _ipr("cannot list links") as ipr:
+        return {name for name in names if _index(ipr, name) is not None}
 
 
 def vmid_taps() -> set[str]:

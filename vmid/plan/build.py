@@ -24,7 +24,7 @@ from vmid.plan.model import (
     add_fd,
     control_chardev,
 )
-from vmid.plan.nics import plan_nics
+from vmid.plan.nics import plan_nics, port_findings
 from vmid.plan.qemu import Value, blockdev, options
 
 DEFAULT_GRACE_SECONDS = 30  # KubeVirt's DefaultGracePeriodSeconds
@@ -65,6 +65,7 @@ def build(
     assert accelerator is not Accelerator.AUTO, "resolve the accelerator before planning"
     ctx = Context(vmi, config, paths, accelerator)
     disk_args, prepare, findings = plan_disks(ctx)
+    findings += port_findings(ctx)
     if findings:
         return None, findings
     nic_args, taps = plan_nics(ctx)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import string
 
 from vmid.api import types as t
+from vmid.api.findings import Finding
 from vmid.plan.context import Context
 from vmid.plan.model import TAP_FD_BASE, Port, Tap, device_id, tap_netdev
 from vmid.plan.qemu import Value, options
@@ -19,10 +21,20 @@ NIC_DEVICES = {
 }
 
 
+#: Letters and digits (link names are case-sensitive): 11 of them carry 65 bits, IFNAMSIZ allows
+#: no more. Names can still collide; the network layer refuses a name another VMI holds.
+_ALPHABET = string.digits + string.ascii_lowercase + string.ascii_uppercase
+_LENGTH = 11
+
+
 def tap_name(vmi_name: str, interface: str) -> str:
-    """`vmid` + 11 hex digits: stable for a VMI's interface, unique in practice, 15 characters."""
-    digest = hashlib.sha256(f"{vmi_name}/{interface}".encode()).hexdigest()
-    return f"vmid{digest[:11]}"
+    """`vmid` + 11 letters and digits: stable for a VMI's interface, 15 characters (IFNAMSIZ)."""
+    number = int.from_bytes(hashlib.sha256(f"{vmi_name}/{interface}".encode()).digest(), "big")
+    digits = []
+    for _ in range(_LENGTH):
+        number, digit = divmod(number, len(_ALPHABET))
+        digits.append(_ALPHABET[digit])
+    return "vmid" + "".join(digits)
 
 
 def stable_mac(vmi_name: str, interface: str) -> str:
@@ -54,6 +66,23 @@ def plan_nics(ctx: Context) -> tuple[list[str], list[Tap]]:
         device["acpi-index"] = iface.acpiIndex
         args += ["-device", options(_model(ctx, iface), device)]
     return args, taps
+
+
+def port_findings(ctx: Context) -> list[Finding]:
+    """Forwarded ports outside the range vmid.yaml lets manifests publish (a host fact)."""
+    allowed = ctx.config.podNetwork.publishPorts
+    findings = []
+    for index, iface in enumerate(ctx.vmi.spec.domain.devices.interfaces):
+        for number, port in enumerate(iface.ports):
+            if port.port is not None and not allowed.min <= port.port <= allowed.max:
+                findings.append(
+                    Finding(
+                        ("spec", "domain", "devices", "interfaces", index, "ports", number, "port"),
+                        f"port {port.port} is outside the range of host ports vmid.yaml allows "
+                        f"to forward (podNetwork.publishPorts: {allowed.min}-{allowed.max})",
+                    )
+                )
+    return findings
 
 
 def _tap(ctx: Context, iface: t.Interface, network: t.Network, netdev: str) -> Tap:

@@ -223,7 +223,8 @@ class Instance:
     async def _attach(self) -> None:
         """The VM's taps on their bridges, with addresses (before QEMU opens the taps)."""
         self._attached = True
-        self.status.interfaces = await self._network.attach(self.plan.name, self.plan)
+        adopted = self._adopt is not None
+        self.status.interfaces = await self._network.attach(self.plan.name, self.plan, adopted)
         for interface in self.status.interfaces:
             if interface.get("ipAddress"):
                 self.log.info("interface %s: %s", interface["name"], interface["ipAddress"])

@@ -19,8 +19,8 @@ from typing import Any
 import attrs
 import trio
 
-from vmid.config import Config, Paths
-from vmid.host import dnsmasq, identity, ipam, nftables
+from vmid.config import Config, Paths, PodNetwork, PortRange
+from vmid.host import dnsmasq, identity, ipam, listeners, nftables
 from vmid.host import network as links
 from vmid.host.network import NetworkError
 from vmid.plan.model import LaunchPlan
@@ -73,9 +73,9 @@ class Network:
         return self._dir / f"dnsmasq-{self._bridge}.pid"
 
     def reconfigure(self, config: Config) -> Config:
-        """The configuration to use from now on: the pod network stays as it is while VMIs
-        use it (the planner must use the same); other keys apply at once."""
-        if self._pod_ready and config.podNetwork != self._config.podNetwork:
+        """The configuration to use from now on: the pod network (but publishPorts) stays as
+        it is while VMIs use it (the planner must use the same); other keys apply at once."""
+        if self._pod_ready and _fixed(config.podNetwork) != _fixed(self._config.podNetwork):
             log.warning("podNetwork changes apply after a restart of vmid with no VM running")
             config = _with_pod(config, self._config)
         self._config = config
@@ -90,12 +90,17 @@ class Network:
 
     # Section: VMIs
 
-    async def attach(self, name: str, plan: LaunchPlan) -> list[dict[str, Any]]:
+    async def attach(
+        self, name: str, plan: LaunchPlan, adopted: bool = False
+    ) -> list[dict[str, Any]]:
         """Record, create and enslave `plan`'s taps; the interfaces' status entries.
 
+        `adopted`: the VM runs already (re-adopted), its taps exist and its QEMU holds them.
+
         Raises:
-            NetworkError: a missing host bridge, a conflict with another VMI, no free address,
-                or the kernel refusing; the VMI should fail with that message.
+            NetworkError: a missing host bridge, a port a host process listens on, a conflict
+                with another VMI or a link vmid did not make for it, no free address, or the
+                kernel refusing; the VMI should fail with that message.
         """
         if not plan.taps:
             return []
@@ -109,17 +114,41 @@ class Network:
                         f"{tap.bridge}, which does not exist on this host; create it, or map the "
                         "network's name to a bridge in multusBridges in vmid.yaml"
                     )
+            if not adopted:  # a re-adopted VM's forwards exist already: it keeps them
+                forwards = [(tap.interface, port) for tap in plan.taps for port in tap.ports]
+                await trio.to_thread.run_sync(listeners.check_free, forwards)
+            reuse = await self._reusable_taps(name, plan, adopted)
             self._registry.assign(name, plan.taps, self._bridge, self._pool)
             await trio.to_thread.run_sync(self._registry.save)
             if any(tap.bridge == self._bridge for tap in plan.taps):
                 await self._ensure_pod()
             user = identity.resolve(self._config.qemuUser)
             owner = os.getuid() if user is None else user.uid
-            for tap in plan.taps:
-                await trio.to_thread.run_sync(links.ensure_tap, tap.device, tap.bridge, owner)
+            for index, tap in enumerate(plan.taps):
+                try:
+                    await trio.to_thread.run_sync(
+                        links.ensure_tap, tap.device, tap.bridge, owner, tap.device in reuse
+                    )
+                except links.LinkExists as exc:  # made by someone else since the lookup
+                    self._registry.forget(name, {t.device for t in plan.taps[index:]})
+                    await trio.to_thread.run_sync(self._registry.save)
+                    raise _foreign(tap.interface, tap.device) from exc
             await self._sync()
         by_interface = {a.interface: a for a in self._registry.of(name)}
         return [_interface_status(by_interface[tap.interface], tap.linkUp) for tap in plan.taps]
+
+    async def _reusable_taps(self, name: str, plan: LaunchPlan, adopted: bool) -> set[str]:
+        """The taps of `plan` that exist and are `name`'s to take: recorded for it, or held by
+        its re-adopted QEMU. A tap another VMI records, or a link nobody made for this VMI,
+        fails the attach and is left alone (never enslaved, never deleted).
+        """
+        self._registry.check_devices(name, plan.taps)
+        ours = {a.device for a in self._registry.of(name)}
+        found = await trio.to_thread.run_sync(links.existing, [t.device for t in plan.taps])
+        for tap in plan.taps:
+            if tap.device in found and tap.device not in ours and not adopted:
+                raise _foreign(tap.interface, tap.device)
+        return found
 
     def open_taps(self, plan: LaunchPlan) -> dict[str, int]:
         """An fd on each of `plan`'s taps, by netdev id, for QEMU to inherit; close them after.
@@ -160,15 +189,21 @@ class Network:
             await self._sync()
 
     async def collect(self, known: set[str]) -> None:
-        """After a crash: release VMIs not in `known`, delete taps the registry does not list."""
+        """After a crash: release VMIs not in `known` (their recorded taps go with them).
+
+        A tap the registry does not list is not known to be vmid's: it is named, not deleted.
+        """
         for name in sorted(self._registry.vmis() - known):
             log.info("%s: releasing the addresses of a VMI that is gone", name)
             await self.release(name)
         async with self._lock:  # an attach meanwhile records its taps before making them
             listed = {a.device for a in self._registry}
             for device in sorted(await trio.to_thread.run_sync(links.vmid_taps) - listed):
-                log.info("deleting tap %s: no VMI uses it", device)
-                await trio.to_thread.run_sync(links.delete_link, device)
+                log.warning(
+                    "tap %s is recorded for no VMI: left alone (ip link del %s if unused)",
+                    device,
+                    device,
+                )
 
     async def close(self, keep: bool) -> None:
         """Daemon stopping: stop dnsmasq; unless VMs are kept running, remove rules and bridge."""
@@ -329,6 +364,14 @@ def _mapping(hosts: str) -> dict[str, str]:
     return {ip: mac for mac, ip in pairs}
 
 
+def _foreign(interface: str, device: str) -> NetworkError:
+    return NetworkError(
+        f"interface {interface}: a link named {device} (this interface's tap name) exists "
+        "already and vmid did not make it for this VMI; vmid leaves it alone: delete it if "
+        "nothing uses it, or rename this VMI or the interface"
+    )
+
+
 def _interface_status(item: ipam.Attachment, link_up: bool) -> dict[str, Any]:
     status: dict[str, Any] = {"name": item.interface, "mac": item.mac}
     if item.ip:
@@ -341,5 +384,12 @@ def _interface_status(item: ipam.Attachment, link_up: bool) -> dict[str, Any]:
     return status
 
 
+def _fixed(pod: PodNetwork) -> PodNetwork:
+    """What of the pod network cannot change under running VMIs: all but the ports range,
+    which only the planner uses (for VMIs it plans from now on)."""
+    return attrs.evolve(pod, publishPorts=PortRange())
+
+
 def _with_pod(config: Config, old: Config) -> Config:
-    return attrs.evolve(config, podNetwork=old.podNetwork)
+    pod = attrs.evolve(old.podNetwork, publishPorts=config.podNetwork.publishPorts)
+    return attrs.evolve(config, podNetwork=pod)
