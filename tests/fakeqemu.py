@@ -8,10 +8,15 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
   second     power off on the second system_powerdown only (a guest still booting)
   crash      exit with status 1 right after `cont`
   refuse     print an error like QEMU's and exit 1 before opening the monitor
+  flood-N    write N MiB to its serial console's log and N MiB to stderr as fast as it can,
+             then `flood done` to each, then obey
+  tick       write a numbered line (1 KiB) to its serial console's log every 10 ms; obey
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
@@ -53,12 +58,50 @@ def main(argv: list[str]) -> int:
         )
         return 1
     fd = int(option(argv, "-chardev", r"id=vmid-control,fd=(\d+)") or "-1")
-    fake = FakeQemu(mode)
+    if mode.startswith("flood-"):
+        megabytes = int(mode.removeprefix("flood-"))
+        threading.Thread(target=flood, args=(console_log(argv), megabytes), daemon=True).start()
+        threading.Thread(target=flood, args=(2, megabytes), daemon=True).start()
+    if mode == "tick":
+        threading.Thread(target=tick, args=(console_log(argv),), daemon=True).start()
+    fake = FakeQemu("obey" if mode.startswith("flood-") or mode == "tick" else mode)
     listener = socket.socket(fileno=fd)
     while True:  # like QEMU: a client hanging up leaves the VM running, and it may reconnect
         conn, _ = listener.accept()
         if fake.serve(conn):
             return 0
+
+
+def console_log(argv: list[str]) -> int:
+    """An fd on the serial console's log file, as QEMU opens it (`/dev/fdset/N`: a passed fd)."""
+    target = option(argv, "-chardev", r"id=charserial0,.*logfile=([^,]+)")
+    assert target is not None, "the VMI has no serial console log"
+    if target.startswith("/dev/fdset/"):
+        fdset = target.removeprefix("/dev/fdset/")
+        fd = option(argv, "-add-fd", rf"fd=(\d+),set={fdset}\b")
+        assert fd is not None, f"no -add-fd for fdset {fdset}"
+        return os.dup(int(fd))
+    return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+def write(fd: int, data: bytes) -> None:
+    """As QEMU's log writes: bytes nobody reads (EPIPE) are dropped."""
+    with contextlib.suppress(BrokenPipeError):
+        os.write(fd, data)
+
+
+def flood(fd: int, megabytes: int) -> None:
+    line = b"x" * 99 + b"\n"
+    chunk = line * 655  # 65 500 bytes
+    for _ in range(megabytes * (1 << 20) // len(chunk)):
+        write(fd, chunk)
+    write(fd, b"flood done\n")
+
+
+def tick(fd: int) -> None:
+    for number in itertools.count():
+        write(fd, f"tick {number:08d} ".encode().ljust(1023, b".") + b"\n")
+        time.sleep(0.01)
 
 
 class FakeQemu:

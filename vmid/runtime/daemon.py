@@ -53,6 +53,7 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
             supervisor = Supervisor(vms, config, paths, accelerator, network)
             async with trio.open_nursery() as watchers:
                 watchers.start_soon(notifier.watchdog)
+                watchers.start_soon(supervisor.tidy_logs)
                 await watchers.start(spool_module.watch, spool, supervisor.apply)
                 with trio.move_on_after(SETTLE_SECONDS):
                     await supervisor.wait_settled()
