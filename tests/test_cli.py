@@ -235,7 +235,7 @@ def test_root_and_config_before_or_after_the_command(
     status, out, err = run(capsys, *argv)
     assert (status, err) == (0, "")
     state = f"{root}/var/lib/vmid/instances/testvmi-nocloud"
-    assert f"filename={state}/disks/containerdisk.qcow2," in out
+    assert f"opaque={state}/disks/containerdisk.qcow2" in out
     assert f"logfile={root}/var/log/vmid/testvmi-nocloud/console.log," in out
     assert "-accel tcg \\" in out.splitlines()[2]
 
@@ -263,8 +263,9 @@ def test_relative_root_gives_absolute_paths(
     plan = json.loads(out)
     state = f"{workdir}/rel/var/lib/vmid/instances/testvmi-nocloud"
     assert plan["cwd"] == f"{workdir}/rel/run/vmid/instances/testvmi-nocloud/qemu"
-    root_file = f"driver=file,node-name=file0,filename={state}/disks/containerdisk.qcow2,"
-    assert any(arg.startswith(root_file) for arg in plan["argv"])
+    root_file = f",opaque={state}/disks/containerdisk.qcow2"
+    assert any(arg.endswith(root_file) for arg in plan["argv"])
+    assert f"{state}/disks/containerdisk.qcow2" in [f["path"] for f in plan["files"]]
 
 
 def test_root_gives_the_default_config_file(

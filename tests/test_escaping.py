@@ -120,8 +120,10 @@ COMPONENT = st.text(st.characters(codec="utf-8", exclude_characters="\x00/"), mi
 
 
 def test_plain_plan_has_the_expected_options() -> None:
-    # root disk and host disk: a file node and a format node each; SMBIOS types 1 and 2.
-    assert PLAIN_SHAPE["-blockdev"] == 4
+    # root disk: its image's and its overlay's file and format nodes; host disk: a file node
+    # and a format node; every file passed by fd. SMBIOS types 1 and 2.
+    assert PLAIN_SHAPE["-blockdev"] == 6
+    assert PLAIN_SHAPE["-add-fd"] == 3
     assert PLAIN_SHAPE["-smbios"] == 2
     devices = [head for head, _ in values_of(PLAIN.argv, "-device")]
     assert "ide-hd" in devices
@@ -147,11 +149,11 @@ def test_manifest_strings_reach_argv_unchanged(
     assert baseboard[1] == {"type": "2", "manufacturer": board}
 
     blockdevs = values_of(plan.argv, "-blockdev")
-    assert len(blockdevs) == 4
-    host_file = blockdevs[2][1]
+    assert len(blockdevs) == 6
+    host_file = blockdevs[4][1]
     assert host_file["driver"] == "file"
-    assert host_file["filename"] == host_path
-    assert blockdevs[3][1]["file"] == host_file["node-name"]
+    assert qemuopts.fdsets(plan.argv)[host_file["filename"]] == host_path
+    assert blockdevs[5][1]["file"] == host_file["node-name"]
 
 
 def test_every_baseboard_annotation_is_escaped() -> None:
@@ -183,8 +185,9 @@ def test_root_with_commas_is_escaped() -> None:
     (manifest,), _ = load_text("vmi.yaml", as_yaml(BASE).encode())
     plan, _ = build(manifest.vmi, CONFIG, Paths(root), Accelerator.TCG)
     assert plan is not None
-    root_file = values_of(plan.argv, "-blockdev")[0][1]
-    assert root_file["filename"] == f"{root}/var/lib/vmid/instances/testvmi/disks/root.qcow2"
+    root_file = values_of(plan.argv, "-blockdev")[2][1]
+    root_disk = f"{root}/var/lib/vmid/instances/testvmi/disks/root.qcow2"
+    assert qemuopts.fdsets(plan.argv)[root_file["filename"]] == root_disk
     (console,) = [
         pairs for head, pairs in values_of(plan.argv, "-chardev") if pairs["id"] == "charserial0"
     ]

@@ -35,7 +35,7 @@ FILE_LEVEL = re.compile(
     r"not UTF-8|larger than|invalid YAML|cannot read|expands to more|YAML mapping|no Virtual|digits"
 )
 #: Option keys whose value QEMU opens as a file: a manifest string must never land there.
-FILE_KEYS = {"file", "filename", "romfile", "path", "logfile", "fd"}
+FILE_KEYS = {"file", "filename", "romfile", "path", "logfile", "fd", "opaque"}
 FLAG = re.compile(r"^-[A-Za-z][a-z0-9-]*$")
 
 
@@ -58,12 +58,12 @@ def check_plan(plan: LaunchPlan, root: Path) -> None:
     """No manifest text makes an option of its own, a file option, or a path outside vmid's."""
     assert plan.argv[0] == CONFIG.qemu
     for flag, value in _flags_alternate(plan.argv):
-        if value is None or "=" not in value:
+        if value is None or ("=" not in value and not value.startswith("{")):
             continue
         _, pairs = parse(value)
         for key, text in pairs.items():
             assert re.fullmatch(r"[a-z][a-z0-9_.-]*", key), (flag, key)
-            if key in FILE_KEYS and text.startswith("/"):
+            if key in FILE_KEYS and text.startswith("/") and not text.startswith("/dev/fdset/"):
                 assert Path(text).is_relative_to(root) or text.startswith("/usr/share/"), (
                     flag,
                     key,

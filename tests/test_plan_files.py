@@ -73,8 +73,33 @@ def options_of(argv: tuple[str, ...], flag: str) -> list[tuple[str | None, dict[
 
 
 def blockdev_files(plan: LaunchPlan) -> list[dict[str, str]]:
-    """The `driver=file` block nodes, in disk order."""
-    return [pairs for _, pairs in options_of(plan.argv, "-blockdev") if pairs["driver"] == "file"]
+    """The `driver=file` block nodes of each disk's top (not of images under overlays), in disk
+    order, with the path vmid passes by fd as `filename`."""
+    files = qemuopts.fdsets(plan.argv)
+    return [
+        {**pairs, "filename": files[pairs["filename"]]}
+        for _, pairs in options_of(plan.argv, "-blockdev")
+        if pairs["driver"] == "file" and not pairs["node-name"].startswith("base")
+    ]
+
+
+def format_nodes(plan: LaunchPlan) -> list[dict[str, str]]:
+    """The format node of each disk's top, in disk order."""
+    return [
+        pairs
+        for _, pairs in options_of(plan.argv, "-blockdev")
+        if pairs["driver"] != "file" and not pairs["node-name"].startswith("base")
+    ]
+
+
+def pflash(plan: LaunchPlan) -> dict[str, dict[str, str]]:
+    """The pflash file nodes by node name, with the path vmid passes by fd as `filename`."""
+    files = qemuopts.fdsets(plan.argv)
+    nodes = {p["node-name"]: p for _, p in options_of(plan.argv, "-blockdev")}
+    return {
+        name: {**nodes[name], "filename": files[nodes[name]["filename"]]}
+        for name in ("pflash0", "pflash1")
+    }
 
 
 def add_volume(
@@ -124,7 +149,7 @@ def test_nocloud_files(base: dict[str, Any]) -> None:
 def test_nocloud_iso_is_a_raw_disk(base: dict[str, Any]) -> None:
     plan = plan_of(with_cloud_init(base, "cloudInitNoCloud", {"userData": "#cloud-config\n"}))
     assert blockdev_files(plan)[1]["filename"] == iso_of(plan).path
-    formats = [p for _, p in options_of(plan.argv, "-blockdev") if p["driver"] != "file"]
+    formats = format_nodes(plan)
     assert formats[1]["driver"] == "raw"
 
 
@@ -260,14 +285,18 @@ def test_ten_gigabytes_in_bytes(base: dict[str, Any]) -> None:
 def test_host_disk_or_create_has_create_size(base: dict[str, Any]) -> None:
     source = {"path": "/srv/vm/data.img", "type": "DiskOrCreate", "capacity": "10Gi"}
     plan = plan_of(add_volume(base, {"name": "data", "hostDisk": source}))
-    assert prepared(plan, HostFile) == [HostFile(path="/srv/vm/data.img", createSize=10 * 2**30)]
+    assert prepared(plan, HostFile) == [
+        HostFile(path="/srv/vm/data.img", createSize=10 * 2**30, root="/srv")
+    ]
     assert blockdev_files(plan)[1]["filename"] == "/srv/vm/data.img"
 
 
 def test_host_disk_must_exist(base: dict[str, Any]) -> None:
     source = {"path": "/srv/vm/data.img", "type": "Disk"}
     plan = plan_of(add_volume(base, {"name": "data", "hostDisk": source}))
-    assert prepared(plan, HostFile) == [HostFile(path="/srv/vm/data.img", createSize=None)]
+    assert prepared(plan, HostFile) == [
+        HostFile(path="/srv/vm/data.img", createSize=None, root="/srv")
+    ]
 
 
 def test_host_disk_root_with_trailing_slash(base: dict[str, Any]) -> None:
@@ -323,7 +352,9 @@ def test_host_disk_path_is_normalised_before_the_check(base: dict[str, Any]) -> 
 def test_pvc_is_a_file_in_the_volumes_dir(base: dict[str, Any]) -> None:
     plan = plan_of(add_volume(base, {"name": "data", "persistentVolumeClaim": {"claimName": "db"}}))
     path = f"{STATE}/volumes/db.img"
-    assert prepared(plan, HostFile) == [HostFile(path=path)]
+    assert prepared(plan, HostFile) == [
+        HostFile(path=path, root=f"{STATE}/volumes", blockDeviceLink=True)
+    ]
     node = blockdev_files(plan)[1]
     assert (node["filename"], node["read-only"]) == (path, "off")
 
@@ -336,13 +367,19 @@ def test_read_only_pvc(base: dict[str, Any]) -> None:
 
 def test_data_volume_is_a_claim(base: dict[str, Any]) -> None:
     plan = plan_of(add_volume(base, {"name": "data", "dataVolume": {"name": "imported"}}))
-    assert prepared(plan, HostFile) == [HostFile(path=f"{STATE}/volumes/imported.img")]
+    assert prepared(plan, HostFile) == [
+        HostFile(
+            path=f"{STATE}/volumes/imported.img", root=f"{STATE}/volumes", blockDeviceLink=True
+        )
+    ]
 
 
 def test_absolute_volumes_dir(base: dict[str, Any]) -> None:
     config = Config(accelerator=Accelerator.TCG, volumesDir="/data/claims")
     data = add_volume(base, {"name": "data", "persistentVolumeClaim": {"claimName": "db"}})
-    assert prepared(plan_of(data, config), HostFile) == [HostFile(path="/data/claims/db.img")]
+    assert prepared(plan_of(data, config), HostFile) == [
+        HostFile(path="/data/claims/db.img", root="/data/claims", blockDeviceLink=True)
+    ]
 
 
 def test_ephemeral_pvc_is_an_overlay_on_the_claim(base: dict[str, Any]) -> None:
@@ -350,10 +387,10 @@ def test_ephemeral_pvc_is_an_overlay_on_the_claim(base: dict[str, Any]) -> None:
     plan = plan_of(add_volume(base, {"name": "scratch", "ephemeral": source}))
     overlay = f"{STATE}/instances/testvmi/disks/scratch.qcow2"
     assert prepared(plan, FileOverlay) == [
-        FileOverlay(path=overlay, backing=f"{STATE}/volumes/golden.img")
+        FileOverlay(path=overlay, backing=f"{STATE}/volumes/golden.img", root=f"{STATE}/volumes")
     ]
     assert blockdev_files(plan)[1]["filename"] == overlay
-    formats = [p for _, p in options_of(plan.argv, "-blockdev") if p["driver"] != "file"]
+    formats = format_nodes(plan)
     assert formats[1]["driver"] == "qcow2"
 
 
@@ -404,10 +441,9 @@ def test_efi_prepares_variables_and_pflash(base: dict[str, Any]) -> None:
     assert prepared(plan, EfiVars) == [
         EfiVars(path=efivars, template="/usr/share/OVMF/OVMF_VARS_4M.fd")
     ]
-    pflash = {p["node-name"]: p for _, p in options_of(plan.argv, "-blockdev")}
-    assert pflash["pflash0"]["filename"] == "/usr/share/OVMF/OVMF_CODE_4M.fd"
-    assert pflash["pflash0"]["read-only"] == "on"
-    assert pflash["pflash1"]["filename"] == efivars
+    assert pflash(plan)["pflash0"]["filename"] == "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    assert pflash(plan)["pflash0"]["read-only"] == "on"
+    assert pflash(plan)["pflash1"]["filename"] == efivars
     machine = qemuopts.parse(option(plan.argv, "-machine"))[1]
     assert (machine["pflash0"], machine["pflash1"]) == ("pflash0", "pflash1")
     assert "-global" not in plan.argv
@@ -416,8 +452,7 @@ def test_efi_prepares_variables_and_pflash(base: dict[str, Any]) -> None:
 def test_secure_boot_uses_the_secure_firmware(base: dict[str, Any]) -> None:
     plan = efi_plan(base, secure=True)
     assert [e.template for e in prepared(plan, EfiVars)] == ["/usr/share/OVMF/OVMF_VARS_4M.ms.fd"]
-    pflash = {p["node-name"]: p for _, p in options_of(plan.argv, "-blockdev")}
-    assert pflash["pflash0"]["filename"] == "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+    assert pflash(plan)["pflash0"]["filename"] == "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
     assert option(plan.argv, "-global") == "driver=cfi.pflash01,property=secure,value=on"
     assert qemuopts.parse(option(plan.argv, "-machine"))[1]["smm"] == "on"
 
@@ -428,8 +463,7 @@ def test_efi_firmware_paths_from_config(base: dict[str, Any]) -> None:
         base, secure=False, config=Config(accelerator=Accelerator.TCG, firmware=firmware)
     )
     assert [e.template for e in prepared(plan, EfiVars)] == ["/fw/vars.fd"]
-    pflash = {p["node-name"]: p for _, p in options_of(plan.argv, "-blockdev")}
-    assert pflash["pflash0"]["filename"] == "/fw/code.fd"
+    assert pflash(plan)["pflash0"]["filename"] == "/fw/code.fd"
 
 
 def test_bios_has_no_efi_variables(base: dict[str, Any]) -> None:

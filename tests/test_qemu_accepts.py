@@ -1,7 +1,8 @@
 """Real QEMU (TCG) starts every golden plan: the argv is not only stable but correct.
 
-Host-specific parts are swapped for test doubles: disk files become small scratch images and
-taps become user-mode netdevs. QEMU must reach its QMP monitor, paused (-S) and ready.
+Host-specific parts are swapped for test doubles: the files vmid passes by fd become small
+scratch images (opened as vmid opens them) and taps become user-mode netdevs. QEMU must reach
+its QMP monitor, paused (-S) and ready.
 """
 
 from __future__ import annotations
@@ -18,41 +19,50 @@ import pytest
 
 from tests.qemuopts import parse, unparse
 from tests.test_golden import MANIFESTS, plan_golden
-from vmid.plan.model import CONTROL_FD
+from vmid.plan.model import Access, LaunchPlan, fdset_path
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed (make setup)"
 )
 
 
-def _scratch_images(argv: list[str], tmp: Path) -> list[str]:
-    """Point every file node at a fresh scratch image of the format its format node expects."""
-    formats = {}
-    for flag, value in itertools.pairwise(argv):
+def _scratch_files(plan: LaunchPlan, tmp: Path) -> dict[int, int]:
+    """An fd per fdset, on a fresh scratch image of the format its node expects (the firmware
+    code as it is), opened as vmid would open the file."""
+    formats = {}  # file node's filename (/dev/fdset/N) -> the driver of the node on it
+    files = {}
+    for flag, value in itertools.pairwise(plan.argv):
         if flag == "-blockdev":
             _, pairs = parse(value)
-            if "file" in pairs:
-                formats[pairs["file"]] = pairs["driver"]
-    result = []
-    for index, arg in enumerate(argv):
-        previous = argv[index - 1] if index else ""
-        if previous == "-blockdev":
-            head, pairs = parse(arg)
-            if pairs.get("node-name") == "pflash1":
-                image = tmp / "vars.fd"
+            if pairs["driver"] == "file":
+                files[pairs["node-name"]] = pairs["filename"]
+            elif "file" in pairs:
+                formats[files[pairs["file"]]] = pairs["driver"]
+    fds = {}
+    for file in plan.files:
+        image = Path(file.path)
+        if not image.is_file():
+            image = tmp / f"set{file.fdset}.img"
+            if file.path.endswith("efivars.fd"):
                 image.write_bytes(b"\0" * 540672)
-                pairs["filename"] = str(image)
-            elif pairs.get("driver") == "file" and not Path(pairs["filename"]).is_file():
-                image = tmp / f"{pairs['node-name']}.img"
-                fmt = formats.get(pairs["node-name"], "raw")
+            else:
+                fmt = formats.get(fdset_path(file.fdset), "raw")
                 subprocess.run(
                     ["qemu-img", "create", "-q", "-f", fmt, str(image), "64M"],
                     check=True,
                     timeout=30,
                 )
-                pairs["filename"] = str(image)
-            arg = unparse(head, pairs)
-        elif previous == "-netdev":
+        flags = os.O_RDONLY if file.access is Access.READ else os.O_RDWR
+        fds[file.fdset] = os.open(image, flags)
+    return fds
+
+
+def _test_doubles(argv: tuple[str, ...], tmp: Path) -> list[str]:
+    """Taps become user-mode netdevs; the console log goes to `tmp`."""
+    result = []
+    for index, arg in enumerate(argv):
+        previous = argv[index - 1] if index else ""
+        if previous == "-netdev":
             _, pairs = parse(arg)
             arg = unparse("user", {"id": pairs["id"], "restrict": "on"})
         elif previous == "-chardev":
@@ -88,17 +98,16 @@ def _query_status(control: socket.socket) -> str:
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.stem)
 def test_qemu_starts_golden_plan(manifest: Path, tmp_path: Path) -> None:
     plan = plan_golden(manifest).plan
-    argv = _scratch_images(list(plan.argv), tmp_path)
+    files = _scratch_files(plan, tmp_path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp_path / "control.sock"))
     listener.listen(1)
-    fd = listener.fileno()
-    # The listener becomes fd 3 in the child only; this process may use fd 3 for itself.
+    taps = {tap.netdev: -1 for tap in plan.taps}  # user-mode netdevs instead
+    argv = _test_doubles(plan.argv_for(listener.fileno(), taps, files), tmp_path)
     qemu = subprocess.Popen(
         argv,
         cwd=tmp_path,
-        pass_fds=(CONTROL_FD,),
-        preexec_fn=lambda: os.dup2(fd, CONTROL_FD),
+        pass_fds=(listener.fileno(), *files.values()),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -114,5 +123,7 @@ def test_qemu_starts_golden_plan(manifest: Path, tmp_path: Path) -> None:
             pytest.fail(f"QEMU did not start: {exc}\n{qemu.communicate(timeout=10)[1]}")
     _, stderr = qemu.communicate(timeout=30)
     listener.close()
+    for fd in files.values():
+        os.close(fd)
     assert status == "prelaunch", stderr
     assert qemu.returncode == 0, stderr

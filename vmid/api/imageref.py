@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 
 DEFAULT_REGISTRY = "docker.io"
+#: vmid's image store: `<state>/images/<store_name(ref)>/disk.img`, a raw file.
+STORE_DIR = "images"
+STORE_FILE = "disk.img"
 # A path component as the OCI distribution spec allows it.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -45,3 +49,8 @@ def normalize(ref: str) -> str:
             raise ImageRefError(f"{ref!r} is not an image reference: invalid digest")
         return f"{registry}/{path}" + (f":{tag}" if tag else "") + f"@{digest}"
     return f"{registry}/{path}:{tag or 'latest'}"
+
+
+def store_name(ref: str) -> str:
+    """The directory name of a normalised reference in vmid's image store (one component)."""
+    return urllib.parse.quote(ref, safe=":@")

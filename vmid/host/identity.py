@@ -14,7 +14,6 @@ import contextlib
 import grp
 import os
 import pwd
-import stat
 from pathlib import Path
 
 import attrs
@@ -72,29 +71,6 @@ def give_new_file(user: QemuUser, path: Path) -> None:
         os.fchown(fd, user.uid, user.gid)
     finally:
         os.close(fd)
-
-
-def check_access(user: QemuUser, path: Path, write: bool, what: str) -> None:
-    """Refuse a file `user` could not open (read, or read and write), by its mode bits.
-
-    Raises:
-        IdentityError: naming the file, the user and what to change.
-    """
-    try:
-        info = path.stat()
-    except OSError:
-        return  # a missing file is reported by whoever needs it, with its own words
-    need = stat.S_IROTH | (stat.S_IWOTH if write else 0)
-    if info.st_uid == user.uid:
-        need <<= 6
-    elif info.st_gid in user.groups or info.st_gid == user.gid:
-        need <<= 3
-    if info.st_mode & need != need:
-        mode = "read and write" if write else "read"
-        raise IdentityError(
-            f"{path} ({what}) is not open to {mode} for qemuUser {user.name}: "
-            f"chown {user.name} it, or give its group ({info.st_gid}) {mode} access"
-        )
 
 
 def make_traversable(directory: Path) -> None:

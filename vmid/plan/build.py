@@ -14,14 +14,18 @@ from vmid.plan.disks import plan_disks
 from vmid.plan.model import (
     CONTROL_CHARDEV,
     CONTROL_FD,
+    TAP_FD_BASE,
+    Access,
     EfiVars,
     LaunchPlan,
+    PassedFile,
     Prepared,
     Sockets,
+    add_fd,
     control_chardev,
 )
 from vmid.plan.nics import plan_nics
-from vmid.plan.qemu import Value, options
+from vmid.plan.qemu import Value, blockdev, options
 
 DEFAULT_GRACE_SECONDS = 30  # KubeVirt's DefaultGracePeriodSeconds
 MIB = 2**20
@@ -66,12 +70,7 @@ def build(
     nic_args, taps = plan_nics(ctx)
     efi_args, efi_prepare = _efi(ctx)
     console_log = posixpath.join(ctx.log_dir, "console.log")
-    argv = [
-        config.qemu,
-        *_machine(ctx),
-        *_process(ctx),
-        *_monitors(),
-        *efi_args,
+    device_args = [
         *devices.usb_controller(ctx),
         *disk_args,
         *nic_args,
@@ -79,6 +78,16 @@ def build(
         *devices.graphics(ctx),
         *devices.guest_agent(),
         *devices.misc(ctx),
+    ]
+    files = ctx.files.numbered(TAP_FD_BASE + len(taps))
+    argv = [
+        config.qemu,
+        *_machine(ctx),
+        *_process(ctx),
+        *_monitors(),
+        *_add_fds(files),
+        *efi_args,
+        *device_args,
     ]
     plan = LaunchPlan(
         name=ctx.name,
@@ -91,6 +100,7 @@ def build(
         sockets=_sockets(ctx),
         prepare=(*efi_prepare, *prepare),
         taps=tuple(taps),
+        files=files,
         gracePeriodSeconds=_grace(vmi),
         acpi=_acpi(vmi),
         startPaused=vmi.spec.startStrategy is t.StartStrategy.PAUSED,
@@ -268,6 +278,11 @@ def _monitors() -> Iterator[str]:
     yield from ("-mon", options(None, {"chardev": "qmp", "mode": "control"}))
 
 
+def _add_fds(files: tuple[PassedFile, ...]) -> Iterator[str]:
+    for file in files:
+        yield from ("-add-fd", add_fd(file.fd, file.fdset, file.path))
+
+
 def _efi(ctx: Context) -> tuple[list[str], list[Prepared]]:
     firmware = ctx.vmi.spec.domain.firmware
     efi = firmware.bootloader.efi if firmware and firmware.bootloader else None
@@ -278,13 +293,15 @@ def _efi(ctx: Context) -> tuple[list[str], list[Prepared]]:
         (fw.efiSecureCode, fw.efiSecureVars) if efi.secureBoot else (fw.efiCode, fw.efiVars)
     )
     variables = posixpath.join(ctx.state_dir, "efivars.fd")
+    code_file = ctx.files.add(code, Access.READ)  # vmid.yaml's firmware: the admin's path
+    variables_file = ctx.files.add(variables, Access.WRITE, ctx.state_dir)
     args = [
         "-blockdev",
-        options(
-            None, {"driver": "file", "node-name": "pflash0", "filename": code, "read-only": True}
+        blockdev(
+            {"driver": "file", "node-name": "pflash0", "filename": code_file, "read-only": True}
         ),
         "-blockdev",
-        options(None, {"driver": "file", "node-name": "pflash1", "filename": variables}),
+        blockdev({"driver": "file", "node-name": "pflash1", "filename": variables_file}),
     ]
     if efi.secureBoot:
         args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]

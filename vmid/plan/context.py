@@ -6,8 +6,10 @@ import posixpath
 
 import attrs
 
+from vmid.api import imageref
 from vmid.api import types as t
 from vmid.config import Accelerator, Config, Paths
+from vmid.plan.model import FileSets
 
 
 @attrs.frozen
@@ -18,6 +20,8 @@ class Context:
     config: Config
     paths: Paths
     accelerator: Accelerator
+    #: The files QEMU will get by fd, collected while planning.
+    files: FileSets = attrs.field(factory=FileSets, eq=False)
 
     @property
     def name(self) -> str:
@@ -41,9 +45,21 @@ class Context:
         cpu = self.vmi.spec.domain.cpu or t.CPU()
         return (cpu.sockets or 1) * (cpu.cores or 1) * (cpu.threads or 1)
 
+    @property
+    def volumes_dir(self) -> str:
+        return str(self.paths.volumes(self.config))
+
+    @property
+    def images_dir(self) -> str:
+        return posixpath.join(str(self.paths.state), imageref.STORE_DIR)
+
     def claim_path(self, claim: str) -> str:
         """The host file a persistentVolumeClaim or dataVolume name stands for."""
-        return posixpath.join(str(self.paths.volumes(self.config)), f"{claim}.img")
+        return posixpath.join(self.volumes_dir, f"{claim}.img")
+
+    def image_path(self, ref: str) -> str:
+        """The raw disk of a (normalised) image reference in vmid's image store."""
+        return posixpath.join(self.images_dir, imageref.store_name(ref), imageref.STORE_FILE)
 
     def virtio_model(self, base: str) -> str:
         """virtio-*-pci as KubeVirt picks it: non-transitional unless useVirtioTransitional."""

@@ -13,6 +13,7 @@ from vmid.api.findings import Finding
 from vmid.plan import cloudinit
 from vmid.plan.context import Context
 from vmid.plan.model import (
+    Access,
     CloudInitIso,
     EmptyDisk,
     FileOverlay,
@@ -20,7 +21,7 @@ from vmid.plan.model import (
     ImageOverlay,
     Prepared,
 )
-from vmid.plan.qemu import Value, options
+from vmid.plan.qemu import Value, blockdev, options
 
 MIB = 2**20
 _ERROR_POLICY = {
@@ -32,13 +33,27 @@ _ERROR_POLICY = {
 
 
 @attrs.frozen
-class _Backing:
-    """Where a volume's data lives on the host, and in which format."""
+class _File:
+    """A host file QEMU gets by fd: resolved beneath `root` (if any) without symlinks."""
 
     path: str
+    root: str | None
+    block_device_link: bool = False
+
+
+@attrs.frozen
+class _Backing:
+    """Where a volume's data lives on the host, and in which format.
+
+    `base` is the raw file under a qcow2 overlay; a qcow2 without one gets `backing: null`, so
+    QEMU never opens a file an image header names.
+    """
+
+    file: _File
     format: str
     prepare: Prepared | None
     read_only: bool = False
+    base: _File | None = None
 
 
 class _Controllers:
@@ -91,31 +106,37 @@ def plan_disks(ctx: Context) -> tuple[list[str], list[Prepared], list[Finding]]:
 def _backing(
     ctx: Context, volume: t.Volume, index: int, findings: list[Finding]
 ) -> _Backing | None:
-    disks = posixpath.join(ctx.state_dir, "disks")
-    own = posixpath.join(disks, f"{volume.name}.qcow2")
+    own_path = posixpath.join(ctx.state_dir, "disks", f"{volume.name}.qcow2")
+    own = _File(own_path, ctx.state_dir)
     if volume.containerDisk is not None:
         image = imageref.normalize(volume.containerDisk.image)
-        # vmid's store keeps one disk file per image, so containerDisk.path needs no lookup.
-        overlay = ImageOverlay(path=own, image=image)
-        return _Backing(own, "qcow2", overlay)
+        # vmid's store keeps one raw disk per image, so containerDisk.path needs no lookup.
+        base = _File(ctx.image_path(image), ctx.images_dir)
+        return _Backing(own, "qcow2", ImageOverlay(path=own_path, image=image), base=base)
     if volume.emptyDisk is not None:
         size = volume.emptyDisk.capacity.value() // MIB * MIB  # KubeVirt rounds down to MiB
-        return _Backing(own, "qcow2", EmptyDisk(path=own, size=size))
+        return _Backing(own, "qcow2", EmptyDisk(path=own_path, size=size))
     if volume.hostDisk is not None:
         return _host_disk(ctx, volume.hostDisk, index, findings)
     if volume.cloudInitNoCloud is not None or volume.cloudInitConfigDrive is not None:
         return _cloud_init(ctx, volume)
     if volume.persistentVolumeClaim is not None:
         claim = volume.persistentVolumeClaim
-        path = ctx.claim_path(claim.claimName)
-        return _Backing(path, "raw", HostFile(path=path), read_only=claim.readOnly)
+        return _claim(ctx, claim.claimName, claim.readOnly)
     if volume.dataVolume is not None and volume.dataVolume.name:
-        path = ctx.claim_path(volume.dataVolume.name)
-        return _Backing(path, "raw", HostFile(path=path))
+        return _claim(ctx, volume.dataVolume.name, False)
     if volume.ephemeral is not None:
-        backing = ctx.claim_path(volume.ephemeral.persistentVolumeClaim.claimName)
-        return _Backing(own, "qcow2", FileOverlay(path=own, backing=backing))
+        claim_path = ctx.claim_path(volume.ephemeral.persistentVolumeClaim.claimName)
+        base = _File(claim_path, ctx.volumes_dir, block_device_link=True)
+        overlay = FileOverlay(path=own_path, backing=claim_path, root=ctx.volumes_dir)
+        return _Backing(own, "qcow2", overlay, base=base)
     raise AssertionError(f"validated volume {volume.name} has no source")  # pragma: no cover
+
+
+def _claim(ctx: Context, name: str, read_only: bool) -> _Backing:
+    path = ctx.claim_path(name)
+    host_file = HostFile(path=path, root=ctx.volumes_dir, blockDeviceLink=True)
+    return _Backing(_File(path, ctx.volumes_dir, True), "raw", host_file, read_only=read_only)
 
 
 def _host_disk(
@@ -123,9 +144,10 @@ def _host_disk(
 ) -> _Backing | None:
     assert disk.path is not None
     path = posixpath.normpath(disk.path)
-    roots = ctx.config.hostDiskRoots
-    if not any(path.startswith(posixpath.join(posixpath.normpath(r), "")) for r in roots):
-        allowed = ", ".join(roots) if roots else "none"
+    roots = [posixpath.normpath(r) for r in ctx.config.hostDiskRoots]
+    root = next((r for r in roots if path.startswith(posixpath.join(r, ""))), None)
+    if root is None:
+        allowed = ", ".join(ctx.config.hostDiskRoots) or "none"
         findings.append(
             Finding(
                 ("spec", "volumes", index, "hostDisk", "path"),
@@ -137,7 +159,8 @@ def _host_disk(
     create = None
     if disk.type is t.HostDiskType.DISK_OR_CREATE and disk.capacity is not None:
         create = disk.capacity.value()
-    return _Backing(path, "raw", HostFile(path=path, createSize=create))
+    host_file = HostFile(path=path, createSize=create, root=root)
+    return _Backing(_File(path, root), "raw", host_file)
 
 
 def _cloud_init(ctx: Context, volume: t.Volume) -> _Backing:
@@ -149,7 +172,8 @@ def _cloud_init(ctx: Context, volume: t.Volume) -> _Backing:
         assert volume.cloudInitConfigDrive is not None
         files = cloudinit.configdrive_files(ctx.vmi, volume.cloudInitConfigDrive)
         label = cloudinit.CONFIGDRIVE_LABEL
-    return _Backing(path, "raw", CloudInitIso(path=path, label=label, files=files))
+    iso = CloudInitIso(path=path, label=label, files=files)
+    return _Backing(_File(path, ctx.state_dir), "raw", iso)
 
 
 def _cache(disk: t.Disk) -> tuple[bool, bool]:
@@ -171,32 +195,17 @@ def _disk_args(
     kind, bus, read_only = _target(disk)
     read_only = read_only or backing.read_only
     direct, write_cache = _cache(disk)
+    tuning: dict[str, object] = {"cache": {"direct": direct}}
+    if disk.io:
+        tuning["aio"] = disk.io.value
     discard = "unmap" if kind != "cdrom" else None
-    aio = disk.io.value if disk.io else None
-    file_node, format_node = f"file{index}", f"disk{index}"
-    common: dict[str, Value] = {"read-only": read_only, "discard": discard}
-    yield "-blockdev"
-    yield options(
-        None,
-        {
-            "driver": "file",
-            "node-name": file_node,
-            "filename": backing.path,
-            "aio": aio,
-            "cache.direct": direct,
-            **common,
-        },
-    )
-    yield "-blockdev"
-    yield options(
-        None,
-        {
-            "driver": backing.format,
-            "node-name": format_node,
-            "file": file_node,
-            "cache.direct": direct,
-            **common,
-        },
+    format_node = f"disk{index}"
+    backing_node = None
+    if backing.base is not None:
+        backing_node = f"base{index}"
+        yield from _nodes(ctx, backing.base, backing_node, "raw", None, True, tuning, None)
+    yield from _nodes(
+        ctx, backing.file, format_node, backing.format, backing_node, read_only, tuning, discard
     )
     iothread = None
     if disk.dedicatedIOThread:
@@ -206,6 +215,32 @@ def _disk_args(
     device.update(_placement(ctx, kind, bus, controllers, iothread))
     device.update(_device_properties(ctx, disk, kind, bus, write_cache))
     yield from ("-device", options(device.pop("driver"), device))  # type: ignore[arg-type]
+
+
+def _nodes(
+    ctx: Context,
+    file: _File,
+    node: str,
+    driver: str,
+    backing: str | None,
+    read_only: bool,
+    tuning: dict[str, object],
+    discard: str | None,
+) -> Iterator[str]:
+    """A file node on the fd vmid passes, and the format node `node` on it.
+
+    A qcow2 node always says which node backs it, `null` for none: QEMU then never opens a
+    file named in its header.
+    """
+    access = Access.READ if read_only else Access.WRITE
+    filename = ctx.files.add(file.path, access, file.root, file.block_device_link)
+    common = {"read-only": read_only, **({"discard": discard} if discard else {})}
+    file_node = {"driver": "file", "node-name": f"{node}-file", "filename": filename}
+    yield from ("-blockdev", blockdev({**file_node, **tuning, **common}))
+    format_node: dict[str, object] = {"driver": driver, "node-name": node, "file": f"{node}-file"}
+    if driver == "qcow2":
+        format_node["backing"] = backing
+    yield from ("-blockdev", blockdev({**format_node, "cache": tuning["cache"], **common}))
 
 
 def _target(disk: t.Disk) -> tuple[str, t.Bus, bool]:

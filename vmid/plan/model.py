@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
+
 import attrs
+
+from vmid.plan.qemu import options
 
 #: The fd `vmid render` shows for the control monitor; the runtime passes its own number.
 CONTROL_FD = 3
@@ -26,6 +31,69 @@ def tap_netdev(netdev: str, fd: int) -> str:
     return f"tap,id={netdev},fd={fd}"
 
 
+def fdset_path(fdset: int) -> str:
+    """The name QEMU opens for a passed file: it dups the set's fd of the right access mode."""
+    return f"/dev/fdset/{fdset}"
+
+
+def add_fd(fd: int, fdset: int, opaque: str) -> str:
+    """The -add-fd value putting inherited `fd` into `fdset`; `opaque` says which file it is."""
+    return options(None, {"fd": fd, "set": fdset, "opaque": opaque})
+
+
+class Access(enum.Enum):
+    """How vmid opens a passed file; QEMU can only use it the same way."""
+
+    READ = "read"  # O_RDONLY: read-only nodes (images under an overlay, ISOs, firmware code)
+    WRITE = "write"  # O_RDWR: writable nodes
+    APPEND = "append"  # O_WRONLY|O_APPEND, created 0600 if missing: files QEMU logs to
+
+
+@attrs.frozen(kw_only=True)
+class PassedFile:
+    """A file vmid opens and QEMU inherits in an fdset: QEMU never opens a disk by its path.
+
+    With `root`, `path` is resolved beneath that directory without following any symlink.
+    """
+
+    fdset: int
+    #: The fd `vmid render` shows; the runtime passes its own number.
+    fd: int
+    path: str
+    access: Access
+    root: str | None = None
+    #: A symlink owned by root to a block device may stand for the file (claims, as documented).
+    blockDeviceLink: bool = False
+
+
+class FileSets:
+    """Collects the files of a plan being built, one fdset each, numbered from 1."""
+
+    def __init__(self) -> None:
+        self._files: list[PassedFile] = []
+
+    def add(
+        self, path: str, access: Access, root: str | None = None, block_device_link: bool = False
+    ) -> str:
+        """Pass `path` to QEMU; the `filename` QEMU gets for it (`/dev/fdset/N`)."""
+        fdset = len(self._files) + 1
+        self._files.append(
+            PassedFile(
+                fdset=fdset,
+                fd=0,
+                path=path,
+                access=access,
+                root=root,
+                blockDeviceLink=block_device_link,
+            )
+        )
+        return fdset_path(fdset)
+
+    def numbered(self, first_fd: int) -> tuple[PassedFile, ...]:
+        """The files with the fds `vmid render` shows: `first_fd` on, in order."""
+        return tuple(attrs.evolve(f, fd=first_fd + i) for i, f in enumerate(self._files))
+
+
 @attrs.frozen(kw_only=True)
 class ImageOverlay:
     """A qcow2 overlay on a containerDisk image from vmid's image store; writes die with the VMI."""
@@ -40,6 +108,8 @@ class FileOverlay:
 
     path: str
     backing: str
+    #: `backing` is resolved beneath it, as a claim (PassedFile.root, blockDeviceLink).
+    root: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +126,10 @@ class HostFile:
 
     path: str
     createSize: int | None = None
+    #: `path` is resolved (and created) beneath it without following symlinks.
+    root: str | None = None
+    #: A root-owned symlink to a block device may stand for the file (claims).
+    blockDeviceLink: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -136,15 +210,26 @@ class LaunchPlan:
     sockets: Sockets
     prepare: tuple[Prepared, ...]
     taps: tuple[Tap, ...]
+    #: The files QEMU gets by fd (-add-fd); after the taps' fds in `vmid render`.
+    files: tuple[PassedFile, ...]
     gracePeriodSeconds: int
     acpi: bool
     startPaused: bool
 
-    def argv_for(self, control_fd: int, tap_fds: dict[str, int]) -> tuple[str, ...]:
-        """The argv with the fds QEMU will inherit: the control socket, a tap per netdev."""
+    def argv_for(
+        self, control_fd: int, tap_fds: Mapping[str, int], file_fds: Mapping[int, int]
+    ) -> tuple[str, ...]:
+        """The argv with the fds QEMU will inherit in place of `vmid render`'s.
+
+        The control socket; a tap per netdev id (`tap_fds`); a file per fdset (`file_fds`).
+        """
         real = {control_chardev(CONTROL_FD): control_chardev(control_fd)}
         for index, tap in enumerate(self.taps):
             real[tap_netdev(tap.netdev, TAP_FD_BASE + index)] = tap_netdev(
                 tap.netdev, tap_fds[tap.netdev]
+            )
+        for file in self.files:
+            real[add_fd(file.fd, file.fdset, file.path)] = add_fd(
+                file_fds[file.fdset], file.fdset, file.path
             )
         return tuple(real.get(arg, arg) for arg in self.argv)

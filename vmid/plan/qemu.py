@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 Value = str | int | bool | None
@@ -25,3 +26,8 @@ def options(head: str | None, pairs: Mapping[str, Value]) -> str:
         text = ("on" if value else "off") if isinstance(value, bool) else escape(str(value))
         parts.append(f"{key}={text}")
     return ",".join(parts)
+
+
+def blockdev(node: Mapping[str, object]) -> str:
+    """A -blockdev value in JSON, as libvirt writes it: the syntax that can say `null`."""
+    return json.dumps(node, separators=(",", ":"))

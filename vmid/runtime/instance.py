@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ import trio
 
 from vmid.config import Accelerator, Logs
 from vmid.errors import VmidError
-from vmid.host import identity, storage, unixsock
+from vmid.host import beneath, identity, storage, unixsock
 from vmid.host.identity import QemuUser
-from vmid.plan.model import FileOverlay, HostFile, ImageOverlay, LaunchPlan, Prepared
+from vmid.plan.model import LaunchPlan, Prepared
 from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, find_qemu, name_option
@@ -239,21 +240,11 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self, user: QemuUser) -> None:
-        """QEMU's user gets its VM's files and working directory, and passes through vmid's."""
+        """QEMU's user gets its working directory and console log, and passes through vmid's
+        directories to them; its disks, images, ISOs and EFI files it gets by fd."""
         for directory in self._traverse:
             identity.make_traversable(directory)
         made = [Path(self.plan.consoleLog)]
-        for item in self.plan.prepare:
-            if isinstance(item, HostFile):
-                identity.check_access(user, Path(item.path), True, "a hostDisk or claim")
-                continue
-            if isinstance(item, FileOverlay):
-                identity.check_access(user, Path(item.backing), False, "an ephemeral's claim")
-            elif isinstance(item, ImageOverlay):
-                image = self._store.get(item.image).path  # read-only (0444) backing file
-                identity.make_traversable(image.parent.parent)
-                identity.make_traversable(image.parent)
-            made.append(Path(item.path))
         identity.give_new_file(user, made[0])
         for path in made:
             for directory in path.parents:
@@ -268,18 +259,20 @@ class Instance:
         plan = self.plan
         user = self._user
         assert self._log_nursery is not None
-        logs = self._logs.open(self._log_nursery)  # QEMU writes pipes; vmid bounds the files
+        files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
+        logs: dict[str, int] = {}
         taps: dict[str, int] = {}
         try:
+            logs = self._logs.open(self._log_nursery)  # QEMU writes pipes; vmid bounds the files
             taps = self._network.open_taps(plan)
             process = await trio.lowlevel.open_process(
-                list(plan.argv_for(listener.fileno(), taps)),
+                list(plan.argv_for(listener.fileno(), taps, files)),
                 cwd=plan.cwd,
                 env={**os.environ, **plan.env},
                 stdin=subprocess.DEVNULL,
                 stdout=logs[plan.qemuLog],
                 stderr=logs[plan.qemuLog],
-                pass_fds=(listener.fileno(), *taps.values()),
+                pass_fds=(listener.fileno(), *taps.values(), *files.values()),
                 start_new_session=True,  # a signal to vmid's group never reaches guests
                 # Dropped between fork and exec (not QEMU's -runas: see host/identity.py).
                 user=user.uid if user else None,
@@ -288,8 +281,7 @@ class Instance:
                 umask=0o177,  # its sockets: 0600, for its user (and root) only
             )
         finally:
-            for fd in (*taps.values(), *logs.values()):
-                os.close(fd)
+            _close([*taps.values(), *files.values(), *logs.values()])
         self.status.event("Normal", "Launched", f"QEMU started, pid {process.pid}")
         self.log.info("qemu started pid=%d", process.pid)
         self.log.debug("qemu argv: %s", " ".join(plan.argv))
@@ -506,6 +498,11 @@ def _describe_exit(code: int | None) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit status {code}"
+
+
+def _close(fds: Iterable[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _listen(plan: LaunchPlan) -> socket.socket:

@@ -350,8 +350,6 @@ class Supervisor:
             adopt=adopt,
             user=identity.resolve(self._config.qemuUser),
             traverse=(
-                paths.state,
-                paths.state / "instances",
                 paths.runtime,
                 paths.runtime / "instances",
                 paths.logs,
