@@ -240,18 +240,10 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self, user: QemuUser) -> None:
-        """QEMU's user gets its working directory and console log, and passes through vmid's
-        directories to them; its disks, images, ISOs and EFI files it gets by fd."""
+        """QEMU's user gets its working directory and passes through vmid's directories to it;
+        its disks, images, ISOs and EFI files it gets by fd, its logs are pipes."""
         for directory in self._traverse:
             identity.make_traversable(directory)
-        made = [Path(self.plan.consoleLog)]
-        identity.give_new_file(user, made[0])
-        for path in made:
-            for directory in path.parents:
-                if directory in self._traverse:
-                    break
-                identity.make_traversable(directory)
-            identity.give(user, path)
         identity.make_traversable(Path(self.plan.cwd).parent)
         identity.give(user, Path(self.plan.cwd))  # its sockets; root never writes there
 
@@ -259,20 +251,20 @@ class Instance:
         plan = self.plan
         user = self._user
         assert self._log_nursery is not None
-        files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
-        logs: dict[str, int] = {}
+        stderr, pipes = self._logs.open(self._log_nursery)  # QEMU writes pipes, vmid the files
+        files: dict[int, int] = {}
         taps: dict[str, int] = {}
         try:
-            logs = self._logs.open(self._log_nursery)  # QEMU writes pipes; vmid bounds the files
+            files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
             taps = self._network.open_taps(plan)
             process = await trio.lowlevel.open_process(
-                list(plan.argv_for(listener.fileno(), taps, files)),
+                list(plan.argv_for(listener.fileno(), taps, {**files, **pipes})),
                 cwd=plan.cwd,
                 env={**os.environ, **plan.env},
                 stdin=subprocess.DEVNULL,
-                stdout=logs[plan.qemuLog],
-                stderr=logs[plan.qemuLog],
-                pass_fds=(listener.fileno(), *taps.values(), *files.values()),
+                stdout=stderr,
+                stderr=stderr,
+                pass_fds=(listener.fileno(), *taps.values(), *files.values(), *pipes.values()),
                 start_new_session=True,  # a signal to vmid's group never reaches guests
                 # Dropped between fork and exec (not QEMU's -runas: see host/identity.py).
                 user=user.uid if user else None,
@@ -281,7 +273,7 @@ class Instance:
                 umask=0o177,  # its sockets: 0600, for its user (and root) only
             )
         finally:
-            _close([*taps.values(), *files.values(), *logs.values()])
+            _close([stderr, *pipes.values(), *files.values(), *taps.values()])
         self.status.event("Normal", "Launched", f"QEMU started, pid {process.pid}")
         self.log.info("qemu started pid=%d", process.pid)
         self.log.debug("qemu argv: %s", " ".join(plan.argv))

@@ -17,11 +17,13 @@ import trio
 
 from vmid.config import Logs
 from vmid.host import logfile
-from vmid.plan.model import LaunchPlan
+from vmid.plan.model import Access, LaunchPlan
 
 log = logging.getLogger(__name__)
 
-#: Read at most this much per wake-up; then pause, so a chatty guest's bytes come in batches.
+#: Read at most this much per wake-up, then pause: a chatty guest's bytes come in batches, and
+#: one log costs vmid at most READ_BYTES / BATCH_SECONDS (20 MiB/s, ~60 times what a serial
+#: port can print); a QEMU writing faster waits on its full pipe.
 READ_BYTES = 1 << 20
 BATCH_SECONDS = 0.05
 #: The last bytes of a log kept in memory: QEMU's last words when it refuses to start.
@@ -30,6 +32,7 @@ TAIL_BYTES = 4096
 DRAIN_TIMEOUT = 5.0
 #: Concurrent file writes; the default thread limiter stays free for everything else.
 WRITER_THREADS = 4
+#: QEMU's stderr: a FIFO too, so that QEMU's messages after a re-adoption still reach qemu.log.
 QEMU_FIFO = "qemu.log.pipe"
 #: How often removed VMIs' log directories are looked at, at most and at least.
 SWEEP_MIN_SECONDS = 1.0
@@ -85,8 +88,9 @@ class LogPipe:
                         await trio.to_thread.run_sync(self._write, data, limiter=_limiter())
                     if end:
                         return
-                    if len(data) < READ_BYTES:
+                    if data:
                         await trio.sleep(BATCH_SECONDS)
+                    else:
                         await trio.lowlevel.wait_readable(self._fd)
             finally:
                 trio.lowlevel.notify_closing(self._fd)
@@ -155,38 +159,48 @@ class VmLogs:
     def __repr__(self) -> str:
         return f"<VmLogs {self._plan.name} pipes={self._pipes!r}>"
 
-    def _wanted(self) -> list[tuple[str, str, int | None]]:
-        """(FIFO name, log file, pipe size) of each log the VM has."""
-        return [(QEMU_FIFO, self._plan.qemuLog, None)]
+    def _wanted(self) -> list[tuple[str, str, int | None, int | None]]:
+        """(FIFO name, log file, pipe size, fdset) of each log: QEMU's stderr (no fdset), and
+        each log its argv names (its serial console's)."""
+        wanted: list[tuple[str, str, int | None, int | None]] = [
+            (QEMU_FIFO, self._plan.qemuLog, None, None)
+        ]
+        for file in self._plan.files:
+            if file.access is Access.LOG:
+                fifo = f"{Path(file.path).name}.pipe"
+                wanted.append((fifo, file.path, logfile.CONSOLE_PIPE_BYTES, file.fdset))
+        return wanted
 
-    def open(self, nursery: trio.Nursery) -> dict[str, int]:
-        """New FIFOs, drained in `nursery`: the write ends for QEMU, by log file; close them
-        once QEMU has them.
+    def open(self, nursery: trio.Nursery) -> tuple[int, dict[int, int]]:
+        """New FIFOs, drained in `nursery`: the write ends for QEMU, its stderr's and one per
+        fdset; close them once QEMU has them.
 
         Raises OSError: a log file cannot be opened (a symlink planted in its place).
         """
-        writers: dict[str, int] = {}
+        writers: dict[int | None, int] = {}
         try:
-            for fifo, path, size in self._wanted():
+            for fifo, path, size, fdset in self._wanted():
                 reader = logfile.open_fifo(self._fifos / fifo, create=True)
                 self._start(nursery, reader, path)
-                writers[path] = logfile.open_fifo_writer(self._fifos / fifo, size)
+                writers[fdset] = logfile.open_fifo_writer(self._fifos / fifo, size)
         except BaseException:
             for fd in writers.values():
                 os.close(fd)
             self.end(detached=True)
             raise
-        return writers
+        stderr = writers.pop(None)
+        return stderr, {fdset: fd for fdset, fd in writers.items() if fdset is not None}
 
     def reopen(self, nursery: trio.Nursery) -> None:
         """Drain the FIFOs a QEMU left running by an earlier daemon still writes to."""
-        for fifo, path, _ in self._wanted():
+        for fifo, path, _, _ in self._wanted():
             try:
                 reader = logfile.open_fifo(self._fifos / fifo, create=False)
+                self._start(nursery, reader, path)
             except FileNotFoundError:
                 log.info("%s: %s has no pipe (an older vmid started it)", self._plan.name, path)
-                continue
-            self._start(nursery, reader, path)
+            except OSError as exc:  # the VM runs on, unlogged, rather than be stopped for it
+                log.error("%s: %s cannot be reopened: %s", self._plan.name, path, exc)
 
     def _start(self, nursery: trio.Nursery, reader: int, path: str) -> None:
         try:
