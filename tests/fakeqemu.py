@@ -9,18 +9,21 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
   crash      exit with status 1 right after `cont`
   refuse     print an error like QEMU's and exit 1 before opening the monitor
   stall      never answer its first client's query-status (a daemon that dies before `cont`)
-
-Its run state (prelaunch until `cont`, running, paused after `stop`) is answered by
-query-status and kept in the file `runstate` in its working directory, for tests to read.
-
-
   spoof-IP   a hostile guest on its tap (net0): it claims address IP (an ARP reply and a UDP
              packet from IP) and sends from another MAC, every 0.2 s; plus one frame the
              anti-spoofing rules let through (an ARP probe), so an observer sees the tap works
+  flood-N    write N MiB to its serial console's log and N MiB to stderr as fast as it can,
+             then `flood done` to each, then obey
+  tick       write a numbered line (1 KiB) to its serial console's log every 10 ms; obey
+
+Its run state (prelaunch until `cont`, running, paused after `stop`) is answered by
+query-status and kept in the file `runstate` in its working directory, for tests to read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
@@ -67,7 +70,13 @@ def main(argv: list[str]) -> int:
             target=spoof, args=(argv, mode.removeprefix("spoof-")), daemon=True
         ).start()
     fd = int(option(argv, "-chardev", r"id=vmid-control,fd=(\d+)") or "-1")
-    fake = FakeQemu(mode)
+    if mode.startswith("flood-"):
+        megabytes = int(mode.removeprefix("flood-"))
+        threading.Thread(target=flood, args=(console_log(argv), megabytes), daemon=True).start()
+        threading.Thread(target=flood, args=(2, megabytes), daemon=True).start()
+    if mode == "tick":
+        threading.Thread(target=tick, args=(console_log(argv),), daemon=True).start()
+    fake = FakeQemu("obey" if mode.startswith("flood-") or mode == "tick" else mode)
     listener = socket.socket(fileno=fd)
     while True:  # like QEMU: a client hanging up leaves the VM running, and it may reconnect
         conn, _ = listener.accept()
@@ -114,6 +123,38 @@ def spoof(argv: list[str], victim: str) -> None:
         for frame in frames:
             os.write(fd, bytes(10) + frame)  # vmid opens taps with IFF_VNET_HDR: a zero header
         time.sleep(0.2)
+
+
+def console_log(argv: list[str]) -> int:
+    """An fd on the serial console's log file, as QEMU opens it (`/dev/fdset/N`: a passed fd)."""
+    target = option(argv, "-chardev", r"id=charserial0,.*logfile=([^,]+)")
+    assert target is not None, "the VMI has no serial console log"
+    if target.startswith("/dev/fdset/"):
+        fdset = target.removeprefix("/dev/fdset/")
+        fd = option(argv, "-add-fd", rf"fd=(\d+),set={fdset}\b")
+        assert fd is not None, f"no -add-fd for fdset {fdset}"
+        return os.dup(int(fd))
+    return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+def write(fd: int, data: bytes) -> None:
+    """As QEMU's log writes: bytes nobody reads (EPIPE) are dropped."""
+    with contextlib.suppress(BrokenPipeError):
+        os.write(fd, data)
+
+
+def flood(fd: int, megabytes: int) -> None:
+    line = b"x" * 99 + b"\n"
+    chunk = line * 655  # 65 500 bytes
+    for _ in range(megabytes * (1 << 20) // len(chunk)):
+        write(fd, chunk)
+    write(fd, b"flood done\n")
+
+
+def tick(fd: int) -> None:
+    for number in itertools.count():
+        write(fd, f"tick {number:08d} ".encode().ljust(1023, b".") + b"\n")
+        time.sleep(0.01)
 
 
 class FakeQemu:

@@ -236,7 +236,7 @@ def test_root_and_config_before_or_after_the_command(
     assert (status, err) == (0, "")
     state = f"{root}/var/lib/vmid/instances/testvmi-nocloud"
     assert f"opaque={state}/disks/containerdisk.qcow2" in out
-    assert f"logfile={root}/var/log/vmid/testvmi-nocloud/console.log," in out
+    assert f"opaque={root}/var/log/vmid/testvmi-nocloud/console.log \\" in out
     assert "-accel tcg \\" in out.splitlines()[2]
 
 

@@ -121,9 +121,10 @@ COMPONENT = st.text(st.characters(codec="utf-8", exclude_characters="\x00/"), mi
 
 def test_plain_plan_has_the_expected_options() -> None:
     # root disk: its image's and its overlay's file and format nodes; host disk: a file node
-    # and a format node; every file passed by fd. SMBIOS types 1 and 2.
+    # and a format node; every file passed by fd, and the console log's pipe. SMBIOS types 1
+    # and 2.
     assert PLAIN_SHAPE["-blockdev"] == 6
-    assert PLAIN_SHAPE["-add-fd"] == 3
+    assert PLAIN_SHAPE["-add-fd"] == 4
     assert PLAIN_SHAPE["-smbios"] == 2
     devices = [head for head, _ in values_of(PLAIN.argv, "-device")]
     assert "ide-hd" in devices
@@ -191,4 +192,5 @@ def test_root_with_commas_is_escaped() -> None:
     (console,) = [
         pairs for head, pairs in values_of(plan.argv, "-chardev") if pairs["id"] == "charserial0"
     ]
-    assert console["logfile"] == f"{root}/var/log/vmid/testvmi/console.log"
+    console_log = f"{root}/var/log/vmid/testvmi/console.log"
+    assert qemuopts.fdsets(plan.argv)[console["logfile"]] == console_log

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, SHARED
 from vmid.api import types as t
-from vmid.config import Accelerator, Config, Paths
+from vmid.config import Accelerator, Config, Paths, PodNetwork, PortRange
 from vmid.manifests import plan_file
 
 SWAGGER = SHARED / "kubevirt-api" / "swagger.json"
@@ -102,7 +102,10 @@ EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml")) if EXAMPLES.exists() else []
 def test_each_kubevirt_example_is_accepted_or_refused_as_unsupported(
     example: Path, tmp_path: Path
 ) -> None:
-    config = Config(accelerator=Accelerator.TCG, hostDiskRoots=("/var/data",))
+    # Host policy the examples need: hostDisk roots, and the privileged port vmi-masquerade
+    # forwards (vmid's default range starts at 1024).
+    pod = PodNetwork(publishPorts=PortRange(min=1))
+    config = Config(accelerator=Accelerator.TCG, hostDiskRoots=("/var/data",), podNetwork=pod)
     planned, problems = plan_file(example, config, Paths(tmp_path), Accelerator.TCG)
     if problems:
         assert all("is not supported by vmid" in p.message for p in problems), problems

@@ -470,3 +470,20 @@ def test_a_pod_network_changed_by_a_reload_waits_for_a_restart(daemon: Daemon) -
     nic = interface(daemon, "b")
     assert nic["ipAddress"].startswith("10.0.2.")
     assert links(daemon)[nic["podInterfaceName"]]["master"] == "vmid0"
+
+
+def test_dnsmasq_logging_every_dhcp_request_keeps_its_log_bounded(tmp_path: Path) -> None:
+    config = fake_config("logs: {maxSize: 4Ki, maxBackups: 1}\n")
+    with running_daemon(tmp_path, config) as daemon:
+        daemon.drop("a.yaml", vmi("a"))
+        daemon.wait_phase("a", "Running")
+        nic = interface(daemon, "a")
+        log = tmp_path / "var/log/vmid/dnsmasq-vmid0.log"
+        for _ in range(4):  # --log-dhcp: a score of lines per lease, ~1.2 KiB
+            assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
+        daemon.wait_for("a rotation", lambda: log.with_name(f"{log.name}.1").exists())
+        files = sorted(log.parent.glob("dnsmasq-vmid0.log*"))
+        assert [f.name for f in files] == ["dnsmasq-vmid0.log", "dnsmasq-vmid0.log.1"]
+        assert all(f.stat().st_size <= 4096 for f in files)
+        assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+        assert "DHCPACK(vmid0)" in "".join(f.read_text() for f in files)

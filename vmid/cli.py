@@ -39,7 +39,7 @@ from vmid import control
 from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Config, Paths, load_config
 from vmid.errors import VmidError
-from vmid.host import accel, unixsock
+from vmid.host import accel, logfile, unixsock
 from vmid.host.storage import ImageStore
 from vmid.manifests import Planned, plan_file
 from vmid.plan.model import LaunchPlan
@@ -463,11 +463,12 @@ def _logs(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
     log_file = paths.instance_logs(args.name) / "console.log"
     try:
-        with log_file.open("rb") as stream:
-            if sys.stdout.isatty():
-                _copy_escaped(stream, sys.stdout.buffer)
-            else:
-                shutil.copyfileobj(stream, sys.stdout.buffer)
+        for path in logfile.oldest_first(log_file):  # the rotated files, then the current one
+            with path.open("rb") as stream:
+                if sys.stdout.isatty():
+                    _copy_escaped(stream, sys.stdout.buffer)
+                else:
+                    shutil.copyfileobj(stream, sys.stdout.buffer)
     except FileNotFoundError:
         print(f"vmid: no console log for {args.name!r} ({log_file})", file=sys.stderr)
         return EXIT_INVALID

@@ -12,9 +12,14 @@ from pathlib import Path
 import attrs
 
 from vmid.api import load
+from vmid.api.quantity import Quantity
 from vmid.api.types import Enum
 from vmid.errors import ConfigError, ManifestError
 from vmid.host import safefile
+
+MIN_LOG_SIZE = 4096
+MAX_LOG_SIZE = 1 << 40
+MAX_LOG_BACKUPS = 100
 
 
 class Accelerator(Enum):
@@ -65,6 +70,18 @@ class PodNetwork:
 
 
 @attrs.frozen(kw_only=True)
+class Logs:
+    """Bounds on every log file a guest (or a DHCP client) can make grow, as virtlogd's."""
+
+    #: A log file is rotated when it reaches this size (console.log -> console.log.1 ...).
+    maxSize: Quantity = attrs.field(factory=lambda: Quantity.parse("2Mi"))
+    #: How many rotated files are kept beside the current one.
+    maxBackups: int = 3
+    #: A removed VMI's log directory is deleted this long after its removal.
+    keepAfterRemovalSeconds: int = 86400
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """vmid.yaml. Keys are camelCase, like the manifests they sit beside."""
 
@@ -85,6 +102,7 @@ class Config:
     podNetwork: PodNetwork = attrs.field(factory=PodNetwork)
     #: multus networkName -> host bridge; a name not listed means a bridge of that name.
     multusBridges: dict[str, str] = attrs.field(factory=dict)
+    logs: Logs = attrs.field(factory=Logs)
 
 
 def _absolute(path: str | Path) -> Path:
@@ -160,6 +178,7 @@ def load_config(file: Path, required: bool) -> Config:
     _check_pool(file, IPv4Network(config.podNetwork.cidr))
     _check_host_paths(file, config)
     _check_multus_bridges(file, config)
+    _check_logs(file, config.logs)
     return config
 
 
@@ -286,3 +305,17 @@ def _check_multus_bridges(file: Path, config: Config) -> None:
                 f"{file}: multusBridges.{name}: {bridge!r} is a name vmid manages (its pod "
                 "bridge and its taps are vmid*): name a bridge of your own"
             )
+
+
+def _check_logs(file: Path, logs: Logs) -> None:
+    size = logs.maxSize.exact
+    if not MIN_LOG_SIZE <= size <= MAX_LOG_SIZE:
+        raise ConfigError(
+            f"{file}: logs.maxSize: {logs.maxSize} is out of range: from 4Ki to 1Ti, e.g. 2Mi"
+        )
+    if not 0 <= logs.maxBackups <= MAX_LOG_BACKUPS:
+        raise ConfigError(f"{file}: logs.maxBackups: {logs.maxBackups} is not from 0 to 100")
+    if logs.keepAfterRemovalSeconds < 0:
+        raise ConfigError(
+            f"{file}: logs.keepAfterRemovalSeconds: must not be negative (0 deletes at once)"
+        )

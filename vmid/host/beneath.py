@@ -22,7 +22,6 @@ _DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FLAGS = {
     Access.READ: os.O_RDONLY,
     Access.WRITE: os.O_RDWR,
-    Access.APPEND: os.O_WRONLY | os.O_APPEND | os.O_CREAT,
 }
 DIRECTORY_MODE = 0o755
 FILE_MODE = 0o600
@@ -49,7 +48,7 @@ def open_file(file: PassedFile) -> int:
 
 
 def open_files(files: Iterable[PassedFile]) -> dict[int, int]:
-    """An fd per fdset for every file; all closed again if one cannot be opened.
+    """An fd per fdset for every file but logs (pipes); all closed again if one cannot be opened.
 
     Raises:
         DiskFileError: naming the file and why.
@@ -57,6 +56,8 @@ def open_files(files: Iterable[PassedFile]) -> dict[int, int]:
     fds: dict[int, int] = {}
     try:
         for file in files:
+            if file.access is Access.LOG:
+                continue  # a pipe vmid's logs make (runtime/logs.py), not a file
             try:
                 fds[file.fdset] = open_file(file)
             except DiskFileError:

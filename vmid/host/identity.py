@@ -61,17 +61,6 @@ def give(user: QemuUser, path: Path) -> None:
     os.chown(path, user.uid, user.gid, follow_symlinks=False)
 
 
-def give_new_file(user: QemuUser, path: Path) -> None:
-    """Create `path` (0600) if missing and make it `user`'s: for files QEMU opens in vmid's
-    directories (its console log), which stay root's so that root never writes where the
-    QEMU user could plant a symlink."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchown(fd, user.uid, user.gid)
-    finally:
-        os.close(fd)
-
-
 def make_traversable(directory: Path) -> None:
     """Let the QEMU user pass through (not list) one of vmid's directories: mode 0711."""
     if directory.exists() and directory.stat().st_mode & 0o011 != 0o011:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from vmid.api import types as t
 from vmid.plan.context import Context
-from vmid.plan.model import device_id
+from vmid.plan.model import Access, device_id
 from vmid.plan.qemu import options
 
 CONSOLE_SOCKET = "console.sock"
@@ -37,7 +37,11 @@ def usb_controller(ctx: Context) -> Iterator[str]:
 
 
 def console(ctx: Context, log: str) -> Iterator[str]:
-    """The serial console on a unix socket, everything it prints also appended to `log`."""
+    """The serial console on a unix socket, everything it prints also sent to `log`.
+
+    The log QEMU gets is a pipe (an fd in an fdset; logappend, as QEMU cannot truncate a pipe)
+    vmid drains into a bounded file: a guest flooding its serial port fills no disk.
+    """
     if ctx.vmi.spec.domain.devices.autoattachSerialConsole is False:
         return
     yield "-chardev"
@@ -48,7 +52,7 @@ def console(ctx: Context, log: str) -> Iterator[str]:
             "path": CONSOLE_SOCKET,
             "server": True,
             "wait": False,
-            "logfile": log,
+            "logfile": ctx.files.add(log, Access.LOG),
             "logappend": True,
         },
     )

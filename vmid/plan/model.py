@@ -55,7 +55,9 @@ class Access(enum.Enum):
 
     READ = "read"  # O_RDONLY: read-only nodes (images under an overlay, ISOs, firmware code)
     WRITE = "write"  # O_RDWR: writable nodes
-    APPEND = "append"  # O_WRONLY|O_APPEND, created 0600 if missing: files QEMU logs to
+    #: A log QEMU writes (its console's): the write end of a pipe vmid drains into a bounded
+    #: file (runtime/logs.py); QEMU never holds the file itself.
+    LOG = "log"
 
 
 @attrs.frozen(kw_only=True)

@@ -15,17 +15,18 @@ import socket
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import attrs
 import trio
 
-from vmid.config import Accelerator
+from vmid.config import Accelerator, Logs
 from vmid.errors import VmidError
-from vmid.host import beneath, identity, safefile, storage, unixsock
+from vmid.host import beneath, identity, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
 from vmid.plan.model import LaunchPlan, Prepared, device_id
+from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
 from vmid.runtime.qmp import Event, Monitor, MonitorError
@@ -38,7 +39,6 @@ MONITOR_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 2.0
 HANGUP_TIMEOUT = 1.0
 CLEANUP_TIMEOUT = 10.0
-REASON_LOG_BYTES = 4096
 #: Files one VMI prepares at once: its 30 disks wait for each other, not another VMI for them
 #: (qemu-img runs are bounded daemon-wide too: storage.QEMU_IMG_RUNS).
 PREPARE_AT_ONCE = 2
@@ -72,11 +72,12 @@ class Instance:
         adopt: int | None = None,
         user: QemuUser | None = None,
         traverse: tuple[Path, ...] = (),
+        logs: Logs | None = None,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
         `user`: run QEMU as this user, handing it its VM's files before the launch; it may pass
-        through vmid's directories `traverse`.
+        through vmid's directories `traverse`. `logs`: the bounds of its log files.
         """
         self.plan = plan
         self.status = status
@@ -92,6 +93,8 @@ class Instance:
         self._process: trio.Process | AdoptedProcess | None = None
         self._monitor: Monitor | None = None
         self._outcome = _Outcome()
+        self._logs = VmLogs(plan, logs or Logs())
+        self._log_nursery: trio.Nursery | None = None
         #: Set by the supervisor before cancelling when QEMU must be left running (daemon
         #: stopping with `onDaemonStop: keep`).
         self.detach = False
@@ -112,6 +115,20 @@ class Instance:
         over a running QEMU is shielded too (bounded by the monitor's timeouts): a stop that
         comes meanwhile is a graceful stop once it is supervised, never a kill.
         """
+        try:
+            async with trio.open_nursery() as nursery:  # the log pipes, drained while QEMU lives
+                self._log_nursery = nursery
+                try:
+                    await self._run(task_status)
+                finally:
+                    running = self._process is not None and self._process.returncode is None
+                    self._logs.end(detached=self.detach and running)
+        except BaseExceptionGroup as group:  # the log pipes never fail: raise what the VM did
+            if len(group.exceptions) != 1:
+                raise
+            raise group.exceptions[0] from None
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         try:
             with trio.CancelScope(shield=self._adopt is not None):
                 await self._start()
@@ -161,7 +178,7 @@ class Instance:
             try:
                 self._monitor = await Monitor.connect(plan.name, client)
             except MonitorError as exc:
-                raise LaunchError(self._qemu_said() or str(exc)) from exc
+                raise LaunchError(await self._logs.qemu_said() or str(exc)) from exc
         if self._monitor is None:
             client.close()
             raise LaunchError(
@@ -173,6 +190,8 @@ class Instance:
         """Take over a QEMU an earlier daemon started: watch it, reconnect, resume supervision."""
         self._process = AdoptedProcess(pid)
         self._attached = True  # its taps exist: if re-adoption fails, they go with it
+        assert self._log_nursery is not None
+        self._logs.reopen(self._log_nursery)
         client = unixsock.connect(Path(self.plan.sockets.control))
         with trio.move_on_after(MONITOR_CONNECT_TIMEOUT):
             self._monitor = await Monitor.connect(self.plan.name, client)
@@ -238,49 +257,40 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self, user: QemuUser) -> None:
-        """QEMU's user gets its working directory and console log, and passes through vmid's
-        directories to them; its disks, images, ISOs and EFI files it gets by fd."""
+        """QEMU's user gets its working directory and passes through vmid's directories to it;
+        its disks, images, ISOs and EFI files it gets by fd, its logs are pipes."""
         for directory in self._traverse:
             identity.make_traversable(directory)
-        made = [Path(self.plan.consoleLog)]
-        identity.give_new_file(user, made[0])
-        for path in made:
-            for directory in path.parents:
-                if directory in self._traverse:
-                    break
-                identity.make_traversable(directory)
-            identity.give(user, path)
         identity.make_traversable(Path(self.plan.cwd).parent)
         identity.give(user, Path(self.plan.cwd))  # its sockets; root never writes there
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
         plan = self.plan
         user = self._user
-        files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
+        assert self._log_nursery is not None
+        stderr, pipes = self._logs.open(self._log_nursery)  # QEMU writes pipes, vmid the files
+        files: dict[int, int] = {}
+        taps: dict[str, int] = {}
         try:
+            files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
             taps = self._network.open_taps(plan)
-        except BaseException:
-            _close(files.values())
-            raise
-        try:
-            with _open_log(plan.qemuLog) as qemu_log:
-                process = await trio.lowlevel.open_process(
-                    list(plan.argv_for(listener.fileno(), taps, files)),
-                    cwd=plan.cwd,
-                    env={**os.environ, **plan.env},
-                    stdin=subprocess.DEVNULL,
-                    stdout=qemu_log,
-                    stderr=qemu_log,
-                    pass_fds=(listener.fileno(), *taps.values(), *files.values()),
-                    start_new_session=True,  # a signal to vmid's group never reaches guests
-                    # Dropped between fork and exec (not QEMU's -runas: see host/identity.py).
-                    user=user.uid if user else None,
-                    group=user.gid if user else None,
-                    extra_groups=list(user.groups) if user else None,
-                    umask=0o177,  # its sockets and logs: 0600, for its user (and root) only
-                )
+            process = await trio.lowlevel.open_process(
+                list(plan.argv_for(listener.fileno(), taps, {**files, **pipes})),
+                cwd=plan.cwd,
+                env={**os.environ, **plan.env},
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                pass_fds=(listener.fileno(), *taps.values(), *files.values(), *pipes.values()),
+                start_new_session=True,  # a signal to vmid's group never reaches guests
+                # Dropped between fork and exec (not QEMU's -runas: see host/identity.py).
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=list(user.groups) if user else None,
+                umask=0o177,  # its sockets: 0600, for its user (and root) only
+            )
         finally:
-            _close([*taps.values(), *files.values()])
+            _close([stderr, *pipes.values(), *files.values(), *taps.values()])
         self.status.event("Normal", "Launched", f"QEMU started, pid {process.pid}")
         self.log.info("qemu started pid=%d", process.pid)
         self.log.debug("qemu argv: %s", " ".join(plan.argv))
@@ -490,18 +500,6 @@ class Instance:
         self.status.write()
         self.log.warning("failed to start: %s", reason)
 
-    def _qemu_said(self) -> str:
-        """The last lines of QEMU's stderr: why it refused to start, in its own words."""
-        try:
-            fd, _ = safefile.open_regular(self.plan.qemuLog)  # never wait on a FIFO here
-            with os.fdopen(fd, "rb") as stream:
-                stream.seek(0, os.SEEK_END)
-                stream.seek(max(0, stream.tell() - REASON_LOG_BYTES))
-                lines = stream.read().decode(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return lines[-1] if lines else ""
-
 
 def _describe_exit(code: int | None) -> str:
     if code is None or code == UNKNOWN_EXIT:
@@ -514,12 +512,6 @@ def _describe_exit(code: int | None) -> str:
 def _close(fds: Iterable[int]) -> None:
     for fd in fds:
         os.close(fd)
-
-
-def _open_log(path: str) -> BinaryIO:
-    # O_NOFOLLOW: a symlink planted in a log directory must not make root append elsewhere.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.fdopen(os.open(path, flags, 0o600), "ab")
 
 
 def _listen(plan: LaunchPlan) -> socket.socket:

@@ -24,6 +24,7 @@ from vmid.host import dnsmasq, identity, ipam, listeners, nftables
 from vmid.host import network as links
 from vmid.host.network import NetworkError
 from vmid.plan.model import LaunchPlan
+from vmid.runtime import logs
 
 log = logging.getLogger(__name__)
 
@@ -309,21 +310,26 @@ class Network:
             self._config.podNetwork.dhcpUser,
         )
         self._logs.mkdir(parents=True, exist_ok=True)
-        with (self._logs / f"dnsmasq-{self._bridge}.log").open("ab") as output:
-            try:
-                process = await trio.lowlevel.open_process(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=output,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise NetworkError(f"cannot start dnsmasq: {exc.strerror}") from exc
+        # --log-dhcp writes lines for every DHCP packet: bounded, as a VM's logs are.
+        output, write_end = logs.open_pipe(self._log_file, self._config.logs)
+        assert self._nursery is not None
+        self._nursery.start_soon(output.drain)
+        try:
+            process = await trio.lowlevel.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=write_end,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise NetworkError(f"cannot start dnsmasq: {exc.strerror}") from exc
+        finally:
+            os.close(write_end)
         self._dhcp = process
         try:
             self._served = _mapping(self._hosts_file.read_text())
-            await self._wait_dhcp_ready(process)
+            await self._wait_dhcp_ready(process, output)
             self._dhcp_ready.set()
             task_status.started()
             log.info("dnsmasq on %s running, pid %d", self._bridge, process.pid)
@@ -332,8 +338,13 @@ class Network:
             self._dhcp = None
             with trio.CancelScope(shield=True):
                 await _terminate(process)
+            output.stop(logs.DRAIN_TIMEOUT)
 
-    async def _wait_dhcp_ready(self, process: trio.Process) -> None:
+    @property
+    def _log_file(self) -> Path:
+        return self._logs / f"dnsmasq-{self._bridge}.log"
+
+    async def _wait_dhcp_ready(self, process: trio.Process, output: logs.LogPipe) -> None:
         """dnsmasq writes its pid file once its signal handlers are in place (SIGHUP is safe)."""
         with trio.move_on_after(DHCP_READY_TIMEOUT):
             while process.returncode is None:
@@ -342,9 +353,8 @@ class Network:
                         return
                 await trio.sleep(0.01)
         if process.poll() is not None:
-            log_file = self._logs / f"dnsmasq-{self._bridge}.log"
-            last = log_file.read_text(errors="replace").strip().splitlines()[-1:]
-            raise NetworkError(f"dnsmasq failed to start: {' '.join(last)} (see {log_file})")
+            last = await output.said()
+            raise NetworkError(f"dnsmasq failed to start: {last} (see {self._log_file})")
 
 
 async def _terminate(process: trio.Process) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from pathlib import Path
 
 import attrs
@@ -20,12 +20,12 @@ from vmid.api import types as t
 from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
-from vmid.host import identity
+from vmid.host import identity, logfile
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
-from vmid.runtime import takeover
+from vmid.runtime import logs, takeover
 from vmid.runtime.instance import Instance
 from vmid.runtime.network import Network
 from vmid.runtime.spool import Desired
@@ -116,6 +116,14 @@ class Supervisor:
         starting = (Phase.PENDING, Phase.SCHEDULED)
         while any(vm.status.phase in starting for vm in self._vms.values()):
             await self._changed.wait()
+
+    async def tidy_logs(self) -> None:
+        """Forever: delete removed VMIs' logs once their time has passed (cancel to stop)."""
+        await logs.tidy(self._paths.logs, lambda: self._config.logs, self._existing)
+
+    def _existing(self) -> Set[str] | None:
+        """The VMIs that exist (running, ended or refused); None before the spool is read."""
+        return set(self._vms) | set(self._refused) if self._applied else None
 
     def _status_written(self) -> None:
         self._changed.set()
@@ -393,6 +401,7 @@ class Supervisor:
                 paths.runtime / "instances",
                 paths.logs,
             ),
+            logs=self._config.logs,
         )
         instance.stop_once_running = vm.remove
         return instance
@@ -432,9 +441,10 @@ def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMa
 
 
 def _remove_state(paths: Paths, name: str) -> None:
-    """Delete a gone VMI's ephemeral files and runtime directory (logs are kept)."""
+    """Delete a gone VMI's ephemeral files and runtime directory; its logs are kept a while."""
     for directory in (paths.instance_state(name), paths.instance_runtime(name)):
         shutil.rmtree(directory, ignore_errors=True)
+    logfile.mark_removed(paths.instance_logs(name))
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:
