@@ -1,11 +1,17 @@
-"""Who QEMU runs as (`qemuUser`), and handing it the files it needs, and only those.
+"""Who each VMI's QEMU runs as (a uid of its own), and handing it its VM's files, only those.
+
+Each VMI gets a uid from `qemuUids`, with the same number as its gid and no /etc/passwd entry
+(like systemd's DynamicUser=), recorded in the VMI's state directory before anything is given
+to it and forgotten only once every file of the VMI is gone: a compromised QEMU owns nothing of
+another VM (its sockets, disks, ISO, EFI variables, console log). The lowest number no record
+holds, no process runs as and no user or group is named by is taken, so after a crash at any
+instant either the record exists (the VMI keeps its uid) or nothing was given that uid yet.
 
 vmid drops QEMU's privileges itself, between fork and exec, as libvirt does: QEMU's own
 `-runas` calls setuid after its seccomp filter is in place, and `elevateprivileges=deny` then
-kills it (SIGSYS). The user gets the files vmid made for its VM (disks, ISO, EFI variables,
-console log) and its working directory (for its sockets); the directories holding the files
-stay root's, so root never writes where the user could plant a symlink. Anything else it must
-be able to open already (a hostDisk it cannot open fails the VMI with a message saying so).
+kills it (SIGSYS). The directories holding the VM's files stay root's, so root never writes
+where QEMU could plant a symlink. Anything else it must be able to open already (a hostDisk it
+cannot open fails the VMI with a message saying so).
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ import attrs
 
 from vmid.errors import VmidError
 
+#: The file in a VMI's state directory holding its uid.
+UID_RECORD = "uid"
+
 
 class IdentityError(VmidError):
-    """qemuUser does not exist, or cannot reach a file its VM needs."""
+    """No uid left for a VMI, or its QEMU cannot reach a file its VM needs."""
 
 
 @attrs.frozen
 class QemuUser:
-    """The unprivileged user (and groups) QEMU runs as."""
+    """The unprivileged identity (uid, gid, groups) one VMI's QEMU runs as."""
 
     name: str
     uid: int
@@ -36,26 +45,127 @@ class QemuUser:
     groups: tuple[int, ...]
 
 
-def resolve(name: str | None) -> QemuUser | None:
-    """The configured user, with its supplementary groups and `kvm` (for /dev/kvm).
+def vmi_user(uid: int, vmi: str) -> QemuUser:
+    """VMI `vmi`'s QEMU identity: uid and gid `uid`, and `kvm` (for /dev/kvm) if there is one."""
+    groups: tuple[int, ...] = ()
+    with contextlib.suppress(KeyError):
+        groups = (grp.getgrnam("kvm").gr_gid,)
+    return QemuUser(f"VMI {vmi}'s QEMU (uid {uid})", uid, uid, groups)
+
+
+def allocate(state: Path, first: int, count: int) -> int:
+    """The uid recorded in the VMI's state directory `state`, else a new one, recorded first.
+
+    Callers serialise calls (two VMIs must not pick the same free number at once).
 
     Raises:
-        IdentityError: no such user.
+        IdentityError: every uid of the range is taken.
     """
-    if name is None:
-        return None
+    uid = recorded(state)
+    if uid is not None:
+        return uid
+    taken = _recorded_uids(state.parent) | _running_ids()
+    for uid in range(first, first + count):
+        if uid not in taken and not _named(uid):
+            _record(state, uid)
+            return uid
+    raise IdentityError(
+        f"no uid left for its QEMU: all {count} of qemuUids ({first}-{first + count - 1}) are "
+        "held by VMIs, processes or users; remove VMIs, or widen qemuUids in vmid.yaml"
+    )
+
+
+def recorded(state: Path) -> int | None:
+    """The uid recorded for the VMI whose state directory is `state`, if any.
+
+    A record that is not a number was cut short by a crash before it was synced, so before
+    anything was given to that uid: it counts as none, and is replaced.
+    """
+    record = state / UID_RECORD
     try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise IdentityError(
-            f"qemuUser {name} does not exist on this host: create it "
-            f"(useradd --system --no-create-home --shell /usr/sbin/nologin {name}) "
-            "or set qemuUser in vmid.yaml"
-        ) from None
-    groups = set(os.getgrouplist(name, entry.pw_gid))
-    with contextlib.suppress(KeyError):
-        groups.add(grp.getgrnam("kvm").gr_gid)
-    return QemuUser(name, entry.pw_uid, entry.pw_gid, tuple(sorted(groups)))
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as stream:
+        text = stream.read(32)
+    if not text.strip().isdigit():
+        record.unlink(missing_ok=True)
+        return None
+    return int(text)
+
+
+def release(state: Path) -> None:
+    """Forget the VMI's uid: the very last step of removing it, once all its files are gone."""
+    (state / UID_RECORD).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # gone already, or files left that could not be removed
+        state.rmdir()
+
+
+def give_back(directory: Path, uid: int) -> None:
+    """Make root own the files in `directory` (a removed VMI's kept logs) that `uid` owns."""
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.stat(follow_symlinks=False).st_uid == uid:
+                os.chown(entry.path, 0, 0, follow_symlinks=False)
+
+
+def _recorded_uids(instances: Path) -> set[int]:
+    uids: set[int] = set()
+    with contextlib.suppress(FileNotFoundError), os.scandir(instances) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError, ValueError):  # none, or cut short by a crash
+                uids.add(int(Path(entry.path, UID_RECORD).read_bytes()[:32]))
+    return uids
+
+
+def _running_ids() -> set[int]:
+    """Every uid and gid (real, effective, saved, filesystem) a live process has now.
+
+    Zombies do not count: they hold nothing any more (a re-adopted QEMU, no longer vmid's
+    child, may wait long for a reaper that is not vmid).
+    """
+    ids: set[int] = set()
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, KeyError, ValueError):  # gone meanwhile
+                fields = dict(
+                    line.split(":", 1)
+                    for line in Path(entry.path, "status").read_text().splitlines()
+                )
+                if not fields["State"].strip().startswith("Z"):
+                    ids.update(int(n) for key in ("Uid", "Gid") for n in fields[key].split())
+    return ids
+
+
+def _named(uid: int) -> bool:
+    """A user or group of that number exists (the user database is the host's allocator)."""
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+        except KeyError:
+            continue
+        return True
+    return False
+
+
+def _record(state: Path, uid: int) -> None:
+    """Write the record durably (file, then its directory) before the uid is used anywhere."""
+    state.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(state / UID_RECORD, flags, 0o600)
+    try:
+        os.write(fd, f"{uid}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for directory in (state, state.parent):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def give(user: QemuUser, path: Path) -> None:
@@ -92,8 +202,8 @@ def check_access(user: QemuUser, path: Path, write: bool, what: str) -> None:
     if info.st_mode & need != need:
         mode = "read and write" if write else "read"
         raise IdentityError(
-            f"{path} ({what}) is not open to {mode} for qemuUser {user.name}: "
-            f"chown {user.name} it, or give its group ({info.st_gid}) {mode} access"
+            f"{path} ({what}) is not open to {mode} for {user.name}: "
+            f"chown {user.uid} it, or give its group ({info.st_gid}) {mode} access"
         )
 
 

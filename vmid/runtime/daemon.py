@@ -39,6 +39,11 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
     log.info("vmid starting: root=%s accelerator=%s", paths.root, accelerator)
     if accelerator is Accelerator.TCG:
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
+    if config.qemuAsRoot:
+        log.warning(
+            "qemuAsRoot: true: every QEMU runs as root, so a guest that escapes into its QEMU "
+            "owns the host and every other VM; remove qemuAsRoot from vmid.yaml"
+        )
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
     for directory in (paths.runtime, paths.state, paths.logs):
@@ -95,9 +100,9 @@ async def _reload(
 def _make_traversable(directory: Path) -> None:
     """Create `directory` (and missing parents) searchable by all, listable by vmid only.
 
-    dnsmasq re-reads its hosts file in runtime/network as its unprivileged user, and QEMU
-    running as `qemuUser` reaches its VM's own directories below (which stay 0700, owned by
-    that user). Existing parents (`/run`, `/var/lib`) are left as they are.
+    dnsmasq re-reads its hosts file in runtime/network as its unprivileged user, and each
+    VM's QEMU, running as the VM's own uid, reaches its VM's own files below. Existing parents
+    (`/run`, `/var/lib`) are left as they are.
     """
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)

@@ -70,8 +70,8 @@ class Instance:
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
-        `user`: run QEMU as this user, handing it its VM's files before the launch; it may pass
-        through vmid's directories `traverse`.
+        `user`: run QEMU as this VM's own uid, handing it its VM's files before the launch; it
+        may pass through vmid's directories `traverse`. None: as root.
         """
         self.plan = plan
         self.status = status
@@ -206,7 +206,8 @@ class Instance:
     async def _attach(self) -> None:
         """The VM's taps on their bridges, with addresses (before QEMU opens the taps)."""
         self._attached = True
-        self.status.interfaces = await self._network.attach(self.plan.name, self.plan)
+        owner = self._user.uid if self._user else os.getuid()
+        self.status.interfaces = await self._network.attach(self.plan.name, self.plan, owner)
         for interface in self.status.interfaces:
             if interface.get("ipAddress"):
                 self.log.info("interface %s: %s", interface["name"], interface["ipAddress"])
@@ -220,7 +221,7 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self, user: QemuUser) -> None:
-        """QEMU's user gets its VM's files and working directory, and passes through vmid's."""
+        """The VM's own uid gets its files and working directory, and passes through vmid's."""
         for directory in self._traverse:
             identity.make_traversable(directory)
         made = [Path(self.plan.consoleLog)]
@@ -243,6 +244,7 @@ class Instance:
                 identity.make_traversable(directory)
             identity.give(user, path)
         identity.make_traversable(Path(self.plan.cwd).parent)
+        Path(self.plan.cwd).chmod(0o700)
         identity.give(user, Path(self.plan.cwd))  # its sockets; root never writes there
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
@@ -302,6 +304,7 @@ class Instance:
         sockets = self.plan.sockets
         return {
             "pid": self._process.pid if self._process else None,
+            "uid": self._user.uid if self._user else 0,
             "qmpSocket": sockets.qmp,
             "consoleSocket": sockets.console,
             "vncSocket": sockets.vnc,

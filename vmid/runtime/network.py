@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from vmid.config import Config, Paths
-from vmid.host import dnsmasq, identity, ipam, nftables
+from vmid.host import dnsmasq, ipam, nftables
 from vmid.host import network as links
 from vmid.host.network import NetworkError
 from vmid.plan.model import LaunchPlan
@@ -90,8 +90,9 @@ class Network:
 
     # Section: VMIs
 
-    async def attach(self, name: str, plan: LaunchPlan) -> list[dict[str, Any]]:
-        """Record, create and enslave `plan`'s taps; the interfaces' status entries.
+    async def attach(self, name: str, plan: LaunchPlan, owner: int) -> list[dict[str, Any]]:
+        """Record, create and enslave `plan`'s taps (owned by uid `owner`, the VM's QEMU's);
+        the interfaces' status entries.
 
         Raises:
             NetworkError: a missing host bridge, a conflict with another VMI, no free address,
@@ -113,8 +114,6 @@ class Network:
             await trio.to_thread.run_sync(self._registry.save)
             if any(tap.bridge == self._bridge for tap in plan.taps):
                 await self._ensure_pod()
-            user = identity.resolve(self._config.qemuUser)
-            owner = os.getuid() if user is None else user.uid
             for tap in plan.taps:
                 await trio.to_thread.run_sync(links.ensure_tap, tap.device, tap.bridge, owner)
             await self._sync()

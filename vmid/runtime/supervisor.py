@@ -6,6 +6,7 @@ QEMU that refuses to start, a bug) ends that VMI `Failed` and never reaches the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import uuid
@@ -84,6 +85,8 @@ class Supervisor:
         self._applied = False
         self._on_change: Callable[[], None] = lambda: None
         self._changed = trio.Event()
+        #: One uid allocation at a time: two VMIs must never pick the same free number.
+        self._uids = trio.Lock()
 
     def __repr__(self) -> str:
         return f"<Supervisor vms={len(self._vms)}>"
@@ -276,7 +279,7 @@ class Supervisor:
     async def _run(self, name: str, vm: _VM) -> None:
         with vm.scope:
             try:
-                vm.instance = self._instance(name, vm)
+                vm.instance = await self._instance(name, vm)
                 await vm.instance.run()
             except (VmidError, OSError) as exc:
                 log.warning("%s: %s", name, exc)
@@ -302,7 +305,9 @@ class Supervisor:
                     await self._network.release(name)
                 except VmidError as exc:
                     log.error("%s: releasing its addresses failed: %s", name, exc)
-            await trio.to_thread.run_sync(_remove_state, self._paths, name)
+            # A restart with a new spec is the same VMI to its user: it keeps its uid.
+            keep_uid = vm.successor is not None
+            await trio.to_thread.run_sync(_remove_state, self._paths, name, keep_uid)
         if self._vms.get(name) is vm:
             del self._vms[name]
             log.info("%s: removed", name)
@@ -320,7 +325,7 @@ class Supervisor:
         except OSError as exc:
             log.error("%s: cannot write its status: %s", vm.entry.name, exc)
 
-    def _instance(self, name: str, vm: _VM) -> Instance:
+    async def _instance(self, name: str, vm: _VM) -> Instance:
         assert vm.entry.planned is not None
         vmi = _with_stored_uuid(vm.entry.planned.manifest.vmi, self._paths.instance_state(name))
         plan, findings = build(vmi, self._config, self._paths, self._accelerator)
@@ -339,7 +344,7 @@ class Supervisor:
             self._accelerator,
             self._network,
             adopt=adopt,
-            user=identity.resolve(self._config.qemuUser),
+            user=await self._user(name, adopt),
             traverse=(
                 paths.state,
                 paths.state / "instances",
@@ -350,6 +355,22 @@ class Supervisor:
         )
         instance.stop_once_running = vm.remove
         return instance
+
+    async def _user(self, name: str, adopt: int | None) -> identity.QemuUser | None:
+        """The identity VMI `name`'s QEMU runs as: a uid of its own, kept while the VMI exists.
+
+        Raises:
+            IdentityError: no uid of `qemuUids` is left.
+        """
+        if self._config.qemuAsRoot:
+            if adopt is None:
+                log.warning("%s: its QEMU runs as root (qemuAsRoot: true in vmid.yaml)", name)
+            return None
+        uids = self._config.qemuUids
+        state = self._paths.instance_state(name)
+        async with self._uids:
+            uid = await trio.to_thread.run_sync(identity.allocate, state, uids.first, uids.count)
+        return identity.vmi_user(uid, name)
 
     def _adoptable(self, vm: _VM, plan: LaunchPlan, spec: dict[str, Any]) -> int | None:
         """The pid of this VM's QEMU from an earlier daemon, if it runs this very spec.
@@ -395,10 +416,32 @@ def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMa
     return attrs.evolve(vmi, spec=attrs.evolve(vmi.spec, domain=domain))
 
 
-def _remove_state(paths: Paths, name: str) -> None:
-    """Delete a gone VMI's ephemeral files and runtime directory (logs are kept)."""
-    for directory in (paths.instance_state(name), paths.instance_runtime(name)):
-        shutil.rmtree(directory, ignore_errors=True)
+def _remove_state(paths: Paths, name: str, keep_uid: bool = False) -> None:
+    """Delete a gone VMI's ephemeral files and runtime directory (logs are kept, given to root).
+
+    Its uid record goes last, and only once nothing else of the VMI is left (its QEMU's working
+    directory and sockets are in the runtime directory): until then no other VMI gets its uid.
+    """
+    runtime, state = paths.instance_runtime(name), paths.instance_state(name)
+    shutil.rmtree(runtime, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        for item in state.iterdir():
+            if item.name == identity.UID_RECORD:
+                continue
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):  # checked below
+                    item.unlink()
+    if keep_uid:
+        return
+    uid = identity.recorded(state)
+    if uid is not None:
+        if runtime.exists() or any(i.name != identity.UID_RECORD for i in state.iterdir()):
+            log.error("%s: some of its files could not be removed: uid %d stays taken", name, uid)
+            return
+        identity.give_back(paths.instance_logs(name), uid)
+    identity.release(state)
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:
