@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 import trio
 
 from tests.daemon import Daemon, fake_config, leave_running, manifest, running_daemon
+from tests.test_network import links, vmi
 from vmid.config import QemuUids, load_config
 from vmid.errors import ConfigError
 from vmid.host import identity
@@ -133,6 +136,17 @@ def test_each_vmis_qemu_has_its_own_uid_and_cannot_reach_another_vms_sockets_or_
         assert daemon.vmid("qmp", "vm-a", "query-status").returncode == 0
 
 
+@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
+def test_each_vmis_tap_is_its_own_qemus(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        for name in ("web", "db"):
+            daemon.drop(f"{name}.yaml", vmi(name))
+        for name in ("web", "db"):
+            daemon.wait_phase(name, "Running")
+            tap = daemon.status(name)["status"]["interfaces"][0]["podInterfaceName"]  # type: ignore[index]
+            assert links(daemon)[tap]["linkinfo"]["info_data"]["user"] == uid_of(daemon, name)
+
+
 def test_the_uid_is_kept_across_a_daemon_restart_and_a_spec_change(tmp_path: Path) -> None:
     left = leave_running(tmp_path, "vm-a")
     pid = left["status"]["qemu"]["pid"]
@@ -170,8 +184,8 @@ def test_a_removed_vmis_uid_is_free_again_only_once_its_files_are_gone(tmp_path:
         daemon.wait_phase("vm-a", "Running")
         assert uid_of(daemon, "vm-a") == uid
         (daemon.spool / "a.yaml").unlink()
-        daemon.wait_phase("vm-a", None)
-        assert not (tmp_path / "var/lib/vmid/instances/vm-a").exists()
+        state = tmp_path / "var/lib/vmid/instances/vm-a"
+        daemon.wait_for("vm-a's files to go", lambda: not state.exists())
         # Its kept log is root's now: the next VMI given that uid cannot read it.
         assert console_log(tmp_path, "vm-a").stat().st_uid == 0
         daemon.drop("c.yaml", manifest("vm-c"))
@@ -263,3 +277,19 @@ async def test_allocation_skips_uids_of_records_processes_and_users(tmp_path: Pa
         await sleeper.wait()
     with pytest.raises(identity.IdentityError):
         identity.allocate(instances / "d", 0, 1)  # root is a user: never given to a QEMU
+
+
+def test_a_root_no_qemu_uid_can_reach_is_refused_at_start(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    (closed / "root").mkdir(parents=True)
+    closed.chmod(0o700)
+    done = subprocess.run(
+        [sys.executable, "-m", "vmid.cli", "daemon", "--root", str(closed / "root")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"{closed} (mode 0700) is closed to others" in done.stderr
+    assert f"chmod o+x {closed}" in done.stderr

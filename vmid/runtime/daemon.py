@@ -6,9 +6,11 @@ SIGTERM or SIGINT stops every VMI gracefully and in parallel, then exits (with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import stat
 from pathlib import Path
 
 import trio
@@ -39,6 +41,8 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
     log.info("vmid starting: root=%s accelerator=%s", paths.root, accelerator)
     if accelerator is Accelerator.TCG:
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
+    if not config.qemuAsRoot:
+        _check_reachable(paths.root)
     if config.qemuAsRoot:
         log.warning(
             "qemuAsRoot: true: every QEMU runs as root, so a guest that escapes into its QEMU "
@@ -95,6 +99,23 @@ async def _reload(
     await spool.reconfigure(config)
     supervisor.reconfigure(config)
     log.info("configuration reloaded")
+
+
+def _check_reachable(root: Path) -> None:
+    """Each VM's QEMU, running as its own uid, must pass through `root`'s existing directories.
+
+    Raises:
+        ConfigError: one is closed to others (a --root under /root, mode 0700).
+    """
+    for directory in (root, *root.parents):
+        with contextlib.suppress(FileNotFoundError):
+            mode = directory.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                raise ConfigError(
+                    f"{directory} (mode {stat.S_IMODE(mode):04o}) is closed to others, so no VM's "
+                    f"QEMU, running as a uid of its own, can reach its files under {root}: "
+                    f"chmod o+x {directory}, or use another --root"
+                )
 
 
 def _make_traversable(directory: Path) -> None:
