@@ -32,13 +32,14 @@ FIRST, COUNT = QemuUids().first, QemuUids().count
 
 #: Run as the attacker's uid: try to connect to each socket and read each file; say what happened.
 PROBE = """
-import json, socket, sys
+import json, os, socket, sys
 result = {}
 for path in sys.argv[1:]:
     try:
         if path.endswith(".sock"):
             with socket.socket(socket.AF_UNIX) as client:
-                client.connect(path)
+                os.chdir(os.path.dirname(path))  # a socket path may be too long for sun_path
+                client.connect(os.path.basename(path))
                 result[path] = client.recv(64).decode(errors="replace")
         else:
             with open(path, "rb") as stream:
