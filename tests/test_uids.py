@@ -29,6 +29,9 @@ from vmid.host import identity
 pytestmark = pytest.mark.timeout(120)
 
 FIRST, COUNT = QemuUids().first, QemuUids().count
+#: Tests that expect exact numbers take them from ranges of their own near the default's top:
+#: a QEMU some other test left running keeps its uid, rightly, and would shift them.
+OWN_RANGE = f"qemuUids: {{first: {FIRST + COUNT - 1000}, count: 100}}\n"
 
 #: Run as the attacker's uid: try to connect to each socket and read each file; say what happened.
 PROBE = """
@@ -208,22 +211,46 @@ def pinned(path: Path) -> Iterator[None]:
 
 def test_a_crash_after_the_uid_was_recorded_leaves_the_vmi_its_own_uid(tmp_path: Path) -> None:
     # What a daemon killed between recording the uid and launching QEMU leaves behind: the
-    # record (the lowest uid would be FIRST), and a record cut short before it was synced.
-    for name, text in (("vm-a", f"{FIRST + 7}\n"), ("vm-b", "")):
+    # record (the lowest uid would be `first`), and a record cut short before it was synced.
+    first = FIRST + COUNT - 1000
+    for name, text in (("vm-a", f"{first + 7}\n"), ("vm-b", ""), ("vm-c", "0\n")):
         state = tmp_path / "var/lib/vmid/instances" / name
         state.mkdir(parents=True)
         (state / "uid").write_text(text)
-    with running_daemon(tmp_path, fake_config()) as daemon:
+    with running_daemon(tmp_path, fake_config(OWN_RANGE)) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
-        assert uid_of(daemon, "vm-a") == FIRST + 7
+        assert uid_of(daemon, "vm-a") == first + 7
         daemon.drop("b.yaml", manifest("vm-b"))
         daemon.wait_phase("vm-b", "Running")
-        assert uid_of(daemon, "vm-b") == FIRST  # nothing used the number yet: allocated anew
+        assert uid_of(daemon, "vm-b") == first  # nothing used the number yet: allocated anew
+        daemon.drop("c.yaml", manifest("vm-c"))
+        daemon.wait_phase("vm-c", "Running")
+        assert uid_of(daemon, "vm-c") == first + 1  # a record never makes QEMU root
+
+
+def test_a_qemu_an_interrupted_launch_left_is_killed_before_the_next(tmp_path: Path) -> None:
+    # A daemon killed after starting QEMU but before writing its pid down leaves a QEMU no
+    # status names; it runs as the VMI's uid, and that uid is the VMI's alone.
+    uid = FIRST + COUNT - 500
+    state = tmp_path / "var/lib/vmid/instances/vm-a"
+    state.mkdir(parents=True)
+    (state / "uid").write_text(f"{uid}\n")
+    left = subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
+    try:
+        with running_daemon(tmp_path, fake_config()) as daemon:
+            daemon.drop("a.yaml", manifest("vm-a"))
+            daemon.wait_phase("vm-a", "Running")
+            assert left.wait(timeout=10) == -signal.SIGKILL  # never two QEMUs on one VM's disks
+            assert f"killing pid {left.pid}, a QEMU an interrupted launch left" in daemon.log_text()
+            assert uid_of(daemon, "vm-a") == uid
+    finally:
+        left.kill()
+        left.wait()
 
 
 def test_no_uid_left_fails_that_vmi_saying_so(tmp_path: Path) -> None:
-    config = fake_config(f"qemuUids: {{first: {FIRST}, count: 1}}\n")
+    config = fake_config(f"qemuUids: {{first: {FIRST + COUNT - 900}, count: 1}}\n")
     with running_daemon(tmp_path, config) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
@@ -266,13 +293,13 @@ def test_a_qemu_uid_range_that_others_use_is_refused(
 
 
 async def test_allocation_skips_uids_of_records_processes_and_users(tmp_path: Path) -> None:
-    instances = tmp_path / "instances"
-    sleeper = await trio.lowlevel.open_process(["sleep", "60"], user=FIRST + 1, group=FIRST + 1)
+    instances, first = tmp_path / "instances", FIRST + COUNT - 800
+    sleeper = await trio.lowlevel.open_process(["sleep", "60"], user=first + 1, group=first + 1)
     try:
-        got = [identity.allocate(instances / n, FIRST, 3) for n in ("a", "b", "a")]
-        assert got == [FIRST, FIRST + 2, FIRST]  # FIRST + 1 is a process's; a keeps its own
+        got = [identity.allocate(instances / n, first, 3) for n in ("a", "b", "a")]
+        assert got == [first, first + 2, first]  # first + 1 is a process's; a keeps its own
         with pytest.raises(identity.IdentityError, match="no uid left"):
-            identity.allocate(instances / "c", FIRST, 3)
+            identity.allocate(instances / "c", first, 3)
     finally:
         sleeper.kill()
         await sleeper.wait()

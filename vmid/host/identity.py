@@ -79,7 +79,8 @@ def recorded(state: Path) -> int | None:
     """The uid recorded for the VMI whose state directory is `state`, if any.
 
     A record that is not a number was cut short by a crash before it was synced, so before
-    anything was given to that uid: it counts as none, and is replaced.
+    anything was given to that uid: it counts as none, and is replaced (as is root's 0, which
+    vmid never records).
     """
     record = state / UID_RECORD
     try:
@@ -88,7 +89,7 @@ def recorded(state: Path) -> int | None:
         return None
     with os.fdopen(fd, "rb") as stream:
         text = stream.read(32)
-    if not text.strip().isdigit():
+    if not text.strip().isdigit() or not 0 < int(text) < 2**31:
         record.unlink(missing_ok=True)
         return None
     return int(text)
@@ -118,25 +119,35 @@ def _recorded_uids(instances: Path) -> set[int]:
     return uids
 
 
-def _running_ids() -> set[int]:
-    """Every uid and gid (real, effective, saved, filesystem) a live process has now.
+def processes_of(uid: int) -> list[int]:
+    """The live processes running with `uid` as one of their uids or gids."""
+    return [pid for pid in _pids() if uid in ids_of(pid)]
 
-    Zombies do not count: they hold nothing any more (a re-adopted QEMU, no longer vmid's
-    child, may wait long for a reaper that is not vmid).
-    """
+
+def ids_of(pid: int) -> set[int]:
+    """The uids and gids (real, effective, saved, filesystem) of a live process; none for a
+    zombie (it holds nothing any more: a re-adopted QEMU, no longer vmid's child, may wait long
+    for a reaper that is not vmid) or a process that is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in lines)
+        if fields["State"].strip().startswith("Z"):
+            return set()
+        return {int(n) for key in ("Uid", "Gid") for n in fields[key].split()}
+    except (OSError, KeyError, ValueError):  # gone meanwhile
+        return set()
+
+
+def _running_ids() -> set[int]:
     ids: set[int] = set()
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, KeyError, ValueError):  # gone meanwhile
-                fields = dict(
-                    line.split(":", 1)
-                    for line in Path(entry.path, "status").read_text().splitlines()
-                )
-                if not fields["State"].strip().startswith("Z"):
-                    ids.update(int(n) for key in ("Uid", "Gid") for n in fields[key].split())
+    for pid in _pids():
+        ids |= ids_of(pid)
     return ids
+
+
+def _pids() -> list[int]:
+    with os.scandir("/proc") as entries:
+        return [int(entry.name) for entry in entries if entry.name.isdigit()]
 
 
 def _named(uid: int) -> bool:

@@ -134,6 +134,8 @@ class Instance:
                 f"a QEMU of this VMI from an earlier vmid is still running (pid {orphan}); "
                 f"stop it (kill {orphan}), then remove and re-add the manifest or restart vmid"
             )
+        if self._user is not None:
+            await self._kill_unrecorded(self._user.uid)
         self.status.write()
         await self._prepare()
         await self._attach()
@@ -159,6 +161,24 @@ class Instance:
                 f"QEMU did not answer on its control monitor within {MONITOR_CONNECT_TIMEOUT:g} s"
             )
         await self._boot()
+
+    async def _kill_unrecorded(self, uid: int) -> None:
+        """Kill whatever runs as this VM's uid though no status names it: a QEMU launched by a
+        daemon killed before it wrote the pid down. The uid is this VMI's alone, so that is
+        this VM's QEMU, and two QEMUs must never share its disks."""
+        for pid in await trio.to_thread.run_sync(identity.processes_of, uid):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                if uid in identity.ids_of(pid):  # still that process: the pidfd pins the pid
+                    self.log.warning("killing pid %d, a QEMU an interrupted launch left", pid)
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    with trio.move_on_after(QUIT_TIMEOUT):
+                        await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
 
     async def _readopt(self, pid: int) -> None:
         """Take over a QEMU an earlier daemon started: watch it, reconnect, resume supervision."""
