@@ -63,8 +63,6 @@ PREFIX ?= /usr/local
 install: packages
 	$(PYTHON) -m pip install --prefix $(PREFIX) .
 	install -D -m 644 systemd/vmid.service /etc/systemd/system/vmid.service
-	install -D -m 644 systemd/vmid.sysusers /usr/lib/sysusers.d/vmid.conf
-	systemd-sysusers /usr/lib/sysusers.d/vmid.conf
 	install -d -m 755 /etc/vmid /etc/vmid/instances
 	test -e /etc/vmid/vmid.yaml || install -m 644 conf/vmid.yaml /etc/vmid/vmid.yaml
 

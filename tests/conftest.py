@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,21 @@ BASE: dict[str, Any] = {
         "volumes": [{"name": "root", "containerDisk": {"image": "kubevirt/cirros"}}],
     },
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give this session a temporary root of its own that others may pass through (0711).
+
+    Each VM's QEMU runs as a uid of its own and must pass through the tests' directories, but
+    pytest makes its shared /tmp/pytest-of-USER 0700 again at every session start: that would
+    cut off the QEMUs of every other session running meanwhile.
+    """
+    if "PYTEST_DEBUG_TEMPROOT" in os.environ or config.option.basetemp is not None:
+        return
+    root = Path(tempfile.mkdtemp(prefix="vmid-"))
+    root.chmod(0o711)
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
+    config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
 
 
 def dump(data: Any) -> str:

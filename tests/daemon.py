@@ -101,7 +101,6 @@ def running_daemon(
     """
     (root / "etc/vmid/instances").mkdir(parents=True, exist_ok=True)
     (root / "etc/vmid/vmid.yaml").write_text(config)
-    _traversable(root)
     daemon = start_daemon(root, prefix, env)
     process = daemon.process
     try:
@@ -123,6 +122,7 @@ def start_daemon(
     env: dict[str, str] | None = None,
 ) -> Daemon:
     """Start `vmid daemon --root root` (the `vmid` entry point) without waiting for it."""
+    traversable(root)
     log = root / "daemon.log"
     with log.open("wb") as stream:
         process = subprocess.Popen(
@@ -135,7 +135,7 @@ def start_daemon(
     return Daemon(root, process, log)
 
 
-def _traversable(root: Path) -> None:
+def traversable(root: Path) -> None:
     """Let others search `root` and its parents (pytest makes them 0700), as `/` is: vmid's
     dnsmasq drops to `nobody` and must still reach its hosts file under the root."""
     for directory in (root, *root.parents):

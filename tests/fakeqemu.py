@@ -77,6 +77,9 @@ def main(argv: list[str]) -> int:
     if mode == "tick":
         threading.Thread(target=tick, args=(console_log(argv),), daemon=True).start()
     fake = FakeQemu("obey" if mode.startswith("flood-") or mode == "tick" else mode)
+    qmp = option(argv, "-chardev", r"id=qmp,path=([^,]+)")
+    if qmp is not None:  # as QEMU: a socket file its own user (umask 0177) may connect to
+        threading.Thread(target=serve_socket, args=(qmp,), daemon=True).start()
     listener = socket.socket(fileno=fd)
     while True:  # like QEMU: a client hanging up leaves the VM running, and it may reconnect
         conn, _ = listener.accept()
@@ -155,6 +158,19 @@ def tick(fd: int) -> None:
     for number in itertools.count():
         write(fd, f"tick {number:08d} ".encode().ljust(1023, b".") + b"\n")
         time.sleep(0.01)
+
+
+def serve_socket(path: str) -> None:
+    """Greet and answer every QMP client of the socket file `path` (`vmid qmp`, attackers)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+            for request in requests(conn):
+                conn.sendall(json.dumps({"return": {}, "id": request.get("id")}).encode() + b"\r\n")
 
 
 class FakeQemu:

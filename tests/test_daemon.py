@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon, fake_config, leave_running, manifest, running_daemon, start_daemon
+from tests.daemon import (
+    Daemon,
+    fake_config,
+    leave_running,
+    manifest,
+    running_daemon,
+    start_daemon,
+    traversable,
+)
 from vmid.config import Accelerator, Config, Paths
 from vmid.runtime.spool import Spool
 
@@ -648,6 +656,7 @@ def _alive(pid: int) -> bool:
 def test_a_read_only_state_directory_ends_the_daemon_with_a_message(tmp_path: Path) -> None:
     state = tmp_path / "var/lib/vmid"
     state.mkdir(parents=True)
+    traversable(tmp_path)  # as a root must be for the VMs' own uids
     (tmp_path / "vmid.yaml").write_text(fake_config())
     # A read-only mount in a mount namespace of the test's own: the host's mounts are untouched.
     script = f'mount -t tmpfs -o ro tmpfs "{state}" && exec "$@"'

@@ -7,8 +7,8 @@ the pod network there, never on this host's interfaces.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -22,6 +22,7 @@ import pytest
 from tests import rfb
 from tests.conftest import EXAMPLES
 from tests.daemon import Daemon, running_daemon
+from vmid.config import QemuUids
 from vmid.host import unixsock
 
 GUEST = Path(__file__).parent / "guest"
@@ -271,8 +272,7 @@ def test_real_qemu_is_re_adopted_by_a_restarted_daemon(tmp_path: Path) -> None:
 def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
     tmp_path: Path, guest_image: Path
 ) -> None:
-    nobody = pwd.getpwnam("nobody")
-    with running_daemon(tmp_path, "accelerator: tcg\nqemuUser: nobody\n") as daemon:
+    with running_daemon(tmp_path, "accelerator: tcg\n") as daemon:  # unprivileged by default
         imported = daemon.vmid("image", "import", SEED_IMAGE, str(guest_image))
         assert imported.returncode == 0, imported.stderr
         daemon.drop("seed.yaml", seed_text("low", grace=30))
@@ -284,13 +284,18 @@ def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
             line.split(":", 1) for line in Path(f"/proc/{daemon.pid('low')}/status").read_text()
             .splitlines()
         )  # fmt: skip
-        assert fields["Uid"].split() == [str(nobody.pw_uid)] * 4  # real, effective, saved, fs
+        uid = daemon.status("low")["status"]["qemu"]["uid"]  # type: ignore[index]
+        assert QemuUids().first <= uid < QemuUids().first + QemuUids().count  # its very own
+        assert fields["Uid"].split() == [str(uid)] * 4  # real, effective, saved, fs
+        assert fields["Gid"].split() == [str(uid)] * 4
+        kvm = [str(group.gr_gid) for group in grp.getgrall() if group.gr_name == "kvm"]
+        assert fields["Groups"].split() == kvm  # nothing of root's; kvm, if any, for /dev/kvm
         assert fields["Seccomp"].strip() == "2"  # a seccomp filter (-sandbox on)
         assert fields["NoNewPrivs"].strip() == "1"
         runtime = tmp_path / "run/vmid/instances/low"
         for name in ("qmp.sock", "console.sock", "vnc.sock"):
             info = (runtime / "qemu" / name).stat()
-            assert (info.st_uid, info.st_mode & 0o777) == (nobody.pw_uid, 0o600), name
+            assert (info.st_uid, info.st_mode & 0o777) == (uid, 0o600), name
         # Its disks, ISO and image it gets by fd: they and their directories stay root's and
         # closed to it; the image store too.
         state = tmp_path / "var/lib/vmid/instances/low"
@@ -303,7 +308,8 @@ def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
         for path in (logs, logs / "console.log", logs / "qemu.log"):
             assert (path.stat().st_uid, path.stat().st_mode & 0o077) == (0, 0), path
         assert (runtime.stat().st_uid, (runtime / "status.json").stat().st_uid) == (0, 0)
-        assert (runtime / "qemu").stat().st_uid == nobody.pw_uid  # its working directory
+        own = (runtime / "qemu").stat()  # its working directory
+        assert (own.st_uid, own.st_mode & 0o777) == (uid, 0o700)
         # The tools still work: root reaches the sockets, the screenshot comes back to root.
         assert daemon.vmid("qmp", "low", "query-status").returncode == 0
         shot = daemon.vmid("screenshot", "low", str(tmp_path / "low.png"))
@@ -320,7 +326,7 @@ def test_an_unprivileged_qemu_gets_a_root_only_hostdisk_by_fd(tmp_path: Path) ->
     private = disks / "private.img"
     private.write_bytes(b"\0" * 1024 * 1024)
     private.chmod(0o600)  # root's
-    config = f"accelerator: tcg\nqemuUser: nobody\nhostDiskRoots: [{disks}]\n"
+    config = f"accelerator: tcg\nhostDiskRoots: [{disks}]\n"
     manifest = f"""apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
 metadata: {{name: hd}}
@@ -368,7 +374,7 @@ def test_a_disk_vmid_creates_for_an_unprivileged_qemu_is_that_users(tmp_path: Pa
     disks = tmp_path / "disks"
     disks.mkdir()
     created = disks / "new.img"
-    config = f"accelerator: tcg\nqemuUser: nobody\nhostDiskRoots: [{disks}]\n"
+    config = f"accelerator: tcg\nhostDiskRoots: [{disks}]\n"
     manifest = f"""apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
 metadata: {{name: created}}
@@ -384,7 +390,7 @@ spec:
     with running_daemon(tmp_path, config) as daemon:
         daemon.drop("c.yaml", manifest)
         daemon.wait_phase("created", "Running")
-        assert created.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert created.stat().st_uid == daemon.status("created")["status"]["qemu"]["uid"]  # type: ignore[index]
         assert created.stat().st_size == 64 * 1024 * 1024
         (daemon.spool / "c.yaml").unlink()
         daemon.wait_phase("created", None)

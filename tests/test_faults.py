@@ -107,9 +107,10 @@ def test_a_full_state_directory_fails_only_the_vmi_that_needs_space(tmp_path: Pa
     )
     with running_daemon(tmp_path, fake_config(), prefix=prefix) as daemon:
         daemon.drop("ok.yaml", manifest("plain"))
+        daemon.wait_phase("plain", "Running")  # (while efi fills it, even a uid record fails)
         daemon.drop("efi.yaml", efi)  # its 528 KiB of UEFI variables do not fit
         daemon.wait_phase("efi", "Failed")
-        daemon.wait_phase("plain", "Running")
+        assert daemon.phase("plain") == "Running"
         assert "No space left on device" in daemon.reason("efi")
         (daemon.spool / "efi.yaml").unlink()
         daemon.wait_phase("efi", None)

@@ -165,7 +165,7 @@ def test_yaml_oddities_are_problems_not_crashes(text: str) -> None:
 
 def test_huge_integer_in_config_is_a_problem() -> None:
     with pytest.raises(ManifestError):
-        load_object("vmid.yaml", b"qemuUser: " + b"1" * 5000 + b"\n", Config)
+        load_object("vmid.yaml", b"qemuUids: {first: " + b"1" * 5000 + b"}\n", Config)
 
 
 # --- size

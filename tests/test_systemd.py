@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import fake_config, manifest, running_daemon
-from vmid.config import load_config
+from vmid.config import Config, load_config
 from vmid.runtime.systemd import Notifier
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,21 +86,10 @@ def test_unit_file_is_valid(tmp_path: Path) -> None:
     assert "Unknown" not in result.stderr, result.stderr
 
 
-@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="no systemd-sysusers")
-def test_the_qemu_user_the_shipped_config_names_is_the_one_sysusers_creates(
-    tmp_path: Path,
-) -> None:
-    sysusers = Path(__file__).parent.parent / "systemd/vmid.sysusers"
+def test_the_shipped_config_is_the_defaults_and_runs_qemu_unprivileged() -> None:
     config = load_config(Path(__file__).parent.parent / "conf/vmid.yaml", required=True)
-    (tmp_path / "etc").mkdir()
-    done = subprocess.run(
-        ["systemd-sysusers", f"--root={tmp_path}", "--dry-run", str(sysusers)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"Creating user '{config.qemuUser}'" in done.stderr + done.stdout
+    assert config == Config()
+    assert not config.qemuAsRoot
     assert config.sandbox
 
 

@@ -703,7 +703,7 @@ def _soft_reboot(name: str, qmp_socket: Path, st: dict[str, Any], paused: bool) 
 def _screenshot(args: argparse.Namespace) -> int:
     qmp_socket, _ = _running(args)
     target = args.file.absolute()
-    # QEMU (perhaps an unprivileged qemuUser) writes into its own working directory, the VM's
+    # QEMU (running as the VM's own uid) writes into its own working directory, the VM's
     # runtime directory; vmid moves the file where it was asked.
     shot = qmp_socket.parent / f"screenshot-{os.getpid()}.png"
     try:

@@ -82,13 +82,36 @@ class Logs:
 
 
 @attrs.frozen(kw_only=True)
+class QemuUids:
+    """The uids (and equal gids) vmid gives QEMU processes: one of its own for each VMI."""
+
+    first: int = 90000
+    count: int = 10000
+
+
+#: Numbers a QEMU uid range must never include (systemd's docs/UIDS-GIDS.md): root and the
+#: distribution's system users, systemd's DynamicUser= range, nobody and 16-bit (uid_t) -1.
+RESERVED_UIDS = (
+    (0, 999, "root and system users"),
+    (61184, 65519, "systemd's DynamicUser="),
+    (65534, 65535, "nobody and the 16-bit (uid_t) -1"),
+)
+#: From 2^31 up, parts of the kernel (devpts, setfsuid) mistake uids for negative numbers.
+MAX_UID = 2**31 - 1
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """vmid.yaml. Keys are camelCase, like the manifests they sit beside."""
 
     accelerator: Accelerator = Accelerator.AUTO
     qemu: str = "qemu-system-x86_64"
     qemuImg: str = "qemu-img"
-    #: Run QEMU as this user (QEMU's -runas) instead of vmid's own.
+    #: Each VMI's QEMU runs as a uid (and gid) of its own from this range.
+    qemuUids: QemuUids = attrs.field(factory=QemuUids)
+    #: Run every QEMU as root instead (logged as a warning at every start).
+    qemuAsRoot: bool = False
+    #: Replaced by qemuUids; only there to refuse it with a message saying so.
     qemuUser: str | None = None
     #: QEMU's seccomp sandbox (-sandbox on,...).
     sandbox: bool = True
@@ -179,7 +202,30 @@ def load_config(file: Path, required: bool) -> Config:
     _check_host_paths(file, config)
     _check_multus_bridges(file, config)
     _check_logs(file, config.logs)
+    _check_qemu_uids(file, config)
     return config
+
+
+def _check_qemu_uids(file: Path, config: Config) -> None:
+    if config.qemuUser is not None:
+        raise ConfigError(
+            f"{file}: qemuUser: no longer supported: each VMI's QEMU now runs as a uid of its "
+            "own from qemuUids (no user to create); remove qemuUser (qemuAsRoot: true runs "
+            "QEMU as root, not recommended)"
+        )
+    uids = config.qemuUids
+    last = uids.first + uids.count - 1
+    if uids.count < 1 or uids.first < 0 or last > MAX_UID:
+        raise ConfigError(
+            f"{file}: qemuUids: first: {uids.first}, count: {uids.count} must name at least "
+            f"one uid, all below 2^31; e.g. first: {QemuUids().first}, count: {QemuUids().count}"
+        )
+    for low, high, what in RESERVED_UIDS:
+        if uids.first <= high and low <= last:
+            raise ConfigError(
+                f"{file}: qemuUids: {uids.first}-{last} overlaps {low}-{high} ({what}); "
+                f"choose another range, e.g. first: {QemuUids().first}"
+            )
 
 
 def _check_network(file: Path, config: Config) -> None:

@@ -1,10 +1,18 @@
-"""Who QEMU runs as (`qemuUser`), and handing it the files it needs, and only those.
+"""Who each VMI's QEMU runs as (a uid of its own), and handing it its VM's files, only those.
+
+Each VMI gets a uid from `qemuUids`, with the same number as its gid and no /etc/passwd entry
+(like systemd's DynamicUser=), recorded in the VMI's state directory before anything is given
+to it and forgotten only once every file of the VMI is gone: a compromised QEMU owns nothing of
+another VM (its sockets, disks, ISO, EFI variables, console log). The lowest number no record
+holds, no process runs as and no user or group is named by is taken, so after a crash at any
+instant either the record exists (the VMI keeps its uid) or nothing was given that uid yet.
 
 vmid drops QEMU's privileges itself, between fork and exec, as libvirt does: QEMU's own
 `-runas` calls setuid after its seccomp filter is in place, and `elevateprivileges=deny` then
-kills it (SIGSYS). The user gets its VM's console log and its working directory (for its
-sockets); the directories holding them stay root's, so root never writes where the user could
-plant a symlink. Disks, images, ISOs and EFI files it gets by fd (host/beneath.py).
+kills it (SIGSYS). Each VMI's QEMU runs as a uid of its own and owns only its working directory
+(its sockets); the directories holding the VM's files stay root's, so root never writes where
+QEMU could plant a symlink. Disks, images, ISOs and EFI files it gets by fd (host/beneath.py),
+its logs through pipes (runtime/logs.py).
 """
 
 from __future__ import annotations
@@ -19,14 +27,17 @@ import attrs
 
 from vmid.errors import VmidError
 
+#: The file in a VMI's state directory holding its uid.
+UID_RECORD = "uid"
+
 
 class IdentityError(VmidError):
-    """qemuUser does not exist, or cannot reach a file its VM needs."""
+    """No uid left for a VMI, or its QEMU cannot reach a file its VM needs."""
 
 
 @attrs.frozen
 class QemuUser:
-    """The unprivileged user (and groups) QEMU runs as."""
+    """The unprivileged identity (uid, gid, groups) one VMI's QEMU runs as."""
 
     name: str
     uid: int
@@ -34,26 +45,138 @@ class QemuUser:
     groups: tuple[int, ...]
 
 
-def resolve(name: str | None) -> QemuUser | None:
-    """The configured user, with its supplementary groups and `kvm` (for /dev/kvm).
+def vmi_user(uid: int, vmi: str) -> QemuUser:
+    """VMI `vmi`'s QEMU identity: uid and gid `uid`, and `kvm` (for /dev/kvm) if there is one."""
+    groups: tuple[int, ...] = ()
+    with contextlib.suppress(KeyError):
+        groups = (grp.getgrnam("kvm").gr_gid,)
+    return QemuUser(f"VMI {vmi}'s QEMU (uid {uid})", uid, uid, groups)
+
+
+def allocate(state: Path, first: int, count: int) -> int:
+    """The uid recorded in the VMI's state directory `state`, else a new one, recorded first.
+
+    Callers serialise calls (two VMIs must not pick the same free number at once).
 
     Raises:
-        IdentityError: no such user.
+        IdentityError: every uid of the range is taken.
     """
-    if name is None:
-        return None
+    uid = recorded(state)
+    if uid is not None:
+        return uid
+    taken = _recorded_uids(state.parent) | _running_ids()
+    for uid in range(first, first + count):
+        if uid not in taken and not _named(uid):
+            _record(state, uid)
+            return uid
+    raise IdentityError(
+        f"no uid left for its QEMU: all {count} of qemuUids ({first}-{first + count - 1}) are "
+        "held by VMIs, processes or users; remove VMIs, or widen qemuUids in vmid.yaml"
+    )
+
+
+def recorded(state: Path) -> int | None:
+    """The uid recorded for the VMI whose state directory is `state`, if any.
+
+    A record that is not a number was cut short by a crash before it was synced, so before
+    anything was given to that uid: it counts as none, and is replaced (as is root's 0, which
+    vmid never records).
+    """
+    record = state / UID_RECORD
     try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise IdentityError(
-            f"qemuUser {name} does not exist on this host: create it "
-            f"(useradd --system --no-create-home --shell /usr/sbin/nologin {name}) "
-            "or set qemuUser in vmid.yaml"
-        ) from None
-    groups = set(os.getgrouplist(name, entry.pw_gid))
-    with contextlib.suppress(KeyError):
-        groups.add(grp.getgrnam("kvm").gr_gid)
-    return QemuUser(name, entry.pw_uid, entry.pw_gid, tuple(sorted(groups)))
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as stream:
+        text = stream.read(32)
+    if not text.strip().isdigit() or not 0 < int(text) < 2**31:
+        record.unlink(missing_ok=True)
+        return None
+    return int(text)
+
+
+def release(state: Path) -> None:
+    """Forget the VMI's uid: the very last step of removing it, once all its files are gone."""
+    (state / UID_RECORD).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # gone already, or files left that could not be removed
+        state.rmdir()
+
+
+def give_back(directory: Path, uid: int) -> None:
+    """Make root own the files in `directory` (a removed VMI's kept logs) that `uid` owns."""
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.stat(follow_symlinks=False).st_uid == uid:
+                os.chown(entry.path, 0, 0, follow_symlinks=False)
+
+
+def _recorded_uids(instances: Path) -> set[int]:
+    uids: set[int] = set()
+    with contextlib.suppress(FileNotFoundError), os.scandir(instances) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError, ValueError):  # none, or cut short by a crash
+                uids.add(int(Path(entry.path, UID_RECORD).read_bytes()[:32]))
+    return uids
+
+
+def processes_of(uid: int) -> list[int]:
+    """The live processes running with `uid` as one of their uids or gids."""
+    return [pid for pid in _pids() if uid in ids_of(pid)]
+
+
+def ids_of(pid: int) -> set[int]:
+    """The uids and gids (real, effective, saved, filesystem) of a live process; none for a
+    zombie (it holds nothing any more: a re-adopted QEMU, no longer vmid's child, may wait long
+    for a reaper that is not vmid) or a process that is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in lines)
+        if fields["State"].strip().startswith("Z"):
+            return set()
+        return {int(n) for key in ("Uid", "Gid") for n in fields[key].split()}
+    except (OSError, KeyError, ValueError):  # gone meanwhile
+        return set()
+
+
+def _running_ids() -> set[int]:
+    ids: set[int] = set()
+    for pid in _pids():
+        ids |= ids_of(pid)
+    return ids
+
+
+def _pids() -> list[int]:
+    with os.scandir("/proc") as entries:
+        return [int(entry.name) for entry in entries if entry.name.isdigit()]
+
+
+def _named(uid: int) -> bool:
+    """A user or group of that number exists (the user database is the host's allocator)."""
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+        except KeyError:
+            continue
+        return True
+    return False
+
+
+def _record(state: Path, uid: int) -> None:
+    """Write the record durably (file, then its directory) before the uid is used anywhere."""
+    state.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(state / UID_RECORD, flags, 0o600)
+    try:
+        os.write(fd, f"{uid}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for directory in (state, state.parent):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def give(user: QemuUser, path: Path) -> None:

@@ -122,9 +122,9 @@ def _acpi(vmi: t.VirtualMachineInstance) -> bool:
     return not (features and features.acpi and features.acpi.enabled is False)
 
 
-#: QEMU's working directory inside the VM's runtime directory, where its sockets live: with
-#: qemuUser it is that user's, while the directory above (status files, the control socket,
-#: passed to QEMU by fd) stays root's.
+#: QEMU's working directory inside the VM's runtime directory, where its sockets live: it is
+#: the VM's own uid's, while the directory above (status files, the control socket, passed to
+#: QEMU by fd) stays root's.
 QEMU_DIR = "qemu"
 
 

@@ -6,9 +6,11 @@ SIGTERM or SIGINT stops every VMI gracefully and in parallel, then exits (with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -54,6 +56,13 @@ async def _serve(
     log.info("vmid starting: root=%s accelerator=%s", paths.root, accelerator)
     if accelerator is Accelerator.TCG:
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
+    if not config.qemuAsRoot:
+        _check_reachable(paths.root)
+    if config.qemuAsRoot:
+        log.warning(
+            "qemuAsRoot: true: every QEMU runs as root, so a guest that escapes into its QEMU "
+            "owns the host and every other VM; remove qemuAsRoot from vmid.yaml"
+        )
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
     _make_directories(paths)
@@ -131,12 +140,29 @@ def _make_directories(paths: Paths) -> None:
         ) from exc
 
 
+def _check_reachable(root: Path) -> None:
+    """Each VM's QEMU, running as its own uid, must pass through `root`'s existing directories.
+
+    Raises:
+        ConfigError: one is closed to others (a --root under /root, mode 0700).
+    """
+    for directory in (root, *root.parents):
+        with contextlib.suppress(FileNotFoundError):
+            mode = directory.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                raise ConfigError(
+                    f"{directory} (mode {stat.S_IMODE(mode):04o}) is closed to others, so no VM's "
+                    f"QEMU, running as a uid of its own, can reach its files under {root}: "
+                    f"chmod o+x {directory}, or use another --root"
+                )
+
+
 def _make_traversable(directory: Path) -> None:
     """Create `directory` (and missing parents) searchable by all, listable by vmid only.
 
-    dnsmasq re-reads its hosts file in runtime/network as its unprivileged user, and QEMU
-    running as `qemuUser` reaches its VM's own directories below (which stay 0700, owned by
-    that user). Existing parents (`/run`, `/var/lib`) are left as they are.
+    dnsmasq re-reads its hosts file in runtime/network as its unprivileged user, and each
+    VM's QEMU, running as the VM's own uid, reaches its VM's own files below. Existing parents
+    (`/run`, `/var/lib`) are left as they are.
     """
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)

@@ -76,8 +76,9 @@ class Instance:
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
-        `user`: run QEMU as this user, handing it its VM's files before the launch; it may pass
-        through vmid's directories `traverse`. `logs`: the bounds of its log files.
+        `user`: run QEMU as this VM's own uid (None: as root), handing it its working directory
+        before the launch; it may pass through vmid's directories `traverse`. `logs`: the bounds
+        of its log files.
         """
         self.plan = plan
         self.status = status
@@ -150,16 +151,7 @@ class Instance:
         if self._adopt is not None:
             await self._readopt(self._adopt)
             return
-        # Never two QEMUs on one VM's disks. The supervisor owns every QEMU it found at start
-        # and every one it started, so this guard holds only against a bug.
-        instances = Path(plan.cwd).parent.parent
-        orphans = await trio.to_thread.run_sync(find_qemus, instances, QEMU_DIR)
-        if orphans.get(plan.name):
-            pid = orphans[plan.name][0]
-            raise LaunchError(
-                f"a QEMU of this VMI that vmid does not supervise is running (pid {pid}); "
-                f"vmid will not start a second one (stop it: kill {pid})"
-            )
+        await trio.to_thread.run_sync(self._check_alone)
         self.status.write()
         await self._prepare()
         await self._attach()
@@ -185,6 +177,23 @@ class Instance:
                 f"QEMU did not answer on its control monitor within {MONITOR_CONNECT_TIMEOUT:g} s"
             )
         await self._boot()
+
+    def _check_alone(self) -> None:
+        """Never two QEMUs on one VM's disks: refuse to launch while a process of this VMI runs
+        that vmid does not supervise (in its directory, or as its uid, which is its alone).
+
+        The supervisor owns every QEMU it found at start and every one it started, so this holds
+        only against a bug, or a QEMU whose directory was deleted under it.
+        """
+        instances = Path(self.plan.cwd).parent.parent
+        pids = find_qemus(instances, QEMU_DIR).get(self.plan.name, [])
+        if self._user is not None:
+            pids += identity.processes_of(self._user.uid)
+        if pids:
+            raise LaunchError(
+                f"a process of this VMI that vmid does not supervise is running (pid {pids[0]}); "
+                f"vmid will not start a second QEMU on its disks (stop it: kill {pids[0]})"
+            )
 
     async def _readopt(self, pid: int) -> None:
         """Take over a QEMU an earlier daemon started: watch it, reconnect, resume supervision."""
@@ -243,7 +252,10 @@ class Instance:
         """The VM's taps on their bridges, with addresses (before QEMU opens the taps)."""
         self._attached = True
         adopted = self._adopt is not None
-        self.status.interfaces = await self._network.attach(self.plan.name, self.plan, adopted)
+        owner = self._user.uid if self._user else os.getuid()
+        self.status.interfaces = await self._network.attach(
+            self.plan.name, self.plan, owner, adopted
+        )
         for interface in self.status.interfaces:
             if interface.get("ipAddress"):
                 self.log.info("interface %s: %s", interface["name"], interface["ipAddress"])
@@ -257,11 +269,12 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self, user: QemuUser) -> None:
-        """QEMU's user gets its working directory and passes through vmid's directories to it;
-        its disks, images, ISOs and EFI files it gets by fd, its logs are pipes."""
+        """The VM's own uid gets its working directory and passes through vmid's directories to
+        it; its disks, images, ISOs and EFI files it gets by fd, its logs are pipes."""
         for directory in self._traverse:
             identity.make_traversable(directory)
         identity.make_traversable(Path(self.plan.cwd).parent)
+        Path(self.plan.cwd).chmod(0o700)
         identity.give(user, Path(self.plan.cwd))  # its sockets; root never writes there
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
@@ -324,6 +337,7 @@ class Instance:
         sockets = self.plan.sockets
         return {
             "pid": self._process.pid if self._process else None,
+            "uid": self._user.uid if self._user else 0,
             "qmpSocket": sockets.qmp,
             "consoleSocket": sockets.console,
             "vncSocket": sockets.vnc,

@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from vmid.config import Config, Paths, PodNetwork, PortRange
-from vmid.host import dnsmasq, identity, ipam, listeners, nftables
+from vmid.host import dnsmasq, ipam, listeners, nftables
 from vmid.host import network as links
 from vmid.host.network import NetworkError
 from vmid.plan.model import LaunchPlan
@@ -92,9 +92,10 @@ class Network:
     # Section: VMIs
 
     async def attach(
-        self, name: str, plan: LaunchPlan, adopted: bool = False
+        self, name: str, plan: LaunchPlan, owner: int, adopted: bool = False
     ) -> list[dict[str, Any]]:
-        """Record, create and enslave `plan`'s taps; the interfaces' status entries.
+        """Record, create and enslave `plan`'s taps (owned by uid `owner`, the VM's QEMU's);
+        the interfaces' status entries.
 
         `adopted`: the VM runs already (re-adopted), its taps exist and its QEMU holds them.
 
@@ -123,8 +124,6 @@ class Network:
             await trio.to_thread.run_sync(self._registry.save)
             if any(tap.bridge == self._bridge for tap in plan.taps):
                 await self._ensure_pod()
-            user = identity.resolve(self._config.qemuUser)
-            owner = os.getuid() if user is None else user.uid
             for index, tap in enumerate(plan.taps):
                 try:
                     await trio.to_thread.run_sync(

@@ -6,6 +6,7 @@ QEMU that refuses to start, a bug) ends that VMI `Failed` and never reaches the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import uuid
@@ -87,6 +88,8 @@ class Supervisor:
         self._applied = False
         self._on_change: Callable[[], None] = lambda: None
         self._changed = trio.Event()
+        #: One uid allocation at a time: two VMIs must never pick the same free number.
+        self._uids = trio.Lock()
 
     def __repr__(self) -> str:
         return f"<Supervisor vms={len(self._vms)}>"
@@ -336,8 +339,11 @@ class Supervisor:
     async def _run(self, name: str, vm: _VM) -> None:
         with vm.scope:
             try:
-                vm.instance = self._instance(name, vm)
-                await vm.instance.run()
+                # A QEMU being taken over must get its instance whatever comes meanwhile: a stop
+                # is then a graceful stop of it, not a VMI forgotten while its QEMU runs on.
+                with trio.CancelScope(shield=vm.adopt is not None):
+                    instance = vm.instance = await self._instance(name, vm)
+                await instance.run()
             except (VmidError, OSError) as exc:
                 log.warning("%s: %s", name, exc)
                 self._failed(vm, str(exc))
@@ -362,7 +368,9 @@ class Supervisor:
                     await self._network.release(name)
                 except VmidError as exc:
                     log.error("%s: releasing its addresses failed: %s", name, exc)
-            await trio.to_thread.run_sync(_remove_state, self._paths, name)
+            # A restart with a new spec is the same VMI to its user: it keeps its uid.
+            keep_uid = vm.successor is not None
+            await trio.to_thread.run_sync(_remove_state, self._paths, name, keep_uid)
         if self._vms.get(name) is vm:
             del self._vms[name]
             log.info("%s: removed", name)
@@ -381,7 +389,7 @@ class Supervisor:
         except OSError as exc:
             log.error("%s: cannot write its status: %s", vm.entry.name, exc)
 
-    def _instance(self, name: str, vm: _VM) -> Instance:
+    async def _instance(self, name: str, vm: _VM) -> Instance:
         vmi = self._stored(name, vm.entry)
         plan = self._plan(vmi)
         if vm.adopt is None:  # a new QEMU for this spec (an adopted one keeps its status)
@@ -395,7 +403,7 @@ class Supervisor:
             self._accelerator,
             self._network,
             adopt=vm.adopt,
-            user=identity.resolve(self._config.qemuUser),
+            user=await self._user(name, vm.adopt),
             traverse=(
                 paths.runtime,
                 paths.runtime / "instances",
@@ -410,6 +418,27 @@ class Supervisor:
         """The entry's VMI with the firmware UUID it keeps while it exists."""
         assert entry.planned is not None
         return _with_stored_uuid(entry.planned.manifest.vmi, self._paths.instance_state(name))
+
+    async def _user(self, name: str, adopt: int | None) -> identity.QemuUser | None:
+        """The identity VMI `name`'s QEMU runs as: a uid of its own, kept while the VMI exists.
+
+        A QEMU taken over keeps the uid it runs as: its record, or none for a QEMU an older
+        vmid started (the status then shows the uid it really runs as).
+
+        Raises:
+            IdentityError: no uid of `qemuUids` is left.
+        """
+        state = self._paths.instance_state(name)
+        if adopt is not None and identity.recorded(state) is None:
+            return None
+        if self._config.qemuAsRoot:
+            if adopt is None:
+                log.warning("%s: its QEMU runs as root (qemuAsRoot: true in vmid.yaml)", name)
+            return None
+        uids = self._config.qemuUids
+        async with self._uids:
+            uid = await trio.to_thread.run_sync(identity.allocate, state, uids.first, uids.count)
+        return identity.vmi_user(uid, name)
 
     def _plan(self, vmi: t.VirtualMachineInstance) -> LaunchPlan:
         plan, findings = build(vmi, self._config, self._paths, self._accelerator)
@@ -440,11 +469,33 @@ def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMa
     return attrs.evolve(vmi, spec=attrs.evolve(vmi.spec, domain=domain))
 
 
-def _remove_state(paths: Paths, name: str) -> None:
-    """Delete a gone VMI's ephemeral files and runtime directory; its logs are kept a while."""
-    for directory in (paths.instance_state(name), paths.instance_runtime(name)):
-        shutil.rmtree(directory, ignore_errors=True)
+def _remove_state(paths: Paths, name: str, keep_uid: bool = False) -> None:
+    """Delete a gone VMI's ephemeral files and runtime directory (logs are kept, given to root).
+
+    Its uid record goes last, and only once nothing else of the VMI is left (its QEMU's working
+    directory and sockets are in the runtime directory): until then no other VMI gets its uid.
+    """
+    runtime, state = paths.instance_runtime(name), paths.instance_state(name)
+    shutil.rmtree(runtime, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        for item in state.iterdir():
+            if item.name == identity.UID_RECORD:
+                continue
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):  # checked below
+                    item.unlink()
+    if keep_uid:
+        return
     logfile.mark_removed(paths.instance_logs(name))
+    uid = identity.recorded(state)
+    if uid is not None:
+        if runtime.exists() or any(i.name != identity.UID_RECORD for i in state.iterdir()):
+            log.error("%s: some of its files could not be removed: uid %d stays taken", name, uid)
+            return
+        identity.give_back(paths.instance_logs(name), uid)
+    identity.release(state)
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:
