@@ -106,6 +106,38 @@ def test_an_edit_that_breaks_the_manifest_leaves_the_vm_running(tmp_path: Path) 
         assert daemon.phase("vm-a") == "Running"
 
 
+def test_a_yaml_error_in_a_running_vmis_file_leaves_it_running_across_restarts(
+    tmp_path: Path,
+) -> None:
+    """A file that no longer parses names no VMI; it is still not a removal."""
+    broken = manifest("vm-a") + "  : [\n"
+    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.pid("vm-a")
+        daemon.drop("a.yaml", broken)
+        daemon.wait_for("Synchronized=False", lambda: _synchronized(daemon) == "False")
+        assert daemon.pid("vm-a") == pid
+        assert daemon.phase("vm-a") == "Running"
+    try:
+        with running_daemon(tmp_path, fake_config()) as again:  # it knows the file still
+            again.wait_for("Synchronized=False", lambda: _synchronized(again) == "False")
+            assert again.pid("vm-a") == pid
+            assert "system_powerdown" not in again.log_text()
+            again.drop("a.yaml", manifest("vm-a"))
+            again.wait_for("Synchronized=True", lambda: _synchronized(again) == "True")
+            assert again.pid("vm-a") == pid
+            assert again.log_text().count("qemu started") == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _synchronized(daemon: Daemon) -> str | None:
+    status = daemon.status("vm-a")
+    return _conditions(status).get("Synchronized", {}).get("status") if status else None
+
+
 def test_a_manifest_fixed_while_the_daemon_was_down_is_synchronized_again(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))

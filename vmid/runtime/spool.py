@@ -46,6 +46,9 @@ class Desired:
     refused: dict[str, tuple[Problem, ...]]
     #: Problems that belong to no VMI (unreadable files, nameless documents, duplicates).
     problems: tuple[Problem, ...]
+    #: Files that are there but say no name (unparseable, refused, unreadable), with their
+    #: problems: a VMI running from one of them is left alone, as for an invalid edit.
+    unreadable: dict[str, tuple[Problem, ...]] = attrs.field(factory=dict)
 
 
 def spool_file(name: str) -> bool:
@@ -193,10 +196,12 @@ def _decide(entries: list[Entry]) -> Desired:
     refused: dict[str, tuple[Problem, ...]] = {}
     claimed: dict[str, str] = {}
     problems: list[Problem] = []
+    unreadable: dict[str, tuple[Problem, ...]] = {}
     for entry in entries:
         name = entry.name
         if name is None:
             problems += entry.problems
+            unreadable[entry.file] = unreadable.get(entry.file, ()) + entry.problems
         elif name in claimed:  # the first file by name claims it, valid or not
             problems.append(
                 Problem(
@@ -215,7 +220,9 @@ def _decide(entries: list[Entry]) -> Desired:
                 vmis[name] = entry
             else:
                 refused[name] = entry.problems
-    return Desired(vmis, refused, tuple(problems))
+    named = {e.file for e in entries if e.name is not None}
+    unreadable = {f: p for f, p in unreadable.items() if f not in named}
+    return Desired(vmis, refused, tuple(problems), unreadable)
 
 
 class Inotify:

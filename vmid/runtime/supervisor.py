@@ -12,6 +12,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Set
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -55,14 +56,9 @@ class _VM:
     task_ended: bool = False
     #: The pid of a QEMU an earlier daemon left for this VMI, to take over.
     adopt: int | None = None
-    #: Its QEMU runs another spec than its manifest's, or one nobody knows (taken over from
-    #: an earlier daemon): a manifest restarts it, whatever it says.
-    stale: bool = False
-
-    @property
-    def spec(self) -> t.VirtualMachineInstanceSpec | None:
-        assert self.entry.planned is not None
-        return None if self.stale else self.entry.planned.manifest.vmi.spec
+    #: The spec its QEMU runs (or ran), as data, with the firmware UUID the VMI keeps; None
+    #: for a QEMU taken over whose spec nobody recorded: any manifest restarts that one.
+    running: dict[str, Any] | None = None
 
 
 class Supervisor:
@@ -148,6 +144,9 @@ class Supervisor:
             entry = desired.vmis.get(name)
             if entry is None and name in desired.refused:
                 self._refused_while_running(vm, desired.refused[name])
+            elif entry is None and vm.entry.file in desired.unreadable:
+                # Its file is there but says nothing (a YAML error, refused): not a removal.
+                self._refused_while_running(vm, desired.unreadable[vm.entry.file])
             elif entry is None:
                 self._stop(vm, remove=True)
             else:
@@ -174,7 +173,8 @@ class Supervisor:
         for name, found in left.items():
             if found.pids:
                 self._adopt(found, desired.vmis.get(name))
-                if name not in desired.vmis and name not in desired.refused:
+                file = self._vms[name].entry.file
+                if name not in desired.vmis | desired.refused and file not in desired.unreadable:
                     log.info("%s: its manifest was removed while vmid was not running", name)
             elif name in desired.vmis:
                 self._resume_ended(found, desired.vmis[name])
@@ -185,39 +185,36 @@ class Supervisor:
         name, (pid, *others) = found.name, found.pids
         for other in others:  # only a fault before this daemon can have made them
             log.error("%s: another QEMU of it runs too (pid %d); stop it by hand", name, other)
-        entry, stale = self._running_entry(found, pid, wanted)
+        entry, running = self._running_entry(found, pid, wanted)
         status = found.status or self._new_status(entry)
-        self._vms[name] = vm = _VM(entry, status, adopt=pid, stale=stale)
+        self._vms[name] = vm = _VM(entry, status, adopt=pid, running=running)
         log.info("%s: found its QEMU (pid %d) running: taking it over", name, pid)
         self._nursery.start_soon(self._run, name, vm, name=f"vmi {name}")
 
     def _running_entry(
         self, found: takeover.Left, pid: int, wanted: Entry | None
-    ) -> tuple[Entry, bool]:
-        """The entry to supervise a found QEMU with, and whether it runs another spec than
-        `wanted` (the manifest's) or one nobody knows: then the manifest restarts it."""
+    ) -> tuple[Entry, dict[str, Any] | None]:
+        """The entry to supervise a found QEMU with, and the spec it runs (None: unknown)."""
+        if found.status is not None and found.entry is not None:
+            return found.entry, found.status.manifest.get("spec")
         if wanted is not None and wanted.planned is not None:
+            # No status survived (a crash between fork and its first write): it runs the
+            # manifest's spec if it runs exactly what vmid would run for it.
             vmi = self._stored(found.name, wanted)
-            if found.status is not None and found.entry is not None:
-                same = to_data(vmi)["spec"] == found.status.manifest.get("spec")
-            else:  # no status survived: compare what it runs with what vmid would run
-                same = takeover.runs_plan(pid, self._plan(vmi))
-            if same:
-                return wanted, False
-        if found.entry is not None:
-            return found.entry, True
-        return wanted or self._bare(found.name), True
+            if takeover.runs_plan(pid, self._plan(vmi)):
+                return wanted, to_data(vmi)["spec"]
+        return wanted or self._bare(found.name), None
 
     def _resume_ended(self, found: takeover.Left, wanted: Entry) -> None:
         """A VMI with a status and no QEMU: ended (or died while vmid was not running)."""
         earlier = found.status
         if earlier is None or found.entry is None or wanted.planned is None:
             return
-        if to_data(self._stored(found.name, wanted))["spec"] != earlier.manifest.get("spec"):
+        if self._spec(found.name, wanted) != earlier.manifest.get("spec"):
             return  # another spec: a new VMI
         if not earlier.phase.final and not earlier.qemu.get("pid"):
             return  # it never got as far as a QEMU: start it
-        vm = _VM(wanted, earlier, task_ended=True)
+        vm = _VM(wanted, earlier, task_ended=True, running=earlier.manifest.get("spec"))
         vm.done.set()
         self._vms[found.name] = vm
         if not earlier.phase.final:  # as KubeVirt: a VMI whose QEMU vanished has Failed
@@ -230,8 +227,8 @@ class Supervisor:
     def _new_status(self, entry: Entry) -> Status:
         assert entry.name is not None
         assert entry.planned is not None
-        manifest = to_data(entry.planned.manifest.vmi)
-        manifest.setdefault("metadata", {})["creationTimestamp"] = now()
+        manifest = _with_file(to_data(entry.planned.manifest.vmi), entry.file)
+        manifest["metadata"]["creationTimestamp"] = now()
         path = self._paths.instance_runtime(entry.name) / STATUS_FILE
         return Status(path, manifest, self._status_written)
 
@@ -272,7 +269,7 @@ class Supervisor:
 
     def _start(self, entry: Entry) -> None:
         assert entry.name is not None
-        vm = _VM(entry, self._new_status(entry))
+        vm = _VM(entry, self._new_status(entry), running=self._spec(entry.name, entry))
         self._vms[entry.name] = vm
         self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
 
@@ -293,9 +290,7 @@ class Supervisor:
         if synchronized is not None and synchronized.status == "False":
             vm.status.condition("Synchronized", True)
             vm.status.write()
-        if vm.entry.planned is None or entry.planned is None:
-            return
-        unchanged = vm.spec is not None and vm.spec == entry.planned.manifest.vmi.spec
+        unchanged = vm.running is not None and vm.running == self._spec(name, entry)
         if vm.successor is None and not vm.remove and unchanged:
             vm.entry = entry
             return
@@ -393,7 +388,9 @@ class Supervisor:
         vmi = self._stored(name, vm.entry)
         plan = self._plan(vmi)
         if vm.adopt is None:  # a new QEMU for this spec (an adopted one keeps its status)
-            vm.status.manifest = {**to_data(vmi), "metadata": vm.status.manifest["metadata"]}
+            metadata = _with_file(to_data(vmi), vm.entry.file)["metadata"]
+            metadata["creationTimestamp"] = vm.status.manifest["metadata"]["creationTimestamp"]
+            vm.status.manifest = {**to_data(vmi), "metadata": metadata}
         store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
         instance = Instance(
             plan,
@@ -413,6 +410,11 @@ class Supervisor:
         )
         instance.stop_once_running = vm.remove
         return instance
+
+    def _spec(self, name: str, entry: Entry) -> dict[str, Any]:
+        """The spec an entry means, as data, with the firmware UUID the VMI keeps."""
+        spec: dict[str, Any] = to_data(self._stored(name, entry))["spec"]
+        return spec
 
     def _stored(self, name: str, entry: Entry) -> t.VirtualMachineInstance:
         """The entry's VMI with the firmware UUID it keeps while it exists."""
@@ -496,6 +498,13 @@ def _remove_state(paths: Paths, name: str, keep_uid: bool = False) -> None:
             return
         identity.give_back(paths.instance_logs(name), uid)
     identity.release(state)
+
+
+def _with_file(manifest: dict[str, Any], file: str) -> dict[str, Any]:
+    """The object as vmid shows it: with the spool file it comes from, as an annotation."""
+    metadata = manifest.setdefault("metadata", {})
+    metadata["annotations"] = {**metadata.get("annotations", {}), takeover.FILE_ANNOTATION: file}
+    return manifest
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:

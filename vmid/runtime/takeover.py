@@ -25,6 +25,9 @@ from vmid.runtime.status import Status
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+#: The spool file a VMI comes from, kept in its status: a file that no longer parses still
+#: names the VMI it held, after a daemon restart too.
+FILE_ANNOTATION = "vmid.io/manifest-file"
 _FD = re.compile(r"\bfd=\d+")
 
 
@@ -83,7 +86,10 @@ def _load(path: Path, on_write: Callable[[], None]) -> Status | None:
 
 
 def _entry(status: Status, config: Config, paths: Paths, accelerator: Accelerator) -> Entry | None:
-    return _planned(status.manifest, str(status.path), config, paths, accelerator)
+    metadata = status.manifest.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    file = annotations.get(FILE_ANNOTATION) if isinstance(annotations, dict) else None
+    return _planned(status.manifest, str(file or status.path), config, paths, accelerator)
 
 
 def _planned(
