@@ -25,7 +25,9 @@ _FLAGS = {
 }
 DIRECTORY_MODE = 0o755
 FILE_MODE = 0o600
-CREATED_MODE = 0o660  # a hostDisk vmid creates: its owner's and group's, as before
+#: A hostDisk vmid creates is root's: QEMU gets it by fd, and a per-VMI uid is released with
+#: its VMI while the disk stays (a later VMI given that uid must not own it).
+CREATED_MODE = 0o600
 
 
 class DiskFileError(VmidError):
@@ -80,8 +82,8 @@ def open_beneath(root: str, path: str, flags: int, *, block_device_link: bool = 
         os.close(directory)
 
 
-def create_beneath(root: str, path: str, size: int, owner: tuple[int, int] | None) -> bool:
-    """Create `path` sparse with `size` bytes (and `owner`), making missing directories.
+def create_beneath(root: str, path: str, size: int) -> bool:
+    """Create `path` sparse with `size` bytes, making missing directories.
 
     Never through a symlink, never over an existing file (False then), and never leaving a
     partial file behind.
@@ -95,8 +97,6 @@ def create_beneath(root: str, path: str, size: int, owner: tuple[int, int] | Non
             return False
         try:
             os.ftruncate(fd, size)  # sparse, like KubeVirt's createSparseRaw
-            if owner is not None:
-                os.fchown(fd, *owner)
         except BaseException:
             os.unlink(name, dir_fd=directory)
             raise

@@ -252,14 +252,12 @@ def _seal(staging: Path, ref: str, virtual_size: int) -> None:
     meta.chmod(STORE_FILE_MODE)
 
 
-async def prepare(
-    item: Prepared, store: ImageStore, qemu_img_binary: str, owner: tuple[int, int] | None = None
-) -> None:
+async def prepare(item: Prepared, store: ImageStore, qemu_img_binary: str) -> None:
     """Make one file a plan needs exist, in the state the plan expects.
 
     Overlays are made anew (writes to a containerDisk die with each launch, as in KubeVirt);
     empty disks and EFI variables are made once and kept; host files are checked or created
-    (`owner`, uid and gid, gets a host file vmid creates: it is QEMU's to write).
+    (root's: QEMU gets every file by fd).
     """
     if isinstance(item, ImageOverlay):
         image = store.get(item.image)
@@ -278,7 +276,7 @@ async def prepare(
                 qemu_img_binary, "create", "-q", "-f", "qcow2", item.path, str(item.size)
             )
     elif isinstance(item, HostFile):
-        await trio.to_thread.run_sync(_host_file, item, owner)
+        await trio.to_thread.run_sync(_host_file, item)
     elif isinstance(item, CloudInitIso):
         await trio.to_thread.run_sync(write_iso, item)
     elif isinstance(item, EfiVars):
@@ -315,10 +313,10 @@ def _claim_size(item: FileOverlay) -> int:
         os.close(fd)
 
 
-def _host_file(item: HostFile, owner: tuple[int, int] | None) -> None:
+def _host_file(item: HostFile) -> None:
     if item.createSize is not None:
         assert item.root is not None, "the plan gives every host file its root"
-        if beneath.create_beneath(item.root, item.path, item.createSize, owner):
+        if beneath.create_beneath(item.root, item.path, item.createSize):
             return
     os.close(_open_existing(item.path, item.root, item.blockDeviceLink, "a hostDisk or claim"))
 

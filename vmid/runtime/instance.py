@@ -232,13 +232,12 @@ class Instance:
         """
         errors: list[Exception] = []
 
-        owner = (self._user.uid, self._user.gid) if self._user else None
         limiter = trio.CapacityLimiter(PREPARE_AT_ONCE)
 
         async def one(item: Prepared) -> None:
             try:
                 async with limiter:
-                    await storage.prepare(item, self._store, self._qemu_img, owner)
+                    await storage.prepare(item, self._store, self._qemu_img)
             except (VmidError, OSError) as exc:
                 errors.append(exc)
 
