@@ -395,6 +395,32 @@ def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
         assert_nothing_left(daemon)
 
 
+def test_what_a_crashed_daemon_left_goes_even_if_no_vm_needs_the_pod_network(
+    tmp_path: Path, netns: str
+) -> None:
+    prefix = ("ip", "netns", "exec", netns)
+    with running_daemon(tmp_path, fake_config(), prefix=prefix) as daemon:
+        daemon.drop("a.yaml", vmi("a"))
+        daemon.wait_phase("a", "Running")
+        dnsmasq = int((tmp_path / "run/vmid/network/dnsmasq-vmid0.pid").read_text())
+        qemu = daemon.pid("a")
+        daemon.process.kill()  # no cleanup at all
+        daemon.process.wait()
+        os.kill(qemu, signal.SIGKILL)
+        (daemon.spool / "a.yaml").unlink()
+    with running_daemon(tmp_path, fake_config(), prefix=prefix) as daemon:
+        daemon.wait_for("the bridge to go", lambda: "vmid0" not in links(daemon))
+        assert_nothing_left(daemon)
+        assert not _runs(dnsmasq, "dnsmasq")
+
+
+def _runs(pid: int, program: str) -> bool:
+    try:
+        return program in Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return False
+
+
 def dhcp_lease(daemon: Daemon, mac: str) -> str:
     """The address vmid's dnsmasq gives `mac`: udhcpc on a veth whose peer is on vmid0."""
     script = f"""

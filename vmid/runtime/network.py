@@ -197,6 +197,8 @@ class Network:
             log.info("%s: releasing the addresses of a VMI that is gone", name)
             await self.release(name)
         async with self._lock:  # an attach meanwhile records its taps before making them
+            if not self._pod_ready and not any(a.active for a in self._registry):
+                await self._tear_down()  # what an earlier daemon that crashed left
             listed = {a.device for a in self._registry}
             for device in sorted(await trio.to_thread.run_sync(links.vmid_taps) - listed):
                 log.warning(
@@ -211,13 +213,20 @@ class Network:
             self._dhcp_scope.cancel()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
-        if keep or not self._pod_ready:
+        if keep:
             return
         async with self._lock:
             if not any(a.active for a in self._registry):
-                await nftables.apply(nftables.ruleset(self._bridge, self._pool, ()))
-                await trio.to_thread.run_sync(links.delete_link, self._bridge)
-                self._pod_ready = False
+                await self._tear_down()
+
+    async def _tear_down(self) -> None:
+        """No VM uses the pod network: its dnsmasq, vmid's tables and bridge go, also when an
+        earlier daemon made them (each step is a no-op when there is nothing to remove)."""
+        await trio.to_thread.run_sync(dnsmasq.kill_stale, self._pid_file, self._hosts_file)
+        self._applied = nftables.ruleset(self._bridge, self._pool, ())
+        await nftables.apply(self._applied)
+        await trio.to_thread.run_sync(links.delete_link, self._bridge)
+        self._pod_ready = False
 
     # Section: the pod network
 
