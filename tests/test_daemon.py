@@ -312,6 +312,24 @@ def _runs_memory(daemon: Daemon, memory: str) -> bool:
     return data.get("status", {}).get("phase") == "Running" and memory in argv
 
 
+def test_a_spec_change_keeps_the_vmis_firmware_uuid(tmp_path: Path) -> None:
+    """cloud-init's instance-id: a resize must not make a real guest redo its first boot."""
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("vm-a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        before = _uuid_option(daemon)
+        daemon.drop("vm-a.yaml", manifest("vm-a", memory="96Mi"))
+        daemon.wait_for("the new spec", lambda: _runs_memory(daemon, "96"))
+        assert _uuid_option(daemon) == before
+
+
+def _uuid_option(daemon: Daemon) -> str:
+    status = daemon.status("vm-a")
+    assert status is not None
+    argv: list[str] = status["status"]["qemu"]["argv"]
+    return argv[argv.index("-uuid") + 1]
+
+
 def test_an_edit_then_a_removal_within_the_grace_starts_nothing(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="delay-1"))

@@ -363,9 +363,10 @@ class Supervisor:
                     await self._network.release(name)
                 except VmidError as exc:
                     log.error("%s: releasing its addresses failed: %s", name, exc)
-            # A restart with a new spec is the same VMI to its user: it keeps its uid.
-            keep_uid = vm.successor is not None
-            await trio.to_thread.run_sync(_remove_state, self._paths, name, keep_uid)
+            # A restart with a new spec is the same VMI to its user: it keeps its uid and its
+            # firmware UUID (cloud-init's instance-id: a resize must not redo the first boot).
+            keep = vm.successor is not None
+            await trio.to_thread.run_sync(_remove_state, self._paths, name, keep)
         if self._vms.get(name) is vm:
             del self._vms[name]
             log.info("%s: removed", name)
@@ -471,24 +472,26 @@ def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMa
     return attrs.evolve(vmi, spec=attrs.evolve(vmi.spec, domain=domain))
 
 
-def _remove_state(paths: Paths, name: str, keep_uid: bool = False) -> None:
+def _remove_state(paths: Paths, name: str, keep_identity: bool = False) -> None:
     """Delete a gone VMI's ephemeral files and runtime directory (logs are kept, given to root).
 
     Its uid record goes last, and only once nothing else of the VMI is left (its QEMU's working
     directory and sockets are in the runtime directory): until then no other VMI gets its uid.
+    `keep_identity`: the same VMI starts again (a new spec): it keeps its uid and firmware UUID.
     """
     runtime, state = paths.instance_runtime(name), paths.instance_state(name)
     shutil.rmtree(runtime, ignore_errors=True)
+    kept = (identity.UID_RECORD, FIRMWARE_UUID_FILE) if keep_identity else (identity.UID_RECORD,)
     with contextlib.suppress(FileNotFoundError):
         for item in state.iterdir():
-            if item.name == identity.UID_RECORD:
+            if item.name in kept:
                 continue
             if item.is_dir() and not item.is_symlink():
                 shutil.rmtree(item, ignore_errors=True)
             else:
                 with contextlib.suppress(OSError):  # checked below
                     item.unlink()
-    if keep_uid:
+    if keep_identity:
         return
     logfile.mark_removed(paths.instance_logs(name))
     uid = identity.recorded(state)
