@@ -37,7 +37,7 @@ NAMES = tuple(f"vm-{i}" for i in range(4))
 MODES = ("obey", "obey", "delay-1", "ignore", "second")
 MEMORY = ("64Mi", "96Mi")
 GRACE = 2
-SETTLE_SECONDS = 40.0
+SETTLE_SECONDS = 60.0
 
 
 @attrs.define
@@ -297,7 +297,11 @@ class Chaos:
         while problems and time.monotonic() < deadline:
             time.sleep(0.2)
             problems = self._problems()
-        self.report.violations += problems
+        for problem in problems:
+            name = problem.split(":", 1)[0]
+            assert self.daemon is not None
+            lines = [ln for ln in self.daemon.log_text().splitlines() if f"{name}" in ln]
+            self.report.violations.append("\n      ".join([problem, *lines[-25:]]))
         self.report.actions["settle"] += 1
 
     def _problems(self) -> list[str]:
