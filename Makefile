@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # dnsmasq and nft for the pod network; ip and nsenter for the network tests.
 APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux
 
-.PHONY: setup packages lint test run clean golden install bench
+.PHONY: setup packages lint test run clean golden install bench chaos
 
 setup: packages $(VENV)/.installed
 
@@ -83,3 +83,12 @@ bench: setup
 # Rewrite tests/golden/*.args from the current planner; review the diff before committing.
 golden: setup
 	UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/test_golden.py
+
+# Seeded fault injection against a real daemon with a fake QEMU (tests/chaos.py): kill -9,
+# SIGTERM and SIGHUP of the daemon at random instants, QEMUs killed or frozen, edits, broken
+# manifests, bursts and changes while the daemon is down; invariants checked at settle points.
+# `make chaos SECONDS=600 SEEDS="1 2 3"`; a run that finds something keeps its root to look at.
+SECONDS ?= 600
+SEEDS ?=
+chaos: setup
+	$(BIN)/python -m tests.chaos --seconds $(SECONDS) $(foreach s,$(SEEDS),--seed $(s))

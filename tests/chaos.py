@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def _describe(pid: int) -> str:
 
 
 def _memory(pid: int) -> str | None:
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ValueError):  # gone, or not exec'd yet
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         return argv[argv.index("-m") + 1]
     return None
@@ -152,6 +153,12 @@ class Chaos:
 
     # Section: actions
 
+    def _note(self, what: str) -> None:
+        """Keep what was done when, beside the daemon's log, for a post-mortem."""
+        stamp = time.strftime("%H:%M:%S") + f",{int(time.time() * 1000) % 1000:03d}"
+        with (self.root / "actions.log").open("a") as log:
+            log.write(f"{stamp} {what}\n")
+
     def _act(self) -> None:
         weights: list[tuple[Callable[[], None], int]] = [
             (self._write, 10),
@@ -176,6 +183,7 @@ class Chaos:
             new = Manifest(self.rng.choice(MEMORY), self.rng.choice(MODES), 0, broken)
             self.report.actions[f"invalid write ({broken})" if broken else "write"] += 1
         self.spool[name] = new
+        self._note(f"write {name} {new}")
         staging = self.root / f"etc/vmid/instances/.{name}.tmp"
         staging.write_text(new.text(name))
         staging.rename(self.root / f"etc/vmid/instances/{name}.yaml")
@@ -184,6 +192,7 @@ class Chaos:
         if self.spool:
             name = self.rng.choice(sorted(self.spool))
             del self.spool[name]
+            self._note(f"remove {name}")
             (self.root / f"etc/vmid/instances/{name}.yaml").unlink()
             self.report.actions["remove"] += 1
 
@@ -197,6 +206,7 @@ class Chaos:
         daemon = self.daemon
         assert daemon is not None
         time.sleep(self.rng.random() * 0.5)  # at a random instant of what is going on
+        self._note("daemon stop")
         if self.rng.random() < 0.6:
             daemon.process.kill()
             self.report.actions["daemon kill -9"] += 1
@@ -227,6 +237,7 @@ class Chaos:
             pid = self.rng.choice(sorted(found.items()))[1][0]
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            self._note(f"kill -9 {pid}")
             self.report.actions["QEMU kill -9"] += 1
 
     def _freeze_qemu(self) -> None:
@@ -235,6 +246,7 @@ class Chaos:
             pid = self.rng.choice(sorted(found.items()))[1][0]
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
+            self._note(f"SIGSTOP {pid}")
             self.report.actions["QEMU SIGSTOP"] += 1
 
     # Section: the daemon
@@ -245,6 +257,10 @@ class Chaos:
 
     def _start(self) -> None:
         self._write_config()
+        log = self.root / "daemon.log"
+        if log.exists():  # each daemon's log, kept in order for a post-mortem
+            with (self.root / "daemons.log").open("ab") as history:
+                history.write(log.read_bytes())
         self.daemon = start_daemon(self.root, prefix=())
         daemon = self.daemon
         daemon.wait_for("the daemon to be ready", lambda: "vmid ready" in daemon.log_text(), 90)
@@ -351,11 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for index, seed in enumerate(seeds):
         left = (deadline - time.monotonic()) / (len(seeds) - index)
-        with tempfile.TemporaryDirectory(prefix="vmid-chaos-") as root:
-            os.chmod(root, 0o711)
-            report = Chaos(Path(root), seed).run(left)
+        root = Path(tempfile.mkdtemp(prefix="vmid-chaos-"))
+        root.chmod(0o711)
+        report = Chaos(root, seed).run(left)
         print(report, flush=True)
-        failed |= bool(report.violations)
+        if report.violations:  # kept for a post-mortem: daemon.log, status files, logs
+            print(f"kept {root}", flush=True)
+            failed = True
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return 1 if failed else 0
 
 

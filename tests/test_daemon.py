@@ -365,6 +365,21 @@ def test_a_qemu_left_before_cont_is_booted_when_re_adopted(tmp_path: Path) -> No
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_removal_a_re_add_and_a_removal_within_the_grace_start_nothing(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1"))
+        daemon.wait_phase("vm-a", "Running")
+        (daemon.spool / "a.yaml").unlink()
+        daemon.wait_for("the stop", lambda: "system_powerdown sent" in daemon.log_text())
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1", memory="96Mi"))
+        daemon.wait_for("the re-add", lambda: "manifest changed" in daemon.log_text())
+        (daemon.spool / "a.yaml").unlink()
+        daemon.wait_phase("vm-a", None)
+        time.sleep(0.5)  # a wrongly started successor would show by now
+        assert daemon.phase("vm-a") is None
+        assert daemon.log_text().count("qemu started") == 1
+
+
 def test_launch_failure_shows_qemus_message(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="refuse"))

@@ -80,6 +80,7 @@ class Spool:
         """Scan (in a worker thread, one scan at a time) and hand the result to `on_change`."""
         async with self._lock:
             desired = await trio.to_thread.run_sync(self.scan)
+            log.debug("spool scanned: %d VMIs, %d refused", len(desired.vmis), len(desired.refused))
             try:
                 on_change(desired)
             except Exception:  # a bug reconciling must not stop the daemon and its VMs

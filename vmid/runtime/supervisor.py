@@ -274,11 +274,11 @@ class Supervisor:
         self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
 
     def _stop(self, vm: _VM, remove: bool) -> None:
-        if remove and vm.remove:
-            return  # already on its way out (a re-adopted leftover stops by itself)
-        vm.remove = vm.remove or remove
         if remove:
-            vm.successor = None  # an edit then a removal: the edited spec must not start
+            vm.successor = None  # an edit (or a re-add) then a removal: nothing must start
+            if vm.remove:
+                return  # already on its way out
+        vm.remove = vm.remove or remove
         vm.scope.cancel()
         if vm.task_ended and (vm.remove or vm.successor is not None):
             # An ended VMI has no task left to clean up after it.
