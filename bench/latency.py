@@ -141,6 +141,24 @@ def own_tap(argv: list[str]) -> list[str]:
     ]
 
 
+def by_path(argv: list[str]) -> list[str]:
+    """vmid's argv as bare QEMU runs it: each file vmid would pass in an fdset (`-add-fd`),
+    QEMU opens by its path instead (the floor has no vmid to open files for it)."""
+    sets: dict[str, str] = {}
+    bare: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "-add-fd":
+            continue
+        if index and argv[index - 1] == "-add-fd":
+            found = re.search(r"set=(\d+),opaque=(.*)$", arg)
+            assert found, arg
+            sets[f"/dev/fdset/{found.group(1)}"] = found.group(2).replace(",,", ",")
+            continue
+        bare.append(arg)
+    pattern = re.compile(r"/dev/fdset/\d+")
+    return [pattern.sub(lambda m: sets[m.group(0)], arg) for arg in bare]
+
+
 def _rendered_argv(root: Path, text: str = MANIFEST) -> list[str]:
     manifest = root / "render.yaml"
     manifest.write_text(text.format(name="bare"))
@@ -150,8 +168,7 @@ def _rendered_argv(root: Path, text: str = MANIFEST) -> list[str]:
     )  # fmt: skip
     plan = json.loads(out.stdout)
     Path(plan["consoleLog"]).parent.mkdir(parents=True, exist_ok=True)
-    argv: list[str] = plan["argv"]
-    return argv
+    return by_path(plan["argv"])
 
 
 def summary(values: list[float], unit: str = "ms") -> str:

@@ -35,6 +35,7 @@ from bench.latency import (
     MANIFEST,
     WITH_NIC,
     bare_launch,
+    by_path,
     control_listener,
     own_tap,
     vmid_launch,
@@ -122,7 +123,7 @@ class Bench:
 
         trio.run(prepare_all)
         Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
-        return list(plan.argv)
+        return by_path(list(plan.argv))
 
     def launch(self, key: str, text: str, bare: list[str], libvirt: Libvirt | None = None) -> None:
         vmid_runs, bare_runs, powerdowns, libvirt_runs, virsh_runs = [], [], [], [], []
