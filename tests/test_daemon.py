@@ -373,6 +373,18 @@ def test_a_change_then_a_removal_within_the_grace_starts_nothing(
         assert daemon.log_text().count("qemu started") == 1
 
 
+def test_qemu_gets_a_minimal_environment_not_the_daemons(tmp_path: Path) -> None:
+    """As libvirt: no NOTIFY_SOCKET, watchdog or locale of the daemon's; stable English."""
+    daemon_env = {"LANG": "de_DE.UTF-8", "VMID_TEST_DAEMON_ONLY": "1"}
+    with running_daemon(tmp_path, fake_config(), env=daemon_env) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        environ = Path(f"/proc/{daemon.pid('vm-a')}/environ").read_bytes().split(b"\0")
+        names = {item.split(b"=", 1)[0] for item in environ if item}
+        assert names == {b"PATH", b"LC_ALL"}, names
+        assert b"LC_ALL=C" in environ
+
+
 def test_launch_failure_shows_qemus_message(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="refuse"))

@@ -155,5 +155,14 @@ def test_the_hosts_file_is_replaced_only_when_it_changes(tmp_path: Path) -> None
 def test_guests_get_the_hosts_resolvers_but_loopback_ones(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("# x\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\nsearch x\n")
-    assert dnsmasq.host_resolvers(conf) == ["192.0.2.53"]
-    assert dnsmasq.host_resolvers(tmp_path / "missing") == []
+    missing = tmp_path / "missing"
+    assert dnsmasq.host_resolvers(conf, missing) == ["192.0.2.53"]
+    assert dnsmasq.host_resolvers(missing, missing) == []
+
+
+def test_behind_systemd_resolved_guests_get_the_servers_it_forwards_to(tmp_path: Path) -> None:
+    stub = tmp_path / "resolv.conf"
+    stub.write_text("nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n")
+    upstream = tmp_path / "upstream.conf"
+    upstream.write_text("nameserver 192.0.2.1\nnameserver 198.51.100.7\n")
+    assert dnsmasq.host_resolvers(stub, upstream) == ["192.0.2.1", "198.51.100.7"]

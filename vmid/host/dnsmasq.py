@@ -78,22 +78,35 @@ def write_hosts(path: Path, text: str) -> bool:
     return True
 
 
-def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
-    """The host's IPv4 nameservers, but loopback ones (a guest cannot reach the host's 127.*)."""
-    servers = []
+#: Where systemd-resolved keeps the servers it forwards to: /etc/resolv.conf then names only
+#: its stub (127.0.0.53), which no guest can reach. kubelet and Docker read this file too.
+RESOLVED_CONF = Path("/run/systemd/resolve/resolv.conf")
+
+
+def host_resolvers(
+    resolv_conf: Path = Path("/etc/resolv.conf"), upstream: Path = RESOLVED_CONF
+) -> list[str]:
+    """The host's IPv4 nameservers, but loopback ones (a guest cannot reach the host's 127.*);
+    behind a local stub resolver (systemd-resolved), the servers it forwards to."""
+    servers = _nameservers(resolv_conf)
+    if not servers or all(address.is_loopback for address in servers):
+        servers = _nameservers(upstream)
+    return [str(address) for address in servers if not address.is_loopback]
+
+
+def _nameservers(path: Path) -> list[IPv4Address]:
     try:
-        text = resolv_conf.read_text()
+        text = path.read_text()
     except OSError:
         return []
+    servers = []
     for line in text.splitlines():
         words = line.split()
         if len(words) >= 2 and words[0] == "nameserver":
             try:
-                address = IPv4Address(words[1])
+                servers.append(IPv4Address(words[1]))
             except ValueError:
                 continue
-            if not address.is_loopback:
-                servers.append(str(address))
     return servers
 
 

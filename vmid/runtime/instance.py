@@ -39,6 +39,12 @@ MONITOR_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 2.0
 HANGUP_TIMEOUT = 1.0
 CLEANUP_TIMEOUT = 10.0
+#: All of QEMU's environment but the plan's (TZ): none of the daemon's (NOTIFY_SOCKET,
+#: WATCHDOG_*, a locale), so QEMU's messages quoted in reasons are stable English, as libvirt.
+QEMU_ENVIRONMENT = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C",
+}
 #: Files one VMI prepares at once: its 30 disks wait for each other, not another VMI for them
 #: (qemu-img runs are bounded daemon-wide too: storage.QEMU_IMG_RUNS).
 PREPARE_AT_ONCE = 2
@@ -289,7 +295,7 @@ class Instance:
             process = await trio.lowlevel.open_process(
                 list(plan.argv_for(listener.fileno(), taps, {**files, **pipes})),
                 cwd=plan.cwd,
-                env={**os.environ, **plan.env},
+                env={**QEMU_ENVIRONMENT, **plan.env},
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
