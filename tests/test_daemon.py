@@ -385,6 +385,18 @@ def test_qemu_gets_a_minimal_environment_not_the_daemons(tmp_path: Path) -> None
         assert b"LC_ALL=C" in environ
 
 
+def test_a_manifest_back_invalid_while_its_vmi_stops_shows_it_refused(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a", mode="delay-1"))
+        daemon.wait_phase("vm-a", "Running")
+        (daemon.spool / "a.yaml").unlink()
+        daemon.wait_for("the stop", lambda: "system_powerdown sent" in daemon.log_text())
+        daemon.drop("a.yaml", manifest("vm-a").replace("64Mi", "1x"))
+        daemon.wait_for("vm-a to end", lambda: "vm-a: removed" in daemon.log_text())
+        daemon.wait_phase("vm-a", "Failed", timeout=5)  # not at the next minute's rescan
+        assert "Invalid value" in daemon.reason("vm-a")
+
+
 def test_launch_failure_shows_qemus_message(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="refuse"))

@@ -80,6 +80,8 @@ class Supervisor:
         self._store = ImageStore(paths.state / "images", config.qemuImg)
         self._vms: dict[str, _VM] = {}
         self._refused: dict[str, tuple[Problem, ...]] = {}
+        #: What the spool asked for last: a VMI that ends is shown refused if its file is.
+        self._desired = Desired({}, {}, ())
         self._stopping = False
         self._applied = False
         self._on_change: Callable[[], None] = lambda: None
@@ -133,6 +135,7 @@ class Supervisor:
         """Start what is new, stop what is gone, restart what changed; returns at once."""
         if self._stopping:
             return
+        self._desired = desired
         if not self._applied:
             self._applied = True
             self._take_over(desired)
@@ -372,6 +375,10 @@ class Supervisor:
             log.info("%s: removed", name)
             if vm.successor is not None and not self._stopping:
                 self._start(vm.successor)
+            elif name in self._desired.refused and not self._stopping:
+                # Its manifest came back invalid while it stopped: shown as refused, as any.
+                self._refused[name] = self._desired.refused[name]
+                self._report_refused(name, self._refused[name])
         self._status_written()
         vm.done.set()
 
