@@ -106,11 +106,14 @@ def test_an_edit_that_breaks_the_manifest_leaves_the_vm_running(tmp_path: Path) 
         assert daemon.phase("vm-a") == "Running"
 
 
-def test_a_yaml_error_in_a_running_vmis_file_leaves_it_running_across_restarts(
-    tmp_path: Path,
+@pytest.mark.parametrize("error", ["yaml", "value"])
+def test_a_broken_edit_of_a_running_vmis_file_leaves_it_running_across_restarts(
+    tmp_path: Path, error: str
 ) -> None:
-    """A file that no longer parses names no VMI; it is still not a removal."""
-    broken = manifest("vm-a") + "  : [\n"
+    """An invalid value, or a file that no longer parses (it names no VMI then): neither is a
+    removal, also for a daemon that starts while the file is so (it used to orphan the QEMU)."""
+    good = manifest("vm-a")
+    broken = good + "  : [\n" if error == "yaml" else good.replace("64Mi", "1x")
     with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
@@ -128,6 +131,7 @@ def test_a_yaml_error_in_a_running_vmis_file_leaves_it_running_across_restarts(
             again.wait_for("Synchronized=True", lambda: _synchronized(again) == "True")
             assert again.pid("vm-a") == pid
             assert again.log_text().count("qemu started") == 0
+        assert not _alive(pid)  # its daemon's SIGTERM stopped it: it is no orphan
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
