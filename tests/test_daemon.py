@@ -334,6 +334,26 @@ def _uuid_option(daemon: Daemon) -> str:
     return argv[argv.index("-uuid") + 1]
 
 
+def test_a_qemu_whose_launch_was_never_recorded_is_taken_over_not_doubled(
+    tmp_path: Path,
+) -> None:
+    """The daemon died between fork and writing the pid down: the status says Pending."""
+    pid = leave_running(tmp_path, "vm-a")["status"]["qemu"]["pid"]
+    path = tmp_path / "run/vmid/instances/vm-a/status.json"
+    data = json.loads(path.read_text())
+    data["status"] = {"phase": "Pending", "phaseTransitionTimestamps": [], "qemu": {}}
+    path.write_text(json.dumps(data))
+    try:
+        with running_daemon(tmp_path, fake_config()) as again:
+            again.wait_phase("vm-a", "Running")
+            assert again.pid("vm-a") == pid
+            assert again.log_text().count("qemu started") == 0
+            assert f"found its QEMU (pid {pid}) running" in again.log_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_qemu_left_before_cont_is_booted_when_re_adopted(tmp_path: Path) -> None:
     """The daemon dies after QEMU started but before it was continued (`-S`)."""
     with running_daemon(tmp_path, fake_config()) as daemon:
