@@ -564,3 +564,18 @@ def test_logs_show_a_guests_escape_sequences_on_a_terminal_and_pass_them_to_a_pi
         check=True,
     )
     assert piped.stdout == GUEST_OUTPUT
+
+
+def test_a_log_the_caller_cannot_read_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    logs = tmp_path / "var/log/vmid/vm-a"
+    logs.mkdir(parents=True)
+    (logs / "console.log").write_text("secret\n")
+    (logs / "console.log").chmod(0o600)
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+         sys.executable, "-m", "vmid", "logs", "vm-a", "--root", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "Permission denied; run as root" in result.stderr

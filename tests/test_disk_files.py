@@ -92,6 +92,31 @@ def test_a_claim_may_only_be_a_root_owned_symlink_to_a_block_device(tmp_path: Pa
         )
 
 
+def test_a_root_owned_claim_symlink_to_a_block_device_is_that_device(tmp_path: Path) -> None:
+    backing = tmp_path / "backing.img"
+    backing.write_bytes(b"\0" * 2**20)
+    attached = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=False
+    )
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    try:
+        volumes = tmp_path / "volumes"
+        volumes.mkdir()
+        (volumes / "db.img").symlink_to(device)
+        fd = beneath.open_beneath(
+            str(volumes), str(volumes / "db.img"), os.O_RDONLY, block_device_link=True
+        )
+        try:
+            assert stat.S_ISBLK(os.fstat(fd).st_mode)
+            assert os.readlink(f"/proc/self/fd/{fd}") == device
+        finally:
+            os.close(fd)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
+
+
 async def test_a_disk_that_cannot_be_created_leaves_no_partial_file(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "images", "qemu-img")
     path = tmp_path / "disks/huge.img"

@@ -60,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except BrokenPipeError:
         return EXIT_ERROR
+    except OSError as exc:  # a file the command needs: say which and why, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = "; run as root" if isinstance(exc, PermissionError) else ""
+        print(f"vmid: {where}{exc.strerror or exc}{hint}", file=sys.stderr)
+        return EXIT_ERROR
     return result
 
 

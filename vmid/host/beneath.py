@@ -154,15 +154,21 @@ def _last(directory: int, name: str, flags: int, path: str, block_device_link: b
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-    link = os.stat(name, dir_fd=directory, follow_symlinks=False)
-    if not (block_device_link and link.st_uid == 0):
-        _refuse_link(directory, name, path, path)
-    fd = os.open(name, flags & ~os.O_NOFOLLOW & ~os.O_CREAT, dir_fd=directory)
+    # The link is pinned by an O_PATH fd: what is checked (root's) is what is followed, even if
+    # someone swaps the name meanwhile; its target is read from that very link.
+    link = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        if not (block_device_link and os.fstat(link).st_uid == 0):
+            _refuse_link(directory, name, path, path)
+        target = os.readlink("", dir_fd=link)
+    finally:
+        os.close(link)
+    fd = os.open(target, flags & ~os.O_NOFOLLOW & ~os.O_CREAT, dir_fd=directory)
     if not stat.S_ISBLK(os.fstat(fd).st_mode):
         os.close(fd)
         raise DiskFileError(
-            f"{path} is a symbolic link to {os.readlink(name, dir_fd=directory)}, which is not "
-            "a block device: a claim may only be a root-owned symlink to a block device"
+            f"{path} is a symbolic link to {target}, which is not a block device: a claim may "
+            "only be a root-owned symlink to a block device"
         )
     return _checked(fd, path)
 

@@ -215,7 +215,9 @@ class Instance:
             raise LaunchError("the QEMU left by an earlier vmid does not answer on its monitor")
         await self._attach()
         state = (await self._monitor.execute("query-status")).get("status")
-        self.status.qemu = {**self._qemu_status(), "argv": cmdline(pid)}  # what it really runs
+        # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
+        real = {"argv": cmdline(pid), "uid": os.stat(f"/proc/{pid}").st_uid}
+        self.status.qemu = {**self._qemu_status(), **real}
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state)
         if self.status.phase is Phase.PENDING:  # it died before it could record the launch
@@ -366,12 +368,14 @@ class Instance:
                     await self._process.wait()
             finally:
                 with trio.CancelScope(shield=True):
-                    await self._stop()
-                    if self._process.returncode in (0, UNKNOWN_EXIT):  # it ended by itself:
-                        # read its last words (SHUTDOWN, GUEST_PANICKED) before judging.
-                        with trio.move_on_after(HANGUP_TIMEOUT):
-                            await monitor.wait_hangup()
-                    events.cancel()
+                    try:
+                        await self._stop()
+                        if self._process.returncode in (0, UNKNOWN_EXIT):  # it ended itself:
+                            # read its last words (SHUTDOWN, GUEST_PANICKED) before judging.
+                            with trio.move_on_after(HANGUP_TIMEOUT):
+                                await monitor.wait_hangup()
+                    finally:  # whatever the ladder raised: the event task must end too
+                        events.cancel()
         for event in monitor.pending_events():
             self._on_event(event)
 
@@ -445,11 +449,15 @@ class Instance:
         assert self._monitor is not None
         try:
             await self._monitor.execute("system_powerdown")
-            self.status.event("Normal", "ShuttingDown", "Signaled Graceful Shutdown (ACPI)")
-            self.status.write()
-            self.log.info("system_powerdown sent")
         except MonitorError as exc:
             self.log.warning("system_powerdown failed: %s", exc)
+            return
+        self.log.info("system_powerdown sent")
+        self.status.event("Normal", "ShuttingDown", "Signaled Graceful Shutdown (ACPI)")
+        try:
+            self.status.write()
+        except OSError as exc:  # a full /run must not keep the ladder from killing at the grace
+            self.log.error("cannot write its status: %s", exc)
 
     async def _kill(self) -> None:
         assert self._process is not None

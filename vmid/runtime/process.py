@@ -6,6 +6,7 @@ daemon must find it again, and never mistake an unrelated process with a reused 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -73,4 +74,6 @@ class AdoptedProcess:
 
     def kill(self) -> None:
         if self.returncode is None:
-            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            # Not our child: init may have reaped it already (the pidfd stays ours, no reuse).
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)

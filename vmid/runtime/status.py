@@ -149,8 +149,7 @@ class Status:
 def _replace(path: Path, text: str) -> None:
     """Write `path` atomically through a new file of an unguessable name.
 
-    The directory may belong to an unprivileged QEMU user (its sockets live there): O_EXCL
-    and O_NOFOLLOW keep root from writing through a symlink that user planted.
+    O_EXCL and O_NOFOLLOW: root never writes through a symlink, whoever could plant one.
     """
     staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

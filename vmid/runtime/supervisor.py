@@ -174,22 +174,33 @@ class Supervisor:
         """
         left = takeover.survey(self._config, self._paths, self._accelerator, self._status_written)
         for name, found in left.items():
-            if found.pids:
-                self._adopt(found, desired.vmis.get(name))
-                file = self._vms[name].entry.file
-                if name not in desired.vmis | desired.refused and file not in desired.unreadable:
-                    log.info("%s: its manifest was removed while vmid was not running", name)
-            elif name in desired.vmis:
-                self._resume_ended(found, desired.vmis[name])
-            elif name not in desired.refused:
-                _remove_state(self._paths, name)
+            try:
+                self._take_over_one(found, desired)
+            except Exception:  # a bug with one VMI must not leave the others untaken
+                log.exception("%s: internal error taking it over", name)
+
+    def _take_over_one(self, found: takeover.Left, desired: Desired) -> None:
+        name = found.name
+        unreadable = found.entry is not None and found.entry.file in desired.unreadable
+        if found.pids:
+            self._adopt(found, desired.vmis.get(name))
+            file = self._vms[name].entry.file
+            if name not in desired.vmis | desired.refused and file not in desired.unreadable:
+                log.info("%s: its manifest was removed while vmid was not running", name)
+        elif name in desired.vmis:
+            self._resume_ended(found, desired.vmis[name])
+        elif name not in desired.refused and not unreadable:  # a broken file is no removal
+            _remove_state(self._paths, name)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
         name, (pid, *others) = found.name, found.pids
         for other in others:  # only a fault before this daemon can have made them
             log.error("%s: another QEMU of it runs too (pid %d); stop it by hand", name, other)
         entry, running = self._running_entry(found, pid, wanted)
-        status = found.status or self._new_status(entry)
+        # The process table is the truth: a live QEMU whose status says it ended is a new run.
+        earlier = found.status
+        status = earlier if earlier is not None and not earlier.phase.final else None
+        status = status or self._new_status(entry)
         self._vms[name] = vm = _VM(entry, status, adopt=pid, running=running)
         log.info("%s: found its QEMU (pid %d) running: taking it over", name, pid)
         self._nursery.start_soon(self._run, name, vm, name=f"vmi {name}")
@@ -345,8 +356,8 @@ class Supervisor:
             except (VmidError, OSError) as exc:
                 log.warning("%s: %s", name, exc)
                 self._failed(vm, str(exc))
-                if vm.instance is None:  # failed before it had an instance to clean up
-                    await self._detach(name)
+                if vm.instance is None and vm.adopt is None:  # nothing else cleans up after it
+                    await self._detach(name)  # (a QEMU being taken over keeps its taps)
             except Exception as exc:  # a bug in one VMI's handling must not stop the others
                 log.exception("%s: internal error", name)
                 self._failed(vm, f"internal error in vmid: {exc!r}")
@@ -370,6 +381,8 @@ class Supervisor:
             # firmware UUID (cloud-init's instance-id: a resize must not redo the first boot).
             keep = vm.successor is not None
             await trio.to_thread.run_sync(_remove_state, self._paths, name, keep)
+            if keep and vm.successor is None:  # removed meanwhile: nothing of it stays
+                await self._forget(name)
         if self._vms.get(name) is vm:
             del self._vms[name]
             log.info("%s: removed", name)
@@ -412,7 +425,6 @@ class Supervisor:
             traverse=(
                 paths.runtime,
                 paths.runtime / "instances",
-                paths.logs,
             ),
             logs=self._config.logs,
         )
