@@ -261,7 +261,7 @@ class Chaos:
         if log.exists():  # each daemon's log, kept in order for a post-mortem
             with (self.root / "daemons.log").open("ab") as history:
                 history.write(log.read_bytes())
-        self.daemon = start_daemon(self.root, prefix=())
+        self.daemon = start_daemon(self.root)  # in a network namespace of its own
         daemon = self.daemon
         daemon.wait_for("the daemon to be ready", lambda: "vmid ready" in daemon.log_text(), 90)
 

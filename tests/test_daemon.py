@@ -725,7 +725,7 @@ def test_on_daemon_stop_keep_set_by_a_reload_keeps_the_vms_running(tmp_path: Pat
 def test_signals_while_the_daemon_starts_are_answered_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "etc/vmid/instances").mkdir(parents=True)
     (tmp_path / "etc/vmid/vmid.yaml").write_text(fake_config())
-    daemon = start_daemon(tmp_path, prefix=())
+    daemon = start_daemon(tmp_path)
     try:
         # From vmid's first line on (the interpreter's own start-up is beyond any program).
         daemon.wait_for("vmid to hold its signals", lambda: _holds_sighup(daemon.process.pid))

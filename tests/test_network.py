@@ -414,6 +414,24 @@ def test_what_a_crashed_daemon_left_goes_even_if_no_vm_needs_the_pod_network(
         assert not _runs(dnsmasq, "dnsmasq")
 
 
+def test_a_daemon_of_another_root_leaves_this_ones_pod_network_alone(tmp_path: Path) -> None:
+    """Two vmids (two --root) in one network namespace: one starting or stopping with no pod
+    VM must not take the other's bridge, tables or dnsmasq away."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    with running_daemon(first, fake_config()) as daemon:
+        daemon.drop("web.yaml", vmi("web"))
+        daemon.wait_phase("web", "Running")
+        namespace = ("nsenter", f"--net=/proc/{daemon.process.pid}/ns/net", "--")
+        with running_daemon(second, fake_config(), prefix=namespace) as other:
+            other.process.send_signal(signal.SIGTERM)
+            assert other.process.wait(timeout=30) == 0
+        assert "vmid0" in links(daemon)
+        assert "table inet vmid" in inside(daemon, "nft", "list", "ruleset")
+        assert daemon.phase("web") == "Running"
+
+
 def _runs(pid: int, program: str) -> bool:
     try:
         return program in Path(f"/proc/{pid}/cmdline").read_text()

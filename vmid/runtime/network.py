@@ -197,8 +197,8 @@ class Network:
             log.info("%s: releasing the addresses of a VMI that is gone", name)
             await self.release(name)
         async with self._lock:  # an attach meanwhile records its taps before making them
-            if not self._pod_ready and not any(a.active for a in self._registry):
-                await self._tear_down()  # what an earlier daemon that crashed left
+            if not any(a.active for a in self._registry):
+                await self._tear_down()  # what an earlier daemon of this root left, if anything
             listed = {a.device for a in self._registry}
             for device in sorted(await trio.to_thread.run_sync(links.vmid_taps) - listed):
                 log.warning(
@@ -221,11 +221,15 @@ class Network:
 
     async def _tear_down(self) -> None:
         """No VM uses the pod network: its dnsmasq, vmid's tables and bridge go, also when an
-        earlier daemon made them (each step is a no-op when there is nothing to remove)."""
+        earlier daemon of this root made them (its hosts file says so). Never otherwise: another
+        vmid (another --root) in this network namespace may be using them."""
+        if not (self._pod_ready or self._hosts_file.exists()):
+            return
         await trio.to_thread.run_sync(dnsmasq.kill_stale, self._pid_file, self._hosts_file)
         self._applied = nftables.ruleset(self._bridge, self._pool, ())
         await nftables.apply(self._applied)
         await trio.to_thread.run_sync(links.delete_link, self._bridge)
+        self._hosts_file.unlink(missing_ok=True)
         self._pod_ready = False
 
     # Section: the pod network
