@@ -137,6 +137,23 @@ def test_a_broken_edit_of_a_running_vmis_file_leaves_it_running_across_restarts(
             os.kill(pid, signal.SIGKILL)
 
 
+def test_an_ended_vmi_whose_file_broke_while_vmid_was_down_is_kept_until_removed(
+    tmp_path: Path,
+) -> None:
+    pid = leave_running(tmp_path, "vm-a")["status"]["qemu"]["pid"]
+    os.kill(pid, signal.SIGKILL)  # it ends while vmid is down...
+    (tmp_path / "etc/vmid/instances/vm-a.yaml").write_text(manifest("vm-a") + "  : [\n")
+    with running_daemon(tmp_path, fake_config()) as again:  # ...and its file no longer parses
+        again.wait_phase("vm-a", "Failed")
+        assert again.reason("vm-a") == "QEMU ended while vmid was not running"
+        assert (tmp_path / "var/lib/vmid/instances/vm-a").exists()  # its state: not a removal
+        (again.spool / "vm-a.yaml").unlink()
+        again.wait_phase("vm-a", None)
+        again.wait_for(
+            "its state to go", lambda: not (tmp_path / "var/lib/vmid/instances/vm-a").exists()
+        )
+
+
 def _synchronized(daemon: Daemon) -> str | None:
     status = daemon.status("vm-a")
     return _conditions(status).get("Synchronized", {}).get("status") if status else None

@@ -187,9 +187,9 @@ class Supervisor:
             file = self._vms[name].entry.file
             if name not in desired.vmis | desired.refused and file not in desired.unreadable:
                 log.info("%s: its manifest was removed while vmid was not running", name)
-        elif name in desired.vmis:
-            self._resume_ended(found, desired.vmis[name])
-        elif name not in desired.refused and not unreadable:  # a broken file is no removal
+        elif name in desired.vmis or unreadable:  # a broken file is no removal
+            self._resume_ended(found, desired.vmis.get(name))
+        elif name not in desired.refused:
             _remove_state(self._paths, name)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
@@ -219,20 +219,25 @@ class Supervisor:
                 return wanted, to_data(vmi)["spec"]
         return wanted or self._bare(found.name), None
 
-    def _resume_ended(self, found: takeover.Left, wanted: Entry) -> None:
-        """A VMI with a status and no QEMU: ended (or died while vmid was not running)."""
-        earlier = found.status
-        if earlier is None or found.entry is None or wanted.planned is None:
+    def _resume_ended(self, found: takeover.Left, wanted: Entry | None) -> None:
+        """A VMI with a status and no QEMU: ended (or died while vmid was not running).
+
+        `wanted`: its manifest; None when its file is there but unreadable (kept as it is).
+        """
+        earlier, entry = found.status, wanted or found.entry
+        if earlier is None or found.entry is None or entry is None:
             return
-        if self._spec(found.name, wanted) != earlier.manifest.get("spec"):
+        if wanted is not None and self._spec(found.name, wanted) != earlier.manifest.get("spec"):
             return  # another spec: a new VMI
-        if not earlier.phase.final and not earlier.qemu.get("pid"):
+        if wanted is not None and not earlier.phase.final and not earlier.qemu.get("pid"):
             return  # it never got as far as a QEMU: start it
-        vm = _VM(wanted, earlier, task_ended=True, running=earlier.manifest.get("spec"))
+        vm = _VM(entry, earlier, task_ended=True, running=earlier.manifest.get("spec"))
         vm.done.set()
         self._vms[found.name] = vm
         if not earlier.phase.final:  # as KubeVirt: a VMI whose QEMU vanished has Failed
-            self._failed(vm, "QEMU ended while vmid was not running")
+            started = bool(earlier.qemu.get("pid"))
+            why = "QEMU ended while vmid was not running" if started else "its file does not load"
+            self._failed(vm, why)
             self._nursery.start_soon(self._detach, found.name)
 
     def _bare(self, name: str) -> Entry:
