@@ -120,7 +120,8 @@ class Instance:
 
         **Cancellation:** the shutdown ladder runs shielded, bounded by the grace period. Taking
         over a running QEMU is shielded too (bounded by the monitor's timeouts): a stop that
-        comes meanwhile is a graceful stop once it is supervised, never a kill.
+        comes meanwhile is a graceful stop once it is supervised (a QEMU that never answers its
+        monitor is killed, as libvirt does).
         """
         try:
             async with trio.open_nursery() as nursery:  # the log pipes, drained while QEMU lives
