@@ -232,22 +232,20 @@ class Chaos:
         self.report.actions["SIGHUP"] += 1
 
     def _kill_qemu(self) -> None:
-        found = qemus(self.root)
-        if found:
-            pid = self.rng.choice(sorted(found.items()))[1][0]
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            self._note(f"kill -9 {pid}")
-            self.report.actions["QEMU kill -9"] += 1
+        self._signal_qemu(signal.SIGKILL, "QEMU kill -9")
 
     def _freeze_qemu(self) -> None:
+        self._signal_qemu(signal.SIGSTOP, "QEMU SIGSTOP")
+
+    def _signal_qemu(self, signum: signal.Signals, action: str) -> None:
+        """Send `signum` to one of the running QEMUs, chosen by the seed."""
         found = qemus(self.root)
         if found:
             pid = self.rng.choice(sorted(found.items()))[1][0]
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-            self._note(f"SIGSTOP {pid}")
-            self.report.actions["QEMU SIGSTOP"] += 1
+                os.kill(pid, signum)
+            self._note(f"{action} {pid}")
+            self.report.actions[action] += 1
 
     # Section: the daemon
 

@@ -254,11 +254,15 @@ class Supervisor:
     async def _forget(self, name: str) -> None:
         """A refused manifest is gone: its addresses and state go too."""
         with trio.CancelScope(shield=True):
-            try:
-                await self._network.release(name)
-            except VmidError as exc:
-                log.error("%s: releasing its addresses failed: %s", name, exc)
+            await self._release(name)
             await trio.to_thread.run_sync(_remove_state, self._paths, name)
+
+    async def _release(self, name: str) -> None:
+        """Free the VMI's addresses (and taps); a failure is logged, the rest goes on."""
+        try:
+            await self._network.release(name)
+        except VmidError as exc:
+            log.error("%s: releasing its addresses failed: %s", name, exc)
 
     async def _detach(self, name: str) -> None:
         with trio.CancelScope(shield=True):
@@ -378,10 +382,7 @@ class Supervisor:
         with trio.CancelScope(shield=True):
             # Addresses first: once its status is gone, nothing of the VMI is left.
             if vm.successor is None:
-                try:
-                    await self._network.release(name)
-                except VmidError as exc:
-                    log.error("%s: releasing its addresses failed: %s", name, exc)
+                await self._release(name)
             # A restart with a new spec is the same VMI to its user: it keeps its uid and its
             # firmware UUID (cloud-init's instance-id: a resize must not redo the first boot).
             keep = vm.successor is not None
