@@ -100,7 +100,7 @@ def running_daemon(
     it does to links and nftables stays in a network namespace of its own.
     """
     (root / "etc/vmid/instances").mkdir(parents=True, exist_ok=True)
-    (root / "etc/vmid/vmid.yaml").write_text(config)
+    (root / "etc/vmid/vmid.yaml").write_text(own_uids(config))
     daemon = start_daemon(root, prefix, env)
     process = daemon.process
     try:
@@ -114,6 +114,16 @@ def running_daemon(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def own_uids(config: str) -> str:
+    """`config` with a qemuUids range of this test process's own (unless it sets one): two test
+    runs (or a test and `make chaos`) at once must not pick one uid, which the launch guard
+    rightly refuses as a QEMU of another VMI. Stays below the ranges tests/test_uids.py sets."""
+    if "qemuUids" in config:
+        return config
+    first = 90200 + (os.getpid() % 150) * 50
+    return f"{config.rstrip()}\nqemuUids: {{first: {first}, count: 50}}\n"
 
 
 def start_daemon(
