@@ -249,7 +249,7 @@ def stop_guest(daemon: Daemon, name: str) -> float:
         while json.loads(stream.readline()).get("event") != "SHUTDOWN":
             pass
         shutdown = time.monotonic()
-    path = daemon.root / "run/vmid/instances" / name / "status.json"
+    path = daemon.root / "run/vmid/namespaces/default" / name / "status.json"
     while True:
         try:
             if json.loads(path.read_text())["status"]["phase"] == "Succeeded":

@@ -80,7 +80,7 @@ class Report:
 
 def qemus(root: Path) -> dict[str, list[int]]:
     """The QEMU processes of `root`'s VMIs, by VMI name (from their working directory)."""
-    base = str(root / "run/vmid/instances") + "/"
+    base = str(root / "run/vmid/namespaces/default") + "/"
     found: dict[int, tuple[str, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -282,7 +282,7 @@ class Chaos:
         if left:
             self.report.violations.append(f"QEMUs left after the final stop: {left}")
         # A VMI's state outlives a daemon stop while its manifest is there; no other does.
-        states = {p.name for p in (self.root / "var/lib/vmid/instances").glob("*")}
+        states = {p.name for p in (self.root / "var/lib/vmid/namespaces/default").glob("*")}
         if states - set(self.spool) and not self.report.violations:
             names = sorted(states - set(self.spool))
             self.report.violations.append(f"state of removed VMIs left after the stop: {names}")

@@ -29,7 +29,9 @@ class Daemon:
         return self.root / "etc/vmid/instances"
 
     def status(self, name: str) -> dict[str, Any] | None:
-        path = self.root / "run/vmid/instances" / name / "status.json"
+        """The status object of VMI `name` (NAME in namespace default, or NAMESPACE/NAME)."""
+        key = name if "/" in name else f"default/{name}"
+        path = self.root / "run/vmid/namespaces" / key / "status.json"
         try:
             data: dict[str, Any] = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -122,8 +124,8 @@ def own_uids(config: str) -> str:
     rightly refuses as a QEMU of another VMI. Stays below the ranges tests/test_uids.py sets."""
     if "qemuUids" in config:
         return config
-    first = 90200 + (os.getpid() % 150) * 50
-    return f"{config.rstrip()}\nqemuUids: {{first: {first}, count: 50}}\n"
+    first = 90200 + (os.getpid() % 30) * 250  # room for tests/test_faults.py's 200 VMIs
+    return f"{config.rstrip()}\nqemuUids: {{first: {first}, count: 250}}\n"
 
 
 def start_daemon(

@@ -234,9 +234,9 @@ def test_root_and_config_before_or_after_the_command(
     argv = [*flags, "render", "seed.yaml"] if where == "before" else ["render", "seed.yaml", *flags]
     status, out, err = run(capsys, *argv)
     assert (status, err) == (0, "")
-    state = f"{root}/var/lib/vmid/instances/testvmi-nocloud"
+    state = f"{root}/var/lib/vmid/namespaces/default/testvmi-nocloud"
     assert f"opaque={state}/disks/containerdisk.qcow2" in out
-    assert f"opaque={root}/var/log/vmid/testvmi-nocloud/console.log \\" in out
+    assert f"opaque={root}/var/log/vmid/namespaces/default/testvmi-nocloud/console.log \\" in out
     assert "-accel tcg \\" in out.splitlines()[2]
 
 
@@ -261,8 +261,8 @@ def test_relative_root_gives_absolute_paths(
     )
     assert (status, err) == (0, "")
     plan = json.loads(out)
-    state = f"{workdir}/rel/var/lib/vmid/instances/testvmi-nocloud"
-    assert plan["cwd"] == f"{workdir}/rel/run/vmid/instances/testvmi-nocloud/qemu"
+    state = f"{workdir}/rel/var/lib/vmid/namespaces/default/testvmi-nocloud"
+    assert plan["cwd"] == f"{workdir}/rel/run/vmid/namespaces/default/testvmi-nocloud/qemu"
     root_file = f",opaque={state}/disks/containerdisk.qcow2"
     assert any(arg.endswith(root_file) for arg in plan["argv"])
     assert f"{state}/disks/containerdisk.qcow2" in [f["path"] for f in plan["files"]]
@@ -366,9 +366,9 @@ def test_render_empty_file(workdir: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_render_two_vmis_heads_each(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lines = render_lines(capsys, workdir, manifest("one") + "---\n" + manifest("two"))
-    assert "# one" in lines
-    assert "# two" in lines
-    assert lines.index("# one") < lines.index("# two")
+    assert "# default/one" in lines  # namespace/name
+    assert "# default/two" in lines
+    assert lines.index("# default/one") < lines.index("# default/two")
 
 
 def render_json(capsys: pytest.CaptureFixture[str], workdir: Path, text: str) -> Any:
@@ -423,7 +423,7 @@ def test_render_json_binary_file_content_is_base64(
 
 def test_render_json_two_vmis_is_a_list(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plans = render_json(capsys, workdir, manifest("one") + "---\n" + manifest("two"))
-    assert [p["name"] for p in plans] == ["one", "two"]
+    assert [p["name"] for p in plans] == ["default/one", "default/two"]
 
 
 def test_render_output_choice_is_checked(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -550,7 +550,7 @@ def _logs_on_a_terminal(root: Path) -> bytes:
 def test_logs_show_a_guests_escape_sequences_on_a_terminal_and_pass_them_to_a_pipe(
     tmp_path: Path,
 ) -> None:
-    log = tmp_path / "var/log/vmid/vm/console.log"
+    log = tmp_path / "var/log/vmid/namespaces/default/vm/console.log"
     log.parent.mkdir(parents=True)
     log.write_bytes(GUEST_OUTPUT)
     shown = _logs_on_a_terminal(tmp_path)
@@ -567,7 +567,7 @@ def test_logs_show_a_guests_escape_sequences_on_a_terminal_and_pass_them_to_a_pi
 
 
 def test_a_log_the_caller_cannot_read_is_a_message_not_a_traceback(tmp_path: Path) -> None:
-    logs = tmp_path / "var/log/vmid/vm-a"
+    logs = tmp_path / "var/log/vmid/namespaces/default/vm-a"
     logs.mkdir(parents=True)
     (logs / "console.log").write_text("secret\n")
     (logs / "console.log").chmod(0o600)

@@ -146,11 +146,14 @@ def test_an_ended_vmi_whose_file_broke_while_vmid_was_down_is_kept_until_removed
     with running_daemon(tmp_path, fake_config()) as again:  # ...and its file no longer parses
         again.wait_phase("vm-a", "Failed")
         assert again.reason("vm-a") == "QEMU ended while vmid was not running"
-        assert (tmp_path / "var/lib/vmid/instances/vm-a").exists()  # its state: not a removal
+        assert (
+            tmp_path / "var/lib/vmid/namespaces/default/vm-a"
+        ).exists()  # its state: not a removal
         (again.spool / "vm-a.yaml").unlink()
         again.wait_phase("vm-a", None)
         again.wait_for(
-            "its state to go", lambda: not (tmp_path / "var/lib/vmid/instances/vm-a").exists()
+            "its state to go",
+            lambda: not (tmp_path / "var/lib/vmid/namespaces/default/vm-a").exists(),
         )
 
 
@@ -289,7 +292,7 @@ def test_a_manifest_removed_while_the_daemon_was_down_is_honoured(tmp_path: Path
             assert "removed while vmid was not running" in log
             assert "system_powerdown sent" in log
             assert "vm-a: ended Succeeded the guest powered off" in log
-            assert not (tmp_path / "var/lib/vmid/instances/vm-a").exists()
+            assert not (tmp_path / "var/lib/vmid/namespaces/default/vm-a").exists()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -344,6 +347,28 @@ def test_a_spec_change_keeps_the_vmis_firmware_uuid(tmp_path: Path) -> None:
         assert _uuid_option(daemon) == before
 
 
+def test_render_shows_the_firmware_uuid_and_the_status_the_real_argv(tmp_path: Path) -> None:
+    """The UUID vmid render prints is the running QEMU's; status.qemu.argv is QEMU's own."""
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        source = tmp_path / "vm-a.yaml"
+        source.write_text(manifest("vm-a"))
+        before = daemon.vmid("render", str(source))
+        assert before.returncode == 0
+        assert "is a placeholder: the daemon gives the VMI a random firmware UUID" in before.stderr
+        daemon.drop("vm-a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        running = _uuid_option(daemon)
+        after = daemon.vmid("render", str(source))
+        assert f"-uuid {running} " in after.stdout
+        assert "placeholder" not in after.stderr
+        status = daemon.status("vm-a")
+        assert status is not None
+        pid = status["status"]["qemu"]["pid"]
+        argv = status["status"]["qemu"]["argv"]
+        real = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        assert real[-len(argv) :] == argv  # (the fake QEMU is a script: python3 comes first)
+
+
 def _uuid_option(daemon: Daemon) -> str:
     status = daemon.status("vm-a")
     assert status is not None
@@ -356,7 +381,7 @@ def test_a_qemu_whose_launch_was_never_recorded_is_taken_over_not_doubled(
 ) -> None:
     """The daemon died between fork and writing the pid down: the status says Pending."""
     pid = leave_running(tmp_path, "vm-a")["status"]["qemu"]["pid"]
-    path = tmp_path / "run/vmid/instances/vm-a/status.json"
+    path = tmp_path / "run/vmid/namespaces/default/vm-a/status.json"
     data = json.loads(path.read_text())
     data["status"] = {"phase": "Pending", "phaseTransitionTimestamps": [], "qemu": {}}
     path.write_text(json.dumps(data))
@@ -377,7 +402,7 @@ def test_a_qemu_left_before_cont_is_booted_when_re_adopted(tmp_path: Path) -> No
         daemon.drop("vm-a.yaml", manifest("vm-a", mode="stall"))
         daemon.wait_phase("vm-a", "Scheduled")
         pid = daemon.pid("vm-a")
-        runstate = tmp_path / "run/vmid/instances/vm-a/qemu/runstate"
+        runstate = tmp_path / "run/vmid/namespaces/default/vm-a/qemu/runstate"
         daemon.wait_for("QEMU to be up", lambda: runstate.exists())
         daemon.process.kill()
         daemon.process.wait()
@@ -495,7 +520,7 @@ def test_an_ended_vmi_is_cleaned_up_when_removed_and_starts_anew_when_re_added(
         daemon.wait_phase("vm-a", "Failed")
         file.unlink()
         daemon.wait_phase("vm-a", None)
-        assert not (tmp_path / "var/lib/vmid/instances/vm-a").exists()
+        assert not (tmp_path / "var/lib/vmid/namespaces/default/vm-a").exists()
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
 
@@ -523,9 +548,11 @@ def test_status_files_and_logs_are_private(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
-        status = tmp_path / "run/vmid/instances/vm-a/status.json"
+        status = tmp_path / "run/vmid/namespaces/default/vm-a/status.json"
         assert status.stat().st_mode & 0o077 == 0
-        assert (tmp_path / "var/log/vmid/vm-a/qemu.log").stat().st_mode & 0o077 == 0
+        assert (
+            tmp_path / "var/log/vmid/namespaces/default/vm-a/qemu.log"
+        ).stat().st_mode & 0o077 == 0
 
 
 def test_kill_9_of_the_daemon_then_restart_re_adopts_every_vm(tmp_path: Path) -> None:
@@ -590,8 +617,8 @@ def test_describe_shows_spec_conditions_history_and_events(tmp_path: Path) -> No
         described = daemon.vmid("describe", "vm-a")
         assert described.returncode == 0, described.stderr
         text = described.stdout
-        assert "Phase:    Running" in text
-        assert "Memory:   64Mi" in text
+        assert "Phase:      Running" in text
+        assert "Memory:     64Mi" in text
         assert "Conditions:" in text
         assert "SoftwareEmulation" in text
         for phase in ("Pending", "Scheduled", "Running"):
@@ -672,8 +699,8 @@ def test_spool_links_are_followed_only_to_a_regular_file_in_the_spool(tmp_path: 
     os.mkfifo(spool / ".fifo")
     (spool / "to-fifo.yaml").symlink_to(spool / ".fifo")
     desired = Spool(spool, Config(), Paths(tmp_path), Accelerator.TCG).scan()
-    assert list(desired.vmis) == ["real"]
-    assert desired.vmis["real"].file == str(spool / "relative.yaml")
+    assert list(desired.vmis) == ["default/real"]
+    assert desired.vmis["default/real"].file == str(spool / "relative.yaml")
     problems = {Path(p.file).name: p.message for p in desired.problems}
     assert problems == {
         "chain.yaml": f"refused: a symlink to {spool}/relative.yaml, which is a symlink, "
@@ -710,7 +737,7 @@ def test_a_fifo_as_vmid_yaml_is_refused_on_sighup_and_sigterm_still_stops(
 def test_a_symlink_planted_as_a_vms_log_is_never_written_through(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
-    logs = tmp_path / "var/log/vmid/planted"
+    logs = tmp_path / "var/log/vmid/namespaces/default/planted"
     logs.mkdir(parents=True)
     (logs / "qemu.log").symlink_to(victim)
     with running_daemon(tmp_path, fake_config()) as daemon:

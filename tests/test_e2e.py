@@ -279,19 +279,21 @@ def test_qemu_runs_unprivileged_under_seccomp_with_private_sockets(
         assert fields["Groups"].split() == kvm  # nothing of root's; kvm, if any, for /dev/kvm
         assert fields["Seccomp"].strip() == "2"  # a seccomp filter (-sandbox on)
         assert fields["NoNewPrivs"].strip() == "1"
-        runtime = tmp_path / "run/vmid/instances/low"
+        runtime = tmp_path / "run/vmid/namespaces/default/low"
         for name in ("qmp.sock", "console.sock", "vnc.sock"):
             info = (runtime / "qemu" / name).stat()
             assert (info.st_uid, info.st_mode & 0o777) == (uid, 0o600), name
         # Its disks, ISO and image it gets by fd: they and their directories stay root's and
         # closed to it; the image store too.
-        state = tmp_path / "var/lib/vmid/instances/low"
+        state = tmp_path / "var/lib/vmid/namespaces/default/low"
         assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (0, 0o700)
         for disk in [*state.glob("disks/*"), *state.glob("cloud-init/*")]:
             assert disk.stat().st_uid == 0, disk
         images = tmp_path / "var/lib/vmid/images"
         assert (images.stat().st_uid, images.stat().st_mode & 0o777) == (0, 0o700)
-        logs = tmp_path / "var/log/vmid/low"  # QEMU writes its logs through pipes: all root's
+        logs = (
+            tmp_path / "var/log/vmid/namespaces/default/low"
+        )  # QEMU writes its logs through pipes: all root's
         for path in (logs, logs / "console.log", logs / "qemu.log"):
             assert (path.stat().st_uid, path.stat().st_mode & 0o077) == (0, 0), path
         assert (runtime.stat().st_uid, (runtime / "status.json").stat().st_uid) == (0, 0)
@@ -348,7 +350,7 @@ spec:
     with running_daemon(tmp_path, "accelerator: tcg\n") as daemon:
         daemon.drop("long.yaml", text)
         daemon.wait_phase(name, "Running")
-        socket_path = tmp_path / "run/vmid/instances" / name / "qemu/qmp.sock"
+        socket_path = tmp_path / "run/vmid/namespaces/default" / name / "qemu/qmp.sock"
         assert len(str(socket_path).encode()) > 108  # longer than sun_path holds
         done = daemon.vmid("qmp", name, "query-status")
         assert done.returncode == 0, done.stderr

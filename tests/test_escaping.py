@@ -187,10 +187,10 @@ def test_root_with_commas_is_escaped() -> None:
     plan, _ = build(manifest.vmi, CONFIG, Paths(root), Accelerator.TCG)
     assert plan is not None
     root_file = values_of(plan.argv, "-blockdev")[2][1]
-    root_disk = f"{root}/var/lib/vmid/instances/testvmi/disks/root.qcow2"
+    root_disk = f"{root}/var/lib/vmid/namespaces/default/testvmi/disks/root.qcow2"
     assert qemuopts.fdsets(plan.argv)[root_file["filename"]] == root_disk
     (console,) = [
         pairs for head, pairs in values_of(plan.argv, "-chardev") if pairs["id"] == "charserial0"
     ]
-    console_log = f"{root}/var/log/vmid/testvmi/console.log"
+    console_log = f"{root}/var/log/vmid/namespaces/default/testvmi/console.log"
     assert qemuopts.fdsets(plan.argv)[console["logfile"]] == console_log

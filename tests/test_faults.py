@@ -27,7 +27,7 @@ pytestmark = [
 def qemus_of(root: Path) -> dict[str, int]:
     """{VMI name: pid} of every process working in a VMI's QEMU directory under `root`."""
     found = {}
-    instances = root / "run/vmid/instances"
+    instances = root / "run/vmid/namespaces/default"
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -43,7 +43,7 @@ def qemus_of(root: Path) -> dict[str, int]:
 
 def assert_nothing_left(root: Path) -> None:
     assert qemus_of(root) == {}
-    assert list((root / "run/vmid/instances").glob("*")) == []
+    assert list((root / "run/vmid/namespaces/default").glob("*")) == []
     assert list((root / "var/lib/vmid/instances").glob("*")) == []
     registry = root / "var/lib/vmid/network/attachments.json"
     if registry.exists():
@@ -199,7 +199,7 @@ def test_a_burst_of_200_manifests_ends_exactly_as_the_spool(tmp_path: Path) -> N
         daemon.wait_for("every VMI gone", lambda: qemus_of(tmp_path) == {}, timeout=120)
         daemon.wait_for(
             "every status gone",
-            lambda: not list((tmp_path / "run/vmid/instances").glob("*")),
+            lambda: not list((tmp_path / "run/vmid/namespaces/default").glob("*")),
             timeout=60,
         )
         assert_nothing_left(tmp_path)

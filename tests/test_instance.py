@@ -54,7 +54,9 @@ spec:
     paths = Paths(tmp_path)
     plan, findings = build(manifest_obj.vmi, config, paths, Accelerator.TCG)
     assert plan is not None, findings
-    status = Status(paths.instance_runtime("fake") / "status.json", to_data(manifest_obj.vmi))
+    status = Status(
+        paths.instance_runtime("default/fake") / "status.json", to_data(manifest_obj.vmi)
+    )
     store = ImageStore(paths.state / "images", config.qemuImg)
     # No taps (autoattachPodInterface: false): the network service is never needed.
     network = Network(config, paths)

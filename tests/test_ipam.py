@@ -76,13 +76,23 @@ def test_a_freed_address_is_reused_once_the_pool_wraps_around(tmp_path: Path) ->
 def test_the_registry_survives_a_restart_of_the_daemon(tmp_path: Path) -> None:
     path = tmp_path / "network" / "attachments.json"
     registry = ipam.Registry(path)
-    registry.assign("a", [tap("a", ports=(Port(protocol="TCP", port=80),))], POD, POOL)
-    registry.assign("bb", [tap("bb", bridge="br-lan")], POD, POOL)
+    registry.assign("ns/a", [tap("ns/a", ports=(Port(protocol="TCP", port=80),))], POD, POOL)
+    registry.assign("ns/bb", [tap("ns/bb", bridge="br-lan")], POD, POOL)
     registry.save()
     again = ipam.load(path)
     assert list(again) == list(registry)
-    assert again.of("a")[0].ports == (Port(protocol="TCP", port=80),)
-    assert ips(again, "bb") == [None]  # a host bridge's LAN gives the address, not vmid
+    assert again.of("ns/a")[0].ports == (Port(protocol="TCP", port=80),)
+    assert ips(again, "ns/bb") == [None]  # a host bridge's LAN gives the address, not vmid
+
+
+def test_a_registry_from_before_namespaces_keys_its_vmis_in_default(tmp_path: Path) -> None:
+    path = tmp_path / "attachments.json"
+    registry = ipam.Registry(path)
+    registry.assign("web", [tap("web")], POD, POOL)  # as a vmid before namespaces keyed it
+    registry.save()
+    again = ipam.load(path)
+    assert again.vmis() == {"default/web"}
+    assert again.of("default/web")[0].ip == registry.of("web")[0].ip
 
 
 def test_an_exhausted_pool_refuses_with_what_to_do(tmp_path: Path) -> None:

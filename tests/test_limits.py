@@ -54,7 +54,9 @@ def instance(root: Path, name: str, disks: int, qemu_img: str) -> Instance:
     paths = Paths(root)
     plan, findings = build(manifest.vmi, config, paths, Accelerator.TCG)
     assert plan is not None, findings
-    status = Status(paths.instance_runtime(name) / "status.json", to_data(manifest.vmi))
+    status = Status(
+        paths.instance_runtime(f"default/{name}") / "status.json", to_data(manifest.vmi)
+    )
     store = ImageStore(paths.state / "images", qemu_img)
     return Instance(plan, status, store, qemu_img, Accelerator.TCG, Network(config, paths))
 
@@ -82,7 +84,7 @@ async def test_a_vmi_with_many_disks_neither_floods_the_host_nor_blocks_another(
 
     async def prepare(vm: Instance) -> None:
         await vm._prepare()
-        finished[vm.plan.name] = trio.current_time()
+        finished[vm.plan.name.split("/")[1]] = trio.current_time()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(prepare, big)
@@ -91,6 +93,6 @@ async def test_a_vmi_with_many_disks_neither_floods_the_host_nor_blocks_another(
     lines = log.read_text().splitlines()
     assert len(lines) == 2 * 25
     assert overlaps(lines) <= QEMU_IMG_RUNS.total_tokens
-    assert overlaps(lines, "/instances/big/") <= PREPARE_AT_ONCE
+    assert overlaps(lines, "/namespaces/default/big/") <= PREPARE_AT_ONCE
     # The small VMI waited for one of big's runs at most, not for all 24 (~3.6 s at 2 at once).
     assert finished["small"] < finished["big"] - 2

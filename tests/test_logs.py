@@ -98,7 +98,7 @@ def test_logs_limits_are_checked(tmp_path: Path) -> None:
 
 
 def test_vmid_logs_prints_the_rotated_files_first(tmp_path: Path) -> None:
-    logs = tmp_path / "var/log/vmid/vm-a"
+    logs = tmp_path / "var/log/vmid/namespaces/default/vm-a"
     logs.mkdir(parents=True)
     for name, text in (("console.log.2", "one\n"), ("console.log.1", "two\n")):
         (logs / name).write_text(text)
@@ -127,7 +127,7 @@ def test_a_guest_flooding_its_console_keeps_console_and_qemu_logs_bounded(tmp_pa
     with running_daemon(tmp_path, fake_config(SMALL)) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="flood-4"))  # 4 MiB to each, at full speed
         daemon.wait_phase("vm-a", "Running")
-        logs = tmp_path / "var/log/vmid/vm-a"
+        logs = tmp_path / "var/log/vmid/namespaces/default/vm-a"
         for log in (logs / "console.log", logs / "qemu.log"):
             wait_for_file_text(daemon, log, "flood done")
             assert_bounded(log, SMALL_BYTES, 2)
@@ -149,7 +149,7 @@ def last_tick(log: Path) -> int:
 
 def test_the_console_log_goes_on_after_a_daemon_restart_with_keep(tmp_path: Path) -> None:
     config = fake_config(SMALL + "onDaemonStop: keep\n")
-    console = tmp_path / "var/log/vmid/vm-a/console.log"
+    console = tmp_path / "var/log/vmid/namespaces/default/vm-a/console.log"
     with running_daemon(tmp_path, config) as daemon:
         daemon.drop("a.yaml", manifest("vm-a", mode="tick"))  # 100 lines of 1 KiB a second
         daemon.wait_phase("vm-a", "Running")
@@ -173,7 +173,7 @@ def test_the_console_log_goes_on_after_a_daemon_restart_with_keep(tmp_path: Path
 
 def test_a_removed_vmis_logs_are_deleted_after_the_configured_time(tmp_path: Path) -> None:
     config = fake_config("logs: {keepAfterRemovalSeconds: 3}\n")
-    logs = tmp_path / "var/log/vmid"
+    logs = tmp_path / "var/log/vmid/namespaces/default"
     with running_daemon(tmp_path, config) as daemon:
         for name in ("gone", "kept"):
             daemon.drop(f"{name}.yaml", manifest(name))
@@ -189,6 +189,7 @@ def test_a_removed_vmis_logs_are_deleted_after_the_configured_time(tmp_path: Pat
 
 
 def test_logs_of_vmis_removed_while_vmid_was_down_are_deleted_at_start(tmp_path: Path) -> None:
+    # Where a vmid before namespaces kept them (moved to namespaces/default/ at start).
     logs = tmp_path / "var/log/vmid"
     for name in ("gone", "kept"):  # a week old, as if their VMIs were removed long ago
         (logs / name).mkdir(parents=True)
@@ -200,8 +201,11 @@ def test_logs_of_vmis_removed_while_vmid_was_down_are_deleted_at_start(tmp_path:
     # kept's manifest is in the spool (its QEMU is gone after a reboot): its logs stay.
     (tmp_path / "etc/vmid/instances/kept.yaml").write_text(manifest("kept", mode="refuse"))
     with running_daemon(tmp_path, fake_config()) as daemon:
-        daemon.wait_for("the sweep", lambda: not (logs / "gone").exists())
-        assert (logs / "kept/console.log").read_text() == "old\n"
+        moved = logs / "namespaces/default"
+        daemon.wait_for("the sweep", lambda: not (moved / "gone").exists())
+        assert (moved / "kept/console.log").read_text() == "old\n"
+        assert not (logs / "gone").exists()
+        assert not (logs / "kept").exists()
         assert (logs / "dnsmasq-vmid0.log").exists()
 
 

@@ -522,7 +522,7 @@ def test_dnsmasq_logging_every_dhcp_request_keeps_its_log_bounded(tmp_path: Path
         daemon.drop("a.yaml", vmi("a"))
         daemon.wait_phase("a", "Running")
         nic = interface(daemon, "a")
-        log = tmp_path / "var/log/vmid/dnsmasq-vmid0.log"
+        log = tmp_path / "var/log/vmid/namespaces/default/dnsmasq-vmid0.log"
         for _ in range(4):  # --log-dhcp: a score of lines per lease, ~1.2 KiB
             assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
         daemon.wait_for("a rotation", lambda: log.with_name(f"{log.name}.1").exists())

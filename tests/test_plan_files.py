@@ -132,7 +132,7 @@ def test_nocloud_files(base: dict[str, Any]) -> None:
     plan = plan_of(with_cloud_init(base, "cloudInitNoCloud", {"userData": "#cloud-config\n"}))
     iso = iso_of(plan)
     assert iso.label == "cidata"
-    assert iso.path == f"{STATE}/instances/testvmi/cloud-init/ci.iso"
+    assert iso.path == f"{STATE}/namespaces/default/testvmi/cloud-init/ci.iso"
     files = files_of(plan)
     assert list(files) == ["meta-data", "user-data"]
     firmware_uuid = str(uuid.uuid5(KUBEVIRT_FIRMWARE_NAMESPACE, "testvmi"))
@@ -272,7 +272,9 @@ def test_configdrive_without_network_data(base: dict[str, Any]) -> None:
 def test_empty_disk_size_rounds_down_to_mib(base: dict[str, Any], capacity: str, size: int) -> None:
     plan = plan_of(add_volume(base, {"name": "scratch", "emptyDisk": {"capacity": capacity}}))
     (empty,) = prepared(plan, EmptyDisk)
-    assert empty == EmptyDisk(path=f"{STATE}/instances/testvmi/disks/scratch.qcow2", size=size)
+    assert empty == EmptyDisk(
+        path=f"{STATE}/namespaces/default/testvmi/disks/scratch.qcow2", size=size
+    )
     assert blockdev_files(plan)[1]["filename"] == empty.path
 
 
@@ -387,7 +389,7 @@ def test_absolute_volumes_dir(base: dict[str, Any]) -> None:
 def test_ephemeral_pvc_is_an_overlay_on_the_claim(base: dict[str, Any]) -> None:
     source = {"persistentVolumeClaim": {"claimName": "golden"}}
     plan = plan_of(add_volume(base, {"name": "scratch", "ephemeral": source}))
-    overlay = f"{STATE}/instances/testvmi/disks/scratch.qcow2"
+    overlay = f"{STATE}/namespaces/default/testvmi/disks/scratch.qcow2"
     assert prepared(plan, FileOverlay) == [
         FileOverlay(path=overlay, backing=f"{STATE}/volumes/golden.img", root=f"{STATE}/volumes")
     ]
@@ -415,7 +417,7 @@ def test_container_disk_is_an_overlay_on_the_normalised_image(
 ) -> None:
     base["spec"]["volumes"][0]["containerDisk"]["image"] = image
     plan = plan_of(base)
-    path = f"{STATE}/instances/testvmi/disks/root.qcow2"
+    path = f"{STATE}/namespaces/default/testvmi/disks/root.qcow2"
     assert prepared(plan, ImageOverlay) == [ImageOverlay(path=path, image=normalised)]
     assert blockdev_files(plan)[0]["filename"] == path
 
@@ -439,7 +441,7 @@ def efi_plan(base: dict[str, Any], secure: bool, config: Config = TCG) -> Launch
 
 def test_efi_prepares_variables_and_pflash(base: dict[str, Any]) -> None:
     plan = efi_plan(base, secure=False)
-    efivars = f"{STATE}/instances/testvmi/efivars.fd"
+    efivars = f"{STATE}/namespaces/default/testvmi/efivars.fd"
     assert prepared(plan, EfiVars) == [
         EfiVars(path=efivars, template="/usr/share/OVMF/OVMF_VARS_4M.fd")
     ]

@@ -104,14 +104,18 @@ def with_files(name: str) -> str:
 
 
 def files_of(root: Path, name: str) -> list[Path]:
-    state = root / "var/lib/vmid/instances" / name
+    state = root / "var/lib/vmid/namespaces/default" / name
     found = [*state.glob("disks/*"), *state.glob("cloud-init/*")]
     assert len(found) == 2, found  # the overlay and the ISO
-    return [root / "run/vmid/instances" / name / "qemu/qmp.sock", *found, console_log(root, name)]
+    return [
+        root / "run/vmid/namespaces/default" / name / "qemu/qmp.sock",
+        *found,
+        console_log(root, name),
+    ]
 
 
 def console_log(root: Path, name: str) -> Path:
-    return root / "var/log/vmid" / name / "console.log"
+    return root / "var/log/vmid/namespaces/default" / name / "console.log"
 
 
 def test_each_vmis_qemu_has_its_own_uid_and_cannot_reach_another_vms_sockets_or_files(
@@ -177,7 +181,7 @@ def test_a_removed_vmis_uid_is_free_again_only_once_its_files_are_gone(tmp_path:
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
         uid = uid_of(daemon, "vm-a")
-        with pinned(tmp_path / "var/lib/vmid/instances/vm-a/pinned"):
+        with pinned(tmp_path / "var/lib/vmid/namespaces/default/vm-a/pinned"):
             (daemon.spool / "a.yaml").unlink()
             daemon.wait_phase("vm-a", None)
             daemon.wait_for("the refusal", lambda: f"uid {uid} stays taken" in daemon.log_text())
@@ -188,7 +192,7 @@ def test_a_removed_vmis_uid_is_free_again_only_once_its_files_are_gone(tmp_path:
         daemon.wait_phase("vm-a", "Running")
         assert uid_of(daemon, "vm-a") == uid
         (daemon.spool / "a.yaml").unlink()
-        state = tmp_path / "var/lib/vmid/instances/vm-a"
+        state = tmp_path / "var/lib/vmid/namespaces/default/vm-a"
         daemon.wait_for("vm-a's files to go", lambda: not state.exists())
         # Its kept log is root's: the next VMI given that uid cannot read it.
         assert console_log(tmp_path, "vm-a").stat().st_uid == 0
@@ -235,7 +239,7 @@ def test_a_process_of_the_vmis_uid_that_vmid_does_not_supervise_blocks_its_launc
     # Whatever runs as a VMI's uid is that VMI's (the uid is its alone): a QEMU vmid lost track
     # of (its directory deleted under it). Never a second QEMU on its disks while it runs.
     uid = FIRST + COUNT - 500
-    state = tmp_path / "var/lib/vmid/instances/vm-a"
+    state = tmp_path / "var/lib/vmid/namespaces/default/vm-a"
     state.mkdir(parents=True)
     (state / "uid").write_text(f"{uid}\n")
     left = subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
@@ -269,7 +273,7 @@ def test_root_qemu_only_when_asked_and_loudly(tmp_path: Path) -> None:
         assert uid_of(daemon, "vm-a") == 0
         warnings = [line for line in daemon.log_text().splitlines() if "WARNING" in line]
         assert any("vm-a: its QEMU runs as root (qemuAsRoot: true" in line for line in warnings)
-        assert not (tmp_path / "var/lib/vmid/instances/vm-a/uid").exists()
+        assert not (tmp_path / "var/lib/vmid/namespaces/default/vm-a/uid").exists()
 
 
 @pytest.mark.parametrize(
@@ -297,15 +301,15 @@ async def test_allocation_skips_uids_of_records_processes_and_users(tmp_path: Pa
     instances, first = tmp_path / "instances", FIRST + COUNT - 800
     sleeper = await trio.lowlevel.open_process(["sleep", "60"], user=first + 1, group=first + 1)
     try:
-        got = [identity.allocate(instances / n, first, 3) for n in ("a", "b", "a")]
+        got = [identity.allocate(instances / n, first, 3) for n in ("a/x", "b/x", "a/x")]
         assert got == [first, first + 2, first]  # first + 1 is a process's; a keeps its own
         with pytest.raises(identity.IdentityError, match="no uid left"):
-            identity.allocate(instances / "c", first, 3)
+            identity.allocate(instances / "c/x", first, 3)
     finally:
         sleeper.kill()
         await sleeper.wait()
     with pytest.raises(identity.IdentityError):
-        identity.allocate(instances / "d", 0, 1)  # root is a user: never given to a QEMU
+        identity.allocate(instances / "d/x", 0, 1)  # root is a user: never given to a QEMU
 
 
 def test_a_root_no_qemu_uid_can_reach_is_refused_at_start(tmp_path: Path) -> None:

@@ -37,11 +37,13 @@ from ruamel.yaml import YAML
 
 from vmid import control
 from vmid.__main__ import HELD_SIGNALS
-from vmid.config import Config, Paths, load_config
+from vmid.api import names
+from vmid.config import Accelerator, Config, Paths, load_config
 from vmid.errors import VmidError
-from vmid.host import accel, logfile, unixsock
+from vmid.host import accel, firmwareid, logfile, unixsock
 from vmid.host.storage import ImageStore
 from vmid.manifests import Planned, plan_file
+from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
 from vmid.runtime import daemon, status
 
@@ -96,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser("get", parents=[common], help="list VMIs, like kubectl get vmi")
     get.add_argument("name", nargs="?", metavar="NAME")
+    get.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="list the VMIs of every namespace (a NAMESPACE column)",
+    )
     get.add_argument("-o", "--output", choices=("wide", "yaml", "json"))
     get.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
     get.set_defaults(run=_get)
@@ -172,6 +180,13 @@ def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
         metavar="FILE",
         help="daemon configuration (default: ROOT/etc/vmid/vmid.yaml)",
     )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        default=default,
+        metavar="NS",
+        help=f"the VMI's namespace (default: {names.DEFAULT_NAMESPACE}), as kubectl's",
+    )
 
 
 def _setup(args: argparse.Namespace) -> tuple[Config, Paths]:
@@ -212,15 +227,45 @@ def _render(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     if problems or not planned:
         return EXIT_INVALID
+    config, paths = _setup(args)
+    accelerator = accel.resolve(config.accelerator)
+    plans = [_as_the_daemon_plans(item, config, paths, accelerator) for item in planned]
+    print(
+        "vmid: fd=N and /dev/fdset/N stand for the files and sockets the daemon passes as fds; "
+        "a running VMI's real command line is its status.qemu.argv (vmid get NAME -o yaml)",
+        file=sys.stderr,
+    )
     if args.output == "json":
-        plans = [plan_as_json(p.plan) for p in planned]
-        print(json.dumps(plans[0] if len(plans) == 1 else plans, indent=2))
+        data = [plan_as_json(p) for p in plans]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
         return EXIT_OK
-    for index, item in enumerate(planned):
-        if len(planned) > 1:
-            print(("\n" if index else "") + f"# {item.plan.name}")
-        print(render_argv(item.plan.argv))
+    for index, plan in enumerate(plans):
+        if len(plans) > 1:
+            print(("\n" if index else "") + f"# {plan.name}")
+        print(render_argv(plan.argv))
     return EXIT_OK
+
+
+def _as_the_daemon_plans(
+    item: Planned, config: Config, paths: Paths, accelerator: Accelerator
+) -> LaunchPlan:
+    """The plan with the firmware UUID the daemon uses for this VMI under `paths`, or said to be
+    a placeholder when the daemon has not chosen one yet."""
+    vmi = item.manifest.vmi
+    if not firmwareid.generated(vmi):
+        return item.plan
+    value = firmwareid.stored(paths.instance_state(item.manifest.key))
+    if value is None:
+        print(
+            f"vmid: {item.manifest.key}: -uuid {item.plan.uuid} is a placeholder: the daemon "
+            "gives the VMI a random firmware UUID when it first starts and keeps it until the "
+            "VMI is removed (set spec.domain.firmware.uuid to choose one)",
+            file=sys.stderr,
+        )
+        return item.plan
+    plan, _ = build(firmwareid.with_uuid(vmi, value), config, paths, accelerator)
+    assert plan is not None  # the same VMI but its UUID planned already
+    return plan
 
 
 def render_argv(argv: Sequence[str]) -> str:
@@ -282,13 +327,42 @@ class _JournalFormatter(logging.Formatter):
         return f"<{_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
 
 
+def _namespace(args: argparse.Namespace) -> str:
+    return getattr(args, "namespace", None) or names.DEFAULT_NAMESPACE
+
+
+def _key(obj: dict[str, Any]) -> str:
+    """namespace/name of a VMI object (a status written before namespaces has none: default)."""
+    metadata = obj.get("metadata", {})
+    return names.key(metadata.get("namespace"), metadata.get("name", "?"))
+
+
+def _in_scope(args: argparse.Namespace, obj: dict[str, Any]) -> bool:
+    """Whether `obj` is in the namespace asked for (-n), or any (-A)."""
+    wanted = None if getattr(args, "all_namespaces", False) else _namespace(args)
+    return wanted is None or names.split(_key(obj))[0] == wanted
+
+
+def _not_found(args: argparse.Namespace) -> str:
+    return f"virtualmachineinstance {args.name!r} not found in namespace {_namespace(args)!r}"
+
+
+def _find(args: argparse.Namespace, paths: Paths) -> dict[str, Any] | None:
+    """The object of VMI `args.name` in namespace `args.namespace`, if it exists."""
+    wanted = names.key(_namespace(args), args.name)
+    return next((o for o in status.read_objects(paths.runtime) if _key(o) == wanted), None)
+
+
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    objects = status.read_objects(paths.runtime)
+    if args.all_namespaces and args.name is not None:
+        print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
+        return EXIT_INVALID
+    objects = [o for o in status.read_objects(paths.runtime) if _in_scope(args, o)]
     if args.name is not None:
         objects = [o for o in objects if o.get("metadata", {}).get("name") == args.name]
         if not objects:
-            print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
+            print(f"vmid: {_not_found(args)}", file=sys.stderr)
             return EXIT_INVALID
     if args.watch:
         return _watch(paths, args)
@@ -296,7 +370,7 @@ def _get(args: argparse.Namespace) -> int:
         data = objects[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objects}
         _print_data(data, args.output)
         return EXIT_OK
-    print(_table(objects, wide=args.output == "wide"))
+    print(_table(objects, wide=args.output == "wide", namespaces=args.all_namespaces))
     return EXIT_OK
 
 
@@ -305,8 +379,8 @@ WATCH_INTERVAL = 0.25
 
 def _watch(paths: Paths, args: argparse.Namespace) -> int:
     """Like `kubectl get -w`: the table, then a row for every VMI whose row changes."""
-    wide = args.output == "wide"
-    header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
+    wide, namespaces = args.output == "wide", args.all_namespaces
+    header = _header(wide, namespaces)
     shown: dict[str, list[str]] = {}
     first = True
     try:
@@ -314,11 +388,12 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
             rows = {}
             for obj in status.read_objects(paths.runtime):
                 name = obj.get("metadata", {}).get("name", "?")
-                if args.name in (None, name):
-                    rows[name] = _row(obj, wide)
+                if _in_scope(args, obj) and args.name in (None, name):
+                    rows[_key(obj)] = _row(obj, wide, namespaces)
             # AGE changes every second; only the other columns make a change.
-            changed = [r for n, r in rows.items() if _sans_age(shown.get(n)) != _sans_age(r)]
-            gone = [[n, "", "Deleted"] + [""] * (len(header) - 3) for n in shown if n not in rows]
+            age = _header(wide, namespaces).index("AGE")
+            changed = [r for k, r in rows.items() if _sans(shown.get(k), age) != _sans(r, age)]
+            gone = [_deleted_row(shown[k], len(header), namespaces) for k in shown if k not in rows]
             if changed or gone or first:
                 lines = _columns([header, *changed, *gone]).splitlines()
                 print("\n".join(lines if first else lines[1:]), flush=True)
@@ -329,8 +404,13 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
-def _sans_age(row: list[str] | None) -> list[str] | None:
-    return None if row is None else row[:1] + row[2:]
+def _sans(row: list[str] | None, column: int) -> list[str] | None:
+    return None if row is None else row[:column] + row[column + 1 :]
+
+
+def _deleted_row(row: list[str], width: int, namespaces: bool) -> list[str]:
+    identity = row[:2] if namespaces else row[:1]
+    return [*identity, "", "Deleted"] + [""] * (width - len(identity) - 2)
 
 
 def _print_data(data: Any, output: str) -> None:
@@ -342,9 +422,13 @@ def _print_data(data: Any, output: str) -> None:
     yaml.dump(data, sys.stdout)
 
 
-def _table(objects: list[dict[str, Any]], wide: bool) -> str:
+def _header(wide: bool, namespaces: bool) -> list[str]:
     header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
-    return _columns([header] + [_row(o, wide) for o in objects])
+    return ["NAMESPACE", *header] if namespaces else header
+
+
+def _table(objects: list[dict[str, Any]], wide: bool, namespaces: bool) -> str:
+    return _columns([_header(wide, namespaces)] + [_row(o, wide, namespaces) for o in objects])
 
 
 def _columns(rows: list[list[str]]) -> str:
@@ -354,7 +438,7 @@ def _columns(rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _row(obj: dict[str, Any], wide: bool) -> list[str]:
+def _row(obj: dict[str, Any], wide: bool, namespaces: bool) -> list[str]:
     st = obj.get("status", {})
     conditions = {c["type"]: c["status"] for c in st.get("conditions", [])}
     interfaces = st.get("interfaces") or [{}]
@@ -367,7 +451,7 @@ def _row(obj: dict[str, Any], wide: bool) -> list[str]:
     ]
     if wide:
         row += [conditions.get("Paused", "False"), str(st.get("qemu", {}).get("pid") or "")]
-    return row
+    return [names.split(_key(obj))[0], *row] if namespaces else row
 
 
 def _age(stamp: str | None) -> str:
@@ -383,20 +467,16 @@ def _age(stamp: str | None) -> str:
 
 def _describe(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    found = [
-        o
-        for o in status.read_objects(paths.runtime)
-        if o.get("metadata", {}).get("name") == args.name
-    ]
-    if not found:
-        print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
+    obj = _find(args, paths)
+    if obj is None:
+        print(f"vmid: {_not_found(args)}", file=sys.stderr)
         return EXIT_INVALID
-    obj = found[0]
     st, spec = obj.get("status", {}), obj.get("spec", {})
     domain = spec.get("domain", {})
     cpu, qemu = domain.get("cpu", {}), st.get("qemu", {})
     fields = [
         ("Name", args.name),
+        ("Namespace", _namespace(args)),
         ("Created", obj.get("metadata", {}).get("creationTimestamp", "")),
         ("Phase", st.get("phase", "")),
         ("Reason", st.get("reason", "")),
@@ -410,7 +490,7 @@ def _describe(args: argparse.Namespace) -> int:
         ("QMP", qemu.get("qmpSocket") or ""),
     ]
     for label, value in fields:
-        print(f"{label + ':':<10}{value}")
+        print(f"{label + ':':<12}{value}")
     sections = [
         (
             "Disks",
@@ -453,7 +533,7 @@ def _describe(args: argparse.Namespace) -> int:
             ["TIME", "TYPE", "REASON", "MESSAGE"],
             [
                 [e["time"], e["type"], e["reason"], e["message"]]
-                for e in status.read_events(paths.instance_runtime(args.name))
+                for e in status.read_events(paths.instance_runtime(_key(obj)))
             ],
         ),
     ]
@@ -466,7 +546,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    log_file = paths.instance_logs(args.name) / "console.log"
+    log_file = paths.instance_logs(names.key(_namespace(args), args.name)) / "console.log"
     try:
         for path in logfile.oldest_first(log_file):  # the rotated files, then the current one
             with path.open("rb") as stream:
@@ -514,14 +594,10 @@ def _json_object(text: str) -> dict[str, Any]:
 def _running(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The qmp.sock and status of a Running VMI, or ControlError saying why not."""
     paths = Paths(args.root or Path("/"))
-    objects = [
-        o
-        for o in status.read_objects(paths.runtime)
-        if o.get("metadata", {}).get("name") == args.name
-    ]
-    if not objects:
-        raise control.ControlError(f"virtualmachineinstance {args.name!r} not found")
-    st = objects[0].get("status", {})
+    obj = _find(args, paths)
+    if obj is None:
+        raise control.ControlError(_not_found(args))
+    st = obj.get("status", {})
     if st.get("phase") != "Running" or not st.get("qemu", {}).get("qmpSocket"):
         raise control.ControlError(f"VMI {args.name} is not running (phase {st.get('phase')})")
     return Path(st["qemu"]["qmpSocket"]), st
@@ -728,7 +804,7 @@ def _screenshot(args: argparse.Namespace) -> int:
 
 def _image_import(args: argparse.Namespace) -> int:
     config, paths = _setup(args)
-    store = ImageStore(paths.state / "images", config.qemuImg)
+    store = ImageStore(paths.images, config.qemuImg)
     stored = trio.run(store.add, args.ref, args.file)
     print(f"imported {stored.ref} ({stored.format}, {stored.virtualSize} bytes)")
     return EXIT_OK
@@ -736,7 +812,7 @@ def _image_import(args: argparse.Namespace) -> int:
 
 def _image_list(args: argparse.Namespace) -> int:
     config, paths = _setup(args)
-    images = ImageStore(paths.state / "images", config.qemuImg).list()
+    images = ImageStore(paths.images, config.qemuImg).list()
     rows = [["REF", "FORMAT", "SIZE"]] + [[i.ref, i.format, str(i.virtualSize)] for i in images]
     print(_columns(rows))
     return EXIT_OK

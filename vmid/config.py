@@ -11,7 +11,7 @@ from pathlib import Path
 
 import attrs
 
-from vmid.api import load
+from vmid.api import imageref, load
 from vmid.api.quantity import Quantity
 from vmid.api.types import Enum
 from vmid.errors import ConfigError, ManifestError
@@ -132,6 +132,10 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
+#: The directory a VMI's runtime, state and log directories are in, by namespace.
+NAMESPACES = "namespaces"
+
+
 @attrs.frozen
 class Paths:
     """Where vmid keeps everything, all under one root (`/` in production).
@@ -162,14 +166,43 @@ class Paths:
     def logs(self) -> Path:
         return self.root / "var/log/vmid"
 
-    def instance_state(self, name: str) -> Path:
-        return self.state / "instances" / name
+    @property
+    def images(self) -> Path:
+        """The image store (containerDisks), content in raw files."""
+        return self.state / imageref.STORE_DIR
 
-    def instance_runtime(self, name: str) -> Path:
-        return self.runtime / "instances" / name
+    @property
+    def network_runtime(self) -> Path:
+        """The pod network's dnsmasq files (its hosts file, pid file)."""
+        return self.runtime / "network"
 
-    def instance_logs(self, name: str) -> Path:
-        return self.logs / name
+    @property
+    def attachments(self) -> Path:
+        """The address registry (vmid/host/ipam.py)."""
+        return self.state / "network" / "attachments.json"
+
+    # A VMI's directories are NAMESPACE/NAME under one of these (keys: vmid/api/names.py).
+
+    @property
+    def runtime_instances(self) -> Path:
+        return self.runtime / NAMESPACES
+
+    @property
+    def state_instances(self) -> Path:
+        return self.state / NAMESPACES
+
+    @property
+    def log_instances(self) -> Path:
+        return self.logs / NAMESPACES
+
+    def instance_state(self, key: str) -> Path:
+        return self.state_instances / key
+
+    def instance_runtime(self, key: str) -> Path:
+        return self.runtime_instances / key
+
+    def instance_logs(self, key: str) -> Path:
+        return self.log_instances / key
 
     def volumes(self, config: Config) -> Path:
         return self.state / config.volumesDir

@@ -37,7 +37,8 @@ class Entry:
     """One VMI document of a spool file: planned, or refused with its problems."""
 
     file: str
-    name: str | None
+    #: namespace/name (vmid/api/names.py); None for a document that names no VMI plausibly.
+    key: str | None
     planned: Planned | None
     problems: tuple[Problem, ...]
 
@@ -63,7 +64,7 @@ def plan_data(
             plan, findings = build(document.manifest.vmi, config, paths, accelerator)
             problems += tuple(document.manifest.locator.problem(f) for f in findings)
             planned = Planned(document.manifest, plan) if plan is not None else None
-        entries.append(Entry(name, document.name, planned, problems))
+        entries.append(Entry(name, document.key, planned, problems))
     return entries
 
 

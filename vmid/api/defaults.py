@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from vmid.api import names
 from vmid.api import types as t
 
 ARCHITECTURE = "amd64"
@@ -42,7 +43,9 @@ def apply(vmi: t.VirtualMachineInstance) -> t.VirtualMachineInstance:
     )
     spec = _default_network(spec)
     spec = attrs.evolve(spec, domain=attrs.evolve(domain, devices=_devices(spec)))
-    return attrs.evolve(vmi, spec=spec)
+    # As the API server does: an object created without a namespace is in kubectl's.
+    namespace = vmi.metadata.namespace or names.DEFAULT_NAMESPACE
+    return attrs.evolve(vmi, metadata=attrs.evolve(vmi.metadata, namespace=namespace), spec=spec)
 
 
 def firmware_uuid(name: str) -> str:

@@ -17,7 +17,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
-from vmid.api import defaults, validate
+from vmid.api import defaults, names, validate
 from vmid.api.findings import FieldPath, Finding, quote, render_path
 from vmid.api.structure import structure
 from vmid.api.types import VirtualMachineInstance
@@ -58,6 +58,11 @@ class Manifest:
         assert self.vmi.metadata.name is not None  # validation guarantees it
         return self.vmi.metadata.name
 
+    @property
+    def key(self) -> str:
+        """namespace/name: what identifies the VMI on this host."""
+        return names.key(self.vmi.metadata.namespace, self.name)
+
 
 @attrs.frozen
 class Locator:
@@ -96,9 +101,10 @@ def _start(node: Any) -> tuple[int, int]:
 
 @attrs.frozen
 class Document:
-    """One document of a file: a valid manifest, or the name it claims (if any) and its problems."""
+    """One document of a file: a valid manifest, or the VMI it claims to be (if it plausibly
+    names one: its namespace/name key) and its problems."""
 
-    name: str | None
+    key: str | None
     manifest: Manifest | None
     problems: tuple[Problem, ...]
 
@@ -121,7 +127,7 @@ def load_documents(file: str, data: bytes) -> list[Document]:
             vmi, findings = load_document(plain)
             problems = tuple(sorted((locator.problem(f) for f in findings), key=_position_key))
             manifest = Manifest(file, vmi, locator) if vmi is not None else None
-            documents.append(Document(_claimed_name(plain), manifest, problems))
+            documents.append(Document(_claimed_key(plain), manifest, problems))
     except ManifestError as exc:
         documents.append(Document(None, None, exc.problems))
     return documents
@@ -134,15 +140,24 @@ def load_text(file: str, data: bytes) -> tuple[list[Manifest], list[Problem]]:
     return manifests, [p for d in documents for p in d.problems]
 
 
-def _claimed_name(data: object) -> str | None:
-    """metadata.name of a document that may be invalid, if it names a VMI plausibly."""
+def _claimed_key(data: object) -> str | None:
+    """The namespace/name of a document that may be invalid, if it names a VMI plausibly."""
     if not isinstance(data, dict) or data.get("kind") != KIND:
         return None
     metadata = data.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if not isinstance(name, str) or len(name) > 253:  # it may become a directory name
+    if not isinstance(metadata, dict):
         return None
-    return name if validate.DNS1123_SUBDOMAIN.fullmatch(name) else None
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    # Both may become directory names.
+    if not isinstance(name, str) or len(name) > 253:
+        return None
+    if not validate.DNS1123_SUBDOMAIN.fullmatch(name):
+        return None
+    if namespace is None:
+        return names.key(None, name)
+    if not isinstance(namespace, str) or len(namespace) > 63:
+        return None
+    return names.key(namespace, name) if validate.DNS1123_LABEL.fullmatch(namespace) else None
 
 
 def load_object(file: str, data: bytes, cls: type[T]) -> T:

@@ -54,7 +54,8 @@ def vmi_user(uid: int, vmi: str) -> QemuUser:
 
 
 def allocate(state: Path, first: int, count: int) -> int:
-    """The uid recorded in the VMI's state directory `state`, else a new one, recorded first.
+    """The uid recorded in the VMI's state directory `state` (`.../NAMESPACE/NAME`), else a new
+    one (no other VMI's, of any namespace), recorded first.
 
     Callers serialise calls (two VMIs must not pick the same free number at once).
 
@@ -64,7 +65,7 @@ def allocate(state: Path, first: int, count: int) -> int:
     uid = recorded(state)
     if uid is not None:
         return uid
-    taken = _recorded_uids(state.parent) | _running_ids()
+    taken = _recorded_uids(state.parents[1]) | _running_ids()
     for uid in range(first, first + count):
         if uid not in taken and not _named(uid):
             _record(state, uid)
@@ -111,11 +112,11 @@ def give_back(directory: Path, uid: int) -> None:
 
 
 def _recorded_uids(instances: Path) -> set[int]:
+    """The uids recorded for every VMI of every namespace under `instances`."""
     uids: set[int] = set()
-    with contextlib.suppress(FileNotFoundError), os.scandir(instances) as entries:
-        for entry in entries:
-            with contextlib.suppress(OSError, ValueError):  # none, or cut short by a crash
-                uids.add(int(Path(entry.path, UID_RECORD).read_bytes()[:32]))
+    for record in instances.glob(f"*/*/{UID_RECORD}"):
+        with contextlib.suppress(OSError, ValueError):  # gone, or cut short by a crash
+            uids.add(int(record.read_bytes()[:32]))
     return uids
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from vmid.api import names
 from vmid.host.network import NetworkError
 from vmid.plan.model import Port, Tap
 
@@ -24,6 +25,7 @@ from vmid.plan.model import Port, Tap
 class Attachment:
     """One VMI interface's tap, as recorded; `active` while its tap exists for a running VM."""
 
+    #: The VMI's namespace/name (vmid/api/names.py).
     vmi: str
     interface: str
     device: str
@@ -219,4 +221,7 @@ def _to_json(item: Attachment) -> dict[str, Any]:
 
 def _from_json(data: dict[str, Any]) -> Attachment:
     ports = tuple(Port(protocol=str(p), port=int(n)) for p, n in data.pop("ports", []))
-    return Attachment(**data, ports=ports)
+    vmi = str(data.pop("vmi"))
+    if "/" not in vmi:  # recorded by a vmid before namespaces: all its VMIs were in `default`
+        vmi = names.key(None, vmi)
+    return Attachment(**data, vmi=vmi, ports=ports)

@@ -153,20 +153,26 @@ def mark_removed(directory: Path) -> None:
 
 
 def sweep(logs: Path, alive: Set[str], retention: float, now: float) -> list[str]:
-    """Delete the log directories of VMIs not `alive` untouched for `retention` seconds.
+    """Delete the log directories (`logs/NAMESPACE/NAME`) of VMIs not `alive` (by key) untouched
+    for `retention` seconds.
 
     A directory's time is its newest of its own and its files' (a removal marks it); the
-    names of the directories deleted are returned.
+    keys of the directories deleted are returned.
     """
     deleted = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(logs) as entries:
-        for entry in entries:
-            if entry.name in alive or not entry.is_dir(follow_symlinks=False):
-                continue
-            if now - _newest(Path(entry.path)) >= retention:
+    for namespace in _directories(logs):
+        for entry in _directories(Path(namespace.path)):
+            key = f"{namespace.name}/{entry.name}"
+            if key not in alive and now - _newest(Path(entry.path)) >= retention:
                 shutil.rmtree(entry.path, ignore_errors=True)
-                deleted.append(entry.name)
+                deleted.append(key)
     return sorted(deleted)
+
+
+def _directories(directory: Path) -> list[os.DirEntry[str]]:
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        return [e for e in entries if e.is_dir(follow_symlinks=False)]
+    return []
 
 
 def _newest(directory: Path) -> float:

@@ -94,7 +94,7 @@ def build(
     if findings:
         return None, findings
     plan = LaunchPlan(
-        name=ctx.name,
+        name=ctx.key,
         uuid=vmi.spec.domain.firmware_uuid(),
         argv=tuple(argv),
         cwd=posixpath.join(ctx.runtime_dir, QEMU_DIR),
@@ -224,7 +224,7 @@ def _hyperv_flags(ctx: Context, features: t.Features) -> dict[str, Value]:
 
 def _process(ctx: Context) -> Iterator[str]:
     vmi, config = ctx.vmi, ctx.config
-    yield from ("-name", options(None, {"guest": ctx.name, "debug-threads": True}))
+    yield from ("-name", options(None, {"guest": ctx.key, "debug-threads": True}))
     yield from ("-uuid", vmi.spec.domain.firmware_uuid())
     yield from _smbios(vmi)
     yield from ("-nodefaults", "-no-user-config", "-display", "none")

@@ -6,7 +6,7 @@ import posixpath
 
 import attrs
 
-from vmid.api import imageref
+from vmid.api import imageref, names
 from vmid.api import types as t
 from vmid.config import Accelerator, Config, Paths
 from vmid.plan.model import FileSets
@@ -24,21 +24,22 @@ class Context:
     files: FileSets = attrs.field(factory=FileSets, eq=False)
 
     @property
-    def name(self) -> str:
+    def key(self) -> str:
+        """namespace/name: what identifies the VMI on this host (vmid/api/names.py)."""
         assert self.vmi.metadata.name is not None
-        return self.vmi.metadata.name
+        return names.key(self.vmi.metadata.namespace, self.vmi.metadata.name)
 
     @property
     def state_dir(self) -> str:
-        return str(self.paths.instance_state(self.name))
+        return str(self.paths.instance_state(self.key))
 
     @property
     def runtime_dir(self) -> str:
-        return str(self.paths.instance_runtime(self.name))
+        return str(self.paths.instance_runtime(self.key))
 
     @property
     def log_dir(self) -> str:
-        return str(self.paths.instance_logs(self.name))
+        return str(self.paths.instance_logs(self.key))
 
     @property
     def vcpus(self) -> int:
@@ -51,7 +52,7 @@ class Context:
 
     @property
     def images_dir(self) -> str:
-        return posixpath.join(str(self.paths.state), imageref.STORE_DIR)
+        return str(self.paths.images)
 
     def claim_path(self, claim: str) -> str:
         """The host file a persistentVolumeClaim or dataVolume name stands for."""

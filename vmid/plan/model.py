@@ -210,6 +210,7 @@ class Sockets:
 class LaunchPlan:
     """How to run one VMI: QEMU's argv, the files and taps it needs, and how to stop it."""
 
+    #: The VMI's namespace/name (vmid/api/names.py).
     name: str
     uuid: str
     argv: tuple[str, ...]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import string
 
+from vmid.api import names
 from vmid.api import types as t
 from vmid.api.findings import Finding
 from vmid.plan.context import Context
@@ -91,11 +92,13 @@ def _tap(ctx: Context, iface: t.Interface, network: t.Network, netdev: str) -> T
         bridge = ctx.config.multusBridges.get(name, name.rsplit("/", 1)[-1])
     else:
         bridge = ctx.config.podNetwork.bridge
+    derived = names.hashed(ctx.key)
+    mac = iface.macAddress or stable_mac(derived, iface.name)
     return Tap(
         interface=iface.name,
-        device=tap_name(ctx.name, iface.name),
+        device=tap_name(derived, iface.name),
         netdev=netdev,
-        mac=(iface.macAddress or stable_mac(ctx.name, iface.name)).lower().replace("-", ":"),
+        mac=mac.lower().replace("-", ":"),
         bridge=bridge,
         network=network.name,
         masquerade=iface.masquerade is not None,

@@ -19,7 +19,7 @@ import trio
 from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError, VmidError
-from vmid.host import accel
+from vmid.host import accel, layout
 from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
 from vmid.runtime.network import Network
@@ -66,6 +66,7 @@ async def _serve(
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
     _make_directories(paths)
+    layout.migrate(paths)  # before anything looks for the VMIs an earlier vmid left
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
     async with qmp.bridge(), trio.open_nursery() as vms:

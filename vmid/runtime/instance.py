@@ -98,6 +98,8 @@ class Instance:
         self._user = user
         self._traverse = traverse
         self._process: trio.Process | AdoptedProcess | None = None
+        #: QEMU's real argv (its fd numbers, not the plan's placeholders), once it runs.
+        self._argv: list[str] = []
         self._monitor: Monitor | None = None
         self._outcome = _Outcome()
         self._logs = VmLogs(plan, logs or Logs())
@@ -192,7 +194,7 @@ class Instance:
         The supervisor owns every QEMU it found at start and every one it started, so this holds
         only against a bug, or a QEMU whose directory was deleted under it.
         """
-        instances = Path(self.plan.cwd).parent.parent
+        instances = Path(self.plan.cwd).parents[2]  # .../namespaces/NAMESPACE/NAME/qemu
         pids = find_qemus(instances, QEMU_DIR).get(self.plan.name, [])
         if self._user is not None:
             pids += identity.processes_of(self._user.uid)
@@ -217,8 +219,8 @@ class Instance:
         await self._attach()
         state = (await self._monitor.execute("query-status")).get("status")
         # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
-        real = {"argv": cmdline(pid), "uid": os.stat(f"/proc/{pid}").st_uid}
-        self.status.qemu = {**self._qemu_status(), **real}
+        self._argv = cmdline(pid)
+        self.status.qemu = {**self._qemu_status(), "uid": os.stat(f"/proc/{pid}").st_uid}
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state)
         if self.status.phase is Phase.PENDING:  # it died before it could record the launch
@@ -295,8 +297,9 @@ class Instance:
         try:
             files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
             taps = self._network.open_taps(plan)
+            self._argv = list(plan.argv_for(listener.fileno(), taps, {**files, **pipes}))
             process = await trio.lowlevel.open_process(
-                list(plan.argv_for(listener.fileno(), taps, {**files, **pipes})),
+                self._argv,
                 cwd=plan.cwd,
                 env={**QEMU_ENVIRONMENT, **plan.env},
                 stdin=subprocess.DEVNULL,
@@ -314,7 +317,7 @@ class Instance:
             _close([stderr, *pipes.values(), *files.values(), *taps.values()])
         self.status.event("Normal", "Launched", f"QEMU started, pid {process.pid}")
         self.log.info("qemu started pid=%d", process.pid)
-        self.log.debug("qemu argv: %s", " ".join(plan.argv))
+        self.log.debug("qemu argv: %s", " ".join(self._argv))
         return process
 
     async def _boot(self) -> None:
@@ -349,7 +352,8 @@ class Instance:
             "qmpSocket": sockets.qmp,
             "consoleSocket": sockets.console,
             "vncSocket": sockets.vnc,
-            "argv": list(self.plan.argv),
+            "guestAgentSocket": sockets.guestAgent,
+            "argv": self._argv,
             "acpi": self.plan.acpi,
         }
 

@@ -40,9 +40,9 @@ class Network:
 
     def __init__(self, config: Config, paths: Paths) -> None:
         self._config = config
-        self._dir = paths.runtime / "network"
+        self._dir = paths.network_runtime
         self._logs = paths.logs
-        self._registry = ipam.load(paths.state / "network" / "attachments.json")
+        self._registry = ipam.load(paths.attachments)
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._dhcp: trio.Process | None = None

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import trio
 
+from vmid.api import names
+
 #: The exit status of a process that is not vmid's child cannot be known.
 UNKNOWN_EXIT = 1 << 16
 
@@ -27,12 +29,13 @@ def cmdline(pid: int) -> list[str]:
 
 
 def find_qemus(instances: Path, qemu_dir: str) -> dict[str, list[int]]:
-    """Every QEMU of vmid's VMIs that is running now, by VMI name: the system is the truth.
+    """Every QEMU of vmid's VMIs that is running now, by VMI key: the system is the truth.
 
-    A QEMU belongs to the VMI whose directory it runs in (`instances/NAME/qemu_dir`) and whose
-    name its `-name guest=NAME,...` option carries; both are checked (pids are reused, and a
-    person may have a shell in that directory). Status files can be stale or missing (a crash
-    between fork and write); this scan cannot. More than one pid for a name is a past fault.
+    A QEMU belongs to the VMI whose directory it runs in (`instances/NAMESPACE/NAME/qemu_dir`)
+    and whose key its `-name guest=NAMESPACE/NAME,...` option carries; both are checked (pids
+    are reused, and a person may have a shell in that directory). Status files can be stale or
+    missing (a crash between fork and write); this scan cannot. More than one pid for a key is
+    a past fault.
     """
     base = str(instances) + "/"
     found: dict[str, list[int]] = {}
@@ -43,14 +46,17 @@ def find_qemus(instances: Path, qemu_dir: str) -> dict[str, list[int]]:
             cwd = os.readlink(f"/proc/{entry}/cwd")
         except OSError:
             continue  # gone, or a kernel thread
-        name = cwd.removeprefix(base).removesuffix("/" + qemu_dir)
-        if cwd.startswith(base) and "/" not in name and _runs_as(int(entry), name):
-            found.setdefault(name, []).append(int(entry))
+        key = cwd.removeprefix(base).removesuffix("/" + qemu_dir)
+        if cwd.startswith(base) and key.count("/") == 1 and _runs_as(int(entry), key):
+            found.setdefault(key, []).append(int(entry))
     return found
 
 
-def _runs_as(pid: int, name: str) -> bool:
-    return any(arg.startswith(f"guest={name},") for arg in cmdline(pid))
+def _runs_as(pid: int, key: str) -> bool:
+    # A QEMU started before vmid knew namespaces carries the bare name (moved to `default`).
+    namespace, name = names.split(key)
+    carried = (key, name) if namespace == names.DEFAULT_NAMESPACE else (key,)
+    return any(arg.startswith(tuple(f"guest={c}," for c in carried)) for arg in cmdline(pid))
 
 
 class AdoptedProcess:

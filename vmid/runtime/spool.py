@@ -39,10 +39,11 @@ _EVENT = struct.Struct("iIII")
 
 @attrs.frozen
 class Desired:
-    """What the spool asks for: valid VMIs by name, and the problems of everything else."""
+    """What the spool asks for: valid VMIs by namespace/name key, and the problems of everything
+    else."""
 
     vmis: dict[str, Entry]
-    #: Problems of documents that name a VMI (shown on that VMI), by name.
+    #: Problems of documents that name a VMI (shown on that VMI), by key.
     refused: dict[str, tuple[Problem, ...]]
     #: Problems that belong to no VMI (unreadable files, nameless documents, duplicates).
     problems: tuple[Problem, ...]
@@ -199,29 +200,29 @@ def _decide(entries: list[Entry]) -> Desired:
     problems: list[Problem] = []
     unreadable: dict[str, tuple[Problem, ...]] = {}
     for entry in entries:
-        name = entry.name
-        if name is None:
+        key = entry.key
+        if key is None:
             problems += entry.problems
             unreadable[entry.file] = unreadable.get(entry.file, ()) + entry.problems
-        elif name in claimed:  # the first file by name claims it, valid or not
+        elif key in claimed:  # the first file by namespace/name claims it, valid or not
             problems.append(
                 Problem(
                     entry.file,
                     1,
                     1,
                     "metadata.name",
-                    f"VMI {name!r} is "
-                    f"already defined in {claimed[name]}, which comes first; "
+                    f"VMI {key!r} (namespace/name) is "
+                    f"already defined in {claimed[key]}, which comes first; "
                     "ignored",
                 )
             )
         else:
-            claimed[name] = entry.file
+            claimed[key] = entry.file
             if entry.planned is not None:
-                vmis[name] = entry
+                vmis[key] = entry
             else:
-                refused[name] = entry.problems
-    named = {e.file for e in entries if e.name is not None}
+                refused[key] = entry.problems
+    named = {e.file for e in entries if e.key is not None}
     unreadable = {f: p for f, p in unreadable.items() if f not in named}
     return Desired(vmis, refused, tuple(problems), unreadable)
 

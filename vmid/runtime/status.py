@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from vmid.config import NAMESPACES
 from vmid.host import safefile
 
 
@@ -168,9 +169,9 @@ def read_json(path: Path) -> Any:
 
 
 def read_objects(runtime: Path) -> list[dict[str, Any]]:
-    """Every VMI object the daemon has written under its runtime directory, by name."""
+    """Every VMI object the daemon has written under its runtime directory, by namespace/name."""
     objects = []
-    for path in sorted(runtime.glob("instances/*/status.json")):
+    for path in sorted(runtime.glob(f"{NAMESPACES}/*/*/status.json")):
         try:
             objects.append(read_json(path))
         except (OSError, ValueError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import uuid
 from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,12 @@ from typing import Any
 import attrs
 import trio
 
-from vmid.api import defaults
+from vmid.api import names
 from vmid.api import types as t
 from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
-from vmid.host import identity, logfile
+from vmid.host import firmwareid, identity, logfile
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
@@ -36,13 +35,13 @@ from vmid.runtime.status import Phase, Status, now
 log = logging.getLogger(__name__)
 
 STATUS_FILE = takeover.STATUS_FILE
-FIRMWARE_UUID_FILE = "firmware-uuid"
 
 
 @attrs.define(eq=False)
 class _VM:
     """One VMI the supervisor runs: its manifest, its task's scope, and how it ended."""
 
+    #: Its manifest (`entry.key`: the namespace/name the supervisor keys it by).
     entry: Entry
     status: Status
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -77,7 +76,7 @@ class Supervisor:
         self._config = config
         self._paths = paths
         self._accelerator = accelerator
-        self._store = ImageStore(paths.state / "images", config.qemuImg)
+        self._store = ImageStore(paths.images, config.qemuImg)
         self._vms: dict[str, _VM] = {}
         self._refused: dict[str, tuple[Problem, ...]] = {}
         #: What the spool asked for last: a VMI that ends is shown refused if its file is.
@@ -120,7 +119,7 @@ class Supervisor:
 
     async def tidy_logs(self) -> None:
         """Forever: delete removed VMIs' logs once their time has passed (cancel to stop)."""
-        await logs.tidy(self._paths.logs, lambda: self._config.logs, self._existing)
+        await logs.tidy(self._paths.log_instances, lambda: self._config.logs, self._existing)
 
     def _existing(self) -> Set[str] | None:
         """The VMIs that exist (running, ended or refused); None before the spool is read."""
@@ -180,7 +179,7 @@ class Supervisor:
                 log.exception("%s: internal error taking it over", name)
 
     def _take_over_one(self, found: takeover.Left, desired: Desired) -> None:
-        name = found.name
+        name = found.key
         unreadable = found.entry is not None and found.entry.file in desired.unreadable
         if found.pids:
             self._adopt(found, desired.vmis.get(name))
@@ -193,7 +192,7 @@ class Supervisor:
             _remove_state(self._paths, name)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
-        name, (pid, *others) = found.name, found.pids
+        name, (pid, *others) = found.key, found.pids
         for other in others:  # only a fault before this daemon can have made them
             log.error("%s: another QEMU of it runs too (pid %d); stop it by hand", name, other)
         entry, running = self._running_entry(found, pid, wanted)
@@ -214,10 +213,10 @@ class Supervisor:
         if wanted is not None and wanted.planned is not None:
             # No status survived (a crash between fork and its first write): it runs the
             # manifest's spec if it runs exactly what vmid would run for it.
-            vmi = self._stored(found.name, wanted)
+            vmi = self._stored(found.key, wanted)
             if takeover.runs_plan(pid, self._plan(vmi)):
                 return wanted, to_data(vmi)["spec"]
-        return wanted or self._bare(found.name), None
+        return wanted or self._bare(found.key), None
 
     def _resume_ended(self, found: takeover.Left, wanted: Entry | None) -> None:
         """A VMI with a status and no QEMU: ended (or died while vmid was not running).
@@ -227,28 +226,28 @@ class Supervisor:
         earlier, entry = found.status, wanted or found.entry
         if earlier is None or found.entry is None or entry is None:
             return
-        if wanted is not None and self._spec(found.name, wanted) != earlier.manifest.get("spec"):
+        if wanted is not None and self._spec(found.key, wanted) != earlier.manifest.get("spec"):
             return  # another spec: a new VMI
         if wanted is not None and not earlier.phase.final and not earlier.qemu.get("pid"):
             return  # it never got as far as a QEMU: start it
         vm = _VM(entry, earlier, task_ended=True, running=earlier.manifest.get("spec"))
         vm.done.set()
-        self._vms[found.name] = vm
+        self._vms[found.key] = vm
         if not earlier.phase.final:  # as KubeVirt: a VMI whose QEMU vanished has Failed
             started = bool(earlier.qemu.get("pid"))
             why = "QEMU ended while vmid was not running" if started else "its file does not load"
             self._failed(vm, why)
-            self._nursery.start_soon(self._detach, found.name)
+            self._nursery.start_soon(self._detach, found.key)
 
     def _bare(self, name: str) -> Entry:
         return takeover.bare_entry(name, self._config, self._paths, self._accelerator)
 
     def _new_status(self, entry: Entry) -> Status:
-        assert entry.name is not None
+        assert entry.key is not None
         assert entry.planned is not None
         manifest = _with_file(to_data(entry.planned.manifest.vmi), entry.file)
         manifest["metadata"]["creationTimestamp"] = now()
-        path = self._paths.instance_runtime(entry.name) / STATUS_FILE
+        path = self._paths.instance_runtime(entry.key) / STATUS_FILE
         return Status(path, manifest, self._status_written)
 
     async def _forget(self, name: str) -> None:
@@ -291,10 +290,10 @@ class Supervisor:
     # Section: transitions
 
     def _start(self, entry: Entry) -> None:
-        assert entry.name is not None
-        vm = _VM(entry, self._new_status(entry), running=self._spec(entry.name, entry))
-        self._vms[entry.name] = vm
-        self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
+        assert entry.key is not None
+        vm = _VM(entry, self._new_status(entry), running=self._spec(entry.key, entry))
+        self._vms[entry.key] = vm
+        self._nursery.start_soon(self._run, entry.key, vm, name=f"vmi {entry.key}")
 
     def _stop(self, vm: _VM, remove: bool) -> None:
         if remove:
@@ -306,7 +305,7 @@ class Supervisor:
         if vm.task_ended and (vm.remove or vm.successor is not None):
             # An ended VMI has no task left to clean up after it.
             vm.task_ended = False
-            self._nursery.start_soon(self._end, vm.entry.name, vm)
+            self._nursery.start_soon(self._end, vm.entry.key, vm)
 
     def _update(self, name: str, vm: _VM, entry: Entry) -> None:
         synchronized = vm.status.conditions.get("Synchronized")
@@ -342,7 +341,11 @@ class Supervisor:
             {
                 "apiVersion": "kubevirt.io/v1",
                 "kind": "VirtualMachineInstance",
-                "metadata": {"name": name, "creationTimestamp": now()},
+                "metadata": {
+                    "name": names.split(name)[1],
+                    "namespace": names.split(name)[0],
+                    "creationTimestamp": now(),
+                },
             },
         )
         status.transition(Phase.FAILED, _summary(problems))
@@ -409,7 +412,7 @@ class Supervisor:
         try:
             vm.status.write()
         except OSError as exc:
-            log.error("%s: cannot write its status: %s", vm.entry.name, exc)
+            log.error("%s: cannot write its status: %s", vm.entry.key, exc)
 
     async def _instance(self, name: str, vm: _VM) -> Instance:
         vmi = self._stored(name, vm.entry)
@@ -428,10 +431,8 @@ class Supervisor:
             self._network,
             adopt=vm.adopt,
             user=await self._user(name, vm.adopt),
-            traverse=(
-                paths.runtime,
-                paths.runtime / "instances",
-            ),
+            # Its own directory's parents, up to its namespace's.
+            traverse=(paths.runtime, paths.runtime_instances, Path(plan.cwd).parents[1]),
             logs=self._config.logs,
         )
         instance.stop_once_running = vm.remove
@@ -445,7 +446,7 @@ class Supervisor:
     def _stored(self, name: str, entry: Entry) -> t.VirtualMachineInstance:
         """The entry's VMI with the firmware UUID it keeps while it exists."""
         assert entry.planned is not None
-        return _with_stored_uuid(entry.planned.manifest.vmi, self._paths.instance_state(name))
+        return firmwareid.kept(entry.planned.manifest.vmi, self._paths.instance_state(name))
 
     async def _user(self, name: str, adopt: int | None) -> identity.QemuUser | None:
         """The identity VMI `name`'s QEMU runs as: a uid of its own, kept while the VMI exists.
@@ -474,29 +475,6 @@ class Supervisor:
         return plan
 
 
-def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMachineInstance:
-    """A VMI without its own firmware UUID gets a random one, kept while the VMI exists.
-
-    So cloud-init's instance-id is stable across daemon restarts, and new for a new VMI of the
-    same name, as KubeVirt does for standalone VMIs.
-    """
-    name = vmi.metadata.name or ""
-    current = vmi.spec.domain.firmware_uuid()
-    if current != defaults.firmware_uuid(name):
-        return vmi
-    stored = state / FIRMWARE_UUID_FILE
-    try:
-        value = stored.read_text().strip()
-        uuid.UUID(value)
-    except (OSError, ValueError):
-        value = str(uuid.uuid4())
-        state.mkdir(parents=True, exist_ok=True)
-        stored.write_text(value + "\n")
-    firmware = attrs.evolve(vmi.spec.domain.firmware or t.Firmware(), uuid=value)
-    domain = attrs.evolve(vmi.spec.domain, firmware=firmware)
-    return attrs.evolve(vmi, spec=attrs.evolve(vmi.spec, domain=domain))
-
-
 def _remove_state(paths: Paths, name: str, keep_identity: bool = False) -> None:
     """Delete a gone VMI's ephemeral files and runtime directory (logs are kept, given to root).
 
@@ -506,7 +484,7 @@ def _remove_state(paths: Paths, name: str, keep_identity: bool = False) -> None:
     """
     runtime, state = paths.instance_runtime(name), paths.instance_state(name)
     shutil.rmtree(runtime, ignore_errors=True)
-    kept = (identity.UID_RECORD, FIRMWARE_UUID_FILE) if keep_identity else (identity.UID_RECORD,)
+    kept = {identity.UID_RECORD} | ({firmwareid.FIRMWARE_UUID_FILE} if keep_identity else set())
     with contextlib.suppress(FileNotFoundError):
         for item in state.iterdir():
             if item.name in kept:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import attrs
 
+from vmid.api import names
 from vmid.api.load import Locator, Manifest, load_document
 from vmid.config import Accelerator, Config, Paths
 from vmid.manifests import Entry, Planned
@@ -33,9 +34,10 @@ _FD = re.compile(r"\bfd=\d+")
 
 @attrs.frozen
 class Left:
-    """One VMI name an earlier daemon left: its QEMUs, its status, the VMI its status names."""
+    """One VMI an earlier daemon left: its QEMUs, its status, the VMI its status names."""
 
-    name: str
+    #: namespace/name (vmid/api/names.py).
+    key: str
     pids: tuple[int, ...]
     status: Status | None
     #: The VMI the status describes, planned; None when there is no usable status.
@@ -45,28 +47,29 @@ class Left:
 def survey(
     config: Config, paths: Paths, accelerator: Accelerator, on_write: Callable[[], None]
 ) -> dict[str, Left]:
-    """Every VMI with a running QEMU or a status file under `paths`, by name."""
-    instances = paths.runtime / "instances"
+    """Every VMI with a running QEMU or a status file under `paths`, by key."""
+    instances = paths.runtime_instances
     running = find_qemus(instances, QEMU_DIR)
-    names = set(running) | {p.parent.name for p in instances.glob(f"*/{STATUS_FILE}")}
+    recorded = {str(p.parent.relative_to(instances)) for p in instances.glob(f"*/*/{STATUS_FILE}")}
     left = {}
-    for name in sorted(names):
-        status = _load(instances / name / STATUS_FILE, on_write)
+    for key in sorted(set(running) | recorded):
+        status = _load(instances / key / STATUS_FILE, on_write)
         entry = _entry(status, config, paths, accelerator) if status else None
-        left[name] = Left(name, tuple(sorted(running.get(name, ()))), status, entry)
+        left[key] = Left(key, tuple(sorted(running.get(key, ()))), status, entry)
     return left
 
 
-def bare_entry(name: str, config: Config, paths: Paths, accelerator: Accelerator) -> Entry:
-    """A VMI of that name with every default: its sockets, directories and default grace, to
+def bare_entry(key: str, config: Config, paths: Paths, accelerator: Accelerator) -> Entry:
+    """A VMI of that key with every default: its sockets, directories and default grace, to
     supervise and stop a QEMU whose spec is unknown (its status was never written)."""
+    namespace, name = names.split(key)
     data = {
         "apiVersion": "kubevirt.io/v1",
         "kind": "VirtualMachineInstance",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"domain": {"memory": {"guest": "1Mi"}, "devices": {}}},
     }
-    entry = _planned(data, f"<{name}: a QEMU vmid has no record of>", config, paths, accelerator)
+    entry = _planned(data, f"<{key}: a QEMU vmid has no record of>", config, paths, accelerator)
     assert entry is not None, "a minimal VMI always plans"
     return entry
 
@@ -102,4 +105,4 @@ def _planned(
     if plan is None:
         return None
     manifest = Manifest(file, vmi, Locator(file, None))
-    return Entry(file, vmi.metadata.name, Planned(manifest, plan), ())
+    return Entry(file, manifest.key, Planned(manifest, plan), ())
