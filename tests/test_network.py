@@ -603,6 +603,44 @@ def test_a_dnsmasq_that_cannot_start_again_is_reported_and_fails_new_vmis(daemon
     assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
 
 
+def test_a_problem_dnsmasq_logs_is_reported_once_until_it_serves_again(daemon: Daemon) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    nic = interface(daemon, "a")
+    inside(daemon, "ip", "addr", "flush", "dev", "vmid0")  # the gateway address, gone
+    script = f"""
+ip link add vmidtest-g type veth peer name vmidtest-b
+ip link set vmidtest-b master vmid0 up
+ip link set vmidtest-g address {nic["mac"]} up
+{BUSYBOX} udhcpc -i vmidtest-g -n -q -f -t 3 -T 1 -s /bin/true 2>&1 || true
+ip link del vmidtest-g
+"""
+    assert "no lease" in inside(daemon, "sh", "-ec", script)  # three DISCOVERs unanswered
+
+    def told() -> bool:
+        condition = dhcp_condition(daemon, "a")
+        return condition is not None and condition["status"] == "False"
+
+    daemon.wait_for("a to be told", told)
+    problem = "DHCP packet received on vmid0 which has no address"
+    condition = dhcp_condition(daemon, "a")
+    assert condition is not None
+    assert condition["message"] == f"vmid's DHCP server (dnsmasq): {problem}"
+    said = [line for line in daemon.log_text().splitlines() if "dnsmasq on vmid0:" in line]
+    assert [line.split(" ", 2)[2] for line in said] == [
+        f"ERROR vmid.runtime.network: dnsmasq on vmid0: {problem}"
+    ]
+    assert [e.split(None, 1)[0] for e in dhcp_events(daemon, "a")] == ["Warning"]
+    # Mended; the next start of dnsmasq (here for b's lease) serves again, and says so.
+    inside(daemon, "ip", "addr", "add", "10.0.2.1/24", "dev", "vmid0")
+    daemon.drop("b.yaml", vmi("b"))
+    daemon.wait_phase("b", "Running")
+    condition = dhcp_condition(daemon, "a")
+    assert condition is not None
+    assert condition["status"] == "True"
+    assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
+
+
 def test_a_pod_network_changed_by_a_reload_waits_for_a_restart(daemon: Daemon) -> None:
     daemon.drop("a.yaml", vmi("a"))
     daemon.wait_phase("a", "Running")
