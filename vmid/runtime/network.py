@@ -404,7 +404,8 @@ class Network:
             await self._wait_dhcp_ready(process, output)
             if generation != self._leases_written:  # new leases while it started: read them
                 self._dhcp_restart = True
-                process.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
             else:
                 self._dhcp_serves()
             task_status.started()
