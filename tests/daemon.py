@@ -95,15 +95,17 @@ def running_daemon(
     config: str,
     prefix: tuple[str, ...] = ("unshare", "--net", "--"),
     env: dict[str, str] | None = None,
+    open_root: bool = True,
 ) -> Iterator[Daemon]:
     """Start `vmid daemon --root root` with `config` as vmid.yaml; stop it with SIGTERM.
 
     `prefix` runs the daemon under another command: by default `unshare --net`, so whatever
-    it does to links and nftables stays in a network namespace of its own.
+    it does to links and nftables stays in a network namespace of its own. `open_root`: make
+    `root` traversable by others first (see `traversable`).
     """
     (root / "etc/vmid/instances").mkdir(parents=True, exist_ok=True)
     (root / "etc/vmid/vmid.yaml").write_text(own_uids(config))
-    daemon = start_daemon(root, prefix, env)
+    daemon = start_daemon(root, prefix, env, open_root)
     process = daemon.process
     try:
         daemon.wait_for("the daemon to be ready", lambda: "vmid ready" in daemon.log_text())
@@ -132,9 +134,11 @@ def start_daemon(
     root: Path,
     prefix: tuple[str, ...] = ("unshare", "--net", "--"),
     env: dict[str, str] | None = None,
+    open_root: bool = True,
 ) -> Daemon:
     """Start `vmid daemon --root root` (the `vmid` entry point) without waiting for it."""
-    traversable(root)
+    if open_root:
+        traversable(root)
     log = root / "daemon.log"
     with log.open("wb") as stream:
         process = subprocess.Popen(
@@ -148,8 +152,9 @@ def start_daemon(
 
 
 def traversable(root: Path) -> None:
-    """Let others search `root` and its parents (pytest makes them 0700), as `/` is: vmid's
-    dnsmasq drops to `nobody` and must still reach its hosts file under the root."""
+    """Let others search `root` and its parents (pytest makes them 0700), as `/` is: each VM's
+    QEMU runs as a uid of its own and must reach its files under the root (the daemon refuses a
+    root closed to others unless `qemuAsRoot: true`)."""
     for directory in (root, *root.parents):
         mode = directory.stat().st_mode
         if mode & 0o011 != 0o011:

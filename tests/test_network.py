@@ -108,14 +108,14 @@ def test_a_pod_interface_gets_an_address_a_tap_on_vmid0_and_a_forward(daemon: Da
     assert "10.0.2.1/24" in inside(daemon, "ip", "-br", "addr", "show", "vmid0")
     rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
     assert "tcp . 8080 : 10.0.2.2 . 8080" in rules  # the map of forwards
-    hosts = (daemon.root / "run/vmid/network/dnsmasq-vmid0.hosts").read_text()
-    assert hosts == f"{nic['mac']},10.0.2.2\n"
+    leases = (daemon.root / "run/vmid/network/dnsmasq-vmid0.conf").read_text()
+    assert leases == f"dhcp-host={nic['mac']},10.0.2.2\n"
     assert "web" in daemon.vmid("get").stdout.split("10.0.2.2")[0]
 
     (daemon.spool / "web.yaml").unlink()
     daemon.wait_phase("web", None)
     assert_nothing_left(daemon)
-    assert (daemon.root / "run/vmid/network/dnsmasq-vmid0.hosts").read_text() == ""
+    assert (daemon.root / "run/vmid/network/dnsmasq-vmid0.conf").read_text() == ""
 
 
 def test_a_port_forwarded_to_one_vmi_fails_the_next_and_spares_the_first(daemon: Daemon) -> None:
@@ -482,22 +482,162 @@ def test_dnsmasq_gives_each_vmi_its_address_and_a_freed_one_to_the_next(tmp_path
         assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
 
 
-def test_a_killed_dnsmasq_is_restarted_and_serves_again(daemon: Daemon) -> None:
+def dnsmasq_pid(daemon: Daemon) -> int:
+    return int((daemon.root / "run/vmid/network/dnsmasq-vmid0.pid").read_text())
+
+
+def dhcp_condition(daemon: Daemon, name: str) -> dict[str, str] | None:
+    status = daemon.status(name)
+    assert status is not None
+    found = [c for c in status["status"]["conditions"] if c["type"] == "DHCPReady"]
+    return found[0] if found else None
+
+
+def dhcp_events(daemon: Daemon, name: str) -> list[str]:
+    """The DHCP lines of `vmid describe NAME`'s events."""
+    described = daemon.vmid("describe", name)
+    assert described.returncode == 0, described.stderr
+    events = described.stdout.split("Events:")[1]
+    return [line.split(None, 1)[1] for line in events.splitlines() if "DHCPServer" in line]
+
+
+def test_a_root_closed_to_others_still_gives_guests_their_dhcp_leases(tmp_path: Path) -> None:
+    # A --root made by `mktemp -d` (0700): dnsmasq, once it has dropped to nobody, cannot reach
+    # anything under it, and must not need to. (QEMU's own uid could not reach it either.)
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    with running_daemon(root, fake_config("qemuAsRoot: true\n"), open_root=False) as daemon:
+        assert root.stat().st_mode & 0o777 == 0o700
+        for name in ("a", "b"):  # the first start of dnsmasq, then a restart for b's lease
+            daemon.drop(f"{name}.yaml", vmi(name))
+            daemon.wait_phase(name, "Running")
+            nic = interface(daemon, name)
+            assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
+        assert "dnsmasq on vmid0:" not in daemon.log_text()  # no problem reported
+        conf = root / "run/vmid/network/dnsmasq-vmid0.conf"
+        assert conf.stat().st_mode & 0o777 == 0o600  # dnsmasq's user cannot read it at all
+
+
+def test_a_killed_dnsmasq_is_reported_restarted_and_serves_again(daemon: Daemon) -> None:
     daemon.drop("a.yaml", vmi("a"))
     daemon.wait_phase("a", "Running")
-    pid_file = daemon.root / "run/vmid/network/dnsmasq-vmid0.pid"
-    first = int(pid_file.read_text())
+    first = dnsmasq_pid(daemon)
     os.kill(first, signal.SIGKILL)
 
-    def restarted() -> bool:
-        try:
-            return int(pid_file.read_text()) != first
-        except (OSError, ValueError):
-            return False
+    def served_again() -> bool:
+        condition = dhcp_condition(daemon, "a")
+        return condition is not None and condition["status"] == "True"
 
-    daemon.wait_for("a new dnsmasq", restarted)
-    assert "dnsmasq on vmid0 exited; restarting in 1 s" in daemon.log_text()
+    daemon.wait_for("a new dnsmasq serving a", served_again)
+    assert dnsmasq_pid(daemon) != first
+    said = [line for line in daemon.log_text().splitlines() if "dnsmasq on vmid0:" in line]
+    assert len(said) == 1, said  # one line for the one event
+    assert said[0].endswith(
+        "ERROR vmid.runtime.network: dnsmasq on vmid0: killed by SIGKILL; restarting in 1 s"
+    )
+    assert "dnsmasq on vmid0 serves again" in daemon.log_text()
+    failed, recovered = dhcp_events(daemon, "a")
+    assert failed.split(None, 2) == [
+        "Warning",
+        "DHCPServerFailed",
+        "vmid's DHCP server (dnsmasq): killed by SIGKILL; restarting in 1 s",
+    ]
+    assert recovered.split()[:2] == ["Normal", "DHCPServerRecovered"]
     nic = interface(daemon, "a")
+    assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
+
+
+def test_a_dnsmasq_that_cannot_start_again_is_reported_and_fails_new_vmis(daemon: Daemon) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    os.kill(dnsmasq_pid(daemon), signal.SIGKILL)
+    # Another program takes the DHCP port before dnsmasq is restarted (a second later).
+    squat = (
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for _ in range(200):\n"
+        "    try:\n"
+        "        s.bind(('0.0.0.0', 67)); break\n"
+        "    except OSError:\n"
+        "        time.sleep(0.01)\n"
+        "print('bound', flush=True); time.sleep(120)\n"
+    )
+    namespace = f"--net=/proc/{daemon.process.pid}/ns/net"
+    squatter = subprocess.Popen(
+        ["nsenter", namespace, "--", sys.executable, "-c", squat],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline() == "bound\n"
+
+        def told() -> bool:
+            condition = dhcp_condition(daemon, "a")
+            return condition is not None and "failed to bind" in condition["message"]
+
+        daemon.wait_for("a to be told dnsmasq cannot start", told)
+        condition = dhcp_condition(daemon, "a")
+        assert condition is not None
+        assert condition["status"] == "False"
+        assert condition["reason"] == "DHCPServerFailed"
+        assert "failed to bind DHCP server socket: Address already in use" in condition["message"]
+        assert daemon.phase("a") == "Running"  # its guest keeps the lease it has
+        # A new VMI would show an address its guest never gets: it fails, saying why.
+        daemon.drop("b.yaml", vmi("b"))
+        daemon.wait_phase("b", "Failed")
+        assert "DHCP server for the pod network (dnsmasq on vmid0) does not serve" in (
+            daemon.reason("b")
+        )
+        assert "Address already in use" in daemon.reason("b")
+    finally:
+        squatter.kill()
+        squatter.communicate()
+
+    def served_again() -> bool:
+        condition = dhcp_condition(daemon, "a")
+        return condition is not None and condition["status"] == "True"
+
+    daemon.wait_for("dnsmasq to serve again", served_again, timeout=60)
+    nic = interface(daemon, "a")
+    assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
+
+
+def test_a_problem_dnsmasq_logs_is_reported_once_until_it_serves_again(daemon: Daemon) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    nic = interface(daemon, "a")
+    inside(daemon, "ip", "addr", "flush", "dev", "vmid0")  # the gateway address, gone
+    script = f"""
+ip link add vmidtest-g type veth peer name vmidtest-b
+ip link set vmidtest-b master vmid0 up
+ip link set vmidtest-g address {nic["mac"]} up
+{BUSYBOX} udhcpc -i vmidtest-g -n -q -f -t 3 -T 1 -s /bin/true 2>&1 || true
+ip link del vmidtest-g
+"""
+    assert "no lease" in inside(daemon, "sh", "-ec", script)  # three DISCOVERs unanswered
+
+    def told() -> bool:
+        condition = dhcp_condition(daemon, "a")
+        return condition is not None and condition["status"] == "False"
+
+    daemon.wait_for("a to be told", told)
+    problem = "DHCP packet received on vmid0 which has no address"
+    condition = dhcp_condition(daemon, "a")
+    assert condition is not None
+    assert condition["message"] == f"vmid's DHCP server (dnsmasq): {problem}"
+    said = [line for line in daemon.log_text().splitlines() if "dnsmasq on vmid0:" in line]
+    assert [line.split(" ", 2)[2] for line in said] == [
+        f"ERROR vmid.runtime.network: dnsmasq on vmid0: {problem}"
+    ]
+    assert [e.split(None, 1)[0] for e in dhcp_events(daemon, "a")] == ["Warning"]
+    # Mended; the next start of dnsmasq (here for b's lease) serves again, and says so.
+    inside(daemon, "ip", "addr", "add", "10.0.2.1/24", "dev", "vmid0")
+    daemon.drop("b.yaml", vmi("b"))
+    daemon.wait_phase("b", "Running")
+    condition = dhcp_condition(daemon, "a")
+    assert condition is not None
+    assert condition["status"] == "True"
     assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
 
 

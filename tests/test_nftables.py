@@ -124,32 +124,54 @@ def test_the_kernel_accepts_the_table_twice_over_in_a_private_namespace() -> Non
 
 
 def test_dnsmasq_serves_dhcp_only_on_the_bridge_from_vmids_leases(tmp_path: Path) -> None:
-    hosts = tmp_path / "hosts"
+    conf = tmp_path / "dnsmasq.conf"
     args = dnsmasq.argv(
-        "vmid0", POOL, POOL.network_address + 1, hosts, tmp_path / "pid", ["9.9.9.9"], "nobody"
+        "vmid0", POOL, POOL.network_address + 1, conf, tmp_path / "pid", ["9.9.9.9"], "nobody"
     )
     assert "--port=0" in args  # no DNS service
     assert "--interface=vmid0" in args
     assert "--bind-interfaces" in args
     assert "--dhcp-range=10.0.2.0,static,255.255.255.0,1h" in args
-    assert f"--dhcp-hostsfile={hosts}" in args
     assert "--dhcp-option=option:router,10.0.2.1" in args
     assert "--dhcp-option=option:dns-server,9.9.9.9" in args
-    assert "--conf-file=/dev/null" in args  # never the host's /etc/dnsmasq.conf
+    # Only vmid's file, never the host's /etc/dnsmasq.conf, and no file read as nobody.
+    assert [a for a in args if a.startswith("--conf") or "file=" in a] == [
+        f"--conf-file={conf}",
+        f"--pid-file={tmp_path / 'pid'}",
+    ]
     stopped = attachment("off", "10.0.2.9", mac="02:00:00:00:00:0c", active=False)
     # Stopped VMIs keep their leases: their address is theirs until they are removed.
-    assert dnsmasq.hosts_lines("vmid0", [WEB, DNS, LAN, stopped]).splitlines() == [
-        "02:00:00:00:00:0a,10.0.2.3",
-        "02:00:00:00:00:0b,10.0.2.2",
-        "02:00:00:00:00:0c,10.0.2.9",
+    assert dnsmasq.leases("vmid0", [WEB, DNS, LAN, stopped]).splitlines() == [
+        "dhcp-host=02:00:00:00:00:0a,10.0.2.3",
+        "dhcp-host=02:00:00:00:00:0b,10.0.2.2",
+        "dhcp-host=02:00:00:00:00:0c,10.0.2.9",
     ]
 
 
-def test_the_hosts_file_is_replaced_only_when_it_changes(tmp_path: Path) -> None:
-    hosts = tmp_path / "hosts"
-    assert dnsmasq.write_hosts(hosts, "02:00:00:00:00:01,10.0.2.2\n")
-    assert not dnsmasq.write_hosts(hosts, "02:00:00:00:00:01,10.0.2.2\n")
-    assert hosts.stat().st_mode & 0o777 == 0o644  # dnsmasq reads it as nobody
+def test_dnsmasqs_configuration_is_replaced_only_when_it_changes(tmp_path: Path) -> None:
+    conf = tmp_path / "dnsmasq.conf"
+    assert dnsmasq.write_conf(conf, "dhcp-host=02:00:00:00:00:01,10.0.2.2\n")
+    assert not dnsmasq.write_conf(conf, "dhcp-host=02:00:00:00:00:01,10.0.2.2\n")
+    assert conf.stat().st_mode & 0o777 == 0o600  # read by dnsmasq as root, before --user
+
+
+def test_the_problems_dnsmasq_logs_are_told_from_its_dhcp_chatter() -> None:
+    said = [
+        "dnsmasq[7]: cannot read /r/run/vmid/network/dnsmasq-vmid0.hosts: Permission denied",
+        "dnsmasq-dhcp[7]: DHCP packet received on vmid0 which has no address",
+        "dnsmasq[7]: failed to send packet: Network is unreachable",
+        "dnsmasq-dhcp[7]: 1945665838 DHCPACK(vmid0) 10.0.2.2 02:00:00:00:00:01",
+        "dnsmasq-dhcp[7]: DHCP, static leases only on 10.0.2.0, lease time 1h",
+        "dnsmasq[7]: started, version 2.90 DNS disabled",
+    ]
+    assert [dnsmasq.problem(line) for line in said] == [
+        "cannot read /r/run/vmid/network/dnsmasq-vmid0.hosts: Permission denied",
+        "DHCP packet received on vmid0 which has no address",
+        "failed to send packet: Network is unreachable",
+        None,
+        None,
+        None,
+    ]
 
 
 def test_guests_get_the_hosts_resolvers_but_loopback_ones(tmp_path: Path) -> None:

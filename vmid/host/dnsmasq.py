@@ -1,14 +1,18 @@
-"""dnsmasq as the pod network's DHCP server: its argv, its static-lease file, a stale one.
+"""dnsmasq as the pod network's DHCP server: its argv, its static leases, a stale one.
 
 DHCP only (`--port=0`): the address of every guest comes from vmid's IPAM as a static lease
-(`MAC,IP` lines in a hosts file that dnsmasq re-reads on SIGHUP), so it is known before the
-guest asks for it. No DNS service: guests are told the DNS servers configured (or the host's).
+(a `dhcp-host=MAC,IP` line), so it is known before the guest asks for it. The leases are in a
+configuration file dnsmasq reads once, as root, before it drops to its unprivileged user: that
+user never has to reach anything under vmid's root (a `--root` may be closed to others), and
+cannot read the file at all (mode 0600). A change of leases restarts dnsmasq.
+No DNS service: guests are told the DNS servers configured (or the host's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
@@ -24,16 +28,17 @@ def argv(
     bridge: str,
     pool: IPv4Network,
     gateway: IPv4Address,
-    hosts_file: Path,
+    conf_file: Path,
     pid_file: Path,
     dns: Iterable[str],
     user: str,
 ) -> list[str]:
-    """dnsmasq in the foreground, on `bridge` only, answering only the hosts file's MACs."""
+    """dnsmasq in the foreground, on `bridge` only, answering only the MACs `conf_file` lists
+    (and reading no other configuration: a `--conf-file` stops it reading /etc/dnsmasq.conf)."""
     args = [
         "dnsmasq",
         "--keep-in-foreground",
-        "--conf-file=/dev/null",
+        f"--conf-file={conf_file}",
         "--port=0",
         "--no-hosts",
         "--no-resolv",
@@ -44,7 +49,6 @@ def argv(
         f"--dhcp-range={pool.network_address},static,{pool.netmask},{LEASE_TIME}",
         "--dhcp-authoritative",
         "--leasefile-ro",
-        f"--dhcp-hostsfile={hosts_file}",
         f"--dhcp-option=option:router,{gateway}",
         f"--pid-file={pid_file}",
         f"--user={user}",
@@ -57,25 +61,43 @@ def argv(
     return args
 
 
-def hosts_lines(bridge: str, attachments: Iterable[Attachment]) -> str:
-    """The static leases of every address on `bridge`, running or not (`MAC,IP` per line)."""
-    leases = sorted((a.mac, a.ip) for a in attachments if a.bridge == bridge and a.ip)
-    return "".join(f"{mac},{ip}\n" for mac, ip in leases)
+def leases(bridge: str, attachments: Iterable[Attachment]) -> str:
+    """dnsmasq's configuration lines for the static lease of every address on `bridge`,
+    running or not."""
+    pairs = sorted((a.mac, a.ip) for a in attachments if a.bridge == bridge and a.ip)
+    return "".join(f"dhcp-host={mac},{ip}\n" for mac, ip in pairs)
 
 
-def write_hosts(path: Path, text: str) -> bool:
-    """Replace the hosts file atomically, readable by dnsmasq's unprivileged user; changed?"""
+def write_conf(path: Path, text: str) -> bool:
+    """Replace the configuration file atomically, readable by root only; changed?"""
     with contextlib.suppress(FileNotFoundError):
         if path.read_text() == text:
             return False
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        temporary.write_text(text)
-        temporary.chmod(0o644)
+        temporary.unlink(missing_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(text)
         temporary.replace(path)
     except OSError as exc:
         raise NetworkError(f"cannot write {path}: {exc.strerror}") from exc
     return True
+
+
+#: What dnsmasq says, once running, about a problem it does not get over by itself (a file it
+#: cannot read, a socket it cannot use, an interface without its address); never the
+#: per-packet lines of --log-dhcp, which begin with a transaction number.
+_PROBLEM = re.compile(
+    r"^dnsmasq(?:-dhcp)?\[\d+\]: ((?:cannot|failed|could not|unknown|bad|error|warning"
+    r"|no address range|DHCP packet received on).*)$"
+)
+
+
+def problem(line: str) -> str | None:
+    """The problem a line of dnsmasq's log reports, if it reports one."""
+    found = _PROBLEM.match(line.strip())
+    return found.group(1) if found else None
 
 
 #: Where systemd-resolved keeps the servers it forwards to: /etc/resolv.conf then names only
@@ -110,13 +132,14 @@ def _nameservers(path: Path) -> list[IPv4Address]:
     return servers
 
 
-def kill_stale(pid_file: Path, hosts_file: Path) -> None:
-    """Stop a dnsmasq an earlier (crashed) daemon left serving this bridge."""
+def kill_stale(pid_file: Path) -> None:
+    """Stop a dnsmasq an earlier (crashed) daemon of this root left serving this bridge: the
+    pid file's process, if it is a dnsmasq writing that very pid file."""
     try:
         pid = int(pid_file.read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return
-    if f"--dhcp-hostsfile={hosts_file}".encode() in cmdline:
+    if f"--pid-file={pid_file}".encode() in cmdline:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

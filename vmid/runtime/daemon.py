@@ -161,9 +161,9 @@ def _check_reachable(root: Path) -> None:
 def _make_traversable(directory: Path) -> None:
     """Create `directory` (and missing parents) searchable by all, listable by vmid only.
 
-    dnsmasq re-reads its hosts file in runtime/network as its unprivileged user, and each
-    VM's QEMU, running as the VM's own uid, reaches its VM's own files below. Existing parents
-    (`/run`, `/var/lib`) are left as they are.
+    Each VM's QEMU, running as the VM's own uid, reaches its VM's own files below (dnsmasq
+    needs none: it reads its leases as root). Existing parents (`/run`, `/var/lib`) are left
+    as they are.
     """
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)

@@ -50,11 +50,17 @@ def _limiter() -> trio.CapacityLimiter:
 
 
 class LogPipe:
-    """A pipe's read end drained into a RotatingFile until every writer has closed it."""
+    """A pipe's read end drained into a RotatingFile until every writer has closed it;
+    `watch`, if given, is called with each line (in the event loop's thread)."""
 
-    def __init__(self, fd: int, file: logfile.RotatingFile) -> None:
+    def __init__(
+        self, fd: int, file: logfile.RotatingFile, watch: Callable[[str], None] | None = None
+    ) -> None:
         self._fd = fd
         self._file = file
+        self._watch = watch
+        #: The start of a line not yet ended (bounded: a longer one is cut there).
+        self._partial = b""
         self._tail = b""
         self._failing = False
         #: Shielded: a VM being stopped still has its last words logged; see `VmLogs.end`.
@@ -86,6 +92,7 @@ class LogPipe:
                     data, end = self._read()
                     if data:
                         await trio.to_thread.run_sync(self._write, data, limiter=_limiter())
+                        self._lines(data)
                     if end:
                         return
                     if data:
@@ -97,6 +104,14 @@ class LogPipe:
                 os.close(self._fd)
                 self._file.close()
                 self.closed.set()
+
+    def _lines(self, data: bytes) -> None:
+        if self._watch is None:
+            return
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self._partial = self._partial[:TAIL_BYTES]
+        for line in lines:
+            self._watch(line.decode(errors="replace"))
 
     def _read(self) -> tuple[bytes, bool]:
         """What the pipe holds now (up to READ_BYTES), and whether its writers are all gone."""
@@ -127,15 +142,18 @@ class LogPipe:
         self._failing = False
 
 
-def open_pipe(path: Path, limits: Logs) -> tuple[LogPipe, int]:
-    """An anonymous pipe into the bounded file `path`: (its drain, the write end to pass on).
+def open_pipe(
+    path: Path, limits: Logs, watch: Callable[[str], None] | None = None
+) -> tuple[LogPipe, int]:
+    """An anonymous pipe into the bounded file `path`: (its drain, the write end to pass on);
+    `watch` sees each line.
 
     Raises OSError: `path` cannot be opened (nothing is left open then).
     """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         os.set_blocking(read_end, False)
-        return LogPipe(read_end, _rotating(path, limits)), write_end
+        return LogPipe(read_end, _rotating(path, limits), watch), write_end
     except BaseException:
         os.close(read_end)
         os.close(write_end)

@@ -2,7 +2,8 @@
 
 One `Network` per daemon. `attach` before QEMU starts, `detach` once it is gone, `release`
 when the VMI is removed; every change is serialized and ends with dnsmasq's static leases and
-vmid's nftables table matching the registry. dnsmasq runs under `serve`, restarted if it dies.
+vmid's nftables table matching the registry. dnsmasq runs under `serve`, watched: its exit and
+the problems it logs are reported to the VMIs on the pod network, and it is restarted.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
+from collections.abc import Callable, Set
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DHCP_READY_TIMEOUT = 5.0
 DHCP_STOP_TIMEOUT = 5.0
+DHCP_BACKOFF_MIN = 1.0
 DHCP_BACKOFF_MAX = 30.0
 #: A dnsmasq that ran this long before dying is restarted at once again.
 DHCP_HEALTHY_SECONDS = 60.0
@@ -49,8 +53,14 @@ class Network:
         self._dhcp_scope: trio.CancelScope | None = None
         self._dhcp_ready = trio.Event()
         self._dhcp_restart = False
-        #: Every address -> MAC the running dnsmasq was given: it may hold a lease for each.
-        self._served: dict[str, str] = {}
+        #: Set to end a pause between two starts of dnsmasq at once (its leases changed).
+        self._dhcp_wake = trio.Event()
+        #: How many times the leases were rewritten: a dnsmasq started before the last time
+        #: may have read the ones before.
+        self._leases_written = 0
+        #: What is wrong with dnsmasq now, as reported; None while it serves.
+        self._dhcp_problem: str | None = None
+        self._on_dhcp: Callable[[Set[str], str | None], None] = lambda names, problem: None
         self._applied: str | None = None
         self._pod_ready = False
 
@@ -66,8 +76,8 @@ class Network:
         return IPv4Network(self._config.podNetwork.cidr)
 
     @property
-    def _hosts_file(self) -> Path:
-        return self._dir / f"dnsmasq-{self._bridge}.hosts"
+    def _conf_file(self) -> Path:
+        return self._dir / f"dnsmasq-{self._bridge}.conf"
 
     @property
     def _pid_file(self) -> Path:
@@ -81,6 +91,11 @@ class Network:
             config = _with_pod(config, self._config)
         self._config = config
         return config
+
+    def on_dhcp(self, callback: Callable[[Set[str], str | None], None]) -> None:
+        """Call `callback(vmis, problem)` when dnsmasq fails (what went wrong) and when it
+        serves again (None), with the VMIs on the pod network it affects."""
+        self._on_dhcp = callback
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery dnsmasq runs in; cancel to stop it."""
@@ -134,8 +149,24 @@ class Network:
                     await trio.to_thread.run_sync(self._registry.save)
                     raise _foreign(tap.interface, tap.device) from exc
             await self._sync()
+            if any(tap.bridge == self._bridge for tap in plan.taps):
+                self._check_dhcp(name, adopted)
         by_interface = {a.interface: a for a in self._registry.of(name)}
         return [_interface_status(by_interface[tap.interface], tap.linkUp) for tap in plan.taps]
+
+    def _check_dhcp(self, name: str, adopted: bool) -> None:
+        """A new VMI on the pod network fails unless dnsmasq serves its address: its status must
+        never show an address its guest does not get. One running already is told."""
+        if self._dhcp_ready.is_set() and self._dhcp_problem is None:
+            return
+        problem = self._dhcp_problem or f"it did not start within {DHCP_READY_TIMEOUT:g} s"
+        if adopted:
+            self._on_dhcp({name}, problem)
+            return
+        raise NetworkError(
+            f"vmid's DHCP server for the pod network (dnsmasq on {self._bridge}) does not serve: "
+            f"{problem}"
+        )
 
     async def _reusable_taps(self, name: str, plan: LaunchPlan, adopted: bool) -> set[str]:
         """The taps of `plan` that exist and are `name`'s to take: recorded for it, or held by
@@ -221,15 +252,15 @@ class Network:
 
     async def _tear_down(self) -> None:
         """No VM uses the pod network: its dnsmasq, vmid's tables and bridge go, also when an
-        earlier daemon of this root made them (its hosts file says so). Never otherwise: another
-        vmid (another --root) in this network namespace may be using them."""
-        if not (self._pod_ready or self._hosts_file.exists()):
+        earlier daemon of this root made them (its dnsmasq configuration says so). Never
+        otherwise: another vmid (another --root) in this network namespace may be using them."""
+        if not (self._pod_ready or self._conf_file.exists()):
             return
-        await trio.to_thread.run_sync(dnsmasq.kill_stale, self._pid_file, self._hosts_file)
+        await trio.to_thread.run_sync(dnsmasq.kill_stale, self._pid_file)
         self._applied = nftables.ruleset(self._bridge, self._pool, ())
         await nftables.apply(self._applied)
         await trio.to_thread.run_sync(links.delete_link, self._bridge)
-        self._hosts_file.unlink(missing_ok=True)
+        self._conf_file.unlink(missing_ok=True)
         self._pod_ready = False
 
     # Section: the pod network
@@ -245,8 +276,8 @@ class Network:
         if self._config.podNetwork.ipForward:
             await trio.to_thread.run_sync(links.enable_ip_forward)
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._dir.chmod(0o755)  # dnsmasq re-reads its hosts file as its unprivileged user
-        dnsmasq.write_hosts(self._hosts_file, dnsmasq.hosts_lines(self._bridge, self._registry))
+        self._dir.chmod(0o700)  # dnsmasq reads its configuration as root: no one else need
+        dnsmasq.write_conf(self._conf_file, dnsmasq.leases(self._bridge, self._registry))
         self._dhcp_scope = trio.CancelScope()
         await self._nursery.start(self._serve_dhcp, self._dhcp_scope)
         self._pod_ready = True
@@ -255,75 +286,105 @@ class Network:
     async def _sync(self) -> None:
         """Bring dnsmasq's leases and the nftables table in line with the registry."""
         if self._pod_ready:
-            hosts = dnsmasq.hosts_lines(self._bridge, self._registry)
-            if dnsmasq.write_hosts(self._hosts_file, hosts) and self._dhcp is not None:
-                await self._reload_dhcp(hosts)
+            leases = dnsmasq.leases(self._bridge, self._registry)
+            if await trio.to_thread.run_sync(dnsmasq.write_conf, self._conf_file, leases):
+                self._leases_written += 1
+                await self._restart_dhcp()
         script = nftables.ruleset(self._bridge, self._pool, self._registry)
         if script != self._applied and (self._pod_ready or self._applied is not None):
             await nftables.apply(script)
             self._applied = script
 
-    async def _reload_dhcp(self, hosts: str) -> None:
-        """SIGHUP dnsmasq, or restart it when an address it may have leased changed hands.
+    async def _restart_dhcp(self) -> None:
+        """Restart dnsmasq (or end its pause) to read its new leases; wait until it serves.
 
-        dnsmasq keeps a released VMI's lease in memory for the lease time and will not give
-        that address to another MAC; a fresh dnsmasq (no lease file) has no such memory.
+        A restart rather than a SIGHUP: dnsmasq reads its configuration only as root, at start.
+        A fresh dnsmasq (no lease file) also has no memory of an address leased to a MAC that
+        no longer has it, which would keep it from giving that address to its new owner.
         """
-        assert self._dhcp is not None
-        mapping = _mapping(hosts)
-        moved = [ip for ip, mac in mapping.items() if self._served.get(ip, mac) != mac]
-        if not moved:
-            self._served.update(mapping)
-            with contextlib.suppress(ProcessLookupError):
-                self._dhcp.send_signal(signal.SIGHUP)
-            return
-        log.info("restarting dnsmasq: %s now leased to another VMI", ", ".join(moved))
-        self._dhcp_restart = True
         self._dhcp_ready = trio.Event()
-        with contextlib.suppress(ProcessLookupError):
-            self._dhcp.terminate()
+        if self._dhcp is not None:
+            self._dhcp_restart = True
+            with contextlib.suppress(ProcessLookupError):
+                self._dhcp.terminate()
+        else:
+            self._dhcp_wake.set()
         with trio.move_on_after(DHCP_READY_TIMEOUT):
             await self._dhcp_ready.wait()
 
     async def _serve_dhcp(
         self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
     ) -> None:
-        """Run dnsmasq until cancelled; restart it (with a growing pause) when it dies."""
-        backoff = 1.0
+        """Run dnsmasq until cancelled; restart it at once for new leases, and after a pause
+        (doubling up to DHCP_BACKOFF_MAX, back to the minimum after a healthy run) when it
+        dies, saying so."""
+        backoff = DHCP_BACKOFF_MIN
         with scope:
-            began = trio.current_time()
-            await self._run_dhcp(task_status)  # a first start that fails fails the attach
+            ended = await self._run_dhcp(task_status)  # a first start that fails fails the attach
             while True:
-                if trio.current_time() - began > DHCP_HEALTHY_SECONDS:
-                    backoff = 1.0
                 if self._dhcp_restart:
                     self._dhcp_restart = False
                 else:
-                    log.warning("dnsmasq on %s exited; restarting in %g s", self._bridge, backoff)
-                    await trio.sleep(backoff)
+                    self._dhcp_failed(ended, f"; restarting in {backoff:g} s")
+                    self._dhcp_wake = trio.Event()
+                    with trio.move_on_after(backoff):
+                        await self._dhcp_wake.wait()
                     backoff = min(backoff * 2, DHCP_BACKOFF_MAX)
                 began = trio.current_time()
                 try:
-                    await self._run_dhcp(trio.TASK_STATUS_IGNORED)
+                    ended = await self._run_dhcp(trio.TASK_STATUS_IGNORED)
                 except (NetworkError, OSError) as exc:
-                    log.error("dnsmasq on %s: %s", self._bridge, exc)
+                    ended = str(exc)
+                if trio.current_time() - began > DHCP_HEALTHY_SECONDS:
+                    backoff = DHCP_BACKOFF_MIN
 
-    async def _run_dhcp(self, task_status: trio.TaskStatus[None]) -> None:
-        await trio.to_thread.run_sync(dnsmasq.kill_stale, self._pid_file, self._hosts_file)
+    def _dhcp_failed(self, problem: str, then: str = "") -> None:
+        """Log a new problem of dnsmasq once (a failed restart like the last one is no news),
+        with what vmid does `then`, and report it to the VMIs on the pod network."""
+        if problem == self._dhcp_problem:
+            return
+        self._dhcp_problem = problem
+        log.error("dnsmasq on %s: %s%s", self._bridge, problem, then)
+        self._on_dhcp(self._pod_vmis(), problem + then)
+
+    def _dhcp_serves(self) -> None:
+        self._dhcp_ready.set()
+        if self._dhcp_problem is not None:
+            self._dhcp_problem = None
+            log.info("dnsmasq on %s serves again", self._bridge)
+            self._on_dhcp(self._pod_vmis(), None)
+
+    def _dhcp_said(self, line: str) -> None:
+        problem = dnsmasq.problem(line)
+        if problem is not None:
+            self._dhcp_failed(problem)
+
+    def _pod_vmis(self) -> set[str]:
+        """The VMIs whose QEMU has a NIC on the pod network."""
+        return {a.vmi for a in self._registry if a.active and a.bridge == self._bridge}
+
+    async def _run_dhcp(self, task_status: trio.TaskStatus[None]) -> str:
+        """Start dnsmasq, wait until it serves, then until it ends: how it ended.
+
+        Raises:
+            NetworkError: it cannot be started, or exits before it serves.
+        """
+        await trio.to_thread.run_sync(dnsmasq.kill_stale, self._pid_file)
         self._pid_file.unlink(missing_ok=True)
+        generation = self._leases_written
         servers = self._config.podNetwork.dnsServers
         argv = dnsmasq.argv(
             self._bridge,
             self._pool,
             ipam.gateway(self._pool),
-            self._hosts_file,
+            self._conf_file,
             self._pid_file,
             dnsmasq.host_resolvers() if servers is None else servers,
             self._config.podNetwork.dhcpUser,
         )
         self._logs.mkdir(parents=True, exist_ok=True)
         # --log-dhcp writes lines for every DHCP packet: bounded, as a VM's logs are.
-        output, write_end = logs.open_pipe(self._log_file, self._config.logs)
+        output, write_end = logs.open_pipe(self._log_file, self._config.logs, self._dhcp_said)
         assert self._nursery is not None
         self._nursery.start_soon(output.drain)
         try:
@@ -340,12 +401,21 @@ class Network:
             os.close(write_end)
         self._dhcp = process
         try:
-            self._served = _mapping(self._hosts_file.read_text())
             await self._wait_dhcp_ready(process, output)
-            self._dhcp_ready.set()
+            if generation != self._leases_written:  # new leases while it started: read them
+                self._dhcp_restart = True
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+            else:
+                self._dhcp_serves()
             task_status.started()
             log.info("dnsmasq on %s running, pid %d", self._bridge, process.pid)
-            await process.wait()
+            returncode = await process.wait()
+            if self._dhcp_restart:  # stopped for new leases: how is no news
+                return "restarted"
+            if returncode < 0:  # its last line is no last word
+                return f"killed by {signal.Signals(-returncode).name}"
+            return f"exited with status {returncode}: {_words(await output.said())}"
         finally:
             self._dhcp = None
             with trio.CancelScope(shield=True):
@@ -357,16 +427,22 @@ class Network:
         return self._logs / f"dnsmasq-{self._bridge}.log"
 
     async def _wait_dhcp_ready(self, process: trio.Process, output: logs.LogPipe) -> None:
-        """dnsmasq writes its pid file once its signal handlers are in place (SIGHUP is safe)."""
+        """dnsmasq writes its pid file once it has read its configuration and bound its
+        sockets (it exits if it cannot)."""
         with trio.move_on_after(DHCP_READY_TIMEOUT):
             while process.returncode is None:
                 with contextlib.suppress(OSError, ValueError):
                     if int(self._pid_file.read_text()) == process.pid:
                         return
-                await trio.sleep(0.01)
+                await trio.sleep(0.002)  # ready in ~4 ms; each pod-network launch waits
         if process.poll() is not None:
-            last = await output.said()
+            last = _words(await output.said())
             raise NetworkError(f"dnsmasq failed to start: {last} (see {self._log_file})")
+
+
+def _words(line: str) -> str:
+    """A line of dnsmasq's without its `dnsmasq[pid]: ` prefix."""
+    return re.sub(r"^dnsmasq(?:-dhcp)?(?:\[\d+\])?: ", "", line)
 
 
 async def _terminate(process: trio.Process) -> None:
@@ -378,12 +454,6 @@ async def _terminate(process: trio.Process) -> None:
         return
     process.kill()
     await process.wait()
-
-
-def _mapping(hosts: str) -> dict[str, str]:
-    """address -> MAC from dnsmasq's hosts file text (`MAC,IP` lines)."""
-    pairs = (line.split(",") for line in hosts.splitlines() if line)
-    return {ip: mac for mac, ip in pairs}
 
 
 def _foreign(interface: str, device: str) -> NetworkError:

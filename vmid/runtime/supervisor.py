@@ -35,6 +35,8 @@ from vmid.runtime.status import Phase, Status, now
 log = logging.getLogger(__name__)
 
 STATUS_FILE = takeover.STATUS_FILE
+#: The condition of a VMI on the pod network: whether vmid's DHCP server serves its address.
+DHCP_CONDITION = "DHCPReady"
 
 
 @attrs.define(eq=False)
@@ -87,6 +89,7 @@ class Supervisor:
         self._changed = trio.Event()
         #: One uid allocation at a time: two VMIs must never pick the same free number.
         self._uids = trio.Lock()
+        network.on_dhcp(self._dhcp_changed)
 
     def __repr__(self) -> str:
         return f"<Supervisor vms={len(self._vms)}>"
@@ -286,6 +289,29 @@ class Supervisor:
             vm.scope.cancel()
         for vm in list(self._vms.values()):
             await vm.done.wait()
+
+    def _dhcp_changed(self, names: Set[str], problem: str | None) -> None:
+        """vmid's DHCP server failed (`problem`) or serves again (None): the VMIs on the pod
+        network say so (a condition and an event, so `vmid describe` shows it)."""
+        for name in sorted(names):
+            vm = self._vms.get(name)
+            if vm is None or vm.status.phase.final:
+                continue
+            old = vm.status.conditions.get(DHCP_CONDITION)
+            if problem is None:
+                if old is None or old.status == "True":
+                    continue
+                message = "vmid's DHCP server serves this VMI's addresses again"
+                vm.status.condition(DHCP_CONDITION, True, "DHCPServerRunning", message)
+                vm.status.event("Normal", "DHCPServerRecovered", message)
+            else:
+                message = f"vmid's DHCP server (dnsmasq): {problem}"
+                vm.status.condition(DHCP_CONDITION, False, "DHCPServerFailed", message)
+                vm.status.event("Warning", "DHCPServerFailed", message)
+            try:
+                vm.status.write()
+            except OSError as exc:
+                log.error("%s: cannot write its status: %s", name, exc)
 
     # Section: transitions
 
