@@ -291,7 +291,7 @@ def test_config_with_unknown_key(
     if where == "after":
         argv += flags
     status, out, err = run(capsys, *argv)
-    assert status == 2
+    assert status == 1
     assert out == ""
     assert (
         'bad-config.yaml:2:1: hostDiskRots: unknown field "hostDiskRots" '
@@ -304,7 +304,7 @@ def test_missing_config_named_on_the_command_line(
 ) -> None:
     write(workdir, "good.yaml", manifest("good"))
     status, out, err = run(capsys, "--config", "missing.yaml", "validate", "good.yaml")
-    assert status == 2
+    assert status == 1
     assert out == ""
     assert "missing.yaml" in err
     assert "no such configuration file" in err
@@ -507,7 +507,7 @@ def test_config_with_a_bad_value(
     write(workdir, "bad-config.yaml", config)
     write(workdir, "good.yaml", manifest("good"))
     status, out, err = run(capsys, "--config", "bad-config.yaml", "validate", "good.yaml")
-    assert status == 2
+    assert status == 1
     assert out == ""
     assert "bad-config.yaml" in err
     assert expected in err
@@ -577,5 +577,5 @@ def test_a_log_the_caller_cannot_read_is_a_message_not_a_traceback(tmp_path: Pat
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert "Traceback" not in result.stderr
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "Permission denied; run as root" in result.stderr

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from vmid.errors import VmidError
 from vmid.host import safefile
 
 
@@ -167,15 +168,44 @@ def read_json(path: Path) -> Any:
     return json.loads(safefile.read_regular(path, MAX_FILE_BYTES))
 
 
+class StateUnreadable(VmidError):
+    """The runtime directory is missing or closed to the caller: a reader would see nothing."""
+
+
 def read_objects(runtime: Path) -> list[dict[str, Any]]:
-    """Every VMI object the daemon has written under its runtime directory, by name."""
+    """Every VMI object the daemon has written under its runtime directory, by name.
+
+    Raises:
+        StateUnreadable: no daemon ever ran with this root, or the caller may not read its
+            state; an empty list is a daemon with no VMI.
+    """
+    instances = runtime / "instances"
+    try:
+        names = sorted(os.listdir(instances))
+    except FileNotFoundError:
+        if not runtime.is_dir():
+            raise no_state(runtime) from None
+        return []  # the daemon makes it with its first VMI
+    except PermissionError as exc:
+        raise _denied(instances) from exc
     objects = []
-    for path in sorted(runtime.glob("instances/*/status.json")):
+    for name in names:
         try:
-            objects.append(read_json(path))
+            objects.append(read_json(instances / name / "status.json"))
+        except PermissionError as exc:
+            raise _denied(instances / name / "status.json") from exc
         except (OSError, ValueError):
             continue  # removed or being replaced right now
     return objects
+
+
+def no_state(directory: Path) -> StateUnreadable:
+    """A directory of vmid's that does not exist: a --root no daemon ever ran with."""
+    return StateUnreadable(f"no vmid state at {directory}: is the daemon running with this --root?")
+
+
+def _denied(path: Path) -> StateUnreadable:
+    return StateUnreadable(f"permission denied reading {path}: run as root")
 
 
 def read_events(directory: Path) -> list[dict[str, str]]:
