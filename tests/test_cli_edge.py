@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from tests.daemon import Daemon, fake_config, manifest, running_daemon, traversable
+from vmid import control
 from vmid.cli import main
 from vmid.errors import VmidError
 from vmid.host import unixsock
@@ -296,3 +297,39 @@ def test_a_running_vms_verbs_fail_with_messages_and_ctrl_c_is_130(tmp_path: Path
         _, errors = reboot.communicate(timeout=30)
         assert reboot.returncode == 130
         assert "Traceback" not in errors
+
+
+@pytest.mark.timeout(60)
+def test_real_qemu_shows_whether_its_console_is_attached(tmp_path: Path) -> None:
+    """What `vmid console` relies on, from QEMU itself (the fake above mirrors it): a second
+    client's connect() succeeds but is not accepted, and query-chardev says `disconnected:`
+    only while no client holds the socket."""
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-M", "none", "-nodefaults", "-display", "none",
+         "-chardev", "socket,id=charserial0,path=console.sock,server=on,wait=off",
+         "-qmp", "unix:qmp.sock,server=on,wait=off"],
+        cwd=tmp_path, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        qmp = tmp_path / "qmp.sock"
+        deadline = time.monotonic() + 30
+        while not qmp.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not control.console_attached(qmp)
+        with unixsock.connect(tmp_path / "console.sock") as first:
+            deadline = time.monotonic() + 10
+            while not control.console_attached(qmp) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert control.console_attached(qmp)
+            with unixsock.connect(tmp_path / "console.sock") as second:
+                second.sendall(b"queued\n")  # nobody reads it: QEMU has not accepted it
+                first.close()
+                time.sleep(0.3)
+                assert control.console_attached(qmp)  # now the second's
+        deadline = time.monotonic() + 10
+        while control.console_attached(qmp) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not control.console_attached(qmp)
+    finally:
+        qemu.kill()
+        qemu.wait()
