@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -333,3 +335,30 @@ def test_real_qemu_shows_whether_its_console_is_attached(tmp_path: Path) -> None
     finally:
         qemu.kill()
         qemu.wait()
+
+
+@pytest.mark.timeout(120)
+def test_a_console_ended_by_sigterm_gives_the_terminal_back(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        primary, secondary = pty.openpty()
+        cooked = termios.tcgetattr(secondary)
+        console = subprocess.Popen(
+            [sys.executable, "-m", "vmid", "console", "vm-a", "--root", str(tmp_path)],
+            stdin=secondary,
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert console.stderr is not None
+            assert console.stderr.readline().startswith(b"Successfully connected")
+            daemon.wait_for("raw mode", lambda: termios.tcgetattr(secondary) != cooked)
+            console.send_signal(signal.SIGTERM)
+            assert console.wait(timeout=30) == 130
+            assert b"Traceback" not in console.stderr.read()
+            assert termios.tcgetattr(secondary) == cooked
+        finally:
+            console.stderr.close()  # type: ignore[union-attr]
+            os.close(primary)
+            os.close(secondary)

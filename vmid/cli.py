@@ -621,6 +621,8 @@ def _console(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _interrupt)  # so the terminal is restored on those too
         with sock, _raw_terminal(sys.stdin.fileno()):
             _relay(sock, sys.stdin.fileno(), sys.stdout.fileno())
     print(f"\r\nDisconnected from {args.name} console.", file=sys.stderr)
