@@ -135,10 +135,10 @@ def _next_step(supervisor: Supervisor, keep: bool) -> str:
     """`2 VMIs left, next kill in 6 s`: what the shutdown ladder does next."""
     left, kill_at = supervisor.stopping()
     vmis = f"{left} VMI{'' if left == 1 else 's'}"
-    if not left:
-        return "every VMI stopped, removing the network" if not keep else "leaving the network"
     if keep:
-        return f"leaving {vmis} running (onDaemonStop: keep)"
+        return f"leaving {vmis} running (onDaemonStop: keep)" if left else "closing down"
+    if not left:
+        return "every VMI stopped, removing the network"
     if kill_at is None:
         return f"{vmis} left"
     if kill_at <= trio.current_time():
