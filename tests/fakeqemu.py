@@ -16,6 +16,10 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
              then `flood done` to each, then obey
   tick       write a numbered line (1 KiB) to its serial console's log every 10 ms; obey
 
+Its serial console's socket serves one client at a time and echoes what it gets, as QEMU's
+queues a second one; its qmp.sock answers query-chardev (the console attached or not) and
+screendump (a PNG header) as QEMU does, and every other command with `{}`.
+
 Its run state (prelaunch until `cont`, running, paused after `stop`) is answered by
 query-status and kept in the file `runstate` in its working directory, for tests to read.
 """
@@ -77,9 +81,13 @@ def main(argv: list[str]) -> int:
     if mode == "tick":
         threading.Thread(target=tick, args=(console_log(argv),), daemon=True).start()
     fake = FakeQemu("obey" if mode.startswith("flood-") or mode == "tick" else mode)
+    path = option(argv, "-chardev", r"id=charserial0,path=([^,]+)")
+    console = None if path is None else Console(path)
+    if console is not None:
+        threading.Thread(target=console.serve, daemon=True).start()
     qmp = option(argv, "-chardev", r"id=qmp,path=([^,]+)")
     if qmp is not None:  # as QEMU: a socket file its own user (umask 0177) may connect to
-        threading.Thread(target=serve_socket, args=(qmp,), daemon=True).start()
+        threading.Thread(target=serve_socket, args=(qmp, console), daemon=True).start()
     listener = socket.socket(fileno=fd)
     while True:  # like QEMU: a client hanging up leaves the VM running, and it may reconnect
         conn, _ = listener.accept()
@@ -160,7 +168,7 @@ def tick(fd: int) -> None:
         time.sleep(0.01)
 
 
-def serve_socket(path: str) -> None:
+def serve_socket(path: str, console: Console | None) -> None:
     """Greet and answer every QMP client of the socket file `path` (`vmid qmp`, attackers)."""
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
@@ -170,7 +178,49 @@ def serve_socket(path: str) -> None:
         with conn:
             conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
             for request in requests(conn):
-                conn.sendall(json.dumps({"return": {}, "id": request.get("id")}).encode() + b"\r\n")
+                result = answer(request, console)
+                conn.sendall(
+                    json.dumps({"return": result, "id": request.get("id")}).encode() + b"\r\n"
+                )
+
+
+def answer(request: dict[str, Any], console: Console | None) -> object:
+    """What QEMU returns for the few commands whose answer tests read."""
+    if request["execute"] == "query-chardev":
+        return [console.chardev()] if console else []
+    if request["execute"] == "screendump":  # a 1x1 PNG's signature and header is enough here
+        with open(request["arguments"]["filename"], "wb") as stream:
+            stream.write(b"\x89PNG\r\n\x1a\n" + bytes(8) + (1).to_bytes(4, "big") * 2)
+    return {}
+
+
+class Console:
+    """The serial console's socket served as QEMU serves it: one client at a time (a second
+    one's connect() succeeds, and it waits unaccepted until the first leaves); what a client
+    types is echoed back."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.attached = False
+
+    def chardev(self) -> dict[str, object]:
+        """The console in query-chardev's answer, as QEMU 7.2 gives it."""
+        filename = f"unix:{self.path},server=on"
+        if not self.attached:
+            filename = "disconnected:" + filename
+        return {"label": "charserial0", "filename": filename, "frontend-open": True}
+
+    def serve(self) -> None:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(self.path)
+        listener.listen()
+        while True:
+            conn, _ = listener.accept()
+            self.attached = True
+            with conn, contextlib.suppress(OSError):
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            self.attached = False
 
 
 class FakeQemu:

@@ -233,7 +233,7 @@ def test_root_and_config_before_or_after_the_command(
     flags = ["--root", str(root), "--config", "vmid.yaml"]
     argv = [*flags, "render", "seed.yaml"] if where == "before" else ["render", "seed.yaml", *flags]
     status, out, err = run(capsys, *argv)
-    assert (status, err) == (0, "")
+    assert (status, uuid_notes_only(err)) == (0, True)
     state = f"{root}/var/lib/vmid/namespaces/default/testvmi-nocloud"
     assert f"opaque={state}/disks/containerdisk.qcow2" in out
     assert f"opaque={root}/var/log/vmid/namespaces/default/testvmi-nocloud/console.log \\" in out
@@ -259,7 +259,7 @@ def test_relative_root_gives_absolute_paths(
     status, out, err = run(
         capsys, "--root", "rel", "--config", "vmid.yaml", "render", "seed.yaml", "-o", "json"
     )
-    assert (status, err) == (0, "")
+    assert (status, uuid_notes_only(err)) == (0, True)
     plan = json.loads(out)
     state = f"{workdir}/rel/var/lib/vmid/namespaces/default/testvmi-nocloud"
     assert plan["cwd"] == f"{workdir}/rel/run/vmid/namespaces/default/testvmi-nocloud/qemu"
@@ -276,7 +276,7 @@ def test_root_gives_the_default_config_file(
     (root / "etc/vmid/vmid.yaml").write_text("accelerator: tcg\nqemu: /opt/qemu/bin/qemu\n")
     write(workdir, "seed.yaml", SEED)
     status, out, err = run(capsys, "render", "--root", str(root), "seed.yaml")
-    assert (status, err) == (0, "")
+    assert (status, uuid_notes_only(err)) == (0, True)
     assert out.splitlines()[0] == "/opt/qemu/bin/qemu \\"
 
 
@@ -291,7 +291,7 @@ def test_config_with_unknown_key(
     if where == "after":
         argv += flags
     status, out, err = run(capsys, *argv)
-    assert status == 2
+    assert status == 1
     assert out == ""
     assert (
         'bad-config.yaml:2:1: hostDiskRots: unknown field "hostDiskRots" '
@@ -304,7 +304,7 @@ def test_missing_config_named_on_the_command_line(
 ) -> None:
     write(workdir, "good.yaml", manifest("good"))
     status, out, err = run(capsys, "--config", "missing.yaml", "validate", "good.yaml")
-    assert status == 2
+    assert status == 1
     assert out == ""
     assert "missing.yaml" in err
     assert "no such configuration file" in err
@@ -324,8 +324,14 @@ def test_missing_default_config_means_defaults(
 def render_lines(capsys: pytest.CaptureFixture[str], workdir: Path, text: str) -> list[str]:
     write(workdir, "vmi.yaml", text)
     status, out, err = run(capsys, "--config", "vmid.yaml", "render", "vmi.yaml")
-    assert (status, err) == (0, "")
+    assert (status, uuid_notes_only(err)) == (0, True)
     return out.splitlines()
+
+
+def uuid_notes_only(err: str) -> bool:
+    """Whether render said nothing but that the firmware UUIDs it shows are placeholders (no
+    daemon ran these VMIs under this root)."""
+    return all("is a placeholder: the daemon gives" in line for line in err.splitlines())
 
 
 def test_render_one_option_per_line(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -374,7 +380,7 @@ def test_render_two_vmis_heads_each(workdir: Path, capsys: pytest.CaptureFixture
 def render_json(capsys: pytest.CaptureFixture[str], workdir: Path, text: str) -> Any:
     write(workdir, "vmi.yaml", text)
     status, out, err = run(capsys, "--config", "vmid.yaml", "render", "vmi.yaml", "-o", "json")
-    assert (status, err) == (0, "")
+    assert (status, uuid_notes_only(err)) == (0, True)
     return json.loads(out)
 
 
@@ -507,7 +513,7 @@ def test_config_with_a_bad_value(
     write(workdir, "bad-config.yaml", config)
     write(workdir, "good.yaml", manifest("good"))
     status, out, err = run(capsys, "--config", "bad-config.yaml", "validate", "good.yaml")
-    assert status == 2
+    assert status == 1
     assert out == ""
     assert "bad-config.yaml" in err
     assert expected in err
@@ -577,5 +583,5 @@ def test_a_log_the_caller_cannot_read_is_a_message_not_a_traceback(tmp_path: Pat
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert "Traceback" not in result.stderr
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "Permission denied; run as root" in result.stderr

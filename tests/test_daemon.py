@@ -821,7 +821,7 @@ def test_a_read_only_state_directory_ends_the_daemon_with_a_message(tmp_path: Pa
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         cwd=tmp_path,
     )
-    assert result.returncode == 2, result.stderr  # as for a bad vmid.yaml
+    assert result.returncode == 1, result.stderr  # as for a bad vmid.yaml
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
         f"vmid: cannot prepare {state}: Read-only file system; vmid keeps its state, runtime "

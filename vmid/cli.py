@@ -10,6 +10,7 @@ import base64
 import codecs
 import contextlib
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -47,27 +48,60 @@ from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
 from vmid.runtime import daemon, status
 
-EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+#: Every command: 0 done, 1 failed (a bad file or name, the daemon or a VM, an I/O error),
+#: 2 a usage error (argparse's own: a bad flag or argument), 130 interrupted by Ctrl+C.
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one vmid command; returns the process exit status."""
     args = _parser().parse_args(argv)
-    if args.run is not _daemon:  # only the daemon answers them itself (vmid.__main__)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
     try:
+        if args.run is not _daemon:  # only the daemon answers them itself (vmid.__main__)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # a Ctrl+C held comes now
         result: int = args.run(args)
-    except VmidError as exc:
-        print(f"vmid: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+        _silence_stdout()
         return EXIT_ERROR
-    except BrokenPipeError:
+    except (VmidError, OSError) as exc:
+        _report(exc)
         return EXIT_ERROR
-    except OSError as exc:  # a file the command needs: say which and why, never a traceback
-        where = f"{exc.filename}: " if exc.filename else ""
-        hint = "; run as root" if isinstance(exc, PermissionError) else ""
-        print(f"vmid: {where}{exc.strerror or exc}{hint}", file=sys.stderr)
+    except ExceptionGroup as group:  # from the daemon's nurseries
+        expected, bugs = group.split((VmidError, OSError))
+        if bugs is not None or expected is None:
+            raise
+        for leaf in _leaves(expected):
+            _report(leaf)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
     return result
+
+
+def _report(exc: BaseException) -> None:
+    """Say what failed and why, never a traceback; a file names itself."""
+    if not isinstance(exc, OSError):
+        print(f"vmid: {exc}", file=sys.stderr)
+        return
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = "; run as root" if isinstance(exc, PermissionError) else ""
+    print(f"vmid: {where}{exc.strerror or exc}{hint}", file=sys.stderr)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def _silence_stdout() -> None:
+    # What is still buffered would fail again as the interpreter exits, with a message.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_validate)
 
     render = commands.add_parser(
-        "render", parents=[common], help="print the QEMU command line vmid would run"
+        "render",
+        parents=[common],
+        help="print the QEMU command line vmid would run",
+        description="Print the QEMU command line vmid would run for each VMI of FILE. fd=N and "
+        "/dev/fdset/N stand for the files and sockets the daemon passes as fds: a running VMI's "
+        "real command line is its status.qemu.argv (vmid get NAME -o yaml).",
     )
     render.add_argument("file", metavar="FILE", type=Path)
     render.add_argument("-o", "--output", choices=("args", "json"), default="args")
@@ -143,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a VMI's VNC display on a localhost TCP port, with a one-time password",
     )
     vnc.add_argument("name", metavar="NAME")
-    vnc.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
+    vnc.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
     vnc.set_defaults(run=_vnc)
     screenshot = commands.add_parser(
         "screenshot", parents=[common], help="save the VMI's screen as a PNG file"
@@ -211,10 +250,10 @@ def _validate(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
-            status = EXIT_INVALID
+            status = EXIT_ERROR
         elif not planned:
             print(f"{file}: no VirtualMachineInstance in this file", file=sys.stderr)
-            status = EXIT_INVALID
+            status = EXIT_ERROR
         else:
             names = ", ".join(p.manifest.name for p in planned)
             print(f"{file}: valid: {names}")
@@ -226,15 +265,10 @@ def _render(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems or not planned:
-        return EXIT_INVALID
+        return EXIT_ERROR
     config, paths = _setup(args)
     accelerator = accel.resolve(config.accelerator)
     plans = [_as_the_daemon_plans(item, config, paths, accelerator) for item in planned]
-    print(
-        "vmid: fd=N and /dev/fdset/N stand for the files and sockets the daemon passes as fds; "
-        "a running VMI's real command line is its status.qemu.argv (vmid get NAME -o yaml)",
-        file=sys.stderr,
-    )
     if args.output == "json":
         data = [plan_as_json(p) for p in plans]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
@@ -357,18 +391,22 @@ def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
     if args.all_namespaces and args.name is not None:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
-        return EXIT_INVALID
+        return EXIT_ERROR
     objects = [o for o in status.read_objects(paths.runtime) if _in_scope(args, o)]
     if args.name is not None:
         objects = [o for o in objects if o.get("metadata", {}).get("name") == args.name]
         if not objects:
             print(f"vmid: {_not_found(args)}", file=sys.stderr)
-            return EXIT_INVALID
+            return EXIT_ERROR
     if args.watch:
         return _watch(paths, args)
     if args.output in ("yaml", "json"):
         data = objects[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objects}
         _print_data(data, args.output)
+        return EXIT_OK
+    if not objects:  # as kubectl: the daemon runs and has no VMI there
+        where = "" if args.all_namespaces else f" in {_namespace(args)} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
         return EXIT_OK
     print(_table(objects, wide=args.output == "wide", namespaces=args.all_namespaces))
     return EXIT_OK
@@ -470,7 +508,7 @@ def _describe(args: argparse.Namespace) -> int:
     obj = _find(args, paths)
     if obj is None:
         print(f"vmid: {_not_found(args)}", file=sys.stderr)
-        return EXIT_INVALID
+        return EXIT_ERROR
     st, spec = obj.get("status", {}), obj.get("spec", {})
     domain = spec.get("domain", {})
     cpu, qemu = domain.get("cpu", {}), st.get("qemu", {})
@@ -555,8 +593,10 @@ def _logs(args: argparse.Namespace) -> int:
                 else:
                     shutil.copyfileobj(stream, sys.stdout.buffer)
     except FileNotFoundError:
+        if not paths.logs.is_dir():
+            raise status.no_state(paths.logs) from None
         print(f"vmid: no console log for {args.name!r} ({log_file})", file=sys.stderr)
-        return EXIT_INVALID
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -589,6 +629,12 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("the arguments must be a JSON object")
     return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0 to 65535)")
+    return int(text)
 
 
 def _running(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
@@ -631,23 +677,51 @@ ESCAPE = b"\x1d"  # Ctrl+], as virtctl console and telnet
 
 
 def _console(args: argparse.Namespace) -> int:
-    _, st = _running(args)
+    qmp_socket, st = _running(args)
     path = st.get("qemu", {}).get("consoleSocket")
     if not path:
         raise control.ControlError(f"VMI {args.name} has no serial console")
-    try:
-        sock = unixsock.connect(Path(path))
-    except OSError as exc:
-        raise control.ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-    print(
-        f"Successfully connected to {args.name} console. Press Ctrl+] to exit console.",
-        file=sys.stderr,
-        flush=True,
-    )
-    with sock, _raw_terminal(sys.stdin.fileno()):
-        _relay(sock, sys.stdin.fileno(), sys.stdout.fileno())
+    with _console_lock(args.name, Path(path)):
+        # QEMU serves one client at a time: a second one's connect() succeeds, and what it
+        # types waits unread until the first leaves.
+        if control.console_attached(qmp_socket):
+            raise control.ControlError(
+                f"{args.name}: its console is already attached (another client is connected "
+                f"to {path})"
+            )
+        try:
+            sock = unixsock.connect(Path(path))
+        except OSError as exc:
+            raise control.ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+        print(
+            f"Successfully connected to {args.name} console. Press Ctrl+] to exit console.",
+            file=sys.stderr,
+            flush=True,
+        )
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _interrupt)  # so the terminal is restored on those too
+        with sock, _raw_terminal(sys.stdin.fileno()):
+            _relay(sock, sys.stdin.fileno(), sys.stdout.fileno())
     print(f"\r\nDisconnected from {args.name} console.", file=sys.stderr)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _console_lock(name: str, console_socket: Path) -> Iterator[None]:
+    """Held while attached, on the socket's directory: two `vmid console` started at once
+    would both find the console free before QEMU accepts either."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(console_socket.parent, flags)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise control.ControlError(
+                f"{name}: its console is already attached (another vmid console is connected)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -695,7 +769,13 @@ def _vnc(args: argparse.Namespace) -> int:
     if not path:
         raise control.ControlError(f"VMI {args.name} has no graphics device")
     password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(VNC_PASSWORD_LENGTH))
-    with socket.create_server(("127.0.0.1", args.port)) as server:
+    try:
+        server = socket.create_server(("127.0.0.1", args.port))
+    except OSError as exc:
+        raise control.ControlError(
+            f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
+        ) from exc
+    with server:
         port = server.getsockname()[1]
         # Any local user can connect to the port: the password is what only this user knows.
         _set_vnc_password(args.name, qmp_socket, password)

@@ -15,6 +15,7 @@ from typing import Any
 
 from vmid.errors import VmidError
 from vmid.host import unixsock
+from vmid.plan.devices import CONSOLE_CHARDEV
 
 TIMEOUT = 10.0
 
@@ -27,6 +28,15 @@ def execute(qmp_socket: Path, command: str, arguments: Mapping[str, Any] | None 
     """Run one QMP command on `qmp_socket` and return QEMU's answer."""
     with _session(qmp_socket, command) as (_, stream):
         return _request(stream, command, arguments)
+
+
+def console_attached(qmp_socket: Path) -> bool:
+    """Whether a client is connected to the serial console's socket; QEMU names a socket
+    chardev with no client `disconnected:...`."""
+    for chardev in execute(qmp_socket, "query-chardev"):
+        if chardev.get("label") == CONSOLE_CHARDEV:
+            return not str(chardev.get("filename", "")).startswith("disconnected:")
+    return False
 
 
 def soft_reboot(qmp_socket: Path, timeout: float) -> None:

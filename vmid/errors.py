@@ -2,7 +2,8 @@
 
     VmidError
      ├── ConfigError      vmid.yaml or a command-line flag is wrong
-     └── ManifestError    a manifest does not load, validate or plan; carries every `Problem` found
+     ├── ManifestError    a manifest does not load, validate or plan; carries every `Problem` found
+     └── StateUnreadable  the CLI finds no daemon's state under --root, or may not read it
 
 Anything else that escapes is a bug. `BaseException`s (cancellation, KeyboardInterrupt) are never
 wrapped.
@@ -48,3 +49,7 @@ class ManifestError(VmidError):
     def __init__(self, problems: tuple[Problem, ...]) -> None:
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+
+
+class StateUnreadable(VmidError):
+    """The runtime directory is missing or closed to the caller: a reader would see nothing."""

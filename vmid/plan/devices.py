@@ -10,6 +10,8 @@ from vmid.plan.model import Access, device_id
 from vmid.plan.qemu import options
 
 CONSOLE_SOCKET = "console.sock"
+#: `vmid console` asks QEMU about it by this id.
+CONSOLE_CHARDEV = "charserial0"
 VNC_SOCKET = "vnc.sock"
 AGENT_SOCKET = "qga.sock"
 _VIDEO = {
@@ -48,7 +50,7 @@ def console(ctx: Context, log: str) -> Iterator[str]:
     yield options(
         "socket",
         {
-            "id": "charserial0",
+            "id": CONSOLE_CHARDEV,
             "path": CONSOLE_SOCKET,
             "server": True,
             "wait": False,
@@ -56,7 +58,7 @@ def console(ctx: Context, log: str) -> Iterator[str]:
             "logappend": True,
         },
     )
-    yield from ("-device", options("isa-serial", {"chardev": "charserial0", "id": "serial0"}))
+    yield from ("-device", options("isa-serial", {"chardev": CONSOLE_CHARDEV, "id": "serial0"}))
 
 
 def graphics(ctx: Context) -> Iterator[str]:

@@ -2,12 +2,14 @@
 
 SIGTERM or SIGINT stops every VMI gracefully and in parallel, then exits (with
 `onDaemonStop: keep` the VMs are left running). SIGHUP re-reads vmid.yaml and rescans the spool.
+While stopping, every signal is answered with a log line and changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import stat
@@ -42,10 +44,25 @@ async def serve(paths: Paths, config_file: Path, config_required: bool) -> None:
     Signals the entry point held (`vmid.__main__`) are delivered once the receiver is in
     place, and released before any child starts: a blocked mask is inherited across exec.
     """
-    with trio.open_signal_receiver(*HELD_SIGNALS) as signals:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
-        await _serve(paths, config_file, config_required, signals)
+    # Once stopped (or failed) nothing is left to stop: a signal still queued in the receiver
+    # as it closes, or coming until the process is gone, must not reach Python's defaults (a
+    # KeyboardInterrupt traceback, death by SIGTERM or SIGHUP). The receiver restores this
+    # handler (not SIG_IGN: that would be inherited by the QEMUs and dnsmasq it starts); then
+    # SIG_IGN, which the interpreter's own exit keeps (it resets handlers to the defaults).
+    for signum in HELD_SIGNALS:
+        signal.signal(signum, _stopped)
+    try:
+        with trio.open_signal_receiver(*HELD_SIGNALS) as signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+            await _serve(paths, config_file, config_required, signals)
+    finally:
+        for signum in HELD_SIGNALS:  # nothing is started from here on
+            signal.signal(signum, signal.SIG_IGN)
     log.info("vmid stopped")
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """A signal as the daemon ends: nothing is left to stop."""
 
 
 async def _serve(
@@ -99,8 +116,35 @@ async def _serve(
         notifier.notify(STOPPING="1", STATUS=f"stopping: {_summary(supervisor)}")
         if not keep:
             notifier.extend_timeout(supervisor.max_grace() + STOP_MARGIN_SECONDS)
-        await supervisor.stop_all(keep=keep)
-        await network.close(keep=keep)
+        async with trio.open_nursery() as stopping:
+            stopping.start_soon(_acknowledge, signals, supervisor, keep)
+            await supervisor.stop_all(keep=keep)
+            await network.close(keep=keep)
+            stopping.cancel_scope.cancel()
+
+
+async def _acknowledge(signals: AsyncIterator[int], supervisor: Supervisor, keep: bool) -> None:
+    """While stopping, a signal changes nothing (no VM loses its grace): say what comes next."""
+    async for signum in signals:
+        why = "no reload while stopping" if signum == signal.SIGHUP else "already stopping"
+        log.warning(
+            "stopping: %s (%s: %s)", _next_step(supervisor, keep), signal.Signals(signum).name, why
+        )
+
+
+def _next_step(supervisor: Supervisor, keep: bool) -> str:
+    """`2 VMIs left, next kill in 6 s`: what the shutdown ladder does next."""
+    left, kill_at = supervisor.stopping()
+    vmis = f"{left} VMI{'' if left == 1 else 's'}"
+    if keep:
+        return f"leaving {vmis} running (onDaemonStop: keep)" if left else "closing down"
+    if not left:
+        return "every VMI stopped, removing the network"
+    if kill_at is None:
+        return f"{vmis} left"
+    if kill_at <= trio.current_time():
+        return f"{vmis} left, killing one now (its grace is over)"
+    return f"{vmis} left, next kill in {math.ceil(kill_at - trio.current_time())} s"
 
 
 async def _reload(

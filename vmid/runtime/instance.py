@@ -109,6 +109,8 @@ class Instance:
         self.detach = False
         #: Stop the VM as soon as it is Running: a re-adopted VM whose manifest is gone.
         self.stop_once_running = False
+        #: When the shutdown ladder, once begun, kills QEMU (trio's clock): the grace's end.
+        self.kill_at: float | None = None
 
     def __repr__(self) -> str:
         pid = self._process.pid if self._process else None
@@ -433,6 +435,7 @@ class Instance:
             self.log.info("left running (onDaemonStop: keep)")
             return
         grace = self.plan.gracePeriodSeconds
+        self.kill_at = trio.current_time() + (grace if self.plan.acpi else 0)
         if grace == 0 or not self.plan.acpi:
             self._outcome.stop = "killed-at-once"
             self._process.kill()

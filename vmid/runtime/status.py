@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from vmid.config import NAMESPACES
+from vmid.errors import StateUnreadable
 from vmid.host import safefile
 
 
@@ -169,14 +170,44 @@ def read_json(path: Path) -> Any:
 
 
 def read_objects(runtime: Path) -> list[dict[str, Any]]:
-    """Every VMI object the daemon has written under its runtime directory, by namespace/name."""
+    """Every VMI object the daemon has written under its runtime directory, by namespace/name.
+
+    Raises:
+        StateUnreadable: no daemon ever ran with this root, or the caller may not read its
+            state; an empty list is a daemon with no VMI.
+    """
+    instances = runtime / NAMESPACES
     objects = []
-    for path in sorted(runtime.glob(f"{NAMESPACES}/*/*/status.json")):
-        try:
-            objects.append(read_json(path))
-        except (OSError, ValueError):
-            continue  # removed or being replaced right now
+    for namespace in _listed(runtime, instances):
+        for name in _listed(runtime, instances / namespace):
+            path = instances / namespace / name / "status.json"
+            try:
+                objects.append(read_json(path))
+            except PermissionError as exc:
+                raise _denied(path) from exc
+            except (OSError, ValueError):
+                continue  # removed or being replaced right now
     return objects
+
+
+def _listed(runtime: Path, directory: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        if not runtime.is_dir():
+            raise no_state(runtime) from None
+        return []  # the daemon makes them with its first VMI; or gone right now
+    except PermissionError as exc:
+        raise _denied(directory) from exc
+
+
+def no_state(directory: Path) -> StateUnreadable:
+    """A directory of vmid's that does not exist: a --root no daemon ever ran with."""
+    return StateUnreadable(f"no vmid state at {directory}: is the daemon running with this --root?")
+
+
+def _denied(path: Path) -> StateUnreadable:
+    return StateUnreadable(f"permission denied reading {path}: run as root")
 
 
 def read_events(directory: Path) -> list[dict[str, str]]:

@@ -114,6 +114,15 @@ class Supervisor:
         graces = [vm.instance.plan.gracePeriodSeconds for vm in self._vms.values() if vm.instance]
         return max(graces, default=0)
 
+    def stopping(self) -> tuple[int, float | None]:
+        """How many VMIs have not stopped yet, and the soonest time (trio's clock) the shutdown
+        ladder kills one of them (None: none is waiting for its grace to end)."""
+        left = [vm for vm in self._vms.values() if not vm.done.is_set()]
+        kills = [
+            vm.instance.kill_at for vm in left if vm.instance and vm.instance.kill_at is not None
+        ]
+        return len(left), min(kills, default=None)
+
     async def wait_settled(self) -> None:
         """Wait until no VMI is still starting (each is Running or has ended)."""
         starting = (Phase.PENDING, Phase.SCHEDULED)
