@@ -25,14 +25,12 @@ import string
 import sys
 import termios
 import threading
-import time
 import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import cattrs
-import trio
 from ruamel.yaml import YAML
 
 from vmid import control
@@ -40,10 +38,9 @@ from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Config, Paths, load_config
 from vmid.errors import VmidError
 from vmid.host import accel, logfile, unixsock
-from vmid.host.storage import ImageStore
 from vmid.manifests import Planned, plan_file
 from vmid.plan.model import LaunchPlan
-from vmid.runtime import daemon, status
+from vmid.runtime import status, statuswatch
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -255,6 +252,10 @@ def _bytes_text(data: bytes) -> str:
 
 
 def _daemon(args: argparse.Namespace) -> int:
+    import trio  # here, as the daemon's modules: `vmid get` and the like start faster without
+
+    from vmid.runtime import daemon
+
     _configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     paths = Paths(args.root or Path("/"))
     config_file = args.config or paths.config_file
@@ -284,49 +285,122 @@ class _JournalFormatter(logging.Formatter):
 
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    objects = status.read_objects(paths.runtime)
-    if args.name is not None:
-        objects = [o for o in objects if o.get("metadata", {}).get("name") == args.name]
-        if not objects:
-            print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
-            return EXIT_INVALID
     if args.watch:
         return _watch(paths, args)
+    objects = [o for o in status.read_objects(paths) if args.name in (None, _name(o))]
+    if args.name is not None and not objects:
+        print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
+        return EXIT_INVALID
     if args.output in ("yaml", "json"):
         data = objects[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objects}
         _print_data(data, args.output)
         return EXIT_OK
     print(_table(objects, wide=args.output == "wide"))
+    for obj in objects:
+        if not obj.get("metadata", {}).get("name"):  # a spool file: `describe` cannot show why
+            print(f"{_name(obj)}: {obj.get('status', {}).get('reason', '')}", file=sys.stderr)
     return EXIT_OK
 
 
-WATCH_INTERVAL = 0.25
+def _name(obj: dict[str, Any]) -> str:
+    """The VMI's name; `<FILE>` for a spool file whose problems no VMI shows (it has no name
+    that can be trusted)."""
+    metadata = obj.get("metadata", {})
+    if metadata.get("name"):
+        return str(metadata["name"])
+    file = metadata.get("annotations", {}).get("vmid.io/manifest-file", "?")
+    return f"<{Path(file).name}>"
 
 
 def _watch(paths: Paths, args: argparse.Namespace) -> int:
-    """Like `kubectl get -w`: the table, then a row for every VMI whose row changes."""
-    wide = args.output == "wide"
-    header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
-    shown: dict[str, list[str]] = {}
-    first = True
+    """Like `kubectl get -w`: the list, then every status as it is written (a table row, or a
+    document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
+    watch = statuswatch.StatusWatch(paths)
     try:
-        while True:
-            rows = {}
-            for obj in status.read_objects(paths.runtime):
-                name = obj.get("metadata", {}).get("name", "?")
-                if args.name in (None, name):
-                    rows[name] = _row(obj, wide)
-            # AGE changes every second; only the other columns make a change.
-            changed = [r for n, r in rows.items() if _sans_age(shown.get(n)) != _sans_age(r)]
-            gone = [[n, "", "Deleted"] + [""] * (len(header) - 3) for n in shown if n not in rows]
-            if changed or gone or first:
-                lines = _columns([header, *changed, *gone]).splitlines()
-                print("\n".join(lines if first else lines[1:]), flush=True)
-                first = False
-            shown = rows
-            time.sleep(WATCH_INTERVAL)
+        found = [c for c in watch.current() if args.name in (None, _name(c.obj or {}))]
+        if args.name is not None and not found:
+            print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
+            return EXIT_INVALID
+        printer = _WatchPrinter(args.output, found)
+        if not watch.daemon_running():
+            print("vmid: the daemon is not running: nothing will change", file=sys.stderr)
+            return EXIT_OK
+        for change in watch.changes():
+            if args.name in (None, _name(change.obj or printer.last(change.path))):
+                printer.change(change)
+        print("vmid: the daemon stopped", file=sys.stderr)
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
+    finally:
+        watch.close()
+
+
+class _WatchPrinter:
+    """Prints a watch: rows as kubectl's table does, or one JSON/YAML document per change."""
+
+    def __init__(self, output: str | None, found: list[statuswatch.Change]) -> None:
+        self._output = output
+        self._wide = output == "wide"
+        self._documents = 0
+        #: The object last printed for each status file.
+        self._shown = {c.path: c.obj for c in found if c.obj is not None}
+        if output in ("json", "yaml"):
+            for obj in self._shown.values():
+                self._document(obj)
+        else:
+            print(_table(list(self._shown.values()), self._wide), flush=True)
+
+    def last(self, path: Path) -> dict[str, Any]:
+        return self._shown.get(path) or {}
+
+    def change(self, change: statuswatch.Change) -> None:
+        last = self._shown.pop(change.path, None)
+        obj = change.obj or last
+        if obj is None:
+            return
+        if self._output in ("json", "yaml"):
+            self._document(obj)  # a VMI gone: its last object, as kubectl prints it
+        elif change.obj is None:
+            self._rows([[_name(obj), "", "Deleted"] + [""] * (len(_header(self._wide)) - 3)])
+        else:
+            row = _row(obj, self._wide)
+            missed = [_passed(obj, phase, self._wide) for phase in _missed(last, obj)]
+            if missed or last is None or _sans_age(_row(last, self._wide)) != _sans_age(row):
+                self._rows([*missed, row])
+        if change.obj is not None:
+            self._shown[change.path] = change.obj
+
+    def _rows(self, rows: list[list[str]]) -> None:
+        print("\n".join(_columns([_header(self._wide), *rows]).splitlines()[1:]), flush=True)
+
+    def _document(self, obj: dict[str, Any]) -> None:
+        if self._output == "yaml" and self._documents:
+            print("---")
+        _print_data(obj, self._output or "json")
+        sys.stdout.flush()
+        self._documents += 1
+
+
+def _missed(last: dict[str, Any] | None, obj: dict[str, Any]) -> list[str]:
+    """The phases `obj` passed through since `last` (None: not seen before) that no read saw:
+    each lasted less than it took to read it (a 100 ms `Running`). A new object's first phase
+    (`Pending`, where every VMI starts, a refused one too) is not one of them."""
+    now = _transitions(obj)
+    seen = _transitions(last) if last is not None else now[:1]
+    if now[: len(seen)] != seen:
+        seen = now[:1]  # a new VMI of that name
+    return [t.get("phase", "") for t in now[len(seen) : -1]]
+
+
+def _transitions(obj: dict[str, Any]) -> list[dict[str, str]]:
+    return list(obj.get("status", {}).get("phaseTransitionTimestamps", []))
+
+
+def _passed(obj: dict[str, Any], phase: str, wide: bool) -> list[str]:
+    """The row of a phase no read saw: what else it showed then is not known."""
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    return [_name(obj), _age(created), phase] + [""] * (len(_header(wide)) - 3)
 
 
 def _sans_age(row: list[str] | None) -> list[str] | None:
@@ -343,8 +417,11 @@ def _print_data(data: Any, output: str) -> None:
 
 
 def _table(objects: list[dict[str, Any]], wide: bool) -> str:
-    header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
-    return _columns([header] + [_row(o, wide) for o in objects])
+    return _columns([_header(wide)] + [_row(o, wide) for o in objects])
+
+
+def _header(wide: bool) -> list[str]:
+    return ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
 
 
 def _columns(rows: list[list[str]]) -> str:
@@ -359,7 +436,7 @@ def _row(obj: dict[str, Any], wide: bool) -> list[str]:
     conditions = {c["type"]: c["status"] for c in st.get("conditions", [])}
     interfaces = st.get("interfaces") or [{}]
     row = [
-        obj.get("metadata", {}).get("name", "?"),
+        _name(obj),
         _age(obj.get("metadata", {}).get("creationTimestamp")),
         st.get("phase", ""),
         interfaces[0].get("ipAddress", ""),
@@ -384,9 +461,7 @@ def _age(stamp: str | None) -> str:
 def _describe(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
     found = [
-        o
-        for o in status.read_objects(paths.runtime)
-        if o.get("metadata", {}).get("name") == args.name
+        o for o in status.read_objects(paths) if o.get("metadata", {}).get("name") == args.name
     ]
     if not found:
         print(f"vmid: virtualmachineinstance {args.name!r} not found", file=sys.stderr)
@@ -515,9 +590,7 @@ def _running(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The qmp.sock and status of a Running VMI, or ControlError saying why not."""
     paths = Paths(args.root or Path("/"))
     objects = [
-        o
-        for o in status.read_objects(paths.runtime)
-        if o.get("metadata", {}).get("name") == args.name
+        o for o in status.read_objects(paths) if o.get("metadata", {}).get("name") == args.name
     ]
     if not objects:
         raise control.ControlError(f"virtualmachineinstance {args.name!r} not found")
@@ -727,6 +800,10 @@ def _screenshot(args: argparse.Namespace) -> int:
 
 
 def _image_import(args: argparse.Namespace) -> int:
+    import trio
+
+    from vmid.host.storage import ImageStore
+
     config, paths = _setup(args)
     store = ImageStore(paths.state / "images", config.qemuImg)
     stored = trio.run(store.add, args.ref, args.file)
@@ -735,6 +812,8 @@ def _image_import(args: argparse.Namespace) -> int:
 
 
 def _image_list(args: argparse.Namespace) -> int:
+    from vmid.host.storage import ImageStore
+
     config, paths = _setup(args)
     images = ImageStore(paths.state / "images", config.qemuImg).list()
     rows = [["REF", "FORMAT", "SIZE"]] + [[i.ref, i.format, str(i.virtualSize)] for i in images]

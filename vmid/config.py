@@ -171,6 +171,16 @@ class Paths:
     def instance_logs(self, name: str) -> Path:
         return self.logs / name
 
+    @property
+    def spool_runtime(self) -> Path:
+        """A directory per spool file whose problems no VMI shows, named as the file."""
+        return self.runtime / "spool"
+
+    @property
+    def daemon_pid(self) -> Path:
+        """The running daemon's pid, locked (flock) while it runs."""
+        return self.runtime / "daemon.pid"
+
     def volumes(self, config: Config) -> Path:
         return self.state / config.volumesDir
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from vmid.config import Paths
 from vmid.host import safefile
 
 
@@ -55,6 +56,7 @@ MAX_EVENTS = 50
 #: A status file holds one manifest (at most 256 KiB of YAML) and its status: far below this.
 MAX_FILE_BYTES = 16 << 20
 EVENTS_FILE = "events.json"
+STATUS_FILE = "status.json"
 
 
 @attrs.define
@@ -167,10 +169,22 @@ def read_json(path: Path) -> Any:
     return json.loads(safefile.read_regular(path, MAX_FILE_BYTES))
 
 
-def read_objects(runtime: Path) -> list[dict[str, Any]]:
-    """Every VMI object the daemon has written under its runtime directory, by name."""
+def status_patterns(paths: Paths) -> tuple[str, ...]:
+    """Where status files are, as globs below `paths.runtime`: a VMI's, and a spool file's that
+    no VMI shows. The one place readers (`vmid get`, its watch) learn the layout."""
+    patterns = (paths.instance_runtime("*") / STATUS_FILE, paths.spool_runtime / "*" / STATUS_FILE)
+    return tuple(str(p.relative_to(paths.runtime)) for p in patterns)
+
+
+def status_files(paths: Paths) -> list[Path]:
+    """Every status file there is now: VMIs by name, then spool files by name."""
+    return [p for pattern in status_patterns(paths) for p in sorted(paths.runtime.glob(pattern))]
+
+
+def read_objects(paths: Paths) -> list[dict[str, Any]]:
+    """Every object the daemon has written under its runtime directory, by name."""
     objects = []
-    for path in sorted(runtime.glob("instances/*/status.json")):
+    for path in status_files(paths):
         try:
             objects.append(read_json(path))
         except (OSError, ValueError):
