@@ -109,7 +109,10 @@ def test_chmod_of_a_running_vmis_manifest_is_seen_at_once_and_leaves_it_running(
         )
         # The README's rule for an invalid edit: the VM runs on, untouched.
         assert (daemon.phase("vm-a"), daemon.pid("vm-a")) == ("Running", pid)
-        assert set(rows(daemon)) == {"vm-a"}  # shown on its VMI, not as a row of its own
+        listing = daemon.vmid("get")
+        assert [line.split()[0] for line in listing.stdout.splitlines()[1:]] == ["vm-a"]
+        assert listing.stderr.startswith("vm-a: ")  # shown on its VMI, not as a row of its own
+        assert "refused: owned by uid 0 with mode -rw-rw-rw-" in listing.stderr
         file.chmod(0o644)
         wait_promptly(
             daemon, "Synchronized=True", lambda: synchronized(daemon, "vm-a")["status"] == "True"

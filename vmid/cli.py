@@ -296,9 +296,10 @@ def _get(args: argparse.Namespace) -> int:
         _print_data(data, args.output)
         return EXIT_OK
     print(_table(objects, wide=args.output == "wide"))
-    for obj in objects:
-        if not obj.get("metadata", {}).get("name"):  # a spool file: `describe` cannot show why
-            print(f"{_name(obj)}: {obj.get('status', {}).get('reason', '')}", file=sys.stderr)
+    for obj in objects:  # a manifest refused (a VMI's, or a spool file's): its problems
+        for c in obj.get("status", {}).get("conditions", []):
+            if c.get("type") == "Synchronized" and c.get("status") == "False":
+                print(f"{_name(obj)}: {c.get('message', '')}", file=sys.stderr)
     return EXIT_OK
 
 
