@@ -15,6 +15,7 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
   flood-N    write N MiB to its serial console's log and N MiB to stderr as fast as it can,
              then `flood done` to each, then obey
   tick       write a numbered line (1 KiB) to its serial console's log every 10 ms; obey
+  halt-N     power off by itself N seconds after `cont` (a guest that shuts down)
 
 Its serial console's socket serves one client at a time and echoes what it gets, as QEMU's
 queues a second one; its qmp.sock answers query-chardev (the console attached or not) and
@@ -286,6 +287,9 @@ class FakeQemu:
                 os._exit(1)
             if command in ("cont", "stop"):
                 self.set_runstate("running" if command == "cont" else "paused")
+            if command == "cont" and self.mode.startswith("halt-"):
+                after = float(self.mode.removeprefix("halt-"))
+                threading.Thread(target=self.power_off, args=(after,), daemon=True).start()
             if command == "system_powerdown":
                 self.powerdown()
             if command == "quit":

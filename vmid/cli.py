@@ -26,14 +26,13 @@ import string
 import sys
 import termios
 import threading
-import time
 import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import attrs
 import cattrs
-import trio
 from ruamel.yaml import YAML
 
 from vmid import control
@@ -42,11 +41,10 @@ from vmid.api import names
 from vmid.config import Accelerator, Config, Paths, load_config
 from vmid.errors import VmidError
 from vmid.host import accel, firmwareid, logfile, unixsock
-from vmid.host.storage import ImageStore
 from vmid.manifests import Planned, plan_file
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
-from vmid.runtime import daemon, status
+from vmid.runtime import status, statuswatch
 
 #: Every command: 0 done, 1 failed (a bad file or name, the daemon or a VM, an I/O error),
 #: 2 a usage error (argparse's own: a bad flag or argument), 130 interrupted by Ctrl+C.
@@ -334,6 +332,10 @@ def _bytes_text(data: bytes) -> str:
 
 
 def _daemon(args: argparse.Namespace) -> int:
+    import trio  # here, as the daemon's modules: `vmid get` and the like start faster without
+
+    from vmid.runtime import daemon
+
     _configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     paths = Paths(args.root or Path("/"))
     config_file = args.config or paths.config_file
@@ -368,13 +370,15 @@ def _namespace(args: argparse.Namespace) -> str:
 def _key(obj: dict[str, Any]) -> str:
     """namespace/name of a VMI object (a status written before namespaces has none: default)."""
     metadata = obj.get("metadata", {})
-    return names.key(metadata.get("namespace"), metadata.get("name", "?"))
+    return names.key(metadata.get("namespace"), _name(obj))
 
 
 def _in_scope(args: argparse.Namespace, obj: dict[str, Any]) -> bool:
-    """Whether `obj` is in the namespace asked for (-n), or any (-A)."""
+    """Whether `obj` is in the namespace asked for (-n), or any (-A). A spool file's row (no
+    name, so no namespace vmid can trust) is in every one."""
     wanted = None if getattr(args, "all_namespaces", False) else _namespace(args)
-    return wanted is None or names.split(_key(obj))[0] == wanted
+    nameless = not obj.get("metadata", {}).get("name")
+    return wanted is None or nameless or names.split(_key(obj))[0] == wanted
 
 
 def _not_found(args: argparse.Namespace) -> str:
@@ -384,7 +388,11 @@ def _not_found(args: argparse.Namespace) -> str:
 def _find(args: argparse.Namespace, paths: Paths) -> dict[str, Any] | None:
     """The object of VMI `args.name` in namespace `args.namespace`, if it exists."""
     wanted = names.key(_namespace(args), args.name)
-    return next((o for o in status.read_objects(paths.runtime) if _key(o) == wanted), None)
+    return next((o for o in status.read_objects(paths) if _key(o) == wanted), None)
+
+
+def _wanted(args: argparse.Namespace, obj: dict[str, Any]) -> bool:
+    return _in_scope(args, obj) and args.name in (None, _name(obj))
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -392,14 +400,12 @@ def _get(args: argparse.Namespace) -> int:
     if args.all_namespaces and args.name is not None:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
         return EXIT_ERROR
-    objects = [o for o in status.read_objects(paths.runtime) if _in_scope(args, o)]
-    if args.name is not None:
-        objects = [o for o in objects if o.get("metadata", {}).get("name") == args.name]
-        if not objects:
-            print(f"vmid: {_not_found(args)}", file=sys.stderr)
-            return EXIT_ERROR
     if args.watch:
         return _watch(paths, args)
+    objects = [o for o in status.read_objects(paths) if _wanted(args, o)]
+    if args.name is not None and not objects:
+        print(f"vmid: {_not_found(args)}", file=sys.stderr)
+        return EXIT_ERROR
     if args.output in ("yaml", "json"):
         data = objects[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objects}
         _print_data(data, args.output)
@@ -408,47 +414,152 @@ def _get(args: argparse.Namespace) -> int:
         where = "" if args.all_namespaces else f" in {_namespace(args)} namespace"
         print(f"No resources found{where}.", file=sys.stderr)
         return EXIT_OK
-    print(_table(objects, wide=args.output == "wide", namespaces=args.all_namespaces))
+    print(_table(objects, _Columns.of(args)))
+    for obj in objects:  # a manifest refused (a VMI's, or a spool file's): its problems
+        for c in obj.get("status", {}).get("conditions", []):
+            if c.get("type") == "Synchronized" and c.get("status") == "False":
+                print(f"{_name(obj)}: {c.get('message', '')}", file=sys.stderr)
     return EXIT_OK
 
 
-WATCH_INTERVAL = 0.25
+def _name(obj: dict[str, Any]) -> str:
+    """The VMI's name; `<FILE>` for a spool file whose problems no VMI shows (it has no name
+    that can be trusted)."""
+    metadata = obj.get("metadata", {})
+    if metadata.get("name"):
+        return str(metadata["name"])
+    file = metadata.get("annotations", {}).get("vmid.io/manifest-file", "?")
+    return f"<{Path(file).name}>"
+
+
+@attrs.frozen
+class _Columns:
+    """Which columns `vmid get` prints: -o wide adds PAUSED and PID, -A a NAMESPACE first."""
+
+    wide: bool
+    namespaces: bool
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> _Columns:
+        return cls(args.output == "wide", bool(getattr(args, "all_namespaces", False)))
+
+    @property
+    def header(self) -> list[str]:
+        header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if self.wide else [])
+        return ["NAMESPACE", *header] if self.namespaces else header
+
+    def identity(self, obj: dict[str, Any]) -> list[str]:
+        """The cells naming the VMI: its namespace (-A) and name."""
+        namespace = obj.get("metadata", {}).get("namespace", names.DEFAULT_NAMESPACE)
+        return [namespace if obj.get("metadata", {}).get("name") else "", _name(obj)]
+
+    def partial(self, obj: dict[str, Any], *cells: str) -> list[str]:
+        """A row of the VMI's identity and `cells`, the other columns empty."""
+        identity = self.identity(obj)[0 if self.namespaces else 1 :]
+        row = [*identity, *cells]
+        return row + [""] * (len(self.header) - len(row))
+
+    def sans_age(self, row: list[str] | None) -> list[str] | None:
+        age = self.header.index("AGE")
+        return None if row is None else row[:age] + row[age + 1 :]
 
 
 def _watch(paths: Paths, args: argparse.Namespace) -> int:
-    """Like `kubectl get -w`: the table, then a row for every VMI whose row changes."""
-    wide, namespaces = args.output == "wide", args.all_namespaces
-    header = _header(wide, namespaces)
-    shown: dict[str, list[str]] = {}
-    first = True
+    """Like `kubectl get -w`: the list, then every status as it is written (a table row, or a
+    document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
+    watch = statuswatch.StatusWatch(paths)
     try:
-        while True:
-            rows = {}
-            for obj in status.read_objects(paths.runtime):
-                name = obj.get("metadata", {}).get("name", "?")
-                if _in_scope(args, obj) and args.name in (None, name):
-                    rows[_key(obj)] = _row(obj, wide, namespaces)
-            # AGE changes every second; only the other columns make a change.
-            age = _header(wide, namespaces).index("AGE")
-            changed = [r for k, r in rows.items() if _sans(shown.get(k), age) != _sans(r, age)]
-            gone = [_deleted_row(shown[k], len(header), namespaces) for k in shown if k not in rows]
-            if changed or gone or first:
-                lines = _columns([header, *changed, *gone]).splitlines()
-                print("\n".join(lines if first else lines[1:]), flush=True)
-                first = False
-            shown = rows
-            time.sleep(WATCH_INTERVAL)
+        found = [c for c in watch.current() if _wanted(args, c.obj or {})]
+        if args.name is not None and not found:
+            print(f"vmid: {_not_found(args)}", file=sys.stderr)
+            return EXIT_ERROR
+        printer = _WatchPrinter(args.output, _Columns.of(args), found)
+        if not watch.daemon_running():
+            print("vmid: the daemon is not running: nothing will change", file=sys.stderr)
+            return EXIT_OK
+        for change in watch.changes():
+            if _wanted(args, change.obj or printer.last(change.path)):
+                printer.change(change)
+        print("vmid: the daemon stopped", file=sys.stderr)
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
+    finally:
+        watch.close()
 
 
-def _sans(row: list[str] | None, column: int) -> list[str] | None:
-    return None if row is None else row[:column] + row[column + 1 :]
+class _WatchPrinter:
+    """Prints a watch: rows as kubectl's table does, or one JSON/YAML document per change."""
+
+    def __init__(
+        self, output: str | None, columns: _Columns, found: list[statuswatch.Change]
+    ) -> None:
+        self._output = output
+        self._columns = columns
+        self._documents = 0
+        #: The object last printed for each status file.
+        self._shown = {c.path: c.obj for c in found if c.obj is not None}
+        if output in ("json", "yaml"):
+            for obj in self._shown.values():
+                self._document(obj)
+        else:
+            print(_table(list(self._shown.values()), columns), flush=True)
+
+    def __repr__(self) -> str:
+        return f"<_WatchPrinter output={self._output} shown={len(self._shown)}>"
+
+    def last(self, path: Path) -> dict[str, Any]:
+        return self._shown.get(path) or {}
+
+    def change(self, change: statuswatch.Change) -> None:
+        last = self._shown.pop(change.path, None)
+        obj = change.obj or last
+        if obj is None:
+            return
+        columns = self._columns
+        if self._output in ("json", "yaml"):
+            self._document(obj)  # a VMI gone: its last object, as kubectl prints it
+        elif change.obj is None:
+            self._rows([columns.partial(obj, "", "Deleted")])
+        else:
+            row = _row(obj, columns)
+            missed = [_passed(obj, phase, columns) for phase in _missed(last, obj)]
+            before = None if last is None else columns.sans_age(_row(last, columns))
+            if missed or before != columns.sans_age(row):
+                self._rows([*missed, row])
+        if change.obj is not None:
+            self._shown[change.path] = change.obj
+
+    def _rows(self, rows: list[list[str]]) -> None:
+        print("\n".join(_columns([self._columns.header, *rows]).splitlines()[1:]), flush=True)
+
+    def _document(self, obj: dict[str, Any]) -> None:
+        if self._output == "yaml" and self._documents:
+            print("---")
+        _print_data(obj, self._output or "json")
+        sys.stdout.flush()
+        self._documents += 1
 
 
-def _deleted_row(row: list[str], width: int, namespaces: bool) -> list[str]:
-    identity = row[:2] if namespaces else row[:1]
-    return [*identity, "", "Deleted"] + [""] * (width - len(identity) - 2)
+def _missed(last: dict[str, Any] | None, obj: dict[str, Any]) -> list[str]:
+    """The phases `obj` passed through since `last` (None: not seen before) that no read saw:
+    each lasted less than it took to read it (a 100 ms `Running`). A new object's first phase
+    (`Pending`, where every VMI starts, a refused one too) is not one of them."""
+    now = _transitions(obj)
+    seen = _transitions(last) if last is not None else now[:1]
+    if now[: len(seen)] != seen:
+        seen = now[:1]  # a new VMI of that name
+    return [t.get("phase", "") for t in now[len(seen) : -1]]
+
+
+def _transitions(obj: dict[str, Any]) -> list[dict[str, str]]:
+    return list(obj.get("status", {}).get("phaseTransitionTimestamps", []))
+
+
+def _passed(obj: dict[str, Any], phase: str, columns: _Columns) -> list[str]:
+    """The row of a phase no read saw: what else it showed then is not known."""
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    return columns.partial(obj, _age(created), phase)
 
 
 def _print_data(data: Any, output: str) -> None:
@@ -460,13 +571,8 @@ def _print_data(data: Any, output: str) -> None:
     yaml.dump(data, sys.stdout)
 
 
-def _header(wide: bool, namespaces: bool) -> list[str]:
-    header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if wide else [])
-    return ["NAMESPACE", *header] if namespaces else header
-
-
-def _table(objects: list[dict[str, Any]], wide: bool, namespaces: bool) -> str:
-    return _columns([_header(wide, namespaces)] + [_row(o, wide, namespaces) for o in objects])
+def _table(objects: list[dict[str, Any]], columns: _Columns) -> str:
+    return _columns([columns.header] + [_row(o, columns) for o in objects])
 
 
 def _columns(rows: list[list[str]]) -> str:
@@ -476,20 +582,19 @@ def _columns(rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _row(obj: dict[str, Any], wide: bool, namespaces: bool) -> list[str]:
+def _row(obj: dict[str, Any], columns: _Columns) -> list[str]:
     st = obj.get("status", {})
     conditions = {c["type"]: c["status"] for c in st.get("conditions", [])}
     interfaces = st.get("interfaces") or [{}]
     row = [
-        obj.get("metadata", {}).get("name", "?"),
         _age(obj.get("metadata", {}).get("creationTimestamp")),
         st.get("phase", ""),
         interfaces[0].get("ipAddress", ""),
         conditions.get("Ready", "False"),
     ]
-    if wide:
+    if columns.wide:
         row += [conditions.get("Paused", "False"), str(st.get("qemu", {}).get("pid") or "")]
-    return [names.split(_key(obj))[0], *row] if namespaces else row
+    return columns.partial(obj, *row)
 
 
 def _age(stamp: str | None) -> str:
@@ -883,6 +988,10 @@ def _screenshot(args: argparse.Namespace) -> int:
 
 
 def _image_import(args: argparse.Namespace) -> int:
+    import trio
+
+    from vmid.host.storage import ImageStore
+
     config, paths = _setup(args)
     store = ImageStore(paths.images, config.qemuImg)
     stored = trio.run(store.add, args.ref, args.file)
@@ -891,6 +1000,8 @@ def _image_import(args: argparse.Namespace) -> int:
 
 
 def _image_list(args: argparse.Namespace) -> int:
+    from vmid.host.storage import ImageStore
+
     config, paths = _setup(args)
     images = ImageStore(paths.images, config.qemuImg).list()
     rows = [["REF", "FORMAT", "SIZE"]] + [[i.ref, i.format, str(i.virtualSize)] for i in images]

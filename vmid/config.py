@@ -204,6 +204,16 @@ class Paths:
     def instance_logs(self, key: str) -> Path:
         return self.log_instances / key
 
+    @property
+    def spool_runtime(self) -> Path:
+        """A directory per spool file whose problems no VMI shows, named as the file."""
+        return self.runtime / "spool"
+
+    @property
+    def daemon_pid(self) -> Path:
+        """The running daemon's pid, locked (flock) while it runs."""
+        return self.runtime / "daemon.pid"
+
     def volumes(self, config: Config) -> Path:
         return self.state / config.volumesDir
 

@@ -21,7 +21,7 @@ import trio
 from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError, VmidError
-from vmid.host import accel, layout
+from vmid.host import accel, layout, pidlock
 from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
 from vmid.runtime.network import Network
@@ -83,6 +83,9 @@ async def _serve(
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
     _make_directories(paths)
+    # Held until the process ends (the kernel drops it then, however it ends): one daemon per
+    # root, and `vmid get -w` knows when this one stopped.
+    pidlock.hold(paths.daemon_pid)
     layout.migrate(paths)  # before anything looks for the VMIs an earlier vmid left
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()

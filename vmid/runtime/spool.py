@@ -6,12 +6,9 @@ the look itself is always a full, level-triggered scan, so a missed event costs 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import stat
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import trio
 from vmid.api.load import MAX_BYTES
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem
-from vmid.host import safefile
+from vmid.host import inotify, safefile
 from vmid.manifests import Entry, plan_data
 
 log = logging.getLogger(__name__)
@@ -30,11 +27,18 @@ SUFFIXES = (".yaml", ".yml", ".json")
 RESCAN_SECONDS = 60.0
 DEBOUNCE_SECONDS = 0.002  # coalesce a burst (an editor's save, a `cp` of many files)
 
-_IN_CLOSE_WRITE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x8, 0x40, 0x80
-_IN_DELETE, _IN_DELETE_SELF, _IN_Q_OVERFLOW, _IN_IGNORED = 0x200, 0x400, 0x4000, 0x8000
-_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
-_WATCH_MASK = _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_DELETE | _IN_DELETE_SELF
-_EVENT = struct.Struct("iIII")
+#: A file written, renamed in or out, removed; its mode or owner changed (chmod, chown); a
+#: symlink, FIFO or hard link made. The directory itself removed.
+_WATCH_MASK = (
+    inotify.CLOSE_WRITE
+    | inotify.MOVED_FROM
+    | inotify.MOVED_TO
+    | inotify.DELETE
+    | inotify.ATTRIB
+    | inotify.CREATE
+    | inotify.DELETE_SELF
+)
+_LOST = inotify.Q_OVERFLOW | inotify.DELETE_SELF | inotify.IGNORED
 
 
 @attrs.frozen
@@ -231,33 +235,37 @@ class Inotify:
     """A directory watch: `wait()` returns when something in it may have changed."""
 
     def __init__(self, directory: Path) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        self._fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if self._fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        if libc.inotify_add_watch(self._fd, os.fsencode(directory), _WATCH_MASK) < 0:
-            code = ctypes.get_errno()
+        self._directory = directory
+        self._fd = inotify.open_fd()
+        try:
+            inotify.add_watch(self._fd, directory, _WATCH_MASK)
+        except OSError:
             os.close(self._fd)
-            raise OSError(code, f"cannot watch {directory}: {os.strerror(code)}")
+            raise
 
     def __repr__(self) -> str:
         return f"<Inotify fd={self._fd}>"
 
     async def wait(self) -> bool:
         """Wait for events; True if the kernel's queue overflowed (a full rescan is due)."""
-        overflow = False
         while True:
             await trio.lowlevel.wait_readable(self._fd)
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
-            offset = 0
-            while offset < len(data):
-                _, mask, _, length = _EVENT.unpack_from(data, offset)
-                overflow |= bool(mask & (_IN_Q_OVERFLOW | _IN_DELETE_SELF | _IN_IGNORED))
-                offset += _EVENT.size + length
-            return overflow
+            events = inotify.read_events(self._fd)
+            if any(e.mask & _LOST for e in events):
+                return True
+            if any(self._relevant(e) for e in events):
+                return False
+
+    def _relevant(self, event: inotify.Event) -> bool:
+        """All but the creation of a new regular file: that one is still being written (`cp`),
+        and read now it could start a VMI from half a manifest; its IN_CLOSE_WRITE follows."""
+        if not event.mask & inotify.CREATE:
+            return True
+        try:
+            st = os.lstat(self._directory / event.name)
+        except OSError:
+            return True
+        return not stat.S_ISREG(st.st_mode) or st.st_nlink > 1  # a symlink, FIFO, hard link
 
     def close(self) -> None:
         os.close(self._fd)

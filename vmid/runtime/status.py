@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from vmid.config import NAMESPACES
+from vmid.config import Paths
 from vmid.errors import StateUnreadable
 from vmid.host import safefile
 
@@ -57,6 +57,7 @@ MAX_EVENTS = 50
 #: A status file holds one manifest (at most 256 KiB of YAML) and its status: far below this.
 MAX_FILE_BYTES = 16 << 20
 EVENTS_FILE = "events.json"
+STATUS_FILE = "status.json"
 
 
 @attrs.define
@@ -169,24 +170,49 @@ def read_json(path: Path) -> Any:
     return json.loads(safefile.read_regular(path, MAX_FILE_BYTES))
 
 
-def read_objects(runtime: Path) -> list[dict[str, Any]]:
-    """Every VMI object the daemon has written under its runtime directory, by namespace/name.
+def status_patterns(paths: Paths) -> tuple[str, ...]:
+    """Where status files are, as globs below `paths.runtime`: a VMI's (by namespace/name), and a
+    spool file's that no VMI shows. The one place readers (`vmid get`, its watch) learn the
+    layout."""
+    patterns = (
+        paths.instance_runtime("*/*") / STATUS_FILE,
+        paths.spool_runtime / "*" / STATUS_FILE,
+    )
+    return tuple(str(p.relative_to(paths.runtime)) for p in patterns)
+
+
+def status_files(paths: Paths) -> list[Path]:
+    """Every status file there is now: VMIs by namespace/name, then spool files by name.
 
     Raises:
         StateUnreadable: no daemon ever ran with this root, or the caller may not read its
             state; an empty list is a daemon with no VMI.
     """
-    instances = runtime / NAMESPACES
+    found = []
+    instances = paths.runtime_instances
+    for namespace in _listed(paths.runtime, instances):
+        for name in _listed(paths.runtime, instances / namespace):
+            found.append(instances / namespace / name / STATUS_FILE)
+    found += [
+        paths.spool_runtime / n / STATUS_FILE for n in _listed(paths.runtime, paths.spool_runtime)
+    ]
+    return found
+
+
+def read_objects(paths: Paths) -> list[dict[str, Any]]:
+    """Every object the daemon has written under its runtime directory (as `status_files`).
+
+    Raises:
+        StateUnreadable: as `status_files`, or a status file the caller may not read.
+    """
     objects = []
-    for namespace in _listed(runtime, instances):
-        for name in _listed(runtime, instances / namespace):
-            path = instances / namespace / name / "status.json"
-            try:
-                objects.append(read_json(path))
-            except PermissionError as exc:
-                raise _denied(path) from exc
-            except (OSError, ValueError):
-                continue  # removed or being replaced right now
+    for path in status_files(paths):
+        try:
+            objects.append(read_json(path))
+        except PermissionError as exc:
+            raise _denied(path) from exc
+        except (OSError, ValueError):
+            continue  # removed or being replaced right now
     return objects
 
 

@@ -30,11 +30,10 @@ from vmid.runtime import logs, takeover
 from vmid.runtime.instance import Instance
 from vmid.runtime.network import Network
 from vmid.runtime.spool import Desired
-from vmid.runtime.status import Phase, Status, now
+from vmid.runtime.status import STATUS_FILE, Phase, Status, now
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = takeover.STATUS_FILE
 #: The condition of a VMI on the pod network: whether vmid's DHCP server serves its address.
 DHCP_CONDITION = "DHCPReady"
 
@@ -81,6 +80,8 @@ class Supervisor:
         self._store = ImageStore(paths.images, config.qemuImg)
         self._vms: dict[str, _VM] = {}
         self._refused: dict[str, tuple[Problem, ...]] = {}
+        #: Spool files whose problems no VMI shows (each has a `Failed` row), by path.
+        self._files: dict[str, tuple[Problem, ...]] = {}
         #: What the spool asked for last: a VMI that ends is shown refused if its file is.
         self._desired = Desired({}, {}, ())
         self._stopping = False
@@ -150,6 +151,7 @@ class Supervisor:
         if not self._applied:
             self._applied = True
             self._take_over(desired)
+            shutil.rmtree(self._paths.spool_runtime, ignore_errors=True)  # an earlier daemon's
             known = set(desired.vmis) | set(desired.refused) | set(self._vms)
             self._nursery.start_soon(self._collect, known)
         for problem in desired.problems:
@@ -175,6 +177,27 @@ class Supervisor:
         for name in set(self._refused) - set(refused) - set(self._vms):
             self._nursery.start_soon(self._forget, name)
         self._refused = refused
+        self._show_files(desired)
+
+    def _show_files(self, desired: Desired) -> None:
+        """A spool file with problems no VMI shows gets a `Failed` row of its own in `vmid get`:
+        refused (owner, mode, a FIFO, a symlink out), no YAML, nameless, or a name taken."""
+        running = {vm.entry.file for vm in self._vms.values()}
+        files: dict[str, tuple[Problem, ...]] = {}
+        for problem in desired.problems:
+            if problem.file in desired.unreadable and problem.file in running:
+                continue  # its VMI runs on and shows them: Synchronized=False
+            files[problem.file] = (*files.get(problem.file, ()), problem)
+        for file in self._files.keys() - files.keys():
+            shutil.rmtree(self._paths.spool_runtime / Path(file).name, ignore_errors=True)
+        for file, problems in files.items():
+            if self._files.get(file) != problems:
+                path = self._paths.spool_runtime / Path(file).name / STATUS_FILE
+                # No name: it has none that can be trusted (a file others may write must not
+                # claim a VMI's name); `vmid get` shows the file's name instead.
+                annotations = {takeover.FILE_ANNOTATION: file}
+                _write_refused(path, {"annotations": annotations}, problems)
+        self._files = files
 
     def _take_over(self, desired: Desired) -> None:
         """Before anything starts, own all an earlier daemon left (runtime/takeover.py).
@@ -368,27 +391,12 @@ class Supervisor:
             for problem in problems:
                 log.error("%s", problem)
 
-    def _report_refused(self, name: str, problems: tuple[Problem, ...]) -> None:
+    def _report_refused(self, key: str, problems: tuple[Problem, ...]) -> None:
         for problem in problems:
             log.error("%s", problem)
-        status = Status(
-            self._paths.instance_runtime(name) / STATUS_FILE,
-            {
-                "apiVersion": "kubevirt.io/v1",
-                "kind": "VirtualMachineInstance",
-                "metadata": {
-                    "name": names.split(name)[1],
-                    "namespace": names.split(name)[0],
-                    "creationTimestamp": now(),
-                },
-            },
-        )
-        status.transition(Phase.FAILED, _summary(problems))
-        status.condition("Synchronized", False, "InvalidManifest", _summary(problems))
-        try:
-            status.write()
-        except OSError as exc:
-            log.error("%s: cannot write its status: %s", name, exc)
+        namespace, name = names.split(key)
+        metadata = {"name": name, "namespace": namespace}
+        _write_refused(self._paths.instance_runtime(key) / STATUS_FILE, metadata, problems)
 
     # Section: one VMI's task
 
@@ -546,6 +554,24 @@ def _with_file(manifest: dict[str, Any], file: str) -> dict[str, Any]:
     metadata = manifest.setdefault("metadata", {})
     metadata["annotations"] = {**metadata.get("annotations", {}), takeover.FILE_ANNOTATION: file}
     return manifest
+
+
+def _write_refused(path: Path, metadata: dict[str, Any], problems: tuple[Problem, ...]) -> None:
+    """The status of a manifest that is refused: `Failed`, its problems as the reason."""
+    status = Status(
+        path,
+        {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstance",
+            "metadata": {**metadata, "creationTimestamp": now()},
+        },
+    )
+    status.transition(Phase.FAILED, _summary(problems))
+    status.condition("Synchronized", False, "InvalidManifest", _summary(problems))
+    try:
+        status.write()
+    except OSError as exc:
+        log.error("%s: cannot write this status: %s", path, exc)
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:

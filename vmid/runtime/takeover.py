@@ -21,11 +21,10 @@ from vmid.manifests import Entry, Planned
 from vmid.plan.build import QEMU_DIR, build
 from vmid.plan.model import LaunchPlan
 from vmid.runtime.process import cmdline, find_qemus
-from vmid.runtime.status import Status
+from vmid.runtime.status import STATUS_FILE, Status
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 #: The spool file a VMI comes from, kept in its status: a file that no longer parses still
 #: names the VMI it held, after a daemon restart too.
 FILE_ANNOTATION = "vmid.io/manifest-file"
