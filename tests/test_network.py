@@ -123,9 +123,9 @@ def test_a_port_forwarded_to_one_vmi_fails_the_next_and_spares_the_first(daemon:
     daemon.wait_phase("a", "Running")
     daemon.drop("b.yaml", vmi("b", ports="ports: [{port: 8000, name: http}]"))
     daemon.wait_phase("b", "Failed")
-    assert "port TCP/8000 is already forwarded to VMI a" in daemon.reason("b")
+    assert "port TCP/8000 is already forwarded to VMI default/a" in daemon.reason("b")
     assert daemon.phase("a") == "Running"
-    assert [r["vmi"] for r in registry(daemon)] == ["a"]  # b's attempt left nothing behind
+    assert [r["vmi"] for r in registry(daemon)] == ["default/a"]  # b's attempt left nothing behind
     assert len([n for n in links(daemon) if n.startswith("vmid") and n != "vmid0"]) == 1
 
 
@@ -153,10 +153,11 @@ def test_a_tap_name_collision_fails_the_second_vmi_and_spares_the_firsts_tap(
         daemon.wait_phase("b", "Failed")
         assert daemon.phase("a") == "Running"
         assert links(daemon)[tap]["master"] == "vmid0"  # b's cleanup left a's tap alone
-        assert f"tap name {tap} collides with the tap of VMI a (interface net)" in daemon.reason(
-            "b"
+        assert (
+            f"tap name {tap} collides with the tap of VMI default/a (interface net)"
+            in daemon.reason("b")
         )
-        assert [r["vmi"] for r in registry(daemon)] == ["a"]
+        assert [r["vmi"] for r in registry(daemon)] == ["default/a"]
 
 
 def test_a_link_vmid_did_not_make_is_neither_taken_nor_deleted(daemon: Daemon) -> None:
@@ -383,7 +384,8 @@ def test_after_a_daemon_crash_the_next_one_frees_what_the_gone_vmis_held(
         (daemon.spool / "a.yaml").unlink()
     with running_daemon(tmp_path, fake_config(), prefix=prefix) as daemon:
         daemon.wait_for(
-            "a's addresses to be released", lambda: [r["vmi"] for r in registry(daemon)] == ["b"]
+            "a's addresses to be released",
+            lambda: [r["vmi"] for r in registry(daemon)] == ["default/b"],
         )
         daemon.wait_for("a's tap to go", lambda: tap_a not in links(daemon))
         assert daemon.phase("b") == "Running"  # re-adopted, its tap and address kept
@@ -662,7 +664,7 @@ def test_dnsmasq_logging_every_dhcp_request_keeps_its_log_bounded(tmp_path: Path
         daemon.drop("a.yaml", vmi("a"))
         daemon.wait_phase("a", "Running")
         nic = interface(daemon, "a")
-        log = tmp_path / "var/log/vmid/namespaces/default/dnsmasq-vmid0.log"
+        log = tmp_path / "var/log/vmid/dnsmasq-vmid0.log"
         for _ in range(4):  # --log-dhcp: a score of lines per lease, ~1.2 KiB
             assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
         daemon.wait_for("a rotation", lambda: log.with_name(f"{log.name}.1").exists())
