@@ -173,17 +173,19 @@ def test_qmp_pause_unpause_reset_and_screenshot(daemon: Daemon, tmp_path: Path) 
     assert status.returncode == 0, status.stderr
     assert '"status": "running"' in status.stdout
 
-    def paused() -> str:
+    def paused(kind: str = "Paused") -> str:
         data = daemon.status("tools") or {}
         conditions = {c["type"]: c for c in data.get("status", {}).get("conditions", [])}
-        return str(conditions.get("Paused", {}).get("status"))
+        return str(conditions.get(kind, {}).get("status"))
 
     assert daemon.vmid("pause", "tools").returncode == 0
     daemon.wait_for("the Paused condition", lambda: paused() == "True")
+    assert paused("Ready") == "False"  # KubeVirt's virtual-machine-unpaused readiness gate
     again = daemon.vmid("pause", "tools")
     assert (again.returncode, again.stderr.strip()) == (2, "vmid: VMI tools is already paused")
     assert daemon.vmid("unpause", "tools").returncode == 0
     daemon.wait_for("Paused=False", lambda: paused() == "False")
+    assert paused("Ready") == "True"
     assert daemon.vmid("reset", "tools").returncode == 0
     shot = tmp_path / "screen.png"
     saved = daemon.vmid("screenshot", "tools", str(shot))
