@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from vmid.host import safefile
 from vmid.host.ipam import Attachment
 from vmid.host.network import NetworkError
 
@@ -68,11 +69,8 @@ def write_hosts(path: Path, text: str) -> bool:
     with contextlib.suppress(FileNotFoundError):
         if path.read_text() == text:
             return False
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        temporary.write_text(text)
-        temporary.chmod(0o644)
-        temporary.replace(path)
+        safefile.write_atomically(path, text.encode(), mode=0o644)
     except OSError as exc:
         raise NetworkError(f"cannot write {path}: {exc.strerror}") from exc
     return True

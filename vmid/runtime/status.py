@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime
 import enum
 import json
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,15 +180,8 @@ class Status:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write `path` atomically through a new file of an unguessable name.
-
-    O_EXCL and O_NOFOLLOW: root never writes through a symlink, whoever could plant one.
-    """
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(staging, flags, 0o600), "w") as stream:
-        stream.write(text)
-    os.replace(staging, path)
+    # Not durable: /run is a tmpfs, and the status is written on every change.
+    safefile.write_atomically(path, text.encode())
 
 
 def _transition(phase: Phase) -> dict[str, str]:

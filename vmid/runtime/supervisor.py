@@ -22,7 +22,7 @@ from vmid.api import types as t
 from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
-from vmid.host import identity, logfile
+from vmid.host import identity, logfile, safefile
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
@@ -491,7 +491,8 @@ def _with_stored_uuid(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMa
     except (OSError, ValueError):
         value = str(uuid.uuid4())
         state.mkdir(parents=True, exist_ok=True)
-        stored.write_text(value + "\n")
+        # Durable and whole: a torn file would give the VMI a new UUID at the next start.
+        safefile.write_atomically(stored, f"{value}\n".encode(), durable=True)
     firmware = attrs.evolve(vmi.spec.domain.firmware or t.Firmware(), uuid=value)
     domain = attrs.evolve(vmi.spec.domain, firmware=firmware)
     return attrs.evolve(vmi, spec=attrs.evolve(vmi.spec, domain=domain))
