@@ -425,7 +425,8 @@ spec:
             def paused() -> dict[str, str]:
                 data = daemon.status("full") or {}
                 conditions = {c["type"]: c for c in data.get("status", {}).get("conditions", [])}
-                return conditions.get("Paused", {}) | {"ready": conditions["Ready"]["status"]}
+                condition: dict[str, str] = conditions.get("Paused", {})
+                return condition | {"ready": conditions["Ready"]["status"]}
 
             daemon.drop("full.yaml", manifest)
             daemon.wait_phase("full", "Running")

@@ -149,7 +149,7 @@ class Status:
             return
         paused = self.conditions.get("Paused")
         if self.terminating:
-            self.condition("Ready", False, "PodTerminating", "the VMI is being deleted")
+            self.condition("Ready", False, "PodTerminating", "the VMI is terminating")
         elif paused is not None and paused.status == "True":
             gate = f'the status of pod readiness gate "{UNPAUSED_GATE}" is not "True", but False'
             self.condition("Ready", False, "ReadinessGatesNotReady", gate)
