@@ -16,6 +16,9 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
              then `flood done` to each, then obey
   tick       write a numbered line (1 KiB) to its serial console's log every 10 ms; obey
   halt-N     power off by itself N seconds after `cont` (a guest that shuts down)
+  ioerror    0.2 s after `cont`, a write to its first disk fails with ENOSPC and, as with
+             werror=stop, the guest stops: BLOCK_IO_ERROR, then STOP, runstate io-error
+             (query-block says which disk); the next `cont` resumes it for good; obey
 
 Its serial console's socket serves one client at a time and echoes what it gets, as QEMU's
 queues a second one; its qmp.sock answers query-chardev (the console attached or not) and
@@ -23,6 +26,8 @@ screendump (a PNG header) as QEMU does, and every other command with `{}`.
 
 Its run state (prelaunch until `cont`, running, paused after `stop`) is answered by
 query-status and kept in the file `runstate` in its working directory, for tests to read.
+`stop` and `cont` on either monitor (vmid's control socket, or qmp.sock as `vmid pause` uses
+it) pause and resume it, with QEMU's STOP and RESUME events on the control monitor.
 """
 
 from __future__ import annotations
@@ -82,13 +87,14 @@ def main(argv: list[str]) -> int:
     if mode == "tick":
         threading.Thread(target=tick, args=(console_log(argv),), daemon=True).start()
     fake = FakeQemu("obey" if mode.startswith("flood-") or mode == "tick" else mode)
+    fake.disk = option(argv, "-device", r"drive=([^,]+),id=ua-disk-") or "disk0"
     path = option(argv, "-chardev", r"id=charserial0,path=([^,]+)")
     console = None if path is None else Console(path)
     if console is not None:
         threading.Thread(target=console.serve, daemon=True).start()
     qmp = option(argv, "-chardev", r"id=qmp,path=([^,]+)")
     if qmp is not None:  # as QEMU: a socket file its own user (umask 0177) may connect to
-        threading.Thread(target=serve_socket, args=(qmp, console), daemon=True).start()
+        threading.Thread(target=serve_socket, args=(qmp, fake, console), daemon=True).start()
     listener = socket.socket(fileno=fd)
     while True:  # like QEMU: a client hanging up leaves the VM running, and it may reconnect
         conn, _ = listener.accept()
@@ -169,7 +175,7 @@ def tick(fd: int) -> None:
         time.sleep(0.01)
 
 
-def serve_socket(path: str, console: Console | None) -> None:
+def serve_socket(path: str, fake: FakeQemu, console: Console | None) -> None:
     """Greet and answer every QMP client of the socket file `path` (`vmid qmp`, attackers)."""
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
@@ -179,6 +185,8 @@ def serve_socket(path: str, console: Console | None) -> None:
         with conn:
             conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
             for request in requests(conn):
+                if request.get("execute") in ("stop", "cont"):
+                    fake.run(request["execute"] == "cont")
                 result = answer(request, console)
                 conn.sendall(
                     json.dumps({"return": result, "id": request.get("id")}).encode() + b"\r\n"
@@ -236,6 +244,8 @@ class FakeQemu:
         self.clients = 0
         self.runstate = "prelaunch"
         self.set_runstate("prelaunch")
+        self.disk = "disk0"  # the block node of its first disk
+        self.io_errors = 0
 
     def set_runstate(self, state: str) -> None:
         self.runstate = state
@@ -279,14 +289,17 @@ class FakeQemu:
             command, ident = request["execute"], request.get("id")
             if command == "query-status" and self.mode == "stall" and self.clients == 1:
                 continue
-            result: dict[str, object] = {}
+            result: object = {}
             if command == "query-status":
                 result = {"status": self.runstate, "running": self.runstate == "running"}
+            if command == "query-block":
+                status = "nospace" if self.runstate == "io-error" else "ok"
+                result = [{"device": "", "io-status": status, "inserted": {"node-name": self.disk}}]
             self.send({"return": result, **({"id": ident} if ident is not None else {})})
             if command == "cont" and self.mode == "crash":
                 os._exit(1)
             if command in ("cont", "stop"):
-                self.set_runstate("running" if command == "cont" else "paused")
+                self.run(command == "cont")
             if command == "cont" and self.mode.startswith("halt-"):
                 after = float(self.mode.removeprefix("halt-"))
                 threading.Thread(target=self.power_off, args=(after,), daemon=True).start()
@@ -297,13 +310,39 @@ class FakeQemu:
                 return True
         return False
 
+    def run(self, running: bool) -> None:
+        """`cont` or `stop`: QEMU's RESUME or STOP when its run state changes."""
+        was = self.runstate
+        self.set_runstate("running" if running else "paused")
+        if was != "prelaunch" and (was == "running") != running:
+            self.event("RESUME" if running else "STOP")
+        if running and self.mode == "ioerror" and self.io_errors == 0:
+            self.io_errors += 1
+            threading.Thread(target=self.io_error, daemon=True).start()
+
+    def io_error(self) -> None:
+        """As QEMU on ENOSPC with werror=stop (block/block-backend.c): the event, then STOP."""
+        time.sleep(0.2)
+        data = {
+            "device": "",
+            "node-name": self.disk,
+            "operation": "write",
+            "action": "stop",
+            "nospace": True,
+            "reason": "No space left on device",
+        }
+        self.event("BLOCK_IO_ERROR", data)
+        self.set_runstate("io-error")
+        self.event("STOP")
+
     def powerdown(self) -> None:
         self.event("POWERDOWN")
         self.powerdowns += 1
         if self.mode == "second" and self.powerdowns == 2:
             self.power_off(0.0)
-        if self.mode == "obey" or (self.mode.startswith("delay-") and not self.powering_off):
-            delay = 0.0 if self.mode == "obey" else float(self.mode.removeprefix("delay-"))
+        obey = self.mode in ("obey", "ioerror")
+        if obey or (self.mode.startswith("delay-") and not self.powering_off):
+            delay = 0.0 if obey else float(self.mode.removeprefix("delay-"))
             self.powering_off = True
             threading.Thread(target=self.power_off, args=(delay,), daemon=True).start()
 

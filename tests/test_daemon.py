@@ -827,3 +827,90 @@ def test_a_read_only_state_directory_ends_the_daemon_with_a_message(tmp_path: Pa
         f"vmid: cannot prepare {state}: Read-only file system; vmid keeps its state, runtime "
         "files and logs under --root and needs them writable"
     )
+
+
+def _with_scratch_disk(text: str) -> str:
+    """A manifest of tests/daemon.py with one disk (emptyDisk: no image needed)."""
+    return text.replace(
+        "devices: {autoattachPodInterface: false}",
+        "devices: {autoattachPodInterface: false, disks: [{name: scratch, disk: {bus: virtio}}]}"
+        "\n  volumes: [{name: scratch, emptyDisk: {capacity: 1Mi}}]",
+    )
+
+
+def _pid(daemon: Daemon, name: str) -> int | None:
+    pid: int | None = (daemon.status(name) or {}).get("status", {}).get("qemu", {}).get("pid")
+    return pid
+
+
+def _terminating(daemon: Daemon, name: str) -> bool:
+    status = daemon.status(name) or {"metadata": {}}
+    return "deletionTimestamp" in status["metadata"]
+
+
+def test_a_restart_for_a_new_spec_shows_the_old_vmi_terminating(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a", mode="ignore", grace=3))
+        daemon.wait_phase("vm-a", "Running")
+        old_pid = daemon.pid("vm-a")
+        daemon.drop("a.yaml", manifest("vm-a", mode="ignore", grace=3, memory="96Mi"))
+        daemon.wait_for("the old VMI to terminate", lambda: _terminating(daemon, "vm-a"))
+        old = daemon.status("vm-a")
+        assert old is not None
+        assert old["status"]["qemu"]["pid"] == old_pid
+        assert old["metadata"]["deletionGracePeriodSeconds"] == 3
+        assert _conditions(old)["Ready"]["status"] == "False"
+        row = daemon.vmid("get", "vm-a").stdout.splitlines()[1].split()
+        assert row[2] == "Terminating"
+        daemon.wait_for("the new VMI", lambda: _pid(daemon, "vm-a") not in (None, old_pid))
+        daemon.wait_phase("vm-a", "Running")
+        assert not _terminating(daemon, "vm-a")
+        assert _conditions(daemon.status("vm-a"))["Ready"]["status"] == "True"
+
+
+def test_a_stop_an_earlier_daemon_began_is_not_shown_once_the_vmi_goes_on(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a", mode="ignore", grace=30))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.pid("vm-a")
+        daemon.process.send_signal(signal.SIGTERM)  # onDaemonStop: stop
+        daemon.wait_for("the stop to begin", lambda: _terminating(daemon, "vm-a"))
+        daemon.process.kill()  # then the daemon dies within the grace: the guest runs on
+        daemon.process.wait()
+    try:
+        with running_daemon(tmp_path, fake_config()) as again:
+            again.wait_for("the re-adoption", lambda: "re-adopted" in again.log_text())
+            status = again.status("vm-a")
+            assert status is not None
+            assert status["status"]["qemu"]["pid"] == pid
+            assert not _terminating(again, "vm-a")
+            assert _conditions(status)["Ready"]["status"] == "True"
+            assert again.vmid("get", "vm-a").stdout.splitlines()[1].split()[2] == "Running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_vmi_paused_on_a_disk_error_is_paused_io_error_when_re_adopted(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config("onDaemonStop: keep\n")) as daemon:
+        daemon.drop("a.yaml", _with_scratch_disk(manifest("vm-a", mode="ioerror")))
+        daemon.wait_for(
+            "the disk error",
+            lambda: (
+                _conditions(daemon.status("vm-a") or {"status": {}}).get("Paused", {}).get("status")
+                == "True"
+            ),
+        )
+        pid = daemon.pid("vm-a")
+    try:
+        with running_daemon(tmp_path, fake_config()) as again:
+            again.wait_for("the re-adoption", lambda: "re-adopted" in again.log_text())
+            conditions = _conditions(again.status("vm-a"))
+            assert conditions["Paused"]["reason"] == "PausedIOError"
+            assert "disk 'scratch': No space left on device" in conditions["Paused"]["message"]
+            assert conditions["Ready"]["status"] == "False"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -173,17 +173,19 @@ def test_qmp_pause_unpause_reset_and_screenshot(daemon: Daemon, tmp_path: Path) 
     assert status.returncode == 0, status.stderr
     assert '"status": "running"' in status.stdout
 
-    def paused() -> str:
+    def paused(kind: str = "Paused") -> str:
         data = daemon.status("tools") or {}
         conditions = {c["type"]: c for c in data.get("status", {}).get("conditions", [])}
-        return str(conditions.get("Paused", {}).get("status"))
+        return str(conditions.get(kind, {}).get("status"))
 
     assert daemon.vmid("pause", "tools").returncode == 0
     daemon.wait_for("the Paused condition", lambda: paused() == "True")
+    assert paused("Ready") == "False"  # KubeVirt's virtual-machine-unpaused readiness gate
     again = daemon.vmid("pause", "tools")
     assert (again.returncode, again.stderr.strip()) == (1, "vmid: VMI tools is already paused")
     assert daemon.vmid("unpause", "tools").returncode == 0
     daemon.wait_for("Paused=False", lambda: paused() == "False")
+    assert paused("Ready") == "True"
     assert daemon.vmid("reset", "tools").returncode == 0
     shot = tmp_path / "screen.png"
     saved = daemon.vmid("screenshot", "tools", str(shot))
@@ -388,3 +390,59 @@ spec:
         (daemon.spool / "c.yaml").unlink()
         daemon.wait_phase("created", None)
     assert created.exists()  # a hostDisk outlives its VMI
+
+
+def test_a_disk_that_cannot_grow_pauses_the_guest_paused_io_error(
+    tmp_path: Path, guest_image: Path
+) -> None:
+    """A hostDisk on a 1 MiB tmpfs: the guest writes it full, QEMU (werror=stop) stops it."""
+    disks = tmp_path / "disks"
+    disks.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disks)], check=True)
+    manifest = f"""apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: full}}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    memory: {{guest: 128Mi}}
+    devices:
+      autoattachPodInterface: false
+      disks:
+      - {{name: containerdisk, disk: {{bus: virtio}}}}
+      - {{name: data, serial: FILLME, disk: {{bus: virtio}}}}
+      - {{name: cloudinitdisk, disk: {{bus: virtio}}}}
+  volumes:
+  - {{name: containerdisk, containerDisk: {{image: "{SEED_IMAGE}"}}}}
+  - {{name: data, hostDisk: {{path: {disks}/data.img, type: DiskOrCreate, capacity: 16Mi}}}}
+  - name: cloudinitdisk
+    cloudInitNoCloud: {{userData: "#cloud-config\\n# vmid-test-fill: FILLME\\n"}}
+"""
+    try:
+        config = f"accelerator: tcg\nhostDiskRoots: [{disks}]\n"
+        with running_daemon(tmp_path, config, prefix=UNSHARE) as daemon:
+            imported = daemon.vmid("image", "import", SEED_IMAGE, str(guest_image))
+            assert imported.returncode == 0, imported.stderr
+
+            def paused() -> dict[str, str]:
+                data = daemon.status("full") or {}
+                conditions = {c["type"]: c for c in data.get("status", {}).get("conditions", [])}
+                condition: dict[str, str] = conditions.get("Paused", {})
+                return condition | {"ready": conditions["Ready"]["status"]}
+
+            daemon.drop("full.yaml", manifest)
+            daemon.wait_phase("full", "Running")
+            daemon.wait_for("the I/O error", lambda: paused().get("status") == "True", timeout=120)
+            assert "VMID-GUEST: filling vd" in console(daemon, "full")
+            assert paused() == paused() | {
+                "reason": "PausedIOError",
+                "message": "VMI was paused, low-level IO error detected: "
+                "disk 'data': write failed: No space left on device",
+                "ready": "False",
+            }
+            query = daemon.vmid("qmp", "full", "query-status")
+            assert '"status": "io-error"' in query.stdout
+            (daemon.spool / "full.yaml").unlink()
+            daemon.wait_phase("full", None)
+    finally:
+        subprocess.run(["umount", str(disks)], check=False)

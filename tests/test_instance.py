@@ -8,6 +8,7 @@ loop is running, so a mock clock cannot skip the waits here.
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import trio
 import trio_asyncio
 
+from vmid import cli, control
 from vmid.api.dump import to_data
 from vmid.api.load import load_text
 from vmid.config import Accelerator, Config, Paths
@@ -24,7 +26,7 @@ from vmid.host.storage import ImageStore
 from vmid.plan.build import build
 from vmid.runtime.instance import Instance, LaunchError
 from vmid.runtime.network import Network
-from vmid.runtime.status import IllegalTransition, Phase, Status
+from vmid.runtime.status import IllegalTransition, Phase, Status, now
 
 FAKE_QEMU = str(Path(__file__).with_name("fakeqemu.py"))
 
@@ -35,7 +37,20 @@ async def asyncio_loop() -> AsyncIterator[None]:
         yield
 
 
-def make_instance(tmp_path: Path, mode: str, grace: int | None = 30, acpi: bool = True) -> Instance:
+#: A disk the fake's `ioerror` mode fails on (emptyDisk: no image needed).
+SCRATCH_DISK = (
+    "disks: [{name: scratch, disk: {bus: virtio}}]",
+    "volumes: [{name: scratch, emptyDisk: {capacity: 1Mi}}]",
+)
+
+
+def make_instance(
+    tmp_path: Path,
+    mode: str,
+    grace: int | None = 30,
+    acpi: bool = True,
+    disk: tuple[str, str] = ("", ""),
+) -> Instance:
     manifest = f"""
 apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -46,7 +61,8 @@ spec:
     memory: {{guest: 64Mi}}
     firmware: {{serial: {mode}}}
     features: {{acpi: {{enabled: {str(acpi).lower()}}}}}
-    devices: {{autoattachPodInterface: false}}
+    devices: {{autoattachPodInterface: false, {disk[0]}}}
+  {disk[1]}
 """
     (manifest_obj,), problems = load_text("fake.yaml", manifest.encode())
     assert problems == []
@@ -189,3 +205,87 @@ def test_illegal_phase_transitions_are_bugs(tmp_path: Path) -> None:
         status.transition(Phase.RUNNING)
     with pytest.raises(IllegalTransition):
         Status(tmp_path / "s.json", {}).transition(Phase.RUNNING)
+
+
+def conditions(instance: Instance) -> dict[str, dict[str, str]]:
+    return {c["type"]: c for c in written(instance)["status"]["conditions"]}
+
+
+async def wait_condition(instance: Instance, kind: str, status: str) -> dict[str, str]:
+    """The condition as written once it has `status` (the status file, as a user reads it)."""
+    for _ in range(250):  # 5 s
+        if conditions(instance).get(kind, {}).get("status") == status:
+            return conditions(instance)[kind]
+        await trio.sleep(0.02)
+    raise AssertionError(f"{kind} never became {status}: {conditions(instance)}")
+
+
+async def qmp(instance: Instance, command: str) -> None:
+    """A command on the VMI's qmp.sock, as `vmid pause` / `vmid unpause` send it."""
+    await trio.to_thread.run_sync(control.execute, Path(instance.plan.sockets.qmp), command)
+
+
+@pytest.mark.timeout(30)
+async def test_a_vmi_being_stopped_shows_terminating_and_is_not_ready(
+    tmp_path: Path, asyncio_loop: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    instance = make_instance(tmp_path, "ignore", grace=3)
+    async with trio.open_nursery() as nursery:
+        scope = await start(instance, nursery)
+        assert conditions(instance)["Ready"]["status"] == "True"
+        began = now()
+        scope.cancel()  # the stop request: the guest ignores ACPI for the whole grace
+        await trio.sleep(0.5)
+        data = written(instance)
+        assert data["metadata"]["deletionTimestamp"] in (began, now())
+        assert data["metadata"]["deletionGracePeriodSeconds"] == 3
+        assert data["status"]["phase"] == "Running"  # still, as KubeVirt's: QEMU runs
+        ready = conditions(instance)["Ready"]
+        assert (ready["status"], ready["reason"]) == ("False", "PodTerminating")
+        assert cli.main(["get", "--root", str(tmp_path)]) == 0
+        row = capsys.readouterr().out.splitlines()[1].split()
+        assert (row[0], row[2], row[-1]) == ("fake", "Terminating", "False")
+        assert cli.main(["describe", "fake", "--root", str(tmp_path)]) == 0
+        described = capsys.readouterr().out
+        assert re.search(r"Status: +Terminating \(lasts [12]s\)", described)  # whole seconds
+        assert f"Deletion:   {data['metadata']['deletionTimestamp']}, grace period 3s" in described
+    assert instance.status.phase is Phase.FAILED  # killed after the grace: no longer Terminating
+    assert cli.main(["get", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[2] == "Failed"
+
+
+@pytest.mark.timeout(30)
+async def test_a_paused_vmi_is_not_ready_until_unpaused(tmp_path: Path, asyncio_loop: None) -> None:
+    instance = make_instance(tmp_path, "obey")
+    async with trio.open_nursery() as nursery:
+        scope = await start(instance, nursery)
+        await qmp(instance, "stop")
+        paused = await wait_condition(instance, "Paused", "True")
+        assert (paused["reason"], paused["message"]) == ("PausedByUser", "VMI was paused by user")
+        ready = conditions(instance)["Ready"]
+        assert (ready["status"], ready["reason"]) == ("False", "ReadinessGatesNotReady")
+        assert "kubevirt.io/virtual-machine-unpaused" in ready["message"]
+        await qmp(instance, "cont")
+        await wait_condition(instance, "Paused", "False")
+        assert conditions(instance)["Ready"]["status"] == "True"
+        scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_guest_stopped_by_a_disk_error_is_paused_io_error_naming_the_disk(
+    tmp_path: Path, asyncio_loop: None
+) -> None:
+    instance = make_instance(tmp_path, "ioerror", disk=SCRATCH_DISK)
+    async with trio.open_nursery() as nursery:
+        scope = await start(instance, nursery)
+        paused = await wait_condition(instance, "Paused", "True")
+        assert paused["reason"] == "PausedIOError"
+        assert paused["message"] == (
+            "VMI was paused, low-level IO error detected: "
+            "disk 'scratch': write failed: No space left on device"
+        )
+        assert conditions(instance)["Ready"]["status"] == "False"
+        await qmp(instance, "cont")  # `vmid unpause`: QEMU retries the write
+        await wait_condition(instance, "Paused", "False")
+        assert conditions(instance)["Ready"]["status"] == "True"
+        scope.cancel()

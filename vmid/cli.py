@@ -26,6 +26,7 @@ import string
 import sys
 import termios
 import threading
+import time
 import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -588,7 +589,7 @@ def _row(obj: dict[str, Any], columns: _Columns) -> list[str]:
     interfaces = st.get("interfaces") or [{}]
     row = [
         _age(obj.get("metadata", {}).get("creationTimestamp")),
-        st.get("phase", ""),
+        _phase(obj),
         interfaces[0].get("ipAddress", ""),
         conditions.get("Ready", "False"),
     ]
@@ -597,10 +598,29 @@ def _row(obj: dict[str, Any], columns: _Columns) -> list[str]:
     return columns.partial(obj, *row)
 
 
+def _phase(obj: dict[str, Any]) -> str:
+    """The phase, or `Terminating` while vmid stops its QEMU (as kubectl shows a pod)."""
+    phase: str = obj.get("status", {}).get("phase", "")
+    ending = "deletionTimestamp" in obj.get("metadata", {})
+    return "Terminating" if ending and phase not in ("Succeeded", "Failed") else phase
+
+
+def _termination(metadata: dict[str, Any]) -> list[tuple[str, str]]:
+    """kubectl describe's lines for an object being deleted: how long the grace still lasts."""
+    began, grace = metadata["deletionTimestamp"], metadata.get("deletionGracePeriodSeconds", 0)
+    left = int(_parse_time(began).timestamp() + grace - time.time())
+    lasts = f"lasts {left}s" if left > 0 else "the grace period is over: being killed"
+    return [("Status", f"Terminating ({lasts})"), ("Deletion", f"{began}, grace period {grace}s")]
+
+
+def _parse_time(stamp: str) -> datetime.datetime:
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
 def _age(stamp: str | None) -> str:
     if not stamp:
         return "<unknown>"
-    then = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    then = _parse_time(stamp)
     seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size * 2 or (unit == "m" and seconds >= size):
@@ -622,6 +642,7 @@ def _describe(args: argparse.Namespace) -> int:
         ("Namespace", _namespace(args)),
         ("Created", obj.get("metadata", {}).get("creationTimestamp", "")),
         ("Phase", st.get("phase", "")),
+        *(_termination(obj.get("metadata", {})) if _phase(obj) == "Terminating" else []),
         ("Reason", st.get("reason", "")),
         (
             "CPU",

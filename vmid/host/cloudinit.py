@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
 import posixpath
 from pathlib import Path
 
 import pycdlib
 
+from vmid.host import safefile
 from vmid.plan.model import CloudInitIso
 
 
@@ -31,13 +31,10 @@ def write_iso(spec: CloudInitIso) -> None:
         )
     target = Path(spec.path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(target.name + ".staging")
     try:
-        iso.write(str(staging))
-        os.replace(staging, target)
+        safefile.write_atomically(target, iso.write_fp)
     finally:
         iso.close()
-        staging.unlink(missing_ok=True)
 
 
 def _add_directories(iso: pycdlib.PyCdlib, path: str, directories: dict[str, str]) -> None:

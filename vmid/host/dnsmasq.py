@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from vmid.host import safefile
 from vmid.host.ipam import Attachment
 from vmid.host.network import NetworkError
 
@@ -73,13 +74,8 @@ def write_conf(path: Path, text: str) -> bool:
     with contextlib.suppress(FileNotFoundError):
         if path.read_text() == text:
             return False
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        temporary.unlink(missing_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as stream:
-            stream.write(text)
-        temporary.replace(path)
+        safefile.write_atomically(path, text.encode(), mode=0o600)
     except OSError as exc:
         raise NetworkError(f"cannot write {path}: {exc.strerror}") from exc
     return True

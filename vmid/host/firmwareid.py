@@ -10,6 +10,7 @@ import attrs
 
 from vmid.api import defaults
 from vmid.api import types as t
+from vmid.host import safefile
 
 FIRMWARE_UUID_FILE = "firmware-uuid"
 
@@ -38,7 +39,8 @@ def kept(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMachineInstance
     if value is None:
         value = str(uuid.uuid4())
         state.mkdir(parents=True, exist_ok=True)
-        (state / FIRMWARE_UUID_FILE).write_text(value + "\n")
+        # Durable and whole: a torn file would give the VMI a new UUID at the next start.
+        safefile.write_atomically(state / FIRMWARE_UUID_FILE, f"{value}\n".encode(), durable=True)
     return with_uuid(vmi, value)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import attrs
 
 from vmid.errors import VmidError
+from vmid.host import safefile
 
 #: The file in a VMI's state directory holding its uid.
 UID_RECORD = "uid"
@@ -173,11 +174,7 @@ def _record(state: Path, uid: int) -> None:
     finally:
         os.close(fd)
     for directory in (state, state.parent):
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        safefile.fsync_directory(directory)
 
 
 def give(user: QemuUser, path: Path) -> None:

@@ -8,7 +8,6 @@ address, and no tap it cannot account for.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import attrs
 
 from vmid.api import names
+from vmid.host import safefile
 from vmid.host.network import NetworkError
 from vmid.plan.model import Port, Tap
 
@@ -139,20 +139,16 @@ class Registry:
             del self._items[key]
 
     def save(self) -> None:
-        """Write the registry: a temporary file, fsync, rename (the old file or the new).
+        """Write the registry durably: after a crash it is the old file or the new one.
 
         Raises:
             NetworkError: it cannot be written (a full disk).
         """
         data = {"last": self.last, "attachments": [_to_json(a) for a in self]}
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with temporary.open("w") as stream:
-                json.dump(data, stream, indent=1)
-                stream.flush()
-                os.fsync(stream.fileno())
-            temporary.replace(self.path)
+            text = json.dumps(data, indent=1).encode()
+            safefile.write_atomically(self.path, text, durable=True)
         except OSError as exc:
             raise NetworkError(f"cannot write {self.path}: {exc.strerror}") from exc
 

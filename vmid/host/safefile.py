@@ -1,15 +1,21 @@
-"""Reading files someone else could swap: never block on a FIFO, never follow a planted symlink.
+"""Files someone else could swap: read without blocking on a FIFO or following a planted
+symlink, and written atomically without writing through one.
 
 A path is opened once, non-blocking and without following a final symlink; every check (a
 regular file, its owner and mode) is made on that fd with fstat, and the data is read from it,
-so nothing can be swapped between the check and the read.
+so nothing can be swapped between the check and the read. Every file vmid replaces goes through
+`write_atomically`: a new file of an unguessable name beside it, then a rename.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
 
 from vmid.errors import VmidError
 
@@ -71,5 +77,52 @@ def read_regular(path: str | os.PathLike[str], limit: int, *, follow: bool = Fal
     fd, _ = open_regular(path, follow=follow)
     try:
         return read_fd(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(
+    path: Path,
+    content: bytes | Callable[[BinaryIO], None],
+    *,
+    mode: int = 0o600,
+    durable: bool = False,
+) -> None:
+    """Replace `path` with `content` (bytes, or a function writing them): a reader sees the old
+    file or the new one, never half of one.
+
+    The new file is made beside it under an unguessable name, O_EXCL and O_NOFOLLOW (root never
+    writes through a symlink, whoever could plant one), with exactly `mode` whatever the umask.
+    `durable`: the file, then its directory, reach the disk before this returns, so after a
+    crash the new file is there whole (or the old one, if the rename had not happened).
+
+    Raises:
+        OSError: it cannot be written (nothing is left behind but the old file).
+    """
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with os.fdopen(os.open(staging, flags, mode), "wb") as stream:
+            os.fchmod(stream.fileno(), mode)
+            if isinstance(content, bytes):
+                stream.write(content)
+            else:
+                content(stream)
+            if durable:
+                stream.flush()
+                os.fsync(stream.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the names in `directory` durable (a new file's, a rename's)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)

@@ -21,7 +21,7 @@ import trio
 
 from vmid.api.imageref import STORE_FILE, ImageRefError, normalize, store_name
 from vmid.errors import VmidError
-from vmid.host import beneath
+from vmid.host import beneath, safefile
 from vmid.host.cloudinit import write_iso
 from vmid.plan.model import (
     CloudInitIso,
@@ -326,6 +326,5 @@ def _efi_vars(item: EfiVars) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".staging")
-    shutil.copyfile(item.template, staging)
-    os.replace(staging, path)
+    with open(item.template, "rb") as template:
+        safefile.write_atomically(path, lambda stream: shutil.copyfileobj(template, stream))

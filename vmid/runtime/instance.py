@@ -8,12 +8,13 @@ passed, `quit`, then SIGKILL) and the task ends once QEMU is gone and the status
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,14 @@ QEMU_ENVIRONMENT = {
 #: Files one VMI prepares at once: its 30 disks wait for each other, not another VMI for them
 #: (qemu-img runs are bounded daemon-wide too: storage.QEMU_IMG_RUNS).
 PREPARE_AT_ONCE = 2
+#: KubeVirt's Paused reasons and messages (virt-handler), for a pause asked for and for one
+#: QEMU made itself on a disk error (werror/rerror=stop: runstate io-error).
+PAUSED_BY_USER = ("PausedByUser", "VMI was paused by user")
+PAUSED_IO_ERROR = ("PausedIOError", "VMI was paused, low-level IO error detected")
+#: query-block's io-status of a disk whose error stopped the guest, in words.
+_IO_STATUS = {"nospace": "No space left on device", "failed": "I/O error"}
+#: How QEMU's -device ids name a manifest's disk: `ua-disk-root`.
+DISK_ID_PREFIX = device_id("disk", "")
 
 
 class LaunchError(VmidError):
@@ -102,6 +111,8 @@ class Instance:
         self._argv: list[str] = []
         self._monitor: Monitor | None = None
         self._outcome = _Outcome()
+        #: What the last disk error that stops the guest said (BLOCK_IO_ERROR, action stop).
+        self._io_error: str | None = None
         self._logs = VmLogs(plan, logs or Logs())
         self._log_nursery: trio.Nursery | None = None
         #: Set by the supervisor before cancelling when QEMU must be left running (daemon
@@ -220,6 +231,9 @@ class Instance:
             raise LaunchError("the QEMU left by an earlier vmid does not answer on its monitor")
         await self._attach()
         state = (await self._monitor.execute("query-status")).get("status")
+        if state == "io-error":
+            self._io_error = await self._failed_disks()
+        self.status.forget_deletion()  # the spool decides anew whether it goes
         # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
         self._argv = cmdline(pid)
         self.status.qemu = {**self._qemu_status(), "uid": os.stat(f"/proc/{pid}").st_uid}
@@ -233,10 +247,28 @@ class Instance:
             return
         if self.status.phase is not Phase.RUNNING:
             self.status.transition(Phase.RUNNING)
-        paused = state in ("paused", "prelaunch")  # prelaunch: started with startStrategy Paused
-        self.status.condition("Paused", paused, "PausedByUser" if paused else "")
-        self.status.condition("Ready", True)
+        # prelaunch: started with startStrategy Paused; io-error: stopped on a disk error.
+        self._set_paused(state in ("paused", "prelaunch", "io-error"))
         self.status.write()
+
+    async def _failed_disks(self) -> str:
+        """What `query-block` says of the disks whose error stopped the guest."""
+        assert self._monitor is not None
+        try:
+            blocks = await self._monitor.execute("query-block")
+        except MonitorError as exc:  # the pause is what matters; which disk, a detail
+            return f"a disk (query-block failed: {exc})"
+        names = _disk_names(self.plan.argv)
+        failed = [
+            _disk_error(
+                names,
+                block.get("inserted", {}).get("node-name", "?"),
+                _IO_STATUS.get(block["io-status"], block["io-status"]),
+            )
+            for block in blocks
+            if block.get("io-status", "ok") != "ok"
+        ]
+        return "; ".join(failed) or "a disk"
 
     async def _prepare(self) -> None:
         """The plan's files, PREPARE_AT_ONCE at a time: two qemu-img runs need not wait.
@@ -333,10 +365,7 @@ class Instance:
         if not self.plan.startPaused:
             await self._monitor.execute("cont")
         self.status.transition(Phase.RUNNING)
-        self.status.condition("Ready", True)
-        self.status.condition(
-            "Paused", self.plan.startPaused, "PausedByUser" if self.plan.startPaused else ""
-        )
+        self._set_paused(self.plan.startPaused)
         self.status.condition(
             "SoftwareEmulation",
             self._accelerator is Accelerator.TCG,
@@ -412,18 +441,41 @@ class Instance:
                 "Normal", "Reset", f"the machine was reset ({event.data.get('reason')})"
             )
             self.status.write()
+        elif event.name == "BLOCK_IO_ERROR" and event.data.get("action") == "stop":
+            # QEMU sends it before the STOP it causes (block/block-backend.c).
+            node = str(event.data.get("node-name") or event.data.get("device"))
+            what = f"{event.data.get('operation')} failed: {event.data.get('reason')}"
+            self._io_error = _disk_error(_disk_names(self.plan.argv), node, what)
         elif event.name in ("STOP", "RESUME") and self.status.phase is Phase.RUNNING:
-            paused = event.name == "STOP"
-            current = self.status.conditions.get("Paused")
-            if current is not None and (current.status == "True") == paused:
-                return  # the RESUME of vmid's own `cont` at boot: nothing changed
-            self.status.condition("Paused", paused, "PausedByUser" if paused else "")
+            self._on_pause(event.name == "STOP")
+
+    def _on_pause(self, paused: bool) -> None:
+        current = self.status.conditions.get("Paused")
+        if current is not None and (current.status == "True") == paused:
+            return  # the RESUME of vmid's own `cont` at boot: nothing changed
+        self._set_paused(paused)
+        if paused and self._io_error is not None:
+            self.status.event("Warning", "IOError", self.status.conditions["Paused"].message)
+        else:
             self.status.event(
                 "Normal",
                 "Paused" if paused else "Resumed",
                 "VMI was paused" if paused else "VMI was resumed",
             )
-            self.status.write()
+        if not paused:
+            self._io_error = None  # resumed: QEMU retries the request, and stops again if need be
+        self.status.write()
+
+    def _set_paused(self, paused: bool) -> None:
+        """The Paused condition (by the user, or on a disk error), and Ready after it."""
+        if not paused:
+            self.status.condition("Paused", False)
+        elif self._io_error is not None:
+            reason, message = PAUSED_IO_ERROR
+            self.status.condition("Paused", True, reason, f"{message}: {self._io_error}")
+        else:
+            self.status.condition("Paused", True, *PAUSED_BY_USER)
+        self.status.update_ready()
 
     # Section: stop
 
@@ -435,8 +487,11 @@ class Instance:
             self.log.info("left running (onDaemonStop: keep)")
             return
         grace = self.plan.gracePeriodSeconds
-        self.kill_at = trio.current_time() + (grace if self.plan.acpi else 0)
-        if grace == 0 or not self.plan.acpi:
+        at_once = grace == 0 or not self.plan.acpi
+        self.kill_at = trio.current_time() + (0 if at_once else grace)
+        self.status.begin_deletion(0 if at_once else grace)
+        self._write_status()
+        if at_once:
             self._outcome.stop = "killed-at-once"
             self._process.kill()
             await self._process.wait()
@@ -462,6 +517,9 @@ class Instance:
             return
         self.log.info("system_powerdown sent")
         self.status.event("Normal", "ShuttingDown", "Signaled Graceful Shutdown (ACPI)")
+        self._write_status()
+
+    def _write_status(self) -> None:
         try:
             self.status.write()
         except OSError as exc:  # a full /run must not keep the ladder from killing at the grace
@@ -542,6 +600,21 @@ def _describe_exit(code: int | None) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit status {code}"
+
+
+def _disk_names(argv: Sequence[str]) -> dict[str, str]:
+    """The manifest's name of the disk on each block node a -device uses: `disk0` -> `root`."""
+    names = {}
+    for flag, value in itertools.pairwise(argv):
+        if flag == "-device":
+            props = dict(p.split("=", 1) for p in value.split(",")[1:] if "=" in p)
+            if "drive" in props and props.get("id", "").startswith(DISK_ID_PREFIX):
+                names[props["drive"]] = props["id"].removeprefix(DISK_ID_PREFIX)
+    return names
+
+
+def _disk_error(names: dict[str, str], node: str, what: str) -> str:
+    return f"disk {names[node]!r}: {what}" if node in names else f"block node {node!r}: {what}"
 
 
 def _close(fds: Iterable[int]) -> None:

@@ -10,7 +10,6 @@ import datetime
 import enum
 import json
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,8 @@ MAX_EVENTS = 50
 MAX_FILE_BYTES = 16 << 20
 EVENTS_FILE = "events.json"
 STATUS_FILE = "status.json"
+#: KubeVirt's readiness gate on a VMI's pod: a paused VMI's pod, so the VMI, is not Ready.
+UNPAUSED_GATE = "kubevirt.io/virtual-machine-unpaused"
 
 
 @attrs.define
@@ -126,6 +127,39 @@ class Status:
         stamp = old.lastTransitionTime if old and old.status == text else now()
         self.conditions[type_] = Condition(type_, text, reason, message, stamp)
 
+    @property
+    def terminating(self) -> bool:
+        """Its deletion has begun (vmid is stopping its QEMU, whatever for)."""
+        return "deletionTimestamp" in self.manifest.get("metadata", {})
+
+    def begin_deletion(self, grace: int) -> None:
+        """Mark the VMI terminating as the API server marks a VMI being deleted: when the
+        deletion began (kept if it had), and the grace it has before its QEMU is killed."""
+        metadata = self.manifest.setdefault("metadata", {})
+        metadata.setdefault("deletionTimestamp", now())
+        metadata["deletionGracePeriodSeconds"] = grace
+        self.update_ready()
+
+    def forget_deletion(self) -> None:
+        """A deletion an earlier daemon began is not this one's: it decides anew."""
+        metadata = self.manifest.get("metadata", {})
+        metadata.pop("deletionTimestamp", None)
+        metadata.pop("deletionGracePeriodSeconds", None)
+
+    def update_ready(self) -> None:
+        """Ready, as KubeVirt derives it for a Running VMI: not while it is being deleted (its
+        pod is terminating), nor while it is paused (its pod's readiness gate is False)."""
+        if self.phase is not Phase.RUNNING:
+            return
+        paused = self.conditions.get("Paused")
+        if self.terminating:
+            self.condition("Ready", False, "PodTerminating", "the VMI is terminating")
+        elif paused is not None and paused.status == "True":
+            gate = f'the status of pod readiness gate "{UNPAUSED_GATE}" is not "True", but False'
+            self.condition("Ready", False, "ReadinessGatesNotReady", gate)
+        else:
+            self.condition("Ready", True)
+
     def to_data(self) -> dict[str, Any]:
         """The whole object: the manifest (defaulted) and this status."""
         status: dict[str, Any] = {
@@ -150,15 +184,8 @@ class Status:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write `path` atomically through a new file of an unguessable name.
-
-    O_EXCL and O_NOFOLLOW: root never writes through a symlink, whoever could plant one.
-    """
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(staging, flags, 0o600), "w") as stream:
-        stream.write(text)
-    os.replace(staging, path)
+    # Not durable: /run is a tmpfs, and the status is written on every change.
+    safefile.write_atomically(path, text.encode())
 
 
 def _transition(phase: Phase) -> dict[str, str]:
