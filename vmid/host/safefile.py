@@ -1,4 +1,5 @@
-"""Reading files someone else could swap: never block on a FIFO, never follow a planted symlink.
+"""Files someone else could swap: read never blocking on a FIFO, written never following a
+planted symlink, replaced atomically.
 
 A path is opened once, non-blocking and without following a final symlink; every check (a
 regular file, its owner and mode) is made on that fd with fstat, and the data is read from it,
@@ -7,8 +8,10 @@ so nothing can be swapped between the check and the read.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
 import stat
 
 from vmid.errors import VmidError
@@ -73,3 +76,24 @@ def read_regular(path: str | os.PathLike[str], limit: int, *, follow: bool = Fal
         return read_fd(fd, limit)
     finally:
         os.close(fd)
+
+
+def replace(path: str | os.PathLike[str], text: str) -> None:
+    """Replace `path` atomically with `text` (mode 0600): a reader sees the old file or the
+    new one, never a part; a failed write leaves the old one.
+
+    Written through a new file of an unguessable name, O_EXCL and O_NOFOLLOW: root never
+    writes through a symlink, whoever could plant one.
+    """
+    target = os.fspath(path)
+    directory, name = os.path.split(target)
+    staging = os.path.join(directory, f".{name}.{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with os.fdopen(os.open(staging, flags, 0o600), "w") as stream:
+            stream.write(text)
+        os.replace(staging, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise

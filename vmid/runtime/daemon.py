@@ -20,7 +20,7 @@ from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError, VmidError
 from vmid.host import accel
-from vmid.runtime import qmp
+from vmid.runtime import events, qmp
 from vmid.runtime import spool as spool_module
 from vmid.runtime.network import Network
 from vmid.runtime.spool import Spool
@@ -66,6 +66,7 @@ async def _serve(
     # Status files hold whole manifests (cloud-init passwords too); logs hold the console.
     os.umask(0o077)
     _make_directories(paths)
+    events.hold_daemon_lock(paths.events)  # until this process ends: `vmid events -w` follows
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
     async with qmp.bridge(), trio.open_nursery() as vms:
@@ -75,6 +76,7 @@ async def _serve(
         async with trio.open_nursery() as watchers:
             watchers.start_soon(notifier.watchdog)
             watchers.start_soon(supervisor.tidy_logs)
+            watchers.start_soon(supervisor.tidy_events)
             await watchers.start(spool_module.watch, spool, supervisor.apply)
             with trio.move_on_after(SETTLE_SECONDS):
                 await supervisor.wait_settled()

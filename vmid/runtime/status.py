@@ -9,15 +9,16 @@ from __future__ import annotations
 import datetime
 import enum
 import json
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from vmid.host import safefile
+
+if TYPE_CHECKING:
+    from vmid.runtime.events import EventStore
 
 
 class Phase(enum.StrEnum):
@@ -50,11 +51,8 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-#: How many events each VMI keeps for `vmid describe`.
-MAX_EVENTS = 50
 #: A status file holds one manifest (at most 256 KiB of YAML) and its status: far below this.
 MAX_FILE_BYTES = 16 << 20
-EVENTS_FILE = "events.json"
 
 
 @attrs.define
@@ -67,13 +65,19 @@ class Condition:
 
 
 class Status:
-    """The live status of one VMI, written to `path` on every change."""
+    """The live status of one VMI, written to `path` on every change; its events go to
+    `events` (none kept without one)."""
 
     def __init__(
-        self, path: Path, manifest: dict[str, Any], on_write: Callable[[], None] = lambda: None
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        on_write: Callable[[], None] = lambda: None,
+        events: EventStore | None = None,
     ) -> None:
         self.path = path
         self._on_write = on_write
+        self._events = events
         self.manifest = manifest
         self.phase = Phase.PENDING
         self.reason = ""
@@ -81,32 +85,33 @@ class Status:
         self.conditions: dict[str, Condition] = {}
         self.interfaces: list[dict[str, str]] = []
         self.qemu: dict[str, Any] = {}
-        self.events: list[dict[str, str]] = []
-        #: The event list as last written (events.json is rewritten only when it changed).
-        self._written_events: list[dict[str, str]] | None = None
 
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
 
     @classmethod
-    def load(cls, path: Path, on_write: Callable[[], None] = lambda: None) -> Status:
+    def load(
+        cls,
+        path: Path,
+        on_write: Callable[[], None] = lambda: None,
+        events: EventStore | None = None,
+    ) -> Status:
         """The status an earlier daemon wrote (raises OSError, ValueError or KeyError)."""
         data = read_json(path)
         recorded = data.pop("status")
-        status = cls(path, data, on_write)
+        status = cls(path, data, on_write, events)
         status.phase = Phase(recorded["phase"])
         status.reason = recorded.get("reason", "")
         status.transitions = list(recorded["phaseTransitionTimestamps"])
         status.conditions = {c["type"]: Condition(**c) for c in recorded.get("conditions", [])}
         status.interfaces = list(recorded.get("interfaces", []))
         status.qemu = dict(recorded.get("qemu", {}))
-        status.events = read_events(path.parent)
         return status
 
     def event(self, type_: str, reason: str, message: str) -> None:
-        """Record an event (KubeVirt's Normal/Warning, a reason, a message); kept bounded."""
-        entry = {"time": now(), "type": type_, "reason": reason, "message": message}
-        self.events = [*self.events, entry][-MAX_EVENTS:]
+        """Record an event about this VMI (KubeVirt's Normal/Warning, a reason, a message)."""
+        if self._events is not None:
+            self._events.record(self.manifest, type_, reason, message)
 
     def transition(self, phase: Phase, reason: str = "") -> None:
         """Move to `phase`; a move KubeVirt never makes raises IllegalTransition."""
@@ -139,23 +144,8 @@ class Status:
     def write(self) -> None:
         """Replace the status file atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _replace(self.path, json.dumps(self.to_data(), indent=1) + "\n")
-        if self.events is not self._written_events:  # event() makes a new list each time
-            _replace(self.path.with_name(EVENTS_FILE), json.dumps(self.events, indent=1) + "\n")
-            self._written_events = self.events
+        safefile.replace(self.path, json.dumps(self.to_data(), indent=1) + "\n")
         self._on_write()
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write `path` atomically through a new file of an unguessable name.
-
-    O_EXCL and O_NOFOLLOW: root never writes through a symlink, whoever could plant one.
-    """
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(staging, flags, 0o600), "w") as stream:
-        stream.write(text)
-    os.replace(staging, path)
 
 
 def _transition(phase: Phase) -> dict[str, str]:
@@ -176,12 +166,3 @@ def read_objects(runtime: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue  # removed or being replaced right now
     return objects
-
-
-def read_events(directory: Path) -> list[dict[str, str]]:
-    """The events a VMI's status keeps, oldest first."""
-    try:
-        events: list[dict[str, str]] = read_json(directory / EVENTS_FILE)
-    except (OSError, ValueError):
-        return []
-    return events

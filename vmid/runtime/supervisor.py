@@ -27,7 +27,7 @@ from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
-from vmid.runtime import logs, takeover
+from vmid.runtime import events, logs, takeover
 from vmid.runtime.instance import Instance
 from vmid.runtime.network import Network
 from vmid.runtime.spool import Desired
@@ -35,8 +35,17 @@ from vmid.runtime.status import Phase, Status, now
 
 log = logging.getLogger(__name__)
 
+#: Event messages: KubeVirt's (pkg/virt-handler/controller.go), then vmid's words.
+DELETED = "Signaled Deletion"
+REMOVED = "its manifest was removed"
+REMOVED_OFFLINE = "its manifest was removed while vmid was not running"
+REFUSED_EDIT = "its changed manifest is refused; the VMI runs on unchanged"
+
 STATUS_FILE = takeover.STATUS_FILE
 FIRMWARE_UUID_FILE = "firmware-uuid"
+#: How often removed VMIs' events are looked at, at most and at least.
+EVENTS_SWEEP_MIN_SECONDS = 1.0
+EVENTS_SWEEP_MAX_SECONDS = 60.0
 
 
 @attrs.define(eq=False)
@@ -78,6 +87,7 @@ class Supervisor:
         self._paths = paths
         self._accelerator = accelerator
         self._store = ImageStore(paths.state / "images", config.qemuImg)
+        self._events = events.EventStore(paths.events)
         self._vms: dict[str, _VM] = {}
         self._refused: dict[str, tuple[Problem, ...]] = {}
         #: What the spool asked for last: a VMI that ends is shown refused if its file is.
@@ -122,6 +132,29 @@ class Supervisor:
         """Forever: delete removed VMIs' logs once their time has passed (cancel to stop)."""
         await logs.tidy(self._paths.logs, lambda: self._config.logs, self._existing)
 
+    async def tidy_events(self) -> None:
+        """Forever: delete removed VMIs' events once their time has passed (cancel to stop).
+
+        In the event loop's thread, as events are recorded: a VMI's file is never deleted
+        between reading and replacing it.
+        """
+        while True:
+            keep = self._config.events.keepAfterRemovalSeconds
+            alive = self._alive()
+            if alive is not None:
+                deleted = self._events.prune(alive, keep)
+                if deleted:
+                    log.info("events of %d removed VMIs deleted (over %d s old)", deleted, keep)
+            await trio.sleep(min(max(keep / 2, EVENTS_SWEEP_MIN_SECONDS), EVENTS_SWEEP_MAX_SECONDS))
+
+    def _alive(self) -> Set[tuple[str, str]] | None:
+        """The (namespace, name) of every VMI that exists; None before the spool is read."""
+        if not self._applied:
+            return None
+        objects = [vm.status.manifest for vm in self._vms.values()]
+        objects += [_bare_object(name) for name in self._refused]
+        return {events.identity(o) for o in objects}
+
     def _existing(self) -> Set[str] | None:
         """The VMIs that exist (running, ended or refused); None before the spool is read."""
         return set(self._vms) | set(self._refused) if self._applied else None
@@ -162,6 +195,7 @@ class Supervisor:
             if self._refused.get(name) != problems:  # report each change once
                 self._report_refused(name, problems)
         for name in set(self._refused) - set(refused) - set(self._vms):
+            self._events.record(_bare_object(name), "Normal", "Deleted", f"{DELETED}: {REMOVED}")
             self._nursery.start_soon(self._forget, name)
         self._refused = refused
 
@@ -172,7 +206,9 @@ class Supervisor:
         (same spec: it goes on; another: a graceful restart; a broken manifest: left alone;
         none: a graceful stop). A VMI that had ended stays ended while its spec is unchanged.
         """
-        left = takeover.survey(self._config, self._paths, self._accelerator, self._status_written)
+        left = takeover.survey(
+            self._config, self._paths, self._accelerator, self._status_written, self._events
+        )
         for name, found in left.items():
             try:
                 self._take_over_one(found, desired)
@@ -190,6 +226,8 @@ class Supervisor:
         elif name in desired.vmis or unreadable:  # a broken file is no removal
             self._resume_ended(found, desired.vmis.get(name))
         elif name not in desired.refused:
+            gone = found.status.manifest if found.status else _bare_object(name)
+            self._events.record(gone, "Normal", "Deleted", f"{DELETED}: {REMOVED_OFFLINE}")
             _remove_state(self._paths, name)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
@@ -237,7 +275,7 @@ class Supervisor:
         if not earlier.phase.final:  # as KubeVirt: a VMI whose QEMU vanished has Failed
             started = bool(earlier.qemu.get("pid"))
             why = "QEMU ended while vmid was not running" if started else "its file does not load"
-            self._failed(vm, why)
+            self._failed(vm, why, crashed=started)
             self._nursery.start_soon(self._detach, found.name)
 
     def _bare(self, name: str) -> Entry:
@@ -249,7 +287,7 @@ class Supervisor:
         manifest = _with_file(to_data(entry.planned.manifest.vmi), entry.file)
         manifest["metadata"]["creationTimestamp"] = now()
         path = self._paths.instance_runtime(entry.name) / STATUS_FILE
-        return Status(path, manifest, self._status_written)
+        return Status(path, manifest, self._status_written, self._events)
 
     async def _forget(self, name: str) -> None:
         """A refused manifest is gone: its addresses and state go too."""
@@ -294,6 +332,7 @@ class Supervisor:
         assert entry.name is not None
         vm = _VM(entry, self._new_status(entry), running=self._spec(entry.name, entry))
         self._vms[entry.name] = vm
+        vm.status.event("Normal", "SuccessfulCreate", f"Created from its manifest {entry.file}")
         self._nursery.start_soon(self._run, entry.name, vm, name=f"vmi {entry.name}")
 
     def _stop(self, vm: _VM, remove: bool) -> None:
@@ -301,6 +340,7 @@ class Supervisor:
             vm.successor = None  # an edit (or a re-add) then a removal: nothing must start
             if vm.remove:
                 return  # already on its way out
+            vm.status.event("Normal", "Deleted", f"{DELETED}: {REMOVED} ({vm.entry.file})")
         vm.remove = vm.remove or remove
         vm.scope.cancel()
         if vm.task_ended and (vm.remove or vm.successor is not None):
@@ -321,6 +361,9 @@ class Supervisor:
         # starts once the old one has stopped; the newest manifest wins.
         if vm.successor is None:
             log.info("%s: manifest changed: restarting with the new spec", name)
+            vm.status.event(
+                "Normal", "Restarting", f"{entry.file} changed: restarting with its spec"
+            )
         vm.successor = entry
         self._stop(vm, remove=False)
 
@@ -330,6 +373,7 @@ class Supervisor:
         message = _summary(problems)
         if old is None or old.message != message:
             vm.status.condition("Synchronized", False, "InvalidManifest", message)
+            vm.status.event("Warning", "SyncFailed", f"{REFUSED_EDIT}: {message}")
             vm.status.write()
             for problem in problems:
                 log.error("%s", problem)
@@ -337,16 +381,13 @@ class Supervisor:
     def _report_refused(self, name: str, problems: tuple[Problem, ...]) -> None:
         for problem in problems:
             log.error("%s", problem)
-        status = Status(
-            self._paths.instance_runtime(name) / STATUS_FILE,
-            {
-                "apiVersion": "kubevirt.io/v1",
-                "kind": "VirtualMachineInstance",
-                "metadata": {"name": name, "creationTimestamp": now()},
-            },
-        )
+        manifest = _bare_object(name)
+        manifest["metadata"]["creationTimestamp"] = now()
+        path = self._paths.instance_runtime(name) / STATUS_FILE
+        status = Status(path, manifest, events=self._events)
         status.transition(Phase.FAILED, _summary(problems))
         status.condition("Synchronized", False, "InvalidManifest", _summary(problems))
+        status.event("Warning", "SyncFailed", _summary(problems))
         try:
             status.write()
         except OSError as exc:
@@ -401,10 +442,15 @@ class Supervisor:
         self._status_written()
         vm.done.set()
 
-    def _failed(self, vm: _VM, reason: str) -> None:
+    def _failed(self, vm: _VM, reason: str, crashed: bool = False) -> None:
+        """Mark the VMI Failed: it could not start, or (`crashed`) its QEMU ended."""
         if vm.status.phase.final:
             return
         vm.status.transition(Phase.FAILED, reason)
+        if crashed:
+            vm.status.event("Warning", "Stopped", f"The VirtualMachineInstance crashed: {reason}")
+        else:
+            vm.status.event("Warning", "SyncFailed", reason)
         vm.status.condition("Ready", False, "GuestNotRunning")
         try:
             vm.status.write()
@@ -526,6 +572,15 @@ def _remove_state(paths: Paths, name: str, keep_identity: bool = False) -> None:
             return
         identity.give_back(paths.instance_logs(name), uid)
     identity.release(state)
+
+
+def _bare_object(name: str) -> dict[str, Any]:
+    """A VMI object of which vmid knows only the name (its manifest is refused or gone)."""
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": name},
+    }
 
 
 def _with_file(manifest: dict[str, Any], file: str) -> dict[str, Any]:

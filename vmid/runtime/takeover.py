@@ -19,6 +19,7 @@ from vmid.config import Accelerator, Config, Paths
 from vmid.manifests import Entry, Planned
 from vmid.plan.build import QEMU_DIR, build
 from vmid.plan.model import LaunchPlan
+from vmid.runtime.events import EventStore
 from vmid.runtime.process import cmdline, find_qemus
 from vmid.runtime.status import Status
 
@@ -43,15 +44,20 @@ class Left:
 
 
 def survey(
-    config: Config, paths: Paths, accelerator: Accelerator, on_write: Callable[[], None]
+    config: Config,
+    paths: Paths,
+    accelerator: Accelerator,
+    on_write: Callable[[], None],
+    events: EventStore,
 ) -> dict[str, Left]:
-    """Every VMI with a running QEMU or a status file under `paths`, by name."""
+    """Every VMI with a running QEMU or a status file under `paths`, by name; their statuses
+    record their events in `events`."""
     instances = paths.runtime / "instances"
     running = find_qemus(instances, QEMU_DIR)
     names = set(running) | {p.parent.name for p in instances.glob(f"*/{STATUS_FILE}")}
     left = {}
     for name in sorted(names):
-        status = _load(instances / name / STATUS_FILE, on_write)
+        status = _load(instances / name / STATUS_FILE, on_write, events)
         entry = _entry(status, config, paths, accelerator) if status else None
         left[name] = Left(name, tuple(sorted(running.get(name, ()))), status, entry)
     return left
@@ -76,9 +82,9 @@ def runs_plan(pid: int, plan: LaunchPlan) -> bool:
     return [_FD.sub("fd=", a) for a in cmdline(pid)] == [_FD.sub("fd=", a) for a in plan.argv]
 
 
-def _load(path: Path, on_write: Callable[[], None]) -> Status | None:
+def _load(path: Path, on_write: Callable[[], None], events: EventStore) -> Status | None:
     try:
-        return Status.load(path, on_write)
+        return Status.load(path, on_write, events)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if path.exists():
             log.warning("%s: unreadable status (%s): vmid goes by the process table", path, exc)
