@@ -230,7 +230,12 @@ def test_a_spec_change_and_a_refused_manifest_are_events_describe_shows(tmp_path
         daemon.drop("a.yaml", manifest("vm-a"))
         daemon.wait_phase("vm-a", "Running")
         daemon.drop("a.yaml", manifest("vm-a", memory="96Mi"))
-        daemon.wait_for("the restart", lambda: events_of(daemon, "vm-a")[-1]["count"] == 2)
+
+        def restarted() -> bool:  # the new spec runs: its Started is the old one counted again
+            last = events_of(daemon, "vm-a")[-1]
+            return (last["reason"], last["count"]) == ("Started", 2)
+
+        daemon.wait_for("the restart", restarted)
         assert [(e["reason"], e["count"]) for e in events_of(daemon, "vm-a")] == [
             ("Restarting", 1),
             ("ShuttingDown", 1),

@@ -80,7 +80,7 @@ class EventStore:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             events = _add(read_file(path), self._event(obj, type_, reason, message))
-            safefile.replace(path, json.dumps(events, indent=1) + "\n")
+            safefile.replace(path, json.dumps(events) + "\n")
         except OSError as exc:
             if not self._failing:  # once per outage, not once per event
                 log.error("cannot record events in %s: %s", self.directory, exc)
