@@ -141,8 +141,13 @@ def test_a_torn_file_is_no_events_and_the_next_event_replaces_it(tmp_path: Path)
     torn = tmp_path / events.file_name("default", "web")
     torn.write_text('[{"apiVersion": "v1", "kind": "Ev')
     assert events.read(tmp_path) == []
+    EventStore(tmp_path).record(vmi("db"), "Normal", "Started", "VirtualMachineInstance started.")
+    (good,) = events.read(tmp_path)
+    odd = [{**good, "lastTimestamp": "yesterday"}, {**good, "metadata": None}, {}, "x", good]
+    (tmp_path / events.file_name("default", "odd")).write_text(json.dumps(odd))
+    assert len(events.read(tmp_path)) == 2  # whatever else a file holds is no event
     EventStore(tmp_path).record(vmi("web"), "Normal", "Started", "VirtualMachineInstance started.")
-    assert [e["reason"] for e in events.read(tmp_path)] == ["Started"]
+    assert [e["involvedObject"]["name"] for e in events.read(tmp_path, "default", "web")] == ["web"]
 
 
 def test_an_event_that_cannot_be_written_is_logged_and_lost(

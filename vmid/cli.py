@@ -533,7 +533,7 @@ def _print_events(
             _print_data(event, "yaml")
     if fresh and output is None:
         lines = _columns(_event_table(fresh, namespace is None)).splitlines()
-        print("\n".join(lines[1:] if shown else lines), flush=True)
+        print("\n".join(lines[1:] if shown else lines))
     sys.stdout.flush()
     shown.update({e["metadata"]["name"]: e["count"] for e in found})
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import select
 import time
 import uuid
@@ -45,6 +46,7 @@ DAEMON_LOCK = ".daemon.lock"
 STAGING_SECONDS = 60.0
 _SUFFIX = ".json"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
 def identity(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -219,10 +221,19 @@ def read_file(path: Path) -> list[dict[str, Any]]:
 
 
 def _valid(event: object) -> bool:
-    if not isinstance(event, dict) or not isinstance(event.get("involvedObject"), dict):
+    """Whether `event` has every field readers use, as vmid writes them."""
+    if not isinstance(event, dict):
         return False
-    texts = ("type", "reason", "message", "firstTimestamp", "lastTimestamp")
-    return all(isinstance(event.get(k), str) for k in texts) and isinstance(event.get("count"), int)
+    metadata, involved = event.get("metadata"), event.get("involvedObject")
+    if not isinstance(metadata, dict) or not isinstance(involved, dict):
+        return False
+    times = (event.get("firstTimestamp"), event.get("lastTimestamp"))
+    return (
+        isinstance(metadata.get("name"), str)
+        and all(isinstance(event.get(k), str) for k in ("type", "reason", "message"))
+        and all(isinstance(t, str) and _TIMESTAMP.fullmatch(t) for t in times)
+        and isinstance(event.get("count"), int)
+    )
 
 
 def read(
