@@ -623,8 +623,8 @@ def test_describe_shows_spec_conditions_history_and_events(tmp_path: Path) -> No
         assert "SoftwareEmulation" in text
         for phase in ("Pending", "Scheduled", "Running"):
             assert f"  {phase} " in text
-        for reason in ("Launched", "Started"):
-            assert reason in text
+        for message in ("VirtualMachineInstance defined.", "VirtualMachineInstance started."):
+            assert message in text
         assert daemon.vmid("describe", "nope").returncode == 1
 
 

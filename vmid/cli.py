@@ -41,11 +41,11 @@ from vmid.__main__ import HELD_SIGNALS
 from vmid.api import names
 from vmid.config import Accelerator, Config, Paths, load_config
 from vmid.errors import VmidError
-from vmid.host import accel, firmwareid, logfile, unixsock
+from vmid.host import accel, firmwareid, logfile, pidlock, unixsock
 from vmid.manifests import Planned, plan_file
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
-from vmid.runtime import status, statuswatch
+from vmid.runtime import events, status, statuswatch
 
 #: Every command: 0 done, 1 failed (a bad file or name, the daemon or a VM, an I/O error),
 #: 2 a usage error (argparse's own: a bad flag or argument), 130 interrupted by Ctrl+C.
@@ -151,6 +151,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("name", metavar="NAME")
     describe.set_defaults(run=_describe)
+
+    events_ = commands.add_parser(
+        "events", parents=[common], help="VMIs' events, like kubectl get events (kept 1 h after)"
+    )
+    events_.add_argument("name", nargs="?", metavar="NAME", help="only this VMI's events")
+    events_.add_argument("-A", "--all-namespaces", action="store_true")
+    events_.add_argument("-o", "--output", choices=("yaml", "json"))
+    events_.add_argument("-w", "--watch", action="store_true", help="print events as they come")
+    events_.set_defaults(run=_events)
 
     logs = commands.add_parser("logs", parents=[common], help="print a VMI's serial console log")
     logs.add_argument("name", metavar="NAME")
@@ -694,10 +703,10 @@ def _describe(args: argparse.Namespace) -> int:
         ),
         (
             "Events",
-            ["TIME", "TYPE", "REASON", "MESSAGE"],
+            ["TYPE", "REASON", "AGE", "FROM", "MESSAGE"],
             [
-                [e["time"], e["type"], e["reason"], e["message"]]
-                for e in status.read_events(paths.instance_runtime(_key(obj)))
+                [e["type"], e["reason"], _seen(e), _source(e), _printable(e["message"])]
+                for e in events.read(paths.events, *events.identity(obj))
             ],
         ),
     ]
@@ -706,6 +715,108 @@ def _describe(args: argparse.Namespace) -> int:
         body = _columns([header, *rows]) if rows else "<none>"
         print("\n".join(f"  {line}" for line in body.splitlines()))
     return EXIT_OK
+
+
+EVENT_HEADER = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+#: How long `vmid events -w` waits on the store before it looks whether the daemon still runs.
+EVENTS_WATCH_SECONDS = 1.0
+
+
+def _events(args: argparse.Namespace) -> int:
+    """Like `kubectl get events`, of VMIs only, oldest last seen first."""
+    paths = Paths(args.root or Path("/"))
+    directory = paths.events
+    namespace = None if args.all_namespaces else _namespace(args)
+    if args.watch:
+        return _watch_events(paths, namespace, args)
+    found = events.read(directory, namespace, args.name)
+    if args.output in ("yaml", "json"):
+        _print_data({"apiVersion": "v1", "kind": "List", "items": found}, args.output)
+    elif found:
+        print(_columns(_event_table(found, namespace is None)))
+    else:
+        where = f" in {namespace} namespace." if namespace else ""
+        print(f"No resources found{where}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _watch_events(paths: Paths, namespace: str | None, args: argparse.Namespace) -> int:
+    """Like `kubectl get events -w`: the events so far, then each one as it comes or is
+    counted again, until the daemon stops (inotify; Ctrl+C ends it too)."""
+    directory = paths.events
+    if not pidlock.running(paths.daemon_pid):
+        _print_events(events.read(directory, namespace, args.name), namespace, args.output, {})
+        print("vmid: the daemon is not running: no events will come", file=sys.stderr)
+        return EXIT_OK
+    follow = events.Follow(directory)  # before reading: what comes meanwhile is not missed
+    try:
+        shown: dict[str, int] = {}
+        changed: set[str] | None = None
+        while True:
+            found = events.read(directory, namespace, args.name, changed)
+            _print_events(found, namespace, args.output, shown)
+            if not pidlock.running(paths.daemon_pid):
+                print("vmid: the daemon stopped", file=sys.stderr)
+                return EXIT_OK
+            changed = follow.wait(EVENTS_WATCH_SECONDS)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        follow.close()
+
+
+def _print_events(
+    found: list[dict[str, Any]], namespace: str | None, output: str | None, shown: dict[str, int]
+) -> None:
+    """Print the events not `shown` yet (or counted since), then remember them as shown."""
+    fresh = [e for e in found if shown.get(e["metadata"]["name"]) != e["count"]]
+    for event in fresh:
+        if output == "json":
+            print(json.dumps(event, indent=2))
+        elif output == "yaml":
+            print("---")
+            _print_data(event, "yaml")
+    if fresh and output is None:
+        lines = _columns(_event_table(fresh, namespace is None)).splitlines()
+        print("\n".join(lines[1:] if shown else lines))
+    sys.stdout.flush()
+    shown.update({e["metadata"]["name"]: e["count"] for e in found})
+
+
+def _event_table(found: list[dict[str, Any]], namespaces: bool) -> list[list[str]]:
+    """kubectl's columns; with `namespaces` (-A), a NAMESPACE column first."""
+    header = (["NAMESPACE"] if namespaces else []) + EVENT_HEADER
+    return [header] + [_event_row(e, namespaces) for e in found]
+
+
+def _event_row(event: dict[str, Any], namespaces: bool) -> list[str]:
+    involved = event["involvedObject"]
+    row = [
+        _age(event["lastTimestamp"]),
+        event["type"],
+        event["reason"],
+        f"virtualmachineinstance/{involved.get('name', '')}",
+        _printable(event["message"]),
+    ]
+    return [str(involved.get("namespace", "")), *row] if namespaces else row
+
+
+def _seen(event: dict[str, Any]) -> str:
+    """kubectl describe's AGE: `5m`, or `5m (x3 over 20m)` for an event counted again."""
+    last = _age(event["lastTimestamp"])
+    if event["count"] == 1:
+        return last
+    return f"{last} (x{event['count']} over {_age(event['firstTimestamp'])})"
+
+
+def _source(event: dict[str, Any]) -> str:
+    source = event.get("source") or {}
+    return ", ".join(str(source[k]) for k in ("component", "host") if source.get(k))
+
+
+def _printable(text: str) -> str:
+    """One line, control characters escaped: a message quotes QEMU, which quotes files."""
+    return _UNSAFE.sub(_escape_char, text.replace("\n", " "))
 
 
 def _logs(args: argparse.Namespace) -> int:

@@ -82,6 +82,15 @@ class Logs:
 
 
 @attrs.frozen(kw_only=True)
+class Events:
+    """How long `vmid events` still shows a removed VMI's events."""
+
+    #: A removed VMI's events are deleted this long after its last one (its removal), as
+    #: kube-apiserver's --event-ttl (1h) deletes events.
+    keepAfterRemovalSeconds: int = 3600
+
+
+@attrs.frozen(kw_only=True)
 class QemuUids:
     """The uids (and equal gids) vmid gives QEMU processes: one of its own for each VMI."""
 
@@ -126,6 +135,7 @@ class Config:
     #: multus networkName -> host bridge; a name not listed means a bridge of that name.
     multusBridges: dict[str, str] = attrs.field(factory=dict)
     logs: Logs = attrs.field(factory=Logs)
+    events: Events = attrs.field(factory=Events)
 
 
 def _absolute(path: str | Path) -> Path:
@@ -170,6 +180,11 @@ class Paths:
     def images(self) -> Path:
         """The image store (containerDisks), content in raw files."""
         return self.state / imageref.STORE_DIR
+
+    @property
+    def events(self) -> Path:
+        """The event store (vmid/runtime/events.py): events outlive their VMI."""
+        return self.state / "events"
 
     @property
     def network_runtime(self) -> Path:
@@ -245,6 +260,7 @@ def load_config(file: Path, required: bool) -> Config:
     _check_host_paths(file, config)
     _check_multus_bridges(file, config)
     _check_logs(file, config.logs)
+    _check_events(file, config.events)
     _check_qemu_uids(file, config)
     return config
 
@@ -407,4 +423,11 @@ def _check_logs(file: Path, logs: Logs) -> None:
     if logs.keepAfterRemovalSeconds < 0:
         raise ConfigError(
             f"{file}: logs.keepAfterRemovalSeconds: must not be negative (0 deletes at once)"
+        )
+
+
+def _check_events(file: Path, events: Events) -> None:
+    if events.keepAfterRemovalSeconds < 0:
+        raise ConfigError(
+            f"{file}: events.keepAfterRemovalSeconds: must not be negative (0 deletes at once)"
         )

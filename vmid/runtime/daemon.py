@@ -96,6 +96,7 @@ async def _serve(
         async with trio.open_nursery() as watchers:
             watchers.start_soon(notifier.watchdog)
             watchers.start_soon(supervisor.tidy_logs)
+            watchers.start_soon(supervisor.tidy_events)
             await watchers.start(spool_module.watch, spool, supervisor.apply)
             with trio.move_on_after(SETTLE_SECONDS):
                 await supervisor.wait_settled()

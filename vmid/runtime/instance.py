@@ -46,6 +46,8 @@ QEMU_ENVIRONMENT = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LC_ALL": "C",
 }
+#: KubeVirt's message when it kills a VM (virt-handler's VMIStopping).
+STOPPING = "VirtualMachineInstance stopping"
 #: Files one VMI prepares at once: its 30 disks wait for each other, not another VMI for them
 #: (qemu-img runs are bounded daemon-wide too: storage.QEMU_IMG_RUNS).
 PREPARE_AT_ONCE = 2
@@ -349,7 +351,7 @@ class Instance:
             )
         finally:
             _close([stderr, *pipes.values(), *files.values(), *taps.values()])
-        self.status.event("Normal", "Launched", f"QEMU started, pid {process.pid}")
+        self.status.event("Normal", "Created", "VirtualMachineInstance defined.")
         self.log.info("qemu started pid=%d", process.pid)
         self.log.debug("qemu argv: %s", " ".join(self._argv))
         return process
@@ -459,8 +461,8 @@ class Instance:
         else:
             self.status.event(
                 "Normal",
-                "Paused" if paused else "Resumed",
-                "VMI was paused" if paused else "VMI was resumed",
+                "Paused" if paused else "Unpaused",
+                "VirtualMachineInstance paused" if paused else "VirtualMachineInstance unpaused",
             )
         if not paused:
             self._io_error = None  # resumed: QEMU retries the request, and stops again if need be
@@ -493,6 +495,8 @@ class Instance:
         self._write_status()
         if at_once:
             self._outcome.stop = "killed-at-once"
+            why = "grace period 0" if grace == 0 else "no ACPI to power it off with"
+            self.status.event("Normal", "Deleted", f"{STOPPING}: killed at once ({why})")
             self._process.kill()
             await self._process.wait()
             return
@@ -504,7 +508,9 @@ class Instance:
                     await self._process.wait()
                     return
         self._outcome.stop = "killed-after-grace"
-        self.status.event("Warning", "Killed", f"the grace period of {grace} s passed: killed")
+        self.status.event(
+            "Warning", "Deleted", f"{STOPPING}: the grace period of {grace} s passed; killed"
+        )
         self.log.warning("grace period of %d s passed: killing", grace)
         await self._kill()
 
@@ -589,7 +595,7 @@ class Instance:
         if not self.status.phase.final:
             self.status.transition(Phase.FAILED, reason)
         self.status.write()
-        self.status.event("Warning", "FailedCreate", reason)
+        self.status.event("Warning", "SyncFailed", reason)
         self.status.write()
         self.log.warning("failed to start: %s", reason)
 

@@ -12,13 +12,16 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from vmid.config import Paths
 from vmid.errors import StateUnreadable
 from vmid.host import safefile
+
+if TYPE_CHECKING:
+    from vmid.runtime.events import EventStore
 
 
 class Phase(enum.StrEnum):
@@ -51,11 +54,8 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-#: How many events each VMI keeps for `vmid describe`.
-MAX_EVENTS = 50
 #: A status file holds one manifest (at most 256 KiB of YAML) and its status: far below this.
 MAX_FILE_BYTES = 16 << 20
-EVENTS_FILE = "events.json"
 STATUS_FILE = "status.json"
 #: KubeVirt's readiness gate on a VMI's pod: a paused VMI's pod, so the VMI, is not Ready.
 UNPAUSED_GATE = "kubevirt.io/virtual-machine-unpaused"
@@ -71,13 +71,19 @@ class Condition:
 
 
 class Status:
-    """The live status of one VMI, written to `path` on every change."""
+    """The live status of one VMI, written to `path` on every change; its events go to
+    `events` (none kept without one)."""
 
     def __init__(
-        self, path: Path, manifest: dict[str, Any], on_write: Callable[[], None] = lambda: None
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        on_write: Callable[[], None] = lambda: None,
+        events: EventStore | None = None,
     ) -> None:
         self.path = path
         self._on_write = on_write
+        self._events = events
         self.manifest = manifest
         self.phase = Phase.PENDING
         self.reason = ""
@@ -85,32 +91,33 @@ class Status:
         self.conditions: dict[str, Condition] = {}
         self.interfaces: list[dict[str, str]] = []
         self.qemu: dict[str, Any] = {}
-        self.events: list[dict[str, str]] = []
-        #: The event list as last written (events.json is rewritten only when it changed).
-        self._written_events: list[dict[str, str]] | None = None
 
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
 
     @classmethod
-    def load(cls, path: Path, on_write: Callable[[], None] = lambda: None) -> Status:
+    def load(
+        cls,
+        path: Path,
+        on_write: Callable[[], None] = lambda: None,
+        events: EventStore | None = None,
+    ) -> Status:
         """The status an earlier daemon wrote (raises OSError, ValueError or KeyError)."""
         data = read_json(path)
         recorded = data.pop("status")
-        status = cls(path, data, on_write)
+        status = cls(path, data, on_write, events)
         status.phase = Phase(recorded["phase"])
         status.reason = recorded.get("reason", "")
         status.transitions = list(recorded["phaseTransitionTimestamps"])
         status.conditions = {c["type"]: Condition(**c) for c in recorded.get("conditions", [])}
         status.interfaces = list(recorded.get("interfaces", []))
         status.qemu = dict(recorded.get("qemu", {}))
-        status.events = read_events(path.parent)
         return status
 
     def event(self, type_: str, reason: str, message: str) -> None:
-        """Record an event (KubeVirt's Normal/Warning, a reason, a message); kept bounded."""
-        entry = {"time": now(), "type": type_, "reason": reason, "message": message}
-        self.events = [*self.events, entry][-MAX_EVENTS:]
+        """Record an event about this VMI (KubeVirt's Normal/Warning, a reason, a message)."""
+        if self._events is not None:
+            self._events.record(self.manifest, type_, reason, message)
 
     def transition(self, phase: Phase, reason: str = "") -> None:
         """Move to `phase`; a move KubeVirt never makes raises IllegalTransition."""
@@ -177,9 +184,6 @@ class Status:
         """Replace the status file atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _replace(self.path, json.dumps(self.to_data(), indent=1) + "\n")
-        if self.events is not self._written_events:  # event() makes a new list each time
-            _replace(self.path.with_name(EVENTS_FILE), json.dumps(self.events, indent=1) + "\n")
-            self._written_events = self.events
         self._on_write()
 
 
@@ -261,12 +265,3 @@ def no_state(directory: Path) -> StateUnreadable:
 
 def _denied(path: Path) -> StateUnreadable:
     return StateUnreadable(f"permission denied reading {path}: run as root")
-
-
-def read_events(directory: Path) -> list[dict[str, str]]:
-    """The events a VMI's status keeps, oldest first."""
-    try:
-        events: list[dict[str, str]] = read_json(directory / EVENTS_FILE)
-    except (OSError, ValueError):
-        return []
-    return events

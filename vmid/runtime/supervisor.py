@@ -26,7 +26,7 @@ from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
-from vmid.runtime import logs, takeover
+from vmid.runtime import events, logs, takeover
 from vmid.runtime.instance import Instance
 from vmid.runtime.network import Network
 from vmid.runtime.spool import Desired
@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 
 #: The condition of a VMI on the pod network: whether vmid's DHCP server serves its address.
 DHCP_CONDITION = "DHCPReady"
+#: Event messages: KubeVirt's (pkg/virt-handler/controller.go), then vmid's words.
+DELETED = "Signaled Deletion"
+REMOVED = "its manifest was removed"
+REMOVED_OFFLINE = "its manifest was removed while vmid was not running"
+REFUSED_EDIT = "its changed manifest is refused; the VMI runs on unchanged"
+
+#: How often removed VMIs' events are looked at, at most and at least.
+EVENTS_SWEEP_MIN_SECONDS = 1.0
+EVENTS_SWEEP_MAX_SECONDS = 60.0
 
 
 @attrs.define(eq=False)
@@ -78,6 +87,7 @@ class Supervisor:
         self._paths = paths
         self._accelerator = accelerator
         self._store = ImageStore(paths.images, config.qemuImg)
+        self._events = events.EventStore(paths.events)
         self._vms: dict[str, _VM] = {}
         self._refused: dict[str, tuple[Problem, ...]] = {}
         #: Spool files whose problems no VMI shows (each has a `Failed` row), by path.
@@ -134,6 +144,29 @@ class Supervisor:
         """Forever: delete removed VMIs' logs once their time has passed (cancel to stop)."""
         await logs.tidy(self._paths.log_instances, lambda: self._config.logs, self._existing)
 
+    async def tidy_events(self) -> None:
+        """Forever: delete removed VMIs' events once their time has passed (cancel to stop).
+
+        In the event loop's thread, as events are recorded: a VMI's file is never deleted
+        between reading and replacing it.
+        """
+        while True:
+            keep = self._config.events.keepAfterRemovalSeconds
+            alive = self._alive()
+            if alive is not None:
+                deleted = self._events.prune(alive, keep)
+                if deleted:
+                    log.info("events of %d removed VMIs deleted (over %d s old)", deleted, keep)
+            await trio.sleep(min(max(keep / 2, EVENTS_SWEEP_MIN_SECONDS), EVENTS_SWEEP_MAX_SECONDS))
+
+    def _alive(self) -> Set[tuple[str, str]] | None:
+        """The (namespace, name) of every VMI that exists; None before the spool is read."""
+        if not self._applied:
+            return None
+        objects = [vm.status.manifest for vm in self._vms.values()]
+        objects += [_bare_object(name) for name in self._refused]
+        return {events.identity(o) for o in objects}
+
     def _existing(self) -> Set[str] | None:
         """The VMIs that exist (running, ended or refused); None before the spool is read."""
         return set(self._vms) | set(self._refused) if self._applied else None
@@ -175,6 +208,7 @@ class Supervisor:
             if self._refused.get(name) != problems:  # report each change once
                 self._report_refused(name, problems)
         for name in set(self._refused) - set(refused) - set(self._vms):
+            self._events.record(_bare_object(name), "Normal", "Deleted", f"{DELETED}: {REMOVED}")
             self._nursery.start_soon(self._forget, name)
         self._refused = refused
         self._show_files(desired)
@@ -206,7 +240,9 @@ class Supervisor:
         (same spec: it goes on; another: a graceful restart; a broken manifest: left alone;
         none: a graceful stop). A VMI that had ended stays ended while its spec is unchanged.
         """
-        left = takeover.survey(self._config, self._paths, self._accelerator, self._status_written)
+        left = takeover.survey(
+            self._config, self._paths, self._accelerator, self._status_written, self._events
+        )
         for name, found in left.items():
             try:
                 self._take_over_one(found, desired)
@@ -224,6 +260,8 @@ class Supervisor:
         elif name in desired.vmis or unreadable:  # a broken file is no removal
             self._resume_ended(found, desired.vmis.get(name))
         elif name not in desired.refused:
+            gone = found.status.manifest if found.status else _bare_object(name)
+            self._events.record(gone, "Normal", "Deleted", f"{DELETED}: {REMOVED_OFFLINE}")
             _remove_state(self._paths, name)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
@@ -271,7 +309,7 @@ class Supervisor:
         if not earlier.phase.final:  # as KubeVirt: a VMI whose QEMU vanished has Failed
             started = bool(earlier.qemu.get("pid"))
             why = "QEMU ended while vmid was not running" if started else "its file does not load"
-            self._failed(vm, why)
+            self._failed(vm, why, crashed=started)
             self._nursery.start_soon(self._detach, found.key)
 
     def _bare(self, name: str) -> Entry:
@@ -283,7 +321,7 @@ class Supervisor:
         manifest = _with_file(to_data(entry.planned.manifest.vmi), entry.file)
         manifest["metadata"]["creationTimestamp"] = now()
         path = self._paths.instance_runtime(entry.key) / STATUS_FILE
-        return Status(path, manifest, self._status_written)
+        return Status(path, manifest, self._status_written, self._events)
 
     async def _forget(self, name: str) -> None:
         """A refused manifest is gone: its addresses and state go too."""
@@ -351,6 +389,7 @@ class Supervisor:
         assert entry.key is not None
         vm = _VM(entry, self._new_status(entry), running=self._spec(entry.key, entry))
         self._vms[entry.key] = vm
+        vm.status.event("Normal", "SuccessfulCreate", f"Created from its manifest {entry.file}")
         self._nursery.start_soon(self._run, entry.key, vm, name=f"vmi {entry.key}")
 
     def _stop(self, vm: _VM, remove: bool) -> None:
@@ -358,6 +397,7 @@ class Supervisor:
             vm.successor = None  # an edit (or a re-add) then a removal: nothing must start
             if vm.remove:
                 return  # already on its way out
+            vm.status.event("Normal", "Deleted", f"{DELETED}: {REMOVED} ({vm.entry.file})")
         vm.remove = vm.remove or remove
         vm.scope.cancel()
         if vm.task_ended and (vm.remove or vm.successor is not None):
@@ -378,6 +418,9 @@ class Supervisor:
         # starts once the old one has stopped; the newest manifest wins.
         if vm.successor is None:
             log.info("%s: manifest changed: restarting with the new spec", name)
+            vm.status.event(
+                "Normal", "Restarting", f"{entry.file} changed: restarting with its spec"
+            )
         vm.successor = entry
         self._stop(vm, remove=False)
 
@@ -387,6 +430,7 @@ class Supervisor:
         message = _summary(problems)
         if old is None or old.message != message:
             vm.status.condition("Synchronized", False, "InvalidManifest", message)
+            vm.status.event("Warning", "SyncFailed", f"{REFUSED_EDIT}: {message}")
             vm.status.write()
             for problem in problems:
                 log.error("%s", problem)
@@ -394,9 +438,8 @@ class Supervisor:
     def _report_refused(self, key: str, problems: tuple[Problem, ...]) -> None:
         for problem in problems:
             log.error("%s", problem)
-        namespace, name = names.split(key)
-        metadata = {"name": name, "namespace": namespace}
-        _write_refused(self._paths.instance_runtime(key) / STATUS_FILE, metadata, problems)
+        path = self._paths.instance_runtime(key) / STATUS_FILE
+        _write_refused(path, _bare_object(key)["metadata"], problems, self._events)
 
     # Section: one VMI's task
 
@@ -447,10 +490,15 @@ class Supervisor:
         self._status_written()
         vm.done.set()
 
-    def _failed(self, vm: _VM, reason: str) -> None:
+    def _failed(self, vm: _VM, reason: str, crashed: bool = False) -> None:
+        """Mark the VMI Failed: it could not start, or (`crashed`) its QEMU ended."""
         if vm.status.phase.final:
             return
         vm.status.transition(Phase.FAILED, reason)
+        if crashed:
+            vm.status.event("Warning", "Stopped", f"The VirtualMachineInstance crashed: {reason}")
+        else:
+            vm.status.event("Warning", "SyncFailed", reason)
         vm.status.condition("Ready", False, "GuestNotRunning")
         try:
             vm.status.write()
@@ -549,6 +597,17 @@ def _remove_state(paths: Paths, name: str, keep_identity: bool = False) -> None:
     identity.release(state)
 
 
+def _bare_object(key: str) -> dict[str, Any]:
+    """A VMI object of which vmid knows only the namespace/name (its manifest is refused or
+    gone)."""
+    namespace, name = names.split(key)
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+
+
 def _with_file(manifest: dict[str, Any], file: str) -> dict[str, Any]:
     """The object as vmid shows it: with the spool file it comes from, as an annotation."""
     metadata = manifest.setdefault("metadata", {})
@@ -556,8 +615,14 @@ def _with_file(manifest: dict[str, Any], file: str) -> dict[str, Any]:
     return manifest
 
 
-def _write_refused(path: Path, metadata: dict[str, Any], problems: tuple[Problem, ...]) -> None:
-    """The status of a manifest that is refused: `Failed`, its problems as the reason."""
+def _write_refused(
+    path: Path,
+    metadata: dict[str, Any],
+    problems: tuple[Problem, ...],
+    store: events.EventStore | None = None,
+) -> None:
+    """The status of a manifest that is refused: `Failed`, its problems as the reason (and a
+    `SyncFailed` event, for a VMI's: a spool file's row is no VMI's)."""
     status = Status(
         path,
         {
@@ -565,9 +630,11 @@ def _write_refused(path: Path, metadata: dict[str, Any], problems: tuple[Problem
             "kind": "VirtualMachineInstance",
             "metadata": {**metadata, "creationTimestamp": now()},
         },
+        events=store,
     )
     status.transition(Phase.FAILED, _summary(problems))
     status.condition("Synchronized", False, "InvalidManifest", _summary(problems))
+    status.event("Warning", "SyncFailed", _summary(problems))
     try:
         status.write()
     except OSError as exc:

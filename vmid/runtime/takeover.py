@@ -20,6 +20,7 @@ from vmid.config import Accelerator, Config, Paths
 from vmid.manifests import Entry, Planned
 from vmid.plan.build import QEMU_DIR, build
 from vmid.plan.model import LaunchPlan
+from vmid.runtime.events import EventStore
 from vmid.runtime.process import cmdline, find_qemus
 from vmid.runtime.status import STATUS_FILE, Status
 
@@ -44,15 +45,20 @@ class Left:
 
 
 def survey(
-    config: Config, paths: Paths, accelerator: Accelerator, on_write: Callable[[], None]
+    config: Config,
+    paths: Paths,
+    accelerator: Accelerator,
+    on_write: Callable[[], None],
+    events: EventStore,
 ) -> dict[str, Left]:
-    """Every VMI with a running QEMU or a status file under `paths`, by key."""
+    """Every VMI with a running QEMU or a status file under `paths`, by key; their statuses
+    record their events in `events`."""
     instances = paths.runtime_instances
     running = find_qemus(instances, QEMU_DIR)
     recorded = {str(p.parent.relative_to(instances)) for p in instances.glob(f"*/*/{STATUS_FILE}")}
     left = {}
     for key in sorted(set(running) | recorded):
-        status = _load(instances / key / STATUS_FILE, on_write)
+        status = _load(instances / key / STATUS_FILE, on_write, events)
         entry = _entry(status, config, paths, accelerator) if status else None
         left[key] = Left(key, tuple(sorted(running.get(key, ()))), status, entry)
     return left
@@ -78,9 +84,9 @@ def runs_plan(pid: int, plan: LaunchPlan) -> bool:
     return [_FD.sub("fd=", a) for a in cmdline(pid)] == [_FD.sub("fd=", a) for a in plan.argv]
 
 
-def _load(path: Path, on_write: Callable[[], None]) -> Status | None:
+def _load(path: Path, on_write: Callable[[], None], events: EventStore) -> Status | None:
     try:
-        return Status.load(path, on_write)
+        return Status.load(path, on_write, events)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if path.exists():
             log.warning("%s: unreadable status (%s): vmid goes by the process table", path, exc)
