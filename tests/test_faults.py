@@ -192,7 +192,7 @@ def test_a_burst_of_200_manifests_ends_exactly_as_the_spool(tmp_path: Path) -> N
         assert sorted(qemus_of(tmp_path)) == sorted(f"vm-{i}" for i in range(1, count, 2))
         registry = json.loads((tmp_path / "var/lib/vmid/network/attachments.json").read_text())
         assert sorted(a["vmi"] for a in registry["attachments"]) == sorted(
-            f"vm-{i}" for i in range(1, count, 2) if i % 8 == 1
+            f"default/vm-{i}" for i in range(1, count, 2) if i % 8 == 1
         )
         for path in list(daemon.spool.glob("*.yaml")):
             path.unlink()

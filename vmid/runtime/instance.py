@@ -8,13 +8,14 @@ passed, `quit`, then SIGKILL) and the task ends once QEMU is gone and the status
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
 import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,15 @@ _IO_STATUS = {"nospace": "No space left on device", "failed": "I/O error"}
 DISK_ID_PREFIX = device_id("disk", "")
 
 
+class StopMode(enum.Enum):
+    """What cancelling a VMI's task does to its QEMU."""
+
+    #: The shutdown ladder: ACPI power-off, killed once the grace period has passed.
+    POWER_OFF = "power off"
+    #: Nothing: QEMU goes on running for a later daemon to take over (`onDaemonStop: keep`).
+    LEAVE_RUNNING = "leave running"
+
+
 class LaunchError(VmidError):
     """QEMU did not start; the message carries what QEMU said."""
 
@@ -90,12 +100,13 @@ class Instance:
         user: QemuUser | None = None,
         traverse: tuple[Path, ...] = (),
         logs: Logs | None = None,
+        stop_mode: Callable[[], StopMode] = lambda: StopMode.POWER_OFF,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
         `user`: run QEMU as this VM's own uid (None: as root), handing it its working directory
         before the launch; it may pass through vmid's directories `traverse`. `logs`: the bounds
-        of its log files.
+        of its log files. `stop_mode`: what a cancellation means, asked when it comes.
         """
         self.plan = plan
         self.status = status
@@ -117,11 +128,7 @@ class Instance:
         self._io_error: str | None = None
         self._logs = VmLogs(plan, logs or Logs())
         self._log_nursery: trio.Nursery | None = None
-        #: Set by the supervisor before cancelling when QEMU must be left running (daemon
-        #: stopping with `onDaemonStop: keep`).
-        self.detach = False
-        #: Stop the VM as soon as it is Running: a re-adopted VM whose manifest is gone.
-        self.stop_once_running = False
+        self._stop_mode = stop_mode
         #: When the shutdown ladder, once begun, kills QEMU (trio's clock): the grace's end.
         self.kill_at: float | None = None
 
@@ -146,8 +153,7 @@ class Instance:
                 try:
                     await self._run(task_status)
                 finally:
-                    running = self._process is not None and self._process.returncode is None
-                    self._logs.end(detached=self.detach and running)
+                    self._logs.end(detached=self._left_running)
         except BaseExceptionGroup as group:  # the log pipes never fail: raise what the VM did
             if len(group.exceptions) != 1:
                 raise
@@ -159,14 +165,20 @@ class Instance:
                 await self._start()
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await self._abort(exc)
+                await self._end(exc)
             raise
         task_status.started()
         try:
             await self._supervise()
         finally:
             with trio.CancelScope(shield=True):
-                await self._finish()
+                await self._end(None)
+
+    @property
+    def _left_running(self) -> bool:
+        """QEMU runs on and is left so on purpose (a daemon stopping with `keep`)."""
+        alive = self._process is not None and self._process.returncode is None
+        return alive and self._stop_mode() is StopMode.LEAVE_RUNNING
 
     # Section: start
 
@@ -402,8 +414,7 @@ class Instance:
             events = trio.CancelScope(shield=True)
             nursery.start_soon(self._follow_events, monitor, events)
             try:
-                if not self.stop_once_running:
-                    await self._process.wait()
+                await self._process.wait()
             finally:
                 with trio.CancelScope(shield=True):
                     try:
@@ -485,7 +496,7 @@ class Instance:
         """The shutdown ladder; runs shielded, ends when QEMU has exited."""
         if self._process is None or self._process.returncode is not None:
             return
-        if self.detach:
+        if self._left_running:
             self.log.info("left running (onDaemonStop: keep)")
             return
         grace = self.plan.gracePeriodSeconds
@@ -544,60 +555,65 @@ class Instance:
 
     # Section: end
 
-    async def _finish(self) -> None:
-        with trio.move_on_after(CLEANUP_TIMEOUT):
-            if self._monitor is not None:
-                await self._monitor.aclose()
-        if self.detach and self._process is not None and self._process.returncode is None:
-            return
-        _remove_sockets(self.plan)
-        await self._detach()
-        phase, reason = self._verdict()
-        if not self.status.phase.final:
-            self.status.transition(phase, reason)
-        self.status.condition("Ready", False, "GuestNotRunning")
-        if phase is Phase.SUCCEEDED:
-            self.status.event("Normal", "Stopped", "The VirtualMachineInstance was shut down.")
-        else:
-            self.status.event("Warning", "Stopped", f"The VirtualMachineInstance crashed: {reason}")
-        self.status.write()
-        self.log.info("ended %s %s", phase, reason)
-
-    def _verdict(self) -> tuple[Phase, str]:
-        """The phase KubeVirt would give, from how QEMU ended (design.md, shutdown ladder)."""
-        outcome, code = self._outcome, self._process.returncode if self._process else None
-        if outcome.panicked:
-            return Phase.FAILED, "GuestPanicked"
-        if outcome.stop == "killed-after-grace":
-            return Phase.FAILED, "the guest did not power off within the grace period; killed"
-        if outcome.stop == "killed-at-once":
-            return Phase.SUCCEEDED, "stopped"
-        if outcome.guest_shutdown or outcome.reset_terminated:
-            return Phase.SUCCEEDED, "the guest powered off"
-        return Phase.FAILED, f"QEMU ended unexpectedly: {_describe_exit(code)}"
-
-    async def _abort(self, exc: BaseException) -> None:
-        """A launch that failed or was cancelled: no QEMU left behind, status Failed."""
-        if self._process is not None and self._process.returncode is None:
-            self._process.kill()
-            await self._process.wait()
+    async def _end(self, failure: BaseException | None) -> None:
+        """The one way a run ends, launched or not (`failure`: why it could not start): no QEMU
+        left but one left running on purpose, its sockets and taps gone, its final phase and
+        event recorded. Runs shielded; each step that can wait is bounded."""
+        alive = self._process is not None and self._process.returncode is None
+        if failure is not None and alive:
+            assert self._process is not None
+            self._process.kill()  # a launch that failed or was cancelled: none left behind
+            with trio.move_on_after(CLEANUP_TIMEOUT):
+                await self._process.wait()
         if self._monitor is not None:
-            await self._monitor.aclose()
+            with trio.move_on_after(CLEANUP_TIMEOUT):
+                await self._monitor.aclose()
+        if failure is None and self._left_running:
+            return
         if self._process is not None:  # the sockets are ours only if our QEMU made them
             _remove_sockets(self.plan)
         await self._detach()
-        if isinstance(exc, Exception):
-            reason = (
-                str(exc) if isinstance(exc, VmidError | OSError) else f"internal error: {exc!r}"
-            )
-        else:
-            reason = "stopped before it was running"
+        phase, reason, event = self._verdict(failure)
         if not self.status.phase.final:
-            self.status.transition(Phase.FAILED, reason)
+            self.status.transition(phase, reason)
+        self.status.condition("Ready", False, "GuestNotRunning")
+        self.status.event(*event)
         self.status.write()
-        self.status.event("Warning", "SyncFailed", reason)
-        self.status.write()
-        self.log.warning("failed to start: %s", reason)
+        if failure is None:
+            self.log.info("ended %s %s", phase, reason)
+        else:
+            self.log.warning("failed to start: %s", reason)
+
+    def _verdict(self, failure: BaseException | None) -> tuple[Phase, str, tuple[str, str, str]]:
+        """The phase KubeVirt would give, why, and the event saying so: from what kept it
+        from starting, else from how QEMU ended (design.md, shutdown ladder)."""
+        if failure is not None:
+            reason = _failure_reason(failure)
+            return Phase.FAILED, reason, ("Warning", "SyncFailed", reason)
+        outcome, code = self._outcome, self._process.returncode if self._process else None
+        if outcome.panicked:
+            phase, reason = Phase.FAILED, "GuestPanicked"
+        elif outcome.stop == "killed-after-grace":
+            phase = Phase.FAILED
+            reason = "the guest did not power off within the grace period; killed"
+        elif outcome.stop == "killed-at-once":
+            phase, reason = Phase.SUCCEEDED, "stopped"
+        elif outcome.guest_shutdown or outcome.reset_terminated:
+            phase, reason = Phase.SUCCEEDED, "the guest powered off"
+        else:
+            phase, reason = Phase.FAILED, f"QEMU ended unexpectedly: {_describe_exit(code)}"
+        if phase is Phase.SUCCEEDED:
+            return phase, reason, ("Normal", "Stopped", "The VirtualMachineInstance was shut down.")
+        crashed = f"The VirtualMachineInstance crashed: {reason}"
+        return phase, reason, ("Warning", "Stopped", crashed)
+
+
+def _failure_reason(failure: BaseException) -> str:
+    if isinstance(failure, VmidError | OSError):
+        return str(failure)
+    if isinstance(failure, Exception):
+        return f"internal error: {failure!r}"
+    return "stopped before it was running"
 
 
 def _describe_exit(code: int | None) -> str:

@@ -27,7 +27,7 @@ from vmid.manifests import Entry
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
 from vmid.runtime import events, logs, takeover
-from vmid.runtime.instance import Instance
+from vmid.runtime.instance import Instance, StopMode
 from vmid.runtime.network import Network
 from vmid.runtime.spool import Desired
 from vmid.runtime.status import STATUS_FILE, Phase, Status, now
@@ -65,6 +65,8 @@ class _VM:
     task_ended: bool = False
     #: The pid of a QEMU an earlier daemon left for this VMI, to take over.
     adopt: int | None = None
+    #: What cancelling its task does to its QEMU (the daemon stopping with `keep`: nothing).
+    stop_mode: StopMode = StopMode.POWER_OFF
     #: The spec its QEMU runs (or ran), as data, with the firmware UUID the VMI keeps; None
     #: for a QEMU taken over whose spec nobody recorded: any manifest restarts that one.
     running: dict[str, Any] | None = None
@@ -354,8 +356,7 @@ class Supervisor:
         self._stopping = True
         for vm in self._vms.values():
             vm.successor = None
-            if vm.instance is not None:
-                vm.instance.detach = keep
+            vm.stop_mode = StopMode.LEAVE_RUNNING if keep else StopMode.POWER_OFF
             vm.scope.cancel()
         for vm in list(self._vms.values()):
             await vm.done.wait()
@@ -513,7 +514,7 @@ class Supervisor:
             metadata["creationTimestamp"] = vm.status.manifest["metadata"]["creationTimestamp"]
             vm.status.manifest = {**to_data(vmi), "metadata": metadata}
         store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
-        instance = Instance(
+        return Instance(
             plan,
             vm.status,
             store,
@@ -525,9 +526,8 @@ class Supervisor:
             # Its own directory's parents, up to its namespace's.
             traverse=(paths.runtime, paths.runtime_instances, Path(plan.cwd).parents[1]),
             logs=self._config.logs,
+            stop_mode=lambda: vm.stop_mode,
         )
-        instance.stop_once_running = vm.remove
-        return instance
 
     def _spec(self, name: str, entry: Entry) -> dict[str, Any]:
         """The spec an entry means, as data, with the firmware UUID the VMI keeps."""
