@@ -496,11 +496,14 @@ def dhcp_condition(daemon: Daemon, name: str) -> dict[str, str] | None:
 
 
 def dhcp_events(daemon: Daemon, name: str) -> list[str]:
-    """The DHCP lines of `vmid describe NAME`'s events."""
-    described = daemon.vmid("describe", name)
-    assert described.returncode == 0, described.stderr
-    events = described.stdout.split("Events:")[1]
-    return [line.split(None, 1)[1] for line in events.splitlines() if "DHCPServer" in line]
+    """The DHCP events of VMI `name` (`vmid events NAME`, as `describe` shows them), oldest
+    first, as `TYPE REASON MESSAGE`."""
+    listed = daemon.vmid("events", name, "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    found = json.loads(listed.stdout)["items"]
+    return [
+        f"{e['type']} {e['reason']} {e['message']}" for e in found if "DHCPServer" in e["reason"]
+    ]
 
 
 def test_a_root_closed_to_others_still_gives_guests_their_dhcp_leases(tmp_path: Path) -> None:

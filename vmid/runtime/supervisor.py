@@ -569,32 +569,49 @@ class Supervisor:
 def _remove_state(paths: Paths, name: str, keep_identity: bool = False) -> None:
     """Delete a gone VMI's ephemeral files and runtime directory (logs are kept, given to root).
 
-    Its uid record goes last, and only once nothing else of the VMI is left (its QEMU's working
-    directory and sockets are in the runtime directory): until then no other VMI gets its uid.
-    `keep_identity`: the same VMI starts again (a new spec): it keeps its uid and firmware UUID.
+    Its status goes last, so a reader that finds no status finds nothing else of the VMI
+    either (unless a file could not be removed: that is logged); its uid record just before,
+    and only once nothing else of the VMI is left (its QEMU's working directory and sockets are
+    in the runtime directory): until then no other VMI gets its uid. `keep_identity`: the same
+    VMI starts again (a new spec): it keeps its uid and firmware UUID.
     """
     runtime, state = paths.instance_runtime(name), paths.instance_state(name)
-    shutil.rmtree(runtime, ignore_errors=True)
+    _empty(runtime, keep={STATUS_FILE})
     kept = {identity.UID_RECORD} | ({firmwareid.FIRMWARE_UUID_FILE} if keep_identity else set())
-    with contextlib.suppress(FileNotFoundError):
-        for item in state.iterdir():
-            if item.name in kept:
-                continue
-            if item.is_dir() and not item.is_symlink():
-                shutil.rmtree(item, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):  # checked below
-                    item.unlink()
+    _empty(state, keep=kept)
     if keep_identity:
+        shutil.rmtree(runtime, ignore_errors=True)
         return
     logfile.mark_removed(paths.instance_logs(name))
     uid = identity.recorded(state)
     if uid is not None:
-        if runtime.exists() or any(i.name != identity.UID_RECORD for i in state.iterdir()):
+        if (_entries(runtime) - {STATUS_FILE}) | (_entries(state) - {identity.UID_RECORD}):
             log.error("%s: some of its files could not be removed: uid %d stays taken", name, uid)
+            shutil.rmtree(runtime, ignore_errors=True)
             return
         identity.give_back(paths.instance_logs(name), uid)
     identity.release(state)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _empty(directory: Path, keep: Set[str]) -> None:
+    """Remove what `directory` holds but the entries named in `keep` (what cannot be removed
+    stays, and is found by whoever checks)."""
+    with contextlib.suppress(FileNotFoundError):
+        for item in directory.iterdir():
+            if item.name in keep:
+                continue
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    item.unlink()
+
+
+def _entries(directory: Path) -> set[str]:
+    with contextlib.suppress(FileNotFoundError):
+        return {item.name for item in directory.iterdir()}
+    return set()
 
 
 def _bare_object(key: str) -> dict[str, Any]:
