@@ -15,7 +15,7 @@ import re
 import uuid
 from collections.abc import Iterable
 
-from vmid.api import imageref
+from vmid.api import defaults, imageref, podspec
 from vmid.api import types as t
 from vmid.api.findings import FieldPath, Finding, quote, render_path
 from vmid.api.quantity import Quantity
@@ -98,6 +98,11 @@ def validate(vmi: t.VirtualMachineInstance) -> list[Finding]:
     _networks(vmi.spec, out)
     _boot_order(vmi.spec.domain.devices, out)
     _other_devices(vmi.spec.domain.devices, out)
+    _io_threads(vmi.spec.domain, out)
+    _hyperv(vmi.spec.domain, out)
+    out.items += [*podspec.affinity(vmi.spec), *podspec.topology_spread(vmi.spec)]
+    out.items += podspec.dns(vmi.spec)
+    _service_account(vmi.spec, out)
     return out.items
 
 
@@ -168,6 +173,12 @@ def _spec(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
 
 
 def _memory(domain: t.DomainSpec, out: _Findings) -> None:
+    if domain.memory is not None and domain.memory.reservedOverhead is not None:
+        # The ReservedOverheadMemlock feature gate is Alpha: off on a default cluster.
+        out.add(
+            (*DOMAIN, "memory", "reservedOverhead"),
+            "Reserved overhead memlock feature gate is not enabled in kubevirt-config",
+        )
     resources = domain.resources or t.ResourceRequirements()
     requests, limits = resources.requests, resources.limits
     guest = domain.memory.guest if domain.memory else None
@@ -195,13 +206,8 @@ def _memory(domain: t.DomainSpec, out: _Findings) -> None:
     source = (*DOMAIN, "memory", "guest") if explicit else _memory_source(requests, guest)
     if 0 <= guest.exact < MIN_MEMORY:
         out.add(source, f"'{guest}': must be greater than or equal to 1M.")
-    limit = limits.get("memory")
-    if explicit and limit is not None and 0 < limit.exact < guest.exact:
-        out.add(
-            (*DOMAIN, "memory", "guest"),
-            f"spec.domain.memory.guest '{guest}' must be equal "
-            f"to or less than the memory limit spec.domain.resources.limits.memory '{limit}'",
-        )
+    # A guest above the memory limit is refused only under the Stage rollout strategy, which a
+    # default cluster (LiveUpdate) does not use: the guest gets its memory, as there.
 
 
 def _memory_source(requests: dict[str, Quantity], guest: Quantity) -> FieldPath:
@@ -228,6 +234,11 @@ def _cpu(domain: t.DomainSpec, out: _Findings) -> None:
         if value is not None and value < 0:
             out.add((*path, name), f"Invalid value: {value}: must not be negative (0 means unset)")
     count = (cpu.cores or 1) * (cpu.sockets or 1) * (cpu.threads or 1)
+    if cpu.maxSockets and (cpu.sockets or 0) > cpu.maxSockets:
+        out.add(
+            (*path, "sockets"),
+            "Number of sockets in CPU topology is greater than the maximum sockets allowed",
+        )
     if count > MAX_VCPUS:
         out.add(path, f"{count} vCPUs requested; QEMU's q35 machine supports at most {MAX_VCPUS}")
     if cpu.dedicatedCpuPlacement:
@@ -349,7 +360,13 @@ def _disks(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
             )
         seen.setdefault(disk.name, index)
         volume = volumes.get(disk.name)
-        if volume is None:
+        if volume is None and disk.cdrom is not None:
+            # KubeVirt's DeclarativeHotplugVolumes gate (Beta, on) admits an empty CD-ROM.
+            out.unsupported(
+                (*path, "cdrom"),
+                "an empty CD-ROM (a cdrom disk without a volume) is not implemented yet",
+            )
+        elif volume is None:
             out.add(
                 (*path, "name"),
                 f"Name {quote(disk.name)} not found: no volume in spec.volumes has this name",
@@ -536,10 +553,10 @@ def _host_disk(disk: t.HostDisk, path: FieldPath, out: _Findings) -> None:
             (*path, "capacity"),
             "capacity is allowed to pass only with type equal to 'DiskOrCreate'",
         )
-    if disk.type is t.HostDiskType.DISK_OR_CREATE:
-        if disk.capacity is None:
-            out.add((*path, "capacity"), "Required value: type 'DiskOrCreate' needs a capacity")
-        elif disk.capacity.exact < 1:
+    # DiskOrCreate without a capacity is admitted, as by KubeVirt, which then uses an existing
+    # file as it is and fails to create a missing one (a sparse file of 0 bytes): vmid too.
+    if disk.type is t.HostDiskType.DISK_OR_CREATE and disk.capacity is not None:
+        if disk.capacity.exact < 1:
             out.add(
                 (*path, "capacity"),
                 f"Invalid value: {quote(str(disk.capacity))}: must be greater than 0",
@@ -701,9 +718,27 @@ def _interface(
                 f"The requested MAC address {RESERVED_MAC} is "
                 "reserved for the in-pod bridge. Please choose another one.",
             )
+    _absent(iface, path, network, out)
     if iface.acpiIndex is not None and iface.acpiIndex < 1:
         out.add((*path, "acpiIndex"), f"Invalid value: {iface.acpiIndex}: must be greater than 0")
     _ports(iface, path, out)
+
+
+def _absent(iface: t.Interface, path: FieldPath, network: t.Network | None, out: _Findings) -> None:
+    if iface.state is not t.InterfaceState.ABSENT:
+        return
+    state = (*path, "state")
+    if iface.bridge is None:
+        out.add(
+            state,
+            f'"{iface.name}" interface\'s state "absent" is supported only for bridge binding',
+        )
+    # A multus network with `default: true` is refused on its own; the pod network is the default.
+    if network is not None and network.pod is not None:
+        out.add(
+            state,
+            f'"{iface.name}" interface\'s state "absent" is not supported on default networks',
+        )
 
 
 def _ports(iface: t.Interface, path: FieldPath, out: _Findings) -> None:
@@ -718,9 +753,11 @@ def _ports(iface: t.Interface, path: FieldPath, out: _Findings) -> None:
             out.add(port_path, "Port field is mandatory.")
         elif not 0 < port.port < 65536:
             out.add((*port_path, "port"), "Port field must be in range 0 < x < 65536.")
-        if port.name is not None:
+        if port.name:
             if port.name in names:
                 out.add((*port_path, "name"), f"Duplicate name of the port: {port.name}")
+            if podspec.port_name(port.name):
+                out.add((*port_path, "name"), f"Invalid name of the port: {port.name}")
             names.add(port.name)
 
 
@@ -761,10 +798,77 @@ def _other_devices(devices: t.Devices, out: _Findings) -> None:
         names.add(device.name)
     if devices.sound is not None and not devices.sound.name:
         out.add((*DEVICES, "sound", "name"), "Sound device must have a name")
+    if devices.video is not None and devices.autoattachGraphicsDevice is False:
+        out.add(
+            (*DEVICES, "video"),
+            "Video configuration is not allowed when autoattachGraphicsDevice is set to false",
+        )
     if devices.autoattachVSOCK:
         out.unsupported((*DEVICES, "autoattachVSOCK"), "VSOCK is not implemented yet")
     if devices.networkInterfaceMultiqueue:
         out.unsupported(
             (*DEVICES, "networkInterfaceMultiqueue"),
             "multi-queue network interfaces are not implemented yet",
+        )
+
+
+def _io_threads(domain: t.DomainSpec, out: _Findings) -> None:
+    if domain.ioThreadsPolicy is not t.IOThreadsPolicy.SUPPLEMENTAL_POOL:
+        return
+    count = domain.ioThreads.supplementalPoolThreadCount if domain.ioThreads else None
+    if count is None or count < 1:
+        # KubeVirt names spec.domain.ioThreads.count, a field its schema does not have.
+        path = (
+            (*DOMAIN, "ioThreadsPolicy")
+            if count is None
+            else (*DOMAIN, "ioThreads", "supplementalPoolThreadCount")
+        )
+        out.add(
+            path, "the number of iothreads needs to be set and positive for the dedicated policy"
+        )
+
+
+def _hyperv(domain: t.DomainSpec, out: _Findings) -> None:
+    """KubeVirt's Hyper-V checks, after defaults enabled every requirement the user left unset."""
+    features = domain.features
+    hyperv = features.hyperv if features else None
+    if features is None or hyperv is None:
+        return
+    path = (*DOMAIN, "features", "hyperv")
+    if features.hypervPassthrough is not None:
+        out.add(
+            path,
+            "Cannot explicitly set hyperV features if HypervPassthrough is being used. "
+            "Please use either HyperV or HypervPassthrough.",
+        )
+    for feature, required in defaults.HYPERV_REQUIRES:
+        state, needed = getattr(hyperv, feature), getattr(hyperv, required)
+        if state is not None and state.enabled and not (needed is not None and needed.enabled):
+            out.add(
+                (*path, feature),
+                f"'{render_path((*path, feature))}' requires '{render_path((*path, required))}', "
+                "which was disabled.",
+            )
+    if hyperv.evmcs is not None and hyperv.evmcs.enabled:
+        _evmcs_vmx(domain.cpu or t.CPU(), out)
+
+
+def _evmcs_vmx(cpu: t.CPU, out: _Findings) -> None:
+    if not cpu.features:
+        out.add((*DOMAIN, "cpu", "features"), "vmx cpu feature is required when evmcs is set")
+    for index, feature in enumerate(cpu.features):
+        if feature.name == "vmx" and feature.policy is not t.FeaturePolicy.REQUIRE:
+            out.add(
+                (*DOMAIN, "cpu", "features", index, "policy"),
+                "vmx cpu feature has to be set to require policy",
+            )
+
+
+def _service_account(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
+    name = spec.serviceAccountName
+    errors = podspec.dns1123_subdomain(name) if name else []
+    if errors:
+        out.add(
+            (*SPEC, "serviceAccountName"),
+            f"spec.serviceAccountName is not a valid service account name: {'; '.join(errors)}",
         )
