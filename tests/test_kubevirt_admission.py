@@ -451,6 +451,24 @@ SPEC_CASES: Final = [
         {"spec.serviceAccountName": "bad+name"},
         [("spec.serviceAccountName", SA_MSG)],
     ),
+    # The DeclarativeHotplugVolumes gate is Beta: an empty CD-ROM is admitted.
+    Case(
+        "cdrom-without-volume",
+        f"{ADMITTER}:620",
+        {f"{DISKS}[1]": {"name": "testdisk", "cdrom": {"bus": "sata"}}},
+        ACCEPT,
+    ),
+    Case(
+        "disk-without-volume",
+        f"{ADMITTER}:610",
+        {f"{DISKS}[1]": {"name": "testdisk"}},
+        [
+            (
+                f"{DISKS}[1].name",
+                'Name "testdisk" not found: no volume in spec.volumes has this name',
+            )
+        ],
+    ),
     Case(
         "sound-model-unset",
         f"{ADMITTER}:655",
@@ -768,22 +786,6 @@ def test_vmid_gives_the_clusters_verdict(base: dict[str, Any], case: Case) -> No
 # KubeVirt test cases whose verdict vmid gives differently on purpose: (case, vmid's problems,
 # why). The README lists them too.
 DELIBERATE: Final = [
-    (
-        Case(
-            "cdrom-without-volume",
-            f"{ADMITTER}:620",
-            {f"{DISKS}[1]": {"name": "testdisk", "cdrom": {"bus": "sata"}}},
-            ACCEPT,
-        ),
-        [
-            (
-                f"{DISKS}[1].cdrom",
-                "cdrom is not supported by vmid: an empty CD-ROM (a cdrom disk without a volume) "
-                "is not implemented yet",
-            )
-        ],
-        "an empty drive to insert media into later needs volume hotplug, which vmid lacks",
-    ),
     (
         Case(
             "service-account-volume",

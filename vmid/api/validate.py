@@ -360,13 +360,9 @@ def _disks(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
             )
         seen.setdefault(disk.name, index)
         volume = volumes.get(disk.name)
-        if volume is None and disk.cdrom is not None:
-            # KubeVirt's DeclarativeHotplugVolumes gate (Beta, on) admits an empty CD-ROM.
-            out.unsupported(
-                (*path, "cdrom"),
-                "an empty CD-ROM (a cdrom disk without a volume) is not implemented yet",
-            )
-        elif volume is None:
+        # An empty CD-ROM (no volume) is admitted: KubeVirt's DeclarativeHotplugVolumes gate is
+        # Beta, on by default.
+        if volume is None and disk.cdrom is None:
             out.add(
                 (*path, "name"),
                 f"Name {quote(disk.name)} not found: no volume in spec.volumes has this name",
