@@ -768,12 +768,313 @@ NETWORK_CASES: Final = [
     ),
 ]
 
+DISKS_TEST: Final = "pkg/storage/admitters/disks_test.go"
+EMPTY_DISK: Final = {"emptyDisk": {"capacity": "1Gi"}}
+
+
+def disks(*items: dict[str, Any]) -> Patch:
+    """KubeVirt's test disks after the minimal VMI's, and a volume for each name."""
+    patch: Patch = {f"{DISKS}[{i}]": disk for i, disk in enumerate(items, start=1)}
+    names = dict.fromkeys(disk["name"] for disk in items)
+    for index, name in enumerate(names, start=1):
+        patch[f"spec.volumes[{index}]"] = {"name": name, **EMPTY_DISK}
+    return patch
+
+
+def block(logical: int, physical: int, **more: Any) -> Patch:
+    size = {"custom": {"logical": logical, "physical": physical, **more}}
+    return disks({"name": "blockdisk", "blockSize": size})
+
+
+D1: Final = f"{DISKS}[1]"
+SATA_LOGICAL: Final = "must be 512 for SATA devices"
+DISK_CASES: Final = [
+    Case("disk-target", f"{DISKS_TEST}:55", disks({"name": "testdisk", "disk": {}}), ACCEPT),
+    Case("cdrom-target", f"{DISKS_TEST}:61", disks({"name": "testdisk", "cdrom": {}}), ACCEPT),
+    Case("no-target", f"{DISKS_TEST}:66", disks({"name": "testdisk"}), ACCEPT),
+    Case(
+        "duplicate-names",
+        f"{DISKS_TEST}:82",
+        disks({"name": "testdisk", "disk": {}}, {"name": "testdisk", "disk": {}}),
+        [(f"{DISKS}[2].name", Sub("must not have the same Name."))],
+    ),
+    Case(
+        "sata-read-only",
+        f"{DISKS_TEST}:100",
+        disks({"name": "testdisk", "disk": {"bus": "sata", "readonly": True}}),
+        [(f"{D1}.disk.readonly", "sata hard-disks do not support read-only.")],
+    ),
+    Case(
+        "pci-address-not-virtio",
+        f"{DISKS_TEST}:115",
+        disks({"name": "testdisk", "disk": {"bus": "scsi", "pciAddress": "0000:04:10.0"}}),
+        [(f"{D1}.disk.pciAddress", Sub("pciAddress is not supported by vmid"))],
+    ),
+    Case(
+        "pci-address-malformed",
+        f"{DISKS_TEST}:129",
+        disks({"name": "testdisk", "disk": {"bus": "virtio", "pciAddress": "0000:81:100.a"}}),
+        [(f"{D1}.disk.pciAddress", Sub("pciAddress is not supported by vmid"))],
+    ),
+    Case(
+        "multiple-targets",
+        f"{DISKS_TEST}:144",
+        disks({"name": "testdisk", "disk": {}, "cdrom": {}}),
+        [(D1, Sub("can only have a single target type defined"))],
+    ),
+    Case(
+        "boot-order-1",
+        f"{DISKS_TEST}:164",
+        disks({"name": "testdisk", "bootOrder": 1, "disk": {}}),
+        ACCEPT,
+    ),
+    Case(
+        "boot-order-0",
+        f"{DISKS_TEST}:179",
+        disks({"name": "testdisk", "bootOrder": 0, "disk": {}}),
+        [(f"{D1}.bootOrder", Sub("must have a boot order > 0, if supplied"))],
+    ),
+    # KubeVirt's case has a lun on sata too: vmid refuses luns (see DELIBERATE).
+    Case(
+        "supported-buses",
+        f"{DISKS_TEST}:195",
+        disks(
+            {"name": "testdisk1", "disk": {"bus": "virtio"}},
+            {"name": "testdisk3", "cdrom": {"bus": "scsi"}},
+            {"name": "testdisk4", "disk": {"bus": "usb"}},
+            {"name": "testdisk5", "disk": {}},
+        ),
+        ACCEPT,
+    ),
+    Case(
+        "unsupported-buses",
+        f"{DISKS_TEST}:239",
+        disks(
+            {"name": "testdisk1", "disk": {"bus": "ide"}},
+            {"name": "testdisk2", "lun": {"bus": "unsupported"}},
+        ),
+        [
+            (f"{D1}.disk.bus", Sub('Unsupported value: "ide"')),
+            (f"{DISKS}[2].lun.bus", Sub('Unsupported value: "unsupported"')),
+        ],
+    ),
+    Case(
+        "io-modes",
+        f"{DISKS_TEST}:263",
+        disks({"name": "testdisk1", "io": "native"}, {"name": "testdisk2", "io": "unsupported"}),
+        [(f"{DISKS}[2].io", Sub('Unsupported value: "unsupported"'))],
+    ),
+    Case(
+        "cache-invalid",
+        f"{DISKS_TEST}:278",
+        disks({"name": "testdisk", "cache": "unspported", "disk": {}}),
+        [(f"{D1}.cache", Sub('Unsupported value: "unspported"'))],
+    ),
+    *(
+        Case(
+            f"cache-{mode}",
+            f"{DISKS_TEST}:298",
+            disks({"name": "testdisk", "cache": mode, "disk": {}}),
+            ACCEPT,
+        )
+        for mode in ("none", "writethrough", "writeback")
+    ),
+    *(
+        Case(
+            f"error-policy-invalid-{policy or 'empty'}",
+            f"{DISKS_TEST}:314",
+            disks({"name": "testdisk", "errorPolicy": policy, "disk": {}}),
+            [(f"{D1}.errorPolicy", Sub(f'Unsupported value: "{policy}"'))],
+        )
+        for policy in ("unsupported", "")
+    ),
+    *(
+        Case(
+            f"error-policy-{policy}",
+            f"{DISKS_TEST}:326",
+            disks({"name": "testdisk", "errorPolicy": policy, "disk": {}}),
+            ACCEPT,
+        )
+        for policy in ("stop", "report", "ignore", "enospace")
+    ),
+    Case(
+        "serial-characters",
+        f"{DISKS_TEST}:332",
+        disks({"name": "testdisk2", "bootOrder": 1, "serial": "$$$$", "disk": {}}),
+        [(f"{D1}.serial", Sub("must be made up of the following characters"))],
+    ),
+    Case(
+        "serial-too-long",
+        f"{DISKS_TEST}:350",
+        disks({"name": "testdisk2", "bootOrder": 1, "serial": "1" * 257, "disk": {}}),
+        [(f"{D1}.serial", Sub("256"))],
+    ),
+    Case(
+        "serial-valid",
+        f"{DISKS_TEST}:368",
+        disks({"name": "testdisk2", "bootOrder": 1, "serial": "SN-1_a", "disk": {}}),
+        ACCEPT,
+    ),
+    *(
+        Case(
+            f"dedicated-io-thread-{bus}",
+            f"{DISKS_TEST}:416",
+            disks(
+                {"name": "a", "dedicatedIOThread": True, "disk": {"bus": bus}},
+                {"name": "b", "dedicatedIOThread": True, "disk": {"bus": "virtio"}},
+                {"name": "c", "dedicatedIOThread": False, "disk": {"bus": "sata"}},
+            ),
+            [(f"{D1}.dedicatedIOThread", f"IOThreads are not supported for disks on a {bus} bus")],
+        )
+        for bus in ("sata", "scsi", "usb")
+    ),
+    # Block sizes: KubeVirt's disks have no target, which its mutator makes a sata disk; the
+    # unit tests skip the mutator, a cluster does not: a logical size above 512 is refused.
+    Case("block-512n", f"{DISKS_TEST}:437", block(512, 512), ACCEPT),
+    Case("block-512e", f"{DISKS_TEST}:438", block(512, 4096), ACCEPT),
+    Case(
+        "block-4kn-on-sata",
+        f"{DISKS_TEST}:439",
+        block(4096, 4096),
+        [(f"{D1}.blockSize.custom.logical", f"Logical size 4096 {SATA_LOGICAL}")],
+    ),
+    Case(
+        "block-1MiB-on-sata",
+        f"{DISKS_TEST}:440",
+        block(1048576, 1048576),
+        [(f"{D1}.blockSize.custom.logical", f"Logical size 1048576 {SATA_LOGICAL}")],
+    ),
+    Case(
+        "block-below-512",
+        f"{DISKS_TEST}:459",
+        block(128, 128),
+        [
+            (
+                f"{D1}.blockSize.custom.logical",
+                "Provided size of 128 is less than the supported minimum size of 512",
+            ),
+            (
+                f"{D1}.blockSize.custom.physical",
+                "Provided size of 128 is less than the supported minimum size of 512",
+            ),
+            (f"{D1}.blockSize.custom.logical", f"Logical size 128 {SATA_LOGICAL}"),
+        ],
+    ),
+    Case(
+        "block-above-2MiB",
+        f"{DISKS_TEST}:460",
+        block(3000000, 3000000),
+        [
+            (
+                f"{D1}.blockSize.custom.logical",
+                Sub("greater than the supported maximum size of 2097152"),
+            ),
+            (
+                f"{D1}.blockSize.custom.physical",
+                Sub("greater than the supported maximum size of 2097152"),
+            ),
+            (f"{D1}.blockSize.custom.logical", f"Logical size 3000000 {SATA_LOGICAL}"),
+        ],
+    ),
+    Case(
+        "block-not-power-of-2",
+        f"{DISKS_TEST}:461",
+        block(1234, 1234),
+        [
+            (f"{D1}.blockSize.custom.logical", "Provided size of 1234 is not a power of 2"),
+            (f"{D1}.blockSize.custom.physical", "Provided size of 1234 is not a power of 2"),
+            (f"{D1}.blockSize.custom.logical", f"Logical size 1234 {SATA_LOGICAL}"),
+        ],
+    ),
+    Case(
+        "block-logical-above-physical",
+        f"{DISKS_TEST}:464",
+        block(4096, 512),
+        [
+            (
+                f"{D1}.blockSize.custom.logical",
+                Sub("must be the same or less than the physical size of 512"),
+            ),
+            (f"{D1}.blockSize.custom.logical", f"Logical size 4096 {SATA_LOGICAL}"),
+        ],
+    ),
+    Case(
+        "block-custom-and-matching",
+        f"{DISKS_TEST}:494",
+        disks(
+            {
+                "name": "blockdisk",
+                "blockSize": {
+                    "custom": {"logical": 1234, "physical": 1234},
+                    "matchVolume": {"enabled": True},
+                },
+            }
+        ),
+        [
+            (
+                f"{D1}.blockSize",
+                "Block size matching can't be enabled together with a custom value",
+            ),
+            (f"{D1}.blockSize.custom.logical", "Provided size of 1234 is not a power of 2"),
+            (f"{D1}.blockSize.custom.physical", "Provided size of 1234 is not a power of 2"),
+            (f"{D1}.blockSize.custom.logical", f"Logical size 1234 {SATA_LOGICAL}"),
+        ],
+    ),
+    Case(
+        "block-custom-matching-disabled",
+        f"{DISKS_TEST}:513",
+        disks(
+            {
+                "name": "blockdisk",
+                "disk": {"bus": "virtio"},
+                "blockSize": {
+                    "custom": {"logical": 4096, "physical": 4096},
+                    "matchVolume": {"enabled": False},
+                },
+            }
+        ),
+        ACCEPT,
+    ),
+    Case(
+        "block-sata-4096",
+        f"{DISKS_TEST}:531",
+        disks(
+            {
+                "name": "blockdisk",
+                "disk": {"bus": "sata"},
+                "blockSize": {"custom": {"logical": 4096, "physical": 4096}},
+            }
+        ),
+        [(f"{D1}.blockSize.custom.logical", f"Logical size 4096 {SATA_LOGICAL}")],
+    ),
+    Case(
+        "block-discard-granularity",
+        f"{DISKS_TEST}:551",
+        disks(
+            {
+                "name": "blockdisk",
+                "disk": {"bus": "virtio"},
+                "blockSize": {
+                    "custom": {"logical": 4096, "physical": 4096, "discardGranularity": 512}
+                },
+            }
+        ),
+        [
+            (
+                f"{D1}.blockSize.custom.discardGranularity",
+                "Discard granularity 512 must be multiples of logical size 4096",
+            )
+        ],
+    ),
+]
+
 CASES: Final = {
     "dns": DNS_CASES,
     "affinity": AFFINITY_CASES,
     "topology": TOPOLOGY_CASES,
     "spec": SPEC_CASES,
     "network": NETWORK_CASES,
+    "disks": DISK_CASES,
 }
 ALL: Final = [(f"{group}-{c.name}", c) for group, cases in CASES.items() for c in cases]
 
@@ -807,6 +1108,44 @@ DELIBERATE: Final = [
             )
         ],
         "there is no Kubernetes API server to issue the token",
+    ),
+    (
+        Case(
+            "lun-target",
+            f"{DISKS_TEST}:58",
+            {
+                f"{DISKS}[1]": {"name": "testdisk", "lun": {}},
+                "spec.volumes[1]": {
+                    "name": "testdisk",
+                    "persistentVolumeClaim": {"claimName": "c"},
+                },
+            },
+            ACCEPT,
+        ),
+        [
+            (
+                f"{DISKS}[1].lun",
+                "lun is not supported by vmid: vmid backs claims with files, and a lun needs a "
+                "SCSI block device",
+            )
+        ],
+        "vmid backs a claim with a file; a lun passes SCSI commands to a block device",
+    ),
+    (
+        Case(
+            "block-size-matching",
+            f"{DISKS_TEST}:480",
+            disks({"name": "blockdisk", "blockSize": {"matchVolume": {"enabled": True}}}),
+            ACCEPT,
+        ),
+        [
+            (
+                f"{DISKS}[1].blockSize.matchVolume",
+                "matchVolume is not supported by vmid: reading the block size of the volume is "
+                "not implemented yet; give custom sizes",
+            )
+        ],
+        "not implemented yet",
     ),
     (
         Case(

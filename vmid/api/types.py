@@ -393,10 +393,9 @@ class CustomBlockSize:
 
 @attrs.frozen(kw_only=True)
 class BlockSize:
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "matchVolume": f"reading the block size of the volume is {NOT_YET}; give custom sizes"
-    }
     custom: CustomBlockSize | None = None
+    # Matching the volume's block size is refused (not implemented yet) unless disabled.
+    matchVolume: FeatureState | None = None
 
 
 @attrs.frozen(kw_only=True)

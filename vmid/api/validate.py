@@ -36,6 +36,7 @@ MACHINE_TYPES = ("q35*", "pc-q35*")
 MIN_MEMORY = 10**6  # "1M"
 MAX_VCPUS = 288  # QEMU's limit for q35
 SATA_PORTS = 6  # q35's built-in AHCI controller
+BLOCK_MIN, BLOCK_MAX = 512, 2 * 2**20  # KubeVirt's bounds on a custom block size
 SERIAL = re.compile(r"[A-Za-z0-9_.+-]*")
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 MAC = re.compile(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")
@@ -425,31 +426,62 @@ def _disk_options(disk: t.Disk, bus: t.Bus | None, path: FieldPath, out: _Findin
             )
         if len(disk.serial) > 256:
             out.add((*path, "serial"), "must be 256 characters or less")
-    if disk.io is t.IOMode.NATIVE and disk.cache is not t.Cache.NONE:
+    # Unset, the cache follows io: native (O_DIRECT), as KubeVirt's unset cache is "none".
+    if disk.io is t.IOMode.NATIVE and disk.cache not in (None, t.Cache.NONE):
         out.add(
             (*path, "io"),
             'Disk IO mode native needs cache "none": Linux native AIO works only with O_DIRECT',
         )
     if disk.shareable and disk.cache not in (None, t.Cache.NONE):
         out.add((*path, "cache"), 'a shareable disk must use cache "none"')
-    custom = disk.blockSize.custom if disk.blockSize else None
-    if custom is not None:
-        size_path = (*path, "blockSize", "custom")
-        for name in ("logical", "physical"):
-            value = getattr(custom, name)
-            if value < 512 or value > 2 * 2**20 or value & (value - 1):
-                out.add(
-                    (*size_path, name),
-                    f"Provided size of {value} is not a power of 2 between 512 and 2097152",
-                )
-        if custom.logical > custom.physical:
-            out.add(
-                (*size_path, "logical"),
-                f"Logical size {custom.logical} must be the same or "
-                f"less than the physical size of {custom.physical}",
+    if disk.blockSize is not None:
+        _block_size(disk.blockSize, bus, (*path, "blockSize"), out)
+
+
+def _block_size(size: t.BlockSize, bus: t.Bus | None, path: FieldPath, out: _Findings) -> None:
+    """KubeVirt's validateBlockSize; vmid reports every problem, where KubeVirt stops at one."""
+    matching = size.matchVolume is not None and size.matchVolume.enabled is not False
+    custom = size.custom
+    if custom is None:
+        if matching:
+            out.unsupported(
+                (*path, "matchVolume"),
+                f"reading the block size of the volume is {t.NOT_YET}; give custom sizes",
             )
-        if bus is t.Bus.SATA and custom.logical != 512:
-            out.add((*size_path, "logical"), "sata disks only support a logical block size of 512")
+        return
+    if matching:
+        out.add(path, "Block size matching can't be enabled together with a custom value")
+    for name in ("logical", "physical"):
+        problem = _block_size_problem(getattr(custom, name))
+        if problem:
+            out.add((*path, "custom", name), problem)
+    if custom.logical > custom.physical:
+        out.add(
+            (*path, "custom", "logical"),
+            f"Logical size {custom.logical} must be the same or "
+            f"less than the physical size of {custom.physical}",
+        )
+    if bus is t.Bus.SATA and custom.logical != BLOCK_MIN:
+        out.add(
+            (*path, "custom", "logical"),
+            f"Logical size {custom.logical} must be {BLOCK_MIN} for SATA devices",
+        )
+    granularity = custom.discardGranularity
+    if granularity is not None and custom.logical and granularity % custom.logical:
+        out.add(
+            (*path, "custom", "discardGranularity"),
+            f"Discard granularity {granularity} must be multiples of logical size {custom.logical}",
+        )
+
+
+def _block_size_problem(size: int) -> str | None:
+    if size < BLOCK_MIN:
+        return f"Provided size of {size} is less than the supported minimum size of {BLOCK_MIN}"
+    if size > BLOCK_MAX:
+        return f"Provided size of {size} is greater than the supported maximum size of {BLOCK_MAX}"
+    if size & (size - 1):
+        return f"Provided size of {size} is not a power of 2"
+    return None
 
 
 def _volumes(volumes: tuple[t.Volume, ...], out: _Findings) -> None:

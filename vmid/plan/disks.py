@@ -188,6 +188,8 @@ def _cache(disk: t.Disk) -> tuple[bool, bool]:
     """
     if disk.cache is t.Cache.NONE or disk.shareable:
         return True, True
+    if disk.cache is None and disk.io is t.IOMode.NATIVE:
+        return True, True  # native AIO needs O_DIRECT; KubeVirt's unset cache is "none" too
     if disk.cache is t.Cache.WRITETHROUGH:
         return False, False
     return False, True
