@@ -723,25 +723,25 @@ NETWORK_CASES: Final = [
     ),
     Case(
         "port-without-number",
-        f"{NETWORK}/netiface_test.go:251",
+        f"{NETWORK}/netiface_test.go:249",
         ports({"name": "test"}),
         [(f"{PORT}[0]", "Port field is mandatory.")],
     ),
     Case(
         "port-bad-protocol",
-        f"{NETWORK}/netiface_test.go:260",
+        f"{NETWORK}/netiface_test.go:258",
         ports({"protocol": "bad", "port": 80}),
         [(f"{PORT}[0].protocol", Sub('Unsupported value: "bad"'))],
     ),
     Case(
         "port-out-of-range",
-        f"{NETWORK}/netiface_test.go:269",
+        f"{NETWORK}/netiface_test.go:267",
         ports({"port": 80000}),
         [(f"{PORT}[0].port", "Port field must be in range 0 < x < 65536.")],
     ),
     Case(
         "port-names-duplicate",
-        f"{NETWORK}/netiface_test.go:278",
+        f"{NETWORK}/netiface_test.go:276",
         ports(
             {"name": "testport", "port": 80}, {"name": "testport", "protocol": "UDP", "port": 80}
         ),
@@ -749,7 +749,7 @@ NETWORK_CASES: Final = [
     ),
     Case(
         "port-name-invalid",
-        f"{NETWORK}/netiface_test.go:287",
+        f"{NETWORK}/netiface_test.go:285",
         ports({"name": "Test", "port": 80}),
         [(f"{PORT}[0].name", "Invalid name of the port: Test")],
     ),
@@ -762,10 +762,280 @@ NETWORK_CASES: Final = [
     ),
     Case(
         "ports-same-number-protocols",
-        f"{NETWORK}/netiface_test.go:309",
+        f"{NETWORK}/netiface_test.go:310",
         ports({"port": 80}, {"protocol": "UDP", "port": 80}, {"protocol": "TCP", "port": 80}),
         ACCEPT,
     ),
+]
+
+
+def requests(**values: str) -> Patch:
+    return {f"spec.domain.resources.requests.{k}": v for k, v in values.items()}
+
+
+def limits(**values: str) -> Patch:
+    return {f"spec.domain.resources.limits.{k}": v for k, v in values.items()}
+
+
+def container_disk_path(path: str) -> Patch:
+    return {"spec.volumes[0].containerDisk.path": path}
+
+
+CD_PATH: Final = "spec.volumes[0].containerDisk.path"
+CD_RELATIVE: Final = (
+    "spec.volumes.containerDisk must be an absolute path to a file without relative components"
+)
+INPUT: Final = f"{DEVICES}.inputs[0]"
+EFI: Final[Patch] = {"spec.domain.firmware": {"bootloader": {"efi": {}}}}
+SMM: Final[Patch] = {"spec.domain.features": {"smm": {"enabled": True}}}
+MORE_CASES: Final = [
+    *(
+        Case(
+            f"container-disk-path-{i}",
+            f"{ADMITTER}:{202 + i}",
+            container_disk_path(path),
+            [(CD_PATH, message)],
+        )
+        for i, (path, message) in enumerate(
+            [
+                ("a/b/c", CD_RELATIVE),
+                ("/a/b/c/../d", CD_RELATIVE),
+                ("../test", CD_RELATIVE),
+                ("/", "spec.volumes.containerDisk must not point to root"),
+            ]
+        )
+    ),
+    Case("container-disk-path-absolute", f"{ADMITTER}:218", container_disk_path("/a/b/c"), ACCEPT),
+    Case(
+        "container-disk-path-trailing-slash",
+        f"{ADMITTER}:219",
+        container_disk_path("/a/b/c/"),
+        ACCEPT,
+    ),
+    *(
+        Case(f"eviction-{strategy}", f"{ADMITTER}:232", {"spec.evictionStrategy": strategy}, ACCEPT)
+        for strategy in ("LiveMigrate", "None", "External", "LiveMigrateIfPossible")
+    ),
+    Case("eviction-unset", f"{ADMITTER}:244", {}, ACCEPT),
+    Case(
+        "eviction-unknown",
+        f"{ADMITTER}:249",
+        {"spec.evictionStrategy": "fantasy"},
+        [("spec.evictionStrategy", Sub('Unsupported value: "fantasy"'))],
+    ),
+    Case("machine-q35", f"{ADMITTER}:513", {"spec.domain.machine": {"type": "q35"}}, ACCEPT),
+    *(
+        Case(
+            f"machine-{machine}",
+            f"{ADMITTER}:528",
+            {"spec.domain.machine": {"type": machine}},
+            [
+                (
+                    "spec.domain.machine.type",
+                    Sub(f"spec.domain.machine.type is not supported: {machine}"),
+                )
+            ],
+        )
+        for machine in ("test", "test-q35", "test-pc-q35")
+    ),
+    Case("hostname-valid", f"{ADMITTER}:535", {"spec.hostname": "test"}, ACCEPT),
+    Case(
+        "hostname-invalid",
+        f"{ADMITTER}:542",
+        {"spec.hostname": "test+bad"},
+        [("spec.hostname", Sub("does not conform to the kubernetes DNS_LABEL rules : "))],
+    ),
+    Case("subdomain-valid", f"{ADMITTER}:552", {"spec.subdomain": "testsubdomain"}, ACCEPT),
+    Case(
+        "subdomain-invalid",
+        f"{ADMITTER}:559",
+        {"spec.subdomain": "bad+domain"},
+        [("spec.subdomain", Sub("does not conform to the kubernetes DNS_SUBDOMAIN rules"))],
+    ),
+    Case(
+        "input-virtio",
+        f"{ADMITTER}:750",
+        {f"{DEVICES}.inputs": [{"type": "tablet", "name": "tablet0", "bus": "virtio"}]},
+        ACCEPT,
+    ),
+    Case(
+        "input-usb",
+        f"{ADMITTER}:756",
+        {f"{DEVICES}.inputs": [{"type": "tablet", "name": "tablet0", "bus": "usb"}]},
+        ACCEPT,
+    ),
+    Case(
+        "input-no-bus",
+        f"{ADMITTER}:762",
+        {f"{DEVICES}.inputs": [{"type": "tablet", "name": "tablet0"}]},
+        ACCEPT,
+    ),
+    Case(
+        "input-ps2",
+        f"{ADMITTER}:767",
+        {f"{DEVICES}.inputs": [{"type": "tablet", "name": "tablet0", "bus": "ps2"}]},
+        [(f"{INPUT}.bus", Sub('Unsupported value: "ps2"'))],
+    ),
+    *(
+        Case(
+            f"input-keyboard-{bus}",
+            f"{ADMITTER}:{line}",
+            {f"{DEVICES}.inputs": [{"type": "keyboard", "name": "tablet0", "bus": bus}]},
+            [(f"{INPUT}.type", Sub('Unsupported value: "keyboard"'))],
+        )
+        for line, bus in ((773, "virtio"), (779, "usb"))
+    ),
+    Case(
+        "input-keyboard-ps2",
+        f"{ADMITTER}:785",
+        {f"{DEVICES}.inputs": [{"type": "keyboard", "name": "tablet0", "bus": "ps2"}]},
+        [
+            (f"{INPUT}.bus", Sub('Unsupported value: "ps2"')),
+            (f"{INPUT}.type", Sub('Unsupported value: "keyboard"')),
+        ],
+    ),
+    Case(
+        "cpu-request-negative",
+        f"{ADMITTER}:793",
+        requests(cpu="-200m"),
+        [("spec.domain.resources.requests.cpu", "'-200m': must be greater than or equal to 0.")],
+    ),
+    Case(
+        "cpu-limit-negative",
+        f"{ADMITTER}:805",
+        limits(cpu="-3"),
+        [
+            ("spec.domain.resources.limits.cpu", "'-3': must be greater than or equal to 0."),
+            # The limit is copied into the request (KubeVirt's defaults too).
+            ("spec.domain.resources.requests.cpu", Sub("'-3'")),
+        ],
+    ),
+    Case(
+        "cpu-request-above-limit",
+        f"{ADMITTER}:817",
+        {**requests(cpu="2500m"), **limits(cpu="500m")},
+        [
+            (
+                "spec.domain.resources.requests.cpu",
+                Sub("is greater than spec.domain.resources.limits.cpu"),
+            )
+        ],
+    ),
+    Case(
+        "cpu-request-below-limit",
+        f"{ADMITTER}:832",
+        {**requests(cpu="1500m"), **limits(cpu="2")},
+        ACCEPT,
+    ),
+    Case(
+        "memory-request-negative",
+        f"{ADMITTER}:850",
+        requests(memory="-64Mi"),
+        [
+            (
+                "spec.domain.resources.requests.memory",
+                Sub("'-64Mi': must be greater than or equal to 0."),
+            )
+        ],
+    ),
+    Case(
+        "memory-request-small",
+        f"{ADMITTER}:862",
+        requests(memory="64m"),
+        [("spec.domain.resources.requests.memory", "'64m': must be greater than or equal to 1M.")],
+    ),
+    Case(
+        "memory-limit-negative",
+        f"{ADMITTER}:874",
+        limits(memory="-65Mi"),
+        [("spec.domain.resources.limits.memory", "'-65Mi': must be greater than or equal to 0.")],
+    ),
+    Case(
+        "memory-request-above-limit",
+        f"{ADMITTER}:886",
+        limits(memory="64Mi"),
+        [
+            (
+                "spec.domain.resources.requests.memory",
+                Sub("is greater than spec.domain.resources.limits.memory"),
+            )
+        ],
+    ),
+    Case(
+        "memory-request-below-limit",
+        f"{ADMITTER}:901",
+        {**requests(memory="64Mi"), **limits(memory="65Mi")},
+        ACCEPT,
+    ),
+    Case("start-strategy-paused", f"{ADMITTER}:1570", {"spec.startStrategy": "Paused"}, ACCEPT),
+    Case("start-strategy-unset", f"{ADMITTER}:1578", {}, ACCEPT),
+    Case(
+        "start-strategy-invalid",
+        f"{ADMITTER}:1584",
+        {"spec.startStrategy": "invalid"},
+        [("spec.startStrategy", Sub('Unsupported value: "invalid"'))],
+    ),
+    *(
+        Case(
+            f"cpu-feature-policy-{policy or 'empty'}",
+            f"{ADMITTER}:2156",
+            {"spec.domain.cpu": {"features": [{"name": "lahf_lm", "policy": policy}]}},
+            ACCEPT,
+        )
+        for policy in ("", "force", "require", "optional", "disable", "forbid")
+    ),
+    Case(
+        "cpu-feature-policy-invalid",
+        f"{ADMITTER}:2172",
+        {"spec.domain.cpu": {"features": [{"name": "lahf_lm", "policy": "invalid_policy"}]}},
+        [("spec.domain.cpu.features[0].policy", Sub('Unsupported value: "invalid_policy"'))],
+    ),
+    Case(
+        "bootloader-empty",
+        f"{ADMITTER}:2515",
+        {"spec.subdomain": "testsubdomain", "spec.domain.firmware": {}},
+        ACCEPT,
+    ),
+    Case(
+        "bootloader-bios",
+        f"{ADMITTER}:2526",
+        {"spec.domain.firmware": {"bootloader": {"bios": {}}}},
+        ACCEPT,
+    ),
+    Case("bootloader-efi-smm", f"{ADMITTER}:2539", {**EFI, **SMM}, ACCEPT),
+    Case(
+        "bootloader-efi-without-smm",
+        f"{ADMITTER}:2557",
+        EFI,
+        [("spec.domain.firmware.bootloader.efi.secureBoot", Sub("SecureBoot requires SMM"))],
+    ),
+    Case(
+        "bootloader-efi-no-secure-boot",
+        f"{ADMITTER}:2570",
+        {"spec.domain.firmware": {"bootloader": {"efi": {"secureBoot": False}}}},
+        ACCEPT,
+    ),
+    Case(
+        "bootloader-bios-and-efi",
+        f"{ADMITTER}:2585",
+        {"spec.domain.firmware": {"bootloader": {"efi": {}, "bios": {}}}, **SMM},
+        [("spec.domain.firmware.bootloader", Sub("mutually exclusive"))],
+    ),
+    Case(
+        "watchdog-i6300esb",
+        f"{ADMITTER}:3841",
+        {f"{DEVICES}.watchdog": {"name": "w", "i6300esb": {}}},
+        ACCEPT,
+    ),
+    Case(
+        "watchdog-diag288",
+        f"{ADMITTER}:3848",
+        {f"{DEVICES}.watchdog": {"name": "w", "diag288": {}}},
+        [(f"{DEVICES}.watchdog.diag288", "amd64 only supports I6300ESB watchdog device")],
+    ),
+    Case("watchdog-none", f"{ADMITTER}:3855", {}, ACCEPT),
+    # RebootPolicy is Beta: on by default.
+    Case("reboot-policy", f"{ADMITTER}:3998", {"spec.domain.rebootPolicy": "Terminate"}, ACCEPT),
 ]
 
 DISKS_TEST: Final = "pkg/storage/admitters/disks_test.go"
@@ -1075,6 +1345,7 @@ CASES: Final = {
     "spec": SPEC_CASES,
     "network": NETWORK_CASES,
     "disks": DISK_CASES,
+    "more": MORE_CASES,
 }
 ALL: Final = [(f"{group}-{c.name}", c) for group, cases in CASES.items() for c in cases]
 

@@ -86,7 +86,10 @@ def _memory(domain: t.DomainSpec) -> t.Memory:
 
 def _cpu(domain: t.DomainSpec) -> t.CPU:
     cpu = domain.cpu or t.CPU()
-    cpu = attrs.evolve(cpu, model=cpu.model or CPU_MODEL)
+    features = tuple(
+        attrs.evolve(f, policy=f.policy or t.FeaturePolicy.REQUIRE) for f in cpu.features
+    )
+    cpu = attrs.evolve(cpu, model=cpu.model or CPU_MODEL, features=features)
     if cpu.cores or cpu.sockets or cpu.threads:
         return cpu
     assert domain.resources is not None

@@ -104,10 +104,6 @@ class SoundModel(Enum):
     AC97 = "ac97"
 
 
-#: Enums whose "" KubeVirt reads as unset (Go's zero string) rather than refusing it.
-EMPTY_MEANS_UNSET: frozenset[type[Enum]] = frozenset({SoundModel, InterfaceState})
-
-
 class VideoType(Enum):
     VGA = "vga"
     CIRRUS = "cirrus"
@@ -138,6 +134,10 @@ class FeaturePolicy(Enum):
     OPTIONAL = "optional"
     DISABLE = "disable"
     FORBID = "forbid"
+
+
+#: Enums whose "" KubeVirt reads as unset (Go's zero string) rather than refusing it.
+EMPTY_MEANS_UNSET: frozenset[type[Enum]] = frozenset({SoundModel, InterfaceState, FeaturePolicy})
 
 
 class TickPolicy(Enum):
@@ -211,7 +211,7 @@ class Memory:
 @attrs.frozen(kw_only=True)
 class CPUFeature:
     name: str
-    policy: FeaturePolicy = FeaturePolicy.REQUIRE
+    policy: FeaturePolicy | None = None  # defaults to require
 
 
 @attrs.frozen(kw_only=True)
