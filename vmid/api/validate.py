@@ -749,7 +749,10 @@ def _interface(
     _absent(iface, path, network, out)
     if iface.acpiIndex is not None and iface.acpiIndex < 1:
         out.add((*path, "acpiIndex"), f"Invalid value: {iface.acpiIndex}: must be greater than 0")
-    _ports(iface, path, out)
+    if network is not None and network.pod is not None:
+        _ports(
+            iface, path, out
+        )  # as KubeVirt: elsewhere ports mean nothing, and vmid forwards none
 
 
 def _absent(iface: t.Interface, path: FieldPath, network: t.Network | None, out: _Findings) -> None:
@@ -770,8 +773,6 @@ def _absent(iface: t.Interface, path: FieldPath, network: t.Network | None, out:
 
 
 def _ports(iface: t.Interface, path: FieldPath, out: _Findings) -> None:
-    if iface.ports and iface.masquerade is None:
-        out.add((*path, "ports"), "ports are forwarded only to a masquerade interface")
     if _too_many((*path, "ports"), iface.ports, out):
         return  # each is a forward and a listener check on the host
     names: set[str] = set()
