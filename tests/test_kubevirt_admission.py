@@ -594,6 +594,14 @@ SPEC_CASES: Final = [
     ),
     Case("hyperv-only", f"{ADMITTER}:3815", {"spec.domain.features": {"hyperv": {}}}, ACCEPT),
     Case("no-hyperv", f"{ADMITTER}:3816", {"spec.domain.features": {}}, ACCEPT),
+    # KubeVirt's amd64 check (pkg/virt-api/webhooks/amd64.go) with the type left out: no
+    # default fills it in, and "" is not a video model.
+    Case(
+        "video-without-type",
+        "pkg/virt-api/webhooks/amd64.go:43",
+        {f"{DEVICES}.video": {}},
+        [(f"{DEVICES}.video.type", "video model '' is not supported on amd64 architecture")],
+    ),
     Case("video", f"{ADMITTER}:3925", {f"{DEVICES}.video": {"type": "virtio"}}, ACCEPT),
     Case(
         "video-without-graphics",
@@ -661,13 +669,13 @@ SPEC_CASES: Final = [
     # IsRequirementFulfilled), and EVMCS with vapic disabled (the mutator stops there).
     Case(
         "hyperv-synic-vpindex-disabled",
-        "pkg/virt-api/webhooks/hyperv.go:83",
+        "pkg/virt-api/webhooks/hyperv.go:96",
         hyperv(synic=True, vpindex=False),
         [requires("synic", "vpindex")],
     ),
     Case(
         "hyperv-evmcs-vapic-disabled",
-        "pkg/virt-api/webhooks/hyperv.go:83",
+        "pkg/virt-api/webhooks/hyperv.go:96",
         hyperv(evmcs=True, vapic=False),
         [
             requires("evmcs", "vapic"),

@@ -827,6 +827,11 @@ def _other_devices(devices: t.Devices, out: _Findings) -> None:
         names.add(device.name)
     if devices.sound is not None and not devices.sound.name:
         out.add((*DEVICES, "sound", "name"), "Sound device must have a name")
+    if devices.video is not None and devices.video.type is None:
+        # KubeVirt defaults no video type: its amd64 check refuses the empty one.
+        out.add(
+            (*DEVICES, "video", "type"), "video model '' is not supported on amd64 architecture"
+        )
     if devices.video is not None and devices.autoattachGraphicsDevice is False:
         out.add(
             (*DEVICES, "video"),
