@@ -1346,6 +1346,167 @@ DISK_CASES: Final = [
     ),
 ]
 
+
+def nets(interfaces: list[dict[str, Any]], networks: list[dict[str, Any]]) -> Patch:
+    return {IFACES: interfaces, "spec.networks": networks}
+
+
+BRIDGE_DEFAULT: Final = {"name": "default", "bridge": {}}
+MULTUS_DEFAULT_MSG: Final = Sub("a default multus network replaces the pod network")
+NETWORK_SOURCE_CASES: Final = [
+    Case(
+        "two-pod-networks",
+        f"{NETWORK}/netsource_test.go:35",
+        nets(
+            [BRIDGE_DEFAULT, {"name": "default2", "bridge": {}}],
+            [{"name": "default", "pod": {}}, {"name": "default2", "pod": {}}],
+        ),
+        [("spec.networks", Sub("more than one interface is connected to a pod network"))],
+    ),
+    Case(
+        "two-types",
+        f"{NETWORK}/netsource_test.go:54",
+        nets(
+            [BRIDGE_DEFAULT],
+            [{"name": "default", "multus": {"networkName": "default1"}, "pod": {}}],
+        ),
+        [("spec.networks[0]", "should have only one network type")],
+    ),
+    Case(
+        "no-type",
+        f"{NETWORK}/netsource_test.go:74",
+        nets([{"name": "testnet1", "bridge": {}}], [{"name": "testnet1"}]),
+        [("spec.networks[0]", "should have a network type")],
+    ),
+    Case(
+        "multus-without-network-name",
+        f"{NETWORK}/netsource_test.go:140",
+        nets([BRIDGE_DEFAULT], [{"name": "default", "multus": {"networkName": ""}}]),
+        [("spec.networks[0]", "CNI delegating plugin must have a networkName")],
+    ),
+    Case(
+        "two-multus-defaults",
+        f"{NETWORK}/netsource_test.go:154",
+        nets(
+            [{"name": "multus1", "bridge": {}}, {"name": "multus2", "bridge": {}}],
+            [
+                {"name": "multus1", "multus": {"networkName": "multus-net1", "default": True}},
+                {"name": "multus2", "multus": {"networkName": "multus-net2", "default": True}},
+            ],
+        ),
+        [
+            ("spec.networks[0].multus.default", MULTUS_DEFAULT_MSG),
+            ("spec.networks[1].multus.default", MULTUS_DEFAULT_MSG),
+        ],
+    ),
+    Case(
+        "pod-and-multus-default",
+        f"{NETWORK}/netsource_test.go:187",
+        nets(
+            [BRIDGE_DEFAULT, {"name": "defaultmultus", "bridge": {}}],
+            [
+                {"name": "default", "pod": {}},
+                {
+                    "name": "defaultmultus",
+                    "multus": {"networkName": "multus-net1", "default": True},
+                },
+            ],
+        ),
+        [("spec.networks[1].multus.default", MULTUS_DEFAULT_MSG)],
+    ),
+    Case(
+        "multus-and-bridge",
+        f"{NETWORK}/netsource_test.go:244",
+        nets([BRIDGE_DEFAULT], [{"name": "default", "multus": {"networkName": "default"}}]),
+        ACCEPT,
+    ),
+    Case(
+        "pod-and-two-multus",
+        f"{NETWORK}/netsource_test.go:261",
+        nets(
+            [BRIDGE_DEFAULT, {"name": "multus1", "bridge": {}}, {"name": "multus2", "bridge": {}}],
+            [
+                {"name": "default", "pod": {}},
+                {"name": "multus1", "multus": {"networkName": "multus-net1"}},
+                {"name": "multus2", "multus": {"networkName": "multus-net2"}},
+            ],
+        ),
+        ACCEPT,
+    ),
+    Case(
+        "bridge-and-plugin",
+        f"{NETWORK}/binding_test.go:36",
+        foo_network(POD, iface(bridge={}, binding={"name": "boo"})),
+        [(f"{IFACES}[0].binding", Sub("binding is not supported by vmid"))],
+    ),
+    Case(
+        "no-binding",
+        f"{NETWORK}/binding_test.go:74",
+        foo_network(POD, iface()),
+        [
+            (
+                f"{IFACES}[0]",
+                "logical foo interface must have exactly one binding method or binding plugin",
+            )
+        ],
+    ),
+    Case(
+        "two-bindings",
+        f"{NETWORK}/binding_test.go:94",
+        foo_network(POD, iface(bridge={}, masquerade={})),
+        [
+            (
+                f"{IFACES}[0]",
+                "logical foo interface must have exactly one binding method or binding plugin",
+            )
+        ],
+    ),
+    Case(
+        "bridge-binding",
+        f"{NETWORK}/binding_test.go:118",
+        foo_network(POD, iface(bridge={})),
+        ACCEPT,
+    ),
+    Case(
+        "masquerade-on-multus",
+        f"{NETWORK}/binding_test.go:136",
+        {
+            IFACES: [{"name": "default", "masquerade": {}, "ports": [{"name": "test"}]}],
+            "spec.networks": [{"name": "default", "multus": {"networkName": "test"}}],
+        },
+        [(f"{IFACES}[0].masquerade", "Masquerade interface only implemented with pod network")],
+    ),
+    Case(
+        "masquerade-reserved-mac",
+        f"{NETWORK}/binding_test.go:159",
+        nets(
+            [{"name": "default", "masquerade": {}, "macAddress": "02:00:00:00:00:00"}],
+            [{"name": "default", "pod": {}}],
+        ),
+        [
+            (
+                f"{IFACES}[0].macAddress",
+                "The requested MAC address is reserved for the in-pod bridge. "
+                "Please choose another one.",
+            )
+        ],
+    ),
+    *(
+        Case(
+            f"discontinued-{binding}",
+            f"{NETWORK}/discontinued_test.go:{line}",
+            foo_network(POD, iface(**{binding: {}})),
+            [
+                (
+                    f"{IFACES}[0].{binding}",
+                    f"{binding} interface binding has been discontinued since v1.3",
+                )
+            ],
+        )
+        for line, binding in ((56, "slirp"), (61, "passt"), (66, "macvtap"))
+    ),
+]
+
 CASES: Final = {
     "dns": DNS_CASES,
     "affinity": AFFINITY_CASES,
@@ -1354,6 +1515,7 @@ CASES: Final = {
     "network": NETWORK_CASES,
     "disks": DISK_CASES,
     "more": MORE_CASES,
+    "network-source": NETWORK_SOURCE_CASES,
 }
 ALL: Final = [(f"{group}-{c.name}", c) for group, cases in CASES.items() for c in cases]
 
@@ -1425,6 +1587,19 @@ DELIBERATE: Final = [
             )
         ],
         "not implemented yet",
+    ),
+    (
+        Case(
+            "single-multus-default",
+            f"{NETWORK}/netsource_test.go:224",
+            nets(
+                [{"name": "multus1", "bridge": {}}],
+                [{"name": "multus1", "multus": {"networkName": "multus-net1", "default": True}}],
+            ),
+            ACCEPT,
+        ),
+        [("spec.networks[0].multus.default", MULTUS_DEFAULT_MSG)],
+        "a default multus network replaces a pod's network; vmid has no pod, use pod: {}",
     ),
     (
         Case(

@@ -1124,11 +1124,11 @@ CASES: list[tuple[str, Patch, list[tuple[str, str]]]] = [
     ),
     (
         "interface-mac-reserved",
-        network([{**BRIDGE, "macAddress": "02-00-00-00-00-00"}], [POD]),
+        network([{**MASQ, "macAddress": "02-00-00-00-00-00"}], [POD]),
         [
             (
                 f"{IFACES}[0].macAddress",
-                "The requested MAC address 02:00:00:00:00:00 is reserved for the in-pod bridge. "
+                "The requested MAC address is reserved for the in-pod bridge. "
                 "Please choose another one.",
             )
         ],
@@ -1274,6 +1274,8 @@ BOUNDARIES: list[tuple[str, Patch]] = [
     # An unset cache is O_DIRECT for native AIO, as KubeVirt's unset cache is "none".
     ("io-native-cache-unset", {f"{DISKS}[0].io": "native"}),
     ("mac-almost-reserved", network([{**BRIDGE, "macAddress": "02:00:00:00:00:01"}], [POD])),
+    # KubeVirt reserves it for masquerade only (its in-pod bridge's MAC).
+    ("mac-reserved-on-bridge", network([{**BRIDGE, "macAddress": "02:00:00:00:00:00"}], [POD])),
     (
         "efi-without-secure-boot",
         {"spec.domain.firmware": {"bootloader": {"efi": {"secureBoot": False}}}},

@@ -666,6 +666,8 @@ def _networks(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
         elif len(kinds) > 1:
             out.add(path, "should have only one network type")
         pod_networks += network.pod is not None
+        if network.multus is not None and not network.multus.networkName:
+            out.add(path, "CNI delegating plugin must have a networkName")
         if network.pod and network.pod.vmNetworkCIDR is not None:
             _cidr((*path, "pod", "vmNetworkCIDR"), network.pod.vmNetworkCIDR, out)
         if network.multus and network.multus.default:
@@ -740,11 +742,15 @@ def _interface(
                 (*path, "macAddress"),
                 f"interface {iface.name} has malformed MAC address ({iface.macAddress}).",
             )
-        elif iface.macAddress.lower().replace("-", ":") == RESERVED_MAC:
+        elif (
+            iface.masquerade is not None
+            and iface.macAddress.lower().replace("-", ":") == RESERVED_MAC
+        ):
+            # KubeVirt refuses it for masquerade only, whose in-pod bridge has this MAC.
             out.add(
                 (*path, "macAddress"),
-                f"The requested MAC address {RESERVED_MAC} is "
-                "reserved for the in-pod bridge. Please choose another one.",
+                "The requested MAC address is reserved for the in-pod bridge. "
+                "Please choose another one.",
             )
     _absent(iface, path, network, out)
     if iface.acpiIndex is not None and iface.acpiIndex < 1:
