@@ -93,6 +93,7 @@ def validate(vmi: t.VirtualMachineInstance) -> list[Finding]:
     _spec(vmi.spec, out)
     _memory(vmi.spec.domain, out)
     _cpu(vmi.spec.domain, out)
+    _max_sockets(vmi.spec.domain, out)
     _firmware_features_clock(vmi.spec.domain, out)
     _disks(vmi.spec, out)
     _volumes(vmi.spec.volumes, out)
@@ -235,11 +236,6 @@ def _cpu(domain: t.DomainSpec, out: _Findings) -> None:
         if value is not None and value < 0:
             out.add((*path, name), f"Invalid value: {value}: must not be negative (0 means unset)")
     count = (cpu.cores or 1) * (cpu.sockets or 1) * (cpu.threads or 1)
-    if cpu.maxSockets and (cpu.sockets or 0) > cpu.maxSockets:
-        out.add(
-            (*path, "sockets"),
-            "Number of sockets in CPU topology is greater than the maximum sockets allowed",
-        )
     if count > MAX_VCPUS:
         out.add(path, f"{count} vCPUs requested; QEMU's q35 machine supports at most {MAX_VCPUS}")
     if cpu.dedicatedCpuPlacement:
@@ -272,6 +268,15 @@ def _cpu(domain: t.DomainSpec, out: _Findings) -> None:
                 f"QEMU's do (e.g. 'tsc-deadline', regex used for validation is "
                 f"'{CPU_FEATURE.pattern}')",
             )
+
+
+def _max_sockets(domain: t.DomainSpec, out: _Findings) -> None:
+    cpu = domain.cpu or t.CPU()
+    if cpu.maxSockets and (cpu.sockets or 0) > cpu.maxSockets:
+        out.add(
+            (*DOMAIN, "cpu", "sockets"),
+            "Number of sockets in CPU topology is greater than the maximum sockets allowed",
+        )
 
 
 def _firmware_features_clock(domain: t.DomainSpec, out: _Findings) -> None:
@@ -737,21 +742,7 @@ def _interface(
             f"interface {iface.name} uses model {iface.model} that is not supported.",
         )
     if iface.macAddress is not None:
-        if not MAC.fullmatch(iface.macAddress):
-            out.add(
-                (*path, "macAddress"),
-                f"interface {iface.name} has malformed MAC address ({iface.macAddress}).",
-            )
-        elif (
-            iface.masquerade is not None
-            and iface.macAddress.lower().replace("-", ":") == RESERVED_MAC
-        ):
-            # KubeVirt refuses it for masquerade only, whose in-pod bridge has this MAC.
-            out.add(
-                (*path, "macAddress"),
-                "The requested MAC address is reserved for the in-pod bridge. "
-                "Please choose another one.",
-            )
+        _mac(iface, iface.macAddress, (*path, "macAddress"), out)
     _absent(iface, path, network, out)
     if iface.acpiIndex is not None and iface.acpiIndex < 1:
         out.add((*path, "acpiIndex"), f"Invalid value: {iface.acpiIndex}: must be greater than 0")
@@ -759,6 +750,18 @@ def _interface(
         _ports(
             iface, path, out
         )  # as KubeVirt: elsewhere ports mean nothing, and vmid forwards none
+
+
+def _mac(iface: t.Interface, mac: str, path: FieldPath, out: _Findings) -> None:
+    if not MAC.fullmatch(mac):
+        out.add(path, f"interface {iface.name} has malformed MAC address ({mac}).")
+    elif iface.masquerade is not None and mac.lower().replace("-", ":") == RESERVED_MAC:
+        # KubeVirt refuses it for masquerade only, whose in-pod bridge has this MAC.
+        out.add(
+            path,
+            "The requested MAC address is reserved for the in-pod bridge. "
+            "Please choose another one.",
+        )
 
 
 def _absent(iface: t.Interface, path: FieldPath, network: t.Network | None, out: _Findings) -> None:
