@@ -292,6 +292,33 @@ def test_hyperv_spinlocks_given_are_kept(base: dict[str, Any]) -> None:
     assert features.hyperv.spinlocks.spinlocks == 8191
 
 
+def test_hyperv_requirements_left_unset_are_enabled(base: dict[str, Any]) -> None:
+    # As KubeVirt's mutator: synictimer needs synic, synic needs vpindex (else QEMU refuses
+    # hv-synic), evmcs needs vapic and the vmx CPU feature (set to require).
+    domain(base)["features"] = {"hyperv": {"synictimer": {}, "evmcs": {}}}
+    domain(base)["cpu"] = {"features": [{"name": "vmx", "policy": "forbid"}]}
+    spec = defaulted(base).spec.domain
+    assert spec.features is not None
+    assert spec.features.hyperv is not None
+    hyperv = spec.features.hyperv
+    for name in ("synic", "vpindex", "vapic"):
+        assert getattr(hyperv, name) == t.FeatureState(enabled=True), name
+    assert spec.cpu is not None
+    assert spec.cpu.features == (t.CPUFeature(name="vmx", policy=t.FeaturePolicy.REQUIRE),)
+
+
+def test_hyperv_requirement_disabled_is_kept(base: dict[str, Any]) -> None:
+    domain(base)["features"] = {"hyperv": {"synic": {}, "vpindex": {"enabled": False}}}
+    _, problems = load_text("vmi.yaml", dump(base).encode())
+    assert [(p.field, p.message) for p in problems] == [
+        (
+            "spec.domain.features.hyperv.synic",
+            "'spec.domain.features.hyperv.synic' requires "
+            "'spec.domain.features.hyperv.vpindex', which was disabled.",
+        )
+    ]
+
+
 # --- firmware
 
 

@@ -547,6 +547,20 @@ def test_masquerade_and_ports(base: dict[str, Any]) -> None:
     assert blue.masquerade is False
 
 
+def test_ports_of_a_bridge_on_the_pod_network_are_forwarded_those_of_multus_are_not(
+    base: dict[str, Any],
+) -> None:
+    # KubeVirt admits both: ports mean something only on the pod network, whatever the
+    # binding, and one host's pod network is one NAT network for bridge and masquerade alike.
+    data = two_interfaces(base)
+    interfaces = data["spec"]["domain"]["devices"]["interfaces"]
+    interfaces[0] = {"name": "default", "bridge": {}, "ports": [{"port": 2222}]}
+    interfaces[1]["ports"] = [{"port": 80}]  # below publishPorts: not a host port at all
+    default, blue = plan_of(data).taps
+    assert [(p.protocol, p.port) for p in default.ports] == [("TCP", 2222)]
+    assert blue.ports == ()
+
+
 @pytest.mark.parametrize("given", ["DE:AD:BE:EF:00:01", "de-ad-be-ef-00-01"])
 def test_mac_address_is_honoured(base: dict[str, Any], given: str) -> None:
     base["spec"]["domain"]["devices"]["interfaces"] = [

@@ -20,6 +20,15 @@ CPU_MODEL = "host-model"
 #: KubeVirt's namespace for name-derived firmware UUIDs (pkg/virt-controller/watch/vm/firmware.go).
 FIRMWARE_UUID_NAMESPACE = uuid.UUID("6a1a24a1-4061-4607-8bf4-a3963d0c5895")
 POD_NETWORK = "default"
+#: Hyper-V features and the one each requires, leaves first (pkg/defaults/hyperv.go), so that
+#: synictimer enables synic before synic's own requirement is looked at.
+HYPERV_REQUIRES = (
+    ("evmcs", "vapic"),
+    ("ipi", "vpindex"),
+    ("tlbflush", "vpindex"),
+    ("synictimer", "synic"),
+    ("synic", "vpindex"),
+)
 
 
 def apply(vmi: t.VirtualMachineInstance) -> t.VirtualMachineInstance:
@@ -34,6 +43,7 @@ def apply(vmi: t.VirtualMachineInstance) -> t.VirtualMachineInstance:
         features=_features(domain.features),
         clock=_clock(domain.clock),
     )
+    domain = _hyperv_dependencies(domain)
     domain = attrs.evolve(domain, memory=_memory(domain), cpu=_cpu(domain))
     spec = attrs.evolve(
         spec,
@@ -76,7 +86,10 @@ def _memory(domain: t.DomainSpec) -> t.Memory:
 
 def _cpu(domain: t.DomainSpec) -> t.CPU:
     cpu = domain.cpu or t.CPU()
-    cpu = attrs.evolve(cpu, model=cpu.model or CPU_MODEL)
+    features = tuple(
+        attrs.evolve(f, policy=f.policy or t.FeaturePolicy.REQUIRE) for f in cpu.features
+    )
+    cpu = attrs.evolve(cpu, model=cpu.model or CPU_MODEL, features=features)
     if cpu.cores or cpu.sockets or cpu.threads:
         return cpu
     assert domain.resources is not None
@@ -131,6 +144,39 @@ def _hyperv(hyperv: t.FeatureHyperv | None) -> t.FeatureHyperv | None:
     if isinstance(spinlocks, t.FeatureSpinlocks) and spinlocks.spinlocks is None:
         changes["spinlocks"] = attrs.evolve(spinlocks, spinlocks=4096)
     return attrs.evolve(hyperv, **changes)
+
+
+def _enabled_state(state: t.FeatureState | t.SyNICTimer | None) -> bool:
+    return state is not None and bool(state.enabled)
+
+
+def _hyperv_dependencies(domain: t.DomainSpec) -> t.DomainSpec:
+    """Enable what an enabled Hyper-V feature requires, as KubeVirt's mutator does, and stop at
+    the first requirement the user disabled (validation reports it); EVMCS also gets `vmx`."""
+    features = domain.features
+    hyperv = features.hyperv if features else None
+    if features is None or hyperv is None:
+        return domain
+    for feature, required in HYPERV_REQUIRES:
+        if not _enabled_state(getattr(hyperv, feature)):
+            continue
+        state = getattr(hyperv, required)
+        if state is None:
+            enable: dict[str, Any] = {required: t.FeatureState(enabled=True)}
+            hyperv = attrs.evolve(hyperv, **enable)
+        elif not state.enabled:
+            return attrs.evolve(domain, features=attrs.evolve(features, hyperv=hyperv))
+    domain = attrs.evolve(domain, features=attrs.evolve(features, hyperv=hyperv))
+    return _vmx_for_evmcs(domain) if _enabled_state(hyperv.evmcs) else domain
+
+
+def _vmx_for_evmcs(domain: t.DomainSpec) -> t.DomainSpec:
+    cpu = domain.cpu or t.CPU()
+    vmx = t.CPUFeature(name="vmx", policy=t.FeaturePolicy.REQUIRE)
+    features = [vmx if f.name == "vmx" else f for f in cpu.features]
+    if vmx not in features:
+        features.append(vmx)
+    return attrs.evolve(domain, cpu=attrs.evolve(cpu, features=tuple(features)))
 
 
 def _clock(clock: t.Clock | None) -> t.Clock | None:

@@ -91,7 +91,9 @@ def _structure_quantity(value: object, _: object) -> Quantity:
         raise InvalidValue(f"Invalid value: {quote(value)}: {exc}") from None
 
 
-def _structure_enum(value: object, cls: type[t.Enum]) -> t.Enum:
+def _structure_enum(value: object, cls: type[t.Enum]) -> t.Enum | None:
+    if value == "" and cls in t.EMPTY_MEANS_UNSET:
+        return None
     if isinstance(value, str) and value in cls.__members__.values():
         return cls(value)
     allowed = ", ".join(quote(m.value) for m in sorted(cls, key=lambda m: m.value))

@@ -136,6 +136,10 @@ class FeaturePolicy(Enum):
     FORBID = "forbid"
 
 
+#: Enums whose "" KubeVirt reads as unset (Go's zero string) rather than refusing it.
+EMPTY_MEANS_UNSET: frozenset[type[Enum]] = frozenset({SoundModel, InterfaceState, FeaturePolicy})
+
+
 class TickPolicy(Enum):
     DELAY = "delay"
     CATCHUP = "catchup"
@@ -188,23 +192,30 @@ class ResourceRequirements:
 
 
 @attrs.frozen(kw_only=True)
+class ReservedOverhead:
+    """Refused, as by a default cluster: its ReservedOverheadMemlock feature gate is Alpha."""
+
+    addedOverhead: Quantity | None = None
+    memLock: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class Memory:
     # maxGuest only sets the memory hotplug ceiling; vmid does not hotplug memory.
-    IGNORED: ClassVar[frozenset[str]] = frozenset({"maxGuest", "reservedOverhead"})
+    IGNORED: ClassVar[frozenset[str]] = frozenset({"maxGuest"})
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {"hugepages": f"hugepages are {NOT_YET}"}
     guest: Quantity | None = None
+    reservedOverhead: ReservedOverhead | None = None
 
 
 @attrs.frozen(kw_only=True)
 class CPUFeature:
     name: str
-    policy: FeaturePolicy = FeaturePolicy.REQUIRE
+    policy: FeaturePolicy | None = None  # defaults to require
 
 
 @attrs.frozen(kw_only=True)
 class CPU:
-    # maxSockets only sets the CPU hotplug ceiling; vmid does not hotplug CPUs.
-    IGNORED: ClassVar[frozenset[str]] = frozenset({"maxSockets"})
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {
         "numa": f"guest NUMA topology is {NOT_YET}",
         "realtime": f"realtime vCPU scheduling is {NOT_YET}",
@@ -216,6 +227,8 @@ class CPU:
     features: tuple[CPUFeature, ...] = ()
     dedicatedCpuPlacement: bool = False
     isolateEmulatorThread: bool = False
+    # The CPU hotplug ceiling: vmid does not hotplug CPUs, but KubeVirt checks sockets against it.
+    maxSockets: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -380,10 +393,9 @@ class CustomBlockSize:
 
 @attrs.frozen(kw_only=True)
 class BlockSize:
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "matchVolume": f"reading the block size of the volume is {NOT_YET}; give custom sizes"
-    }
     custom: CustomBlockSize | None = None
+    # Matching the volume's block size is refused (not implemented yet) unless disabled.
+    matchVolume: FeatureState | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -518,9 +530,15 @@ class Devices:
 
 
 @attrs.frozen(kw_only=True)
+class DiskIOThreads:
+    """The supplementalPool's size: checked as KubeVirt does, otherwise ignored (vmid gives
+    dedicated disks their own thread, the others share QEMU's main loop)."""
+
+    supplementalPoolThreadCount: int | None = None
+
+
+@attrs.frozen(kw_only=True)
 class DomainSpec:
-    # I/O thread pools tune performance only; vmid gives dedicated disks their own thread.
-    IGNORED: ClassVar[frozenset[str]] = frozenset({"ioThreads"})
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {
         "launchSecurity": "SEV, SNP and TDX need a confidential-computing host setup",
         "chassis": f"SMBIOS chassis information is {NOT_YET}",
@@ -534,6 +552,7 @@ class DomainSpec:
     clock: Clock | None = None
     features: Features | None = None
     ioThreadsPolicy: IOThreadsPolicy | None = None
+    ioThreads: DiskIOThreads | None = None
     rebootPolicy: RebootPolicy | None = None
 
     def firmware_uuid(self) -> str:
@@ -668,23 +687,120 @@ class Network:
     multus: MultusNetwork | None = None
 
 
+# Section: scheduling and DNS: Kubernetes' pod types, meaningless on one host but validated as
+# KubeVirt validates them (operators and the like stay strings: KubeVirt's messages name them).
+
+
+@attrs.frozen(kw_only=True)
+class LabelSelectorRequirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class LabelSelector:
+    matchLabels: dict[str, str] = attrs.field(factory=dict)
+    matchExpressions: tuple[LabelSelectorRequirement, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class NodeSelectorRequirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class NodeSelectorTerm:
+    matchExpressions: tuple[NodeSelectorRequirement, ...] = ()
+    matchFields: tuple[NodeSelectorRequirement, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class NodeSelector:
+    nodeSelectorTerms: tuple[NodeSelectorTerm, ...]
+
+
+@attrs.frozen(kw_only=True)
+class PreferredSchedulingTerm:
+    weight: int
+    preference: NodeSelectorTerm
+
+
+@attrs.frozen(kw_only=True)
+class NodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution: NodeSelector | None = None
+    preferredDuringSchedulingIgnoredDuringExecution: tuple[PreferredSchedulingTerm, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class PodAffinityTerm:
+    topologyKey: str
+    labelSelector: LabelSelector | None = None
+    namespaceSelector: LabelSelector | None = None
+    namespaces: tuple[str, ...] = ()
+    matchLabelKeys: tuple[str, ...] = ()
+    mismatchLabelKeys: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class WeightedPodAffinityTerm:
+    weight: int
+    podAffinityTerm: PodAffinityTerm
+
+
+@attrs.frozen(kw_only=True)
+class PodAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution: tuple[PodAffinityTerm, ...] = ()
+    preferredDuringSchedulingIgnoredDuringExecution: tuple[WeightedPodAffinityTerm, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class PodAntiAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution: tuple[PodAffinityTerm, ...] = ()
+    preferredDuringSchedulingIgnoredDuringExecution: tuple[WeightedPodAffinityTerm, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Affinity:
+    nodeAffinity: NodeAffinity | None = None
+    podAffinity: PodAffinity | None = None
+    podAntiAffinity: PodAntiAffinity | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TopologySpreadConstraint:
+    maxSkew: int
+    topologyKey: str
+    whenUnsatisfiable: str
+    labelSelector: LabelSelector | None = None
+    matchLabelKeys: tuple[str, ...] = ()
+    minDomains: int | None = None
+    nodeAffinityPolicy: str | None = None
+    nodeTaintsPolicy: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PodDNSConfigOption:
+    name: str | None = None
+    value: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PodDNSConfig:
+    nameservers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[PodDNSConfigOption, ...] = ()
+
+
 # Section: the VMI
 
 
 @attrs.frozen(kw_only=True)
 class VirtualMachineInstanceSpec:
     IGNORED: ClassVar[frozenset[str]] = frozenset(
-        {
-            "nodeSelector",
-            "affinity",
-            "tolerations",
-            "topologySpreadConstraints",
-            "schedulerName",
-            "priorityClassName",
-            "dnsPolicy",
-            "dnsConfig",
-            "serviceAccountName",
-        }
+        {"nodeSelector", "tolerations", "schedulerName", "priorityClassName"}
     )
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {
         "livenessProbe": f"probes are {NOT_YET}",
@@ -702,6 +818,12 @@ class VirtualMachineInstanceSpec:
     startStrategy: StartStrategy | None = None
     evictionStrategy: EvictionStrategy | None = None
     architecture: str | None = None
+    # Scheduling, DNS, the pod's service account: ignored on one host, validated as KubeVirt does.
+    affinity: Affinity | None = None
+    topologySpreadConstraints: tuple[TopologySpreadConstraint, ...] = ()
+    dnsPolicy: str | None = None
+    dnsConfig: PodDNSConfig | None = None
+    serviceAccountName: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -15,7 +15,7 @@ import re
 import uuid
 from collections.abc import Iterable
 
-from vmid.api import imageref
+from vmid.api import defaults, imageref, podspec
 from vmid.api import types as t
 from vmid.api.findings import FieldPath, Finding, quote, render_path
 from vmid.api.quantity import Quantity
@@ -36,6 +36,7 @@ MACHINE_TYPES = ("q35*", "pc-q35*")
 MIN_MEMORY = 10**6  # "1M"
 MAX_VCPUS = 288  # QEMU's limit for q35
 SATA_PORTS = 6  # q35's built-in AHCI controller
+BLOCK_MIN, BLOCK_MAX = 512, 2 * 2**20  # KubeVirt's bounds on a custom block size
 SERIAL = re.compile(r"[A-Za-z0-9_.+-]*")
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 MAC = re.compile(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")
@@ -92,12 +93,18 @@ def validate(vmi: t.VirtualMachineInstance) -> list[Finding]:
     _spec(vmi.spec, out)
     _memory(vmi.spec.domain, out)
     _cpu(vmi.spec.domain, out)
+    _max_sockets(vmi.spec.domain, out)
     _firmware_features_clock(vmi.spec.domain, out)
     _disks(vmi.spec, out)
     _volumes(vmi.spec.volumes, out)
     _networks(vmi.spec, out)
     _boot_order(vmi.spec.domain.devices, out)
     _other_devices(vmi.spec.domain.devices, out)
+    _io_threads(vmi.spec.domain, out)
+    _hyperv(vmi.spec.domain, out)
+    out.items += [*podspec.affinity(vmi.spec), *podspec.topology_spread(vmi.spec)]
+    out.items += podspec.dns(vmi.spec)
+    _service_account(vmi.spec, out)
     return out.items
 
 
@@ -168,6 +175,12 @@ def _spec(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
 
 
 def _memory(domain: t.DomainSpec, out: _Findings) -> None:
+    if domain.memory is not None and domain.memory.reservedOverhead is not None:
+        # The ReservedOverheadMemlock feature gate is Alpha: off on a default cluster.
+        out.add(
+            (*DOMAIN, "memory", "reservedOverhead"),
+            "Reserved overhead memlock feature gate is not enabled in kubevirt-config",
+        )
     resources = domain.resources or t.ResourceRequirements()
     requests, limits = resources.requests, resources.limits
     guest = domain.memory.guest if domain.memory else None
@@ -195,13 +208,8 @@ def _memory(domain: t.DomainSpec, out: _Findings) -> None:
     source = (*DOMAIN, "memory", "guest") if explicit else _memory_source(requests, guest)
     if 0 <= guest.exact < MIN_MEMORY:
         out.add(source, f"'{guest}': must be greater than or equal to 1M.")
-    limit = limits.get("memory")
-    if explicit and limit is not None and 0 < limit.exact < guest.exact:
-        out.add(
-            (*DOMAIN, "memory", "guest"),
-            f"spec.domain.memory.guest '{guest}' must be equal "
-            f"to or less than the memory limit spec.domain.resources.limits.memory '{limit}'",
-        )
+    # A guest above the memory limit is refused only under the Stage rollout strategy, which a
+    # default cluster (LiveUpdate) does not use: the guest gets its memory, as there.
 
 
 def _memory_source(requests: dict[str, Quantity], guest: Quantity) -> FieldPath:
@@ -260,6 +268,15 @@ def _cpu(domain: t.DomainSpec, out: _Findings) -> None:
                 f"QEMU's do (e.g. 'tsc-deadline', regex used for validation is "
                 f"'{CPU_FEATURE.pattern}')",
             )
+
+
+def _max_sockets(domain: t.DomainSpec, out: _Findings) -> None:
+    cpu = domain.cpu or t.CPU()
+    if cpu.maxSockets and (cpu.sockets or 0) > cpu.maxSockets:
+        out.add(
+            (*DOMAIN, "cpu", "sockets"),
+            "Number of sockets in CPU topology is greater than the maximum sockets allowed",
+        )
 
 
 def _firmware_features_clock(domain: t.DomainSpec, out: _Findings) -> None:
@@ -349,7 +366,9 @@ def _disks(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
             )
         seen.setdefault(disk.name, index)
         volume = volumes.get(disk.name)
-        if volume is None:
+        # An empty CD-ROM (no volume) is admitted: KubeVirt's DeclarativeHotplugVolumes gate is
+        # Beta, on by default.
+        if volume is None and disk.cdrom is None:
             out.add(
                 (*path, "name"),
                 f"Name {quote(disk.name)} not found: no volume in spec.volumes has this name",
@@ -412,31 +431,62 @@ def _disk_options(disk: t.Disk, bus: t.Bus | None, path: FieldPath, out: _Findin
             )
         if len(disk.serial) > 256:
             out.add((*path, "serial"), "must be 256 characters or less")
-    if disk.io is t.IOMode.NATIVE and disk.cache is not t.Cache.NONE:
+    # Unset, the cache follows io: native (O_DIRECT), as KubeVirt's unset cache is "none".
+    if disk.io is t.IOMode.NATIVE and disk.cache not in (None, t.Cache.NONE):
         out.add(
             (*path, "io"),
             'Disk IO mode native needs cache "none": Linux native AIO works only with O_DIRECT',
         )
     if disk.shareable and disk.cache not in (None, t.Cache.NONE):
         out.add((*path, "cache"), 'a shareable disk must use cache "none"')
-    custom = disk.blockSize.custom if disk.blockSize else None
-    if custom is not None:
-        size_path = (*path, "blockSize", "custom")
-        for name in ("logical", "physical"):
-            value = getattr(custom, name)
-            if value < 512 or value > 2 * 2**20 or value & (value - 1):
-                out.add(
-                    (*size_path, name),
-                    f"Provided size of {value} is not a power of 2 between 512 and 2097152",
-                )
-        if custom.logical > custom.physical:
-            out.add(
-                (*size_path, "logical"),
-                f"Logical size {custom.logical} must be the same or "
-                f"less than the physical size of {custom.physical}",
+    if disk.blockSize is not None:
+        _block_size(disk.blockSize, bus, (*path, "blockSize"), out)
+
+
+def _block_size(size: t.BlockSize, bus: t.Bus | None, path: FieldPath, out: _Findings) -> None:
+    """KubeVirt's validateBlockSize; vmid reports every problem, where KubeVirt stops at one."""
+    matching = size.matchVolume is not None and size.matchVolume.enabled is not False
+    custom = size.custom
+    if custom is None:
+        if matching:
+            out.unsupported(
+                (*path, "matchVolume"),
+                f"reading the block size of the volume is {t.NOT_YET}; give custom sizes",
             )
-        if bus is t.Bus.SATA and custom.logical != 512:
-            out.add((*size_path, "logical"), "sata disks only support a logical block size of 512")
+        return
+    if matching:
+        out.add(path, "Block size matching can't be enabled together with a custom value")
+    for name in ("logical", "physical"):
+        problem = _block_size_problem(getattr(custom, name))
+        if problem:
+            out.add((*path, "custom", name), problem)
+    if custom.logical > custom.physical:
+        out.add(
+            (*path, "custom", "logical"),
+            f"Logical size {custom.logical} must be the same or "
+            f"less than the physical size of {custom.physical}",
+        )
+    if bus is t.Bus.SATA and custom.logical != BLOCK_MIN:
+        out.add(
+            (*path, "custom", "logical"),
+            f"Logical size {custom.logical} must be {BLOCK_MIN} for SATA devices",
+        )
+    granularity = custom.discardGranularity
+    if granularity is not None and custom.logical and granularity % custom.logical:
+        out.add(
+            (*path, "custom", "discardGranularity"),
+            f"Discard granularity {granularity} must be multiples of logical size {custom.logical}",
+        )
+
+
+def _block_size_problem(size: int) -> str | None:
+    if size < BLOCK_MIN:
+        return f"Provided size of {size} is less than the supported minimum size of {BLOCK_MIN}"
+    if size > BLOCK_MAX:
+        return f"Provided size of {size} is greater than the supported maximum size of {BLOCK_MAX}"
+    if size & (size - 1):
+        return f"Provided size of {size} is not a power of 2"
+    return None
 
 
 def _volumes(volumes: tuple[t.Volume, ...], out: _Findings) -> None:
@@ -536,10 +586,10 @@ def _host_disk(disk: t.HostDisk, path: FieldPath, out: _Findings) -> None:
             (*path, "capacity"),
             "capacity is allowed to pass only with type equal to 'DiskOrCreate'",
         )
-    if disk.type is t.HostDiskType.DISK_OR_CREATE:
-        if disk.capacity is None:
-            out.add((*path, "capacity"), "Required value: type 'DiskOrCreate' needs a capacity")
-        elif disk.capacity.exact < 1:
+    # DiskOrCreate without a capacity is admitted, as by KubeVirt, which then uses an existing
+    # file as it is and fails to create a missing one (a sparse file of 0 bytes): vmid too.
+    if disk.type is t.HostDiskType.DISK_OR_CREATE and disk.capacity is not None:
+        if disk.capacity.exact < 1:
             out.add(
                 (*path, "capacity"),
                 f"Invalid value: {quote(str(disk.capacity))}: must be greater than 0",
@@ -621,6 +671,8 @@ def _networks(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
         elif len(kinds) > 1:
             out.add(path, "should have only one network type")
         pod_networks += network.pod is not None
+        if network.multus is not None and not network.multus.networkName:
+            out.add(path, "CNI delegating plugin must have a networkName")
         if network.pod and network.pod.vmNetworkCIDR is not None:
             _cidr((*path, "pod", "vmNetworkCIDR"), network.pod.vmNetworkCIDR, out)
         if network.multus and network.multus.default:
@@ -690,25 +742,46 @@ def _interface(
             f"interface {iface.name} uses model {iface.model} that is not supported.",
         )
     if iface.macAddress is not None:
-        if not MAC.fullmatch(iface.macAddress):
-            out.add(
-                (*path, "macAddress"),
-                f"interface {iface.name} has malformed MAC address ({iface.macAddress}).",
-            )
-        elif iface.macAddress.lower().replace("-", ":") == RESERVED_MAC:
-            out.add(
-                (*path, "macAddress"),
-                f"The requested MAC address {RESERVED_MAC} is "
-                "reserved for the in-pod bridge. Please choose another one.",
-            )
+        _mac(iface, iface.macAddress, (*path, "macAddress"), out)
+    _absent(iface, path, network, out)
     if iface.acpiIndex is not None and iface.acpiIndex < 1:
         out.add((*path, "acpiIndex"), f"Invalid value: {iface.acpiIndex}: must be greater than 0")
-    _ports(iface, path, out)
+    if network is not None and network.pod is not None:
+        _ports(
+            iface, path, out
+        )  # as KubeVirt: elsewhere ports mean nothing, and vmid forwards none
+
+
+def _mac(iface: t.Interface, mac: str, path: FieldPath, out: _Findings) -> None:
+    if not MAC.fullmatch(mac):
+        out.add(path, f"interface {iface.name} has malformed MAC address ({mac}).")
+    elif iface.masquerade is not None and mac.lower().replace("-", ":") == RESERVED_MAC:
+        # KubeVirt refuses it for masquerade only, whose in-pod bridge has this MAC.
+        out.add(
+            path,
+            "The requested MAC address is reserved for the in-pod bridge. "
+            "Please choose another one.",
+        )
+
+
+def _absent(iface: t.Interface, path: FieldPath, network: t.Network | None, out: _Findings) -> None:
+    if iface.state is not t.InterfaceState.ABSENT:
+        return
+    state = (*path, "state")
+    if iface.bridge is None:
+        out.add(
+            state,
+            f'"{iface.name}" interface\'s state "absent" is supported only for bridge binding',
+        )
+    # A multus network with `default: true` is refused on its own; the pod network is the default.
+    if network is not None and network.pod is not None:
+        out.add(
+            state,
+            f'"{iface.name}" interface\'s state "absent" is not supported on default networks',
+        )
 
 
 def _ports(iface: t.Interface, path: FieldPath, out: _Findings) -> None:
-    if iface.ports and iface.masquerade is None:
-        out.add((*path, "ports"), "ports are forwarded only to a masquerade interface")
     if _too_many((*path, "ports"), iface.ports, out):
         return  # each is a forward and a listener check on the host
     names: set[str] = set()
@@ -718,9 +791,11 @@ def _ports(iface: t.Interface, path: FieldPath, out: _Findings) -> None:
             out.add(port_path, "Port field is mandatory.")
         elif not 0 < port.port < 65536:
             out.add((*port_path, "port"), "Port field must be in range 0 < x < 65536.")
-        if port.name is not None:
+        if port.name:
             if port.name in names:
                 out.add((*port_path, "name"), f"Duplicate name of the port: {port.name}")
+            if podspec.port_name(port.name):
+                out.add((*port_path, "name"), f"Invalid name of the port: {port.name}")
             names.add(port.name)
 
 
@@ -761,10 +836,82 @@ def _other_devices(devices: t.Devices, out: _Findings) -> None:
         names.add(device.name)
     if devices.sound is not None and not devices.sound.name:
         out.add((*DEVICES, "sound", "name"), "Sound device must have a name")
+    if devices.video is not None and devices.video.type is None:
+        # KubeVirt defaults no video type: its amd64 check refuses the empty one.
+        out.add(
+            (*DEVICES, "video", "type"), "video model '' is not supported on amd64 architecture"
+        )
+    if devices.video is not None and devices.autoattachGraphicsDevice is False:
+        out.add(
+            (*DEVICES, "video"),
+            "Video configuration is not allowed when autoattachGraphicsDevice is set to false",
+        )
     if devices.autoattachVSOCK:
         out.unsupported((*DEVICES, "autoattachVSOCK"), "VSOCK is not implemented yet")
     if devices.networkInterfaceMultiqueue:
         out.unsupported(
             (*DEVICES, "networkInterfaceMultiqueue"),
             "multi-queue network interfaces are not implemented yet",
+        )
+
+
+def _io_threads(domain: t.DomainSpec, out: _Findings) -> None:
+    if domain.ioThreadsPolicy is not t.IOThreadsPolicy.SUPPLEMENTAL_POOL:
+        return
+    count = domain.ioThreads.supplementalPoolThreadCount if domain.ioThreads else None
+    if count is None or count < 1:
+        # KubeVirt names spec.domain.ioThreads.count, a field its schema does not have.
+        path = (
+            (*DOMAIN, "ioThreadsPolicy")
+            if count is None
+            else (*DOMAIN, "ioThreads", "supplementalPoolThreadCount")
+        )
+        out.add(
+            path, "the number of iothreads needs to be set and positive for the dedicated policy"
+        )
+
+
+def _hyperv(domain: t.DomainSpec, out: _Findings) -> None:
+    """KubeVirt's Hyper-V checks, after defaults enabled every requirement the user left unset."""
+    features = domain.features
+    hyperv = features.hyperv if features else None
+    if features is None or hyperv is None:
+        return
+    path = (*DOMAIN, "features", "hyperv")
+    if features.hypervPassthrough is not None:
+        out.add(
+            path,
+            "Cannot explicitly set hyperV features if HypervPassthrough is being used. "
+            "Please use either HyperV or HypervPassthrough.",
+        )
+    for feature, required in defaults.HYPERV_REQUIRES:
+        state, needed = getattr(hyperv, feature), getattr(hyperv, required)
+        if state is not None and state.enabled and not (needed is not None and needed.enabled):
+            out.add(
+                (*path, feature),
+                f"'{render_path((*path, feature))}' requires '{render_path((*path, required))}', "
+                "which was disabled.",
+            )
+    if hyperv.evmcs is not None and hyperv.evmcs.enabled:
+        _evmcs_vmx(domain.cpu or t.CPU(), out)
+
+
+def _evmcs_vmx(cpu: t.CPU, out: _Findings) -> None:
+    if not cpu.features:
+        out.add((*DOMAIN, "cpu", "features"), "vmx cpu feature is required when evmcs is set")
+    for index, feature in enumerate(cpu.features):
+        if feature.name == "vmx" and feature.policy is not t.FeaturePolicy.REQUIRE:
+            out.add(
+                (*DOMAIN, "cpu", "features", index, "policy"),
+                "vmx cpu feature has to be set to require policy",
+            )
+
+
+def _service_account(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
+    name = spec.serviceAccountName
+    errors = podspec.dns1123_subdomain(name) if name else []
+    if errors:
+        out.add(
+            (*SPEC, "serviceAccountName"),
+            f"spec.serviceAccountName is not a valid service account name: {'; '.join(errors)}",
         )

@@ -94,6 +94,9 @@ def plan_disks(ctx: Context) -> tuple[list[str], list[Prepared], list[Finding]]:
     findings: list[Finding] = []
     controllers = _Controllers(args)
     for index, disk in enumerate(spec.domain.devices.disks):
+        if disk.name not in volumes:  # validation admits only an empty CD-ROM without one
+            args += _empty_cdrom(ctx, disk, controllers)
+            continue
         volume_index, volume = volumes[disk.name]
         backing = _backing(ctx, volume, volume_index, findings)
         if backing is None:
@@ -185,6 +188,8 @@ def _cache(disk: t.Disk) -> tuple[bool, bool]:
     """
     if disk.cache is t.Cache.NONE or disk.shareable:
         return True, True
+    if disk.cache is None and disk.io is t.IOMode.NATIVE:
+        return True, True  # native AIO needs O_DIRECT; KubeVirt's unset cache is "none" too
     if disk.cache is t.Cache.WRITETHROUGH:
         return False, False
     return False, True
@@ -215,6 +220,15 @@ def _disk_args(
     device: dict[str, Value] = {"drive": format_node, "id": device_id("disk", disk.name)}
     device.update(_placement(ctx, kind, bus, controllers, iothread))
     device.update(_device_properties(ctx, disk, kind, bus, write_cache))
+    yield from ("-device", options(device.pop("driver"), device))  # type: ignore[arg-type]
+
+
+def _empty_cdrom(ctx: Context, disk: t.Disk, controllers: _Controllers) -> Iterator[str]:
+    """A CD-ROM drive with its tray closed and no medium, as KubeVirt's cdrom without a volume."""
+    kind, bus, _ = _target(disk)
+    device: dict[str, Value] = {"id": device_id("disk", disk.name)}
+    device.update(_placement(ctx, kind, bus, controllers, None))
+    device.update(_device_properties(ctx, disk, kind, bus, True))
     yield from ("-device", options(device.pop("driver"), device))  # type: ignore[arg-type]
 
 

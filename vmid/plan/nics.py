@@ -69,12 +69,21 @@ def plan_nics(ctx: Context) -> tuple[list[str], list[Tap]]:
     return args, taps
 
 
+def _forwarded(iface: t.Interface) -> tuple[Port, ...]:
+    """The ports of an interface on the pod network: forwarded from the host, whatever the
+    binding (bridge and masquerade are the same NAT network on one host)."""
+    return tuple(
+        Port(protocol=(p.protocol or t.Protocol.TCP).value, port=p.port or 0) for p in iface.ports
+    )
+
+
 def port_findings(ctx: Context) -> list[Finding]:
     """Forwarded ports outside the range vmid.yaml lets manifests publish (a host fact)."""
     allowed = ctx.config.podNetwork.publishPorts
+    pod = {n.name for n in ctx.vmi.spec.networks if n.pod is not None}
     findings = []
     for index, iface in enumerate(ctx.vmi.spec.domain.devices.interfaces):
-        for number, port in enumerate(iface.ports):
+        for number, port in enumerate(iface.ports if iface.name in pod else ()):
             if port.port is not None and not allowed.min <= port.port <= allowed.max:
                 findings.append(
                     Finding(
@@ -102,10 +111,7 @@ def _tap(ctx: Context, iface: t.Interface, network: t.Network, netdev: str) -> T
         bridge=bridge,
         network=network.name,
         masquerade=iface.masquerade is not None,
-        ports=tuple(
-            Port(protocol=(p.protocol or t.Protocol.TCP).value, port=p.port or 0)
-            for p in iface.ports
-        ),
+        ports=_forwarded(iface) if network.pod is not None else (),
         linkUp=iface.state is not t.InterfaceState.DOWN,
     )
 
