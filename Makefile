@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # QEMU and its firmware (tests run real QEMU, TCG, to prove the planned command lines start);
-# dnsmasq and nft for the pod network; ip and nsenter for the network tests.
-APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux
+# dnsmasq and nft for the pod network; ip and nsenter for the network tests; skopeo pulls
+# containerDisks (zstd for zstd layers); the tests push images to Debian's docker-registry
+# (which, on a systemd host, also enables its own service on :5000 as it is installed).
+APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux \
+	skopeo zstd docker-registry curl
 
 .PHONY: setup packages lint test run clean golden install bench chaos
 

@@ -22,6 +22,7 @@ from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
 from vmid.host import firmwareid, identity, logfile
+from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
@@ -29,6 +30,7 @@ from vmid.plan.model import LaunchPlan
 from vmid.runtime import events, logs, takeover
 from vmid.runtime.instance import Instance
 from vmid.runtime.network import Network
+from vmid.runtime.pull import Puller, PullSettings
 from vmid.runtime.spool import Desired
 from vmid.runtime.status import STATUS_FILE, Phase, Status, now
 
@@ -87,6 +89,7 @@ class Supervisor:
         self._paths = paths
         self._accelerator = accelerator
         self._store = ImageStore(paths.images, config.qemuImg)
+        self._images = Puller(nursery, self._store, _pull_settings(paths, config))
         self._events = events.EventStore(paths.events)
         self._vms: dict[str, _VM] = {}
         self._refused: dict[str, tuple[Problem, ...]] = {}
@@ -108,6 +111,7 @@ class Supervisor:
     def reconfigure(self, config: Config) -> None:
         """Use a new configuration for VMIs started from now on."""
         self._config = config
+        self._images.settings = _pull_settings(self._paths, config)
 
     def counts(self) -> dict[Phase, int]:
         """How many VMIs are in each phase (for `systemctl status`)."""
@@ -525,6 +529,7 @@ class Supervisor:
             # Its own directory's parents, up to its namespace's.
             traverse=(paths.runtime, paths.runtime_instances, Path(plan.cwd).parents[1]),
             logs=self._config.logs,
+            images=self._images,
         )
         instance.stop_once_running = vm.remove
         return instance
@@ -639,6 +644,15 @@ def _write_refused(
         status.write()
     except OSError as exc:
         log.error("%s: cannot write this status: %s", path, exc)
+
+
+def _pull_settings(paths: Paths, config: Config) -> PullSettings:
+    images = config.images
+    return PullSettings(
+        skopeo=skopeo_for(paths, images),
+        maxDiskSize=images.maxDiskSize.value(),
+        backoff=images.pullBackoffSeconds,
+    )
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:
