@@ -4,9 +4,11 @@ of the test's own) with skopeo: the CLI, the store's checks, and the daemon's pu
 from __future__ import annotations
 
 import json
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -360,3 +362,28 @@ def test_ten_vmis_on_one_new_image_make_one_pull(
             daemon.wait_phase(f"vm-{i}", "Running", timeout=60)
         assert daemon.log_text().count("pulling image") == 1
         assert len({image_id(daemon, f"vm-{i}") for i in range(10)}) == 1
+
+
+def test_the_daemon_stops_at_once_while_a_registry_never_answers(
+    server: Registry, root: Path
+) -> None:
+    silent = subprocess.Popen(
+        [
+            *server.prefix,
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 5001)); "
+            "s.listen(); time.sleep(600)",
+        ]
+    )
+    try:
+        with pulling_daemon(server, root) as daemon:
+            daemon.drop("a.yaml", disk_vmi("vm-a", "127.0.0.1:5001/silent/disk:1"))
+            daemon.wait_for("the pull", lambda: "pulling image" in daemon.log_text())
+            started = time.monotonic()
+            daemon.process.send_signal(signal.SIGTERM)
+            assert daemon.process.wait(timeout=30) == 0
+            assert time.monotonic() - started < 10  # skopeo's own deadline is 120 s
+    finally:
+        silent.kill()
+        silent.wait()

@@ -36,6 +36,7 @@ class _Attempt:
     done: trio.Event = attrs.field(factory=trio.Event)
     image: StoredImage | None = None
     error: str = ""
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
 @attrs.define(kw_only=True)
@@ -58,6 +59,11 @@ class Puller:
 
     def __repr__(self) -> str:
         return f"<Puller pulls={len(self._pulls)}>"
+
+    def close(self) -> None:
+        """Cancel every pull (the daemon is stopping: its VMIs are, so nothing awaits them)."""
+        for attempt in self._pulls.values():
+            attempt.scope.cancel()
 
     async def image(self, item: ImageOverlay, status: Status) -> StoredImage:
         """The stored image `item` backs onto, pulled as its policy says; waits (Pending) while
@@ -100,10 +106,12 @@ class Puller:
         ref, disk_path = key
         settings = self.settings
         log.info("pulling image %s", ref)
+        attempt.error = "the pull was cancelled: vmid is stopping"
         try:
-            attempt.image = await registry.pull(
-                self._store, settings.skopeo, ref, disk_path, max_size=settings.maxDiskSize
-            )
+            with attempt.scope:
+                attempt.image = await registry.pull(
+                    self._store, settings.skopeo, ref, disk_path, max_size=settings.maxDiskSize
+                )
         except (VmidError, OSError) as exc:
             attempt.error = str(exc)
             log.warning("pulling image %s failed: %s", ref, exc)

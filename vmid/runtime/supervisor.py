@@ -356,6 +356,7 @@ class Supervisor:
     async def stop_all(self, keep: bool) -> None:
         """Stop every VMI in parallel (each with its own grace), or leave them running."""
         self._stopping = True
+        self._images.close()
         for vm in self._vms.values():
             vm.successor = None
             if vm.instance is not None:
