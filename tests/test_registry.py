@@ -387,3 +387,14 @@ def test_the_daemon_stops_at_once_while_a_registry_never_answers(
     finally:
         silent.kill()
         silent.wait()
+
+
+def test_an_imported_latest_image_runs_without_a_registry(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(raw_disk())
+    with running_daemon(tmp_path / "root", fake_config()) as daemon:  # no registry, no network
+        assert daemon.vmid("image", "import", SEED, str(image)).returncode == 0
+        daemon.drop("a.yaml", disk_vmi("vm-a", SEED))  # :latest, so Always
+        daemon.wait_phase("vm-a", "Running")
+        assert image_id(daemon, "vm-a").startswith(f"docker.io/{SEED}@sha256:")
+        assert "pulling image" not in daemon.log_text()

@@ -85,6 +85,8 @@ class StoredImage:
     digest: str | None = None
     #: When the reference was last pointed at its content (RFC 3339, UTC).
     created: str = ""
+    #: Put there by `vmid image import` (or an earlier vmid): no pull policy replaces it.
+    local: bool = False
 
 
 async def qemu_img(qemu_img_binary: str, *args: str, copies: bool = False) -> str:
@@ -213,9 +215,9 @@ class ImageStore:
         with self.staging() as staging:
             # Checked and converted as a private copy: the caller's file may change meanwhile.
             digest = await trio.to_thread.run_sync(_copy, source, staging / SOURCE_COPY)
-            if self.has(digest):
-                return self.tag(ref, digest)
-            return await self.commit(staging, ref, digest, shown=str(source))
+            if not self.has(digest):
+                await self.commit(staging, ref, digest, shown=str(source))
+            return self.tag(ref, digest, local=True)
 
     def has(self, digest: str, disk_path: str | None = None) -> bool:
         return (self._content(digest, disk_path) / IMAGE_META).is_file()
@@ -257,13 +259,17 @@ class ImageStore:
             copies=True,
         )
 
-    def tag(self, ref: str, digest: str, disk_path: str | None = None) -> StoredImage:
-        """Point `ref` (normalised) at a stored digest's disk."""
+    def tag(
+        self, ref: str, digest: str, disk_path: str | None = None, local: bool = False
+    ) -> StoredImage:
+        """Point `ref` (normalised) at a stored digest's disk; `local`: by `vmid image import`."""
         directory = self._dir(ref)
         _private_dir(self.root)
         _private_dir(directory)
         (directory / STORE_FILE).unlink(missing_ok=True)  # an earlier vmid's copy
         record = {"ref": ref, "digest": digest, "diskPath": disk_path, "created": _now()}
+        if local:
+            record["local"] = "import"
         safefile.write_atomically(directory / IMAGE_META, (json.dumps(record) + "\n").encode())
         return self.get(ref, disk_path)
 
@@ -275,10 +281,11 @@ class ImageStore:
         try:
             data = json.loads((self._dir(ref) / IMAGE_META).read_text())
             digest = data.get("digest")
-            if digest is None:  # stored by an earlier vmid: the disk is beside its record
-                return _stored(ref, self._dir(ref), None, data.get("created", ""))
+            if digest is None:  # imported by an earlier vmid: the disk is beside its record
+                return _stored(ref, self._dir(ref), None, data.get("created", ""), True)
             if data.get("diskPath") == disk_path:
-                return _stored(ref, self._content(digest, disk_path), digest, data["created"])
+                directory = self._content(digest, disk_path)
+                return _stored(ref, directory, digest, data["created"], "local" in data)
         except (OSError, ValueError, KeyError):
             pass
         raise StorageError(
@@ -329,10 +336,12 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _stored(ref: str, directory: Path, digest: str | None, created: str) -> StoredImage:
+def _stored(
+    ref: str, directory: Path, digest: str | None, created: str, local: bool
+) -> StoredImage:
     data = json.loads((directory / IMAGE_META).read_text())
     path = directory / STORE_FILE
-    return StoredImage(ref, path, data["format"], data["virtualSize"], digest, created)
+    return StoredImage(ref, path, data["format"], data["virtualSize"], digest, created, local)
 
 
 def _private_dir(directory: Path) -> None:

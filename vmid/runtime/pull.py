@@ -66,22 +66,25 @@ class Puller:
             attempt.scope.cancel()
 
     async def image(self, item: ImageOverlay, status: Status) -> StoredImage:
-        """The stored image `item` backs onto, pulled as its policy says; waits (Pending) while
-        pulls fail. Raises StorageError when the policy is Never and the image is absent."""
-        if item.pullPolicy != "Always":
-            try:
-                image = self._store.get(item.image, item.diskPath)
-            except StorageError as exc:
-                if item.pullPolicy == "Never":
-                    raise StorageError(
-                        f'Container image "{item.image}" is not present with pull policy of '
-                        f"Never: add it with `vmid image pull {item.image}` or "
-                        f"`vmid image import {item.image} FILE`"
-                    ) from exc
-            else:
-                message = f'Container image "{item.image}" already present on machine'
-                status.event("Normal", "Pulled", message)
-                return image
+        """The stored image `item` backs onto, pulled as its policy says (an imported image is
+        never pulled over); waits (Pending) while pulls fail. Raises StorageError when the
+        policy is Never and the image is absent."""
+        try:
+            image: StoredImage | None = self._store.get(item.image, item.diskPath)
+        except StorageError as exc:
+            if item.pullPolicy == "Never":
+                raise StorageError(
+                    f'Container image "{item.image}" is not present with pull policy of '
+                    f"Never: add it with `vmid image pull {item.image}` or "
+                    f"`vmid image import {item.image} FILE`"
+                ) from exc
+            image = None
+        # An image imported by hand is what the administrator wants under that name, whatever
+        # the policy (as `ctr image import`, minus kubelet's Always pulling over it offline).
+        if image is not None and (image.local or item.pullPolicy != "Always"):
+            message = f'Container image "{item.image}" already present on machine'
+            status.event("Normal", "Pulled", message)
+            return image
         delay = self.settings.backoff
         while True:
             status.event("Normal", "Pulling", f'Pulling image "{item.image}"')
