@@ -43,14 +43,19 @@ class Registry:
     def prefix(self) -> tuple[str, ...]:
         return ("nsenter", f"--net=/proc/{self._holder.pid}/ns/net", "--")
 
-    def start(self) -> None:
-        """Start (or restart) the registry; return once it answers."""
+    def start(self, htpasswd: str | None = None) -> None:
+        """Start (or restart) the registry; return once it answers. `htpasswd`: a line
+        `user:bcrypt-hash` the registry then asks for (basic auth)."""
         config = self.directory / "config.yml"
+        auth = ""
+        if htpasswd is not None:
+            (self.directory / "htpasswd").write_text(htpasswd + "\n")
+            auth = f"auth: {{htpasswd: {{realm: vmid, path: {self.directory / 'htpasswd'}}}}}\n"
         config.write_text(
             "version: 0.1\nlog: {level: error}\n"
             f"storage: {{filesystem: {{rootdirectory: {self.directory / 'data'}}}, "
             "delete: {enabled: true}}\n"
-            f"http: {{addr: '{HOST}'}}\n"
+            f"http: {{addr: '{HOST}'}}\n" + auth
         )
         with (self.directory / "registry.log").open("ab") as log:
             self.process = subprocess.Popen(
@@ -60,7 +65,7 @@ class Registry:
                 stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + 20
-        while self.run("curl", "-sf", f"http://{HOST}/v2/", check=False).returncode != 0:
+        while self.run("curl", "-s", f"http://{HOST}/v2/", check=False).returncode != 0:
             assert time.monotonic() < deadline, "the registry did not start"
             assert self.process.poll() is None, "the registry ended"
             time.sleep(0.1)
@@ -76,13 +81,16 @@ class Registry:
             [*self.prefix, *argv], capture_output=True, text=True, check=check, timeout=120
         )
 
-    def push(self, layout: Path, ref: str) -> str:
+    def push(self, layout: Path, ref: str, creds: str | None = None) -> str:
         """Push an OCI layout (all its images) to `HOST/ref`; the digest the tag then names."""
         index = json.loads((layout / "index.json").read_text())
         many = ["--all"] if index["manifests"][0]["mediaType"] == OCI_INDEX else []
         target = f"docker://{HOST}/{ref}"
-        self.run("skopeo", "copy", "-q", *many, "--dest-tls-verify=false", f"oci:{layout}", target)
-        out = self.run("skopeo", "inspect", "--tls-verify=false", "--raw", target).stdout
+        auth = [f"--dest-creds={creds}"] if creds else []
+        copy = ["skopeo", "copy", "-q", *many, *auth, "--dest-tls-verify=false"]
+        self.run(*copy, f"oci:{layout}", target)
+        auth = [f"--creds={creds}"] if creds else []
+        out = self.run("skopeo", "inspect", *auth, "--tls-verify=false", "--raw", target).stdout
         return "sha256:" + hashlib.sha256(out.encode()).hexdigest()
 
     def blob_path(self, digest: str) -> Path:

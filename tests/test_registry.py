@@ -3,6 +3,7 @@ of the test's own) with skopeo: the CLI, the store's checks, and the daemon's pu
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import stat
@@ -398,3 +399,49 @@ def test_an_imported_latest_image_runs_without_a_registry(tmp_path: Path) -> Non
         daemon.wait_phase("vm-a", "Running")
         assert image_id(daemon, "vm-a").startswith(f"docker.io/{SEED}@sha256:")
         assert "pulling image" not in daemon.log_text()
+
+
+#: User `vmid`, password `secret` (bcrypt, as docker-registry's htpasswd wants it).
+HTPASSWD = "vmid:$2b$12$eBnwdEny5unPtnGDJXhjJeebGIR6wkLJeVk64ITZmr9Qqsu6NaHLO"
+
+
+def test_a_private_registry_needs_the_credentials_of_auth_json(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    server.stop()
+    server.start(htpasswd=HTPASSWD)
+    layout = containerdisk(tmp_path / "layout", [[("disk/disk.img", raw_disk())]])
+    digest = server.push(layout, "private/disk:1", creds="vmid:secret")
+    refused = vmid(server, root, "image", "pull", f"{HOST}/private/disk:1")
+    assert refused.returncode == 1
+    assert "authentication required" in refused.stderr or "unauthorized" in refused.stderr
+    token = base64.b64encode(b"vmid:secret").decode()
+    auth = {"auths": {HOST: {"auth": token}}}
+    (root / "etc/vmid/auth.json").write_text(json.dumps(auth))  # images.authFile's default
+    done = vmid(server, root, "image", "pull", f"{HOST}/private/disk:1")
+    assert done.returncode == 0, done.stderr
+    assert digest in done.stdout
+
+
+MIRROR_CONF = f"""[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+[[registry.mirror]]
+location = "{HOST}"
+insecure = true
+"""
+
+
+def test_the_seed_manifest_runs_unchanged_from_a_mirror_of_docker_io(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    digest = push(server, tmp_path, f"{SEED}:latest", [[("disk/disk.img", raw_disk())]])
+    (root / "etc/containers/registries.conf").write_text(MIRROR_CONF)
+    with pulling_daemon(server, root) as daemon:
+        seed = Path(__file__).parent.parent / "conf/instances/testvmi.yaml"
+        daemon.drop("testvmi.yaml", seed.read_text())
+        daemon.wait_phase("testvmi-nocloud", "Running")
+        data = daemon.status("testvmi-nocloud")
+        assert data is not None
+        [volume] = [v for v in data["status"]["volumeStatus"] if v["name"] == "containerdisk"]
+        assert volume["imageID"] == f"docker.io/{SEED}@{digest}"
