@@ -38,27 +38,32 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-# A demo: the daemon in the foreground under ./.run (its own root), with conf/instances/, the
-# test guest imported as the seed example's image, and a private network namespace (vmid0,
-# dnsmasq and the nftables table live there, never on this host's own links).
-# Ctrl+C stops every VM gracefully.
+# A demo: the daemon in the foreground under ./.run (its own root), with conf/instances/ as they
+# are, and a private network namespace (vmid0, dnsmasq and the nftables table live there, never
+# on this host's own links). In it, Debian's docker-registry on 127.0.0.1:5000 serves the test
+# guest as a containerDisk under the seed example's image name, and .run's registries.conf
+# mirrors docker.io to it: the daemon pulls the seed's image as it would from Docker Hub.
+# Ctrl+C stops every VM gracefully (and the registry).
 # TCG by default: set ACCELERATOR=auto on a host whose KVM works.
 ACCELERATOR ?= tcg
 RUN_ROOT := .run
 SEED_IMAGE := kubevirt/fedora-cloud-container-disk-demo:latest
+DEMO_MIRROR := [[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n[[registry.mirror]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n
 
 run: setup
 	bash tests/guest/build.sh $(RUN_ROOT)/guest.qcow2
-	mkdir -p $(RUN_ROOT)/etc/vmid/instances
+	mkdir -p $(RUN_ROOT)/etc/vmid/instances $(RUN_ROOT)/etc/containers
 	install -m 644 conf/instances/*.yaml $(RUN_ROOT)/etc/vmid/instances/
 	printf 'accelerator: %s\n' '$(ACCELERATOR)' > $(RUN_ROOT)/etc/vmid/vmid.yaml
-	$(BIN)/vmid image import --root $(RUN_ROOT) $(SEED_IMAGE) $(RUN_ROOT)/guest.qcow2
+	printf '$(DEMO_MIRROR)' > $(RUN_ROOT)/etc/containers/registries.conf
 	@echo
 	@echo "From another terminal:  .venv/bin/vmid get --root $(RUN_ROOT)"
+	@echo "                        .venv/bin/vmid image list --root $(RUN_ROOT)"
 	@echo "                        .venv/bin/vmid logs testvmi-nocloud --root $(RUN_ROOT)"
 	@echo "Remove $(RUN_ROOT)/etc/vmid/instances/testvmi.yaml to power the VM off; Ctrl+C to stop."
 	@echo
-	unshare --net -- $(BIN)/vmid daemon --root $(RUN_ROOT)
+	unshare --net -- $(BIN)/python -m tests.registry $(RUN_ROOT) $(SEED_IMAGE) \
+		$(RUN_ROOT)/guest.qcow2 -- $(BIN)/vmid daemon --root $(RUN_ROOT)
 
 # Install for systemd: the package into /usr/local (pip), the unit, the config with its
 # defaults documented, and the spool. Then: systemctl daemon-reload; systemctl enable --now vmid

@@ -7,8 +7,10 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,13 +36,16 @@ Layers = Sequence[Sequence[Member]]
 class Registry:
     """A registry process in a network namespace; `prefix` runs a command in that namespace."""
 
-    def __init__(self, directory: Path, holder: subprocess.Popen[bytes]) -> None:
+    def __init__(self, directory: Path, holder: subprocess.Popen[bytes] | None) -> None:
+        """`holder`: a process in the registry's network namespace (None: this one's)."""
         self.directory = directory
         self._holder = holder
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def prefix(self) -> tuple[str, ...]:
+        if self._holder is None:
+            return ()
         return ("nsenter", f"--net=/proc/{self._holder.pid}/ns/net", "--")
 
     def start(self, htpasswd: str | None = None) -> None:
@@ -208,3 +213,24 @@ def _image(layout: Path, layers: Layers, how: str, arch: str) -> dict[str, Any]:
 def raw_disk(size: int = 1 << 20, fill: bytes = b"vmid") -> bytes:
     """A raw disk of `size` bytes starting with `fill` (to tell images apart)."""
     return fill + b"\0" * (size - len(fill))
+
+
+def demo(argv: Sequence[str]) -> None:
+    """`python -m tests.registry ROOT IMAGE FILE -- DAEMON...`, in a new network namespace:
+    serve FILE as the containerDisk IMAGE (pushed to a registry on loopback, under ROOT/registry),
+    then become DAEMON (`make run`: its registries.conf mirrors docker.io to that registry)."""
+    root, image, disk = Path(argv[0]), argv[1], Path(argv[2])
+    daemon = list(argv[argv.index("--") + 1 :])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    directory = root / "registry"
+    directory.mkdir(parents=True, exist_ok=True)
+    server = Registry(directory, None)
+    server.start()  # stops with Ctrl+C, as the daemon: one process group
+    layout = containerdisk(directory / "layout", [[("disk/disk.qcow2", disk.read_bytes())]])
+    digest = server.push(layout, image.removeprefix("docker.io/"))
+    print(f"registry on {HOST}: {image} is {digest}", flush=True)
+    os.execvp(daemon[0], daemon)
+
+
+if __name__ == "__main__":
+    demo(sys.argv[1:])

@@ -109,12 +109,16 @@ class Puller:
         ref, disk_path = key
         settings = self.settings
         log.info("pulling image %s", ref)
-        attempt.error = "the pull was cancelled: vmid is stopping"
+        started = trio.current_time()
+        attempt.error = "the pull was cancelled: vmid is stopping"  # unless it ends otherwise
         try:
             with attempt.scope:
-                attempt.image = await registry.pull(
+                image = await registry.pull(
                     self._store, settings.skopeo, ref, disk_path, max_size=settings.maxDiskSize
                 )
+                attempt.image = image
+                seconds = trio.current_time() - started
+                log.info("pulled image %s: %s in %.1f s", ref, image.digest, seconds)
         except (VmidError, OSError) as exc:
             attempt.error = str(exc)
             log.warning("pulling image %s failed: %s", ref, exc)
