@@ -146,18 +146,27 @@ def test_images_that_are_no_containerdisk_are_refused(
     assert not [p for p in (root / "var/lib/vmid/images").iterdir() if p.name != "sha256"]
 
 
-def test_a_qcow2_with_a_backing_file_is_refused(
-    server: Registry, root: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("backing_file", "a qcow2 image with a backing file is not accepted"),
+        ("data_file", "an external data file"),
+    ],
+)
+def test_a_qcow2_naming_another_file_is_refused(
+    server: Registry, root: Path, tmp_path: Path, option: str, message: str
 ) -> None:
+    # The file named is the test's own: qemu-img create writes a data file it is given.
+    other = tmp_path / "other.raw"
+    other.write_bytes(bytes(1 << 20))
     top = tmp_path / "top.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", str(top)],
-        check=True,
-    )
-    push(server, tmp_path, "bad/backing:1", [[("disk/disk.qcow2", top.read_bytes())]])
-    done = vmid(server, root, "image", "pull", f"{HOST}/bad/backing:1")
+    extra = ",backing_fmt=raw" if option == "backing_file" else ",data_file_raw=on"
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"{option}={other}{extra}"]
+    subprocess.run([*create, str(top), "1M"], check=True)
+    push(server, tmp_path, "bad/other:1", [[("disk/disk.qcow2", top.read_bytes())]])
+    done = vmid(server, root, "image", "pull", f"{HOST}/bad/other:1")
     assert done.returncode == 1
-    assert "a qcow2 image with a backing file is not accepted" in done.stderr
+    assert message in done.stderr
 
 
 def test_a_qcow2_disk_is_stored_raw_and_path_picks_the_file(
@@ -445,3 +454,18 @@ def test_the_seed_manifest_runs_unchanged_from_a_mirror_of_docker_io(
         assert data is not None
         [volume] = [v for v in data["status"]["volumeStatus"] if v["name"] == "containerdisk"]
         assert volume["imageID"] == f"docker.io/{SEED}@{digest}"
+
+
+@pytest.mark.parametrize(
+    "digest", ["sha256:../../../../etc/shadow", "md5:d41d8cd98f00b204e9800998ecf8427e", 7]
+)
+def test_a_manifest_naming_a_blob_outside_the_copy_is_refused(
+    tmp_path: Path, digest: object
+) -> None:
+    directory, _ = copied(tmp_path, [[("disk/disk.img", raw_disk())]])
+    manifest_data = json.loads((directory / "manifest.json").read_text())
+    manifest_data["layers"][0]["digest"] = digest
+    raw = json.dumps(manifest_data).encode()
+    (directory / "manifest.json").write_bytes(raw)
+    with pytest.raises(PullError, match="not a sha256 digest"):
+        extract_disk(directory, pulling.digest_of(raw), None, tmp_path / "disk", 1 << 20)

@@ -54,6 +54,7 @@ INDEX_TYPES = {
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
 _SKOPEO_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -151,11 +152,23 @@ def platform_manifest(raw: bytes, shown: str) -> str | None:
     data = _json(raw, f"{shown}: its manifest")
     if data.get("mediaType") not in INDEX_TYPES and "manifests" not in data:
         return None
-    for entry in data.get("manifests") or []:
-        platform = entry.get("platform") or {}
-        if all(platform.get(k) == v for k, v in PLATFORM.items()):
-            return str(entry["digest"])
+    entries = data.get("manifests")
+    for entry in entries if isinstance(entries, list) else []:
+        platform = entry.get("platform") if isinstance(entry, dict) else None
+        if isinstance(platform, dict) and all(platform.get(k) == v for k, v in PLATFORM.items()):
+            return _digest(entry, f"{shown}: the image index")[0]
     raise PullError(f"{shown}: the image index has no linux/amd64 image")
+
+
+def _digest(entry: object, where: str) -> tuple[str, int]:
+    """A descriptor's digest (sha256 only, so also a safe file name) and size."""
+    digest = entry.get("digest") if isinstance(entry, dict) else None
+    size = entry.get("size") if isinstance(entry, dict) else None
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise PullError(f"{where} names {digest!r}: not a sha256 digest")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise PullError(f"{where} gives {digest} no size")
+    return digest, size
 
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:
@@ -212,8 +225,9 @@ def extract_disk(
     budget = _Budget(max_size + OTHER_FILES_BYTES)
     found: set[str] = set()
     for layer in layers:
-        blob = directory / str(layer.get("digest", "")).partition(":")[2]
-        _check_digest(blob, str(layer.get("digest")), int(layer.get("size", -1)))
+        digest, size = _digest(layer, "the image's manifest")
+        blob = directory / digest.removeprefix("sha256:")
+        _check_digest(blob, digest, size)
         with _decompressed(blob, budget) as stream:
             found |= _take_disk(stream, wanted, target, max_size)
         if len(found) > 1:  # in two layers (the same name again is the later layer's file)
@@ -260,8 +274,6 @@ def _read_checked(path: Path, digest: str, limit: int) -> bytes:
 
 def _check_digest(blob: Path, digest: str, size: int) -> None:
     """Read the whole blob; it must be `size` bytes whose sha256 is `digest`."""
-    if not digest.startswith("sha256:"):
-        raise PullError(f"layer {digest}: only sha256 digests are accepted")
     hasher = hashlib.sha256()
     total = 0
     with _open(blob) as stream:
