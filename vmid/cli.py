@@ -1194,7 +1194,7 @@ def _image_rm(args: argparse.Namespace) -> int:
     config, paths = _setup(args)
     store = ImageStore(paths.images, config.qemuImg)
     try:
-        image = store.get(imageref.normalize(args.ref), None)
+        image = store.lookup(imageref.normalize(args.ref))
     except (imageref.ImageRefError, StorageError) as exc:
         print(f"vmid: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -1221,11 +1221,10 @@ def _image_users(paths: Paths) -> dict[str, set[str]]:
         return {}
     users: dict[str, set[str]] = {}
     for obj in objects:
-        if obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+        recorded = obj.get("status") or {}
+        if recorded.get("phase") in ("Succeeded", "Failed"):
             continue
-        names = [
-            v.get("imageID", "").partition("@")[2] for v in obj["status"].get("volumeStatus", [])
-        ]
+        names = [v.get("imageID", "").partition("@")[2] for v in recorded.get("volumeStatus", [])]
         for volume in obj.get("spec", {}).get("volumes", []):
             with contextlib.suppress(imageref.ImageRefError, KeyError, TypeError):
                 names.append(imageref.normalize(volume["containerDisk"]["image"]))

@@ -298,19 +298,24 @@ class ImageStore:
         if not self.root.is_dir():
             return []
         refs = [
-            urllib.parse.unquote(d.name) for d in self.root.iterdir() if (d / IMAGE_META).is_file()
+            urllib.parse.unquote(d.name)
+            for d in self.root.iterdir()
+            if not d.name.startswith(".") and (d / IMAGE_META).is_file()  # not a staging one
         ]
         images = []
         for ref in sorted(refs):
-            data = json.loads((self._dir(ref) / IMAGE_META).read_text())
-            with contextlib.suppress(StorageError):
-                images.append(self.get(ref, data.get("diskPath")))
+            with contextlib.suppress(StorageError):  # removed meanwhile
+                images.append(self.lookup(ref))
         return images
+
+    def lookup(self, ref: str) -> StoredImage:
+        """The stored image of `ref`, whichever file of its image it was pulled for."""
+        return self.get(ref, self._disk_path(ref))
 
     def remove(self, ref: str, keep: frozenset[str] = frozenset()) -> StoredImage:
         """Remove reference `ref`; its content too unless another reference or `keep` (digests
         in use) names it. Raises StorageError when `ref` is not stored."""
-        image = self.get(ref, self._disk_path(ref))
+        image = self.lookup(ref)
         shutil.rmtree(self._dir(ref))
         unused = all(other.path != image.path for other in self.list())
         if image.digest is not None and image.digest not in keep and unused:
