@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # QEMU and its firmware (tests run real QEMU, TCG, to prove the planned command lines start);
-# dnsmasq and nft for the pod network; ip and nsenter for the network tests.
-APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux
+# dnsmasq and nft for the pod network; ip and nsenter for the network tests; skopeo pulls
+# containerDisks (zstd for zstd layers); the tests push images to Debian's docker-registry,
+# started by each test in a network namespace of its own: on a systemd host the service the
+# package enables (a registry open to the network on :5000) is disabled again at once.
+APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux \
+	skopeo zstd docker-registry curl
 
 .PHONY: setup packages lint test run clean golden install bench chaos
 
@@ -17,6 +21,9 @@ packages:
 		echo "installing Debian packages:" $$missing; \
 		if [ "$$(id -u)" != 0 ]; then echo "run as root, or: apt-get install" $$missing; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		case " $$missing " in *" docker-registry "*) \
+			if [ -d /run/systemd/system ]; then systemctl disable --now -q docker-registry.service; fi;; \
+		esac; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
@@ -35,27 +42,32 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-# A demo: the daemon in the foreground under ./.run (its own root), with conf/instances/, the
-# test guest imported as the seed example's image, and a private network namespace (vmid0,
-# dnsmasq and the nftables table live there, never on this host's own links).
-# Ctrl+C stops every VM gracefully.
+# A demo: the daemon in the foreground under ./.run (its own root), with conf/instances/ as they
+# are, and a private network namespace (vmid0, dnsmasq and the nftables table live there, never
+# on this host's own links). In it, Debian's docker-registry on 127.0.0.1:5000 serves the test
+# guest as a containerDisk under the seed example's image name, and .run's registries.conf
+# mirrors docker.io to it: the daemon pulls the seed's image as it would from Docker Hub.
+# Ctrl+C stops every VM gracefully (and the registry).
 # TCG by default: set ACCELERATOR=auto on a host whose KVM works.
 ACCELERATOR ?= tcg
 RUN_ROOT := .run
 SEED_IMAGE := kubevirt/fedora-cloud-container-disk-demo:latest
+DEMO_MIRROR := [[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n[[registry.mirror]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n
 
 run: setup
 	bash tests/guest/build.sh $(RUN_ROOT)/guest.qcow2
-	mkdir -p $(RUN_ROOT)/etc/vmid/instances
+	mkdir -p $(RUN_ROOT)/etc/vmid/instances $(RUN_ROOT)/etc/containers
 	install -m 644 conf/instances/*.yaml $(RUN_ROOT)/etc/vmid/instances/
 	printf 'accelerator: %s\n' '$(ACCELERATOR)' > $(RUN_ROOT)/etc/vmid/vmid.yaml
-	$(BIN)/vmid image import --root $(RUN_ROOT) $(SEED_IMAGE) $(RUN_ROOT)/guest.qcow2
+	printf '$(DEMO_MIRROR)' > $(RUN_ROOT)/etc/containers/registries.conf
 	@echo
 	@echo "From another terminal:  .venv/bin/vmid get --root $(RUN_ROOT)"
+	@echo "                        .venv/bin/vmid image list --root $(RUN_ROOT)"
 	@echo "                        .venv/bin/vmid logs testvmi-nocloud --root $(RUN_ROOT)"
 	@echo "Remove $(RUN_ROOT)/etc/vmid/instances/testvmi.yaml to power the VM off; Ctrl+C to stop."
 	@echo
-	unshare --net -- $(BIN)/vmid daemon --root $(RUN_ROOT)
+	unshare --net -- $(BIN)/python -m tests.registry $(RUN_ROOT) $(SEED_IMAGE) \
+		$(RUN_ROOT)/guest.qcow2 -- $(BIN)/vmid daemon --root $(RUN_ROOT)
 
 # Install for systemd: the package into /usr/local (pip), the unit, the config with its
 # defaults documented, and the spool. Then: systemctl daemon-reload; systemctl enable --now vmid

@@ -471,17 +471,19 @@ def test_launch_failure_shows_qemus_message(tmp_path: Path) -> None:
         assert "'nope' is not a valid device model name" in reason
 
 
-def test_missing_image_fails_that_vm_with_a_hint(tmp_path: Path) -> None:
+def test_missing_image_never_pulled_fails_that_vm_with_a_hint(tmp_path: Path) -> None:
     text = manifest("vm-a").replace(
         "devices: {autoattachPodInterface: false}",
         "devices:\n      autoattachPodInterface: false\n      disks: [{name: root}]\n"
-        "  volumes: [{name: root, containerDisk: {image: example/missing}}]",
+        "  volumes: [{name: root, containerDisk: {image: example/missing, "
+        "imagePullPolicy: Never}}]",
     )
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", text)
         daemon.wait_phase("vm-a", "Failed")
         reason = daemon.reason("vm-a")
         assert "vmid image import docker.io/example/missing:latest" in reason
+        assert "not present with pull policy of Never" in reason
 
 
 def test_the_newest_of_several_quick_edits_wins(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def test_a_missing_or_removed_image_fails_that_vmi(tmp_path: Path) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
     with running_daemon(tmp_path, fake_config()) as daemon:
         assert daemon.vmid("image", "import", "example/img:1", str(image)).returncode == 0
-        (stored,) = (tmp_path / "var/lib/vmid/images").glob("*/disk.img")
+        (stored,) = (tmp_path / "var/lib/vmid/images/sha256").glob("*/disk.img")
         stored.unlink()  # its metadata is left: the store says it has the image
         vmi = manifest("corrupt").replace(
             "devices: {autoattachPodInterface: false}",
@@ -131,7 +131,8 @@ def test_a_missing_or_removed_image_fails_that_vmi(tmp_path: Path) -> None:
             "  volumes: [{name: d, containerDisk: {image: example/img:1}}]",
         )
         daemon.drop("c.yaml", vmi)
-        daemon.drop("m.yaml", vmi.replace("corrupt", "missing").replace("img:1", "img:2"))
+        missing = vmi.replace("corrupt", "missing").replace("img:1", "img:2")
+        daemon.drop("m.yaml", missing.replace("img:2}", "img:2, imagePullPolicy: Never}"))
         daemon.drop("ok.yaml", manifest("plain"))
         daemon.wait_phase("corrupt", "Failed")
         daemon.wait_phase("missing", "Failed")

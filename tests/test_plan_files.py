@@ -418,15 +418,27 @@ def test_container_disk_is_an_overlay_on_the_normalised_image(
     base["spec"]["volumes"][0]["containerDisk"]["image"] = image
     plan = plan_of(base)
     path = f"{STATE}/namespaces/default/testvmi/disks/root.qcow2"
-    assert prepared(plan, ImageOverlay) == [ImageOverlay(path=path, image=normalised)]
+    [overlay] = prepared(plan, ImageOverlay)
+    assert (overlay.path, overlay.image, overlay.volume) == (path, normalised, "root")
     assert blockdev_files(plan)[0]["filename"] == path
 
 
-def test_container_disk_path_does_not_change_the_plan(base: dict[str, Any]) -> None:
-    # The local store keeps one disk file per image: the path inside the image has no meaning.
-    plain = plan_of(base)
+@pytest.mark.parametrize(
+    ("image", "policy"),
+    [("kubevirt/cirros", "Always"), ("x/y:latest", "Always"), ("x/y:1", "IfNotPresent")],
+)
+def test_container_disk_pull_policy_defaults_as_kubernetes(
+    base: dict[str, Any], image: str, policy: str
+) -> None:
+    base["spec"]["volumes"][0]["containerDisk"]["image"] = image
+    [overlay] = prepared(plan_of(base), ImageOverlay)
+    assert overlay.pullPolicy == policy
+
+
+def test_container_disk_path_names_the_file_in_the_image(base: dict[str, Any]) -> None:
     base["spec"]["volumes"][0]["containerDisk"]["path"] = "/disk/fedora.qcow2"
-    assert plan_of(base) == plain
+    [overlay] = prepared(plan_of(base), ImageOverlay)
+    assert overlay.diskPath == "/disk/fedora.qcow2"
 
 
 # --- EFI

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -34,14 +35,19 @@ def test_image_import_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str
     image.write_bytes(b"\0" * 2**20)
     (tmp_path / "empty.yaml").write_text("")
     root = ["--root", str(tmp_path / "root"), "--config", str(tmp_path / "empty.yaml")]
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()  # an import is its own content's
     assert main(["image", "import", "kubevirt/cirros", str(image), *root]) == 0
-    assert (
-        "imported docker.io/kubevirt/cirros:latest (raw, 1048576 bytes)" in capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert f"imported docker.io/kubevirt/cirros:latest (sha256:{digest}, 1Mi)" in out
     assert main(["image", "list", *root]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["REF", "FORMAT", "SIZE"]
-    assert lines[1].split() == ["docker.io/kubevirt/cirros:latest", "raw", "1048576"]
+    assert lines[0].split() == ["REF", "DIGEST", "SIZE", "IN", "USE", "AGE"]
+    assert lines[1].split()[:4] == [
+        "docker.io/kubevirt/cirros:latest",
+        digest[:12],
+        "1Mi",
+        "<none>",
+    ]
 
 
 async def test_images_with_a_backing_file_are_refused(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from vmid import control
 from vmid.__main__ import HELD_SIGNALS
 from vmid.api import names
 from vmid.config import Accelerator, Config, Paths, load_config
-from vmid.errors import VmidError
+from vmid.errors import ConfigError, StateUnreadable, VmidError
 from vmid.host import accel, firmwareid, logfile, pidlock, unixsock
 from vmid.manifests import Planned, plan_file
 from vmid.plan.build import build
@@ -207,8 +207,21 @@ def _parser() -> argparse.ArgumentParser:
     image_import.add_argument("ref", metavar="REF")
     image_import.add_argument("file", metavar="FILE", type=Path)
     image_import.set_defaults(run=_image_import)
+    image_pull = image_commands.add_parser(
+        "pull", parents=[common], help="pull image REF from its registry with skopeo"
+    )
+    image_pull.add_argument("ref", metavar="REF")
+    image_pull.add_argument(
+        "--path", help="the disk file in the image (containerDisk.path); default: /disk/'s one"
+    )
+    image_pull.set_defaults(run=_image_pull)
     image_list = image_commands.add_parser("list", parents=[common], help="list stored images")
     image_list.set_defaults(run=_image_list)
+    image_rm = image_commands.add_parser(
+        "rm", parents=[common], help="remove image REF (refused while a VMI uses it)"
+    )
+    image_rm.add_argument("ref", metavar="REF")
+    image_rm.set_defaults(run=_image_rm)
     return parser
 
 
@@ -1127,7 +1140,35 @@ def _image_import(args: argparse.Namespace) -> int:
     config, paths = _setup(args)
     store = ImageStore(paths.images, config.qemuImg)
     stored = trio.run(store.add, args.ref, args.file)
-    print(f"imported {stored.ref} ({stored.format}, {stored.virtualSize} bytes)")
+    print(f"imported {stored.ref} ({stored.digest}, {_size(stored.virtualSize)})")
+    return EXIT_OK
+
+
+def _image_pull(args: argparse.Namespace) -> int:
+    import functools
+
+    import trio
+
+    from vmid.api import imageref
+    from vmid.host import registry
+    from vmid.host.storage import ImageStore
+
+    config, paths = _setup(args)
+    try:
+        ref = imageref.normalize(args.ref)
+    except imageref.ImageRefError as exc:
+        raise ConfigError(str(exc)) from exc
+    pull = functools.partial(
+        registry.pull,
+        ImageStore(paths.images, config.qemuImg),
+        registry.skopeo_for(paths, config.images),
+        ref,
+        args.path,
+        max_size=config.images.maxDiskSize.value(),
+        progress=sys.stdout.isatty(),  # skopeo's own progress bars, on the terminal
+    )
+    stored = trio.run(pull)
+    print(f"pulled {stored.ref} ({stored.digest}, {_size(stored.virtualSize)})")
     return EXIT_OK
 
 
@@ -1136,9 +1177,73 @@ def _image_list(args: argparse.Namespace) -> int:
 
     config, paths = _setup(args)
     images = ImageStore(paths.images, config.qemuImg).list()
-    rows = [["REF", "FORMAT", "SIZE"]] + [[i.ref, i.format, str(i.virtualSize)] for i in images]
+    users = _image_users(paths)
+    rows = [["REF", "DIGEST", "SIZE", "IN USE", "AGE"]]
+    for image in images:
+        digest = (image.digest or "-").removeprefix("sha256:")[:12]
+        using = ",".join(_using(users, image.ref, image.digest)) or "<none>"
+        rows.append([image.ref, digest, _size(image.virtualSize), using, _age(image.created)])
     print(_columns(rows))
     return EXIT_OK
+
+
+def _image_rm(args: argparse.Namespace) -> int:
+    from vmid.api import imageref
+    from vmid.host.storage import ImageStore, StorageError
+
+    config, paths = _setup(args)
+    store = ImageStore(paths.images, config.qemuImg)
+    try:
+        image = store.lookup(imageref.normalize(args.ref))
+    except (imageref.ImageRefError, StorageError) as exc:
+        print(f"vmid: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    users = _image_users(paths)
+    using = _using(users, image.ref, image.digest)
+    if using:
+        print(
+            f"vmid: image {image.ref} is in use by {', '.join(using)}: remove those VMIs first",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    store.remove(image.ref, keep=frozenset(k for k in users if k.startswith("sha256:")))
+    print(f"removed {image.ref}")
+    return EXIT_OK
+
+
+def _image_users(paths: Paths) -> dict[str, set[str]]:
+    """VMIs not ended, by the digests their volumeStatus names and the images their spec names."""
+    from vmid.api import imageref
+
+    try:
+        objects = status.read_objects(paths)
+    except StateUnreadable:
+        return {}
+    users: dict[str, set[str]] = {}
+    for obj in objects:
+        recorded = obj.get("status") or {}
+        if recorded.get("phase") in ("Succeeded", "Failed"):
+            continue
+        names = [v.get("imageID", "").partition("@")[2] for v in recorded.get("volumeStatus", [])]
+        for volume in obj.get("spec", {}).get("volumes", []):
+            with contextlib.suppress(imageref.ImageRefError, KeyError, TypeError):
+                names.append(imageref.normalize(volume["containerDisk"]["image"]))
+        for name in filter(None, names):
+            users.setdefault(name, set()).add(_key(obj))
+    return users
+
+
+def _using(users: dict[str, set[str]], ref: str, digest: str | None) -> list[str]:
+    return sorted(users.get(ref, set()) | users.get(digest or "", set()))
+
+
+def _size(size: int) -> str:
+    """A size as a Kubernetes quantity, rounded: `1.2Gi`, `512Mi`, `4Ki`, `100`."""
+    for unit, power in (("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if size >= 1 << power:
+            value = size / (1 << power)
+            return f"{value:.1f}".removesuffix(".0") + unit if value < 10 else f"{value:.0f}{unit}"
+    return str(size)
 
 
 if __name__ == "__main__":  # pragma: no cover

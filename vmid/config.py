@@ -91,6 +91,21 @@ class Events:
 
 
 @attrs.frozen(kw_only=True)
+class Images:
+    """Pulling containerDisks from registries with skopeo (containers-registries.conf(5))."""
+
+    skopeo: str = "skopeo"
+    #: containers-auth.json(5) credentials, used when the file exists; under --root.
+    authFile: str = "/etc/vmid/auth.json"
+    #: A containers-policy.json(5) for skopeo --policy (under --root); null: skopeo's own.
+    policy: str | None = None
+    #: The largest disk file an image may hold (a quantity), as extracted from its layers.
+    maxDiskSize: Quantity = attrs.field(factory=lambda: Quantity.parse("64Gi"))
+    #: The first wait after a failed pull; doubled after each failure up to 300 s (kubelet's).
+    pullBackoffSeconds: float = 10.0
+
+
+@attrs.frozen(kw_only=True)
 class QemuUids:
     """The uids (and equal gids) vmid gives QEMU processes: one of its own for each VMI."""
 
@@ -136,6 +151,7 @@ class Config:
     multusBridges: dict[str, str] = attrs.field(factory=dict)
     logs: Logs = attrs.field(factory=Logs)
     events: Events = attrs.field(factory=Events)
+    images: Images = attrs.field(factory=Images)
 
 
 def _absolute(path: str | Path) -> Path:
@@ -229,6 +245,10 @@ class Paths:
         """The running daemon's pid, locked (flock) while it runs."""
         return self.runtime / "daemon.pid"
 
+    def under_root(self, path: str) -> Path:
+        """An absolute host path in vmid's root (itself with the root `/`)."""
+        return self.root / path.lstrip("/")
+
     def volumes(self, config: Config) -> Path:
         return self.state / config.volumesDir
 
@@ -261,8 +281,22 @@ def load_config(file: Path, required: bool) -> Config:
     _check_multus_bridges(file, config)
     _check_logs(file, config.logs)
     _check_events(file, config.events)
+    _check_images(file, config.images)
     _check_qemu_uids(file, config)
     return config
+
+
+def _check_images(file: Path, images: Images) -> None:
+    for key, value in (("authFile", images.authFile), ("policy", images.policy)):
+        if value is not None and not value.startswith("/"):
+            raise ConfigError(f"{file}: images.{key}: {value!r} must be an absolute path")
+    if images.maxDiskSize.value() < 1 << 20:
+        raise ConfigError(f"{file}: images.maxDiskSize: {images.maxDiskSize} is below 1Mi")
+    if not 0 < images.pullBackoffSeconds <= 300:
+        raise ConfigError(
+            f"{file}: images.pullBackoffSeconds: {images.pullBackoffSeconds:g} must be above 0 "
+            "and at most 300"
+        )
 
 
 def _check_qemu_uids(file: Path, config: Config) -> None:

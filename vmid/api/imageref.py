@@ -54,3 +54,12 @@ def normalize(ref: str) -> str:
 def store_name(ref: str) -> str:
     """The directory name of a normalised reference in vmid's image store (one component)."""
     return urllib.parse.quote(ref, safe=":@")
+
+
+def repository(ref: str) -> str:
+    """A normalised reference without its tag or digest: `docker.io/library/x:1` -> `.../x`."""
+    name = ref.split("@", 1)[0]
+    last_slash = name.rfind("/")
+    if ":" in name[last_slash + 1 :]:
+        name = name.rsplit(":", 1)[0]
+    return name

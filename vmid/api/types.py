@@ -567,7 +567,7 @@ class DomainSpec:
 
 @attrs.frozen(kw_only=True)
 class ContainerDiskSource:
-    # Images come from vmid's local image store; registry credentials have no use there.
+    # Registry credentials come from vmid.yaml's images.authFile (no Kubernetes secrets here).
     IGNORED: ClassVar[frozenset[str]] = frozenset({"imagePullSecret"})
     image: str
     path: str | None = None

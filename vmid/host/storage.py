@@ -9,11 +9,16 @@ limits, as KubeVirt does, and a qcow2 is converted to raw. The store holds raw d
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import json
 import os
 import shutil
 import struct
+import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -44,6 +49,8 @@ QEMU_IMG_RUNS = trio.CapacityLimiter(4)
 QEMU_IMG_CONVERT_TIMEOUT = 3600.0
 IMAGE_META = "image.json"
 SOURCE_COPY = "source"
+#: The store's content, one directory per digest (and disk path).
+CONTENT_DIR = "sha256"
 STORE_DIR_MODE = 0o700
 STORE_FILE_MODE = 0o400
 QCOW2_MAGIC = b"QFI\xfb"
@@ -67,12 +74,19 @@ class ImageInfo:
 
 @attrs.frozen
 class StoredImage:
-    """An image in vmid's local store."""
+    """An image in vmid's local store: a reference and the content it points to."""
 
     ref: str
     path: Path
     format: str
     virtualSize: int
+    #: `sha256:...`: a pulled image's manifest digest, or an imported file's own digest;
+    #: None for an image an earlier vmid stored under its reference only.
+    digest: str | None = None
+    #: When the reference was last pointed at its content (RFC 3339, UTC).
+    created: str = ""
+    #: Put there by `vmid image import` (or an earlier vmid): no pull policy replaces it.
+    local: bool = False
 
 
 async def qemu_img(qemu_img_binary: str, *args: str, copies: bool = False) -> str:
@@ -156,7 +170,11 @@ def _data_file_refusal(shown: Path, name: str | None) -> str:
 
 
 class ImageStore:
-    """containerDisk images by reference: `<state>/images/<quoted ref>/disk.img`, raw."""
+    """containerDisk images, content-addressed: `<state>/images/sha256/<id>/disk.img` (raw, one
+    per digest) and references to them, `<state>/images/<quoted ref>/image.json`.
+
+    A reference moved to new content never changes the file a running VM has open.
+    """
 
     def __init__(self, root: Path, qemu_img_binary: str) -> None:
         self.root = root
@@ -168,30 +186,64 @@ class ImageStore:
     def _dir(self, ref: str) -> Path:
         return self.root / store_name(ref)
 
-    async def add(self, ref: str, source: Path) -> StoredImage:
-        """Check `source` and put it into the store, as raw, under the normalised `ref`."""
+    def reference_path(self, ref: str) -> Path:
+        """Where a plan names the disk of `ref` (the runtime opens the digest's it resolves to)."""
+        return self._dir(ref) / STORE_FILE
+
+    def _content(self, digest: str, disk_path: str | None = None) -> Path:
+        """The directory of a digest's disk (of its file `disk_path`, when one is named)."""
+        algorithm, _, hexa = digest.partition(":")
+        if algorithm != "sha256" or not hexa.isalnum():
+            raise StorageError(f"{digest!r} is not a sha256 digest")
+        if disk_path is not None:
+            hexa += "-" + hashlib.sha256(disk_path.encode()).hexdigest()[:16]
+        return self.root / CONTENT_DIR / hexa
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A new private directory in the store (0700), removed with whatever it holds."""
+        _private_dir(self.root)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
-            ref = normalize(ref)
-        except ImageRefError as exc:
-            raise StorageError(str(exc)) from exc
-        target = self._dir(ref)
-        staging = target.with_name(target.name + ".importing")
-        # Checked and converted as a private copy: the caller's file may change meanwhile.
-        copy = await trio.to_thread.run_sync(_stage, self.root, source, staging)
-        try:
-            info = await image_info(self._qemu_img, copy, shown=source)
-            if info.format == "qcow2":
-                await self._convert(copy, staging / STORE_FILE)
-            else:
-                copy.rename(staging / STORE_FILE)
-            await trio.to_thread.run_sync(_seal, staging, ref, info.virtualSize)
-        except BaseException:
+            yield staging
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if target.exists():
-            await trio.to_thread.run_sync(shutil.rmtree, target)
-        staging.rename(target)
-        return StoredImage(ref, target / STORE_FILE, "raw", info.virtualSize)
+
+    async def add(self, ref: str, source: Path) -> StoredImage:
+        """Check `source` and store it, as raw, under its own digest; point `ref` at it."""
+        ref = _normal(ref)
+        with self.staging() as staging:
+            # Checked and converted as a private copy: the caller's file may change meanwhile.
+            digest = await trio.to_thread.run_sync(_copy, source, staging / SOURCE_COPY)
+            if not self.has(digest):
+                await self.commit(staging, ref, digest, shown=str(source))
+            return self.tag(ref, digest, local=True)
+
+    def has(self, digest: str, disk_path: str | None = None) -> bool:
+        return (self._content(digest, disk_path) / IMAGE_META).is_file()
+
+    async def commit(
+        self, staging: Path, ref: str, digest: str, disk_path: str | None = None, shown: str = ""
+    ) -> StoredImage:
+        """Check `staging/source` as any image, store it raw as `digest`'s; point `ref` at it."""
+        copy = staging / SOURCE_COPY
+        info = await image_info(self._qemu_img, copy, shown=Path(shown or ref))
+        if info.format == "qcow2":
+            await self._convert(copy, staging / STORE_FILE)
+        else:
+            copy.rename(staging / STORE_FILE)
+        await trio.to_thread.run_sync(_seal, staging, digest, info.virtualSize)
+        await trio.to_thread.run_sync(self._install, staging, digest, disk_path)
+        return self.tag(ref, digest, disk_path)
+
+    def _install(self, staging: Path, digest: str, disk_path: str | None) -> None:
+        target = self._content(digest, disk_path)
+        _private_dir(target.parent)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not self.has(digest, disk_path):  # else stored meanwhile (a pull by the CLI)
+                raise
 
     async def _convert(self, qcow2: Path, raw: Path) -> None:
         await qemu_img(
@@ -207,60 +259,135 @@ class ImageStore:
             copies=True,
         )
 
-    def get(self, ref: str) -> StoredImage:
-        """The stored image for a reference (normalised), or StorageError saying how to add it."""
-        meta = self._dir(ref) / IMAGE_META
+    def tag(
+        self, ref: str, digest: str, disk_path: str | None = None, local: bool = False
+    ) -> StoredImage:
+        """Point `ref` (normalised) at a stored digest's disk; `local`: by `vmid image import`."""
+        directory = self._dir(ref)
+        _private_dir(self.root)
+        _private_dir(directory)
+        (directory / STORE_FILE).unlink(missing_ok=True)  # an earlier vmid's copy
+        record = {"ref": ref, "digest": digest, "diskPath": disk_path, "created": _now()}
+        if local:
+            record["local"] = "import"
+        safefile.write_atomically(directory / IMAGE_META, (json.dumps(record) + "\n").encode())
+        return self.get(ref, disk_path)
+
+    def get(self, ref: str, disk_path: str | None = None) -> StoredImage:
+        """The stored image for a reference (normalised), or StorageError saying how to add it.
+
+        `disk_path`: the file of the image it was pulled for (containerDisk.path).
+        """
         try:
-            data = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            raise StorageError(
-                f"image {ref} is not in vmid's image store; add it with "
-                f"`vmid image import {ref} FILE`"
-            ) from None
-        return StoredImage(ref, meta.parent / STORE_FILE, data["format"], data["virtualSize"])
+            data = json.loads((self._dir(ref) / IMAGE_META).read_text())
+            digest = data.get("digest")
+            if digest is None:  # imported by an earlier vmid: the disk is beside its record
+                return _stored(ref, self._dir(ref), None, data.get("created", ""), True)
+            if data.get("diskPath") == disk_path:
+                directory = self._content(digest, disk_path)
+                return _stored(ref, directory, digest, data["created"], "local" in data)
+        except (OSError, ValueError, KeyError):
+            pass
+        raise StorageError(
+            f"image {ref} is not in vmid's image store; add it with "
+            f"`vmid image pull {ref}` or `vmid image import {ref} FILE`"
+        )
 
     def list(self) -> list[StoredImage]:
-        """Every stored image, sorted by reference."""
+        """Every stored reference, sorted."""
         if not self.root.is_dir():
             return []
         refs = [
-            urllib.parse.unquote(d.name) for d in self.root.iterdir() if (d / IMAGE_META).is_file()
+            urllib.parse.unquote(d.name)
+            for d in self.root.iterdir()
+            if not d.name.startswith(".") and (d / IMAGE_META).is_file()  # not a staging one
         ]
-        return [self.get(ref) for ref in sorted(refs)]
+        images = []
+        for ref in sorted(refs):
+            with contextlib.suppress(StorageError):  # removed meanwhile
+                images.append(self.lookup(ref))
+        return images
+
+    def lookup(self, ref: str) -> StoredImage:
+        """The stored image of `ref`, whichever file of its image it was pulled for."""
+        return self.get(ref, self._disk_path(ref))
+
+    def remove(self, ref: str, keep: frozenset[str] = frozenset()) -> StoredImage:
+        """Remove reference `ref`; its content too unless another reference or `keep` (digests
+        in use) names it. Raises StorageError when `ref` is not stored."""
+        image = self.lookup(ref)
+        shutil.rmtree(self._dir(ref))
+        unused = all(other.path != image.path for other in self.list())
+        if image.digest is not None and image.digest not in keep and unused:
+            shutil.rmtree(image.path.parent)
+        return image
+
+    def _disk_path(self, ref: str) -> str | None:
+        try:
+            path: str | None = json.loads((self._dir(ref) / IMAGE_META).read_text())["diskPath"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return path
 
 
-def _stage(root: Path, source: Path, staging: Path) -> Path:
-    """A private copy of `source` in a new staging directory (0700, whatever the umask)."""
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(STORE_DIR_MODE)  # also closes a store an earlier vmid left world-readable
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=STORE_DIR_MODE)
-    staging.chmod(STORE_DIR_MODE)
-    copy = staging / SOURCE_COPY
+def _normal(ref: str) -> str:
+    try:
+        return normalize(ref)
+    except ImageRefError as exc:
+        raise StorageError(str(exc)) from exc
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stored(
+    ref: str, directory: Path, digest: str | None, created: str, local: bool
+) -> StoredImage:
+    data = json.loads((directory / IMAGE_META).read_text())
+    path = directory / STORE_FILE
+    return StoredImage(ref, path, data["format"], data["virtualSize"], digest, created, local)
+
+
+def _private_dir(directory: Path) -> None:
+    """Make `directory` (and the store above it) 0700 whatever the umask."""
+    directory.mkdir(mode=STORE_DIR_MODE, parents=True, exist_ok=True)
+    directory.chmod(STORE_DIR_MODE)  # also closes a store an earlier vmid left world-readable
+
+
+def _copy(source: Path, copy: Path) -> str:
+    """Copy `source` to a new private file `copy`; the copy's sha256 digest."""
+    hasher = hashlib.sha256()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     with source.open("rb") as reader, os.fdopen(os.open(copy, flags, 0o600), "wb") as writer:
-        shutil.copyfileobj(reader, writer, 2**20)
-    return copy
+        while chunk := reader.read(1 << 20):
+            hasher.update(chunk)
+            writer.write(chunk)
+    return "sha256:" + hasher.hexdigest()
 
 
-def _seal(staging: Path, ref: str, virtual_size: int) -> None:
+def _seal(staging: Path, digest: str, virtual_size: int) -> None:
     """The image and its metadata read-only for root only (0400); the staged copy gone."""
     (staging / SOURCE_COPY).unlink(missing_ok=True)
     (staging / STORE_FILE).chmod(STORE_FILE_MODE)
     meta = staging / IMAGE_META
-    meta.write_text(json.dumps({"ref": ref, "format": "raw", "virtualSize": virtual_size}) + "\n")
+    record = {"digest": digest, "format": "raw", "virtualSize": virtual_size}
+    meta.write_text(json.dumps(record) + "\n")
     meta.chmod(STORE_FILE_MODE)
 
 
-async def prepare(item: Prepared, store: ImageStore, qemu_img_binary: str) -> None:
+async def prepare(
+    item: Prepared, store: ImageStore, qemu_img_binary: str, image: StoredImage | None = None
+) -> None:
     """Make one file a plan needs exist, in the state the plan expects.
 
     Overlays are made anew (writes to a containerDisk die with each launch, as in KubeVirt);
     empty disks and EFI variables are made once and kept; host files are checked or created
-    (root's: QEMU gets every file by fd).
+    (root's: QEMU gets every file by fd). `image`: the one an ImageOverlay backs onto, when it
+    was resolved (pulled) already.
     """
     if isinstance(item, ImageOverlay):
-        image = store.get(item.image)
+        image = image or store.get(item.image, item.diskPath)
         if image.format != "raw":
             raise StorageError(
                 f"image {image.ref} was stored as {image.format} by an earlier vmid; import it "

@@ -113,10 +113,15 @@ def _backing(
     own_path = posixpath.join(ctx.state_dir, "disks", f"{volume.name}.qcow2")
     own = _File(own_path, ctx.state_dir)
     if volume.containerDisk is not None:
-        image = imageref.normalize(volume.containerDisk.image)
-        # vmid's store keeps one raw disk per image, so containerDisk.path needs no lookup.
+        disk = volume.containerDisk
+        image = imageref.normalize(disk.image)
+        # The store's file for the reference; the runtime opens the digest's it resolved to.
         base = _File(ctx.image_path(image), ctx.images_dir)
-        return _Backing(own, "qcow2", ImageOverlay(path=own_path, image=image), base=base)
+        policy = str(disk.imagePullPolicy or "IfNotPresent")
+        on_image = ImageOverlay(
+            path=own_path, image=image, volume=volume.name, diskPath=disk.path, pullPolicy=policy
+        )
+        return _Backing(own, "qcow2", on_image, base=base)
     if volume.emptyDisk is not None:
         size = volume.emptyDisk.capacity.value() // MIB * MIB  # KubeVirt rounds down to MiB
         return _Backing(own, "qcow2", EmptyDisk(path=own_path, size=size))

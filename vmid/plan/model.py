@@ -111,6 +111,12 @@ class ImageOverlay:
 
     path: str
     image: str
+    #: The manifest's volume it is (status.volumeStatus names it).
+    volume: str = ""
+    #: The image's file, when containerDisk.path names one (else the one file in /disk/).
+    diskPath: str | None = None
+    #: Kubernetes' imagePullPolicy: Always, IfNotPresent or Never.
+    pullPolicy: str = "IfNotPresent"
 
 
 @attrs.frozen(kw_only=True)

@@ -22,15 +22,17 @@ from typing import Any
 import attrs
 import trio
 
+from vmid.api import imageref
 from vmid.config import Accelerator, Logs
 from vmid.errors import VmidError
 from vmid.host import beneath, identity, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
-from vmid.plan.model import LaunchPlan, Prepared, device_id
+from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, device_id
 from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
+from vmid.runtime.pull import Puller
 from vmid.runtime.qmp import Event, Monitor, MonitorError
 from vmid.runtime.status import Phase, Status
 
@@ -101,17 +103,21 @@ class Instance:
         traverse: tuple[Path, ...] = (),
         logs: Logs | None = None,
         stop_mode: Callable[[], StopMode] = lambda: StopMode.POWER_OFF,
+        images: Puller | None = None,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
         `user`: run QEMU as this VM's own uid (None: as root), handing it its working directory
         before the launch; it may pass through vmid's directories `traverse`. `logs`: the bounds
         of its log files. `stop_mode`: what a cancellation means, asked when it comes.
+        `images`: where containerDisk images come from (pulled as their policy says); without
+        it, from the store only.
         """
         self.plan = plan
         self.status = status
         self.log = log.getChild(plan.name)
         self._store = store
+        self._images = images
         self._qemu_img = qemu_img
         self._accelerator = accelerator
         self._network = network
@@ -295,8 +301,13 @@ class Instance:
 
         async def one(item: Prepared) -> None:
             try:
+                image = None
+                if isinstance(item, ImageOverlay) and self._images is not None:
+                    # Waiting for a pull holds no limiter: the VMI's other files go on.
+                    image = await self._images.image(item, self.status)
+                    self._use_image(item, image)
                 async with limiter:
-                    await storage.prepare(item, self._store, self._qemu_img)
+                    await storage.prepare(item, self._store, self._qemu_img, image)
             except (VmidError, OSError) as exc:
                 errors.append(exc)
 
@@ -305,6 +316,19 @@ class Instance:
                 nursery.start_soon(one, item)
         if errors:
             raise errors[0]
+
+    def _use_image(self, item: ImageOverlay, image: storage.StoredImage) -> None:
+        """QEMU gets the digest's file the reference resolved to now: a tag moved later (a pull
+        for another VMI) never changes this VM's disk; its volumeStatus names that digest."""
+        named = str(self._store.reference_path(item.image))
+        files = tuple(
+            attrs.evolve(f, path=str(image.path)) if f.path == named else f for f in self.plan.files
+        )
+        self.plan = attrs.evolve(self.plan, files=files)
+        volume: dict[str, Any] = {"name": item.volume, "target": "", "containerDiskVolume": {}}
+        if image.digest is not None:
+            volume["imageID"] = f"{imageref.repository(item.image)}@{image.digest}"
+        self.status.volumes[item.volume] = {**volume, "size": image.virtualSize}
 
     async def _attach(self) -> None:
         """The VM's taps on their bridges, with addresses (before QEMU opens the taps)."""

@@ -90,6 +90,8 @@ class Status:
         self.transitions: list[dict[str, str]] = [_transition(Phase.PENDING)]
         self.conditions: dict[str, Condition] = {}
         self.interfaces: list[dict[str, str]] = []
+        #: KubeVirt's volumeStatus: a containerDisk's names the image (by digest) it runs.
+        self.volumes: dict[str, dict[str, Any]] = {}
         self.qemu: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -111,6 +113,7 @@ class Status:
         status.transitions = list(recorded["phaseTransitionTimestamps"])
         status.conditions = {c["type"]: Condition(**c) for c in recorded.get("conditions", [])}
         status.interfaces = list(recorded.get("interfaces", []))
+        status.volumes = {v["name"]: v for v in recorded.get("volumeStatus", [])}
         status.qemu = dict(recorded.get("qemu", {}))
         return status
 
@@ -176,6 +179,8 @@ class Status:
             "interfaces": self.interfaces,
             "qemu": self.qemu,
         }
+        if self.volumes:
+            status["volumeStatus"] = list(self.volumes.values())
         if self.reason:
             status["reason"] = self.reason
         return {**self.manifest, "status": status}

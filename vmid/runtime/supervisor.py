@@ -22,6 +22,7 @@ from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
 from vmid.host import firmwareid, identity, logfile
+from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
@@ -29,6 +30,7 @@ from vmid.plan.model import LaunchPlan
 from vmid.runtime import events, logs, takeover
 from vmid.runtime.instance import Instance, StopMode
 from vmid.runtime.network import Network
+from vmid.runtime.pull import Puller, PullSettings
 from vmid.runtime.spool import Desired
 from vmid.runtime.status import STATUS_FILE, Phase, Status, now
 
@@ -89,6 +91,7 @@ class Supervisor:
         self._paths = paths
         self._accelerator = accelerator
         self._store = ImageStore(paths.images, config.qemuImg)
+        self._images = Puller(nursery, self._store, _pull_settings(paths, config))
         self._events = events.EventStore(paths.events)
         self._vms: dict[str, _VM] = {}
         self._refused: dict[str, tuple[Problem, ...]] = {}
@@ -110,6 +113,7 @@ class Supervisor:
     def reconfigure(self, config: Config) -> None:
         """Use a new configuration for VMIs started from now on."""
         self._config = config
+        self._images.settings = _pull_settings(self._paths, config)
 
     def counts(self) -> dict[Phase, int]:
         """How many VMIs are in each phase (for `systemctl status`)."""
@@ -354,6 +358,7 @@ class Supervisor:
     async def stop_all(self, keep: bool) -> None:
         """Stop every VMI in parallel (each with its own grace), or leave them running."""
         self._stopping = True
+        self._images.close()
         for vm in self._vms.values():
             vm.successor = None
             vm.stop_mode = StopMode.LEAVE_RUNNING if keep else StopMode.POWER_OFF
@@ -527,6 +532,7 @@ class Supervisor:
             traverse=(paths.runtime, paths.runtime_instances, Path(plan.cwd).parents[1]),
             logs=self._config.logs,
             stop_mode=lambda: vm.stop_mode,
+            images=self._images,
         )
 
     def _spec(self, name: str, entry: Entry) -> dict[str, Any]:
@@ -656,6 +662,15 @@ def _write_refused(
         status.write()
     except OSError as exc:
         log.error("%s: cannot write this status: %s", path, exc)
+
+
+def _pull_settings(paths: Paths, config: Config) -> PullSettings:
+    images = config.images
+    return PullSettings(
+        skopeo=skopeo_for(paths, images),
+        maxDiskSize=images.maxDiskSize.value(),
+        backoff=images.pullBackoffSeconds,
+    )
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:

@@ -1,0 +1,471 @@
+"""containerDisks pulled from a real registry (Debian's docker-registry, in a network namespace
+of the test's own) with skopeo: the CLI, the store's checks, and the daemon's pulls."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon, fake_config, manifest, running_daemon
+from tests.registry import (
+    HOST,
+    INSECURE_CONF,
+    Layers,
+    Member,
+    Registry,
+    containerdisk,
+    layer_bytes,
+    multiarch,
+    raw_disk,
+    registry,
+)
+from vmid.host import registry as pulling
+from vmid.host.registry import PullError, extract_disk
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Registry]:
+    with registry(tmp_path / "registry") as running:
+        yield running
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """vmid's root, whose registries.conf lets skopeo reach the test registry over HTTP."""
+    root = tmp_path / "root"
+    (root / "etc/containers").mkdir(parents=True)
+    (root / "etc/containers/registries.conf").write_text(INSECURE_CONF)
+    (root / "etc/vmid").mkdir(parents=True)
+    (root / "etc/vmid/vmid.yaml").write_text("")
+    return root
+
+
+def push(server: Registry, tmp_path: Path, ref: str, layers: Layers) -> str:
+    layout = containerdisk(tmp_path / "layouts" / ref.replace("/", "_").replace(":", "_"), layers)
+    return server.push(layout, ref)
+
+
+def vmid(server: Registry, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return server.run(sys.executable, "-m", "vmid", *args, "--root", str(root), check=False)
+
+
+def content(root: Path, digest: str) -> Path:
+    return root / "var/lib/vmid/images/sha256" / digest.partition(":")[2] / "disk.img"
+
+
+# --- vmid image pull / list / rm
+
+
+@pytest.mark.parametrize("how", ["gzip", "zstd", "none"])
+def test_pull_stores_the_disk_once_per_digest(
+    server: Registry, root: Path, tmp_path: Path, how: str
+) -> None:
+    disk = raw_disk(4 << 20, b"first")
+    layout = containerdisk(tmp_path / "layout", [[("disk/disk.img", disk)]], how)
+    digest = server.push(layout, "kubevirt/disk:1")
+    server.push(layout, "kubevirt/disk:same")  # another tag, the same image
+    for tag in ("1", "same", "1"):
+        done = vmid(server, root, "image", "pull", f"{HOST}/kubevirt/disk:{tag}")
+        assert done.returncode == 0, done.stderr
+        assert f"pulled {HOST}/kubevirt/disk:{tag} ({digest}, 4Mi)" in done.stdout
+    stored = content(root, digest)
+    assert stored.read_bytes() == disk
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o400
+    assert stat.S_IMODE(stored.parent.stat().st_mode) == 0o700
+    assert len(list(stored.parent.parent.iterdir())) == 1  # one copy for two tags
+    rows = vmid(server, root, "image", "list").stdout.splitlines()
+    assert [r.split()[:4] for r in rows[1:]] == [
+        [f"{HOST}/kubevirt/disk:{t}", digest[7:19], "4Mi", "<none>"] for t in ("1", "same")
+    ]
+    assert vmid(server, root, "image", "rm", f"{HOST}/kubevirt/disk:1").returncode == 0
+    assert stored.exists()  # still named by the other tag
+    assert vmid(server, root, "image", "rm", f"{HOST}/kubevirt/disk:same").returncode == 0
+    assert not stored.parent.exists()
+
+
+def test_a_multi_arch_index_resolves_to_linux_amd64(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    images = {
+        "arm64": [[("disk/disk.img", raw_disk(1 << 20, b"arm64"))]],
+        "amd64": [[("disk/disk.img", raw_disk(1 << 20, b"amd64"))]],
+    }
+    digest = server.push(multiarch(tmp_path / "layout", images), "multi/disk:1")
+    done = vmid(server, root, "image", "pull", f"{HOST}/multi/disk:1")
+    assert done.returncode == 0, done.stderr
+    assert content(root, digest).read_bytes().startswith(b"amd64")  # stored under the index's
+
+
+def test_a_missing_image_quotes_the_registry(server: Registry, root: Path) -> None:
+    done = vmid(server, root, "image", "pull", f"{HOST}/nope/disk:1")
+    assert done.returncode == 1
+    assert "manifest unknown" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ([[("etc/motd", b"hello")]], "holds no disk file under /disk/: not a containerDisk"),
+        (
+            [[("disk/a.img", raw_disk()), ("disk/b.img", raw_disk())]],
+            "more than one file in /disk/ (disk/a.img, disk/b.img): only one disk is allowed",
+        ),
+        (
+            [[("disk/a.img", raw_disk())], [("disk/b.img", raw_disk())]],
+            "only one disk is allowed",
+        ),
+        ([[("disk/disk.img", ("symlink", "/etc/shadow"))]], "is not a regular file"),
+        (
+            [[("etc/shadow", b"secret"), ("disk/disk.img", ("hardlink", "etc/shadow"))]],
+            "is not a regular file",
+        ),
+    ],
+)
+def test_images_that_are_no_containerdisk_are_refused(
+    server: Registry, root: Path, tmp_path: Path, layers: list[list[Member]], message: str
+) -> None:
+    push(server, tmp_path, "bad/disk:1", layers)
+    done = vmid(server, root, "image", "pull", f"{HOST}/bad/disk:1")
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert vmid(server, root, "image", "list").stdout.splitlines()[1:] == []
+    assert not [p for p in (root / "var/lib/vmid/images").iterdir() if p.name != "sha256"]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("backing_file", "a qcow2 image with a backing file is not accepted"),
+        ("data_file", "an external data file"),
+    ],
+)
+def test_a_qcow2_naming_another_file_is_refused(
+    server: Registry, root: Path, tmp_path: Path, option: str, message: str
+) -> None:
+    # The file named is the test's own: qemu-img create writes a data file it is given.
+    other = tmp_path / "other.raw"
+    other.write_bytes(bytes(1 << 20))
+    top = tmp_path / "top.qcow2"
+    extra = ",backing_fmt=raw" if option == "backing_file" else ",data_file_raw=on"
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"{option}={other}{extra}"]
+    subprocess.run([*create, str(top), "1M"], check=True)
+    push(server, tmp_path, "bad/other:1", [[("disk/disk.qcow2", top.read_bytes())]])
+    done = vmid(server, root, "image", "pull", f"{HOST}/bad/other:1")
+    assert done.returncode == 1
+    assert message in done.stderr
+
+
+def test_a_qcow2_disk_is_stored_raw_and_path_picks_the_file(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "2M"], check=True)
+    layers = [[("disk/other.img", raw_disk()), ("images/fedora.qcow2", disk.read_bytes())]]
+    digest = push(server, tmp_path, "path/disk:1", layers)
+    ref = f"{HOST}/path/disk:1"
+    done = vmid(server, root, "image", "pull", ref, "--path", "/images/fedora.qcow2")
+    assert done.returncode == 0, done.stderr
+    [stored] = (root / "var/lib/vmid/images/sha256").iterdir()
+    assert stored.name.startswith(digest[7:])
+    assert (stored / "disk.img").read_bytes() == b"\0" * (2 << 20)  # converted to raw
+
+
+def test_a_blob_the_registry_corrupted_is_refused(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    layer = raw_disk(1 << 20, b"good")
+    push(server, tmp_path, "corrupt/disk:1", [[("disk/disk.img", layer)]])
+    for blob in (server.directory / "data/docker/registry/v2/blobs").rglob("data"):
+        data = blob.read_bytes()
+        if data.startswith(b"\x1f\x8b"):  # the layer: same size, other bytes
+            blob.write_bytes(data[:-16] + bytes(16))
+    done = vmid(server, root, "image", "pull", f"{HOST}/corrupt/disk:1")
+    assert done.returncode == 1
+    assert "digest" in done.stderr.lower()
+    assert not list((root / "var/lib/vmid/images").rglob("disk.img"))
+
+
+# --- vmid's own checks on what skopeo copied (a skopeo that let a bad blob through)
+
+
+def copied(tmp_path: Path, layers: Layers) -> tuple[Path, str]:
+    """A directory as skopeo's `dir:` leaves it, and its manifest's digest."""
+    layout = containerdisk(tmp_path / "layout", layers)
+    directory = tmp_path / "copied"
+    directory.mkdir()
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    for blob in (layout / "blobs/sha256").iterdir():
+        (directory / blob.name).write_bytes(blob.read_bytes())
+    (directory / "manifest.json").write_bytes((directory / digest[7:]).read_bytes())
+    return directory, digest
+
+
+def test_vmid_checks_every_layer_it_reads_against_its_digest(tmp_path: Path) -> None:
+    directory, digest = copied(tmp_path, [[("disk/disk.img", raw_disk())]])
+    manifest_data = json.loads((directory / "manifest.json").read_text())
+    layer = directory / manifest_data["layers"][0]["digest"][7:]
+    data = layer.read_bytes()
+    layer.write_bytes(data[:-8] + bytes(8))
+    with pytest.raises(PullError, match="does not match its digest: the registry sent other"):
+        extract_disk(directory, digest, None, tmp_path / "disk", 1 << 30)
+    assert not (tmp_path / "disk").exists()  # refused before anything was decompressed
+
+
+def test_a_disk_larger_than_allowed_is_refused(tmp_path: Path) -> None:
+    directory, digest = copied(tmp_path, [[("disk/disk.img", raw_disk(2 << 20))]])
+    with pytest.raises(PullError, match="more than the 1048576 allowed"):
+        extract_disk(directory, digest, None, tmp_path / "disk", 1 << 20)
+
+
+def test_a_layer_holding_more_than_a_containerdisk_may_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pulling, "OTHER_FILES_BYTES", 1 << 20)
+    layers = [[("var/zeros", bytes(4 << 20)), ("disk/disk.img", raw_disk())]]
+    directory, digest = copied(tmp_path, layers)
+    with pytest.raises(PullError, match="more data than a containerDisk may"):
+        extract_disk(directory, digest, None, tmp_path / "disk", 1 << 20)
+
+
+def test_member_names_never_become_paths(tmp_path: Path) -> None:
+    escape = tmp_path / "escaped"
+    layers = [[(f"../../../../../..{escape}", b"x"), ("disk/../../x", b"y")]]
+    layers[0].append(("disk/disk.img", raw_disk()))
+    directory, digest = copied(tmp_path, layers)
+    extract_disk(directory, digest, None, tmp_path / "disk", 1 << 20)
+    assert (tmp_path / "disk").read_bytes() == raw_disk()
+    assert not escape.exists()
+    assert layer_bytes(layers[0])  # the archive did hold those names
+
+
+# --- the daemon
+
+
+def disk_vmi(name: str, image: str, policy: str | None = None) -> str:
+    extra = f", imagePullPolicy: {policy}" if policy else ""
+    return manifest(name).replace(
+        "devices: {autoattachPodInterface: false}",
+        "devices:\n      autoattachPodInterface: false\n      disks: [{name: root}]\n"
+        f"  volumes: [{{name: root, containerDisk: {{image: {image}{extra}}}}}]",
+    )
+
+
+def image_id(daemon: Daemon, name: str) -> str:
+    data = daemon.status(name)
+    assert data is not None
+    [volume] = data["status"]["volumeStatus"]
+    assert volume["name"] == "root"
+    return str(volume["imageID"])
+
+
+def reason(daemon: Daemon, name: str) -> str | None:
+    data = daemon.status(name)
+    return data["status"].get("reason") if data else None
+
+
+def events(daemon: Daemon, name: str) -> list[tuple[str, str]]:
+    result = daemon.vmid("events", "-o", "json", name)
+    assert result.returncode == 0, result.stderr
+    return [(e["reason"], e["message"]) for e in json.loads(result.stdout)["items"]]
+
+
+def pulling_daemon(
+    server: Registry, root: Path, backoff: float = 10
+) -> AbstractContextManager[Daemon]:
+    """A daemon (fake QEMU) in the registry's network namespace, with `root`'s files."""
+    config = fake_config(f"images: {{pullBackoffSeconds: {backoff}}}\n")
+    return running_daemon(root, config, prefix=server.prefix)
+
+
+SEED = "kubevirt/fedora-cloud-container-disk-demo"
+
+
+def test_a_vmi_is_pending_while_its_image_is_pulled_then_runs(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    digest = push(server, tmp_path, f"{SEED}:latest", [[("disk/disk.img", raw_disk())]])
+    with pulling_daemon(server, root) as daemon:
+        daemon.drop("a.yaml", disk_vmi("vm-a", f"{HOST}/{SEED}"))
+        daemon.wait_phase("vm-a", "Running")
+        assert image_id(daemon, "vm-a") == f"{HOST}/{SEED}@{digest}"
+        reasons = events(daemon, "vm-a")
+        assert ("Pulling", f'Pulling image "{HOST}/{SEED}:latest"') in reasons
+        [pulled] = [m for r, m in reasons if r == "Pulled"]
+        assert pulled.startswith(f'Successfully pulled image "{HOST}/{SEED}:latest" in ')
+        assert digest in pulled
+        listed = daemon.vmid("image", "list").stdout.splitlines()[1].split()
+        assert listed[3] == "default/vm-a"  # IN USE
+        refused = daemon.vmid("image", "rm", f"{HOST}/{SEED}")
+        assert refused.returncode == 1
+        assert "is in use by default/vm-a: remove those VMIs first" in refused.stderr
+
+
+def test_a_tag_moved_is_followed_by_always_not_by_if_not_present(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    ref = f"{HOST}/moving/disk:v1"
+    first = push(server, tmp_path, "moving/disk:v1", [[("disk/disk.img", raw_disk(1 << 20, b"1"))]])
+    with pulling_daemon(server, root) as daemon:
+        daemon.drop("a.yaml", disk_vmi("vm-a", ref, "Always"))
+        daemon.wait_phase("vm-a", "Running")
+        layers = [[("disk/disk.img", raw_disk(1 << 20, b"2"))]]
+        layout = containerdisk(tmp_path / "second", layers)
+        second = server.push(layout, "moving/disk:v1")
+        daemon.drop("b.yaml", disk_vmi("vm-b", ref, "IfNotPresent"))
+        daemon.drop("c.yaml", disk_vmi("vm-c", ref, "Always"))
+        for name in ("vm-b", "vm-c"):
+            daemon.wait_phase(name, "Running")
+        assert image_id(daemon, "vm-a").endswith(first)  # a running VM keeps its disk
+        assert image_id(daemon, "vm-b").endswith(first)  # present: not pulled again
+        assert image_id(daemon, "vm-c").endswith(second)  # re-resolved at its start
+        assert content(root, first).read_bytes().startswith(b"1")  # vm-a's disk, unchanged
+        assert content(root, second).read_bytes().startswith(b"2")
+
+
+def test_a_registry_down_then_up_backs_off_then_runs(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    push(server, tmp_path, "later/disk:1", [[("disk/disk.img", raw_disk())]])
+    server.stop()
+    with pulling_daemon(server, root, backoff=2) as daemon:
+        daemon.drop("a.yaml", disk_vmi("vm-a", f"{HOST}/later/disk:1"))
+        daemon.wait_for("ErrImagePull", lambda: reason(daemon, "vm-a") == "ErrImagePull")
+        data = daemon.status("vm-a")
+        assert data is not None
+        assert data["status"]["phase"] == "Pending"
+        [ready] = [c for c in data["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready["reason"] == "ErrImagePull"
+        assert f'Failed to pull image "{HOST}/later/disk:1": ' in ready["message"]
+        assert "connection refused" in ready["message"]  # skopeo's words
+        daemon.wait_for("ImagePullBackOff", lambda: reason(daemon, "vm-a") == "ImagePullBackOff")
+        daemon.wait_for("a second failure", lambda: daemon.log_text().count("failed:") >= 2)
+        server.start()
+        daemon.wait_phase("vm-a", "Running", timeout=30)
+        assert daemon.reason("vm-a") == ""
+        reasons = [r for r, _ in events(daemon, "vm-a")]
+        assert {"Failed", "BackOff", "Pulled"} <= set(reasons)
+
+
+def test_ten_vmis_on_one_new_image_make_one_pull(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    push(server, tmp_path, "shared/disk:1", [[("disk/disk.img", raw_disk(16 << 20))]])
+    with pulling_daemon(server, root) as daemon:
+        for i in range(10):
+            daemon.drop(f"vm-{i}.yaml", disk_vmi(f"vm-{i}", f"{HOST}/shared/disk:1"))
+        for i in range(10):
+            daemon.wait_phase(f"vm-{i}", "Running", timeout=60)
+        assert daemon.log_text().count("pulling image") == 1
+        assert len({image_id(daemon, f"vm-{i}") for i in range(10)}) == 1
+
+
+def test_the_daemon_stops_at_once_while_a_registry_never_answers(
+    server: Registry, root: Path
+) -> None:
+    silent = subprocess.Popen(
+        [
+            *server.prefix,
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 5001)); "
+            "s.listen(); time.sleep(600)",
+        ]
+    )
+    try:
+        with pulling_daemon(server, root) as daemon:
+            daemon.drop("a.yaml", disk_vmi("vm-a", "127.0.0.1:5001/silent/disk:1"))
+            daemon.wait_for("the pull", lambda: "pulling image" in daemon.log_text())
+            started = time.monotonic()
+            daemon.process.send_signal(signal.SIGTERM)
+            assert daemon.process.wait(timeout=30) == 0
+            assert time.monotonic() - started < 10  # skopeo's own deadline is 120 s
+    finally:
+        silent.kill()
+        silent.wait()
+
+
+def test_an_imported_latest_image_runs_without_a_registry(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(raw_disk())
+    with running_daemon(tmp_path / "root", fake_config()) as daemon:  # no registry, no network
+        assert daemon.vmid("image", "import", SEED, str(image)).returncode == 0
+        daemon.drop("a.yaml", disk_vmi("vm-a", SEED))  # :latest, so Always
+        daemon.wait_phase("vm-a", "Running")
+        assert image_id(daemon, "vm-a").startswith(f"docker.io/{SEED}@sha256:")
+        assert "pulling image" not in daemon.log_text()
+
+
+#: User `vmid`, password `secret` (bcrypt, as docker-registry's htpasswd wants it).
+HTPASSWD = "vmid:$2b$12$eBnwdEny5unPtnGDJXhjJeebGIR6wkLJeVk64ITZmr9Qqsu6NaHLO"
+
+
+def test_a_private_registry_needs_the_credentials_of_auth_json(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    server.stop()
+    server.start(htpasswd=HTPASSWD)
+    layout = containerdisk(tmp_path / "layout", [[("disk/disk.img", raw_disk())]])
+    digest = server.push(layout, "private/disk:1", creds="vmid:secret")
+    refused = vmid(server, root, "image", "pull", f"{HOST}/private/disk:1")
+    assert refused.returncode == 1
+    assert "authentication required" in refused.stderr or "unauthorized" in refused.stderr
+    token = base64.b64encode(b"vmid:secret").decode()
+    auth = {"auths": {HOST: {"auth": token}}}
+    (root / "etc/vmid/auth.json").write_text(json.dumps(auth))  # images.authFile's default
+    done = vmid(server, root, "image", "pull", f"{HOST}/private/disk:1")
+    assert done.returncode == 0, done.stderr
+    assert digest in done.stdout
+
+
+MIRROR_CONF = f"""[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+[[registry.mirror]]
+location = "{HOST}"
+insecure = true
+"""
+
+
+def test_the_seed_manifest_runs_unchanged_from_a_mirror_of_docker_io(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    digest = push(server, tmp_path, f"{SEED}:latest", [[("disk/disk.img", raw_disk())]])
+    (root / "etc/containers/registries.conf").write_text(MIRROR_CONF)
+    with pulling_daemon(server, root) as daemon:
+        seed = Path(__file__).parent.parent / "conf/instances/testvmi.yaml"
+        daemon.drop("testvmi.yaml", seed.read_text())
+        daemon.wait_phase("testvmi-nocloud", "Running")
+        data = daemon.status("testvmi-nocloud")
+        assert data is not None
+        [volume] = [v for v in data["status"]["volumeStatus"] if v["name"] == "containerdisk"]
+        assert volume["imageID"] == f"docker.io/{SEED}@{digest}"
+
+
+@pytest.mark.parametrize(
+    "digest", ["sha256:../../../../etc/shadow", "md5:d41d8cd98f00b204e9800998ecf8427e", 7]
+)
+def test_a_manifest_naming_a_blob_outside_the_copy_is_refused(
+    tmp_path: Path, digest: object
+) -> None:
+    directory, _ = copied(tmp_path, [[("disk/disk.img", raw_disk())]])
+    manifest_data = json.loads((directory / "manifest.json").read_text())
+    manifest_data["layers"][0]["digest"] = digest
+    raw = json.dumps(manifest_data).encode()
+    (directory / "manifest.json").write_bytes(raw)
+    with pytest.raises(PullError, match="not a sha256 digest"):
+        extract_disk(directory, pulling.digest_of(raw), None, tmp_path / "disk", 1 << 20)

@@ -1,0 +1,395 @@
+"""containerDisks pulled from OCI registries: skopeo speaks the registry, vmid checks the rest.
+
+skopeo (the containers ecosystem's tool) resolves a reference and copies the image into a
+private staging directory, honouring registries.conf, auth.json and policy.json. vmid then
+checks the manifest and every layer it reads against their digests, before decompressing, and
+takes ONE regular file out of the layers (KubeVirt's `/disk/` or `containerDisk.path`), written
+to one fixed path (a member's name never becomes a path) and bounded in size; the image store
+checks and converts it as any imported file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, cast
+
+import attrs
+import trio
+
+from vmid.api import imageref
+from vmid.config import Images, Paths
+from vmid.host.storage import SOURCE_COPY, ImageStore, StorageError, StoredImage
+
+#: skopeo's environment: none of the daemon's (no proxy, no DOCKER_CONFIG, no REGISTRY_AUTH_FILE,
+#: no $HOME/.docker/config.json: only the files vmid names), messages in stable English.
+SKOPEO_ENVIRONMENT = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C",
+}
+INSPECT_TIMEOUT = 120.0
+COPY_TIMEOUT = 3600.0
+#: CPU seconds skopeo may use: a copy is I/O bound; a runaway process is not.
+SKOPEO_CPU_SECONDS = 1800
+MAX_MANIFEST_BYTES = 4 << 20  # the distribution spec's limit on a manifest
+MAX_LAYERS = 128
+CHUNK = 1 << 20
+#: Decompressed bytes of other files the layers may hold besides the disk (a containerDisk
+#: built FROM a small base image): bounded, as a gzip bomb is only a few KiB.
+OTHER_FILES_BYTES = 1 << 30
+DISK_DIR = "disk"
+REGISTRIES_CONF = "/etc/containers/registries.conf"
+PLATFORM = {"os": "linux", "architecture": "amd64"}
+INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+_SKOPEO_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class PullError(StorageError):
+    """An image could not be pulled; the message quotes skopeo or says what was wrong."""
+
+
+@attrs.frozen(kw_only=True)
+class Skopeo:
+    """How vmid runs skopeo: its binary and the containers files it is told to use."""
+
+    binary: str = "skopeo"
+    registriesConf: Path | None = None
+    authFile: Path | None = None
+    policy: Path | None = None
+
+    def _argv(self, command: str) -> list[str]:
+        argv = [self.binary]
+        if self.registriesConf is not None and self.registriesConf.exists():
+            argv += ["--registries-conf", str(self.registriesConf)]
+        if self.policy is not None:
+            argv += ["--policy", str(self.policy)]
+        argv.append(command)
+        if self.authFile is not None and self.authFile.exists():
+            argv += ["--authfile", str(self.authFile)]
+        return argv
+
+    async def raw_manifest(self, ref: str, home: Path) -> bytes:
+        """The top manifest (or index) `ref` names, as the registry sent it."""
+        argv = [*self._argv("inspect"), "--raw", f"docker://{ref}"]
+        out = await self._run(argv, home, INSPECT_TIMEOUT, capture=True)
+        if len(out) > MAX_MANIFEST_BYTES:
+            raise PullError(f"{ref}: its manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+        return out
+
+    async def copy(self, source: str, directory: Path, progress: bool) -> None:
+        """Copy image `source` (a reference by digest) to `directory` (skopeo's `dir:`)."""
+        argv = [*self._argv("copy"), *([] if progress else ["--quiet"])]
+        argv += ["--override-os", PLATFORM["os"], "--override-arch", PLATFORM["architecture"]]
+        argv += [f"docker://{source}", f"dir:{directory}"]
+        await self._run(argv, directory.parent, COPY_TIMEOUT, capture=not progress)
+
+    async def _run(self, argv: list[str], home: Path, limit: float, capture: bool) -> bytes:
+        # HOME and TMPDIR are the private staging directory: no credentials found elsewhere.
+        env = {**SKOPEO_ENVIRONMENT, "HOME": str(home), "TMPDIR": str(home)}
+        limited = ["prlimit", f"--cpu={SKOPEO_CPU_SECONDS}", "--", *argv]
+        try:
+            with trio.move_on_after(limit) as scope:
+                result = await trio.run_process(
+                    limited,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_stdout=capture,
+                    capture_stderr=True,
+                    check=False,
+                )
+        except FileNotFoundError as exc:
+            raise PullError("prlimit is not installed: apt-get install util-linux") from exc
+        if scope.cancelled_caught:
+            raise PullError(f"skopeo {argv[-3]} took longer than {limit:g} s")
+        if result.returncode == 127 or b"failed to execute" in result.stderr:
+            raise PullError(f"{self.binary} is not installed: apt-get install skopeo")
+        if result.returncode != 0:
+            raise PullError(skopeo_message(result.stderr.decode(errors="replace")))
+        return result.stdout or b""
+
+
+def skopeo_for(paths: Paths, images: Images) -> Skopeo:
+    """skopeo with vmid.yaml's files; with --root, that root's registries.conf too (else
+    skopeo reads the host's own, /etc/containers/registries.conf and registries.conf.d)."""
+    own = paths.root != Path("/")
+    return Skopeo(
+        binary=images.skopeo,
+        registriesConf=paths.under_root(REGISTRIES_CONF) if own else None,
+        authFile=paths.under_root(images.authFile),
+        policy=paths.under_root(images.policy) if images.policy else None,
+    )
+
+
+def skopeo_message(stderr: str) -> str:
+    """What skopeo said, without its logging decoration (`time=... level=fatal msg="..."`)."""
+    found = _SKOPEO_MESSAGE.findall(stderr)
+    if not found:
+        return stderr.strip() or "skopeo failed"
+    return str(json.loads(f'"{found[-1]}"'))
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def platform_manifest(raw: bytes, shown: str) -> str | None:
+    """The digest of the linux/amd64 manifest when `raw` is an index; None for a manifest."""
+    data = _json(raw, f"{shown}: its manifest")
+    if data.get("mediaType") not in INDEX_TYPES and "manifests" not in data:
+        return None
+    entries = data.get("manifests")
+    for entry in entries if isinstance(entries, list) else []:
+        platform = entry.get("platform") if isinstance(entry, dict) else None
+        if isinstance(platform, dict) and all(platform.get(k) == v for k, v in PLATFORM.items()):
+            return _digest(entry, f"{shown}: the image index")[0]
+    raise PullError(f"{shown}: the image index has no linux/amd64 image")
+
+
+def _digest(entry: object, where: str) -> tuple[str, int]:
+    """A descriptor's digest (sha256 only, so also a safe file name) and size."""
+    digest = entry.get("digest") if isinstance(entry, dict) else None
+    size = entry.get("size") if isinstance(entry, dict) else None
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise PullError(f"{where} names {digest!r}: not a sha256 digest")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise PullError(f"{where} gives {digest} no size")
+    return digest, size
+
+
+def _json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise PullError(f"{what} is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PullError(f"{what} is not a JSON object")
+    return data
+
+
+async def pull(
+    store: ImageStore,
+    skopeo: Skopeo,
+    ref: str,
+    disk_path: str | None = None,
+    *,
+    max_size: int,
+    progress: bool = False,
+) -> StoredImage:
+    """Resolve `ref` (normalised) to a digest; copy, check and store its disk unless the store
+    has that digest already; point `ref` at it."""
+    with store.staging() as staging:
+        raw = await skopeo.raw_manifest(ref, staging)
+        digest = digest_of(raw)
+        if store.has(digest, disk_path):
+            return store.tag(ref, digest, disk_path)
+        repository = imageref.repository(ref)
+        manifest_digest = platform_manifest(raw, ref) or digest
+        copied = staging / "image"
+        await skopeo.copy(f"{repository}@{manifest_digest}", copied, progress)
+        await trio.to_thread.run_sync(
+            extract_disk, copied, manifest_digest, disk_path, staging / SOURCE_COPY, max_size
+        )
+        await trio.to_thread.run_sync(shutil.rmtree, copied)
+        return await store.commit(staging, ref, digest, disk_path, shown=f"{ref}@{digest}")
+
+
+def extract_disk(
+    directory: Path, manifest_digest: str, disk_path: str | None, target: Path, max_size: int
+) -> None:
+    """Write the image's one disk file (`disk_path`, or the one file in /disk/) to `target`.
+
+    Raises:
+        PullError: a digest does not match, no disk or two, a disk that is not a regular file,
+            larger than `max_size`, or layers holding more than that in all.
+    """
+    raw = _read_checked(directory / "manifest.json", manifest_digest, MAX_MANIFEST_BYTES)
+    layers = _json(raw, "the image's manifest").get("layers")
+    if not isinstance(layers, list) or not layers or len(layers) > MAX_LAYERS:
+        raise PullError(f"the image's manifest lists no layers, or more than {MAX_LAYERS}")
+    wanted = disk_path.strip("/") if disk_path else None
+    budget = _Budget(max_size + OTHER_FILES_BYTES)
+    found: set[str] = set()
+    for layer in layers:
+        digest, size = _digest(layer, "the image's manifest")
+        blob = directory / digest.removeprefix("sha256:")
+        _check_digest(blob, digest, size)
+        with _decompressed(blob, budget) as stream:
+            found |= _take_disk(stream, wanted, target, max_size)
+        if len(found) > 1:  # in two layers (the same name again is the later layer's file)
+            raise PullError(_two_disks(found))
+    if not found:
+        where = f"at {disk_path}" if disk_path else f"under /{DISK_DIR}/"
+        raise PullError(f"the image holds no disk file {where}: not a containerDisk")
+
+
+class _Budget:
+    """Decompressed bytes left to read, across all layers."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def take(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise PullError("the image's layers hold more data than a containerDisk may")
+
+
+class _Counted:
+    """A stream of decompressed bytes that stops once the budget is spent."""
+
+    def __init__(self, stream: IO[bytes], budget: _Budget) -> None:
+        self._stream = stream
+        self._budget = budget
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._budget.take(len(data))
+        return data
+
+
+def _read_checked(path: Path, digest: str, limit: int) -> bytes:
+    with _open(path) as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise PullError(f"{path.name} is larger than {limit} bytes")
+    if digest_of(data) != digest:
+        raise PullError(f"the image's manifest does not match its digest {digest}")
+    return data
+
+
+def _check_digest(blob: Path, digest: str, size: int) -> None:
+    """Read the whole blob; it must be `size` bytes whose sha256 is `digest`."""
+    hasher = hashlib.sha256()
+    total = 0
+    with _open(blob) as stream:
+        while chunk := stream.read(1 << 20):
+            hasher.update(chunk)
+            total += len(chunk)
+    if "sha256:" + hasher.hexdigest() != digest or total != size:
+        raise PullError(
+            f"layer {digest} does not match its digest: the registry sent other bytes "
+            f"(sha256:{hasher.hexdigest()}, {total} bytes)"
+        )
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise PullError(f"skopeo left no {path.name}") from exc
+    return os.fdopen(fd, "rb")
+
+
+@contextmanager
+def _decompressed(blob: Path, budget: _Budget) -> Iterator[_Counted]:
+    """The layer's tar stream: gzip, zstd (zstd's own tool) or uncompressed, by its magic."""
+    with _open(blob) as raw:
+        magic = os.pread(raw.fileno(), 4, 0)  # zstd reads the fd: its offset stays 0
+        if magic.startswith(_GZIP_MAGIC):
+            with gzip.GzipFile(fileobj=raw) as unzipped:
+                yield _Counted(cast(IO[bytes], unzipped), budget)
+        elif magic == _ZSTD_MAGIC:
+            with _zstd(raw) as unzstd:
+                yield _Counted(unzstd, budget)
+        else:
+            yield _Counted(raw, budget)
+
+
+@contextmanager
+def _zstd(raw: IO[bytes]) -> Iterator[IO[bytes]]:
+    try:
+        process = subprocess.Popen(
+            ["zstd", "-d", "-c", "-q"],
+            stdin=raw,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=SKOPEO_ENVIRONMENT,
+        )
+    except FileNotFoundError as exc:
+        raise PullError("zstd is not installed (a zstd layer): apt-get install zstd") from exc
+    assert process.stdout is not None
+    try:
+        yield process.stdout
+    finally:
+        # The tar reader may stop before zstd's end: its exit status says nothing then (the
+        # layer's digest was checked, a broken stream is a broken tar).
+        process.stdout.close()
+        process.kill()
+        process.wait()
+
+
+def _take_disk(stream: _Counted, wanted: str | None, target: Path, max_size: int) -> set[str]:
+    """Copy the disk member of one tar layer to `target`; the disk names this layer holds."""
+    found: set[str] = set()
+    try:
+        # tarfile's stream reader joins its reads: at its default 10 KiB, copying a disk out
+        # costs seconds per 100 MiB; at 1 MiB, about what decompressing costs.
+        layer = cast(IO[bytes], stream)
+        with tarfile.open(fileobj=layer, mode="r|", bufsize=CHUNK) as tar:
+            for member in tar:
+                name = _normal(member.name)
+                if not _is_disk(name, wanted) or member.isdir():
+                    continue
+                found.add(name)
+                if len(found) > 1:
+                    raise PullError(_two_disks(found))
+                _write_member(tar, member, name, target, max_size)
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        raise PullError(f"a layer is not a readable tar archive: {exc}") from exc
+    return found
+
+
+def _two_disks(found: set[str]) -> str:
+    names = ", ".join(sorted(found))
+    return f"more than one file in /{DISK_DIR}/ ({names}): only one disk is allowed"
+
+
+def _normal(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def _is_disk(name: str, wanted: str | None) -> bool:
+    if wanted is not None:
+        return name == wanted
+    parent, _, base = name.rpartition("/")
+    return parent == DISK_DIR and not base.startswith(".wh.")
+
+
+def _write_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Path, max_size: int
+) -> None:
+    if not member.isreg():
+        raise PullError(f"/{name} is not a regular file (a link is never followed)")
+    if member.size > max_size:
+        raise PullError(f"/{name} is {member.size} bytes, more than the {max_size} allowed")
+    source = tar.extractfile(member)
+    assert source is not None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with source, os.fdopen(os.open(target, flags, 0o600), "wb") as out:
+        _copy_sparse(source, out, member.size)
+
+
+def _copy_sparse(source: IO[bytes], out: IO[bytes], size: int) -> None:
+    """Copy `size` bytes; blocks of zeros become holes (a disk is mostly zeros)."""
+    zeros = bytes(CHUNK)
+    while chunk := source.read(CHUNK):
+        if chunk == zeros[: len(chunk)]:
+            out.seek(len(chunk), os.SEEK_CUR)
+        else:
+            out.write(chunk)
+    out.truncate(size)
