@@ -39,6 +39,7 @@ from ruamel.yaml import YAML
 from vmid import control
 from vmid.__main__ import HELD_SIGNALS
 from vmid.api import names
+from vmid.api.vmistatus import FILE_ANNOTATION, ObjectMeta, Phase, QemuStatus, VMIObject, VMIStatus
 from vmid.config import Accelerator, Config, Paths, load_config
 from vmid.errors import VmidError
 from vmid.host import accel, firmwareid, logfile, pidlock, unixsock
@@ -377,31 +378,25 @@ def _namespace(args: argparse.Namespace) -> str:
     return getattr(args, "namespace", None) or names.DEFAULT_NAMESPACE
 
 
-def _key(obj: dict[str, Any]) -> str:
-    """namespace/name of a VMI object (a status written before namespaces has none: default)."""
-    metadata = obj.get("metadata", {})
-    return names.key(metadata.get("namespace"), _name(obj))
-
-
-def _in_scope(args: argparse.Namespace, obj: dict[str, Any]) -> bool:
+def _in_scope(args: argparse.Namespace, obj: VMIObject) -> bool:
     """Whether `obj` is in the namespace asked for (-n), or any (-A). A spool file's row (no
     name, so no namespace vmid can trust) is in every one."""
     wanted = None if getattr(args, "all_namespaces", False) else _namespace(args)
-    nameless = not obj.get("metadata", {}).get("name")
-    return wanted is None or nameless or names.split(_key(obj))[0] == wanted
+    nameless = not obj.metadata.name
+    return wanted is None or nameless or names.split(obj.key)[0] == wanted
 
 
 def _not_found(args: argparse.Namespace) -> str:
     return f"virtualmachineinstance {args.name!r} not found in namespace {_namespace(args)!r}"
 
 
-def _find(args: argparse.Namespace, paths: Paths) -> dict[str, Any] | None:
+def _find(args: argparse.Namespace, paths: Paths) -> VMIObject | None:
     """The object of VMI `args.name` in namespace `args.namespace`, if it exists."""
     wanted = names.key(_namespace(args), args.name)
-    return next((o for o in status.read_objects(paths) if _key(o) == wanted), None)
+    return next((o for o in status.read_objects(paths) if o.key == wanted), None)
 
 
-def _wanted(args: argparse.Namespace, obj: dict[str, Any]) -> bool:
+def _wanted(args: argparse.Namespace, obj: VMIObject) -> bool:
     return _in_scope(args, obj) and args.name in (None, _name(obj))
 
 
@@ -417,7 +412,8 @@ def _get(args: argparse.Namespace) -> int:
         print(f"vmid: {_not_found(args)}", file=sys.stderr)
         return EXIT_ERROR
     if args.output in ("yaml", "json"):
-        data = objects[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objects}
+        items = [o.data for o in objects]
+        data = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
         _print_data(data, args.output)
         return EXIT_OK
     if not objects:  # as kubectl: the daemon runs and has no VMI there
@@ -426,19 +422,18 @@ def _get(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(_table(objects, _Columns.of(args)))
     for obj in objects:  # a manifest refused (a VMI's, or a spool file's): its problems
-        for c in obj.get("status", {}).get("conditions", []):
-            if c.get("type") == "Synchronized" and c.get("status") == "False":
-                print(f"{_name(obj)}: {c.get('message', '')}", file=sys.stderr)
+        synchronized = obj.status.condition("Synchronized")
+        if synchronized is not None and synchronized.status == "False":
+            print(f"{_name(obj)}: {synchronized.message}", file=sys.stderr)
     return EXIT_OK
 
 
-def _name(obj: dict[str, Any]) -> str:
+def _name(obj: VMIObject) -> str:
     """The VMI's name; `<FILE>` for a spool file whose problems no VMI shows (it has no name
     that can be trusted)."""
-    metadata = obj.get("metadata", {})
-    if metadata.get("name"):
-        return str(metadata["name"])
-    file = metadata.get("annotations", {}).get("vmid.io/manifest-file", "?")
+    if obj.metadata.name:
+        return obj.metadata.name
+    file = obj.metadata.annotations.get(FILE_ANNOTATION, "?")
     return f"<{Path(file).name}>"
 
 
@@ -458,12 +453,12 @@ class _Columns:
         header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if self.wide else [])
         return ["NAMESPACE", *header] if self.namespaces else header
 
-    def identity(self, obj: dict[str, Any]) -> list[str]:
+    def identity(self, obj: VMIObject) -> list[str]:
         """The cells naming the VMI: its namespace (-A) and name."""
-        namespace = obj.get("metadata", {}).get("namespace", names.DEFAULT_NAMESPACE)
-        return [namespace if obj.get("metadata", {}).get("name") else "", _name(obj)]
+        namespace = obj.metadata.namespace or names.DEFAULT_NAMESPACE
+        return [namespace if obj.metadata.name else "", _name(obj)]
 
-    def partial(self, obj: dict[str, Any], *cells: str) -> list[str]:
+    def partial(self, obj: VMIObject, *cells: str) -> list[str]:
         """A row of the VMI's identity and `cells`, the other columns empty."""
         identity = self.identity(obj)[0 if self.namespaces else 1 :]
         row = [*identity, *cells]
@@ -479,7 +474,7 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
     document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
     watch = statuswatch.StatusWatch(paths)
     try:
-        found = [c for c in watch.current() if _wanted(args, c.obj or {})]
+        found = [c for c in watch.current() if c.obj is not None and _wanted(args, c.obj)]
         if args.name is not None and not found:
             print(f"vmid: {_not_found(args)}", file=sys.stderr)
             return EXIT_ERROR
@@ -488,7 +483,8 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
             print("vmid: the daemon is not running: nothing will change", file=sys.stderr)
             return EXIT_OK
         for change in watch.changes():
-            if _wanted(args, change.obj or printer.last(change.path)):
+            obj = change.obj or printer.last(change.path)
+            if obj is not None and _wanted(args, obj):
                 printer.change(change)
         print("vmid: the daemon stopped", file=sys.stderr)
         return EXIT_OK
@@ -518,8 +514,8 @@ class _WatchPrinter:
     def __repr__(self) -> str:
         return f"<_WatchPrinter output={self._output} shown={len(self._shown)}>"
 
-    def last(self, path: Path) -> dict[str, Any]:
-        return self._shown.get(path) or {}
+    def last(self, path: Path) -> VMIObject | None:
+        return self._shown.get(path)
 
     def change(self, change: statuswatch.Change) -> None:
         last = self._shown.pop(change.path, None)
@@ -543,33 +539,28 @@ class _WatchPrinter:
     def _rows(self, rows: list[list[str]]) -> None:
         print("\n".join(_columns([self._columns.header, *rows]).splitlines()[1:]), flush=True)
 
-    def _document(self, obj: dict[str, Any]) -> None:
+    def _document(self, obj: VMIObject) -> None:
         if self._output == "yaml" and self._documents:
             print("---")
-        _print_data(obj, self._output or "json")
+        _print_data(obj.data, self._output or "json")
         sys.stdout.flush()
         self._documents += 1
 
 
-def _missed(last: dict[str, Any] | None, obj: dict[str, Any]) -> list[str]:
+def _missed(last: VMIObject | None, obj: VMIObject) -> list[str]:
     """The phases `obj` passed through since `last` (None: not seen before) that no read saw:
     each lasted less than it took to read it (a 100 ms `Running`). A new object's first phase
     (`Pending`, where every VMI starts, a refused one too) is not one of them."""
-    now = _transitions(obj)
-    seen = _transitions(last) if last is not None else now[:1]
+    now = obj.status.phaseTransitionTimestamps
+    seen = last.status.phaseTransitionTimestamps if last is not None else now[:1]
     if now[: len(seen)] != seen:
         seen = now[:1]  # a new VMI of that name
-    return [t.get("phase", "") for t in now[len(seen) : -1]]
+    return [str(t.phase) for t in now[len(seen) : -1]]
 
 
-def _transitions(obj: dict[str, Any]) -> list[dict[str, str]]:
-    return list(obj.get("status", {}).get("phaseTransitionTimestamps", []))
-
-
-def _passed(obj: dict[str, Any], phase: str, columns: _Columns) -> list[str]:
+def _passed(obj: VMIObject, phase: str, columns: _Columns) -> list[str]:
     """The row of a phase no read saw: what else it showed then is not known."""
-    created = obj.get("metadata", {}).get("creationTimestamp")
-    return columns.partial(obj, _age(created), phase)
+    return columns.partial(obj, _age(obj.metadata.creationTimestamp), phase)
 
 
 def _print_data(data: Any, output: str) -> None:
@@ -581,7 +572,7 @@ def _print_data(data: Any, output: str) -> None:
     yaml.dump(data, sys.stdout)
 
 
-def _table(objects: list[dict[str, Any]], columns: _Columns) -> str:
+def _table(objects: list[VMIObject], columns: _Columns) -> str:
     return _columns([columns.header] + [_row(o, columns) for o in objects])
 
 
@@ -592,31 +583,36 @@ def _columns(rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _row(obj: dict[str, Any], columns: _Columns) -> list[str]:
-    st = obj.get("status", {})
-    conditions = {c["type"]: c["status"] for c in st.get("conditions", [])}
-    interfaces = st.get("interfaces") or [{}]
+def _row(obj: VMIObject, columns: _Columns) -> list[str]:
+    st = obj.status
     row = [
-        _age(obj.get("metadata", {}).get("creationTimestamp")),
+        _age(obj.metadata.creationTimestamp),
         _phase(obj),
-        interfaces[0].get("ipAddress", ""),
-        conditions.get("Ready", "False"),
+        st.interfaces[0].ipAddress if st.interfaces else "",
+        _condition(st, "Ready"),
     ]
     if columns.wide:
-        row += [conditions.get("Paused", "False"), str(st.get("qemu", {}).get("pid") or "")]
+        pid = st.qemu.pid if st.qemu is not None else None
+        row += [_condition(st, "Paused"), str(pid or "")]
     return columns.partial(obj, *row)
 
 
-def _phase(obj: dict[str, Any]) -> str:
+def _condition(st: VMIStatus, type_: str) -> str:
+    """A condition's status as kubectl's column shows it (absent: False)."""
+    found = st.condition(type_)
+    return "False" if found is None else found.status
+
+
+def _phase(obj: VMIObject) -> str:
     """The phase, or `Terminating` while vmid stops its QEMU (as kubectl shows a pod)."""
-    phase: str = obj.get("status", {}).get("phase", "")
-    ending = "deletionTimestamp" in obj.get("metadata", {})
-    return "Terminating" if ending and phase not in ("Succeeded", "Failed") else phase
+    phase = obj.status.phase
+    ending = obj.terminating and (phase is None or not phase.final)
+    return "Terminating" if ending else str(phase or "")
 
 
-def _termination(metadata: dict[str, Any]) -> list[tuple[str, str]]:
+def _termination(metadata: ObjectMeta) -> list[tuple[str, str]]:
     """kubectl describe's lines for an object being deleted: how long the grace still lasts."""
-    began, grace = metadata["deletionTimestamp"], metadata.get("deletionGracePeriodSeconds", 0)
+    began, grace = metadata.deletionTimestamp, metadata.deletionGracePeriodSeconds or 0
     left = int(_parse_time(began).timestamp() + grace - time.time())
     lasts = f"lasts {left}s" if left > 0 else "the grace period is over: being killed"
     return [("Status", f"Terminating ({lasts})"), ("Deletion", f"{began}, grace period {grace}s")]
@@ -643,24 +639,24 @@ def _describe(args: argparse.Namespace) -> int:
     if obj is None:
         print(f"vmid: {_not_found(args)}", file=sys.stderr)
         return EXIT_ERROR
-    st, spec = obj.get("status", {}), obj.get("spec", {})
+    st, spec = obj.status, obj.data.get("spec", {})
     domain = spec.get("domain", {})
-    cpu, qemu = domain.get("cpu", {}), st.get("qemu", {})
+    cpu, qemu = domain.get("cpu", {}), st.qemu or QemuStatus()
     fields = [
         ("Name", args.name),
         ("Namespace", _namespace(args)),
-        ("Created", obj.get("metadata", {}).get("creationTimestamp", "")),
-        ("Phase", st.get("phase", "")),
-        *(_termination(obj.get("metadata", {})) if _phase(obj) == "Terminating" else []),
-        ("Reason", st.get("reason", "")),
+        ("Created", obj.metadata.creationTimestamp),
+        ("Phase", str(st.phase or "")),
+        *(_termination(obj.metadata) if _phase(obj) == "Terminating" else []),
+        ("Reason", st.reason),
         (
             "CPU",
             f"{cpu.get('sockets', 1)} sockets x {cpu.get('cores', 1)} cores x "
             f"{cpu.get('threads', 1)} threads, model {cpu.get('model', '')}",
         ),
         ("Memory", domain.get("memory", {}).get("guest", "")),
-        ("QEMU", f"pid {qemu.get('pid')}" if qemu.get("pid") else ""),
-        ("QMP", qemu.get("qmpSocket") or ""),
+        ("QEMU", f"pid {qemu.pid}" if qemu.pid else ""),
+        ("QMP", qemu.qmpSocket or ""),
     ]
     for label, value in fields:
         print(f"{label + ':':<12}{value}")
@@ -680,33 +676,24 @@ def _describe(args: argparse.Namespace) -> int:
         (
             "Interfaces",
             ["NAME", "MAC", "IP"],
-            [
-                [i.get("name", ""), i.get("mac", ""), i.get("ipAddress", "")]
-                for i in st.get("interfaces", [])
-            ],
+            [[i.name, i.mac, i.ipAddress] for i in st.interfaces],
         ),
         (
             "Conditions",
             ["TYPE", "STATUS", "REASON", "MESSAGE"],
-            [
-                [c["type"], c["status"], c.get("reason", ""), c.get("message", "")]
-                for c in st.get("conditions", [])
-            ],
+            [[c.type, c.status, c.reason, c.message] for c in st.conditions],
         ),
         (
             "Phase history",
             ["PHASE", "SINCE"],
-            [
-                [t["phase"], t["phaseTransitionTimestamp"]]
-                for t in st.get("phaseTransitionTimestamps", [])
-            ],
+            [[str(t.phase), t.phaseTransitionTimestamp] for t in st.phaseTransitionTimestamps],
         ),
         (
             "Events",
             ["TYPE", "REASON", "AGE", "FROM", "MESSAGE"],
             [
                 [e["type"], e["reason"], _seen(e), _source(e), _printable(e["message"])]
-                for e in events.read(paths.events, *events.identity(obj))
+                for e in events.read(paths.events, *names.split(obj.key))
             ],
         ),
     ]
@@ -874,35 +861,35 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _running(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """The qmp.sock and status of a Running VMI, or ControlError saying why not."""
+def _running(args: argparse.Namespace) -> tuple[Path, QemuStatus, VMIStatus]:
+    """The qmp.sock, QEMU and status of a Running VMI, or ControlError saying why not."""
     paths = Paths(args.root or Path("/"))
     obj = _find(args, paths)
     if obj is None:
         raise control.ControlError(_not_found(args))
-    st = obj.get("status", {})
-    if st.get("phase") != "Running" or not st.get("qemu", {}).get("qmpSocket"):
-        raise control.ControlError(f"VMI {args.name} is not running (phase {st.get('phase')})")
-    return Path(st["qemu"]["qmpSocket"]), st
+    st, qemu = obj.status, obj.status.qemu
+    if st.phase is not Phase.RUNNING or qemu is None or not qemu.qmpSocket:
+        raise control.ControlError(f"VMI {args.name} is not running (phase {st.phase})")
+    return Path(qemu.qmpSocket), qemu, st
 
 
 def _qmp(args: argparse.Namespace) -> int:
-    qmp_socket, _ = _running(args)
+    qmp_socket, _, _ = _running(args)
     result = control.execute(qmp_socket, args.command, args.arguments)
     print(json.dumps(result, indent=2))
     return EXIT_OK
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
-    qmp_socket, st = _running(args)
-    paused = any(c["type"] == "Paused" and c["status"] == "True" for c in st.get("conditions", []))
+    qmp_socket, qemu, st = _running(args)
+    paused = st.is_true("Paused")
     # KubeVirt's refusals (pkg/virt-api/rest/lifecycle.go).
     if args.action == "pause" and paused:
         raise control.ControlError(f"VMI {args.name} is already paused")
     if args.action == "unpause" and not paused:
         raise control.ControlError(f"VMI {args.name} is not paused")
     if args.action == "soft-reboot":
-        _soft_reboot(args.name, qmp_socket, st, paused)
+        _soft_reboot(args.name, qmp_socket, qemu, paused)
     else:
         command = {"pause": "stop", "unpause": "cont", "reset": "system_reset"}[args.action]
         control.execute(qmp_socket, command)
@@ -914,8 +901,8 @@ ESCAPE = b"\x1d"  # Ctrl+], as virtctl console and telnet
 
 
 def _console(args: argparse.Namespace) -> int:
-    qmp_socket, st = _running(args)
-    path = st.get("qemu", {}).get("consoleSocket")
+    qmp_socket, qemu, _ = _running(args)
+    path = qemu.consoleSocket
     if not path:
         raise control.ControlError(f"VMI {args.name} has no serial console")
     with _console_lock(args.name, Path(path)):
@@ -1001,8 +988,8 @@ _PASSWORD_ALPHABET = string.ascii_letters + string.digits  # 62**8: about 2**47.
 
 
 def _vnc(args: argparse.Namespace) -> int:
-    qmp_socket, st = _running(args)
-    path = st.get("qemu", {}).get("vncSocket")
+    qmp_socket, qemu, _ = _running(args)
+    path = qemu.vncSocket
     if not path:
         raise control.ControlError(f"VMI {args.name} has no graphics device")
     password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(VNC_PASSWORD_LENGTH))
@@ -1086,12 +1073,12 @@ def _proxy(client: socket.socket, vnc_socket: Path) -> None:
 SOFT_REBOOT_TIMEOUT = 120.0
 
 
-def _soft_reboot(name: str, qmp_socket: Path, st: dict[str, Any], paused: bool) -> None:
+def _soft_reboot(name: str, qmp_socket: Path, qemu: QemuStatus, paused: bool) -> None:
     # KubeVirt's refusals (pkg/virt-launcher/virtwrap/manager.go SoftRebootVMI); vmid has no
     # guest agent client yet, so ACPI is the only way.
     if paused:
         raise control.ControlError(f"VMI {name} is paused")
-    if not st.get("qemu", {}).get("acpi", True):
+    if not qemu.acpi:
         raise control.ControlError(
             f"VMI {name} neither have the agent connected nor the ACPI feature enabled"
         )
@@ -1099,7 +1086,7 @@ def _soft_reboot(name: str, qmp_socket: Path, st: dict[str, Any], paused: bool) 
 
 
 def _screenshot(args: argparse.Namespace) -> int:
-    qmp_socket, _ = _running(args)
+    qmp_socket, _, _ = _running(args)
     target = args.file.absolute()
     # QEMU (running as the VM's own uid) writes into its own working directory, the VM's
     # runtime directory; vmid moves the file where it was asked.

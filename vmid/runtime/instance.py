@@ -16,11 +16,11 @@ import socket
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
 
+from vmid.api.vmistatus import QemuStatus
 from vmid.config import Accelerator, Logs
 from vmid.errors import VmidError
 from vmid.host import beneath, identity, storage, unixsock
@@ -238,7 +238,7 @@ class Instance:
         self.status.forget_deletion()  # the spool decides anew whether it goes
         # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
         self._argv = cmdline(pid)
-        self.status.qemu = {**self._qemu_status(), "uid": os.stat(f"/proc/{pid}").st_uid}
+        self.status.qemu = attrs.evolve(self._qemu_status(), uid=os.stat(f"/proc/{pid}").st_uid)
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state)
         if self.status.phase is Phase.PENDING:  # it died before it could record the launch
@@ -303,8 +303,8 @@ class Instance:
             self.plan.name, self.plan, owner, adopted
         )
         for interface in self.status.interfaces:
-            if interface.get("ipAddress"):
-                self.log.info("interface %s: %s", interface["name"], interface["ipAddress"])
+            if interface.ipAddress:
+                self.log.info("interface %s: %s", interface.name, interface.ipAddress)
 
     async def _detach(self) -> None:
         if not self._attached:
@@ -377,18 +377,18 @@ class Instance:
         self.status.write()
         self.log.info("running")
 
-    def _qemu_status(self) -> dict[str, Any]:
+    def _qemu_status(self) -> QemuStatus:
         sockets = self.plan.sockets
-        return {
-            "pid": self._process.pid if self._process else None,
-            "uid": self._user.uid if self._user else 0,
-            "qmpSocket": sockets.qmp,
-            "consoleSocket": sockets.console,
-            "vncSocket": sockets.vnc,
-            "guestAgentSocket": sockets.guestAgent,
-            "argv": self._argv,
-            "acpi": self.plan.acpi,
-        }
+        return QemuStatus(
+            pid=self._process.pid if self._process else None,
+            uid=self._user.uid if self._user else 0,
+            qmpSocket=sockets.qmp,
+            consoleSocket=sockets.console,
+            vncSocket=sockets.vnc,
+            guestAgentSocket=sockets.guestAgent,
+            argv=tuple(self._argv),
+            acpi=self.plan.acpi,
+        )
 
     # Section: supervise
 
