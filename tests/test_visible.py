@@ -16,8 +16,8 @@ from typing import IO, Any
 import pytest
 
 from tests.daemon import Daemon, fake_config, manifest, running_daemon
-from vmid import cli
 from vmid.api.vmistatus import VMIObject
+from vmid.cli.get import Columns, WatchPrinter
 from vmid.runtime import statuswatch
 
 pytestmark = pytest.mark.timeout(120)
@@ -288,7 +288,7 @@ def test_a_watch_shows_the_phases_it_read_too_late_to_see(
         )
 
     path = Path("/run/vmid/namespaces/default/vm-a/status.json")
-    printer = cli._WatchPrinter(None, cli._Columns(wide=False, namespaces=False), [])
+    printer = WatchPrinter(None, Columns(wide=False, namespaces=False), [])
     printer.change(statuswatch.Change(path, obj("Pending")))
     # Scheduled and Running were each replaced before the watch could read them.
     printer.change(statuswatch.Change(path, obj("Pending", "Scheduled", "Running", "Succeeded")))
