@@ -35,9 +35,9 @@ def namespace_of(args: argparse.Namespace) -> str:
 def _in_scope(args: argparse.Namespace, obj: VMIObject) -> bool:
     """Whether `obj` is in the namespace asked for (-n), or any (-A). A spool file's row (no
     name, so no namespace vmid can trust) is in every one."""
-    wanted = None if getattr(args, "all_namespaces", False) else namespace_of(args)
+    asked = None if getattr(args, "all_namespaces", False) else namespace_of(args)
     nameless = not obj.metadata.name
-    return wanted is None or nameless or names.split(obj.key)[0] == wanted
+    return asked is None or nameless or names.split(obj.key)[0] == asked
 
 
 def not_found(args: argparse.Namespace) -> str:
@@ -46,8 +46,8 @@ def not_found(args: argparse.Namespace) -> str:
 
 def find(args: argparse.Namespace, paths: Paths) -> VMIObject | None:
     """The object of VMI `args.name` in namespace `args.namespace`, if it exists."""
-    wanted = names.key(namespace_of(args), args.name)
-    return next((o for o in status.read_objects(paths) if o.key == wanted), None)
+    key = names.key(namespace_of(args), args.name)
+    return next((o for o in status.read_objects(paths) if o.key == key), None)
 
 
 def wanted(args: argparse.Namespace, obj: VMIObject) -> bool:
