@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from vmid.api import names
-from vmid.api.vmistatus import ObjectMeta, QemuStatus
+from vmid.api.vmistatus import ObjectMeta, QemuStatus, VMIObject
 from vmid.cli import common, show
 from vmid.cli import events as event_verbs
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
@@ -31,10 +31,20 @@ def _describe(args: argparse.Namespace) -> int:
     if obj is None:
         print(f"vmid: {common.not_found(args)}", file=sys.stderr)
         return EXIT_ERROR
-    st, spec = obj.status, obj.data.get("spec", {})
-    domain = spec.get("domain", {})
+    for label, value in _fields(args, obj):
+        print(f"{label + ':':<12}{value}")
+    for title, header, rows in _sections(obj, paths):
+        print(f"{title}:")
+        body = show.aligned([header, *rows]) if rows else "<none>"
+        print("\n".join(f"  {line}" for line in body.splitlines()))
+    return EXIT_OK
+
+
+def _fields(args: argparse.Namespace, obj: VMIObject) -> list[tuple[str, str]]:
+    """The labelled lines at the top: identity, phase (and termination), size, QEMU."""
+    st, domain = obj.status, obj.data.get("spec", {}).get("domain", {})
     cpu, qemu = domain.get("cpu", {}), st.qemu or QemuStatus()
-    fields = [
+    return [
         ("Name", args.name),
         ("Namespace", common.namespace_of(args)),
         ("Created", obj.metadata.creationTimestamp),
@@ -50,21 +60,13 @@ def _describe(args: argparse.Namespace) -> int:
         ("QEMU", f"pid {qemu.pid}" if qemu.pid else ""),
         ("QMP", qemu.qmpSocket or ""),
     ]
-    for label, value in fields:
-        print(f"{label + ':':<12}{value}")
-    sections = [
-        (
-            "Disks",
-            ["NAME", "TARGET", "BUS"],
-            [
-                [
-                    d.get("name", ""),
-                    next(iter(set(d) & {"disk", "cdrom", "lun"}), ""),
-                    next((d[k].get("bus", "") for k in ("disk", "cdrom", "lun") if k in d), ""),
-                ]
-                for d in domain.get("devices", {}).get("disks", [])
-            ],
-        ),
+
+
+def _sections(obj: VMIObject, paths: Paths) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The tables below them: each a title, a header and its rows."""
+    st = obj.status
+    return [
+        ("Disks", ["NAME", "TARGET", "BUS"], _disks(obj)),
         (
             "Interfaces",
             ["NAME", "MAC", "IP"],
@@ -95,11 +97,20 @@ def _describe(args: argparse.Namespace) -> int:
             ],
         ),
     ]
-    for title, header, rows in sections:
-        print(f"{title}:")
-        body = show.aligned([header, *rows]) if rows else "<none>"
-        print("\n".join(f"  {line}" for line in body.splitlines()))
-    return EXIT_OK
+
+
+def _disks(obj: VMIObject) -> list[list[str]]:
+    """The spec's disks (the defaulted manifest, as the object holds it): name, kind, bus."""
+    disks = obj.data.get("spec", {}).get("domain", {}).get("devices", {}).get("disks", [])
+    kinds = ("disk", "cdrom", "lun")
+    return [
+        [
+            d.get("name", ""),
+            next(iter(set(d) & set(kinds)), ""),
+            next((d[k].get("bus", "") for k in kinds if k in d), ""),
+        ]
+        for d in disks
+    ]
 
 
 def _termination(metadata: ObjectMeta) -> list[tuple[str, str]]:
