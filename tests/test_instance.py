@@ -106,7 +106,7 @@ def left_behind(path: str) -> bool:
 
 
 def phases(instance: Instance) -> list[str]:
-    return [t["phase"] for t in instance.status.transitions]
+    return [str(t.phase) for t in instance.status.transitions]
 
 
 def written(instance: Instance) -> dict[str, Any]:

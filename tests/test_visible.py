@@ -16,7 +16,8 @@ from typing import IO, Any
 import pytest
 
 from tests.daemon import Daemon, fake_config, manifest, running_daemon
-from vmid import cli
+from vmid.api.vmistatus import VMIObject
+from vmid.cli.get import Columns, WatchPrinter
 from vmid.runtime import statuswatch
 
 pytestmark = pytest.mark.timeout(120)
@@ -276,16 +277,18 @@ def test_a_second_daemon_on_one_root_is_refused(tmp_path: Path) -> None:
 def test_a_watch_shows_the_phases_it_read_too_late_to_see(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def obj(*phases: str) -> dict[str, Any]:
+    def obj(*phases: str) -> VMIObject:
         stamps = [{"phase": p, "phaseTransitionTimestamp": "2026-01-01T00:00:00Z"} for p in phases]
         metadata = {"name": "vm-a", "creationTimestamp": "2026-01-01T00:00:00Z"}
-        return {
-            "metadata": metadata,
-            "status": {"phase": phases[-1], "phaseTransitionTimestamps": stamps},
-        }
+        return VMIObject.from_data(
+            {
+                "metadata": metadata,
+                "status": {"phase": phases[-1], "phaseTransitionTimestamps": stamps},
+            }
+        )
 
     path = Path("/run/vmid/namespaces/default/vm-a/status.json")
-    printer = cli._WatchPrinter(None, cli._Columns(wide=False, namespaces=False), [])
+    printer = WatchPrinter(None, Columns(wide=False, namespaces=False), [])
     printer.change(statuswatch.Change(path, obj("Pending")))
     # Scheduled and Running were each replaced before the watch could read them.
     printer.change(statuswatch.Change(path, obj("Pending", "Scheduled", "Running", "Succeeded")))

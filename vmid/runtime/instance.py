@@ -17,12 +17,12 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
 
 from vmid.api import imageref
+from vmid.api.vmistatus import QemuStatus, VolumeStatus
 from vmid.config import Accelerator, Logs
 from vmid.errors import VmidError
 from vmid.host import beneath, identity, storage, unixsock
@@ -256,7 +256,7 @@ class Instance:
         self.status.forget_deletion()  # the spool decides anew whether it goes
         # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
         self._argv = cmdline(pid)
-        self.status.qemu = {**self._qemu_status(), "uid": os.stat(f"/proc/{pid}").st_uid}
+        self.status.qemu = attrs.evolve(self._qemu_status(), uid=os.stat(f"/proc/{pid}").st_uid)
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state)
         if self.status.phase is Phase.PENDING:  # it died before it could record the launch
@@ -325,10 +325,10 @@ class Instance:
             attrs.evolve(f, path=str(image.path)) if f.path == named else f for f in self.plan.files
         )
         self.plan = attrs.evolve(self.plan, files=files)
-        volume: dict[str, Any] = {"name": item.volume, "target": "", "containerDiskVolume": {}}
-        if image.digest is not None:
-            volume["imageID"] = f"{imageref.repository(item.image)}@{image.digest}"
-        self.status.volumes[item.volume] = {**volume, "size": image.virtualSize}
+        image_id = f"{imageref.repository(item.image)}@{image.digest}" if image.digest else ""
+        self.status.volumes[item.volume] = VolumeStatus(
+            name=item.volume, imageID=image_id, size=image.virtualSize
+        )
 
     async def _attach(self) -> None:
         """The VM's taps on their bridges, with addresses (before QEMU opens the taps)."""
@@ -339,8 +339,8 @@ class Instance:
             self.plan.name, self.plan, owner, adopted
         )
         for interface in self.status.interfaces:
-            if interface.get("ipAddress"):
-                self.log.info("interface %s: %s", interface["name"], interface["ipAddress"])
+            if interface.ipAddress:
+                self.log.info("interface %s: %s", interface.name, interface.ipAddress)
 
     async def _detach(self) -> None:
         if not self._attached:
@@ -413,18 +413,18 @@ class Instance:
         self.status.write()
         self.log.info("running")
 
-    def _qemu_status(self) -> dict[str, Any]:
+    def _qemu_status(self) -> QemuStatus:
         sockets = self.plan.sockets
-        return {
-            "pid": self._process.pid if self._process else None,
-            "uid": self._user.uid if self._user else 0,
-            "qmpSocket": sockets.qmp,
-            "consoleSocket": sockets.console,
-            "vncSocket": sockets.vnc,
-            "guestAgentSocket": sockets.guestAgent,
-            "argv": self._argv,
-            "acpi": self.plan.acpi,
-        }
+        return QemuStatus(
+            pid=self._process.pid if self._process else None,
+            uid=self._user.uid if self._user else 0,
+            qmpSocket=sockets.qmp,
+            consoleSocket=sockets.console,
+            vncSocket=sockets.vnc,
+            guestAgentSocket=sockets.guestAgent,
+            argv=tuple(self._argv),
+            acpi=self.plan.acpi,
+        )
 
     # Section: supervise
 

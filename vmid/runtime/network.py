@@ -17,11 +17,11 @@ import subprocess
 from collections.abc import Callable, Set
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
 
+from vmid.api.vmistatus import NetworkInterface
 from vmid.config import Config, Paths, PodNetwork, PortRange
 from vmid.host import dnsmasq, ipam, listeners, nftables
 from vmid.host import network as links
@@ -108,7 +108,7 @@ class Network:
 
     async def attach(
         self, name: str, plan: LaunchPlan, owner: int, adopted: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[NetworkInterface]:
         """Record, create and enslave `plan`'s taps (owned by uid `owner`, the VM's QEMU's);
         the interfaces' status entries.
 
@@ -464,16 +464,16 @@ def _foreign(interface: str, device: str) -> NetworkError:
     )
 
 
-def _interface_status(item: ipam.Attachment, link_up: bool) -> dict[str, Any]:
-    status: dict[str, Any] = {"name": item.interface, "mac": item.mac}
-    if item.ip:
-        status.update(ipAddress=item.ip, ipAddresses=[item.ip])
-    status.update(
+def _interface_status(item: ipam.Attachment, link_up: bool) -> NetworkInterface:
+    return NetworkInterface(
+        name=item.interface,
+        mac=item.mac,
+        ipAddress=item.ip or "",
+        ipAddresses=(item.ip,) if item.ip else (),
         infoSource="domain",
         linkState="up" if link_up else "down",
         podInterfaceName=item.device,
     )
-    return status
 
 
 def _fixed(pod: PodNetwork) -> PodNetwork:

@@ -7,33 +7,29 @@ reader never sees half of it.
 from __future__ import annotations
 
 import datetime
-import enum
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
+from vmid.api.vmistatus import (
+    Condition,
+    NetworkInterface,
+    ObjectMeta,
+    PhaseTransition,
+    QemuStatus,
+    VMIObject,
+    VMIStatus,
+    VolumeStatus,
+)
+from vmid.api.vmistatus import Phase as Phase  # where the writer's users import it from
 from vmid.config import Paths
 from vmid.errors import StateUnreadable
 from vmid.host import safefile
 
 if TYPE_CHECKING:
     from vmid.runtime.events import EventStore
-
-
-class Phase(enum.StrEnum):
-    PENDING = "Pending"
-    SCHEDULED = "Scheduled"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
-    @property
-    def final(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
 _NEXT: dict[Phase, frozenset[Phase]] = {
@@ -61,15 +57,6 @@ STATUS_FILE = "status.json"
 UNPAUSED_GATE = "kubevirt.io/virtual-machine-unpaused"
 
 
-@attrs.define
-class Condition:
-    type: str
-    status: str
-    reason: str = ""
-    message: str = ""
-    lastTransitionTime: str = attrs.field(factory=now)
-
-
 class Status:
     """The live status of one VMI, written to `path` on every change; its events go to
     `events` (none kept without one)."""
@@ -87,12 +74,13 @@ class Status:
         self.manifest = manifest
         self.phase = Phase.PENDING
         self.reason = ""
-        self.transitions: list[dict[str, str]] = [_transition(Phase.PENDING)]
+        self.transitions: list[PhaseTransition] = [_transition(Phase.PENDING)]
         self.conditions: dict[str, Condition] = {}
-        self.interfaces: list[dict[str, str]] = []
+        self.interfaces: list[NetworkInterface] = []
         #: KubeVirt's volumeStatus: a containerDisk's names the image (by digest) it runs.
-        self.volumes: dict[str, dict[str, Any]] = {}
-        self.qemu: dict[str, Any] = {}
+        self.volumes: dict[str, VolumeStatus] = {}
+        #: None until QEMU is launched.
+        self.qemu: QemuStatus | None = None
 
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
@@ -104,17 +92,19 @@ class Status:
         on_write: Callable[[], None] = lambda: None,
         events: EventStore | None = None,
     ) -> Status:
-        """The status an earlier daemon wrote (raises OSError, ValueError or KeyError)."""
-        data = read_json(path)
-        recorded = data.pop("status")
-        status = cls(path, data, on_write, events)
-        status.phase = Phase(recorded["phase"])
-        status.reason = recorded.get("reason", "")
-        status.transitions = list(recorded["phaseTransitionTimestamps"])
-        status.conditions = {c["type"]: Condition(**c) for c in recorded.get("conditions", [])}
-        status.interfaces = list(recorded.get("interfaces", []))
-        status.volumes = {v["name"]: v for v in recorded.get("volumeStatus", [])}
-        status.qemu = dict(recorded.get("qemu", {}))
+        """The status an earlier daemon wrote (raises OSError or ValueError)."""
+        obj = VMIObject.from_data(read_json(path))
+        recorded = obj.status
+        if recorded.phase is None:
+            raise ValueError("it records no phase")
+        status = cls(path, {k: v for k, v in obj.data.items() if k != "status"}, on_write, events)
+        status.phase = recorded.phase
+        status.reason = recorded.reason
+        status.transitions = list(recorded.phaseTransitionTimestamps)
+        status.conditions = {c.type: c for c in recorded.conditions}
+        status.interfaces = list(recorded.interfaces)
+        status.volumes = {v.name: v for v in recorded.volumeStatus}
+        status.qemu = recorded.qemu
         return status
 
     def event(self, type_: str, reason: str, message: str) -> None:
@@ -136,6 +126,11 @@ class Status:
         old = self.conditions.get(type_)
         stamp = old.lastTransitionTime if old and old.status == text else now()
         self.conditions[type_] = Condition(type_, text, reason, message, stamp)
+
+    @property
+    def metadata(self) -> ObjectMeta:
+        """The object's metadata, as readers read it (raises ValueError if malformed)."""
+        return VMIObject.from_data(self.manifest).metadata
 
     @property
     def terminating(self) -> bool:
@@ -164,26 +159,27 @@ class Status:
         paused = self.conditions.get("Paused")
         if self.terminating:
             self.condition("Ready", False, "PodTerminating", "the VMI is terminating")
-        elif paused is not None and paused.status == "True":
+        elif paused is not None and paused.true:
             gate = f'the status of pod readiness gate "{UNPAUSED_GATE}" is not "True", but False'
             self.condition("Ready", False, "ReadinessGatesNotReady", gate)
         else:
             self.condition("Ready", True)
 
+    def typed(self) -> VMIStatus:
+        """This status as every reader reads it."""
+        return VMIStatus(
+            phase=self.phase,
+            phaseTransitionTimestamps=tuple(self.transitions),
+            conditions=tuple(self.conditions.values()),
+            interfaces=tuple(self.interfaces),
+            qemu=self.qemu,
+            reason=self.reason,
+            volumeStatus=tuple(self.volumes.values()),
+        )
+
     def to_data(self) -> dict[str, Any]:
         """The whole object: the manifest (defaulted) and this status."""
-        status: dict[str, Any] = {
-            "phase": str(self.phase),
-            "phaseTransitionTimestamps": self.transitions,
-            "conditions": [attrs.asdict(c) for c in self.conditions.values()],
-            "interfaces": self.interfaces,
-            "qemu": self.qemu,
-        }
-        if self.volumes:
-            status["volumeStatus"] = list(self.volumes.values())
-        if self.reason:
-            status["reason"] = self.reason
-        return {**self.manifest, "status": status}
+        return {**self.manifest, "status": self.typed().to_data()}
 
     def write(self) -> None:
         """Replace the status file atomically."""
@@ -197,8 +193,8 @@ def _replace(path: Path, text: str) -> None:
     safefile.write_atomically(path, text.encode())
 
 
-def _transition(phase: Phase) -> dict[str, str]:
-    return {"phase": str(phase), "phaseTransitionTimestamp": now()}
+def _transition(phase: Phase) -> PhaseTransition:
+    return PhaseTransition(phase, now())
 
 
 def read_json(path: Path) -> Any:
@@ -235,7 +231,7 @@ def status_files(paths: Paths) -> list[Path]:
     return found
 
 
-def read_objects(paths: Paths) -> list[dict[str, Any]]:
+def read_objects(paths: Paths) -> list[VMIObject]:
     """Every object the daemon has written under its runtime directory (as `status_files`).
 
     Raises:
@@ -244,11 +240,11 @@ def read_objects(paths: Paths) -> list[dict[str, Any]]:
     objects = []
     for path in status_files(paths):
         try:
-            objects.append(read_json(path))
+            objects.append(VMIObject.from_data(read_json(path)))
         except PermissionError as exc:
             raise _denied(path) from exc
         except (OSError, ValueError):
-            continue  # removed or being replaced right now
+            continue  # removed or being replaced right now (or no object vmid wrote)
     return objects
 
 

@@ -14,10 +14,10 @@ import select
 import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePath
-from typing import Any
 
 import attrs
 
+from vmid.api.vmistatus import VMIObject
 from vmid.config import Paths
 from vmid.host import inotify, pidlock
 from vmid.runtime import status
@@ -37,7 +37,7 @@ class Change:
     """A status file replaced (`obj`: what it holds now) or removed (`obj` None)."""
 
     path: Path
-    obj: dict[str, Any] | None
+    obj: VMIObject | None
 
 
 class StatusWatch:
@@ -48,7 +48,7 @@ class StatusWatch:
         self._patterns = [PurePath(p).parts for p in status.status_patterns(paths)]
         self._fd = inotify.open_fd()
         self._dirs: dict[int, Path] = {}
-        self._known: dict[Path, dict[str, Any]] = {}
+        self._known: dict[Path, VMIObject] = {}
 
     def __repr__(self) -> str:
         return f"<StatusWatch dirs={len(self._dirs)} files={len(self._known)}>"
@@ -113,12 +113,12 @@ class StatusWatch:
     def _read(self, path: Path) -> Change | None:
         """Read `path` again; the change, if its object is new, changed or gone."""
         try:
-            obj = status.read_json(path)
+            obj = VMIObject.from_data(status.read_json(path))
         except FileNotFoundError:
             return Change(path, None) if self._known.pop(path, None) is not None else None
         except (OSError, ValueError):
             return None  # not a file vmid wrote: not shown, as `vmid get` does not
-        if not isinstance(obj, dict) or self._known.get(path) == obj:
+        if self._known.get(path) == obj:
             return None
         self._known[path] = obj
         return Change(path, obj)

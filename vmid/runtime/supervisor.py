@@ -307,13 +307,13 @@ class Supervisor:
             return
         if wanted is not None and self._spec(found.key, wanted) != earlier.manifest.get("spec"):
             return  # another spec: a new VMI
-        if wanted is not None and not earlier.phase.final and not earlier.qemu.get("pid"):
+        started = earlier.qemu is not None and bool(earlier.qemu.pid)
+        if wanted is not None and not earlier.phase.final and not started:
             return  # it never got as far as a QEMU: start it
         vm = _VM(entry, earlier, task_ended=True, running=earlier.manifest.get("spec"))
         vm.done.set()
         self._vms[found.key] = vm
         if not earlier.phase.final:  # as KubeVirt: a VMI whose QEMU vanished has Failed
-            started = bool(earlier.qemu.get("pid"))
             why = "QEMU ended while vmid was not running" if started else "its file does not load"
             self._failed(vm, why, crashed=started)
             self._nursery.start_soon(self._detach, found.key)

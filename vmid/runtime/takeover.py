@@ -14,7 +14,7 @@ from pathlib import Path
 
 import attrs
 
-from vmid.api import names
+from vmid.api import names, vmistatus
 from vmid.api.load import Locator, Manifest, load_document
 from vmid.config import Accelerator, Config, Paths
 from vmid.manifests import Entry, Planned
@@ -26,9 +26,8 @@ from vmid.runtime.status import STATUS_FILE, Status
 
 log = logging.getLogger(__name__)
 
-#: The spool file a VMI comes from, kept in its status: a file that no longer parses still
-#: names the VMI it held, after a daemon restart too.
-FILE_ANNOTATION = "vmid.io/manifest-file"
+#: The spool file a VMI comes from, kept in its status (vmid/api/vmistatus.py).
+FILE_ANNOTATION = vmistatus.FILE_ANNOTATION
 _FD = re.compile(r"\bfd=\d+")
 
 
@@ -87,16 +86,14 @@ def runs_plan(pid: int, plan: LaunchPlan) -> bool:
 def _load(path: Path, on_write: Callable[[], None], events: EventStore) -> Status | None:
     try:
         return Status.load(path, on_write, events)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         if path.exists():
             log.warning("%s: unreadable status (%s): vmid goes by the process table", path, exc)
         return None
 
 
 def _entry(status: Status, config: Config, paths: Paths, accelerator: Accelerator) -> Entry | None:
-    metadata = status.manifest.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    file = annotations.get(FILE_ANNOTATION) if isinstance(annotations, dict) else None
+    file = status.metadata.annotations.get(FILE_ANNOTATION)
     return _planned(status.manifest, str(file or status.path), config, paths, accelerator)
 
 

@@ -1,0 +1,70 @@
+"""What the verbs share: exit codes, the root's paths and config, the namespace asked for, and
+the VMI object a verb names (or why there is none)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TypeAlias
+
+from vmid import control
+from vmid.api import names
+from vmid.api.vmistatus import Phase, QemuStatus, VMIObject, VMIStatus
+from vmid.cli import show
+from vmid.config import Config, Paths, load_config
+from vmid.runtime import status
+
+#: The subcommands' parser: each verb's module registers its own (`register`).
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+#: Every command: 0 done, 1 failed (a bad file or name, the daemon or a VM, an I/O error),
+#: 2 a usage error (argparse's own: a bad flag or argument), 130 interrupted by Ctrl+C.
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def setup(args: argparse.Namespace) -> tuple[Config, Paths]:
+    paths = Paths(args.root or Path("/"))
+    config_file = args.config or paths.config_file
+    return load_config(config_file, required=args.config is not None), paths
+
+
+def namespace_of(args: argparse.Namespace) -> str:
+    return getattr(args, "namespace", None) or names.DEFAULT_NAMESPACE
+
+
+def _in_scope(args: argparse.Namespace, obj: VMIObject) -> bool:
+    """Whether `obj` is in the namespace asked for (-n), or any (-A). A spool file's row (no
+    name, so no namespace vmid can trust) is in every one."""
+    asked = None if getattr(args, "all_namespaces", False) else namespace_of(args)
+    nameless = not obj.metadata.name
+    return asked is None or nameless or names.split(obj.key)[0] == asked
+
+
+def not_found(args: argparse.Namespace) -> str:
+    return f"virtualmachineinstance {args.name!r} not found in namespace {namespace_of(args)!r}"
+
+
+def find(args: argparse.Namespace, paths: Paths) -> VMIObject | None:
+    """The object of VMI `args.name` in namespace `args.namespace`, if it exists."""
+    key = names.key(namespace_of(args), args.name)
+    return next((o for o in status.read_objects(paths) if o.key == key), None)
+
+
+def wanted(args: argparse.Namespace, obj: VMIObject) -> bool:
+    return _in_scope(args, obj) and args.name in (None, show.name(obj))
+
+
+def running(args: argparse.Namespace) -> tuple[Path, QemuStatus, VMIStatus]:
+    """The qmp.sock, QEMU and status of a Running VMI, or ControlError saying why not."""
+    paths = Paths(args.root or Path("/"))
+    obj = find(args, paths)
+    if obj is None:
+        raise control.ControlError(not_found(args))
+    st, qemu = obj.status, obj.status.qemu
+    if st.phase is not Phase.RUNNING or qemu is None or not qemu.qmpSocket:
+        raise control.ControlError(f"VMI {args.name} is not running (phase {st.phase})")
+    return Path(qemu.qmpSocket), qemu, st
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

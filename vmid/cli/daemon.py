@@ -1,0 +1,50 @@
+"""`vmid daemon`: logging set up for a terminal or journald, then the daemon (trio is imported
+only here and by `vmid image import`, so the reading verbs start fast)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from vmid.cli.common import EXIT_OK, Commands
+from vmid.config import Paths
+
+
+def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    daemon = commands.add_parser("daemon", parents=[flags], help="run the vmid daemon")
+    daemon.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    daemon.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio  # here, as the daemon's modules: `vmid get` and the like start faster without
+
+    from vmid.runtime import daemon
+
+    _configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    paths = Paths(args.root or Path("/"))
+    config_file = args.config or paths.config_file
+    trio.run(daemon.serve, paths, config_file, args.config is not None)
+    return EXIT_OK
+
+
+def _configure_logging(level: int) -> None:
+    """One line per record on stderr; under journald, its priority prefix instead of a time."""
+    handler = logging.StreamHandler()
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    # pyroute2 logs every netlink message at DEBUG; -v is for vmid's own events.
+    logging.getLogger("pyroute2").setLevel(max(level, logging.INFO))
+
+
+_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}  # sd-daemon(3)
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"

@@ -1,0 +1,209 @@
+"""`vmid get`: VMIs as kubectl's table (or their objects as JSON/YAML), and `get -w`, which
+prints each change as it is written."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import attrs
+
+from vmid.api import names
+from vmid.api.vmistatus import VMIObject, VMIStatus
+from vmid.cli import common, show
+from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
+from vmid.config import Paths
+from vmid.runtime import status, statuswatch
+
+
+def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    get = commands.add_parser("get", parents=[flags], help="list VMIs, like kubectl get vmi")
+    get.add_argument("name", nargs="?", metavar="NAME")
+    get.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="list the VMIs of every namespace (a NAMESPACE column)",
+    )
+    get.add_argument("-o", "--output", choices=("wide", "yaml", "json"))
+    get.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
+    get.set_defaults(run=_get)
+
+
+def _get(args: argparse.Namespace) -> int:
+    paths = Paths(args.root or Path("/"))
+    if args.all_namespaces and args.name is not None:
+        print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
+        return EXIT_ERROR
+    if args.watch:
+        return _watch(paths, args)
+    objects = [o for o in status.read_objects(paths) if common.wanted(args, o)]
+    if args.name is not None and not objects:
+        print(f"vmid: {common.not_found(args)}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.output in ("yaml", "json"):
+        items = [o.data for o in objects]
+        data = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
+        show.print_data(data, args.output)
+        return EXIT_OK
+    if not objects:  # as kubectl: the daemon runs and has no VMI there
+        where = "" if args.all_namespaces else f" in {common.namespace_of(args)} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+        return EXIT_OK
+    print(_table(objects, Columns.of(args)))
+    for obj in objects:  # a manifest refused (a VMI's, or a spool file's): its problems
+        synchronized = obj.status.condition("Synchronized")
+        if synchronized is not None and synchronized.status == "False":
+            print(f"{show.name(obj)}: {synchronized.message}", file=sys.stderr)
+    return EXIT_OK
+
+
+@attrs.frozen
+class Columns:
+    """Which columns `vmid get` prints: -o wide adds PAUSED and PID, -A a NAMESPACE first."""
+
+    wide: bool
+    namespaces: bool
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Columns:
+        return cls(args.output == "wide", bool(getattr(args, "all_namespaces", False)))
+
+    @property
+    def header(self) -> list[str]:
+        header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if self.wide else [])
+        return ["NAMESPACE", *header] if self.namespaces else header
+
+    def identity(self, obj: VMIObject) -> list[str]:
+        """The cells naming the VMI: its namespace (-A) and name."""
+        namespace = obj.metadata.namespace or names.DEFAULT_NAMESPACE
+        return [namespace if obj.metadata.name else "", show.name(obj)]
+
+    def partial(self, obj: VMIObject, *cells: str) -> list[str]:
+        """A row of the VMI's identity and `cells`, the other columns empty."""
+        identity = self.identity(obj)[0 if self.namespaces else 1 :]
+        row = [*identity, *cells]
+        return row + [""] * (len(self.header) - len(row))
+
+    def sans_age(self, row: list[str] | None) -> list[str] | None:
+        age = self.header.index("AGE")
+        return None if row is None else row[:age] + row[age + 1 :]
+
+
+def _table(objects: list[VMIObject], columns: Columns) -> str:
+    return show.aligned([columns.header] + [_row(o, columns) for o in objects])
+
+
+def _row(obj: VMIObject, columns: Columns) -> list[str]:
+    st = obj.status
+    row = [
+        show.age(obj.metadata.creationTimestamp),
+        show.phase(obj),
+        st.interfaces[0].ipAddress if st.interfaces else "",
+        _condition(st, "Ready"),
+    ]
+    if columns.wide:
+        pid = st.qemu.pid if st.qemu is not None else None
+        row += [_condition(st, "Paused"), str(pid or "")]
+    return columns.partial(obj, *row)
+
+
+def _condition(st: VMIStatus, type_: str) -> str:
+    """A condition's status as kubectl's column shows it (absent: False)."""
+    found = st.condition(type_)
+    return "False" if found is None else found.status
+
+
+def _watch(paths: Paths, args: argparse.Namespace) -> int:
+    """Like `kubectl get -w`: the list, then every status as it is written (a table row, or a
+    document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
+    watch = statuswatch.StatusWatch(paths)
+    try:
+        found = [c for c in watch.current() if c.obj is not None and common.wanted(args, c.obj)]
+        if args.name is not None and not found:
+            print(f"vmid: {common.not_found(args)}", file=sys.stderr)
+            return EXIT_ERROR
+        printer = WatchPrinter(args.output, Columns.of(args), found)
+        if not watch.daemon_running():
+            print("vmid: the daemon is not running: nothing will change", file=sys.stderr)
+            return EXIT_OK
+        for change in watch.changes():
+            obj = change.obj or printer.last(change.path)
+            if obj is not None and common.wanted(args, obj):
+                printer.change(change)
+        print("vmid: the daemon stopped", file=sys.stderr)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        watch.close()
+
+
+class WatchPrinter:
+    """Prints a watch: rows as kubectl's table does, or one JSON/YAML document per change."""
+
+    def __init__(
+        self, output: str | None, columns: Columns, found: list[statuswatch.Change]
+    ) -> None:
+        self._output = output
+        self._columns = columns
+        self._documents = 0
+        #: The object last printed for each status file.
+        self._shown = {c.path: c.obj for c in found if c.obj is not None}
+        if output in ("json", "yaml"):
+            for obj in self._shown.values():
+                self._document(obj)
+        else:
+            print(_table(list(self._shown.values()), columns), flush=True)
+
+    def __repr__(self) -> str:
+        return f"<WatchPrinter output={self._output} shown={len(self._shown)}>"
+
+    def last(self, path: Path) -> VMIObject | None:
+        return self._shown.get(path)
+
+    def change(self, change: statuswatch.Change) -> None:
+        last = self._shown.pop(change.path, None)
+        obj = change.obj or last
+        if obj is None:
+            return
+        columns = self._columns
+        if self._output in ("json", "yaml"):
+            self._document(obj)  # a VMI gone: its last object, as kubectl prints it
+        elif change.obj is None:
+            self._rows([columns.partial(obj, "", "Deleted")])
+        else:
+            row = _row(obj, columns)
+            missed = [_passed(obj, phase, columns) for phase in _missed(last, obj)]
+            before = None if last is None else columns.sans_age(_row(last, columns))
+            if missed or before != columns.sans_age(row):
+                self._rows([*missed, row])
+        if change.obj is not None:
+            self._shown[change.path] = change.obj
+
+    def _rows(self, rows: list[list[str]]) -> None:
+        print("\n".join(show.aligned([self._columns.header, *rows]).splitlines()[1:]), flush=True)
+
+    def _document(self, obj: VMIObject) -> None:
+        if self._output == "yaml" and self._documents:
+            print("---")
+        show.print_data(obj.data, self._output or "json")
+        sys.stdout.flush()
+        self._documents += 1
+
+
+def _missed(last: VMIObject | None, obj: VMIObject) -> list[str]:
+    """The phases `obj` passed through since `last` (None: not seen before) that no read saw:
+    each lasted less than it took to read it (a 100 ms `Running`). A new object's first phase
+    (`Pending`, where every VMI starts, a refused one too) is not one of them."""
+    now = obj.status.phaseTransitionTimestamps
+    seen = last.status.phaseTransitionTimestamps if last is not None else now[:1]
+    if now[: len(seen)] != seen:
+        seen = now[:1]  # a new VMI of that name
+    return [str(t.phase) for t in now[len(seen) : -1]]
+
+
+def _passed(obj: VMIObject, phase: str, columns: Columns) -> list[str]:
+    """The row of a phase no read saw: what else it showed then is not known."""
+    return columns.partial(obj, show.age(obj.metadata.creationTimestamp), phase)

@@ -1,0 +1,153 @@
+"""`vmid image`: the containerDisk image store (import a file, pull from a registry, list the
+images and what uses them, remove one)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import sys
+from pathlib import Path
+
+from vmid.cli import common, show
+from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
+from vmid.config import Paths
+from vmid.errors import ConfigError, StateUnreadable
+from vmid.runtime import status
+
+
+def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    image = commands.add_parser("image", help="the containerDisk image store")
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
+    image_import = image_commands.add_parser(
+        "import", parents=[flags], help="add a raw or qcow2 file as image REF"
+    )
+    image_import.add_argument("ref", metavar="REF")
+    image_import.add_argument("file", metavar="FILE", type=Path)
+    image_import.set_defaults(run=_image_import)
+    image_pull = image_commands.add_parser(
+        "pull", parents=[flags], help="pull image REF from its registry with skopeo"
+    )
+    image_pull.add_argument("ref", metavar="REF")
+    image_pull.add_argument(
+        "--path", help="the disk file in the image (containerDisk.path); default: /disk/'s one"
+    )
+    image_pull.set_defaults(run=_image_pull)
+    image_list = image_commands.add_parser("list", parents=[flags], help="list stored images")
+    image_list.set_defaults(run=_image_list)
+    image_rm = image_commands.add_parser(
+        "rm", parents=[flags], help="remove image REF (refused while a VMI uses it)"
+    )
+    image_rm.add_argument("ref", metavar="REF")
+    image_rm.set_defaults(run=_image_rm)
+
+
+def _image_import(args: argparse.Namespace) -> int:
+    import trio
+
+    from vmid.host.storage import ImageStore
+
+    config, paths = common.setup(args)
+    store = ImageStore(paths.images, config.qemuImg)
+    stored = trio.run(store.add, args.ref, args.file)
+    print(f"imported {stored.ref} ({stored.digest}, {_size(stored.virtualSize)})")
+    return EXIT_OK
+
+
+def _image_pull(args: argparse.Namespace) -> int:
+    import trio
+
+    from vmid.api import imageref
+    from vmid.host import registry
+    from vmid.host.storage import ImageStore
+
+    config, paths = common.setup(args)
+    try:
+        ref = imageref.normalize(args.ref)
+    except imageref.ImageRefError as exc:
+        raise ConfigError(str(exc)) from exc
+    pull = functools.partial(
+        registry.pull,
+        ImageStore(paths.images, config.qemuImg),
+        registry.skopeo_for(paths, config.images),
+        ref,
+        args.path,
+        max_size=config.images.maxDiskSize.value(),
+        progress=sys.stdout.isatty(),  # skopeo's own progress bars, on the terminal
+    )
+    stored = trio.run(pull)
+    print(f"pulled {stored.ref} ({stored.digest}, {_size(stored.virtualSize)})")
+    return EXIT_OK
+
+
+def _image_list(args: argparse.Namespace) -> int:
+    from vmid.host.storage import ImageStore
+
+    config, paths = common.setup(args)
+    images = ImageStore(paths.images, config.qemuImg).list()
+    users = _image_users(paths)
+    rows = [["REF", "DIGEST", "SIZE", "IN USE", "AGE"]]
+    for image in images:
+        digest = (image.digest or "-").removeprefix("sha256:")[:12]
+        using = ",".join(_using(users, image.ref, image.digest)) or "<none>"
+        rows.append([image.ref, digest, _size(image.virtualSize), using, show.age(image.created)])
+    print(show.aligned(rows))
+    return EXIT_OK
+
+
+def _image_rm(args: argparse.Namespace) -> int:
+    from vmid.api import imageref
+    from vmid.host.storage import ImageStore, StorageError
+
+    config, paths = common.setup(args)
+    store = ImageStore(paths.images, config.qemuImg)
+    try:
+        image = store.lookup(imageref.normalize(args.ref))
+    except (imageref.ImageRefError, StorageError) as exc:
+        print(f"vmid: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    users = _image_users(paths)
+    using = _using(users, image.ref, image.digest)
+    if using:
+        print(
+            f"vmid: image {image.ref} is in use by {', '.join(using)}: remove those VMIs first",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    store.remove(image.ref, keep=frozenset(k for k in users if k.startswith("sha256:")))
+    print(f"removed {image.ref}")
+    return EXIT_OK
+
+
+def _image_users(paths: Paths) -> dict[str, set[str]]:
+    """VMIs not ended, by the digests their volumeStatus names and the images their spec names."""
+    from vmid.api import imageref
+
+    try:
+        objects = status.read_objects(paths)
+    except StateUnreadable:
+        return {}
+    users: dict[str, set[str]] = {}
+    for obj in objects:
+        if obj.status.phase is not None and obj.status.phase.final:
+            continue
+        names = [v.imageID.partition("@")[2] for v in obj.status.volumeStatus]
+        for volume in obj.data.get("spec", {}).get("volumes", []):
+            with contextlib.suppress(imageref.ImageRefError, KeyError, TypeError):
+                names.append(imageref.normalize(volume["containerDisk"]["image"]))
+        for name in filter(None, names):
+            users.setdefault(name, set()).add(obj.key)
+    return users
+
+
+def _using(users: dict[str, set[str]], ref: str, digest: str | None) -> list[str]:
+    return sorted(users.get(ref, set()) | users.get(digest or "", set()))
+
+
+def _size(size: int) -> str:
+    """A size as a Kubernetes quantity, rounded: `1.2Gi`, `512Mi`, `4Ki`, `100`."""
+    for unit, power in (("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if size >= 1 << power:
+            value = size / (1 << power)
+            return f"{value:.1f}".removesuffix(".0") + unit if value < 10 else f"{value:.0f}{unit}"
+    return str(size)

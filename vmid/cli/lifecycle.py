@@ -1,0 +1,80 @@
+"""The verbs that act on a running VMI through QMP and return: qmp, pause, unpause, reset and
+soft-reboot, with KubeVirt's refusals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from vmid import control
+from vmid.api.vmistatus import QemuStatus
+from vmid.cli import common
+from vmid.cli.common import EXIT_OK, Commands
+
+
+def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    qmp = commands.add_parser("qmp", parents=[flags], help="run a QMP command on a VMI's qmp.sock")
+    qmp.add_argument("name", metavar="NAME")
+    qmp.add_argument("command", metavar="COMMAND")
+    qmp.add_argument("arguments", nargs="?", metavar="JSON-ARGS", type=_json_object)
+    qmp.set_defaults(run=_qmp)
+    for action, text in (
+        ("pause", "pause a running VMI"),
+        ("unpause", "resume a paused VMI"),
+        ("reset", "hard-reset a VMI, as the reset button does"),
+        ("soft-reboot", "reboot the guest cleanly (the ACPI power button, then a reset)"),
+    ):
+        parser_ = commands.add_parser(action, parents=[flags], help=text)
+        parser_.add_argument("name", metavar="NAME")
+        parser_.set_defaults(run=_lifecycle, action=action)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("the arguments must be a JSON object")
+    return value
+
+
+def _qmp(args: argparse.Namespace) -> int:
+    qmp_socket, _, _ = common.running(args)
+    result = control.execute(qmp_socket, args.command, args.arguments)
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _lifecycle(args: argparse.Namespace) -> int:
+    qmp_socket, qemu, st = common.running(args)
+    paused = st.is_true("Paused")
+    # KubeVirt's refusals (pkg/virt-api/rest/lifecycle.go).
+    if args.action == "pause" and paused:
+        raise control.ControlError(f"VMI {args.name} is already paused")
+    if args.action == "unpause" and not paused:
+        raise control.ControlError(f"VMI {args.name} is not paused")
+    if args.action == "soft-reboot":
+        _soft_reboot(args.name, qmp_socket, qemu, paused)
+    else:
+        command = {"pause": "stop", "unpause": "cont", "reset": "system_reset"}[args.action]
+        control.execute(qmp_socket, command)
+    print(f"VMI {args.name} was scheduled to {args.action}")
+    return EXIT_OK
+
+
+SOFT_REBOOT_TIMEOUT = 120.0
+
+
+def _soft_reboot(name: str, qmp_socket: Path, qemu: QemuStatus, paused: bool) -> None:
+    # KubeVirt's refusals (pkg/virt-launcher/virtwrap/manager.go SoftRebootVMI); vmid has no
+    # guest agent client yet, so ACPI is the only way.
+    if paused:
+        raise control.ControlError(f"VMI {name} is paused")
+    if not qemu.acpi:
+        raise control.ControlError(
+            f"VMI {name} neither have the agent connected nor the ACPI feature enabled"
+        )
+    control.soft_reboot(qmp_socket, SOFT_REBOOT_TIMEOUT)

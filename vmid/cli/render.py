@@ -1,0 +1,142 @@
+"""`vmid validate` and `vmid render`: manifest files checked and planned as the daemon would,
+without a daemon (render prints the QEMU command line)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cattrs
+
+from vmid.cli import common
+from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
+from vmid.config import Accelerator, Config, Paths
+from vmid.host import accel, firmwareid
+from vmid.manifests import Planned, plan_file
+from vmid.plan.build import build
+from vmid.plan.model import LaunchPlan
+
+
+def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    validate = commands.add_parser(
+        "validate", parents=[flags], help="check manifests as KubeVirt would admit them"
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", type=Path)
+    validate.set_defaults(run=_validate)
+
+    render = commands.add_parser(
+        "render",
+        parents=[flags],
+        help="print the QEMU command line vmid would run",
+        description="Print the QEMU command line vmid would run for each VMI of FILE. fd=N and "
+        "/dev/fdset/N stand for the files and sockets the daemon passes as fds: a running VMI's "
+        "real command line is its status.qemu.argv (vmid get NAME -o yaml).",
+    )
+    render.add_argument("file", metavar="FILE", type=Path)
+    render.add_argument("-o", "--output", choices=("args", "json"), default="args")
+    render.set_defaults(run=_render)
+
+
+def _plan_files(
+    args: argparse.Namespace, files: list[Path]
+) -> Iterator[tuple[Path, list[Planned], list[str]]]:
+    config, paths = common.setup(args)
+    accelerator = accel.resolve(config.accelerator)
+    for file in files:
+        planned, problems = plan_file(file, config, paths, accelerator)
+        yield file, planned, [str(p) for p in problems]
+
+
+def _validate(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for file, planned, problems in _plan_files(args, args.files):
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            status = EXIT_ERROR
+        elif not planned:
+            print(f"{file}: no VirtualMachineInstance in this file", file=sys.stderr)
+            status = EXIT_ERROR
+        else:
+            names = ", ".join(p.manifest.name for p in planned)
+            print(f"{file}: valid: {names}")
+    return status
+
+
+def _render(args: argparse.Namespace) -> int:
+    ((_, planned, problems),) = _plan_files(args, [args.file])
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems or not planned:
+        return EXIT_ERROR
+    config, paths = common.setup(args)
+    accelerator = accel.resolve(config.accelerator)
+    plans = [_as_the_daemon_plans(item, config, paths, accelerator) for item in planned]
+    if args.output == "json":
+        data = [plan_as_json(p) for p in plans]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        return EXIT_OK
+    for index, plan in enumerate(plans):
+        if len(plans) > 1:
+            print(("\n" if index else "") + f"# {plan.name}")
+        print(render_argv(plan.argv))
+    return EXIT_OK
+
+
+def _as_the_daemon_plans(
+    item: Planned, config: Config, paths: Paths, accelerator: Accelerator
+) -> LaunchPlan:
+    """The plan with the firmware UUID the daemon uses for this VMI under `paths`, or said to be
+    a placeholder when the daemon has not chosen one yet."""
+    vmi = item.manifest.vmi
+    if not firmwareid.generated(vmi):
+        return item.plan
+    value = firmwareid.stored(paths.instance_state(item.manifest.key))
+    if value is None:
+        print(
+            f"vmid: {item.manifest.key}: -uuid {item.plan.uuid} is a placeholder: the daemon "
+            "gives the VMI a random firmware UUID when it first starts and keeps it until the "
+            "VMI is removed (set spec.domain.firmware.uuid to choose one)",
+            file=sys.stderr,
+        )
+        return item.plan
+    plan, _ = build(firmwareid.with_uuid(vmi, value), config, paths, accelerator)
+    assert plan is not None  # the same VMI but its UUID planned already
+    return plan
+
+
+def render_argv(argv: Sequence[str]) -> str:
+    """One option per line with its value, shell-quoted, joined by backslash-newlines."""
+    lines: list[str] = []
+    for arg in argv:
+        if lines and not arg.startswith("-") and _is_flag_only(lines[-1]):
+            lines[-1] += " " + shlex.quote(arg)
+        else:
+            lines.append(shlex.quote(arg))
+    return " \\\n    ".join(lines)
+
+
+def _is_flag_only(line: str) -> bool:
+    return line.startswith("-") and " " not in line
+
+
+def plan_as_json(plan: LaunchPlan) -> Any:
+    """The plan as JSON-ready data; file contents as text, or base64 when they are binary."""
+    converter = cattrs.Converter()
+    converter.register_unstructure_hook(bytes, _bytes_text)
+    data = converter.unstructure(plan)
+    data["prepare"] = [{"kind": type(p).__name__, **converter.unstructure(p)} for p in plan.prepare]
+    return data
+
+
+def _bytes_text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(data).decode()
