@@ -609,7 +609,7 @@ def test_get_watch_prints_each_change(tmp_path: Path) -> None:
                 assert line, "the watch ended"
         finally:
             watcher.send_signal(signal.SIGINT)
-            watcher.communicate(timeout=10)
+            watcher.communicate(timeout=30)
 
 
 def test_describe_shows_spec_conditions_history_and_events(tmp_path: Path) -> None:

@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 POWERDOWN_RESEND_SECONDS = 5.0  # a booting guest can miss ACPI events (KubeVirt re-sends too)
 MONITOR_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 2.0
-HANGUP_TIMEOUT = 1.0
+#: How long QEMU's last events (SHUTDOWN, GUEST_PANICKED) may take to be read once it has
+#: exited: its socket is closed by then, so this ends at once unless the host is loaded; a
+#: second was too short on a loaded host (a guest that powered off was reported Failed).
+HANGUP_TIMEOUT = 10.0
 CLEANUP_TIMEOUT = 10.0
 #: All of QEMU's environment but the plan's (TZ): none of the daemon's (NOTIFY_SOCKET,
 #: WATCHDOG_*, a locale), so QEMU's messages quoted in reasons are stable English, as libvirt.
