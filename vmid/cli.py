@@ -36,7 +36,7 @@ import attrs
 import cattrs
 from ruamel.yaml import YAML
 
-from vmid import control
+from vmid import agentcli, control
 from vmid.__main__ import HELD_SIGNALS
 from vmid.api import names
 from vmid.config import Accelerator, Config, Paths, load_config
@@ -179,6 +179,10 @@ def _parser() -> argparse.ArgumentParser:
         parser_ = commands.add_parser(action, parents=[common], help=text)
         parser_.add_argument("name", metavar="NAME")
         parser_.set_defaults(run=_lifecycle, action=action)
+    for verb, text in agentcli.VERBS:
+        parser_ = commands.add_parser(verb, parents=[common], help=text)
+        parser_.add_argument("name", metavar="NAME")
+        parser_.set_defaults(run=_agent_verb, verb=verb)
     console = commands.add_parser(
         "console", parents=[common], help="attach to a VMI's serial console (Ctrl+] leaves)"
     )
@@ -1086,11 +1090,20 @@ def _proxy(client: socket.socket, vnc_socket: Path) -> None:
 SOFT_REBOOT_TIMEOUT = 120.0
 
 
+def _agent_verb(args: argparse.Namespace) -> int:
+    _, st = _running(args)
+    print(agentcli.show(st, args.verb))
+    return EXIT_OK
+
+
 def _soft_reboot(name: str, qmp_socket: Path, st: dict[str, Any], paused: bool) -> None:
-    # KubeVirt's refusals (pkg/virt-launcher/virtwrap/manager.go SoftRebootVMI); vmid has no
-    # guest agent client yet, so ACPI is the only way.
+    # KubeVirt's refusals and choice (pkg/virt-launcher/virtwrap/manager.go SoftRebootVMI):
+    # the guest agent when it is connected, else the ACPI power button.
     if paused:
         raise control.ControlError(f"VMI {name} is paused")
+    if agentcli.agent_connected(st):
+        agentcli.request(st, "soft-reboot")
+        return
     if not st.get("qemu", {}).get("acpi", True):
         raise control.ControlError(
             f"VMI {name} neither have the agent connected nor the ACPI feature enabled"

@@ -89,7 +89,9 @@ class Status:
         self.reason = ""
         self.transitions: list[dict[str, str]] = [_transition(Phase.PENDING)]
         self.conditions: dict[str, Condition] = {}
-        self.interfaces: list[dict[str, str]] = []
+        self.interfaces: list[dict[str, Any]] = []
+        #: KubeVirt's status.guestOSInfo, from the guest agent (empty: none reported).
+        self.guest_os_info: dict[str, str] = {}
         self.qemu: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -111,6 +113,7 @@ class Status:
         status.transitions = list(recorded["phaseTransitionTimestamps"])
         status.conditions = {c["type"]: Condition(**c) for c in recorded.get("conditions", [])}
         status.interfaces = list(recorded.get("interfaces", []))
+        status.guest_os_info = dict(recorded.get("guestOSInfo", {}))
         status.qemu = dict(recorded.get("qemu", {}))
         return status
 
@@ -133,6 +136,10 @@ class Status:
         old = self.conditions.get(type_)
         stamp = old.lastTransitionTime if old and old.status == text else now()
         self.conditions[type_] = Condition(type_, text, reason, message, stamp)
+
+    def drop_condition(self, type_: str) -> None:
+        """Remove a condition KubeVirt sets only while it holds (AgentConnected)."""
+        self.conditions.pop(type_, None)
 
     @property
     def terminating(self) -> bool:
@@ -176,6 +183,8 @@ class Status:
             "interfaces": self.interfaces,
             "qemu": self.qemu,
         }
+        if self.guest_os_info:
+            status["guestOSInfo"] = self.guest_os_info
         if self.reason:
             status["reason"] = self.reason
         return {**self.manifest, "status": status}
