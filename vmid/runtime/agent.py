@@ -214,7 +214,7 @@ class GuestAgent:
                     await self._changed.wait()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(COMMAND_TIMEOUT):
-                await self._drop()
+                await self.aclose()
 
     async def _serve(self) -> None:
         """Handshake, then poll until the port closes; a failed handshake is retried."""
@@ -286,11 +286,11 @@ class GuestAgent:
                 try:
                     return await self._exchange(command, arguments, reply)
                 except OSError as exc:
-                    await self._drop()
+                    await self.aclose()
                     raise AgentError(f"{command}: the agent's channel failed: {exc}") from exc
                 except AgentError as exc:
                     if "closed" in str(exc):
-                        await self._drop()
+                        await self.aclose()
                     raise AgentError(f"{command}: {exc}") from exc
         raise AgentError(f"{command}: the guest agent did not answer within {within:g} s")
 
@@ -352,7 +352,8 @@ class GuestAgent:
                 with trio.move_on_after(COMMAND_TIMEOUT):
                     await stream.send_all(json.dumps(reply).encode() + b"\n")
 
-    async def _drop(self) -> None:
+    async def aclose(self) -> None:
+        """Close the channel (`run` does when it ends); the next call connects anew."""
         channel, self._channel = self._channel, None
         if channel is not None:
             with contextlib.suppress(OSError, trio.ClosedResourceError):
