@@ -28,7 +28,7 @@ from vmid.host import beneath, identity, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
 from vmid.plan.model import LaunchPlan, Prepared, device_id
-from vmid.runtime import agent
+from vmid.runtime import agent, probes
 from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
@@ -89,6 +89,7 @@ class _Outcome:
     panicked: bool = False
     reset_terminated: bool = False
     stop: str | None = None  # "killed-after-grace", "killed-at-once", "acpi"
+    liveness: str | None = None  # the failed livenessProbe's output, once it killed QEMU
 
 
 class Instance:
@@ -140,6 +141,7 @@ class Instance:
         self._agent = agent.GuestAgent(plan.name, Path(plan.sockets.guestAgent), self._on_agent)
         #: The NICs as vmid made them, before the guest agent's view is merged in.
         self._domain_interfaces: list[dict[str, Any]] = []
+        self.status.probe_ready = None if plan.readinessProbe is None else False
 
     def __repr__(self) -> str:
         pid = self._process.pid if self._process else None
@@ -450,7 +452,7 @@ class Instance:
                     self.log.exception("handling event %s failed", event.name)
 
     async def _run_agent(self, monitor: Monitor, scope: trio.CancelScope) -> None:
-        """The guest agent's client and `vmid`'s requests to it, while QEMU runs."""
+        """The guest agent's client, `vmid`'s requests to it, and the probes, while QEMU runs."""
         with scope:
             try:
                 chardevs = await monitor.execute("query-chardev")
@@ -464,7 +466,42 @@ class Instance:
             listener = agent.listen(path)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._agent.serve, listener)
+                for kind, probe in (
+                    ("Readiness", self.plan.readinessProbe),
+                    ("Liveness", self.plan.livenessProbe),
+                ):
+                    if probe is not None:
+                        prober = probes.Prober(kind, probe)
+                        address, guest = self._pod_address, self._agent
+                        nursery.start_soon(probes.run, prober, address, guest, self._on_probe)
                 await self._agent.run(port_open)
+
+    def _pod_address(self) -> str | None:
+        """Where tcpSocket and httpGet probes go: the pod network's address vmid gave."""
+        for interface in self._domain_interfaces:
+            multus = "multus-status" in str(interface.get("infoSource", ""))
+            if not multus and interface.get("ipAddress"):
+                return str(interface["ipAddress"])
+        return None
+
+    def _on_probe(self, prober: probes.Prober, outcome: probes.Outcome, changed: bool) -> None:
+        """A probe's run, as the kubelet reports it: an event per failure; Ready follows the
+        readinessProbe; a livenessProbe that fails kills QEMU (the VMI ends Failed)."""
+        if outcome.result is probes.Result.FAILURE:
+            message = f"{prober.kind} probe failed: {outcome.output}"
+            self.status.event("Warning", "Unhealthy", message)
+            self.log.info("%s", message)
+        if not changed or self.status.phase is not Phase.RUNNING:
+            return
+        if prober.kind == "Readiness":
+            self.status.probe_ready = prober.result is probes.Result.SUCCESS
+            self.status.update_ready()
+            self._write_status()
+        elif prober.result is probes.Result.FAILURE and self._process is not None:
+            self._outcome.liveness = outcome.output
+            message = "Container compute failed liveness probe, will be restarted"
+            self.status.event("Normal", "Killing", message)
+            self._process.kill()
 
     def _on_agent(self) -> None:
         """What the guest agent says, into the status as KubeVirt's virt-handler puts it."""
@@ -651,7 +688,9 @@ class Instance:
             reason = _failure_reason(failure)
             return Phase.FAILED, reason, ("Warning", "SyncFailed", reason)
         outcome, code = self._outcome, self._process.returncode if self._process else None
-        if outcome.panicked:
+        if outcome.liveness is not None:
+            phase, reason = Phase.FAILED, f"Liveness probe failed: {outcome.liveness}"
+        elif outcome.panicked:
             phase, reason = Phase.FAILED, "GuestPanicked"
         elif outcome.stop == "killed-after-grace":
             phase = Phase.FAILED

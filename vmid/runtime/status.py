@@ -90,6 +90,8 @@ class Status:
         self.transitions: list[dict[str, str]] = [_transition(Phase.PENDING)]
         self.conditions: dict[str, Condition] = {}
         self.interfaces: list[dict[str, Any]] = []
+        #: Whether the readinessProbe succeeds (None: the VMI has none), which Ready follows.
+        self.probe_ready: bool | None = None
         #: KubeVirt's status.guestOSInfo, from the guest agent (empty: none reported).
         self.guest_os_info: dict[str, str] = {}
         self.qemu: dict[str, Any] = {}
@@ -162,7 +164,8 @@ class Status:
 
     def update_ready(self) -> None:
         """Ready, as KubeVirt derives it for a Running VMI: not while it is being deleted (its
-        pod is terminating), nor while it is paused (its pod's readiness gate is False)."""
+        pod is terminating), nor while it is paused (its pod's readiness gate is False), nor
+        while its readinessProbe fails (its pod's container is not ready)."""
         if self.phase is not Phase.RUNNING:
             return
         paused = self.conditions.get("Paused")
@@ -171,6 +174,9 @@ class Status:
         elif paused is not None and paused.status == "True":
             gate = f'the status of pod readiness gate "{UNPAUSED_GATE}" is not "True", but False'
             self.condition("Ready", False, "ReadinessGatesNotReady", gate)
+        elif self.probe_ready is False:
+            unready = "containers with unready status: [compute]"
+            self.condition("Ready", False, "ContainersNotReady", unready)
         else:
             self.condition("Ready", True)
 
