@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ pytestmark = [
 MULTUS_BRIDGE = "br-static"
 
 
-def manifest(name: str, user_data: list[str], multus: bool = False) -> str:
+def manifest(name: str, user_data: list[str], multus: bool = False, probes: str = "") -> str:
     interfaces = "      - name: default\n        masquerade: {}\n"
     networks = "  - name: default\n    pod: {}\n"
     if multus:
@@ -44,7 +45,7 @@ metadata:
   name: {name}
 spec:
   terminationGracePeriodSeconds: 30
-  domain:
+{probes}  domain:
     memory: {{guest: 256Mi}}
     devices:
       disks:
@@ -186,3 +187,62 @@ def test_a_guest_without_an_agent(daemon: Daemon) -> None:
     # soft-reboot falls back to the ACPI power button (the guest powers off: vmid resets it).
     assert daemon.vmid("soft-reboot", "bare").returncode == 0
     assert "VMID-GUEST: powering off" in console(daemon, "bare")
+
+
+def ready(daemon: Daemon, name: str) -> dict[str, Any]:
+    return conditions(daemon, name).get("Ready", {})
+
+
+def event_messages(daemon: Daemon, name: str) -> list[str]:
+    listed = json.loads(daemon.vmid("events", name, "-o", "json").stdout)
+    return [f"{e['reason']}: {e['message']}" for e in listed["items"]]
+
+
+def test_readiness_http_get_drives_ready_and_a_passing_exec_liveness_keeps_it(
+    daemon: Daemon,
+) -> None:
+    probes = """  readinessProbe:
+    httpGet: {port: 80}
+    periodSeconds: 2
+  livenessProbe:
+    exec: {command: ["/bin/sh", "-c", "test -e /www/index.html"]}
+    periodSeconds: 2
+    failureThreshold: 60
+"""
+    daemon.drop("web.yaml", manifest("web", [], probes=probes))
+    daemon.wait_phase("web", "Running")
+    # Running but not Ready until its httpd answers: the pod's container is not ready.
+    assert ready(daemon, "web")["status"] == "False"
+    assert ready(daemon, "web")["reason"] == "ContainersNotReady"
+    daemon.wait_for("Ready", lambda: ready(daemon, "web").get("status") == "True", timeout=150)
+    assert any(
+        m.startswith("Unhealthy: Readiness probe failed: ") for m in event_messages(daemon, "web")
+    )
+    assert "READY" in daemon.vmid("get").stdout
+    # The exec liveness probe (guest-exec) passes once the agent runs: the VMI lives on.
+    daemon.wait_for("the agent", lambda: agent_connected(daemon, "web"), timeout=60)
+    time.sleep(6)
+    assert daemon.phase("web") == "Running"
+    assert ready(daemon, "web")["status"] == "True"
+
+
+def test_liveness_tcp_socket_on_a_closed_port_fails_the_vmi(daemon: Daemon) -> None:
+    probes = """  livenessProbe:
+    tcpSocket: {port: 81}
+    initialDelaySeconds: 20
+    periodSeconds: 3
+    failureThreshold: 2
+"""
+    daemon.drop("dead.yaml", manifest("dead", [], probes=probes))
+    daemon.wait_phase("dead", "Running")
+    running = time.monotonic()
+    daemon.wait_phase("dead", "Failed", timeout=60)
+    took = time.monotonic() - running
+    # initialDelaySeconds, then failureThreshold failures periodSeconds apart: within one period.
+    assert 20 + 3 <= took <= 20 + 2 * 3 + 3, took
+    assert daemon.reason("dead") in (
+        "Liveness probe failed: dial tcp 10.0.2.2:81: connect: connection refused",
+        "Liveness probe failed: timeout: no answer within 1s",  # the guest still booting
+    )
+    messages = event_messages(daemon, "dead")
+    assert "Killing: Container compute failed liveness probe, will be restarted" in messages
