@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio.testing
 
 from vmid.runtime import agent
 
@@ -161,12 +160,21 @@ async def test_the_poller_reports_connected_and_answers(tmp_path: Path) -> None:
         "guest-get-users": [{"user": "alice", "login-time": 1700000000.5}],
     }
     changes: list[bool] = []
+    reported, gone = trio.Event(), trio.Event()
+
+    def on_change() -> None:
+        changes.append(guest.connected)
+        if agent.guest_os_info(guest.report):
+            reported.set()
+        if not guest.connected:
+            gone.set()
+
     async with trio.open_nursery() as nursery:
         await serve_agent(nursery, path, qemu_ga(answers))
-        guest = agent.GuestAgent("test", path, lambda: changes.append(guest.connected))
+        guest = agent.GuestAgent("test", path, on_change)
         nursery.start_soon(guest.run, True)
         with trio.fail_after(10):
-            await trio.testing.wait_all_tasks_blocked()  # the first poll done; sleeping 10 s
+            await reported.wait()  # the first poll's answers
         assert guest.connected
         assert agent.guest_os_info(guest.report) == {
             "name": "Debian GNU/Linux",
@@ -180,8 +188,7 @@ async def test_the_poller_reports_connected_and_answers(tmp_path: Path) -> None:
         ]
         guest.port_changed(False)
         with trio.fail_after(5):
-            await trio.testing.wait_all_tasks_blocked()
-        assert not guest.connected
+            await gone.wait()
         assert changes[0] is True
         assert changes[-1] is False
         nursery.cancel_scope.cancel()
