@@ -317,8 +317,8 @@ def test_real_qemu_shows_whether_its_console_is_attached(tmp_path: Path) -> None
     try:
         qmp = tmp_path / "qmp.sock"
         deadline = time.monotonic() + 30
-        while not qmp.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not _listening(qmp) and time.monotonic() < deadline:
+            time.sleep(0.05)  # QEMU binds its socket (the file appears) before it listens
         assert not control.console_attached(qmp)
         with unixsock.connect(tmp_path / "console.sock") as first:
             deadline = time.monotonic() + 10
@@ -337,6 +337,14 @@ def test_real_qemu_shows_whether_its_console_is_attached(tmp_path: Path) -> None
     finally:
         qemu.kill()
         qemu.wait()
+
+
+def _listening(path: Path) -> bool:
+    try:
+        unixsock.connect(path).close()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.mark.timeout(120)

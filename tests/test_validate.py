@@ -1608,9 +1608,10 @@ STRUCTURE: list[tuple[str, Patch, str, str]] = [
     ),
     (
         "unsupported-field",
-        {"spec.livenessProbe": {"tcpSocket": {"port": 22}}},
-        "spec.livenessProbe",
-        "livenessProbe is not supported by vmid: probes are not implemented yet",
+        {"spec.resourceClaims": [{"name": "gpu"}]},
+        "spec.resourceClaims",
+        "resourceClaims is not supported by vmid: dynamic resource allocation (DRA) claims are "
+        "a Kubernetes feature",
     ),
     (
         "unsupported-device",

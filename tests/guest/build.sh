@@ -14,12 +14,15 @@
 #   VMID_GUEST_KERNEL  kernel package to use, e.g. linux-image-6.1.0-56-amd64; default: the one
 #                      already cached, else what linux-image-amd64 depends on now
 #   VMID_GUEST_QUIET   non-empty: no progress lines on stderr
+#
+# qemu-ga, from Debian's qemu-guest-agent package (a cached .deb), goes in with the shared
+# libraries it needs, taken from this host (Debian 12, as the package: ldd resolves them).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"   # sfdisk, mkfs.vfat for users whose PATH lacks them
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SCRIPT="$HERE/$(basename "${BASH_SOURCE[0]}")"
-INPUTS=("$SCRIPT" "$HERE/init" "$HERE/udhcpc.script")
+INPUTS=("$SCRIPT" "$HERE/init" "$HERE/udhcpc.script" "$HERE/shutdown")
 
 # Modules the guest loads, in this order (each after its dependencies, which are added).
 # Storage drivers come after sd_mod/sr_mod so disks are bound while the module loads.
@@ -127,6 +130,20 @@ if [ -z "$DEB" ]; then
 fi
 DEB=$CACHE/debs/$DEB
 
+# --- qemu-ga: Debian's qemu-guest-agent .deb, cached like the kernel's ----------------------
+QGA_DEB=$(cd "$CACHE/debs" && ls qemu-guest-agent_*.deb 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$QGA_DEB" ]; then
+    log "downloading qemu-guest-agent"
+    DOWNLOAD=$(mktemp -d "$CACHE/download.XXXXXX")
+    (cd "$DOWNLOAD" && apt-get download -q qemu-guest-agent 2>&1 |
+        grep -v '^W: Download is performed unsandboxed' >&2 || true)
+    mv "$DOWNLOAD"/*.deb "$CACHE/debs/" 2>/dev/null || true
+    rm -rf "$DOWNLOAD"
+    QGA_DEB=$(cd "$CACHE/debs" && ls qemu-guest-agent_*.deb 2>/dev/null | sort -V | tail -n 1 || true)
+    [ -n "$QGA_DEB" ] || die "apt-get download qemu-guest-agent failed"
+fi
+QGA_DEB=$CACHE/debs/$QGA_DEB
+
 # --- the kernel files: vmlinuz and the modules' closure, cached per package and module list -
 KCACHE=$CACHE/kernel/$KVER
 WANTED="$(basename "$DEB") ${MODULES[*]}"
@@ -210,6 +227,22 @@ cp "$KCACHE"/modules/*.ko "$ROOT/lib/modules/"
 cp "$KCACHE/modules.order" "$ROOT/lib/modules/order"
 echo "$PACKAGE $(basename "$DEB")" > "$ROOT/etc/vmid-guest-kernel"
 echo "root:x:0:0:root:/:/bin/sh" > "$ROOT/etc/passwd"
+install -m 0755 "$HERE/shutdown" "$ROOT/sbin/shutdown"   # what qemu-ga's guest-shutdown runs
+cat > "$ROOT/etc/os-release" <<'OSRELEASE'
+NAME="vmid test guest"
+ID=vmid-guest
+VERSION="1 (busybox)"
+VERSION_ID=1
+PRETTY_NAME="vmid test guest 1"
+OSRELEASE
+# qemu-ga and every shared library it loads (this host's: Debian 12, as the package).
+dpkg-deb --fsys-tarfile "$QGA_DEB" | tar -x -C "$WORK" ./usr/sbin/qemu-ga
+install -m 0755 "$WORK/usr/sbin/qemu-ga" "$ROOT/usr/sbin/qemu-ga"
+mkdir -p "$ROOT/lib64" "$ROOT/lib/x86_64-linux-gnu"
+for library in $(ldd "$ROOT/usr/sbin/qemu-ga" | grep -o '/[^ ]*'); do
+    cp -L "$library" "$ROOT$library"
+done
+[ -e "$ROOT/lib64/ld-linux-x86-64.so.2" ] || die "qemu-ga's dynamic loader was not found"
 
 # A newc entry for a character device: /dev/console must exist before /init runs (the kernel
 # opens it for init's stdio) and making device nodes needs root, so it is written by hand as a

@@ -52,6 +52,11 @@ def apply(vmi: t.VirtualMachineInstance) -> t.VirtualMachineInstance:
         domain=domain,
     )
     spec = _default_network(spec)
+    spec = attrs.evolve(
+        spec,
+        readinessProbe=_probe(spec.readinessProbe),
+        livenessProbe=_probe(spec.livenessProbe),
+    )
     spec = attrs.evolve(spec, domain=attrs.evolve(domain, devices=_devices(spec)))
     # As the API server does: an object created without a namespace is in kubectl's.
     namespace = vmi.metadata.namespace or names.DEFAULT_NAMESPACE
@@ -205,6 +210,24 @@ def _floating_tag(image: str) -> bool:
         return False
     last = image.rsplit("/", 1)[-1]
     return ":" not in last or last.endswith(":latest")
+
+
+def _probe(probe: t.Probe | None) -> t.Probe | None:
+    """Kubernetes' SetDefaults_Probe and SetDefaults_HTTPGetAction."""
+    if probe is None:
+        return None
+    http = probe.httpGet
+    if http is not None:
+        http = attrs.evolve(http, path=http.path or "/", scheme=http.scheme or t.URIScheme.HTTP)
+    return attrs.evolve(
+        probe,
+        httpGet=http,
+        initialDelaySeconds=probe.initialDelaySeconds or 0,
+        timeoutSeconds=probe.timeoutSeconds or 1,
+        periodSeconds=probe.periodSeconds or 10,
+        successThreshold=probe.successThreshold or 1,
+        failureThreshold=probe.failureThreshold or 3,
+    )
 
 
 def _default_network(spec: t.VirtualMachineInstanceSpec) -> t.VirtualMachineInstanceSpec:

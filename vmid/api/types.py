@@ -794,6 +794,64 @@ class PodDNSConfig:
     options: tuple[PodDNSConfigOption, ...] = ()
 
 
+# Section: probes
+
+
+class URIScheme(Enum):
+    HTTP = "HTTP"
+    HTTPS = "HTTPS"
+
+
+@attrs.frozen(kw_only=True)
+class ExecAction:
+    command: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class HTTPHeader:
+    name: str
+    value: str
+
+
+@attrs.frozen(kw_only=True)
+class HTTPGetAction:
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "host": "probes target the guest's pod-network address, as a pod's target its IP",
+    }
+    port: int
+    path: str | None = None
+    scheme: URIScheme | None = None
+    httpHeaders: tuple[HTTPHeader, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class TCPSocketAction:
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "host": "probes target the guest's pod-network address, as a pod's target its IP",
+    }
+    port: int
+
+
+@attrs.frozen(kw_only=True)
+class Probe:
+    """Kubernetes' Probe with KubeVirt's handlers (exec and guestAgentPing go through qemu-ga)."""
+
+    exec: ExecAction | None = None
+    httpGet: HTTPGetAction | None = None
+    tcpSocket: TCPSocketAction | None = None
+    guestAgentPing: EmptyBinding | None = None
+    initialDelaySeconds: int | None = None
+    timeoutSeconds: int | None = None
+    periodSeconds: int | None = None
+    successThreshold: int | None = None
+    failureThreshold: int | None = None
+
+    def handlers(self) -> list[str]:
+        """The handler fields that are set (exactly one in a valid probe)."""
+        names = ("httpGet", "tcpSocket", "exec", "guestAgentPing")
+        return [name for name in names if getattr(self, name) is not None]
+
+
 # Section: the VMI
 
 
@@ -803,8 +861,6 @@ class VirtualMachineInstanceSpec:
         {"nodeSelector", "tolerations", "schedulerName", "priorityClassName"}
     )
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "livenessProbe": f"probes are {NOT_YET}",
-        "readinessProbe": f"probes are {NOT_YET}",
         "accessCredentials": f"access credentials come from Secrets, and {NO_CLUSTER}",
         "resourceClaims": "dynamic resource allocation (DRA) claims are a Kubernetes feature",
         "utilityVolumes": "utility volumes are managed by KubeVirt controllers",
@@ -824,6 +880,8 @@ class VirtualMachineInstanceSpec:
     dnsPolicy: str | None = None
     dnsConfig: PodDNSConfig | None = None
     serviceAccountName: str | None = None
+    readinessProbe: Probe | None = None
+    livenessProbe: Probe | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -98,6 +98,7 @@ def validate(vmi: t.VirtualMachineInstance) -> list[Finding]:
     _disks(vmi.spec, out)
     _volumes(vmi.spec.volumes, out)
     _networks(vmi.spec, out)
+    _probes(vmi.spec, out)
     _boot_order(vmi.spec.domain.devices, out)
     _other_devices(vmi.spec.domain.devices, out)
     _io_threads(vmi.spec.domain, out)
@@ -120,6 +121,63 @@ def _dns_subdomain(path: FieldPath, value: str, out: _Findings) -> None:
         out.add(path, f"Invalid value: {quote(value)}: must be no more than 253 characters")
     elif not DNS1123_SUBDOMAIN.fullmatch(value):
         out.add(path, f"Invalid value: {quote(value)}: {SUBDOMAIN_MESSAGE}")
+
+
+def _probes(spec: t.VirtualMachineInstanceSpec, out: _Findings) -> None:
+    """KubeVirt's validateProbe, its pod-network rule, and Kubernetes' ranges of the numbers."""
+    pod = any(network.pod is not None for network in spec.networks)
+    for field in ("readinessProbe", "livenessProbe"):
+        probe: t.Probe | None = getattr(spec, field)
+        if probe is None:
+            continue
+        path = (*SPEC, field)
+        name = f"spec.{field}"
+        handlers = probe.handlers()
+        if len(handlers) > 1:
+            out.add(path, f"{name} must have exactly one probe type set")
+        if not handlers:
+            out.add(
+                path,
+                f"either {name}.tcpSocket, {name}.exec or {name}.httpGet must be set if a "
+                f"{name} is specified",
+            )
+        for handler in ("httpGet", "tcpSocket"):
+            if handler in handlers and not pod:
+                out.add(
+                    (*path, handler),
+                    f"{name}.{handler} is only allowed if the Pod Network is attached",
+                )
+        _probe_numbers(probe, path, field == "livenessProbe", out)
+    if spec.startStrategy is not None and spec.livenessProbe is not None:
+        out.add(
+            (*SPEC, "startStrategy"),
+            "either spec.startStrategy or spec.livenessProbe should be provided.Pausing VMI with "
+            "LivenessProbe is not supported",
+        )
+
+
+def _probe_numbers(probe: t.Probe, path: FieldPath, liveness: bool, out: _Findings) -> None:
+    """Kubernetes' ValidateProbe: no negative numbers, thresholds and period at least 1, and a
+    liveness probe's successThreshold exactly 1."""
+    for key in ("initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold",
+                "failureThreshold"):  # fmt: skip
+        value = getattr(probe, key)
+        least = 0 if key == "initialDelaySeconds" else 1
+        if value is not None and value < least:
+            out.add(
+                (*path, key), f"Invalid value: {value}: must be greater than or equal to {least}"
+            )
+    if liveness and probe.successThreshold not in (None, 1):
+        out.add((*path, "successThreshold"), f"Invalid value: {probe.successThreshold}: must be 1")
+    for handler in (probe.httpGet, probe.tcpSocket):
+        if handler is not None and not 0 < handler.port < 65536:
+            name = "httpGet" if handler is probe.httpGet else "tcpSocket"
+            out.add(
+                (*path, name, "port"),
+                f"Invalid value: {handler.port}: must be between 1 and 65535, inclusive",
+            )
+    if probe.exec is not None and not probe.exec.command:
+        out.add((*path, "exec", "command"), "Required value: a command to run in the guest")
 
 
 def _metadata(meta: t.ObjectMeta, out: _Findings) -> None:

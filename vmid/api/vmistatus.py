@@ -114,6 +114,8 @@ class VMIStatus:
     qemu: QemuStatus | None = None
     reason: str = ""
     volumeStatus: tuple[VolumeStatus, ...] = ()
+    #: From the guest agent: KubeVirt's v1.VirtualMachineInstanceGuestOSInfo, as it reports it.
+    guestOSInfo: Mapping[str, str] = attrs.field(factory=dict)
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -132,6 +134,8 @@ class VMIStatus:
             "interfaces": [_plain(i, omit_defaults=True) for i in self.interfaces],
             "qemu": {} if self.qemu is None else _plain(self.qemu),
         }
+        if self.guestOSInfo:
+            data["guestOSInfo"] = dict(self.guestOSInfo)
         if self.volumeStatus:
             data["volumeStatus"] = [_plain(v) for v in self.volumeStatus]
         if self.reason:
@@ -187,6 +191,23 @@ class VMIObject:
     def terminating(self) -> bool:
         """Its deletion has begun (vmid is stopping its QEMU, whatever for)."""
         return bool(self.metadata.deletionTimestamp)
+
+
+def interface_data(interface: NetworkInterface) -> dict[str, Any]:
+    """An interface as the status file holds it (its empty fields left out)."""
+    return _plain(interface, omit_defaults=True)
+
+
+def interface_from_data(data: Mapping[str, Any]) -> NetworkInterface:
+    """An interface from its data (what `interface_data` gives, or the agent's merge of it).
+
+    Raises:
+        ValueError: a field of another type than KubeVirt's.
+    """
+    try:
+        return _CONVERTER.structure(dict(data), NetworkInterface)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not an interface: {exc!r}") from exc
 
 
 def _plain(value: Any, omit_defaults: bool = False) -> dict[str, Any]:

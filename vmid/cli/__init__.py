@@ -17,6 +17,7 @@ from typing import Any
 from vmid.__main__ import HELD_SIGNALS
 from vmid.api import names
 from vmid.cli import (
+    agent,
     console,
     daemon,
     describe,
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         events,
         logs,
         lifecycle,
+        agent,
         console,
         vnc,
         screenshot,

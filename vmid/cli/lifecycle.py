@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from vmid import control
-from vmid.api.vmistatus import QemuStatus
-from vmid.cli import common
+from vmid.api.vmistatus import QemuStatus, VMIStatus
+from vmid.cli import agent, common
 from vmid.cli.common import EXIT_OK, Commands
 
 
@@ -24,7 +24,7 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         ("pause", "pause a running VMI"),
         ("unpause", "resume a paused VMI"),
         ("reset", "hard-reset a VMI, as the reset button does"),
-        ("soft-reboot", "reboot the guest cleanly (the ACPI power button, then a reset)"),
+        ("soft-reboot", "reboot the guest cleanly (its guest agent, else the ACPI power button)"),
     ):
         parser_ = commands.add_parser(action, parents=[flags], help=text)
         parser_.add_argument("name", metavar="NAME")
@@ -57,7 +57,7 @@ def _lifecycle(args: argparse.Namespace) -> int:
     if args.action == "unpause" and not paused:
         raise control.ControlError(f"VMI {args.name} is not paused")
     if args.action == "soft-reboot":
-        _soft_reboot(args.name, qmp_socket, qemu, paused)
+        _soft_reboot(args.name, qmp_socket, qemu, st, paused)
     else:
         command = {"pause": "stop", "unpause": "cont", "reset": "system_reset"}[args.action]
         control.execute(qmp_socket, command)
@@ -68,11 +68,16 @@ def _lifecycle(args: argparse.Namespace) -> int:
 SOFT_REBOOT_TIMEOUT = 120.0
 
 
-def _soft_reboot(name: str, qmp_socket: Path, qemu: QemuStatus, paused: bool) -> None:
-    # KubeVirt's refusals (pkg/virt-launcher/virtwrap/manager.go SoftRebootVMI); vmid has no
-    # guest agent client yet, so ACPI is the only way.
+def _soft_reboot(
+    name: str, qmp_socket: Path, qemu: QemuStatus, st: VMIStatus, paused: bool
+) -> None:
+    # KubeVirt's refusals and choice (pkg/virt-launcher/virtwrap/manager.go SoftRebootVMI):
+    # the guest agent when it is connected, else the ACPI power button.
     if paused:
         raise control.ControlError(f"VMI {name} is paused")
+    if agent.agent_connected(st):
+        agent.request(qemu, "soft-reboot")
+        return
     if not qemu.acpi:
         raise control.ControlError(
             f"VMI {name} neither have the agent connected nor the ACPI feature enabled"

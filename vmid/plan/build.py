@@ -108,6 +108,8 @@ def build(
         gracePeriodSeconds=_grace(vmi),
         acpi=_acpi(vmi),
         startPaused=vmi.spec.startStrategy is t.StartStrategy.PAUSED,
+        readinessProbe=vmi.spec.readinessProbe,
+        livenessProbe=vmi.spec.livenessProbe,
     )
     return plan, []
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from vmid.api import types as t
 from vmid.plan.qemu import options
 
 #: The fd `vmid render` shows for the control monitor; the runtime passes its own number.
@@ -233,6 +234,9 @@ class LaunchPlan:
     gracePeriodSeconds: int
     acpi: bool
     startPaused: bool
+    #: The probes, defaulted (the daemon runs them: runtime/probes.py).
+    readinessProbe: t.Probe | None = None
+    livenessProbe: t.Probe | None = None
 
     def argv_for(
         self, control_fd: int, tap_fds: Mapping[str, int], file_fds: Mapping[int, int]

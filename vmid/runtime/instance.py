@@ -17,18 +17,20 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
 
 from vmid.api import imageref
-from vmid.api.vmistatus import QemuStatus, VolumeStatus
+from vmid.api.vmistatus import QemuStatus, VolumeStatus, interface_data, interface_from_data
 from vmid.config import Accelerator, Logs
 from vmid.errors import VmidError
 from vmid.host import beneath, identity, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
 from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, device_id
+from vmid.runtime import agent, probes
 from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
@@ -65,6 +67,11 @@ PAUSED_IO_ERROR = ("PausedIOError", "VMI was paused, low-level IO error detected
 _IO_STATUS = {"nospace": "No space left on device", "failed": "I/O error"}
 #: How QEMU's -device ids name a manifest's disk: `ua-disk-root`.
 DISK_ID_PREFIX = device_id("disk", "")
+#: The guest agent's chardev and virtserialport ids (plan/devices.py guest_agent).
+AGENT_CHARDEV = "charchannel0"
+AGENT_PORT = "channel0"
+#: `vmid`'s requests to the guest agent, in the VMI's runtime directory (root's).
+AGENT_REQUESTS = "agent.sock"
 
 
 class StopMode(enum.Enum):
@@ -88,6 +95,7 @@ class _Outcome:
     panicked: bool = False
     reset_terminated: bool = False
     stop: str | None = None  # "killed-after-grace", "killed-at-once", "acpi"
+    liveness: str | None = None  # the failed livenessProbe's output, once it killed QEMU
 
 
 class Instance:
@@ -140,6 +148,10 @@ class Instance:
         self._stop_mode = stop_mode
         #: When the shutdown ladder, once begun, kills QEMU (trio's clock): the grace's end.
         self.kill_at: float | None = None
+        self._agent = agent.GuestAgent(plan.name, Path(plan.sockets.guestAgent), self._on_agent)
+        #: The NICs as vmid made them, before the guest agent's view is merged in.
+        self._domain_interfaces: list[dict[str, Any]] = []
+        self.status.probe_ready = None if plan.readinessProbe is None else False
 
     def __repr__(self) -> str:
         pid = self._process.pid if self._process else None
@@ -341,6 +353,7 @@ class Instance:
         self.status.interfaces = await self._network.attach(
             self.plan.name, self.plan, owner, adopted
         )
+        self._domain_interfaces = [interface_data(i) for i in self.status.interfaces]
         for interface in self.status.interfaces:
             if interface.ipAddress:
                 self.log.info("interface %s: %s", interface.name, interface.ipAddress)
@@ -440,9 +453,12 @@ class Instance:
             # Shielded: the events of a stopping guest (SHUTDOWN) decide its final phase.
             events = trio.CancelScope(shield=True)
             nursery.start_soon(self._follow_events, monitor, events)
+            guest_agent = trio.CancelScope()
+            nursery.start_soon(self._run_agent, monitor, guest_agent)
             try:
                 await self._process.wait()
             finally:
+                guest_agent.cancel()
                 with trio.CancelScope(shield=True):
                     try:
                         await self._stop()
@@ -462,6 +478,83 @@ class Instance:
                     self._on_event(event)
                 except Exception:  # bookkeeping (a full /run) must never stop a healthy VM
                     self.log.exception("handling event %s failed", event.name)
+
+    async def _run_agent(self, monitor: Monitor, scope: trio.CancelScope) -> None:
+        """The guest agent's client, `vmid`'s requests to it, and the probes, while QEMU runs."""
+        with scope:
+            try:
+                chardevs = await monitor.execute("query-chardev")
+            except MonitorError as exc:
+                self.log.warning("query-chardev failed, the guest agent is not followed: %s", exc)
+                return
+            port_open = any(
+                c.get("label") == AGENT_CHARDEV and c.get("frontend-open") for c in chardevs
+            )
+            path = Path(self.plan.sockets.control).with_name(AGENT_REQUESTS)
+            listener = agent.listen(path)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._agent.serve, listener)
+                for kind, probe in (
+                    ("Readiness", self.plan.readinessProbe),
+                    ("Liveness", self.plan.livenessProbe),
+                ):
+                    if probe is not None:
+                        prober = probes.Prober(kind, probe)
+                        address, guest = self._pod_address, self._agent
+                        nursery.start_soon(probes.run, prober, address, guest, self._on_probe)
+                await self._agent.run(port_open)
+
+    def _pod_address(self) -> str | None:
+        """Where tcpSocket and httpGet probes go: the pod network's address vmid gave."""
+        for interface in self._domain_interfaces:
+            multus = "multus-status" in str(interface.get("infoSource", ""))
+            if not multus and interface.get("ipAddress"):
+                return str(interface["ipAddress"])
+        return None
+
+    def _on_probe(self, prober: probes.Prober, outcome: probes.Outcome, changed: bool) -> None:
+        """A probe's run, as the kubelet reports it: an event per failure; Ready follows the
+        readinessProbe; a livenessProbe that fails kills QEMU (the VMI ends Failed)."""
+        if outcome.result is probes.Result.FAILURE:
+            message = f"{prober.kind} probe failed: {outcome.output}"
+            self.status.event("Warning", "Unhealthy", message)
+            self.log.info("%s", message)
+        if not changed or self.status.phase is not Phase.RUNNING:
+            return
+        if prober.kind == "Readiness":
+            self.status.probe_ready = prober.result is probes.Result.SUCCESS
+            self.status.update_ready()
+            self._write_status()
+        elif prober.result is probes.Result.FAILURE and self._process is not None:
+            self._outcome.liveness = outcome.output
+            message = "Container compute failed liveness probe, will be restarted"
+            self.status.event("Normal", "Killing", message)
+            self._process.kill()
+
+    def _on_agent(self) -> None:
+        """What the guest agent says, into the status as KubeVirt's virt-handler puts it."""
+        if self.status.phase is not Phase.RUNNING:
+            return
+        before = self.status.to_data()
+        report = self._agent.report
+        if self._agent.connected:
+            self.status.condition("AgentConnected", True)
+            reason = agent.unsupported_reason(report)
+            if reason is None:
+                self.status.drop_condition("AgentVersionNotSupported")
+            else:
+                self.status.condition("AgentVersionNotSupported", True, reason)
+        else:
+            self.status.drop_condition("AgentConnected")
+            self.status.drop_condition("AgentVersionNotSupported")
+        self.status.guest_os_info = agent.guest_os_info(report) or self.status.guest_os_info
+        masquerade = frozenset(t.interface for t in self.plan.taps if t.masquerade)
+        guest = agent.guest_interfaces(report)
+        if guest:
+            merged = agent.merge_interfaces(self._domain_interfaces, guest, masquerade)
+            self.status.interfaces = [interface_from_data(i) for i in merged]
+        if self.status.to_data() != before:
+            self._write_status()
 
     def _on_event(self, event: Event) -> None:
         self.log.info("event %s %s", event.name, dict(event.data))
@@ -488,6 +581,8 @@ class Instance:
             self._io_error = _disk_error(_disk_names(self.plan.argv), node, what)
         elif event.name in ("STOP", "RESUME") and self.status.phase is Phase.RUNNING:
             self._on_pause(event.name == "STOP")
+        elif event.name == "VSERPORT_CHANGE" and event.data.get("id") == AGENT_PORT:
+            self._agent.port_changed(bool(event.data.get("open")))
 
     def _on_pause(self, paused: bool) -> None:
         current = self.status.conditions.get("Paused")
@@ -604,6 +699,8 @@ class Instance:
         if not self.status.phase.final:
             self.status.transition(phase, reason)
         self.status.condition("Ready", False, "GuestNotRunning")
+        self.status.drop_condition("AgentConnected")
+        self.status.drop_condition("AgentVersionNotSupported")
         self.status.event(*event)
         self.status.write()
         if failure is None:
@@ -618,7 +715,9 @@ class Instance:
             reason = _failure_reason(failure)
             return Phase.FAILED, reason, ("Warning", "SyncFailed", reason)
         outcome, code = self._outcome, self._process.returncode if self._process else None
-        if outcome.panicked:
+        if outcome.liveness is not None:
+            phase, reason = Phase.FAILED, f"Liveness probe failed: {outcome.liveness}"
+        elif outcome.panicked:
             phase, reason = Phase.FAILED, "GuestPanicked"
         elif outcome.stop == "killed-after-grace":
             phase = Phase.FAILED
@@ -687,3 +786,4 @@ def _remove_sockets(plan: LaunchPlan) -> None:
         path = getattr(plan.sockets, name)
         if path:
             Path(path).unlink(missing_ok=True)
+    Path(plan.sockets.control).with_name(AGENT_REQUESTS).unlink(missing_ok=True)

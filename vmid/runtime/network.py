@@ -152,7 +152,10 @@ class Network:
             if any(tap.bridge == self._bridge for tap in plan.taps):
                 self._check_dhcp(name, adopted)
         by_interface = {a.interface: a for a in self._registry.of(name)}
-        return [_interface_status(by_interface[tap.interface], tap.linkUp) for tap in plan.taps]
+        return [
+            _interface_status(by_interface[tap.interface], tap.linkUp, tap.bridge != self._bridge)
+            for tap in plan.taps
+        ]
 
     def _check_dhcp(self, name: str, adopted: bool) -> None:
         """A new VMI on the pod network fails unless dnsmasq serves its address: its status must
@@ -464,13 +467,14 @@ def _foreign(interface: str, device: str) -> NetworkError:
     )
 
 
-def _interface_status(item: ipam.Attachment, link_up: bool) -> NetworkInterface:
+def _interface_status(item: ipam.Attachment, link_up: bool, multus: bool) -> NetworkInterface:
+    """KubeVirt's entry: a multus network's NIC is in the pod's network-status too."""
     return NetworkInterface(
         name=item.interface,
         mac=item.mac,
         ipAddress=item.ip or "",
         ipAddresses=(item.ip,) if item.ip else (),
-        infoSource="domain",
+        infoSource="domain, multus-status" if multus else "domain",
         linkState="up" if link_up else "down",
         podInterfaceName=item.device,
     )

@@ -81,6 +81,10 @@ class Status:
         self.volumes: dict[str, VolumeStatus] = {}
         #: None until QEMU is launched.
         self.qemu: QemuStatus | None = None
+        #: Whether the readinessProbe succeeds (None: the VMI has none), which Ready follows.
+        self.probe_ready: bool | None = None
+        #: KubeVirt's status.guestOSInfo, from the guest agent (empty: none reported).
+        self.guest_os_info: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
@@ -104,6 +108,7 @@ class Status:
         status.conditions = {c.type: c for c in recorded.conditions}
         status.interfaces = list(recorded.interfaces)
         status.volumes = {v.name: v for v in recorded.volumeStatus}
+        status.guest_os_info = dict(recorded.guestOSInfo)
         status.qemu = recorded.qemu
         return status
 
@@ -126,6 +131,10 @@ class Status:
         old = self.conditions.get(type_)
         stamp = old.lastTransitionTime if old and old.status == text else now()
         self.conditions[type_] = Condition(type_, text, reason, message, stamp)
+
+    def drop_condition(self, type_: str) -> None:
+        """Remove a condition KubeVirt sets only while it holds (AgentConnected)."""
+        self.conditions.pop(type_, None)
 
     @property
     def metadata(self) -> ObjectMeta:
@@ -153,7 +162,8 @@ class Status:
 
     def update_ready(self) -> None:
         """Ready, as KubeVirt derives it for a Running VMI: not while it is being deleted (its
-        pod is terminating), nor while it is paused (its pod's readiness gate is False)."""
+        pod is terminating), nor while it is paused (its pod's readiness gate is False), nor
+        while its readinessProbe fails (its pod's container is not ready)."""
         if self.phase is not Phase.RUNNING:
             return
         paused = self.conditions.get("Paused")
@@ -162,6 +172,9 @@ class Status:
         elif paused is not None and paused.true:
             gate = f'the status of pod readiness gate "{UNPAUSED_GATE}" is not "True", but False'
             self.condition("Ready", False, "ReadinessGatesNotReady", gate)
+        elif self.probe_ready is False:
+            unready = "containers with unready status: [compute]"
+            self.condition("Ready", False, "ContainersNotReady", unready)
         else:
             self.condition("Ready", True)
 
@@ -175,6 +188,7 @@ class Status:
             qemu=self.qemu,
             reason=self.reason,
             volumeStatus=tuple(self.volumes.values()),
+            guestOSInfo=dict(self.guest_os_info),
         )
 
     def to_data(self) -> dict[str, Any]:
