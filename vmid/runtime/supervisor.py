@@ -36,6 +36,10 @@ from vmid.runtime.status import STATUS_FILE, Phase, Status, now
 
 log = logging.getLogger(__name__)
 
+#: The longest a shielded cleanup may wait on the network (a tap removed, addresses freed and
+#: dnsmasq told): past it, what is left is logged, and the next start's collection frees it.
+NETWORK_CLEANUP_SECONDS = 30.0
+
 #: The condition of a VMI on the pod network: whether vmid's DHCP server serves its address.
 DHCP_CONDITION = "DHCPReady"
 #: Event messages: KubeVirt's (pkg/virt-handler/controller.go), then vmid's words.
@@ -337,17 +341,22 @@ class Supervisor:
 
     async def _release(self, name: str) -> None:
         """Free the VMI's addresses (and taps); a failure is logged, the rest goes on."""
-        try:
-            await self._network.release(name)
-        except VmidError as exc:
-            log.error("%s: releasing its addresses failed: %s", name, exc)
+        with trio.move_on_after(NETWORK_CLEANUP_SECONDS) as scope:
+            try:
+                await self._network.release(name)
+            except VmidError as exc:
+                log.error("%s: releasing its addresses failed: %s", name, exc)
+        if scope.cancelled_caught:
+            log.error("%s: releasing its addresses took too long: given up", name)
 
     async def _detach(self, name: str) -> None:
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), trio.move_on_after(NETWORK_CLEANUP_SECONDS) as scope:
             try:
                 await self._network.detach(name)
             except VmidError as exc:
                 log.error("%s: removing its taps failed: %s", name, exc)
+        if scope.cancelled_caught:
+            log.error("%s: removing its taps took too long: given up", name)
 
     async def _collect(self, known: set[str]) -> None:
         try:
