@@ -29,7 +29,7 @@ from vmid.errors import VmidError
 from vmid.host import beneath, identity, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
-from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, device_id
+from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, add_fd, device_id
 from vmid.runtime import agent, probes
 from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
@@ -335,11 +335,14 @@ class Instance:
     def _use_image(self, item: ImageOverlay, image: storage.StoredImage) -> None:
         """QEMU gets the digest's file the reference resolved to now: a tag moved later (a pull
         for another VMI) never changes this VM's disk; its volumeStatus names that digest."""
-        named = str(self._store.reference_path(item.image))
-        files = tuple(
-            attrs.evolve(f, path=str(image.path)) if f.path == named else f for f in self.plan.files
-        )
-        self.plan = attrs.evolve(self.plan, files=files)
+        named, digest_file = str(self._store.reference_path(item.image)), str(image.path)
+        files, argv = list(self.plan.files), list(self.plan.argv)
+        for index, file in enumerate(self.plan.files):
+            if file.path == named:  # the file and the -add-fd naming it (argv_for matches both)
+                files[index] = attrs.evolve(file, path=digest_file)
+                old, new = (add_fd(file.fd, file.fdset, p) for p in (named, digest_file))
+                argv = [new if arg == old else arg for arg in argv]
+        self.plan = attrs.evolve(self.plan, files=tuple(files), argv=tuple(argv))
         image_id = f"{imageref.repository(item.image)}@{image.digest}" if image.digest else ""
         self.status.volumes[item.volume] = VolumeStatus(
             name=item.volume, imageID=image_id, size=image.virtualSize
