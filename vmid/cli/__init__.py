@@ -17,8 +17,10 @@ from typing import Any
 from vmid.__main__ import HELD_SIGNALS
 from vmid.api import names
 from vmid.cli import (
+    apply,
     console,
     daemon,
+    delete,
     describe,
     events,
     get,
@@ -26,6 +28,7 @@ from vmid.cli import (
     lifecycle,
     logs,
     render,
+    restart,
     screenshot,
     vnc,
 )
@@ -99,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     verbs = (
         render,
         daemon,
+        apply,
+        delete,
+        restart,
         get,
         describe,
         events,
