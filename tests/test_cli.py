@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
 import subprocess
 import sys
@@ -171,13 +172,30 @@ def test_validate_missing_file(workdir: Path, capsys: pytest.CaptureFixture[str]
     assert "No such file" in err
 
 
-def test_validate_directory_is_not_a_file(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_an_empty_directory(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (workdir / "dir.yaml").mkdir()
     status, _, err = run(capsys, "--config", "vmid.yaml", "validate", "dir.yaml")
     assert status == 1
-    assert err.startswith("dir.yaml:1:1: cannot read the file")
+    assert err == "dir.yaml:1:1: a directory without a .yaml, .yml or .json file\n"
+
+
+def test_validate_a_directory_and_standard_input(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / "all").mkdir()
+    write(workdir / "all", "a.yaml", manifest("a"))
+    data = copy.deepcopy(BASE)
+    data["metadata"]["name"] = "b"
+    write(workdir / "all", "b.json", json.dumps(data))
+    write(workdir / "all", "notes.txt", "not a manifest")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(manifest("c").encode())))
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "all", "-")
+    assert (status, err) == (0, "")
+    assert out.splitlines() == [
+        "all/a.yaml: valid: a",
+        "all/b.json: valid: b",
+        "<stdin>: valid: c",
+    ]
 
 
 def test_validate_empty_file_has_no_vmi(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

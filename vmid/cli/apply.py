@@ -58,12 +58,14 @@ def inputs(sources: list[str]) -> list[tuple[str, bytes | Problem]]:
             found.append((STDIN, sys.stdin.buffer.read()))
             continue
         path = Path(source)
-        files = (
-            sorted(p for p in path.iterdir() if spoolfiles.manifest_name(p.name))
-            if path.is_dir()
-            else [path]
-        )
+        if not path.is_dir():
+            found.append((source, read_file(path, source)))
+            continue
+        files = sorted(p for p in path.iterdir() if spoolfiles.manifest_name(p.name))
         found += [(str(f), read_file(f)) for f in files]
+        if not files:
+            message = "a directory without a .yaml, .yml or .json file"
+            found.append((source, Problem(source, 1, 1, "", message)))
     return found
 
 
