@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.metadata
 import io
 import json
 import subprocess
@@ -458,11 +459,20 @@ def test_render_output_choice_is_checked(workdir: Path, capsys: pytest.CaptureFi
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: vmid")
+    assert "apply" in out
+    assert "restart" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "version")[:2] == (0, f"vmid version {importlib.metadata.version('vmid')}\n")
     with pytest.raises(SystemExit) as exited:
-        main([])
-    assert exited.value.code == 2
-    assert "usage: vmid" in capsys.readouterr().err
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("vmid version ")
 
 
 # --- the module entry point

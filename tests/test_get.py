@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +108,26 @@ def test_jsonpath_templates() -> None:
     assert jsonpath.Template("{.a[*].n}").render(data) == "1 2"
     assert jsonpath.Template("{.a[?(@.n>1)].t} {.m.k\\.dot} {.a[-1:].t}").render(data) == "y v y"
     assert jsonpath.Template("{.m}").render(data) == '{"k.dot":"v"}'
+
+
+@pytest.mark.timeout(60)
+def test_bash_completion_of_verbs_flags_and_names(daemon: Daemon, tmp_path: Path) -> None:
+    script = tmp_path / "vmid.bash"
+    generated = [sys.executable, "-m", "vmid.cli", "completion", "bash"]
+    script.write_text(subprocess.run(generated, capture_output=True, text=True, check=True).stdout)
+    wrapper = tmp_path / "vmid"  # `vmid` as the completion calls it: COMP_WORDS[0]
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m vmid.cli "$@"\n')
+    wrapper.chmod(0o755)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in (str(wrapper), *words))
+        code = f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words)}; _vmid; "
+        code += 'echo "${COMPREPLY[@]}"'
+        done = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("re") == ["render", "restart", "reset"]
+    assert complete("get", "--no") == ["--no-headers"]
+    assert complete("--root", str(daemon.root), "logs", "w") == ["web"]
+    assert sorted(complete("--root", str(daemon.root), "restart", "")) == ["db", "web"]

@@ -18,6 +18,7 @@ from vmid.__main__ import HELD_SIGNALS
 from vmid.api import names
 from vmid.cli import (
     apply,
+    completion,
     console,
     daemon,
     delete,
@@ -30,6 +31,7 @@ from vmid.cli import (
     render,
     restart,
     screenshot,
+    version,
     vnc,
 )
 from vmid.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
@@ -41,7 +43,11 @@ __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "main", "plan_as_json", 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one vmid command; returns the process exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `vmid` alone: what it can do, as kubectl alone
+        parser.print_help()
+        return EXIT_OK
     try:
         if args.run is not daemon.run:  # only the daemon answers them itself (vmid.__main__)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # a Ctrl+C held comes now
@@ -97,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="vmid", description="Run KubeVirt VirtualMachineInstance manifests on this host."
     )
     _global_flags(parser, default=None)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"vmid version {version.version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     # In this order in `vmid --help`.
     verbs = (
         render,
@@ -114,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
         vnc,
         screenshot,
         image,
+        version,
+        completion,
     )
     for module in verbs:
         module.register(commands, flags)

@@ -39,7 +39,7 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     delete = commands.add_parser(
         "delete",
         parents=[flags],
-        help="take VMIs out of the spool and wait until they are gone, as kubectl delete",
+        help="remove VMIs from the spool, wait until gone (kubectl delete)",
         description="Take each object out of the spool: its file is removed or, when the file "
         "holds other objects too, rewritten without it (the others untouched). The daemon "
         "stops the VMI as for any removal (ACPI power-off, killed after the grace period); "

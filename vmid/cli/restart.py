@@ -27,7 +27,7 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     restart = commands.add_parser(
         "restart",
         parents=[flags],
-        help="stop a VMI gracefully and start it again from its manifest, as virtctl restart",
+        help="stop a VMI gracefully and start it again (virtctl restart)",
         description="Stop VMI NAME (Running, or Failed/Succeeded) gracefully and start it "
         "again from its manifest: a new incarnation with the same firmware UUID, uid and "
         "addresses. Returns once the daemon has taken the request.",
