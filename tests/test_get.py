@@ -131,3 +131,12 @@ def test_bash_completion_of_verbs_flags_and_names(daemon: Daemon, tmp_path: Path
     assert complete("get", "--no") == ["--no-headers"]
     assert complete("--root", str(daemon.root), "logs", "w") == ["web"]
     assert sorted(complete("--root", str(daemon.root), "restart", "")) == ["db", "web"]
+
+
+@pytest.mark.timeout(60)
+def test_qmp_hmp_prints_the_monitors_text(daemon: Daemon) -> None:
+    done = daemon.vmid("qmp", "web", "--hmp", "info block")
+    assert (done.returncode, done.stdout) == (0, "fake monitor: info block\n")
+    neither = daemon.vmid("qmp", "web")
+    assert neither.returncode == 1
+    assert "give either a QMP COMMAND or --hmp" in neither.stderr

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one vmid command; returns the process exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command is None:  # `vmid` alone: what it can do, as kubectl alone
+    if not hasattr(args, "run"):  # `vmid` alone: what it can do, as kubectl alone
         parser.print_help()
         return EXIT_OK
     try:

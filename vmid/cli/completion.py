@@ -98,7 +98,4 @@ def _flags(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _takes_names(parser: argparse.ArgumentParser) -> bool:
-    return any(
-        a.dest in ("name", "names") and not a.option_strings
-        for a in parser._actions
-    )
+    return any(a.dest in ("name", "names") and not a.option_strings for a in parser._actions)

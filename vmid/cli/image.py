@@ -17,7 +17,19 @@ from vmid.runtime import status
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    image = commands.add_parser("image", help="the containerDisk image store")
+    # The global flags here too: `vmid image --root DIR list`, as after `list`.
+    image = commands.add_parser(
+        "image",
+        parents=[flags],
+        help="the containerDisk image store",
+        description="The local store of containerDisk images (raw files by digest).",
+        epilog="examples:\n"
+        "  vmid image pull quay.io/containerdisks/fedora:40\n"
+        "  vmid image import my/disk:1 ./disk.qcow2   # stored raw\n"
+        "  vmid image list                            # REF DIGEST SIZE IN USE AGE\n"
+        "  vmid image rm my/disk:1                    # refused while a VMI uses it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
     image_import = image_commands.add_parser(
         "import", parents=[flags], help="add a raw or qcow2 file as image REF"
