@@ -6,6 +6,7 @@ results do not depend on /dev/kvm.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import copy
 import importlib.metadata
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BASE, dump
+from vmid import cli
 from vmid.cli import main
 
 SEED = """\
@@ -613,3 +615,15 @@ def test_a_log_the_caller_cannot_read_is_a_message_not_a_traceback(tmp_path: Pat
     assert "Traceback" not in result.stderr
     assert result.returncode == 1
     assert "Permission denied; run as root" in result.stderr
+
+
+def test_every_verb_says_what_it_does_with_examples_and_helps_every_argument() -> None:
+    commands = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    lacking = []
+    for verb, parser in commands.choices.items():
+        if verb != "version" and not (parser.description and "examples:" in (parser.epilog or "")):
+            lacking.append(f"{verb}: description or examples")
+        for action in parser._actions:
+            if action.help is None and not isinstance(action, argparse._SubParsersAction):
+                lacking.append(f"{verb}: {action.dest}")
+    assert lacking == []

@@ -103,3 +103,14 @@ def _seconds(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
     return value
+
+
+def explain(parser: argparse.ArgumentParser, description: str, examples: str) -> None:
+    """A verb's `--help`: what it does, and an Examples section as kubectl's (one per line,
+    `COMMAND  # what it does`); a NAME argument without help says it is the VMI's name."""
+    parser.description = description
+    parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.splitlines())
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if action.dest == "name" and not action.option_strings and action.help is None:
+            action.help = "the VMI's name (in the namespace -n names)"

@@ -48,7 +48,9 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     delete.add_argument("kind", nargs="?", metavar="TYPE", help="vmi (or vm)")
-    delete.add_argument("names", nargs="*", metavar="NAME")
+    delete.add_argument(
+        "names", nargs="*", metavar="NAME", help="the names (in the namespace -n names)"
+    )
     delete.add_argument(
         "-f",
         "--filename",

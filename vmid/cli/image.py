@@ -34,13 +34,13 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     image_import = image_commands.add_parser(
         "import", parents=[flags], help="add a raw or qcow2 file as image REF"
     )
-    image_import.add_argument("ref", metavar="REF")
-    image_import.add_argument("file", metavar="FILE", type=Path)
+    image_import.add_argument("ref", metavar="REF", help="the image's name, as manifests say it")
+    image_import.add_argument("file", metavar="FILE", type=Path, help="a raw or qcow2 file")
     image_import.set_defaults(run=_image_import)
     image_pull = image_commands.add_parser(
         "pull", parents=[flags], help="pull image REF from its registry with skopeo"
     )
-    image_pull.add_argument("ref", metavar="REF")
+    image_pull.add_argument("ref", metavar="REF", help="the image, as manifests say it")
     image_pull.add_argument(
         "--path", help="the disk file in the image (containerDisk.path); default: /disk/'s one"
     )
@@ -50,7 +50,7 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     image_rm = image_commands.add_parser(
         "rm", parents=[flags], help="remove image REF (refused while a VMI uses it)"
     )
-    image_rm.add_argument("ref", metavar="REF")
+    image_rm.add_argument("ref", metavar="REF", help="the image to remove")
     image_rm.set_defaults(run=_image_rm)
 
 

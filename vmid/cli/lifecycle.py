@@ -26,7 +26,7 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "\"info mtree\"}'\n  vmid qmp web --hmp 'info block'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    qmp.add_argument("name", metavar="NAME")
+    qmp.add_argument("name", metavar="NAME", help="the VMI's name (in the namespace -n names)")
     qmp.add_argument("command", nargs="?", metavar="COMMAND", help="a QMP command")
     qmp.add_argument(
         "arguments", nargs="?", metavar="JSON-ARGS", type=_json_object, help="its arguments"
@@ -42,6 +42,9 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         parser_ = commands.add_parser(action, parents=[flags], help=text)
         parser_.add_argument("name", metavar="NAME")
         parser_.set_defaults(run=_lifecycle, action=action)
+        common.explain(
+            parser_, f"{text[0].upper()}{text[1:]}, as virtctl {action}.", f"vmid {action} web"
+        )
 
 
 def _json_object(text: str) -> dict[str, Any]:

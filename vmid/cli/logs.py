@@ -46,7 +46,7 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("name", metavar="NAME", help="the VMI's name (in the namespace -n names)")
     logs.add_argument(
         "-f",
         "--follow",

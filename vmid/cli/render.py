@@ -51,8 +51,16 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "/dev/fdset/N stand for the files and sockets the daemon passes as fds: a running VMI's "
         "real command line is its status.qemu.argv (vmid get NAME -o yaml).",
     )
-    render.add_argument("file", metavar="FILE", type=Path)
-    render.add_argument("-o", "--output", choices=("args", "json"), default="args")
+    render.add_argument("file", metavar="FILE", type=Path, help="a manifest")
+    render.add_argument(
+        "-o",
+        "--output",
+        choices=("args", "json"),
+        default="args",
+        help="args: the command line, one option per line; json: the whole plan",
+    )
+    render.epilog = "examples:\n  vmid render web.yaml\n  vmid render web.yaml -o json"
+    render.formatter_class = argparse.RawDescriptionHelpFormatter
     render.set_defaults(run=_render)
 
 

@@ -34,7 +34,7 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    restart.add_argument("name", metavar="NAME")
+    restart.add_argument("name", metavar="NAME", help="the VMI's name (in the namespace -n names)")
     common.grace_flags(restart, "restart")
     restart.set_defaults(run=_restart)
 
