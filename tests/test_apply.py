@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 from tests.daemon import Daemon, fake_config, manifest, running_daemon
 
@@ -162,3 +164,15 @@ def test_a_restart_request_not_made_by_root_is_ignored(tmp_path: Path) -> None:
         assert "not root's: ignored" in daemon.log_text()
         assert daemon.pid("web") == pid
         assert daemon.phase("web") == "Running"
+
+
+def test_apply_writes_json_as_yaml_with_the_namespace(tmp_path: Path) -> None:
+    data = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance"}
+    text = manifest("j").split("\n", 2)[2]  # the metadata and spec, in YAML
+    source = tmp_path / "j.json"
+    source.write_text(json.dumps({**data, **YAML(typ="safe").load(text)}))
+    done = vmid(tmp_path / "root", "apply", "-f", str(source), "-n", "staging")
+    assert (done.returncode, done.stdout) == (0, "virtualmachineinstance/j created\n")
+    installed = YAML(typ="safe").load(tmp_path / "root/etc/vmid/instances/staging_j.yaml")
+    assert installed["metadata"] == {"name": "j", "namespace": "staging"}
+    assert "{" not in (tmp_path / "root/etc/vmid/instances/staging_j.yaml").read_text()

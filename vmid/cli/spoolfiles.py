@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
 from vmid.api import names
@@ -101,8 +102,12 @@ def _load(chunk: str) -> Any:
 def _with_namespace(chunk: str, namespace: str) -> tuple[str, Any]:
     """The document with `metadata.namespace` written in, comments kept (ruamel round-trip)."""
     yaml = YAML()
-    document = yaml.load(chunk)
-    document["metadata"].insert(1, "namespace", namespace)
+    # JSON (flow style) is written back as YAML's block style: a file people read and edit.
+    document = yaml.load(chunk) if not chunk.lstrip().startswith("{") else _load(chunk)
+    if isinstance(document, CommentedMap):
+        document["metadata"].insert(1, "namespace", namespace)
+    else:
+        document["metadata"] = {**document["metadata"], "namespace": namespace}
     lines: list[str] = []
     yaml.dump(document, _Lines(lines))
     text = "".join(lines)
