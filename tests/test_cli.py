@@ -12,6 +12,7 @@ import copy
 import importlib.metadata
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -627,3 +628,21 @@ def test_every_verb_says_what_it_does_with_examples_and_helps_every_argument() -
             if action.help is None and not isinstance(action, argparse._SubParsersAction):
                 lacking.append(f"{verb}: {action.dest}")
     assert lacking == []
+
+
+@pytest.mark.timeout(60)
+def test_man_pages_are_made_from_the_parser_and_the_config_and_render(tmp_path: Path) -> None:
+    source = Path(__file__).parent.parent
+    environment = {**os.environ, "PYTHONPATH": str(source)}
+    generate = [sys.executable, str(source / "docs/manpages.py"), str(tmp_path)]
+    subprocess.run(generate, check=True, timeout=30, env=environment)
+    for page in (tmp_path / "man8/vmid.8", tmp_path / "man5/vmid.yaml.5"):
+        shown = subprocess.run(
+            ["man", "--warnings", "-l", str(page)],
+            capture_output=True, text=True, timeout=30, check=True,
+            env={**os.environ, "MANWIDTH": "100", "LC_ALL": "C.UTF-8"},
+        )  # fmt: skip
+        assert shown.stderr == ""
+        assert shown.stdout
+    assert "vmid restart [-h]" in (tmp_path / "man8/vmid.8").read_text()
+    assert "onDaemonStop: stop" in (tmp_path / "man5/vmid.yaml.5").read_text()
