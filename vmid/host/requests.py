@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from vmid.api import names
+from vmid.errors import VmidError
 from vmid.host import safefile
 
 RESTART, DELETE = "restart", "delete"
@@ -55,24 +56,40 @@ def pending(directory: Path, action: str) -> list[str]:
     return keys
 
 
+class RequestRefused(VmidError):
+    """A request file that is not carried out: not root's, or not a request."""
+
+
 def take(directory: Path, action: str, key: str) -> tuple[bool, int | None]:
-    """Remove a request: (whether there was a valid one, the grace period it asks for)."""
+    """Remove a request: (whether there was one, the grace period it asks for).
+
+    Raises:
+        RequestRefused: there was one, but not made by root (a hand-made owner or mode, a
+            symlink, a FIFO) or not a request; it is removed all the same.
+    """
     path = _path(directory, action, key)
     try:
         fd, st = safefile.open_regular(path)
-    except OSError:
+    except FileNotFoundError:
         return False, None
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise RequestRefused(f"{path}: not taken: {exc}") from exc
     try:
         data = safefile.read_fd(fd, _LIMIT)
     finally:
         os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        path.unlink(missing_ok=True)
     if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return False, None  # not made by root (only a hand-made mode or owner can do that)
+        raise RequestRefused(f"{path}: not taken: owned by uid {st.st_uid}, not root's")
+    return True, _grace(path, data)
+
+
+def _grace(path: Path, data: bytes) -> int | None:
     try:
         grace = json.loads(data).get("gracePeriodSeconds")
     except (ValueError, AttributeError):
-        return False, None
-    valid = grace is None or (isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0)
-    return (True, grace) if valid else (False, None)
+        raise RequestRefused(f"{path}: not taken: not JSON") from None
+    if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
+        raise RequestRefused(f"{path}: not taken: gracePeriodSeconds {grace!r} is no grace")
+    return grace

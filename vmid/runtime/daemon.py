@@ -143,8 +143,12 @@ async def _serve_requests(paths: Paths, supervisor: Supervisor) -> None:
     try:
         while True:
             for key in requests.pending(paths.requests, requests.RESTART):
-                found, grace = requests.take(paths.requests, requests.RESTART, key)
-                why = supervisor.restart(key, grace) if found else "not root's: ignored"
+                try:
+                    found, grace = requests.take(paths.requests, requests.RESTART, key)
+                except requests.RequestRefused as exc:
+                    log.warning("%s", exc)
+                    continue
+                why = supervisor.restart(key, grace) if found else None
                 if why is not None:
                     log.warning("%s: restart request not done: %s", key, why)
             with trio.move_on_after(spool_module.RESCAN_SECONDS):

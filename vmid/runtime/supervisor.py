@@ -409,7 +409,11 @@ class Supervisor:
 
     def _take_grace(self, key: str, vm: _VM) -> None:
         """A deletion's grace period, if `vmid delete --grace-period` asked for one."""
-        found, grace = requests.take(self._paths.requests, requests.DELETE, key)
+        try:
+            found, grace = requests.take(self._paths.requests, requests.DELETE, key)
+        except requests.RequestRefused as exc:
+            log.warning("%s", exc)
+            return
         if found and grace is not None:
             log.info("%s: deleted with a grace period of %d s", key, grace)
             self._set_grace(vm, grace)
