@@ -77,6 +77,7 @@ install: packages
 	install -D -m 644 systemd/vmid.service /etc/systemd/system/vmid.service
 	install -d -m 755 /etc/vmid /etc/vmid/instances
 	test -e /etc/vmid/vmid.yaml || install -m 644 conf/vmid.yaml /etc/vmid/vmid.yaml
+	PYTHONPATH=. $(PYTHON) docs/manpages.py $(PREFIX)/share/man  # vmid(8), vmid.yaml(5): from the code
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -22,7 +22,8 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
 
 Its serial console's socket serves one client at a time and echoes what it gets, as QEMU's
 queues a second one; its qmp.sock answers query-chardev (the console attached or not) and
-screendump (a PNG header) as QEMU does, and every other command with `{}`.
+screendump (a PNG header) and human-monitor-command (its text) as QEMU does, and every
+other command with `{}`.
 
 Its run state (prelaunch until `cont`, running, paused after `stop`) is answered by
 query-status and kept in the file `runstate` in its working directory, for tests to read.
@@ -200,6 +201,8 @@ def answer(request: dict[str, Any], console: Console | None) -> object:
     if request["execute"] == "screendump":  # a 1x1 PNG's signature and header is enough here
         with open(request["arguments"]["filename"], "wb") as stream:
             stream.write(b"\x89PNG\r\n\x1a\n" + bytes(8) + (1).to_bytes(4, "big") * 2)
+    if request["execute"] == "human-monitor-command":  # as QEMU: the monitor's text
+        return f"fake monitor: {request['arguments']['command-line']}\r\n"
     return {}
 
 

@@ -6,9 +6,13 @@ results do not depend on /dev/kvm.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import copy
+import importlib.metadata
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BASE, dump
+from vmid import cli
 from vmid.cli import main
 
 SEED = """\
@@ -171,13 +176,30 @@ def test_validate_missing_file(workdir: Path, capsys: pytest.CaptureFixture[str]
     assert "No such file" in err
 
 
-def test_validate_directory_is_not_a_file(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_an_empty_directory(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (workdir / "dir.yaml").mkdir()
     status, _, err = run(capsys, "--config", "vmid.yaml", "validate", "dir.yaml")
     assert status == 1
-    assert err.startswith("dir.yaml:1:1: cannot read the file")
+    assert err == "dir.yaml:1:1: a directory without a .yaml, .yml or .json file\n"
+
+
+def test_validate_a_directory_and_standard_input(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / "all").mkdir()
+    write(workdir / "all", "a.yaml", manifest("a"))
+    data = copy.deepcopy(BASE)
+    data["metadata"]["name"] = "b"
+    write(workdir / "all", "b.json", json.dumps(data))
+    write(workdir / "all", "notes.txt", "not a manifest")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(manifest("c").encode())))
+    status, out, err = run(capsys, "--config", "vmid.yaml", "validate", "all", "-")
+    assert (status, err) == (0, "")
+    assert out.splitlines() == [
+        "all/a.yaml: valid: a",
+        "all/b.json: valid: b",
+        "<stdin>: valid: c",
+    ]
 
 
 def test_validate_empty_file_has_no_vmi(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -440,11 +462,20 @@ def test_render_output_choice_is_checked(workdir: Path, capsys: pytest.CaptureFi
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: vmid")
+    assert "apply" in out
+    assert "restart" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "version")[:2] == (0, f"vmid version {importlib.metadata.version('vmid')}\n")
     with pytest.raises(SystemExit) as exited:
-        main([])
-    assert exited.value.code == 2
-    assert "usage: vmid" in capsys.readouterr().err
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("vmid version ")
 
 
 # --- the module entry point
@@ -585,3 +616,33 @@ def test_a_log_the_caller_cannot_read_is_a_message_not_a_traceback(tmp_path: Pat
     assert "Traceback" not in result.stderr
     assert result.returncode == 1
     assert "Permission denied; run as root" in result.stderr
+
+
+def test_every_verb_says_what_it_does_with_examples_and_helps_every_argument() -> None:
+    commands = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    lacking = []
+    for verb, parser in commands.choices.items():
+        if verb != "version" and not (parser.description and "examples:" in (parser.epilog or "")):
+            lacking.append(f"{verb}: description or examples")
+        for action in parser._actions:
+            if action.help is None and not isinstance(action, argparse._SubParsersAction):
+                lacking.append(f"{verb}: {action.dest}")
+    assert lacking == []
+
+
+@pytest.mark.timeout(60)
+def test_man_pages_are_made_from_the_parser_and_the_config_and_render(tmp_path: Path) -> None:
+    source = Path(__file__).parent.parent
+    environment = {**os.environ, "PYTHONPATH": str(source)}
+    generate = [sys.executable, str(source / "docs/manpages.py"), str(tmp_path)]
+    subprocess.run(generate, check=True, timeout=30, env=environment)
+    for page in (tmp_path / "man8/vmid.8", tmp_path / "man5/vmid.yaml.5"):
+        shown = subprocess.run(
+            ["man", "--warnings", "-l", str(page)],
+            capture_output=True, text=True, timeout=30, check=True,
+            env={**os.environ, "MANWIDTH": "100", "LC_ALL": "C.UTF-8"},
+        )  # fmt: skip
+        assert shown.stderr == ""
+        assert shown.stdout
+    assert "vmid restart [-h]" in (tmp_path / "man8/vmid.8").read_text()
+    assert "onDaemonStop: stop" in (tmp_path / "man5/vmid.yaml.5").read_text()

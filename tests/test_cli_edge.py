@@ -109,7 +109,6 @@ def test_exit_codes_of_the_other_verbs(
 @pytest.mark.parametrize(
     "argv",
     [
-        [],
         ["no-such-verb"],
         ["get", "--no-such-flag"],
         ["get", "-o", "xml"],
@@ -127,7 +126,7 @@ def test_usage_errors_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        main([*argv, "--root", str(tmp_path)] if argv else argv)
+        main([*argv, "--root", str(tmp_path)])
     assert exited.value.code == 2
     assert "usage: vmid" in capsys.readouterr().err
 

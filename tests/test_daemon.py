@@ -35,8 +35,15 @@ def test_manifest_renamed_in_runs_and_removal_stops_it(tmp_path: Path) -> None:
         daemon.wait_phase("vm-a", "Running")
         listing = daemon.vmid("get")
         assert listing.returncode == 0
-        assert listing.stdout.splitlines()[0].split() == ["NAME", "AGE", "PHASE", "IP", "READY"]
-        name, _age, phase, ready = listing.stdout.splitlines()[1].split()  # IP is empty
+        assert listing.stdout.splitlines()[0].split() == [
+            "NAME",
+            "AGE",
+            "PHASE",
+            "IP",
+            "NODENAME",
+            "READY",
+        ]
+        name, _age, phase, _node, ready = listing.stdout.splitlines()[1].split()  # IP is empty
         assert (name, phase, ready) == ("vm-a", "Running", "True")
         file.unlink()
         daemon.wait_phase("vm-a", None)
@@ -599,7 +606,14 @@ def test_get_watch_prints_each_change(tmp_path: Path) -> None:
         )
         try:
             assert watcher.stdout is not None
-            assert watcher.stdout.readline().split() == ["NAME", "AGE", "PHASE", "IP", "READY"]
+            assert watcher.stdout.readline().split() == [
+                "NAME",
+                "AGE",
+                "PHASE",
+                "IP",
+                "NODENAME",
+                "READY",
+            ]
             file = daemon.drop("a.yaml", manifest("vm-a"))
             while "Running" not in (line := watcher.stdout.readline()):
                 assert line, "the watch ended"

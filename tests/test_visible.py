@@ -172,7 +172,14 @@ def test_get_watch_shows_every_phase_of_a_100ms_vmi_and_ends_with_the_daemon(
         watcher = watch(daemon)
         assert watcher.stdout is not None
         try:
-            assert watcher.stdout.readline().split() == ["NAME", "AGE", "PHASE", "IP", "READY"]
+            assert watcher.stdout.readline().split() == [
+                "NAME",
+                "AGE",
+                "PHASE",
+                "IP",
+                "NODENAME",
+                "READY",
+            ]
             daemon.drop("a.yaml", manifest("vm-a", mode="halt-0.1"))
             lines = read_until(watcher.stdout, "Succeeded")
             phases = [line.split()[2] for line in lines if line.split()[0] == "vm-a"]
@@ -241,7 +248,7 @@ def test_get_watch_says_when_no_daemon_runs(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0
-    assert done.stdout.split() == ["NAME", "AGE", "PHASE", "IP", "READY"]
+    assert done.stdout.split() == ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
     assert "the daemon is not running" in done.stderr
 
 

@@ -241,6 +241,11 @@ class Paths:
         return self.runtime / "spool"
 
     @property
+    def requests(self) -> Path:
+        """What the CLI asks of the daemon (vmid/host/requests.py): root's only, 0700."""
+        return self.runtime / "requests"
+
+    @property
     def daemon_pid(self) -> Path:
         """The running daemon's pid, locked (flock) while it runs."""
         return self.runtime / "daemon.pid"

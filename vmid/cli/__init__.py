@@ -18,8 +18,11 @@ from vmid.__main__ import HELD_SIGNALS
 from vmid.api import names
 from vmid.cli import (
     agent,
+    apply,
+    completion,
     console,
     daemon,
+    delete,
     describe,
     events,
     get,
@@ -27,7 +30,9 @@ from vmid.cli import (
     lifecycle,
     logs,
     render,
+    restart,
     screenshot,
+    version,
     vnc,
 )
 from vmid.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
@@ -39,7 +44,11 @@ __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "main", "plan_as_json", 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one vmid command; returns the process exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):  # `vmid` alone: what it can do, as kubectl alone
+        parser.print_help()
+        return EXIT_OK
     try:
         if args.run is not daemon.run:  # only the daemon answers them itself (vmid.__main__)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # a Ctrl+C held comes now
@@ -95,11 +104,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="vmid", description="Run KubeVirt VirtualMachineInstance manifests on this host."
     )
     _global_flags(parser, default=None)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"vmid version {version.version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     # In this order in `vmid --help`.
     verbs = (
         render,
         daemon,
+        apply,
+        delete,
+        restart,
         get,
         describe,
         events,
@@ -110,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
         vnc,
         screenshot,
         image,
+        version,
+        completion,
     )
     for module in verbs:
         module.register(commands, flags)

@@ -41,6 +41,12 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         parser_ = commands.add_parser(verb, parents=[flags], help=text)
         parser_.add_argument("name", metavar="NAME")
         parser_.set_defaults(run=_agent_verb, verb=verb)
+        common.explain(
+            parser_,
+            f"{text[0].upper()}{text[1:]}, as virtctl {verb} prints it (JSON): what the guest "
+            "agent last reported, through the daemon.",
+            f"vmid {verb} web\nvmid {verb} web -n tenant-a",
+        )
 
 
 def _agent_verb(args: argparse.Namespace) -> int:

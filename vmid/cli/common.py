@@ -10,7 +10,7 @@ from typing import TypeAlias
 from vmid import control
 from vmid.api import names
 from vmid.api.vmistatus import Phase, QemuStatus, VMIObject, VMIStatus
-from vmid.cli import show
+from vmid.cli import show, spoolfiles
 from vmid.config import Config, Paths, load_config
 from vmid.runtime import status
 
@@ -68,3 +68,49 @@ def running(args: argparse.Namespace) -> tuple[Path, QemuStatus, VMIStatus]:
 
 def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def names_a_vm(args: argparse.Namespace, paths: Paths) -> bool:
+    """Whether NAME (in the namespace asked for) is a VirtualMachine in the spool: a verb both
+    kinds have (`vmid restart`) then means the VM, which owns the VMI of its name."""
+    key = names.key(namespace_of(args), args.name)
+    return ("VirtualMachine", key) in spoolfiles.index(paths.spool)
+
+
+def grace_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """--grace-period N and --force, as kubectl's."""
+    parser.add_argument(
+        "--grace-period",
+        type=_seconds,
+        metavar="N",
+        help=f"seconds the guest has to power off before QEMU is killed, for this {what} "
+        "only (default: the VMI's terminationGracePeriodSeconds); 0 kills at once",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="kill QEMU at once (the same as --grace-period 0)"
+    )
+
+
+def grace_of(args: argparse.Namespace) -> int | None:
+    return 0 if args.force else args.grace_period
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def explain(parser: argparse.ArgumentParser, description: str, examples: str) -> None:
+    """A verb's `--help`: what it does, and an Examples section as kubectl's (one per line,
+    `COMMAND  # what it does`); a NAME argument without help says it is the VMI's name."""
+    parser.description = description
+    parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.splitlines())
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if action.dest == "name" and not action.option_strings and action.help is None:
+            action.help = "the VMI's name (in the namespace -n names)"

@@ -28,6 +28,12 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     )
     console.add_argument("name", metavar="NAME")
     console.set_defaults(run=_console)
+    common.explain(
+        console,
+        "Attach this terminal (raw mode) to VMI NAME's serial console; Ctrl+] leaves. One "
+        "client at a time: a second one is refused.",
+        "vmid console web",
+    )
 
 
 ESCAPE = b"\x1d"  # Ctrl+], as virtctl console and telnet

@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
 from vmid.config import Paths
 
@@ -16,6 +17,14 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     daemon = commands.add_parser("daemon", parents=[flags], help="run the vmid daemon")
     daemon.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     daemon.set_defaults(run=run)
+    common.explain(
+        daemon,
+        "Watch the spool (ROOT/etc/vmid/instances) and run its VMIs with QEMU until SIGTERM, "
+        "then stop them gracefully (onDaemonStop: keep leaves them running). What systemd "
+        "starts (vmid.service).",
+        "vmid daemon -v                # in the foreground, debug messages\n"
+        "vmid daemon --root /tmp/demo  # every path under /tmp/demo",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

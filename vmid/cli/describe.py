@@ -23,6 +23,12 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     )
     describe.add_argument("name", metavar="NAME")
     describe.set_defaults(run=_describe)
+    common.explain(
+        describe,
+        "Show VMI NAME as kubectl describe does: its spec in short, its conditions, its phase "
+        "history, whether it is terminating, and its events.",
+        "vmid describe web\nvmid describe web -n staging",
+    )
 
 
 def _describe(args: argparse.Namespace) -> int:

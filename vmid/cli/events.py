@@ -21,10 +21,22 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "events", parents=[flags], help="VMIs' events, like kubectl get events (kept 1 h after)"
     )
     events_.add_argument("name", nargs="?", metavar="NAME", help="only this VMI's events")
-    events_.add_argument("-A", "--all-namespaces", action="store_true")
-    events_.add_argument("-o", "--output", choices=("yaml", "json"))
+    events_.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="every namespace's events"
+    )
+    events_.add_argument(
+        "-o", "--output", choices=("yaml", "json"), help="the Event objects, as a List"
+    )
     events_.add_argument("-w", "--watch", action="store_true", help="print events as they come")
     events_.set_defaults(run=_events)
+    common.explain(
+        events_,
+        "List the events of the VMIs of a namespace (or one VMI's), as kubectl get events: "
+        "LAST SEEN, TYPE, REASON, OBJECT, MESSAGE. A removed VMI's events are kept a while "
+        "(events.keepAfterRemovalSeconds, 1 h).",
+        "vmid events                # namespace default\nvmid events web            # one VMI's\n"
+        "vmid events -A -w          # every namespace's, then each as it comes",
+    )
 
 
 EVENT_HEADER = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]

@@ -4,6 +4,7 @@ prints each change as it is written."""
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
@@ -11,47 +12,148 @@ import attrs
 
 from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
-from vmid.cli import common, show
+from vmid.cli import common, jsonpath, selector, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.config import Paths
 from vmid.runtime import status, statuswatch
 
+#: kubectl's names of the VMI kind, one of which may come first (`vmid get vmi web`).
+KINDS = ("vmi", "vmis", "virtualmachineinstance", "virtualmachineinstances")
+#: How `-o name` names a VMI, as kubectl names an object of a custom resource.
+RESOURCE = "virtualmachineinstance.kubevirt.io"
+
+EXAMPLES = """examples:
+  vmid get                                    # the VMIs of namespace default
+  vmid get vmi web db -o wide                 # two of them, with PAUSED and PID
+  vmid get -A -l app=web                      # every namespace's VMIs labelled app=web
+  vmid get web -o yaml                        # its object: the spec with defaults, the status
+  vmid get -o name                            # virtualmachineinstance.kubevirt.io/web ...
+  vmid get -o jsonpath='{.items[*].status.interfaces[0].ipAddress}'
+  vmid get -o custom-columns=NAME:.metadata.name,PID:.status.qemu.pid
+  vmid get -w                                 # then every change, until Ctrl+C
+"""
+
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    get = commands.add_parser("get", parents=[flags], help="list VMIs, like kubectl get vmi")
-    get.add_argument("name", nargs="?", metavar="NAME")
+    get = commands.add_parser(
+        "get",
+        parents=[flags],
+        help="list VMIs, like kubectl get vmi",
+        description="List VMIs as kubectl get vmi does: NAME AGE PHASE IP NODENAME READY. A "
+        "spool file vmid refuses is a Failed row named <FILE>; the problems of refused "
+        "manifests follow the table on stderr. No VMI: `No resources found` on stderr.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    get.add_argument("names", nargs="*", metavar="[vmi] NAME", help="only these VMIs")
     get.add_argument(
         "-A",
         "--all-namespaces",
         action="store_true",
         help="list the VMIs of every namespace (a NAMESPACE column)",
     )
-    get.add_argument("-o", "--output", choices=("wide", "yaml", "json"))
+    get.add_argument(
+        "-l",
+        "--selector",
+        metavar="SELECTOR",
+        help="only VMIs whose labels match, as kubectl's: app=web, tier!=db, "
+        "'env in (a,b)', app (has it), !app",
+    )
+    get.add_argument(
+        "-o",
+        "--output",
+        type=_output,
+        metavar="FORMAT",
+        help="wide (PAUSED, PID), yaml, json, name, jsonpath=TEMPLATE, "
+        "custom-columns=HEADER:PATH,...",
+    )
+    get.add_argument("--no-headers", action="store_true", help="no header line in tables")
+    get.add_argument("--show-labels", action="store_true", help="a LABELS column last")
     get.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
     get.set_defaults(run=_get)
 
 
+def _output(text: str) -> str:
+    kind = text.partition("=")[0]
+    if text in ("wide", "yaml", "json", "name") or kind in ("jsonpath", "custom-columns"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: expected wide, yaml, json, name, jsonpath=... or custom-columns=..."
+    )
+
+
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    if args.all_namespaces and args.name is not None:
+    wanted_names = _names(args)
+    if args.all_namespaces and wanted_names:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
         return EXIT_ERROR
+    matches = selector.parse(args.selector) if args.selector else None
     if args.watch:
-        return _watch(paths, args)
-    objects = [o for o in status.read_objects(paths) if common.wanted(args, o)]
-    if args.name is not None and not objects:
+        return _watch_command(paths, args, wanted_names)
+    objects = [
+        o
+        for o in status.read_objects(paths)
+        if common.wanted(args, o)
+        and (not wanted_names or show.name(o) in wanted_names)
+        and (matches is None or matches(o.metadata.labels))
+    ]
+    found = {show.name(o) for o in objects}
+    missing = [n for n in wanted_names if n not in found]
+    for name in missing:
+        args.name = name
         print(f"vmid: {common.not_found(args)}", file=sys.stderr)
+    if missing and not objects:
         return EXIT_ERROR
-    if args.output in ("yaml", "json"):
-        items = [o.data for o in objects]
-        data = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
-        show.print_data(data, args.output)
+    printed = _print(args, objects, single=len(wanted_names) == 1)
+    return EXIT_ERROR if missing else printed
+
+
+def _names(args: argparse.Namespace) -> list[str]:
+    """The NAMEs asked for, without kubectl's resource type before them (`vmid get vmi a`)."""
+    words = list(args.names)
+    if words and words[0].lower() in KINDS:
+        words.pop(0)
+    args.name = words[0] if len(words) == 1 else None  # what a single NAME's verbs read
+    return words
+
+
+def _watch_command(paths: Paths, args: argparse.Namespace, wanted_names: list[str]) -> int:
+    if len(wanted_names) > 1 or args.selector or args.output not in (None, "wide", "yaml", "json"):
+        print(
+            "vmid: get -w takes one NAME at most, no -l, and -o wide, yaml or json only",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return _watch(paths, args)
+
+
+def _print(args: argparse.Namespace, objects: list[VMIObject], single: bool) -> int:
+    """Print `objects` as `-o` says; `single`: one NAME was asked for (its object, not a
+    List, for yaml, json and jsonpath)."""
+    output: str = args.output or ""
+    items = [o.data for o in objects]
+    data = items[0] if single else {"apiVersion": "v1", "kind": "List", "items": items}
+    if output in ("yaml", "json"):
+        show.print_data(data, output)
+        return EXIT_OK
+    if output.startswith("jsonpath="):
+        print(jsonpath.Template(output.removeprefix("jsonpath=")).render(data), end="")
         return EXIT_OK
     if not objects:  # as kubectl: the daemon runs and has no VMI there
         where = "" if args.all_namespaces else f" in {common.namespace_of(args)} namespace"
         print(f"No resources found{where}.", file=sys.stderr)
         return EXIT_OK
-    print(_table(objects, Columns.of(args)))
+    if output == "name":
+        print("\n".join(f"{RESOURCE}/{o.metadata.name}" for o in objects if o.metadata.name))
+        return EXIT_OK
+    if output.startswith("custom-columns="):
+        rows = _custom_columns(output.removeprefix("custom-columns="), objects)
+        print(show.aligned(rows[1:] if args.no_headers else rows))
+        return EXIT_OK
+    columns = Columns.of(args)
+    table = _table(objects, columns)
+    print("\n".join(table.splitlines()[1:]) if args.no_headers else table)
     for obj in objects:  # a manifest refused (a VMI's, or a spool file's): its problems
         synchronized = obj.status.condition("Synchronized")
         if synchronized is not None and synchronized.status == "False":
@@ -59,20 +161,44 @@ def _get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _custom_columns(spec: str, objects: list[VMIObject]) -> list[list[str]]:
+    """kubectl's custom columns: `HEADER:PATH,...`, a cell `<none>` where PATH selects nothing."""
+    columns = []
+    for part in spec.split(","):
+        header, sep, path = part.partition(":")
+        if not sep or not header or not path:
+            raise jsonpath.JSONPathError(f"custom-columns: {part!r} is not HEADER:PATH")
+        template = path if path.startswith("{") else "{" + path + "}"
+        columns.append((header, jsonpath.Template(template)))
+    rows = [[header for header, _ in columns]]
+    for obj in objects:
+        cells = [[jsonpath.text(v) for v in t.values(obj.data)] for _, t in columns]
+        rows.append([",".join(c) if c else "<none>" for c in cells])
+    return rows
+
+
 @attrs.frozen
 class Columns:
-    """Which columns `vmid get` prints: -o wide adds PAUSED and PID, -A a NAMESPACE first."""
+    """Which columns `vmid get` prints: -o wide adds PAUSED and PID, -A a NAMESPACE first,
+    --show-labels LABELS last."""
 
     wide: bool
     namespaces: bool
+    labels: bool = False
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Columns:
-        return cls(args.output == "wide", bool(getattr(args, "all_namespaces", False)))
+        return cls(
+            args.output == "wide",
+            bool(getattr(args, "all_namespaces", False)),
+            bool(getattr(args, "show_labels", False)),
+        )
 
     @property
     def header(self) -> list[str]:
-        header = ["NAME", "AGE", "PHASE", "IP", "READY"] + (["PAUSED", "PID"] if self.wide else [])
+        header = ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
+        header += ["PAUSED", "PID"] if self.wide else []
+        header += ["LABELS"] if self.labels else []
         return ["NAMESPACE", *header] if self.namespaces else header
 
     def identity(self, obj: VMIObject) -> list[str]:
@@ -91,6 +217,10 @@ class Columns:
         return None if row is None else row[:age] + row[age + 1 :]
 
 
+#: The NODENAME column: the host's name, as kubectl shows the node a VMI runs on.
+NODE_NAME = socket.gethostname()
+
+
 def _table(objects: list[VMIObject], columns: Columns) -> str:
     return show.aligned([columns.header] + [_row(o, columns) for o in objects])
 
@@ -101,11 +231,15 @@ def _row(obj: VMIObject, columns: Columns) -> list[str]:
         show.age(obj.metadata.creationTimestamp),
         show.phase(obj),
         st.interfaces[0].ipAddress if st.interfaces else "",
+        NODE_NAME if st.qemu is not None else "",  # scheduled: on this host
         _condition(st, "Ready"),
     ]
     if columns.wide:
         pid = st.qemu.pid if st.qemu is not None else None
         row += [_condition(st, "Paused"), str(pid or "")]
+    if columns.labels:
+        labels = obj.metadata.labels
+        row.append(",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>")
     return columns.partial(obj, *row)
 
 

@@ -17,18 +17,30 @@ from vmid.runtime import status
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    image = commands.add_parser("image", help="the containerDisk image store")
+    # The global flags here too: `vmid image --root DIR list`, as after `list`.
+    image = commands.add_parser(
+        "image",
+        parents=[flags],
+        help="the containerDisk image store",
+        description="The local store of containerDisk images (raw files by digest).",
+        epilog="examples:\n"
+        "  vmid image pull quay.io/containerdisks/fedora:40\n"
+        "  vmid image import my/disk:1 ./disk.qcow2   # stored raw\n"
+        "  vmid image list                            # REF DIGEST SIZE IN USE AGE\n"
+        "  vmid image rm my/disk:1                    # refused while a VMI uses it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
     image_import = image_commands.add_parser(
         "import", parents=[flags], help="add a raw or qcow2 file as image REF"
     )
-    image_import.add_argument("ref", metavar="REF")
-    image_import.add_argument("file", metavar="FILE", type=Path)
+    image_import.add_argument("ref", metavar="REF", help="the image's name, as manifests say it")
+    image_import.add_argument("file", metavar="FILE", type=Path, help="a raw or qcow2 file")
     image_import.set_defaults(run=_image_import)
     image_pull = image_commands.add_parser(
         "pull", parents=[flags], help="pull image REF from its registry with skopeo"
     )
-    image_pull.add_argument("ref", metavar="REF")
+    image_pull.add_argument("ref", metavar="REF", help="the image, as manifests say it")
     image_pull.add_argument(
         "--path", help="the disk file in the image (containerDisk.path); default: /disk/'s one"
     )
@@ -38,7 +50,7 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     image_rm = image_commands.add_parser(
         "rm", parents=[flags], help="remove image REF (refused while a VMI uses it)"
     )
-    image_rm.add_argument("ref", metavar="REF")
+    image_rm.add_argument("ref", metavar="REF", help="the image to remove")
     image_rm.set_defaults(run=_image_rm)
 
 

@@ -15,10 +15,23 @@ from vmid.cli.common import EXIT_OK, Commands
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    qmp = commands.add_parser("qmp", parents=[flags], help="run a QMP command on a VMI's qmp.sock")
-    qmp.add_argument("name", metavar="NAME")
-    qmp.add_argument("command", metavar="COMMAND")
-    qmp.add_argument("arguments", nargs="?", metavar="JSON-ARGS", type=_json_object)
+    qmp = commands.add_parser(
+        "qmp",
+        parents=[flags],
+        help="run a QMP command on a VMI's qmp.sock",
+        description="Run one QMP command on VMI NAME's qmp.sock and print its answer as JSON; "
+        "or, with --hmp, one human monitor command, printed as text.",
+        epilog="examples:\n  vmid qmp web query-status\n"
+        '  vmid qmp web query-block\n  vmid qmp web human-monitor-command \'{"command-line": '
+        "\"info mtree\"}'\n  vmid qmp web --hmp 'info block'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    qmp.add_argument("name", metavar="NAME", help="the VMI's name (in the namespace -n names)")
+    qmp.add_argument("command", nargs="?", metavar="COMMAND", help="a QMP command")
+    qmp.add_argument(
+        "arguments", nargs="?", metavar="JSON-ARGS", type=_json_object, help="its arguments"
+    )
+    qmp.add_argument("--hmp", metavar="COMMAND-LINE", help="a human monitor command instead")
     qmp.set_defaults(run=_qmp)
     for action, text in (
         ("pause", "pause a running VMI"),
@@ -29,6 +42,9 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         parser_ = commands.add_parser(action, parents=[flags], help=text)
         parser_.add_argument("name", metavar="NAME")
         parser_.set_defaults(run=_lifecycle, action=action)
+        common.explain(
+            parser_, f"{text[0].upper()}{text[1:]}, as virtctl {action}.", f"vmid {action} web"
+        )
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -42,7 +58,14 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _qmp(args: argparse.Namespace) -> int:
+    if (args.command is None) == (args.hmp is None):
+        raise control.ControlError("give either a QMP COMMAND or --hmp COMMAND-LINE")
     qmp_socket, _, _ = common.running(args)
+    if args.hmp is not None:
+        text = control.execute(qmp_socket, "human-monitor-command", {"command-line": args.hmp})
+        # QEMU's monitor ends its lines with CRLF, as for a terminal; a pipe wants LF.
+        print(text.replace("\r\n", "\n") if isinstance(text, str) else json.dumps(text), end="")
+        return EXIT_OK
     result = control.execute(qmp_socket, args.command, args.arguments)
     print(json.dumps(result, indent=2))
     return EXIT_OK

@@ -1,11 +1,16 @@
-"""`vmid logs`: a VMI's serial console log, its control characters escaped on a terminal."""
+"""`vmid logs`: a VMI's serial console log, its control characters escaped on a terminal;
+`-f` follows it across rotations and restarts until the VMI is deleted, as kubectl logs -f."""
 
 from __future__ import annotations
 
 import argparse
 import codecs
-import shutil
+import collections
+import contextlib
+import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,39 +21,220 @@ from vmid.config import Paths
 from vmid.host import logfile
 from vmid.runtime import status
 
+#: How often `-f` looks for more (the log is a file the daemon appends to).
+POLL_SECONDS = 0.2
+#: `-f` ends once the VMI has had no status this long: deleted (a restart has none for
+#: milliseconds, between its two incarnations).
+GONE_SECONDS = 2.0
+_CHUNK = 65536
+
+EXAMPLES = """examples:
+  vmid logs web               # the whole serial console log (rotated files first)
+  vmid logs web --tail 20     # its last 20 lines
+  vmid logs web -f            # then what comes, across rotations and restarts, until deleted
+"""
+
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    logs = commands.add_parser("logs", parents=[flags], help="print a VMI's serial console log")
-    logs.add_argument("name", metavar="NAME")
+    logs = commands.add_parser(
+        "logs",
+        parents=[flags],
+        help="print a VMI's serial console log",
+        description="Print VMI NAME's serial console log, its rotated files first. On a "
+        "terminal, control characters are shown escaped (\\x1b), as journalctl does, so a "
+        "guest cannot drive the terminal; into a pipe the bytes pass unchanged.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    logs.add_argument("name", metavar="NAME", help="the VMI's name (in the namespace -n names)")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="go on printing what the guest writes, across log rotations and restarts, until "
+        "the VMI is deleted or Ctrl+C",
+    )
+    logs.add_argument(
+        "--tail", type=_count, metavar="N", help="only the last N lines (then what comes, -f)"
+    )
     logs.set_defaults(run=_logs)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lines (0 or more)")
+    return int(text)
 
 
 def _logs(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    log_file = paths.instance_logs(names.key(common.namespace_of(args), args.name)) / "console.log"
-    try:
-        for path in logfile.oldest_first(log_file):  # the rotated files, then the current one
-            with path.open("rb") as stream:
-                if sys.stdout.isatty():
-                    _copy_escaped(stream, sys.stdout.buffer)
-                else:
-                    shutil.copyfileobj(stream, sys.stdout.buffer)
-    except FileNotFoundError:
+    key = names.key(common.namespace_of(args), args.name)
+    log_file = paths.instance_logs(key) / "console.log"
+    out = _Output(sys.stdout.buffer, sys.stdout.isatty())
+    streams = _open_all(log_file)
+    if not streams:
         if not paths.logs.is_dir():
-            raise status.no_state(paths.logs) from None
+            raise status.no_state(paths.logs)
         print(f"vmid: no console log for {args.name!r} ({log_file})", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        for data in _tail(streams, args.tail) if args.tail is not None else _whole(streams):
+            out.write(data)
+        if args.follow:
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is how -f ends: done
+                status_file = paths.instance_runtime(key) / status.STATUS_FILE
+                _follow(log_file, status_file, streams.pop(), out)
+    finally:
+        for stream in streams:
+            stream.close()
+    out.finish()
     return EXIT_OK
 
 
-_CHUNK = 65536
+def _open_all(log_file: Path) -> list[BinaryIO]:
+    """The log's files, oldest first, opened at one moment (none rotated meanwhile)."""
+    while True:
+        streams: list[BinaryIO] = []
+        for path, identity in _snapshot(log_file):
+            try:
+                streams.append(path.open("rb"))
+            except FileNotFoundError:
+                break
+            if _identity_of(streams[-1]) != identity:
+                break
+        else:
+            return streams
+        for stream in streams:
+            stream.close()
 
 
-def _copy_escaped(source: BinaryIO, target: BinaryIO) -> None:
-    """Copy a guest's console output with control characters shown as `\x1b`, as journalctl
-    does, so an escape sequence in it cannot drive the terminal."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-    while chunk := source.readline(_CHUNK):
-        text = decoder.decode(chunk)
-        target.write(show.UNSAFE.sub(show.escape_char, text).encode())
-    target.write(show.UNSAFE.sub(show.escape_char, decoder.decode(b"", final=True)).encode())
+def _identity_of(stream: BinaryIO) -> tuple[int, int]:
+    st = os.fstat(stream.fileno())
+    return st.st_dev, st.st_ino
+
+
+def _whole(streams: list[BinaryIO]) -> Iterator[bytes]:
+    for stream in streams:
+        while chunk := stream.read(_CHUNK):
+            yield chunk
+
+
+def _tail(streams: list[BinaryIO], count: int) -> list[bytes]:
+    """The last `count` lines of the log's files, oldest first (the log is bounded: a few MiB)."""
+    lines: collections.deque[bytes] = collections.deque(maxlen=count)
+    partial = b""
+    for chunk in _whole(streams):
+        *complete, partial = (partial + chunk).split(b"\n")
+        lines.extend(line + b"\n" for line in complete)
+    if partial and count:
+        lines.append(partial)
+    return list(lines)
+
+
+def _follow(log_file: Path, status_file: Path, stream: BinaryIO | None, out: _Output) -> None:
+    """Print what is appended to `log_file` after `stream` (its newest file, read to its end);
+    once rotated, the rest of the old file, then each newer one in turn (nothing lost however
+    often it rotated meanwhile; a restarted VMI appends to the same log). Ends when the VMI is
+    gone (deleted)."""
+    missing_since: float | None = None
+    try:
+        while True:
+            data = stream.read(_CHUNK) if stream else b""
+            if data:
+                out.write(data)
+                continue
+            out.flush()
+            newer = _next(log_file, stream)
+            if newer is not None:
+                if stream:
+                    stream.close()
+                stream = newer
+                continue
+            now = time.monotonic()
+            missing_since = None if status_file.exists() else (missing_since or now)
+            if missing_since is not None and now - missing_since > GONE_SECONDS:
+                return
+            time.sleep(POLL_SECONDS)
+    finally:
+        if stream:
+            stream.close()
+
+
+def _next(log_file: Path, stream: BinaryIO | None) -> BinaryIO | None:
+    """The file to read after `stream` (read to its end): the oldest file of the log newer
+    than it, or None while `stream` is the current one (rewound if it was cut short)."""
+    if stream is None:  # there was no log yet
+        with contextlib.suppress(FileNotFoundError):
+            return log_file.open("rb")
+        return None
+    mine = os.fstat(stream.fileno())
+    while True:
+        files = _snapshot(log_file)
+        identities = [identity for _, identity in files]
+        if identities and identities[-1] == (mine.st_dev, mine.st_ino):
+            if mine.st_size < stream.tell():
+                stream.seek(0)
+            return None
+        # Not there: rotated past the backups kept, so every file there is newer.
+        found = (mine.st_dev, mine.st_ino) in identities
+        after = files[identities.index((mine.st_dev, mine.st_ino)) + 1 :] if found else files
+        if not after:
+            return None  # rotated, the new file not made yet
+        path, (device, inode) = after[0]
+        with contextlib.suppress(FileNotFoundError):
+            newer = path.open("rb")
+            st = os.fstat(newer.fileno())
+            if (st.st_dev, st.st_ino) == (device, inode):
+                return newer
+            newer.close()  # rotated again meanwhile: look again
+
+
+def _snapshot(log_file: Path) -> list[tuple[Path, tuple[int, int]]]:
+    """The log's files, oldest first, with their identities, as they were at one moment: read
+    until two readings agree (the daemon rotates in microseconds, a few times a second)."""
+    last: list[tuple[Path, tuple[int, int]]] | None = None
+    while True:
+        now = []
+        for path in logfile.oldest_first(log_file):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(path)
+                now.append((path, (st.st_dev, st.st_ino)))
+        if now == last:
+            return now
+        last = now
+
+
+class _Output:
+    """Where the log goes: unchanged into a pipe; on a terminal with control characters shown
+    as `\\x1b`, as journalctl does, so an escape sequence in it cannot drive the terminal."""
+
+    def __init__(self, target: BinaryIO, escape: bool) -> None:
+        self._target = target
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self._escape = escape
+        #: A carriage return that ended the last write: a line's end if a newline follows.
+        self._held = ""
+
+    def __repr__(self) -> str:
+        return f"<_Output escape={self._escape}>"
+
+    def write(self, data: bytes) -> None:
+        if not self._escape:
+            self._target.write(data)
+            return
+        self._shown(self._decoder.decode(data))
+
+    def _shown(self, text: str, final: bool = False) -> None:
+        text = self._held + text
+        self._held = "\r" if text.endswith("\r") and not final else ""
+        text = text.removesuffix(self._held)
+        self._target.write(show.UNSAFE.sub(show.escape_char, text).encode())
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def finish(self) -> None:
+        """Print what is held back (an incomplete character, a last carriage return)."""
+        if self._escape:
+            self._shown(self._decoder.decode(b"", final=True), final=True)
+        self._target.flush()

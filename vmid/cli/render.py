@@ -14,20 +14,33 @@ from typing import Any
 
 import cattrs
 
-from vmid.cli import common
+from vmid.cli import apply, common
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.config import Accelerator, Config, Paths
 from vmid.host import accel, firmwareid
-from vmid.manifests import Planned, plan_file
+from vmid.manifests import Planned, plan_data, plan_file
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     validate = commands.add_parser(
-        "validate", parents=[flags], help="check manifests as KubeVirt would admit them"
+        "validate",
+        parents=[flags],
+        help="check manifests as KubeVirt would admit them",
+        description="Check every document of every FILE as the daemon would (KubeVirt's "
+        "schema, defaults and admission rules, then vmid's plan on this host's vmid.yaml) and "
+        "print every problem as FILE:LINE:COL: FIELD: message. Exit 1 if any is invalid.",
+        epilog="examples:\n  vmid validate web.yaml\n  vmid validate manifests/\n"
+        "  kubectl get vmi web -o yaml | vmid validate -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    validate.add_argument("files", nargs="+", metavar="FILE", type=Path)
+    validate.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE|DIR|-",
+        help="a manifest, a directory of them (.yaml, .yml, .json) or - for standard input",
+    )
     validate.set_defaults(run=_validate)
 
     render = commands.add_parser(
@@ -38,8 +51,16 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "/dev/fdset/N stand for the files and sockets the daemon passes as fds: a running VMI's "
         "real command line is its status.qemu.argv (vmid get NAME -o yaml).",
     )
-    render.add_argument("file", metavar="FILE", type=Path)
-    render.add_argument("-o", "--output", choices=("args", "json"), default="args")
+    render.add_argument("file", metavar="FILE", type=Path, help="a manifest")
+    render.add_argument(
+        "-o",
+        "--output",
+        choices=("args", "json"),
+        default="args",
+        help="args: the command line, one option per line; json: the whole plan",
+    )
+    render.epilog = "examples:\n  vmid render web.yaml\n  vmid render web.yaml -o json"
+    render.formatter_class = argparse.RawDescriptionHelpFormatter
     render.set_defaults(run=_render)
 
 
@@ -54,8 +75,13 @@ def _plan_files(
 
 
 def _validate(args: argparse.Namespace) -> int:
+    config, paths = common.setup(args)
+    accelerator = accel.resolve(config.accelerator)
     status = EXIT_OK
-    for file, planned, problems in _plan_files(args, args.files):
+    for file, data in apply.inputs(args.files):
+        entries = plan_data(file, data, config, paths, accelerator)
+        planned = [e.planned for e in entries if e.planned is not None]
+        problems = [p for e in entries for p in e.problems]
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:

@@ -18,8 +18,11 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "screenshot", parents=[flags], help="save the VMI's screen as a PNG file"
     )
     screenshot.add_argument("name", metavar="NAME")
-    screenshot.add_argument("file", metavar="FILE.png", type=Path)
+    screenshot.add_argument("file", metavar="FILE.png", type=Path, help="where to save it")
     screenshot.set_defaults(run=_screenshot)
+    common.explain(
+        screenshot, "Save VMI NAME's screen as a PNG file.", "vmid screenshot web web.png"
+    )
 
 
 def _screenshot(args: argparse.Namespace) -> int:

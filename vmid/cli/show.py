@@ -36,14 +36,39 @@ def parse_time(stamp: str) -> datetime.datetime:
 
 
 def age(stamp: str | None) -> str:
+    """How long ago `stamp` was, as kubectl's AGE column says it (`95s`, `3m20s`, `2d5h`)."""
     if not stamp:
         return "<unknown>"
     then = parse_time(stamp)
-    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * 2 or (unit == "m" and seconds >= size):
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
+    return human_duration(int((datetime.datetime.now(datetime.UTC) - then).total_seconds()))
+
+
+def human_duration(seconds: int) -> str:
+    """kubectl's duration.HumanDuration: two units while the first is small, then one."""
+    if seconds < -1:
+        return "<invalid>"
+    if seconds < 120:
+        return f"{max(seconds, 0)}s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if minutes < 10:
+        return _two(minutes, "m", seconds % 60, "s")
+    if minutes < 180:
+        return f"{minutes}m"
+    if hours < 8:
+        return _two(hours, "h", minutes % 60, "m")
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return _two(days, "d", hours % 24, "h")
+    if hours < 24 * 365 * 2:
+        return f"{days}d"
+    if hours < 24 * 365 * 8:
+        return _two(days // 365, "y", days % 365, "d")
+    return f"{days // 365}y"
+
+
+def _two(big: int, big_unit: str, small: int, small_unit: str) -> str:
+    return f"{big}{big_unit}{small}{small_unit}" if small else f"{big}{big_unit}"
 
 
 #: What a guest's output may not send to the admin's terminal: control characters (C0, DEL,

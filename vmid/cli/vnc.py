@@ -28,6 +28,12 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     vnc.add_argument("name", metavar="NAME")
     vnc.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
     vnc.set_defaults(run=_vnc)
+    common.explain(
+        vnc,
+        "Serve VMI NAME's display on 127.0.0.1:PORT behind a one-time VNC password, printed "
+        "here, until Ctrl+C.",
+        "vmid vnc web                 # then: vncviewer 127.0.0.1::PORT\nvmid vnc web --port 5901",
+    )
 
 
 def _port(text: str) -> int:

@@ -21,7 +21,7 @@ import trio
 from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError, VmidError
-from vmid.host import accel, layout, pidlock
+from vmid.host import accel, layout, pidlock, requests
 from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
 from vmid.runtime.network import Network
@@ -98,6 +98,7 @@ async def _serve(
             watchers.start_soon(supervisor.tidy_logs)
             watchers.start_soon(supervisor.tidy_events)
             await watchers.start(spool_module.watch, spool, supervisor.apply)
+            watchers.start_soon(_serve_requests, paths, supervisor)
             with trio.move_on_after(SETTLE_SECONDS):
                 await supervisor.wait_settled()
             supervisor.on_change(lambda: notifier.notify(STATUS=_summary(supervisor)))
@@ -134,6 +135,33 @@ async def _acknowledge(signals: AsyncIterator[int], supervisor: Supervisor, keep
         log.warning(
             "stopping: %s (%s: %s)", _next_step(supervisor, keep), signal.Signals(signum).name, why
         )
+
+
+async def _serve_requests(paths: Paths, supervisor: Supervisor) -> None:
+    """Forever: carry out `vmid restart`'s requests as they come (cancel to stop)."""
+    notify = _watch_requests(paths.requests)
+    try:
+        while True:
+            for key in requests.pending(paths.requests, requests.RESTART):
+                try:
+                    found, grace = requests.take(paths.requests, requests.RESTART, key)
+                except requests.RequestRefused as exc:
+                    log.warning("%s", exc)
+                    continue
+                why = supervisor.restart(key, grace) if found else None
+                if why is not None:
+                    log.warning("%s: restart request not done: %s", key, why)
+            with trio.move_on_after(spool_module.RESCAN_SECONDS):
+                if await notify.wait():  # overflowed, or the directory was removed
+                    notify.close()
+                    notify = _watch_requests(paths.requests)
+    finally:
+        notify.close()
+
+
+def _watch_requests(directory: Path) -> spool_module.Inotify:
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return spool_module.Inotify(directory)
 
 
 def _next_step(supervisor: Supervisor, keep: bool) -> str:
@@ -182,6 +210,8 @@ def _make_directories(paths: Paths) -> None:
         for directory in (paths.runtime, paths.state, paths.logs):
             _make_traversable(directory)
         paths.spool.mkdir(parents=True, exist_ok=True)
+        paths.requests.mkdir(mode=0o700, exist_ok=True)
+        paths.requests.chmod(0o700)  # only root may ask the daemon anything
     except OSError as exc:
         raise StateError(
             f"cannot prepare {exc.filename}: {os.strerror(exc.errno or 0)}; vmid keeps its "

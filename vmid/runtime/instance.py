@@ -152,6 +152,9 @@ class Instance:
         #: The NICs as vmid made them, before the guest agent's view is merged in.
         self._domain_interfaces: list[dict[str, Any]] = []
         self.status.probe_ready = None if plan.readinessProbe is None else False
+        #: The grace period of the stop to come instead of the plan's (`vmid delete
+        #: --grace-period`, as kubectl's overrides terminationGracePeriodSeconds).
+        self.grace: int | None = None
 
     def __repr__(self) -> str:
         pid = self._process.pid if self._process else None
@@ -624,7 +627,7 @@ class Instance:
         if self._left_running:
             self.log.info("left running (onDaemonStop: keep)")
             return
-        grace = self.plan.gracePeriodSeconds
+        grace = self.plan.gracePeriodSeconds if self.grace is None else self.grace
         at_once = grace == 0 or not self.plan.acpi
         self.kill_at = trio.current_time() + (0 if at_once else grace)
         self.status.begin_deletion(0 if at_once else grace)

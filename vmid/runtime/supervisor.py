@@ -21,7 +21,7 @@ from vmid.api import types as t
 from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, VmidError
-from vmid.host import firmwareid, identity, logfile
+from vmid.host import firmwareid, identity, logfile, requests
 from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
@@ -76,6 +76,8 @@ class _VM:
     #: The spec its QEMU runs (or ran), as data, with the firmware UUID the VMI keeps; None
     #: for a QEMU taken over whose spec nobody recorded: any manifest restarts that one.
     running: dict[str, Any] | None = None
+    #: The grace period its next stop has instead of its spec's (`vmid delete --grace-period`).
+    grace: int | None = None
 
 
 class Supervisor:
@@ -207,6 +209,7 @@ class Supervisor:
                 # Its file is there but says nothing (a YAML error, refused): not a removal.
                 self._refused_while_running(vm, desired.unreadable[vm.entry.file])
             elif entry is None:
+                self._take_grace(name, vm)
                 self._stop(vm, remove=True)
             else:
                 self._update(name, vm, entry)
@@ -398,10 +401,43 @@ class Supervisor:
             except OSError as exc:
                 log.error("%s: cannot write its status: %s", name, exc)
 
+    def restart(self, key: str, grace: int | None) -> str | None:
+        """Stop VMI `key` (with `grace` instead of its spec's, if given) and start it again
+        from its manifest, as `vmid restart` asks; returns why not, or None."""
+        vm, entry = self._vms.get(key), self._desired.vmis.get(key)
+        if self._stopping or vm is None or vm.remove:
+            return "no such VMI (or it is being deleted)"
+        if entry is None:
+            return "its manifest is refused: mend it first"
+        log.info("%s: restart requested", key)
+        vm.status.event("Normal", "Restarting", "restart requested: vmid restart")
+        vm.successor = entry
+        self._set_grace(vm, grace)
+        self._stop(vm, remove=False)
+        return None
+
+    def _take_grace(self, key: str, vm: _VM) -> None:
+        """A deletion's grace period, if `vmid delete --grace-period` asked for one."""
+        try:
+            found, grace = requests.take(self._paths.requests, requests.DELETE, key)
+        except requests.RequestRefused as exc:
+            log.warning("%s", exc)
+            return
+        if found and grace is not None:
+            log.info("%s: deleted with a grace period of %d s", key, grace)
+            self._set_grace(vm, grace)
+
+    def _set_grace(self, vm: _VM, grace: int | None) -> None:
+        vm.grace = grace
+        if vm.instance is not None:
+            vm.instance.grace = grace
+
     # Section: transitions
 
     def _start(self, entry: Entry) -> None:
         assert entry.key is not None
+        # A deletion's request that no deletion took (the daemon was not running) is stale.
+        requests.withdraw(self._paths.requests, requests.DELETE, entry.key)
         vm = _VM(entry, self._new_status(entry), running=self._spec(entry.key, entry))
         self._vms[entry.key] = vm
         vm.status.event("Normal", "SuccessfulCreate", f"Created from its manifest {entry.file}")
@@ -528,7 +564,7 @@ class Supervisor:
             metadata["creationTimestamp"] = vm.status.manifest["metadata"]["creationTimestamp"]
             vm.status.manifest = {**to_data(vmi), "metadata": metadata}
         store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
-        return Instance(
+        instance = Instance(
             plan,
             vm.status,
             store,
@@ -543,6 +579,8 @@ class Supervisor:
             stop_mode=lambda: vm.stop_mode,
             images=self._images,
         )
+        instance.grace = vm.grace
+        return instance
 
     def _spec(self, name: str, entry: Entry) -> dict[str, Any]:
         """The spec an entry means, as data, with the firmware UUID the VMI keeps."""
