@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -157,11 +158,12 @@ def test_a_restart_request_not_made_by_root_is_ignored(tmp_path: Path) -> None:
         requests = daemon.root / "run/vmid/requests"
         assert stat.S_IMODE(requests.stat().st_mode) == 0o700
         planted = requests / ".planted"
-        planted.write_text('{"gracePeriodSeconds": 0}')
+        planted.write_text('{"key": "default/web", "gracePeriodSeconds": 0}')
         os.chown(planted, 65534, 65534)  # as if another user had made it
-        planted.rename(requests / "default_web.restart")
+        name = hashlib.sha256(b"default/web").hexdigest()[:40] + ".restart"  # as vmid names it
+        planted.rename(requests / name)
         daemon.wait_for("the request to be dropped", lambda: not os.listdir(requests))
-        assert "default_web.restart: not taken: owned by uid 65534, not root's" in daemon.log_text()
+        assert f"{name}: not taken: owned by uid 65534, not root's" in daemon.log_text()
         assert daemon.pid("web") == pid
         assert daemon.phase("web") == "Running"
 

@@ -1,15 +1,18 @@
 """What the CLI asks of the daemon that no spool file can say: restart a VMI, or stop one
 being deleted with another grace period (`vmid delete --grace-period`).
 
-A request is a small JSON file, `NAMESPACE_NAME.ACTION`, in ROOT/run/vmid/requests/: a
-directory of root's, mode 0700, so only root can ask; the daemon also takes only files owned
+A request is a small JSON file, `DIGEST.ACTION` (a digest of the VMI's namespace/name, which
+may be far longer than a file name; the key itself is in the file), in ROOT/run/vmid/requests/:
+a directory of root's, mode 0700, so only root can ask; the daemon also takes only files owned
 by its own user and writable by no one else, and removes each one it takes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -18,20 +21,21 @@ from vmid.api import names
 from vmid.errors import VmidError
 from vmid.host import safefile
 
+log = logging.getLogger(__name__)
+
 RESTART, DELETE = "restart", "delete"
 _LIMIT = 4096
 
 
 def _path(directory: Path, action: str, key: str) -> Path:
-    namespace, name = names.split(key)
-    return directory / f"{namespace}_{name}.{action}"
+    return directory / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.{action}"
 
 
 def submit(directory: Path, action: str, key: str, grace: int | None) -> Path:
     """Ask for `action` on VMI `key` (`grace`: its grace period, None: the manifest's)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = _path(directory, action, key)
-    body = json.dumps({"gracePeriodSeconds": grace}).encode()
+    body = json.dumps({"key": key, "gracePeriodSeconds": grace}).encode()
     safefile.write_atomically(path, body, mode=0o600)
     return path
 
@@ -49,11 +53,26 @@ def pending(directory: Path, action: str) -> list[str]:
         return []
     keys = []
     for entry in sorted(entries):
-        base, _, suffix = entry.rpartition(".")
-        namespace, _, name = base.partition("_")
-        if suffix == action and namespace and name and not entry.startswith("."):
-            keys.append(names.key(namespace, name))
+        if entry.startswith(".") or not entry.endswith(f".{action}"):
+            continue
+        path = directory / entry
+        key = _key(path)
+        if key is None or _path(directory, action, key) != path:
+            log.warning("%s: not taken: it names no VMI", path)
+            path.unlink(missing_ok=True)
+        else:
+            keys.append(key)
     return keys
+
+
+def _key(path: Path) -> str | None:
+    """The VMI a request names (read without following a symlink or blocking on a FIFO)."""
+    try:
+        key = json.loads(safefile.read_regular(path, _LIMIT)).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    namespace, name = names.split(key) if isinstance(key, str) else ("", "")
+    return key if namespace and name else None
 
 
 class RequestRefused(VmidError):

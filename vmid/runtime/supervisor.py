@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterator, Set
 from pathlib import Path
 from typing import Any
 
@@ -202,20 +202,12 @@ class Supervisor:
         for problem in desired.problems:
             log.error("spool: %s", problem)
         for name, vm in list(self._vms.items()):
-            entry = desired.vmis.get(name)
-            if entry is None and name in desired.refused:
-                self._refused_while_running(vm, desired.refused[name])
-            elif entry is None and vm.entry.file in desired.unreadable:
-                # Its file is there but says nothing (a YAML error, refused): not a removal.
-                self._refused_while_running(vm, desired.unreadable[vm.entry.file])
-            elif entry is None:
-                self._take_grace(name, vm)
-                self._stop(vm, remove=True)
-            else:
-                self._update(name, vm, entry)
+            with _guarded(name):
+                self._reconcile(name, vm, desired)
         for name, entry in desired.vmis.items():
             if name not in self._vms:
-                self._start(entry)
+                with _guarded(name):
+                    self._start(entry)
         refused = {n: p for n, p in desired.refused.items() if n not in self._vms}
         for name, problems in refused.items():
             if self._refused.get(name) != problems:  # report each change once
@@ -225,6 +217,20 @@ class Supervisor:
             self._nursery.start_soon(self._forget, name)
         self._refused = refused
         self._show_files(desired)
+
+    def _reconcile(self, name: str, vm: _VM, desired: Desired) -> None:
+        """Make a VMI the supervisor has match what the spool says of it now."""
+        entry = desired.vmis.get(name)
+        if entry is None and name in desired.refused:
+            self._refused_while_running(vm, desired.refused[name])
+        elif entry is None and vm.entry.file in desired.unreadable:
+            # Its file is there but says nothing (a YAML error, refused): not a removal.
+            self._refused_while_running(vm, desired.unreadable[vm.entry.file])
+        elif entry is None:
+            self._take_grace(name, vm)
+            self._stop(vm, remove=True)
+        else:
+            self._update(name, vm, entry)
 
     def _show_files(self, desired: Desired) -> None:
         """A spool file with problems no VMI shows gets a `Failed` row of its own in `vmid get`:
@@ -665,6 +671,16 @@ def _entries(directory: Path) -> set[str]:
     with contextlib.suppress(FileNotFoundError):
         return {item.name for item in directory.iterdir()}
     return set()
+
+
+@contextlib.contextmanager
+def _guarded(key: str) -> Iterator[None]:
+    """What goes wrong with one VMI (a bug, a file that cannot be written) is logged, and the
+    spool's other VMIs are still started and stopped."""
+    try:
+        yield
+    except Exception:
+        log.exception("%s: internal error applying its manifest", key)
 
 
 def _bare_object(key: str) -> dict[str, Any]:
