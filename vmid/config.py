@@ -240,6 +240,19 @@ class Paths:
         """A directory per spool file whose problems no VMI shows, named as the file."""
         return self.runtime / "spool"
 
+    def vm_state(self, key: str) -> Path:
+        """A VirtualMachine's requested state (`vmid start/stop`), kept across daemon restarts."""
+        return self.state / "vms" / key
+
+    def vm_runtime(self, key: str) -> Path:
+        """A VirtualMachine's status file."""
+        return self.runtime / "vms" / key
+
+    @property
+    def vm_requests(self) -> Path:
+        """`vmid start/stop/restart` requests, one file each, taken by the daemon in order."""
+        return self.state / "vm-requests"
+
     @property
     def daemon_pid(self) -> Path:
         """The running daemon's pid, locked (flock) while it runs."""

@@ -27,6 +27,7 @@ from vmid.cli import (
     logs,
     render,
     screenshot,
+    vm,
     vnc,
 )
 from vmid.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         events,
         logs,
         lifecycle,
+        vm,
         console,
         vnc,
         screenshot,

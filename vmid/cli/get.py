@@ -11,7 +11,7 @@ import attrs
 
 from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
-from vmid.cli import common, show
+from vmid.cli import common, show, vm
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.config import Paths
 from vmid.runtime import status, statuswatch
@@ -19,7 +19,8 @@ from vmid.runtime import status, statuswatch
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     get = commands.add_parser("get", parents=[flags], help="list VMIs, like kubectl get vmi")
-    get.add_argument("name", nargs="?", metavar="NAME")
+    get.add_argument("name", nargs="?", metavar="[vm|vmi] NAME")
+    get.add_argument("kind_name", nargs="?", help=argparse.SUPPRESS)
     get.add_argument(
         "-A",
         "--all-namespaces",
@@ -33,6 +34,8 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
 
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
+    if vm.kind_of(args, listing=True) == "vm":
+        return vm.get(args)
     if args.all_namespaces and args.name is not None:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
         return EXIT_ERROR

@@ -137,6 +137,8 @@ class Instance:
         self._stop_mode = stop_mode
         #: When the shutdown ladder, once begun, kills QEMU (trio's clock): the grace's end.
         self.kill_at: float | None = None
+        #: The grace of a stop that asked for its own (a VM's `--grace-period`), else the spec's.
+        self.grace: int | None = None
 
     def __repr__(self) -> str:
         pid = self._process.pid if self._process else None
@@ -523,7 +525,7 @@ class Instance:
         if self._left_running:
             self.log.info("left running (onDaemonStop: keep)")
             return
-        grace = self.plan.gracePeriodSeconds
+        grace = self.plan.gracePeriodSeconds if self.grace is None else self.grace
         at_once = grace == 0 or not self.plan.acpi
         self.kill_at = trio.current_time() + (0 if at_once else grace)
         self.status.begin_deletion(0 if at_once else grace)

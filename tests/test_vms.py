@@ -1,0 +1,244 @@
+"""VirtualMachines end to end with a fake QEMU: run strategies, start/stop/restart, status."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import Daemon, fake_config, running_daemon
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def vm_manifest(name: str, strategy: str = "Always", mode: str = "obey", grace: int = 5) -> str:
+    run = (
+        f"running: {strategy[len('running-') :]}"
+        if strategy.startswith("running-")
+        else (f"runStrategy: {strategy}")
+    )
+    return f"""apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  {run}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: {grace}
+      domain:
+        memory: {{guest: 64Mi}}
+        firmware: {{serial: {mode}}}
+        devices: {{autoattachPodInterface: false}}
+"""
+
+
+def vm_status(daemon: Daemon, name: str) -> dict[str, Any] | None:
+    path = daemon.root / "run/vmid/vms/default" / name / "status.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    found: dict[str, Any] = data["status"]
+    return found
+
+
+def printable(daemon: Daemon, name: str) -> str | None:
+    status = vm_status(daemon, name)
+    return status["printableStatus"] if status else None
+
+
+def wait_printable(daemon: Daemon, name: str, value: str, timeout: float = 30) -> None:
+    daemon.wait_for(f"{name} {value}", lambda: printable(daemon, name) == value, timeout)
+
+
+def test_always_restarts_a_guest_that_powers_off_with_the_same_uuid(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Always", mode="halt-1"))
+        daemon.wait_phase("vm-a", "Running")
+        first = daemon.status("vm-a")
+        assert first is not None
+        assert first["metadata"]["ownerReferences"][0]["kind"] == "VirtualMachine"
+        assert first["metadata"]["labels"] == {"app": "vm-a"}
+        pid, uuid = first["status"]["qemu"]["pid"], first["spec"]["domain"]["firmware"]["uuid"]
+        daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
+        again = daemon.status("vm-a")
+        assert again is not None
+        assert again["spec"]["domain"]["firmware"]["uuid"] == uuid
+        assert vm_status(daemon, "vm-a") is not None
+
+
+def _pid(daemon: Daemon, name: str) -> int | None:
+    data = daemon.status(name)
+    if data is None or data["status"]["phase"] != "Running":
+        return None
+    pid: int = data["status"]["qemu"]["pid"]
+    return pid
+
+
+def vmid_ok(daemon: Daemon, *args: str) -> str:
+    done = daemon.vmid(*args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def vmid_refused(daemon: Daemon, *args: str) -> str:
+    done = daemon.vmid(*args)
+    assert done.returncode == 1, done.stdout
+    return done.stderr
+
+
+def test_rerun_on_failure_reruns_a_killed_qemu_not_a_guest_power_off(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("k.yaml", vm_manifest("vm-k", "RerunOnFailure"))
+        daemon.drop("h.yaml", vm_manifest("vm-h", "RerunOnFailure", mode="halt-1"))
+        daemon.wait_phase("vm-k", "Running")
+        pid = daemon.pid("vm-k")
+        os.kill(pid, signal.SIGKILL)
+        daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-k") not in (None, pid))
+        # The guest powered off: Succeeded, deleted, not started again.
+        wait_printable(daemon, "vm-h", "Stopped")
+        daemon.wait_phase("vm-h", None)
+        time.sleep(1)
+        assert daemon.phase("vm-h") is None
+        assert printable(daemon, "vm-h") == "Stopped"
+
+
+def test_halted_runs_nothing_until_started_and_stays_started_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Halted"))
+        wait_printable(daemon, "vm-a", "Stopped")
+        assert daemon.phase("vm-a") is None
+        assert "VM is not running" in vmid_refused(daemon, "stop", "vm-a")
+        assert "Halted does not support manual restart" in vmid_refused(daemon, "restart", "vm-a")
+        assert vmid_ok(daemon, "start", "vm-a") == "VM vm-a was scheduled to start\n"
+        daemon.wait_phase("vm-a", "Running")
+        wait_printable(daemon, "vm-a", "Running")
+        status = vm_status(daemon, "vm-a")
+        assert status is not None
+        assert (status["runStrategy"], status["ready"], status["created"]) == ("Always", True, True)
+        assert "VM is already running" in vmid_refused(daemon, "start", "vm-a")
+    assert "vm-a" in (tmp_path / "etc/vmid/instances/a.yaml").read_text()  # never written
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.wait_phase("vm-a", "Running")
+        assert vmid_ok(daemon, "stop", "vm-a") == "VM vm-a was scheduled to stop\n"
+        daemon.wait_phase("vm-a", None)
+        wait_printable(daemon, "vm-a", "Stopped")
+        status = vm_status(daemon, "vm-a")
+        assert status is not None
+        assert status["runStrategy"] == "Halted"
+
+
+def test_manual_acts_on_requests_only(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("m.yaml", vm_manifest("vm-m", "Manual", mode="halt-1"))
+        wait_printable(daemon, "vm-m", "Stopped")
+        assert daemon.phase("vm-m") is None
+        vmid_ok(daemon, "start", "vm-m")
+        daemon.wait_phase("vm-m", "Succeeded")  # the guest powered off: it stays so
+        wait_printable(daemon, "vm-m", "Stopped")
+        first = daemon.status("vm-m")
+        assert first is not None
+        vmid_ok(daemon, "start", "vm-m")  # a new VMI
+        daemon.wait_for(
+            "a new VMI",
+            lambda: (
+                (daemon.status("vm-m") or first)["metadata"] != first["metadata"]
+                or _pid(daemon, "vm-m") not in (None, first["status"]["qemu"]["pid"])
+            ),
+        )
+
+
+def test_once_runs_once(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("o.yaml", vm_manifest("vm-o", "Once", mode="halt-1"))
+        daemon.wait_phase("vm-o", "Succeeded")
+        wait_printable(daemon, "vm-o", "Stopped")
+        time.sleep(1)
+        assert daemon.phase("vm-o") == "Succeeded"
+
+
+def test_restart_makes_a_new_vmi_with_the_same_uuid(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "running-true"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.pid("vm-a")
+        uuid = (daemon.status("vm-a") or {})["spec"]["domain"]["firmware"]["uuid"]
+        assert "--grace-period=0" in vmid_refused(daemon, "restart", "vm-a", "--force")
+        vmid_ok(daemon, "restart", "vm-a", "--force", "--grace-period", "0")
+        daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
+        assert (daemon.status("vm-a") or {})["spec"]["domain"]["firmware"]["uuid"] == uuid
+        assert "killed at once (grace period 0)" in vmid_ok(daemon, "events", "vm-a")
+
+
+def test_get_and_describe_show_vms_and_their_vmis(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Always"))
+        daemon.drop("b.yaml", vm_manifest("vm-b", "Halted"))
+        daemon.wait_phase("vm-a", "Running")
+        wait_printable(daemon, "vm-a", "Running")
+        wait_printable(daemon, "vm-b", "Stopped")
+        rows = [line.split() for line in vmid_ok(daemon, "get", "vm").splitlines()]
+        assert rows[0] == ["NAME", "AGE", "STATUS", "READY"]
+        assert [(r[0], r[2], r[3]) for r in rows[1:]] == [
+            ("vm-a", "Running", "True"),
+            ("vm-b", "Stopped", "False"),
+        ]
+        for listing in (vmid_ok(daemon, "get"), vmid_ok(daemon, "get", "vmi")):
+            assert [line.split()[0] for line in listing.splitlines()[1:]] == ["vm-a"]
+        assert vmid_ok(daemon, "get", "vmi", "vm-a").splitlines()[1].split()[0] == "vm-a"
+        one = json.loads(vmid_ok(daemon, "get", "vm", "vm-b", "-o", "json"))
+        assert one["kind"] == "VirtualMachine"
+        assert one["status"]["runStrategy"] == "Halted"
+        described = vmid_ok(daemon, "describe", "vm", "vm-a")
+        assert "Strategy:   Always" in described
+        assert "Status:     Running" in described
+        assert "not found" in vmid_refused(daemon, "get", "vm", "nope")
+        assert "not found" in vmid_refused(daemon, "start", "nope")
+
+
+def test_removing_the_vm_stops_its_vmi(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        file = daemon.drop("a.yaml", vm_manifest("vm-a", "Always"))
+        daemon.wait_phase("vm-a", "Running")
+        file.unlink()
+        daemon.wait_phase("vm-a", None)
+        daemon.wait_for("the VM gone", lambda: vm_status(daemon, "vm-a") is None)
+        assert "Deletion: its VirtualMachine stopped it" in vmid_ok(daemon, "events", "vm-a")
+
+
+def test_a_vm_that_never_starts_backs_off(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("r.yaml", vm_manifest("vm-r", "Always", mode="refuse"))
+        wait_printable(daemon, "vm-r", "CrashLoopBackOff")
+        status = vm_status(daemon, "vm-r")
+        assert status is not None
+        assert status["startFailure"]["consecutiveFailCount"] == 1
+        retry = _epoch(status["startFailure"]["retryAfterTimestamp"]) - time.time()
+        assert 8 <= retry <= 16  # 10 s, plus up to 5 s at random
+        refused = vmid_refused(daemon, "start", "vm-r")
+        assert "Always does not support manual start requests" in refused
+        daemon.wait_for(
+            "a second failure",
+            lambda: (
+                ((vm_status(daemon, "vm-r") or {}).get("startFailure") or {}).get(
+                    "consecutiveFailCount"
+                )
+                == 2
+            ),
+            timeout=25,
+        )
+
+
+def _epoch(stamp: str) -> float:
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))

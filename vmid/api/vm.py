@@ -1,0 +1,168 @@
+"""KubeVirt's VirtualMachine: its wire model, its admission (vms-admitter.go), and the VMI its
+template makes (named as the VM, with the template's labels and a firmware UUID derived from it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from vmid.api import defaults, names, validate
+from vmid.api import types as t
+from vmid.api.findings import FieldPath, Finding, quote
+from vmid.api.structure import structure
+
+VM_KIND = "VirtualMachine"
+
+_CLUSTER = "cluster objects, and vmid has no Kubernetes API server"
+
+
+class RunStrategy(t.Enum):
+    ALWAYS = "Always"
+    RERUN_ON_FAILURE = "RerunOnFailure"
+    MANUAL = "Manual"
+    HALTED = "Halted"
+    ONCE = "Once"
+
+
+#: KubeVirt's values (types.go); WaitAsReceiver is known but needs decentralized migration.
+_KNOWN = {s.value for s in RunStrategy} | {"WaitAsReceiver"}
+
+
+@attrs.frozen(kw_only=True)
+class Template:
+    metadata: t.ObjectMeta = attrs.field(factory=t.ObjectMeta)
+    spec: t.VirtualMachineInstanceSpec
+
+
+@attrs.frozen(kw_only=True)
+class VirtualMachineSpec:
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "instancetype": f"instance types are {_CLUSTER}; write the CPU and memory in the template",
+        "preference": f"preferences are {_CLUSTER}; write the devices in the template",
+        "dataVolumeTemplates": "DataVolume templates are not implemented yet; put a "
+        "persistentVolumeClaim (a file in volumesDir) in the template instead",
+    }
+    IGNORED: ClassVar[frozenset[str]] = frozenset({"updateVolumesStrategy"})
+    running: bool | None = None
+    #: A string, not the enum: KubeVirt's own message names a bad one.
+    runStrategy: str | None = None
+    template: Template | None = None
+
+
+@attrs.frozen(kw_only=True)
+class VirtualMachine:
+    IGNORED: ClassVar[frozenset[str]] = frozenset({"status"})
+    apiVersion: str
+    kind: str
+    metadata: t.ObjectMeta
+    spec: VirtualMachineSpec
+
+    @property
+    def key(self) -> str:
+        return names.key(self.metadata.namespace, self.metadata.name or "")
+
+    @property
+    def strategy(self) -> RunStrategy:
+        """The run strategy the manifest asks for (`running: true|false` as Always/Halted)."""
+        if self.spec.runStrategy is not None:
+            return RunStrategy(self.spec.runStrategy)
+        return RunStrategy.ALWAYS if self.spec.running else RunStrategy.HALTED
+
+
+def firmware_uuid(vm_key: str) -> str:
+    """The firmware UUID of every VMI a VM makes: KubeVirt's name-derived one
+    (pkg/virt-controller/watch/vm/firmware.go), the namespace in it outside `default`."""
+    return str(uuid.uuid5(defaults.FIRMWARE_UUID_NAMESPACE, names.hashed(vm_key)))
+
+
+def load(
+    data: dict[Any, Any],
+) -> tuple[VirtualMachine | None, t.VirtualMachineInstance | None, list[Finding]]:
+    """Check a plain VM document: the VM, the defaulted VMI it makes, or every finding (paths
+    in the VM's document)."""
+    vm, findings = structure(data, VirtualMachine)
+    if vm is None:
+        return None, None, findings
+    findings = _admit(vm)
+    if findings or vm.spec.template is None:
+        return None, None, findings
+    vmi = defaults.apply(instance(vm))
+    findings = [located(f) for f in validate.validate(vmi)]
+    return (None, None, findings) if findings else (vm, vmi, [])
+
+
+def _admit(vm: VirtualMachine) -> list[Finding]:
+    """vms-admitter.go's checks of the VM itself (its template is checked as any VMI)."""
+    spec, out = vm.spec, []
+    if spec.running is not None and spec.runStrategy is not None:
+        out.append(
+            Finding(
+                ("spec", "running"),
+                "Running and RunStrategy are mutually exclusive. Note that Running is "
+                "deprecated, please use RunStrategy instead",
+            )
+        )
+    elif spec.running is None and spec.runStrategy is None:
+        out.append(Finding(("spec", "runStrategy"), "RunStrategy must be specified"))
+    elif spec.runStrategy is not None and spec.runStrategy not in _KNOWN:
+        out.append(Finding(("spec", "runStrategy"), f"Invalid RunStrategy ({spec.runStrategy})"))
+    elif spec.runStrategy == "WaitAsReceiver":
+        out.append(
+            Finding(
+                ("spec", "runStrategy"),
+                f"run strategy {quote(spec.runStrategy)} is not supported by vmid: it waits "
+                "for a decentralized live migration, which needs a cluster",
+            )
+        )
+    if spec.template is None:
+        out.append(Finding(("spec", "template"), "missing virtual machine template."))
+    return out
+
+
+def instance(vm: VirtualMachine) -> t.VirtualMachineInstance:
+    """The VMI the VM's template makes (not yet defaulted)."""
+    assert vm.spec.template is not None
+    template = vm.spec.template
+    metadata = t.ObjectMeta(
+        name=vm.metadata.name,
+        namespace=vm.metadata.namespace,
+        labels=template.metadata.labels,
+        annotations=template.metadata.annotations,
+    )
+    spec = template.spec
+    firmware = spec.domain.firmware or t.Firmware()
+    if firmware.uuid is None:
+        firmware = attrs.evolve(firmware, uuid=firmware_uuid(vm.key))
+        spec = attrs.evolve(spec, domain=attrs.evolve(spec.domain, firmware=firmware))
+    return t.VirtualMachineInstance(
+        apiVersion=vm.apiVersion, kind="VirtualMachineInstance", metadata=metadata, spec=spec
+    )
+
+
+def located(finding: Finding) -> Finding:
+    """A finding about the template's VMI, at its place in the VM's document."""
+    return Finding(vmi_path(finding.path), finding.message)
+
+
+def vmi_path(path: FieldPath) -> FieldPath:
+    """Where a field of the template's VMI is written in the VM's document."""
+    if path[:1] == ("spec",):
+        return ("spec", "template", *path)
+    if path[:2] in (("metadata", "labels"), ("metadata", "annotations")):
+        return ("spec", "template", *path)
+    return path
+
+
+def owner_reference(vm: VirtualMachine) -> dict[str, Any]:
+    """The ownerReference a VM's VMI carries, as KubeVirt's controller sets it."""
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": VM_KIND,
+        "name": vm.metadata.name,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
