@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from vmid.api.load import load_text
-from vmid.api.vm import RunStrategy
+from vmid.api.vm import RunStrategy, blank_volumes
 from vmid.errors import Problem
 
 FILE = "vm.yaml"
@@ -115,3 +115,37 @@ def test_instance_types_are_refused_with_a_reason() -> None:
     [problem] = problems(vm("  runStrategy: Always\n  instancetype: {name: u1.small}\n" + TEMPLATE))
     assert problem.field == "spec.instancetype"
     assert "not supported by vmid" in problem.message
+
+
+DATA = """  dataVolumeTemplates:
+  - metadata: {name: data}
+    spec:
+      source: SOURCE
+      pvc: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 2Gi}}}
+"""
+
+
+def with_data(source: str) -> str:
+    volume = "      - name: data\n        dataVolume: {name: data}\n"
+    disk = "          - name: data\n"
+    template = TEMPLATE.replace("          - name: root\n", "          - name: root\n" + disk)
+    return vm("  runStrategy: Always\n" + DATA.replace("SOURCE", source) + template + volume)
+
+
+def test_a_blank_data_volume_gives_its_size() -> None:
+    [manifest], found = load_text(FILE, with_data("{blank: {}}").encode())
+    assert found == []
+    assert manifest.vm is not None
+    assert blank_volumes(manifest.vm) == {"data": 2 << 30}
+
+
+def test_other_data_volume_sources_are_refused_with_a_reason() -> None:
+    [problem] = problems(with_data("{http: {url: 'http://x/y.img'}}"))
+    assert problem.field == "spec.dataVolumeTemplates[0].spec.source.http"
+    assert "not implemented in vmid yet" in problem.message
+
+
+def test_a_data_volume_template_must_be_used() -> None:
+    text = with_data("{blank: {}}").replace("dataVolume: {name: data}", "dataVolume: {name: x}")
+    found = problems(text)
+    assert "DataVolumeTemplate entry spec.dataVolumeTemplates[0] must be referenced" in str(found)

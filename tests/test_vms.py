@@ -242,3 +242,43 @@ def test_a_vm_that_never_starts_backs_off(tmp_path: Path) -> None:
 
 def _epoch(stamp: str) -> float:
     return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+BLANK = """  dataVolumeTemplates:
+  - metadata: {name: data-a}
+    spec:
+      source: {blank: {}}
+      storage: {resources: {requests: {storage: 1Mi}}}
+"""
+
+
+def with_blank_volume(text: str) -> str:
+    text = text.replace("  template:\n", BLANK + "  template:\n")
+    disks = "devices: {autoattachPodInterface: false, disks: [{name: data}]}"
+    text = text.replace("devices: {autoattachPodInterface: false}", disks)
+    return text + "      volumes: [{name: data, dataVolume: {name: data-a}}]\n"
+
+
+def test_a_blank_data_volume_is_made_once_kept_and_moved_aside(tmp_path: Path) -> None:
+    config = fake_config("deletedVolumesKeepSeconds: 2\n")
+    claim = tmp_path / "var/lib/vmid/volumes/data-a.img"
+    with running_daemon(tmp_path, config) as daemon:
+        file = daemon.drop("a.yaml", with_blank_volume(vm_manifest("vm-a", "Always")))
+        daemon.wait_phase("vm-a", "Running")
+        assert claim.stat().st_size == 1 << 20
+        with claim.open("r+b") as stream:  # what the guest wrote
+            stream.write(b"guest data")
+        pid = daemon.pid("vm-a")
+        vmid_ok(daemon, "restart", "vm-a")
+        daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
+        assert claim.read_bytes()[:10] == b"guest data"
+    with running_daemon(tmp_path, config) as daemon:  # a daemon restart keeps it too
+        daemon.wait_phase("vm-a", "Running")
+        assert claim.read_bytes()[:10] == b"guest data"
+        file.unlink()
+        aside = tmp_path / "var/lib/vmid/volumes/.deleted"
+        daemon.wait_for("the claim moved aside", lambda: not claim.exists())
+        [moved] = list(aside.iterdir())
+        assert moved.name.startswith("default_vm-a_data-a.")
+        assert moved.read_bytes()[:10] == b"guest data"
+        daemon.wait_for("the claim deleted", lambda: not list(aside.iterdir()), timeout=10)

@@ -38,19 +38,87 @@ class Template:
     spec: t.VirtualMachineInstanceSpec
 
 
+_NOT_YET = "not implemented in vmid yet (blank ones are)"
+
+
+@attrs.frozen(kw_only=True)
+class BlankSource:
+    pass
+
+
+@attrs.frozen(kw_only=True)
+class DataVolumeSource:
+    """CDI's DataVolumeSource: vmid makes blank ones (a sparse raw claim file)."""
+
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "http": f"http DataVolumes are {_NOT_YET}",
+        "registry": f"registry DataVolumes are {_NOT_YET}; or use a containerDisk",
+        "pvc": f"cloning a claim is {_NOT_YET}",
+        "s3": "S3 imports need CDI's importer pods",
+        "gcs": "GCS imports need CDI's importer pods",
+        "upload": "uploads go through CDI's upload proxy",
+        "imageio": "oVirt imports need CDI's importer pods",
+        "vddk": "VMware imports need CDI's importer pods",
+        "snapshot": "volume snapshots need a CSI driver",
+    }
+    blank: BlankSource | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StorageSpec:
+    """A claim's spec as a DataVolume gives it (`pvc` or `storage`): only its size matters on
+    one host, where a claim is a file in volumesDir."""
+
+    IGNORED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "accessModes",
+            "volumeMode",
+            "storageClassName",
+            "selector",
+            "dataSource",
+            "dataSourceRef",
+            "volumeName",
+            "volumeAttributesClassName",
+        }
+    )
+    resources: t.ResourceRequirements = attrs.field(factory=t.ResourceRequirements)
+
+
+@attrs.frozen(kw_only=True)
+class DataVolumeSpec:
+    IGNORED: ClassVar[frozenset[str]] = frozenset(
+        {"contentType", "preallocation", "priorityClassName", "checkpoints", "finalCheckpoint"}
+    )
+    source: DataVolumeSource | None = None
+    pvc: StorageSpec | None = None
+    storage: StorageSpec | None = None
+
+    def size(self) -> int | None:
+        """The size asked for, in bytes (`storage` first, as CDI reads it)."""
+        for claim in (self.storage, self.pvc):
+            if claim is not None and "storage" in claim.resources.requests:
+                return claim.resources.requests["storage"].value()
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class DataVolumeTemplate:
+    metadata: t.ObjectMeta = attrs.field(factory=t.ObjectMeta)
+    spec: DataVolumeSpec
+
+
 @attrs.frozen(kw_only=True)
 class VirtualMachineSpec:
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {
         "instancetype": f"instance types are {_CLUSTER}; write the CPU and memory in the template",
         "preference": f"preferences are {_CLUSTER}; write the devices in the template",
-        "dataVolumeTemplates": "DataVolume templates are not implemented yet; put a "
-        "persistentVolumeClaim (a file in volumesDir) in the template instead",
     }
     IGNORED: ClassVar[frozenset[str]] = frozenset({"updateVolumesStrategy"})
     running: bool | None = None
     #: A string, not the enum: KubeVirt's own message names a bad one.
     runStrategy: str | None = None
     template: Template | None = None
+    dataVolumeTemplates: tuple[DataVolumeTemplate, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -120,7 +188,53 @@ def _admit(vm: VirtualMachine) -> list[Finding]:
         )
     if spec.template is None:
         out.append(Finding(("spec", "template"), "missing virtual machine template."))
+    else:
+        out += _data_volumes(spec.dataVolumeTemplates, spec.template)
     return out
+
+
+def _data_volumes(templates: tuple[DataVolumeTemplate, ...], template: Template) -> list[Finding]:
+    """Each DataVolume template named, referenced, with a source and a size."""
+    used = {v.dataVolume.name for v in template.spec.volumes if v.dataVolume is not None}
+    out, seen = [], set()
+    for index, dv in enumerate(templates):
+        path: FieldPath = ("spec", "dataVolumeTemplates", index)
+        name = dv.metadata.name
+        if not name or not validate.DNS1123_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+            message = "Required value" if not name else f"Invalid value: {quote(name)}: "
+            message += "" if not name else "must be a lowercase RFC 1123 subdomain"
+            out.append(Finding((*path, "metadata", "name"), message))
+            continue
+        if name in seen:
+            out.append(Finding((*path, "metadata", "name"), f"Duplicate value: {quote(name)}"))
+        seen.add(name)
+        if name not in used:
+            out.append(
+                Finding(
+                    path,
+                    f"DataVolumeTemplate entry spec.dataVolumeTemplates[{index}] must be "
+                    "referenced in the VMI template's 'volumes' list",
+                )
+            )
+        if dv.spec.source is None or dv.spec.source.blank is None:
+            out.append(Finding((*path, "spec", "source"), "Required value: a source (blank: {})"))
+        if dv.spec.size() is None:
+            out.append(
+                Finding(
+                    (*path, "spec", "storage", "resources", "requests", "storage"),
+                    "Required value: the DataVolume's size",
+                )
+            )
+    return out
+
+
+def blank_volumes(vm: VirtualMachine) -> dict[str, int]:
+    """The blank DataVolumes the VM's templates make: size in bytes by claim name."""
+    return {
+        dv.metadata.name: size
+        for dv in vm.spec.dataVolumeTemplates
+        if dv.metadata.name and (size := dv.spec.size()) is not None
+    }
 
 
 def instance(vm: VirtualMachine) -> t.VirtualMachineInstance:

@@ -94,7 +94,7 @@ async def _serve(
         network = Network(config, paths)
         await vms.start(network.serve)
         supervisor = Supervisor(vms, config, paths, accelerator, network)
-        controller = Controller(supervisor, paths)  # VirtualMachines, over the supervisor
+        controller = Controller(supervisor, paths, config)  # VirtualMachines, over the supervisor
         async with trio.open_nursery() as watchers:
             watchers.start_soon(notifier.watchdog)
             watchers.start_soon(supervisor.tidy_logs)
@@ -112,6 +112,7 @@ async def _serve(
                     config = await _reload(
                         config, spool, supervisor, network, config_file, config_required
                     )
+                    controller.reconfigure(config)
                     await spool.rescan(controller.apply)
                     notifier.notify(READY="1", STATUS=_summary(supervisor))
                     continue

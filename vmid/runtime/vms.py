@@ -23,10 +23,10 @@ import trio
 from vmid.api import names
 from vmid.api.dump import object_data
 from vmid.api.load import KIND
-from vmid.api.vm import RunStrategy, VirtualMachine, owner_reference
+from vmid.api.vm import RunStrategy, VirtualMachine, blank_volumes, owner_reference
 from vmid.api.vmistatus import FILE_ANNOTATION
-from vmid.config import Paths
-from vmid.host import safefile
+from vmid.config import Config, Paths
+from vmid.host import datavolumes, safefile
 from vmid.manifests import Entry
 from vmid.runtime import vmstate
 from vmid.runtime.spool import Desired, Inotify
@@ -40,6 +40,8 @@ MAX_BACKOFF_SECONDS = 300
 MIN_INTERVAL_SECONDS = 10
 #: The strategies whose start failures back off (vm.go shouldBackoffStart).
 BACKOFF = frozenset({RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE, RunStrategy.ONCE})
+#: How often removed VMs' claim files are looked at, at most.
+PURGE_SECONDS = 3600.0
 
 
 def backoff_seconds(fail_count: int, randint: Callable[[int], int] = random.randrange) -> int:
@@ -70,6 +72,8 @@ class _VM:
     failure: StartFailure | None = None
     #: When (trio's clock) a new VMI replaces the ended one (None: none is due).
     restart_at: float | None = None
+    #: Why a DataVolume's claim file could not be made.
+    volume_error: str | None = None
 
     @property
     def vm(self) -> VirtualMachine:
@@ -89,9 +93,10 @@ class _VM:
 class Controller:
     """The VMs of the spool; `apply(desired)` in place of the supervisor's."""
 
-    def __init__(self, supervisor: Supervisor, paths: Paths) -> None:
+    def __init__(self, supervisor: Supervisor, paths: Paths, config: Config) -> None:
         self._supervisor = supervisor
         self._paths = paths
+        self._config = config
         self._desired = Desired({}, {}, ())
         self._vms: dict[str, _VM] = {}
         self._applied = False
@@ -99,6 +104,10 @@ class Controller:
 
     def __repr__(self) -> str:
         return f"<Controller vms={len(self._vms)}>"
+
+    def reconfigure(self, config: Config) -> None:
+        """Use a new configuration (volumesDir, how long removed volumes are kept)."""
+        self._config = config
 
     def apply(self, desired: Desired) -> None:
         """The spool changed: follow its VMs, then hand the supervisor every VMI."""
@@ -113,16 +122,20 @@ class Controller:
         entry, vm = desired.vms.get(key), self._vms.get(key)
         if entry is not None and vm is None:
             kept = vmstate.load_kept(self._paths, key) or vmstate.Kept()
-            self._vms[key] = _VM(entry, kept)
+            self._vms[key] = vm = _VM(entry, kept)
+            self._provision(key, vm)
         elif entry is not None and vm is not None:
-            if vm.entry.planned != entry.planned:
-                log.info("%s: its VirtualMachine changed", key)
+            changed = vm.entry.planned != entry.planned
             vm.entry = entry
+            if changed:
+                log.info("%s: its VirtualMachine changed", key)
+                self._provision(key, vm)
         elif vm is not None and key not in desired.refused_vms:
             if vm.entry.file in desired.unreadable:
                 return  # a broken file is no removal: the VM goes on as it was
             log.info("%s: its VirtualMachine was removed", key)
             del self._vms[key]
+            self._move_aside(key, vm)
             shutil.rmtree(self._paths.vm_state(key), ignore_errors=True)
             shutil.rmtree(self._paths.vm_runtime(key), ignore_errors=True)
 
@@ -148,6 +161,48 @@ class Controller:
             p for k, ps in self._desired.refused_vms.items() if k not in self._vms for p in ps
         )
         self._supervisor.apply(attrs.evolve(self._desired, vmis=vmis, problems=problems))
+
+    # Section: DataVolumes
+
+    def _provision(self, key: str, vm: _VM) -> None:
+        """Make the claim files of the VM's blank DataVolumes that are missing (once: a file
+        there is kept as it is, the VM's data)."""
+        volumes = self._paths.volumes(self._config)
+        vm.volume_error = None
+        for name, size in blank_volumes(vm.vm).items():
+            try:
+                if datavolumes.create_blank(volumes, name, size):
+                    log.info("%s: DataVolume %s made (%d bytes, blank)", key, name, size)
+                    vm.kept.volumes = sorted({*vm.kept.volumes, name})
+            except OSError as exc:
+                vm.volume_error = f"DataVolume {name}: cannot make its claim file: {exc}"
+                log.error("%s: %s", key, vm.volume_error)
+        self._save(key, vm)
+
+    def _move_aside(self, key: str, vm: _VM) -> None:
+        """The VM is removed: its DataVolumes go too, but only aside, for a while (a removed
+        file is an easy mistake)."""
+        volumes = self._paths.volumes(self._config)
+        namespace, name = names.split(key)
+        for claim in vm.kept.volumes:
+            try:
+                moved = datavolumes.move_aside(volumes, claim, f"{namespace}_{name}")
+            except OSError as exc:
+                log.error("%s: cannot move DataVolume %s aside: %s", key, claim, exc)
+                continue
+            if moved is not None:
+                keep = self._config.deletedVolumesKeepSeconds
+                log.info("%s: DataVolume %s moved to %s (deleted in %d s)", key, claim, moved, keep)
+
+    async def _purge(self) -> None:
+        """Forever: delete removed VMs' claim files once they have been aside long enough."""
+        while True:
+            keep = self._config.deletedVolumesKeepSeconds
+            volumes = self._paths.volumes(self._config)
+            deleted = await trio.to_thread.run_sync(datavolumes.purge, volumes, keep)
+            for name in deleted:
+                log.info("removed VM's DataVolume %s deleted (aside over %d s)", name, keep)
+            await trio.sleep(min(max(keep / 2, 1.0), PURGE_SECONDS))
 
     # Section: run strategies
 
@@ -177,6 +232,8 @@ class Controller:
     def _ended(self, key: str, vm: _VM, status: Status, strategy: RunStrategy) -> None:
         failed = status.phase is Phase.FAILED
         early = not any(t.phase is Phase.RUNNING for t in status.transitions)
+        if not early:
+            vm.failure = None  # it ran: the count starts again, whenever it was seen running
         if early and strategy in BACKOFF:
             count = vm.failure.count + 1 if vm.failure else 1
             delay = backoff_seconds(count)
@@ -197,6 +254,7 @@ class Controller:
             nursery.start_soon(self._watch_requests)
             nursery.start_soon(self._follow_statuses)
             nursery.start_soon(self._restarts)
+            nursery.start_soon(self._purge)
 
     async def _follow_statuses(self) -> None:
         while True:
@@ -348,6 +406,8 @@ class Controller:
 
     def _printable(self, vm: _VM, vmi: Status | None) -> str:
         """KubeVirt's printableStatus (vm.go setPrintableStatus), as far as vmid has them."""
+        if vm.volume_error is not None and (vmi is None or vmi.phase.final):
+            return "DataVolumeError"
         if vm.failure is not None and vm.kept.wanted and (vmi is None or vmi.phase.final):
             return "CrashLoopBackOff"
         if vmi is None or vmi.phase.final:

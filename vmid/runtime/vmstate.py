@@ -42,6 +42,8 @@ class Kept:
     seen: RunStrategy | None = None
     #: Whether the VM is to have a VMI (Manual and RerunOnFailure decide it by requests).
     wanted: bool = False
+    #: The claim files its DataVolume templates made (moved aside when the VM is removed).
+    volumes: list[str] = attrs.field(factory=list)
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -58,8 +60,9 @@ def load_kept(paths: Paths, key: str) -> Kept | None:
             base=_strategy(data.get("base")),
             seen=_strategy(data.get("seen")),
             wanted=bool(data.get("wanted")),
+            volumes=[str(v) for v in data.get("volumes", [])],
         )
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
 
 
