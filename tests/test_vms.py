@@ -282,3 +282,41 @@ def test_a_blank_data_volume_is_made_once_kept_and_moved_aside(tmp_path: Path) -
         assert moved.name.startswith("default_vm-a_data-a.")
         assert moved.read_bytes()[:10] == b"guest data"
         daemon.wait_for("the claim deleted", lambda: not list(aside.iterdir()), timeout=10)
+
+
+def test_a_daemon_restart_stops_no_vm_that_was_running(tmp_path: Path) -> None:
+    names = {"vm-r": "RerunOnFailure", "vm-m": "Manual", "vm-o": "Once"}
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        for name, strategy in names.items():
+            daemon.drop(f"{name}.yaml", vm_manifest(name, strategy))
+        vmid_ok(daemon, "start", "vm-m")
+        for name in names:
+            daemon.wait_phase(name, "Running")
+        created = _created(daemon, "vm-r")
+    with running_daemon(tmp_path, fake_config()) as daemon:  # it powered them off: not theirs
+        for name in names:
+            daemon.wait_phase(name, "Running")
+            wait_printable(daemon, name, "Running")
+        assert _created(daemon, "vm-r") == created
+
+
+def _created(daemon: Daemon, name: str) -> str:
+    path = daemon.root / "run/vmid/vms/default" / name / "status.json"
+    return str(json.loads(path.read_text())["metadata"]["creationTimestamp"])
+
+
+def test_a_spec_edit_restarts_the_vm_with_its_uuid_and_disks(tmp_path: Path) -> None:
+    claim = tmp_path / "var/lib/vmid/volumes/data-a.img"
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", with_blank_volume(vm_manifest("vm-a", "Always")))
+        daemon.wait_phase("vm-a", "Running")
+        before = daemon.status("vm-a") or {}
+        claim.write_bytes(b"kept")
+        daemon.drop("a.yaml", with_blank_volume(vm_manifest("vm-a", "Always", grace=7)))
+        pid = before["status"]["qemu"]["pid"]
+        daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
+        after = daemon.status("vm-a") or {}
+        assert after["spec"]["terminationGracePeriodSeconds"] == 7
+        uuid = before["spec"]["domain"]["firmware"]["uuid"]
+        assert after["spec"]["domain"]["firmware"]["uuid"] == uuid
+        assert claim.read_bytes() == b"kept"

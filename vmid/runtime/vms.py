@@ -66,7 +66,6 @@ class StartFailure:
 class _VM:
     entry: Entry
     kept: vmstate.Kept
-    created: str = attrs.field(factory=now)
     #: The ended VMI (its live status object) already acted on.
     handled: Status | None = None
     failure: StartFailure | None = None
@@ -121,7 +120,7 @@ class Controller:
     def _follow(self, key: str, desired: Desired) -> None:
         entry, vm = desired.vms.get(key), self._vms.get(key)
         if entry is not None and vm is None:
-            kept = vmstate.load_kept(self._paths, key) or vmstate.Kept()
+            kept = vmstate.load_kept(self._paths, key) or vmstate.Kept(created=now())
             self._vms[key] = vm = _VM(entry, kept)
             self._provision(key, vm)
         elif entry is not None and vm is not None:
@@ -234,6 +233,11 @@ class Controller:
         early = not any(t.phase is Phase.RUNNING for t in status.transitions)
         if not early:
             vm.failure = None  # it ran: the count starts again, whenever it was seen running
+        if status.terminating:
+            # vmid stopped it, not its guest: the daemon stopped (a restart, an upgrade) while
+            # the VM was to run. It runs again, whatever its strategy does with a guest's end.
+            vm.restart_at = trio.current_time()
+            return
         if early and strategy in BACKOFF:
             count = vm.failure.count + 1 if vm.failure else 1
             delay = backoff_seconds(count)
@@ -392,7 +396,7 @@ class Controller:
         metadata = {
             "name": name,
             "namespace": namespace,
-            "creationTimestamp": vm.created,
+            "creationTimestamp": vm.kept.created,
             "annotations": {FILE_ANNOTATION: vm.entry.file},
         }
         spec = object_data(vm.vm)["spec"]

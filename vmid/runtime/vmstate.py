@@ -44,6 +44,8 @@ class Kept:
     wanted: bool = False
     #: The claim files its DataVolume templates made (moved aside when the VM is removed).
     volumes: list[str] = attrs.field(factory=list)
+    #: When vmid first saw the VM (its creationTimestamp).
+    created: str = ""
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -61,6 +63,7 @@ def load_kept(paths: Paths, key: str) -> Kept | None:
             seen=_strategy(data.get("seen")),
             wanted=bool(data.get("wanted")),
             volumes=[str(v) for v in data.get("volumes", [])],
+            created=str(data.get("created", "")),
         )
     except (OSError, ValueError, AttributeError, TypeError):
         return None
