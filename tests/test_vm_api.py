@@ -140,8 +140,8 @@ def test_a_blank_data_volume_gives_its_size() -> None:
 
 
 def test_other_data_volume_sources_are_refused_with_a_reason() -> None:
-    [problem] = problems(with_data("{http: {url: 'http://x/y.img'}}"))
-    assert problem.field == "spec.dataVolumeTemplates[0].spec.source.http"
+    [problem] = problems(with_data("{registry: {url: 'docker://x/y:1'}}"))
+    assert problem.field == "spec.dataVolumeTemplates[0].spec.source.registry"
     assert "not implemented in vmid yet" in problem.message
 
 

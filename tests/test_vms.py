@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import calendar
+import gzip
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -320,3 +323,87 @@ def test_a_spec_edit_restarts_the_vm_with_its_uuid_and_disks(tmp_path: Path) -> 
         uuid = before["spec"]["domain"]["firmware"]["uuid"]
         assert after["spec"]["domain"]["firmware"]["uuid"] == uuid
         assert claim.read_bytes() == b"kept"
+
+
+#: A web server for the daemon's network namespace: files from its directory; `/truncated`
+#: promises more bytes than it sends.
+SERVER = """
+import http.server, os, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/truncated":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            return
+        super().do_GET()
+os.chdir(sys.argv[1])
+http.server.ThreadingHTTPServer(("127.0.0.1", 8088), Handler).serve_forever()
+"""
+
+
+def http_data_volume(text: str, url: str) -> str:
+    source = f"source: {{http: {{url: '{url}'}}}}"
+    return with_blank_volume(text).replace("source: {blank: {}}", source)
+
+
+def test_http_data_volumes_import_raw_qcow2_gz_and_say_why_not(tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "disk.raw").write_bytes(b"raw image" + bytes(4096))
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", www / "disk.raw",
+                    www / "disk.qcow2"], check=True)  # fmt: skip
+    with (www / "disk.qcow2").open("rb") as raw, gzip.open(www / "disk.qcow2.gz", "wb") as gz:
+        gz.write(raw.read())
+    # An image naming a host file as its backing file: the guest would read that file.
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw",
+                    www / "evil.qcow2", "1M"], check=True)  # fmt: skip
+    volumes = tmp_path / "var/lib/vmid/volumes"
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        netns = ["nsenter", f"--net=/proc/{daemon.process.pid}/ns/net"]
+        subprocess.run([*netns, "ip", "link", "set", "lo", "up"], check=True)
+        server = subprocess.Popen([*netns, sys.executable, "-c", SERVER, str(www)])
+        try:
+            time.sleep(1)
+            cases = {"vm-r": "disk.raw", "vm-q": "disk.qcow2", "vm-z": "disk.qcow2.gz"}
+            for name, path in cases.items():
+                text = vm_manifest(name).replace("data-a", f"data-{name}")
+                url = f"http://127.0.0.1:8088/{path}"
+                daemon.drop(
+                    f"{name}.yaml", http_data_volume(text, url).replace("data-a", f"data-{name}")
+                )
+            daemon.drop(
+                "bad.yaml", http_data_volume(vm_manifest("vm-404"), "http://127.0.0.1:8088/nope")
+            )
+            daemon.drop(
+                "cut.yaml",
+                http_data_volume(vm_manifest("vm-cut"), "http://127.0.0.1:8088/truncated").replace(
+                    "data-a", "data-cut"
+                ),
+            )
+            daemon.drop(
+                "evil.yaml",
+                http_data_volume(
+                    vm_manifest("vm-evil"), "http://127.0.0.1:8088/evil.qcow2"
+                ).replace("data-a", "data-evil"),
+            )
+            for name in cases:
+                daemon.wait_phase(name, "Running")
+                claim = volumes / f"data-{name}.img"
+                assert claim.stat().st_size == 1 << 20  # grown to the DataVolume's size
+                assert claim.read_bytes()[:9] == b"raw image"
+            wait_printable(daemon, "vm-404", "DataVolumeError")
+            wait_printable(daemon, "vm-cut", "DataVolumeError")
+            assert daemon.phase("vm-404") is None
+            assert "HTTP 404" in vmid_ok(daemon, "describe", "vm", "vm-404")
+            assert "truncated: 1000 of 1000000 bytes" in vmid_ok(daemon, "describe", "vm", "vm-cut")
+            assert not (volumes / "data-a.img").exists()
+            assert not (volumes / "data-cut.img").exists()
+            wait_printable(daemon, "vm-evil", "DataVolumeError")
+            evil = vmid_ok(daemon, "describe", "vm", "vm-evil")
+            assert "a qcow2 image with a backing file is not accepted" in evil
+            assert not (volumes / "data-evil.img").exists()
+        finally:
+            server.kill()
+            server.wait()

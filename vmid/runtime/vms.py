@@ -23,12 +23,19 @@ import trio
 from vmid.api import names
 from vmid.api.dump import object_data
 from vmid.api.load import KIND
-from vmid.api.vm import RunStrategy, VirtualMachine, blank_volumes, owner_reference
+from vmid.api.vm import (
+    RunStrategy,
+    VirtualMachine,
+    blank_volumes,
+    http_volumes,
+    owner_reference,
+)
 from vmid.api.vmistatus import FILE_ANNOTATION
 from vmid.config import Config, Paths
+from vmid.errors import VmidError
 from vmid.host import datavolumes, safefile
 from vmid.manifests import Entry
-from vmid.runtime import vmstate
+from vmid.runtime import importer, vmstate
 from vmid.runtime.spool import Desired, Inotify
 from vmid.runtime.status import Phase, Status, now
 from vmid.runtime.supervisor import Supervisor
@@ -73,6 +80,8 @@ class _VM:
     restart_at: float | None = None
     #: Why a DataVolume's claim file could not be made.
     volume_error: str | None = None
+    #: The DataVolumes being imported: its VMI waits for them (Provisioning).
+    importing: set[str] = attrs.field(factory=set)
 
     @property
     def vm(self) -> VirtualMachine:
@@ -100,6 +109,7 @@ class Controller:
         self._vms: dict[str, _VM] = {}
         self._applied = False
         self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
 
     def __repr__(self) -> str:
         return f"<Controller vms={len(self._vms)}>"
@@ -155,7 +165,7 @@ class Controller:
         for key, vm in self._vms.items():
             self._advance(key, vm)
         vmis = dict(self._desired.vmis)
-        vmis.update({k: vm.vmi_entry() for k, vm in self._vms.items() if vm.kept.wanted})
+        vmis.update({k: vm.vmi_entry() for k, vm in self._vms.items() if self._runs(vm)})
         problems = self._desired.problems + tuple(
             p for k, ps in self._desired.refused_vms.items() if k not in self._vms for p in ps
         )
@@ -168,6 +178,10 @@ class Controller:
         there is kept as it is, the VM's data)."""
         volumes = self._paths.volumes(self._config)
         vm.volume_error = None
+        for name, (url, size) in http_volumes(vm.vm).items():
+            if not datavolumes.claim_file(volumes, name).exists():
+                vm.importing.add(name)
+                self._start_import(key, vm, name, url, size)
         for name, size in blank_volumes(vm.vm).items():
             try:
                 if datavolumes.create_blank(volumes, name, size):
@@ -177,6 +191,36 @@ class Controller:
                 vm.volume_error = f"DataVolume {name}: cannot make its claim file: {exc}"
                 log.error("%s: %s", key, vm.volume_error)
         self._save(key, vm)
+
+    def _start_import(self, key: str, vm: _VM, name: str, url: str, size: int) -> None:
+        if self._nursery is not None:  # else run() starts it
+            self._nursery.start_soon(self._import, key, vm, name, url, size)
+
+    async def _import(self, key: str, vm: _VM, name: str, url: str, size: int) -> None:
+        """Import one http DataVolume; its VM's VMI starts once none is left to import."""
+        volumes = self._paths.volumes(self._config)
+        log.info("%s: DataVolume %s: importing %s", key, name, url)
+        try:
+            got = await importer.import_http(
+                url,
+                volumes,
+                name,
+                size,
+                self._config.qemuImg,
+                self._config.images.maxDiskSize.value(),
+            )
+        except (VmidError, OSError) as exc:
+            vm.volume_error = f"DataVolume {name}: {exc}"
+            log.error("%s: %s", key, vm.volume_error)
+        else:
+            log.info("%s: DataVolume %s imported (%d bytes from %s)", key, name, got, url)
+            vm.kept.volumes = sorted({*vm.kept.volumes, name})
+            self._save(key, vm)
+        vm.importing.discard(name)
+        if self._vms.get(key) is not vm:  # removed meanwhile: its volume goes as its others
+            self._move_aside(key, vm)
+            return
+        self._reconcile()
 
     def _move_aside(self, key: str, vm: _VM) -> None:
         """The VM is removed: its DataVolumes go too, but only aside, for a while (a removed
@@ -255,6 +299,11 @@ class Controller:
     async def run(self) -> None:
         """Forever: take requests as they come, follow VMI changes, restart when due."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for key, vm in self._vms.items():
+                for name, (url, size) in http_volumes(vm.vm).items():
+                    if name in vm.importing:
+                        nursery.start_soon(self._import, key, vm, name, url, size)
             nursery.start_soon(self._watch_requests)
             nursery.start_soon(self._follow_statuses)
             nursery.start_soon(self._restarts)
@@ -353,6 +402,10 @@ class Controller:
 
     # Section: status
 
+    def _runs(self, vm: _VM) -> bool:
+        """Whether the VM is to have its VMI now: wanted, and its DataVolumes ready."""
+        return vm.kept.wanted and not vm.importing and vm.volume_error is None
+
     def _write_statuses(self) -> None:
         for key, vm in self._vms.items():
             data = self._status(key, vm)
@@ -379,6 +432,7 @@ class Controller:
                 {"type": "Ready", "status": "True" if ready else "False"},
             ],
         }
+        status["conditions"] += _data_volumes_condition(vm)
         if vm.failure is not None:
             status["startFailure"] = {
                 "consecutiveFailCount": vm.failure.count,
@@ -412,6 +466,8 @@ class Controller:
         """KubeVirt's printableStatus (vm.go setPrintableStatus), as far as vmid has them."""
         if vm.volume_error is not None and (vmi is None or vmi.phase.final):
             return "DataVolumeError"
+        if vm.importing and (vmi is None or vmi.phase.final):
+            return "Provisioning"
         if vm.failure is not None and vm.kept.wanted and (vmi is None or vmi.phase.final):
             return "CrashLoopBackOff"
         if vmi is None or vmi.phase.final:
@@ -422,6 +478,17 @@ class Controller:
             return "Starting"
         paused = vmi.conditions.get("Paused")
         return "Paused" if paused is not None and paused.status == "True" else "Running"
+
+
+def _data_volumes_condition(vm: _VM) -> list[dict[str, str]]:
+    """KubeVirt's DataVolumesReady, while one is imported or could not be made."""
+    if vm.volume_error is not None:
+        why = {"reason": "DataVolumeError", "message": vm.volume_error}
+    elif vm.importing:
+        why = {"reason": "Provisioning", "message": "importing " + ", ".join(sorted(vm.importing))}
+    else:
+        return []
+    return [{"type": "DataVolumesReady", "status": "False", **why}]
 
 
 def _timestamp(epoch: float) -> str:

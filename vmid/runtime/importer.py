@@ -1,0 +1,131 @@
+"""An http DataVolume's import, as CDI's importer does it: download (gzip undone), check the
+image (raw, or a self-contained qcow2 converted to raw), grow it to the DataVolume's size, and
+only then put the claim file in place, so a failed import leaves nothing a VMI could start on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from vmid.errors import VmidError
+from vmid.host import datavolumes
+from vmid.host.storage import image_info, qemu_img
+
+#: How long the server may stay silent (connect, or between two reads).
+READ_TIMEOUT_SECONDS = 30.0
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+#: Where imports are staged in volumesDir (no claim name starts with a dot).
+STAGING_DIR = ".importing"
+
+
+class DataVolumeImportError(VmidError):
+    """An http DataVolume could not be imported; the message says why (shown on the VM)."""
+
+
+async def import_http(
+    url: str,
+    volumes: Path,
+    name: str,
+    size: int,
+    qemu_img_binary: str,
+    max_bytes: int,
+    progress: Callable[[int], None] = lambda done: None,
+) -> int:
+    """Import `url` as the claim `name` of `size` bytes; the bytes downloaded.
+
+    Raises:
+        DataVolumeImportError: the download, the image or the conversion failed.
+    """
+    staging = volumes / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=staging))
+    try:
+        download = work / "download"
+        got = await trio.to_thread.run_sync(_download, url, download, max_bytes, progress)
+        image = await trio.to_thread.run_sync(_gunzipped, download, work / "image", max_bytes)
+        await _install(image, work, volumes, name, size, qemu_img_binary)
+        return got
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _download(url: str, target: Path, max_bytes: int, progress: Callable[[int], None]) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=READ_TIMEOUT_SECONDS) as response:
+            expected = response.headers.get("Content-Length")
+            done = _copy(response, target, max_bytes, progress)
+    except urllib.error.HTTPError as exc:
+        raise DataVolumeImportError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DataVolumeImportError(f"{url}: cannot download: {reason}") from exc
+    if expected is not None and expected.isdigit() and int(expected) != done:
+        raise DataVolumeImportError(f"{url}: truncated: {done} of {expected} bytes received")
+    return done
+
+
+def _copy(source: object, target: Path, max_bytes: int, progress: Callable[[int], None]) -> int:
+    read = getattr(source, "read")  # noqa: B009 (an HTTP response, or a gzip stream)
+    done = 0
+    with target.open("wb") as out:
+        while chunk := read(CHUNK):
+            done += len(chunk)
+            if done > max_bytes:
+                raise DataVolumeImportError(
+                    f"the image is larger than {max_bytes} bytes (images.maxDiskSize)"
+                )
+            out.write(chunk)
+            progress(done)
+    return done
+
+
+def _gunzipped(download: Path, target: Path, max_bytes: int) -> Path:
+    """The image itself: `download`, or what it unzips to (bounded: a gzip bomb stops)."""
+    with download.open("rb") as stream:
+        if stream.read(2) != GZIP_MAGIC:
+            return download
+    try:
+        with gzip.open(download, "rb") as stream:
+            _copy(stream, target, max_bytes, lambda done: None)
+    except (OSError, EOFError) as exc:
+        raise DataVolumeImportError(f"the gzip stream is damaged: {exc}") from exc
+    download.unlink()
+    return target
+
+
+async def _install(
+    image: Path, work: Path, volumes: Path, name: str, size: int, qemu_img_binary: str
+) -> None:
+    try:
+        info = await image_info(qemu_img_binary, image, Path(name))
+        if info.virtualSize > size:
+            raise DataVolumeImportError(
+                f"the image's virtual size ({info.virtualSize} bytes) is larger than the "
+                f"DataVolume's ({size} bytes)"
+            )
+        raw = work / "disk.img"
+        if info.format == "qcow2":
+            await qemu_img(qemu_img_binary, "convert", "-q", "-f", "qcow2", "-O", "raw",
+                           str(image), str(raw), copies=True)  # fmt: skip
+        else:
+            os.rename(image, raw)
+    except VmidError as exc:
+        raise DataVolumeImportError(str(exc)) from exc
+    os.truncate(raw, size)  # grown sparse to the size asked for, as CDI resizes
+    os.chmod(raw, 0o600)
+    target = datavolumes.claim_file(volumes, name)
+    with contextlib.suppress(FileExistsError):
+        os.link(raw, target)  # never over a file that appeared meanwhile
+        return
+    raise DataVolumeImportError(f"{target} appeared while importing: kept as it is")
