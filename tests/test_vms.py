@@ -407,3 +407,23 @@ def test_http_data_volumes_import_raw_qcow2_gz_and_say_why_not(tmp_path: Path) -
         finally:
             server.kill()
             server.wait()
+
+
+def test_a_refused_edit_leaves_the_vm_running_and_says_why(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Always"))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.pid("vm-a")
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Sometimes"))
+        daemon.wait_for(
+            "the refusal",
+            lambda: any(
+                c["type"] == "Synchronized" for c in (vm_status(daemon, "vm-a") or {})["conditions"]
+            ),
+        )
+        listing = daemon.vmid("get", "vm")
+        assert "Invalid RunStrategy (Sometimes)" in listing.stderr
+        assert daemon.pid("vm-a") == pid
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Always"))  # mended
+        daemon.wait_for("no refusal", lambda: "Sometimes" not in daemon.vmid("get", "vm").stderr)
+        assert daemon.pid("vm-a") == pid

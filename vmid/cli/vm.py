@@ -162,6 +162,10 @@ def get(args: argparse.Namespace) -> int:
         header = ["NAMESPACE", *header]
         rows = [[vm["metadata"]["namespace"], *row] for vm, row in zip(found, rows, strict=True)]
     print(show.aligned([header, *rows]))
+    for vm in found:  # a changed manifest refused: the VM runs on as it was
+        for condition in vm["status"]["conditions"]:
+            if condition["type"] == "Synchronized" and condition["status"] == "False":
+                print(f"{vm['metadata']['name']}: {condition['message']}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -32,7 +32,7 @@ from vmid.api.vm import (
 )
 from vmid.api.vmistatus import FILE_ANNOTATION
 from vmid.config import Config, Paths
-from vmid.errors import VmidError
+from vmid.errors import Problem, VmidError
 from vmid.host import datavolumes, safefile
 from vmid.manifests import Entry
 from vmid.runtime import importer, vmstate
@@ -80,6 +80,8 @@ class _VM:
     restart_at: float | None = None
     #: Why a DataVolume's claim file could not be made.
     volume_error: str | None = None
+    #: Why its changed manifest is refused (it goes on as it was).
+    refused: str | None = None
     #: The DataVolumes being imported: its VMI waits for them (Provisioning).
     importing: set[str] = attrs.field(factory=set)
 
@@ -135,13 +137,16 @@ class Controller:
             self._provision(key, vm)
         elif entry is not None and vm is not None:
             changed = vm.entry.planned != entry.planned
-            vm.entry = entry
+            vm.entry, vm.refused = entry, None
             if changed:
                 log.info("%s: its VirtualMachine changed", key)
                 self._provision(key, vm)
-        elif vm is not None and key not in desired.refused_vms:
-            if vm.entry.file in desired.unreadable:
-                return  # a broken file is no removal: the VM goes on as it was
+        elif vm is not None and key in desired.refused_vms:
+            vm.refused = _summary(desired.refused_vms[key])  # KubeVirt would refuse the edit
+        elif vm is not None:
+            if vm.entry.file in desired.unreadable:  # a broken file is no removal
+                vm.refused = _summary(desired.unreadable[vm.entry.file])
+                return
             log.info("%s: its VirtualMachine was removed", key)
             del self._vms[key]
             self._move_aside(key, vm)
@@ -433,6 +438,15 @@ class Controller:
             ],
         }
         status["conditions"] += _data_volumes_condition(vm)
+        if vm.refused is not None:
+            status["conditions"].append(
+                {
+                    "type": "Synchronized",
+                    "status": "False",
+                    "reason": "InvalidManifest",
+                    "message": vm.refused,
+                }
+            )
         if vm.failure is not None:
             status["startFailure"] = {
                 "consecutiveFailCount": vm.failure.count,
@@ -478,6 +492,10 @@ class Controller:
             return "Starting"
         paused = vmi.conditions.get("Paused")
         return "Paused" if paused is not None and paused.status == "True" else "Running"
+
+
+def _summary(problems: tuple[Problem, ...]) -> str:
+    return "; ".join(str(p) for p in problems)
 
 
 def _data_volumes_condition(vm: _VM) -> list[dict[str, str]]:
