@@ -140,8 +140,8 @@ def test_a_blank_data_volume_gives_its_size() -> None:
 
 
 def test_other_data_volume_sources_are_refused_with_a_reason() -> None:
-    [problem] = problems(with_data("{registry: {url: 'docker://x/y:1'}}"))
-    assert problem.field == "spec.dataVolumeTemplates[0].spec.source.registry"
+    [problem] = problems(with_data("{pvc: {name: other, namespace: default}}"))
+    assert problem.field == "spec.dataVolumeTemplates[0].spec.source.pvc"
     assert "not implemented in vmid yet" in problem.message
 
 
@@ -149,3 +149,12 @@ def test_a_data_volume_template_must_be_used() -> None:
     text = with_data("{blank: {}}").replace("dataVolume: {name: data}", "dataVolume: {name: x}")
     found = problems(text)
     assert "DataVolumeTemplate entry spec.dataVolumeTemplates[0] must be referenced" in str(found)
+
+
+def test_a_registry_data_volume_needs_a_docker_url() -> None:
+    [problem] = problems(with_data("{registry: {url: 'oci-archive:///x.tar'}}"))
+    assert problem.field == "spec.dataVolumeTemplates[0].spec.source.registry.url"
+    [_manifest], found = load_text(
+        FILE, with_data("{registry: {url: 'docker://q.io/a/b:1'}}").encode()
+    )
+    assert found == []

@@ -427,3 +427,25 @@ def test_a_refused_edit_leaves_the_vm_running_and_says_why(tmp_path: Path) -> No
         daemon.drop("a.yaml", vm_manifest("vm-a", "Always"))  # mended
         daemon.wait_for("no refusal", lambda: "Sometimes" not in daemon.vmid("get", "vm").stderr)
         assert daemon.pid("vm-a") == pid
+
+
+def test_a_registry_data_volume_copies_a_stored_image_and_refuses_a_missing_one(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"registry image" + bytes(8192))
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        vmid_ok(daemon, "image", "import", "example.org/disks/data:1", str(image))
+        text = with_blank_volume(vm_manifest("vm-g")).replace(
+            "source: {blank: {}}", "source: {registry: {url: 'docker://example.org/disks/data:1'}}"
+        )
+        daemon.drop("g.yaml", text)
+        daemon.wait_phase("vm-g", "Running")
+        claim = tmp_path / "var/lib/vmid/volumes/data-a.img"
+        assert claim.read_bytes()[:14] == b"registry image"
+        assert claim.stat().st_size == 1 << 20
+        missing = text.replace("vm-g", "vm-n").replace("data-a", "data-n")
+        missing = missing.replace("example.org/disks/data:1", "127.0.0.1:9/none:1")
+        daemon.drop("n.yaml", missing)
+        wait_printable(daemon, "vm-n", "DataVolumeError", timeout=60)
+        assert "127.0.0.1:9/none:1" in vmid_ok(daemon, "describe", "vm", "vm-n")

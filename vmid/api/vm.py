@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from vmid.api import defaults, names, validate
+from vmid.api import defaults, imageref, names, validate
 from vmid.api import types as t
 from vmid.api.findings import FieldPath, Finding, quote
 from vmid.api.structure import structure
@@ -38,7 +38,7 @@ class Template:
     spec: t.VirtualMachineInstanceSpec
 
 
-_NOT_YET = "not implemented in vmid yet (blank and http ones are)"
+_NOT_YET = "not implemented in vmid yet (blank, http and registry ones are)"
 
 
 @attrs.frozen(kw_only=True)
@@ -62,12 +62,25 @@ class HttpSource:
 
 
 @attrs.frozen(kw_only=True)
+class RegistrySource:
+    """CDI's DataVolumeSourceRegistry: a containerDisk image's disk, as a claim."""
+
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "certConfigMap": HttpSource.UNSUPPORTED["certConfigMap"],
+        "secretRef": "credentials from a Secret need Kubernetes; put them in vmid's auth.json "
+        "(images.authFile)",
+        "imageStream": "image streams are OpenShift objects",
+    }
+    IGNORED: ClassVar[frozenset[str]] = frozenset({"pullMethod", "platform"})
+    url: str
+
+
+@attrs.frozen(kw_only=True)
 class DataVolumeSource:
     """CDI's DataVolumeSource: vmid makes blank ones (a sparse raw claim file) and imports
     http ones."""
 
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "registry": f"registry DataVolumes are {_NOT_YET}; or use a containerDisk",
         "pvc": f"cloning a claim is {_NOT_YET}",
         "s3": "S3 imports need CDI's importer pods",
         "gcs": "GCS imports need CDI's importer pods",
@@ -78,6 +91,7 @@ class DataVolumeSource:
     }
     blank: BlankSource | None = None
     http: HttpSource | None = None
+    registry: RegistrySource | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -245,9 +259,14 @@ def _data_volumes(templates: tuple[DataVolumeTemplate, ...], template: Template)
 
 def _source(path: FieldPath, source: DataVolumeSource | None) -> list[Finding]:
     where = (*path, "spec", "source")
-    given = [] if source is None else [s for s in (source.blank, source.http) if s is not None]
-    if len(given) != 1:
-        return [Finding(where, "Required value: exactly one source (blank: {} or http: {url})")]
+    kinds = () if source is None else (source.blank, source.http, source.registry)
+    if sum(s is not None for s in kinds) != 1:
+        return [Finding(where, "Required value: exactly one source (blank, http or registry)")]
+    if source is not None and source.registry is not None:
+        url = source.registry.url
+        if not url.startswith("docker://") or not _image_ref(url.removeprefix("docker://")):
+            message = f"Invalid value: {quote(url)}: a docker://REGISTRY/IMAGE:TAG URL"
+            return [Finding((*where, "registry", "url"), message)]
     if source is not None and source.http is not None:
         scheme = source.http.url.partition("://")[0]
         if scheme not in ("http", "https") or not source.http.url.partition("://")[2]:
@@ -256,16 +275,27 @@ def _source(path: FieldPath, source: DataVolumeSource | None) -> list[Finding]:
     return []
 
 
-def http_volumes(vm: VirtualMachine) -> dict[str, tuple[str, int]]:
-    """The http DataVolumes the VM's templates import: (url, size in bytes) by claim name."""
-    return {
-        dv.metadata.name: (dv.spec.source.http.url, size)
-        for dv in vm.spec.dataVolumeTemplates
-        if dv.metadata.name
-        and dv.spec.source is not None
-        and dv.spec.source.http is not None
-        and (size := dv.spec.size()) is not None
-    }
+def _image_ref(text: str) -> bool:
+    try:
+        imageref.normalize(text)
+    except imageref.ImageRefError:
+        return False
+    return True
+
+
+def imported_volumes(vm: VirtualMachine) -> dict[str, tuple[str, int]]:
+    """The DataVolumes the VM's templates import: (URL: http(s):// or docker://, size in
+    bytes) by claim name."""
+    found = {}
+    for dv in vm.spec.dataVolumeTemplates:
+        source, size = dv.spec.source, dv.spec.size()
+        if not dv.metadata.name or source is None or size is None:
+            continue
+        if source.http is not None:
+            found[dv.metadata.name] = (source.http.url, size)
+        elif source.registry is not None:
+            found[dv.metadata.name] = (source.registry.url, size)
+    return found
 
 
 def blank_volumes(vm: VirtualMachine) -> dict[str, int]:

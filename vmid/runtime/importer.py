@@ -17,9 +17,11 @@ from pathlib import Path
 
 import trio
 
+from vmid.api import imageref
+from vmid.config import Config, Paths
 from vmid.errors import VmidError
-from vmid.host import datavolumes
-from vmid.host.storage import image_info, qemu_img
+from vmid.host import datavolumes, registry
+from vmid.host.storage import ImageStore, StorageError, image_info, qemu_img
 
 #: How long the server may stay silent (connect, or between two reads).
 READ_TIMEOUT_SECONDS = 30.0
@@ -31,6 +33,45 @@ STAGING_DIR = ".importing"
 
 class DataVolumeImportError(VmidError):
     """An http DataVolume could not be imported; the message says why (shown on the VM)."""
+
+
+async def import_url(
+    url: str, volumes: Path, name: str, size: int, paths: Paths, config: Config
+) -> int:
+    """Import `url` (http(s):// or docker://) as the claim `name` of `size` bytes; the bytes
+    downloaded (0 for an image the store had).
+
+    Raises:
+        DataVolumeImportError: the download, the pull, the image or the conversion failed.
+    """
+    limit = config.images.maxDiskSize.value()
+    if not url.startswith("docker://"):
+        return await import_http(url, volumes, name, size, config.qemuImg, limit)
+    store = ImageStore(paths.images, config.qemuImg)
+    ref = url.removeprefix("docker://")
+    try:
+        try:
+            image = store.get(imageref.normalize(ref))
+            got = 0
+        except StorageError:  # CDI pulls each time; vmid's store keeps what it pulled
+            skopeo = registry.skopeo_for(paths, config.images)
+            image = await registry.pull(store, skopeo, imageref.normalize(ref), max_size=limit)
+            got = image.virtualSize
+    except (VmidError, OSError) as exc:
+        raise DataVolumeImportError(f"{ref}: {exc}") from exc
+    await _from_store(image.path, volumes, name, size, config.qemuImg)
+    return got
+
+
+async def _from_store(disk: Path, volumes: Path, name: str, size: int, qemu_img: str) -> None:
+    """A stored image's raw disk, copied sparse (qemu-img) into a new claim file."""
+    staging = volumes / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=staging))
+    try:
+        await _install(disk, work, volumes, name, size, qemu_img, copy=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 async def import_http(
@@ -105,7 +146,13 @@ def _gunzipped(download: Path, target: Path, max_bytes: int) -> Path:
 
 
 async def _install(
-    image: Path, work: Path, volumes: Path, name: str, size: int, qemu_img_binary: str
+    image: Path,
+    work: Path,
+    volumes: Path,
+    name: str,
+    size: int,
+    qemu_img_binary: str,
+    copy: bool = False,
 ) -> None:
     try:
         info = await image_info(qemu_img_binary, image, Path(name))
@@ -115,8 +162,8 @@ async def _install(
                 f"DataVolume's ({size} bytes)"
             )
         raw = work / "disk.img"
-        if info.format == "qcow2":
-            await qemu_img(qemu_img_binary, "convert", "-q", "-f", "qcow2", "-O", "raw",
+        if info.format == "qcow2" or copy:  # a stored image's disk stays in the store
+            await qemu_img(qemu_img_binary, "convert", "-q", "-f", info.format, "-O", "raw",
                            str(image), str(raw), copies=True)  # fmt: skip
         else:
             os.rename(image, raw)

@@ -27,7 +27,7 @@ from vmid.api.vm import (
     RunStrategy,
     VirtualMachine,
     blank_volumes,
-    http_volumes,
+    imported_volumes,
     owner_reference,
 )
 from vmid.api.vmistatus import FILE_ANNOTATION
@@ -183,7 +183,7 @@ class Controller:
         there is kept as it is, the VM's data)."""
         volumes = self._paths.volumes(self._config)
         vm.volume_error = None
-        for name, (url, size) in http_volumes(vm.vm).items():
+        for name, (url, size) in imported_volumes(vm.vm).items():
             if not datavolumes.claim_file(volumes, name).exists():
                 vm.importing.add(name)
                 self._start_import(key, vm, name, url, size)
@@ -202,18 +202,11 @@ class Controller:
             self._nursery.start_soon(self._import, key, vm, name, url, size)
 
     async def _import(self, key: str, vm: _VM, name: str, url: str, size: int) -> None:
-        """Import one http DataVolume; its VM's VMI starts once none is left to import."""
+        """Import one http or registry DataVolume (the VMI waits for every one of them)."""
         volumes = self._paths.volumes(self._config)
         log.info("%s: DataVolume %s: importing %s", key, name, url)
         try:
-            got = await importer.import_http(
-                url,
-                volumes,
-                name,
-                size,
-                self._config.qemuImg,
-                self._config.images.maxDiskSize.value(),
-            )
+            got = await importer.import_url(url, volumes, name, size, self._paths, self._config)
         except (VmidError, OSError) as exc:
             vm.volume_error = f"DataVolume {name}: {exc}"
             log.error("%s: %s", key, vm.volume_error)
@@ -306,7 +299,7 @@ class Controller:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for key, vm in self._vms.items():
-                for name, (url, size) in http_volumes(vm.vm).items():
+                for name, (url, size) in imported_volumes(vm.vm).items():
                     if name in vm.importing:
                         nursery.start_soon(self._import, key, vm, name, url, size)
             nursery.start_soon(self._watch_requests)
