@@ -449,3 +449,17 @@ def test_a_registry_data_volume_copies_a_stored_image_and_refuses_a_missing_one(
         daemon.drop("n.yaml", missing)
         wait_printable(daemon, "vm-n", "DataVolumeError", timeout=60)
         assert "127.0.0.1:9/none:1" in vmid_ok(daemon, "describe", "vm", "vm-n")
+
+
+def test_stop_with_a_grace_period_kills_after_it(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        # A guest that takes 20 s to power off, with 30 s of grace in its spec.
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Always", mode="delay-20", grace=30))
+        daemon.wait_phase("vm-a", "Running")
+        started = time.monotonic()
+        vmid_ok(daemon, "stop", "vm-a", "--grace-period", "1")
+        daemon.wait_phase("vm-a", None)
+        assert time.monotonic() - started < 10
+        assert "the grace period of 1 s passed; killed" in vmid_ok(daemon, "events", "vm-a")
+        wait_printable(daemon, "vm-a", "Stopped")
+        assert (vm_status(daemon, "vm-a") or {})["runStrategy"] == "Halted"
