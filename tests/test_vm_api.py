@@ -140,9 +140,9 @@ def test_a_blank_data_volume_gives_its_size() -> None:
 
 
 def test_other_data_volume_sources_are_refused_with_a_reason() -> None:
-    [problem] = problems(with_data("{pvc: {name: other, namespace: default}}"))
-    assert problem.field == "spec.dataVolumeTemplates[0].spec.source.pvc"
-    assert "not implemented in vmid yet" in problem.message
+    [problem] = problems(with_data("{s3: {url: 'https://bucket/x'}}"))
+    assert problem.field == "spec.dataVolumeTemplates[0].spec.source.s3"
+    assert problem.message.startswith("s3 is not supported by vmid: ")
 
 
 def test_a_data_volume_template_must_be_used() -> None:

@@ -463,3 +463,26 @@ def test_stop_with_a_grace_period_kills_after_it(tmp_path: Path) -> None:
         assert "the grace period of 1 s passed; killed" in vmid_ok(daemon, "events", "vm-a")
         wait_printable(daemon, "vm-a", "Stopped")
         assert (vm_status(daemon, "vm-a") or {})["runStrategy"] == "Halted"
+
+
+def test_a_pvc_data_volume_clones_a_claim_never_through_a_symlink_out(tmp_path: Path) -> None:
+    volumes = tmp_path / "var/lib/vmid/volumes"
+    volumes.mkdir(parents=True)
+    (volumes / "golden.img").write_bytes(b"golden disk" + bytes(70000))
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"host secret")
+    (volumes / "link.img").symlink_to(secret)  # a claim pointing out of volumesDir
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        text = with_blank_volume(vm_manifest("vm-c")).replace(
+            "source: {blank: {}}", "source: {pvc: {name: golden, namespace: default}}"
+        )
+        daemon.drop("c.yaml", text)
+        daemon.wait_phase("vm-c", "Running")
+        clone = volumes / "data-a.img"
+        assert clone.read_bytes()[:11] == b"golden disk"
+        assert clone.stat().st_size == 1 << 20
+        evil = text.replace("vm-c", "vm-e").replace("data-a", "data-e")
+        daemon.drop("e.yaml", evil.replace("name: golden", "name: link"))
+        wait_printable(daemon, "vm-e", "DataVolumeError")
+        assert "which is not a block device" in vmid_ok(daemon, "describe", "vm", "vm-e")
+        assert not (volumes / "data-e.img").exists()

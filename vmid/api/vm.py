@@ -38,7 +38,7 @@ class Template:
     spec: t.VirtualMachineInstanceSpec
 
 
-_NOT_YET = "not implemented in vmid yet (blank, http and registry ones are)"
+_NOT_YET = "not implemented in vmid yet"
 
 
 @attrs.frozen(kw_only=True)
@@ -76,12 +76,20 @@ class RegistrySource:
 
 
 @attrs.frozen(kw_only=True)
+class ClaimSource:
+    """CDI's DataVolumeSourcePVC: a clone of another claim (a file in volumesDir; claims
+    have no namespace on one host)."""
+
+    name: str
+    namespace: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class DataVolumeSource:
     """CDI's DataVolumeSource: vmid makes blank ones (a sparse raw claim file) and imports
     http ones."""
 
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "pvc": f"cloning a claim is {_NOT_YET}",
         "s3": "S3 imports need CDI's importer pods",
         "gcs": "GCS imports need CDI's importer pods",
         "upload": "uploads go through CDI's upload proxy",
@@ -92,6 +100,7 @@ class DataVolumeSource:
     blank: BlankSource | None = None
     http: HttpSource | None = None
     registry: RegistrySource | None = None
+    pvc: ClaimSource | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -259,9 +268,13 @@ def _data_volumes(templates: tuple[DataVolumeTemplate, ...], template: Template)
 
 def _source(path: FieldPath, source: DataVolumeSource | None) -> list[Finding]:
     where = (*path, "spec", "source")
-    kinds = () if source is None else (source.blank, source.http, source.registry)
+    kinds = () if source is None else (source.blank, source.http, source.registry, source.pvc)
     if sum(s is not None for s in kinds) != 1:
-        return [Finding(where, "Required value: exactly one source (blank, http or registry)")]
+        return [Finding(where, "Required value: exactly one source (blank, http, registry, pvc)")]
+    pvc = source.pvc if source is not None else None
+    if pvc is not None and not validate.DNS1123_SUBDOMAIN.fullmatch(pvc.name):
+        message = f"Invalid value: {quote(pvc.name)}: a claim name"
+        return [Finding((*where, "pvc", "name"), message)]
     if source is not None and source.registry is not None:
         url = source.registry.url
         if not url.startswith("docker://") or not _image_ref(url.removeprefix("docker://")):
@@ -284,8 +297,8 @@ def _image_ref(text: str) -> bool:
 
 
 def imported_volumes(vm: VirtualMachine) -> dict[str, tuple[str, int]]:
-    """The DataVolumes the VM's templates import: (URL: http(s):// or docker://, size in
-    bytes) by claim name."""
+    """The DataVolumes the VM's templates import: (URL: http(s)://, docker://, or pvc://NAME
+    for a clone of claim NAME; size in bytes) by claim name."""
     found = {}
     for dv in vm.spec.dataVolumeTemplates:
         source, size = dv.spec.source, dv.spec.size()
@@ -295,6 +308,8 @@ def imported_volumes(vm: VirtualMachine) -> dict[str, tuple[str, int]]:
             found[dv.metadata.name] = (source.http.url, size)
         elif source.registry is not None:
             found[dv.metadata.name] = (source.registry.url, size)
+        elif source.pvc is not None:
+            found[dv.metadata.name] = (f"pvc://{source.pvc.name}", size)
     return found
 
 

@@ -14,13 +14,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
 from vmid.api import imageref
 from vmid.config import Config, Paths
 from vmid.errors import VmidError
-from vmid.host import datavolumes, registry
+from vmid.host import beneath, datavolumes, registry
 from vmid.host.storage import ImageStore, StorageError, image_info, qemu_img
 
 #: How long the server may stay silent (connect, or between two reads).
@@ -45,6 +46,9 @@ async def import_url(
         DataVolumeImportError: the download, the pull, the image or the conversion failed.
     """
     limit = config.images.maxDiskSize.value()
+    if url.startswith("pvc://"):
+        source = url.removeprefix("pvc://")
+        return await trio.to_thread.run_sync(clone, volumes, source, name, size)
     if not url.startswith("docker://"):
         return await import_http(url, volumes, name, size, config.qemuImg, limit)
     store = ImageStore(paths.images, config.qemuImg)
@@ -61,6 +65,45 @@ async def import_url(
         raise DataVolumeImportError(f"{ref}: {exc}") from exc
     await _from_store(image.path, volumes, name, size, config.qemuImg)
     return got
+
+
+def clone(volumes: Path, source: str, name: str, size: int) -> int:
+    """Copy claim `source` (beneath volumesDir, a root-owned symlink to a block device
+    allowed, as for a VMI) sparse into the new claim `name`, grown to `size`; bytes copied."""
+    path = datavolumes.claim_file(volumes, source)
+    try:
+        fd = beneath.open_beneath(str(volumes), str(path), os.O_RDONLY, block_device_link=True)
+    except (OSError, VmidError) as exc:
+        raise DataVolumeImportError(f"cannot clone claim {source}: {exc}") from exc
+    staging = volumes / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=staging))
+    try:
+        with os.fdopen(fd, "rb") as stream:
+            length = os.lseek(fd, 0, os.SEEK_END)
+            if length > size:
+                raise DataVolumeImportError(
+                    f"claim {source} ({length} bytes) is larger than the DataVolume ({size} bytes)"
+                )
+            os.lseek(fd, 0, os.SEEK_SET)
+            raw = work / "disk.img"
+            with raw.open("wb") as out:
+                _copy_sparse(stream, out, size)
+        _put_in_place(raw, volumes, name)
+        return length
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _copy_sparse(source: BinaryIO, out: BinaryIO, size: int) -> None:
+    """Blocks of zeros become holes (a disk is mostly zeros); the file ends at `size`."""
+    zeros = bytes(CHUNK)
+    while chunk := source.read(CHUNK):
+        if chunk == zeros[: len(chunk)]:
+            out.seek(len(chunk), os.SEEK_CUR)
+        else:
+            out.write(chunk)
+    out.truncate(size)
 
 
 async def _from_store(disk: Path, volumes: Path, name: str, size: int, qemu_img: str) -> None:
@@ -170,6 +213,10 @@ async def _install(
     except VmidError as exc:
         raise DataVolumeImportError(str(exc)) from exc
     os.truncate(raw, size)  # grown sparse to the size asked for, as CDI resizes
+    _put_in_place(raw, volumes, name)
+
+
+def _put_in_place(raw: Path, volumes: Path, name: str) -> None:
     os.chmod(raw, 0o600)
     target = datavolumes.claim_file(volumes, name)
     with contextlib.suppress(FileExistsError):
