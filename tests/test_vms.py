@@ -231,6 +231,9 @@ def test_a_vm_that_never_starts_backs_off(tmp_path: Path) -> None:
         assert 8 <= retry <= 16  # 10 s, plus up to 5 s at random
         refused = vmid_refused(daemon, "start", "vm-r")
         assert "Always does not support manual start requests" in refused
+        events = vmid_ok(daemon, "events", "vm-r")
+        assert "virtualmachine/vm-r" in events
+        assert "start failure 1, next in" in events
         daemon.wait_for(
             "a second failure",
             lambda: (
@@ -397,6 +400,7 @@ def test_http_data_volumes_import_raw_qcow2_gz_and_say_why_not(tmp_path: Path) -
             wait_printable(daemon, "vm-cut", "DataVolumeError")
             assert daemon.phase("vm-404") is None
             assert "HTTP 404" in vmid_ok(daemon, "describe", "vm", "vm-404")
+            assert "ImportSucceeded" in vmid_ok(daemon, "events", "vm-q")
             assert "truncated: 1000 of 1000000 bytes" in vmid_ok(daemon, "describe", "vm", "vm-cut")
             assert not (volumes / "data-a.img").exists()
             assert not (volumes / "data-cut.img").exists()

@@ -35,7 +35,7 @@ from vmid.config import Config, Paths
 from vmid.errors import Problem, VmidError
 from vmid.host import datavolumes, safefile
 from vmid.manifests import Entry
-from vmid.runtime import importer, vmstate
+from vmid.runtime import events, importer, vmstate
 from vmid.runtime.spool import Desired, Inotify
 from vmid.runtime.status import Phase, Status, now
 from vmid.runtime.supervisor import Supervisor
@@ -47,6 +47,8 @@ MAX_BACKOFF_SECONDS = 300
 MIN_INTERVAL_SECONDS = 10
 #: The strategies whose start failures back off (vm.go shouldBackoffStart).
 BACKOFF = frozenset({RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE, RunStrategy.ONCE})
+#: KubeVirt's event message (pkg/virt-controller/watch/vm/vm.go).
+_CREATED = "Started the virtual machine by creating the new virtual machine instance {}"
 #: How often removed VMs' claim files are looked at, at most.
 PURGE_SECONDS = 3600.0
 
@@ -112,6 +114,7 @@ class Controller:
         self._applied = False
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._events = events.EventStore(paths.events)
 
     def __repr__(self) -> str:
         return f"<Controller vms={len(self._vms)}>"
@@ -210,8 +213,12 @@ class Controller:
         except (VmidError, OSError) as exc:
             vm.volume_error = f"DataVolume {name}: {exc}"
             log.error("%s: %s", key, vm.volume_error)
+            self._event(key, "Warning", "DataVolumeError", vm.volume_error)
         else:
             log.info("%s: DataVolume %s imported (%d bytes from %s)", key, name, got, url)
+            self._event(
+                key, "Normal", "ImportSucceeded", f"DataVolume {name}: {got} bytes from {url}"
+            )
             vm.kept.volumes = sorted({*vm.kept.volumes, name})
             self._save(key, vm)
         vm.importing.discard(name)
@@ -287,6 +294,8 @@ class Controller:
                 count, trio.current_time() + delay, _timestamp(time.time() + delay)
             )
             log.warning("%s: start failure %d: next start in %d s", key, count, delay)
+            message = f"VMI {status.reason or 'failed'}: start failure {count}, next in {delay} s"
+            self._event(key, "Warning", "CrashLoopBackOff", message)
         if strategy is RunStrategy.ALWAYS or (strategy is RunStrategy.RERUN_ON_FAILURE and failed):
             # KubeVirt's restart of a VMI that ran is at once; one that never ran backs off.
             vm.restart_at = vm.failure.retry_at if early and vm.failure else trio.current_time()
@@ -334,6 +343,9 @@ class Controller:
                 if vm.restart_at is not None and vm.restart_at <= trio.current_time():
                     vm.restart_at = None
                     log.info("%s: starting a new VMI (run strategy %s)", key, vm.strategy)
+                    self._event(
+                        key, "Normal", "SuccessfulCreate", _CREATED.format(names.split(key)[1])
+                    )
                     self._supervisor.replace(key, vm.vmi_entry())
             self._write_statuses()
 
@@ -362,6 +374,9 @@ class Controller:
                 )
                 continue
             log.info("%s: %s requested", request.key, request.action)
+            self._event(
+                request.key, "Normal", request.action.capitalize(), f"vmid {request.action}"
+            )
             self._act(request, vm)
         if requests and reconcile:
             self._reconcile()
@@ -390,6 +405,12 @@ class Controller:
 
     def _override(self, vm: _VM, strategy: RunStrategy) -> None:
         vm.kept.override, vm.kept.base = strategy, vm.vm.strategy
+
+    def _event(self, key: str, type_: str, reason: str, message: str) -> None:
+        """An event about VM `key` (`vmid events NAME` shows it beside its VMI's)."""
+        namespace, name = names.split(key)
+        obj = {"kind": "VirtualMachine", "metadata": {"name": name, "namespace": namespace}}
+        self._events.record(obj, type_, reason, message)
 
     def _save(self, key: str, vm: _VM) -> None:
         try:
