@@ -490,3 +490,23 @@ def test_a_pvc_data_volume_clones_a_claim_never_through_a_symlink_out(tmp_path: 
         wait_printable(daemon, "vm-e", "DataVolumeError")
         assert "which is not a block device" in vmid_ok(daemon, "describe", "vm", "vm-e")
         assert not (volumes / "data-e.img").exists()
+
+
+def test_a_daemon_killed_leaves_the_vm_running_and_its_disk_whole(tmp_path: Path) -> None:
+    claim = tmp_path / "var/lib/vmid/volumes/data-a.img"
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", with_blank_volume(vm_manifest("vm-a", "RerunOnFailure")))
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.pid("vm-a")
+        with claim.open("r+b") as stream:
+            stream.write(b"guest data")
+        daemon.process.kill()  # kill -9: its QEMU goes on
+        daemon.process.wait()
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.wait_phase("vm-a", "Running")
+        wait_printable(daemon, "vm-a", "Running")
+        assert daemon.pid("vm-a") == pid  # taken over, not restarted
+        assert claim.read_bytes()[:10] == b"guest data"
+        os.kill(pid, signal.SIGKILL)  # now its QEMU dies: RerunOnFailure starts a new one
+        daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
+        assert claim.read_bytes()[:10] == b"guest data"
