@@ -77,7 +77,7 @@ def test_an_empty_state_has_no_resources(
     assert (status, json.loads(out)["items"], err) == (0, [], "")
 
 
-@pytest.mark.parametrize("argv", [["get", "vm"], *BY_NAME], ids=" ".join)
+@pytest.mark.parametrize("argv", [["get", "vmi", "vm"], *BY_NAME], ids=" ".join)
 def test_an_unknown_name_exits_1_from_every_verb(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:

@@ -446,3 +446,40 @@ spec:
             daemon.wait_phase("full", None)
     finally:
         subprocess.run(["umount", str(disks)], check=False)
+
+
+def test_a_vm_whose_guest_powers_off_comes_back_with_its_uuid(daemon: Daemon) -> None:
+    """Run strategy Always with the real guest: it powers itself off (the ACPI button, which
+    the guest answers with `poweroff -f`: QEMU's SHUTDOWN, guest: true), and a new VMI boots
+    with a new QEMU and the same firmware UUID, so the same cloud-init instance-id."""
+    spec = "\n".join(
+        "    " + line for line in seed_text("vm-e2e").split("spec:\n", 1)[1].splitlines()
+    )
+    daemon.drop(
+        "vm.yaml",
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: vm-e2e}\n"
+        f"spec:\n  runStrategy: Always\n  template:\n    spec:\n{spec}\n",
+    )
+    daemon.wait_phase("vm-e2e", "Running")
+    daemon.wait_for("the guest", lambda: "VMID-GUEST: ready" in console(daemon, "vm-e2e"), 120)
+    first = daemon.status("vm-e2e") or {}
+    uuid, pid = first["spec"]["domain"]["firmware"]["uuid"], first["status"]["qemu"]["pid"]
+    assert f"VMID-GUEST: instance-id={uuid}" in console(daemon, "vm-e2e")
+    done = daemon.vmid("qmp", "vm-e2e", "system_powerdown")  # the guest's own decision
+    assert done.returncode == 0, done.stderr
+    daemon.wait_for(
+        "a new QEMU",
+        lambda: (
+            (daemon.status("vm-e2e") or first)["status"].get("qemu", {}).get("pid")
+            not in (None, pid)
+            and daemon.phase("vm-e2e") == "Running"
+        ),
+        timeout=60,
+    )
+    again = daemon.status("vm-e2e") or {}
+    assert again["spec"]["domain"]["firmware"]["uuid"] == uuid
+    assert ended(pid)
+    daemon.wait_for(
+        "the guest again", lambda: console(daemon, "vm-e2e").count("VMID-GUEST: ready") == 2, 120
+    )
+    assert console(daemon, "vm-e2e").count(f"VMID-GUEST: instance-id={uuid}") == 2

@@ -364,7 +364,7 @@ def test_several_documents_keep_the_valid_and_locate_the_rest() -> None:
     bad_bus = manifest("second")
     bad_bus["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"] = "virtoi"
     other_kind = manifest("third")
-    other_kind["kind"] = "VirtualMachine"
+    other_kind["kind"] = "VirtualMachinePool"
     text = (
         dump(manifest("first"))
         + "---\n"
@@ -378,7 +378,7 @@ def test_several_documents_keep_the_valid_and_locate_the_rest() -> None:
     assert [m.name for m in manifests] == ["first"]
     assert [(p.line, p.column, p.field) for p in problems] == [
         (*position_of(text, "virtoi"), "spec.domain.devices.disks[0].disk.bus"),
-        (*position_of(text, "VirtualMachine\n"), "kind"),
+        (*position_of(text, "VirtualMachinePool\n"), "kind"),
     ]
     assert problems[0].message.startswith('Unsupported value: "virtoi"')
     assert "not supported by vmid" in problems[1].message
@@ -435,7 +435,6 @@ def test_missing_kind() -> None:
 @pytest.mark.parametrize(
     "kind",
     [
-        "VirtualMachine",
         "VirtualMachineInstanceReplicaSet",
         "VirtualMachinePool",
         "VirtualMachineInstancePreset",
@@ -447,11 +446,6 @@ def test_other_kinds_are_not_supported(kind: str) -> None:
     problem = only_problem(text)
     assert (problem.line, problem.column, problem.field) == (2, 7, "kind")
     assert problem.message.startswith(f'kind "{kind}" is not supported by vmid: ')
-
-
-def test_virtual_machine_says_what_to_do() -> None:
-    problem = only_problem("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\n")
-    assert "spec.template" in problem.message
 
 
 @pytest.mark.parametrize("version", ["v1", "kubevirt.io/v2", "kubevirt.io/v1beta1", ""])

@@ -145,6 +145,8 @@ class Config:
     #: Where persistentVolumeClaim and dataVolume names map to `<dir>/<claimName>.img`;
     #: relative to the state directory unless absolute.
     volumesDir: str = "volumes"
+    #: How long the claim files of a removed VM's DataVolumes are kept in volumesDir/.deleted.
+    deletedVolumesKeepSeconds: int = 86400
     firmware: Firmware = attrs.field(factory=Firmware)
     podNetwork: PodNetwork = attrs.field(factory=PodNetwork)
     #: multus networkName -> host bridge; a name not listed means a bridge of that name.
@@ -240,6 +242,19 @@ class Paths:
         """A directory per spool file whose problems no VMI shows, named as the file."""
         return self.runtime / "spool"
 
+    def vm_state(self, key: str) -> Path:
+        """A VirtualMachine's requested state (`vmid start/stop`), kept across daemon restarts."""
+        return self.state / "vms" / key
+
+    def vm_runtime(self, key: str) -> Path:
+        """A VirtualMachine's status file."""
+        return self.runtime / "vms" / key
+
+    @property
+    def vm_requests(self) -> Path:
+        """`vmid start/stop/restart` requests, one file each, taken by the daemon in order."""
+        return self.state / "vm-requests"
+
     @property
     def requests(self) -> Path:
         """What the CLI asks of the daemon (vmid/host/requests.py): root's only, 0700."""
@@ -286,6 +301,8 @@ def load_config(file: Path, required: bool) -> Config:
     _check_multus_bridges(file, config)
     _check_logs(file, config.logs)
     _check_events(file, config.events)
+    if config.deletedVolumesKeepSeconds < 0:
+        raise ConfigError(f"{file}: deletedVolumesKeepSeconds: must not be negative (0: at once)")
     _check_images(file, config.images)
     _check_qemu_uids(file, config)
     return config

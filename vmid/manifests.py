@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import attrs
 
-from vmid.api.load import MAX_BYTES, Manifest, load_documents
+from vmid.api import vm as vms
+from vmid.api.load import KIND, MAX_BYTES, Manifest, load_documents
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem
 from vmid.plan.build import build
@@ -41,6 +43,10 @@ class Entry:
     key: str | None
     planned: Planned | None
     problems: tuple[Problem, ...]
+    #: The document's kind: VirtualMachineInstance or VirtualMachine.
+    kind: str = KIND
+    #: A VMI a VirtualMachine made: its owner reference (the VMI's status shows it).
+    owner: dict[str, Any] | None = None
 
 
 def plan_documents(
@@ -62,9 +68,11 @@ def plan_data(
         planned, problems = None, document.problems
         if document.manifest is not None:
             plan, findings = build(document.manifest.vmi, config, paths, accelerator)
+            if document.manifest.vm is not None:  # the template's fields, in the VM's document
+                findings = [vms.located(f) for f in findings]
             problems += tuple(document.manifest.locator.problem(f) for f in findings)
             planned = Planned(document.manifest, plan) if plan is not None else None
-        entries.append(Entry(name, document.key, planned, problems))
+        entries.append(Entry(name, document.key, planned, problems, document.kind))
     return entries
 
 

@@ -29,3 +29,9 @@ def to_data(vmi: VirtualMachineInstance) -> dict[str, Any]:
     """`apiVersion`, `kind`, `metadata` and `spec` as plain JSON-ready data."""
     data: dict[str, Any] = _CONVERTER.unstructure(vmi)
     return data
+
+
+def object_data(obj: object) -> dict[str, Any]:
+    """Any object of the wire model (a VirtualMachine) as plain JSON-ready data."""
+    data: dict[str, Any] = _CONVERTER.unstructure(obj)
+    return data

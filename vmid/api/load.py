@@ -18,6 +18,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
 from vmid.api import defaults, names, validate
+from vmid.api import vm as vms
 from vmid.api.findings import FieldPath, Finding, quote, render_path
 from vmid.api.structure import structure
 from vmid.api.types import VirtualMachineInstance
@@ -36,8 +37,6 @@ MAX_DEPTH = 64
 API_VERSIONS = ("kubevirt.io/v1", "kubevirt.io/v1alpha3")
 KIND = "VirtualMachineInstance"
 OTHER_KINDS = {
-    "VirtualMachine": "run strategies need the VM controller; put the VM's spec.template into a "
-    "VirtualMachineInstance",
     "VirtualMachineInstanceReplicaSet": "replica sets need the KubeVirt controllers",
     "VirtualMachinePool": "pools need the KubeVirt controllers",
     "VirtualMachineInstancePreset": "presets are deprecated in KubeVirt; write the settings in "
@@ -50,8 +49,10 @@ class Manifest:
     """One VMI document of a file, defaulted and valid, with the means to locate its fields."""
 
     file: str
+    #: The VMI: the document's, or (a VirtualMachine) the one its template makes.
     vmi: VirtualMachineInstance
     locator: Locator
+    vm: vms.VirtualMachine | None = None
 
     @property
     def name(self) -> str:
@@ -107,6 +108,8 @@ class Document:
     key: str | None
     manifest: Manifest | None
     problems: tuple[Problem, ...]
+    #: The document's kind: VirtualMachineInstance or VirtualMachine.
+    kind: str = KIND
 
 
 def load_documents(file: str, data: bytes) -> list[Document]:
@@ -124,10 +127,11 @@ def load_documents(file: str, data: bytes) -> list[Document]:
         for node in _parse(file, data):
             locator = Locator(file, node)
             plain = _plain(file, node)
-            vmi, findings = load_document(plain)
+            vm, vmi, findings = load_any(plain)
             problems = tuple(sorted((locator.problem(f) for f in findings), key=_position_key))
-            manifest = Manifest(file, vmi, locator) if vmi is not None else None
-            documents.append(Document(_claimed_key(plain), manifest, problems))
+            manifest = Manifest(file, vmi, locator, vm) if vmi is not None else None
+            kind = vms.VM_KIND if _kind(plain) == vms.VM_KIND else KIND
+            documents.append(Document(_claimed_key(plain), manifest, problems, kind))
     except ManifestError as exc:
         documents.append(Document(None, None, exc.problems))
     return documents
@@ -142,8 +146,9 @@ def load_text(file: str, data: bytes) -> tuple[list[Manifest], list[Problem]]:
 
 def _claimed_key(data: object) -> str | None:
     """The namespace/name of a document that may be invalid, if it names a VMI plausibly."""
-    if not isinstance(data, dict) or data.get("kind") != KIND:
+    if _kind(data) not in (KIND, vms.VM_KIND):
         return None
+    assert isinstance(data, dict)
     metadata = data.get("metadata")
     if not isinstance(metadata, dict):
         return None
@@ -225,6 +230,20 @@ def _file_problem(file: str, line: int, column: int, message: str) -> ManifestEr
     return ManifestError((Problem(file, line, column, "", message),))
 
 
+def _kind(data: object) -> object:
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def load_any(
+    data: object,
+) -> tuple[vms.VirtualMachine | None, VirtualMachineInstance | None, list[Finding]]:
+    """Check one plain document of either kind: a VM (and the VMI it makes), or a VMI."""
+    if _kind(data) != vms.VM_KIND or not isinstance(data, dict):
+        return (None, *load_document(data))
+    head = _check_type(data)
+    return (None, None, head) if head else vms.load(data)
+
+
 def load_document(data: object) -> tuple[VirtualMachineInstance | None, list[Finding]]:
     """Check, default and validate one plain document (as `yaml.safe_load` would give)."""
     if not isinstance(data, dict):
@@ -246,8 +265,9 @@ def _check_type(data: dict[Any, Any]) -> list[Finding]:
     kind, version = data.get("kind"), data.get("apiVersion")
     if kind is None:
         return [Finding(("kind",), "Required value: every manifest names its kind")]
-    if kind != KIND:
-        why = OTHER_KINDS.get(str(kind), "vmid runs only VirtualMachineInstance objects")
+    if kind not in (KIND, vms.VM_KIND):
+        runs = "vmid runs only VirtualMachineInstance and VirtualMachine objects"
+        why = OTHER_KINDS.get(str(kind), runs)
         return [Finding(("kind",), f"kind {quote(kind)} is not supported by vmid: {why}")]
     if version not in API_VERSIONS:
         allowed = ", ".join(quote(v) for v in API_VERSIONS)

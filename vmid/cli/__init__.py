@@ -33,6 +33,7 @@ from vmid.cli import (
     restart,
     screenshot,
     version,
+    vm,
     vnc,
 )
 from vmid.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         logs,
         lifecycle,
         agent,
+        vm,
         console,
         vnc,
         screenshot,

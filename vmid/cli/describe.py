@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vmid.api import names
 from vmid.api.vmistatus import ObjectMeta, QemuStatus, VMIObject
-from vmid.cli import common, show
+from vmid.cli import common, show, vm
 from vmid.cli import events as event_verbs
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.config import Paths
@@ -21,7 +21,8 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     describe = commands.add_parser(
         "describe", parents=[flags], help="a VMI's spec, conditions, phase history and events"
     )
-    describe.add_argument("name", metavar="NAME")
+    describe.add_argument("name", metavar="[vm|vmi] NAME")
+    describe.add_argument("kind_name", nargs="?", help=argparse.SUPPRESS)
     describe.set_defaults(run=_describe)
     common.explain(
         describe,
@@ -32,6 +33,8 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    if vm.kind_of(args, listing=False) == "vm":
+        return vm.describe(args)
     paths = Paths(args.root or Path("/"))
     obj = common.find(args, paths)
     if obj is None:

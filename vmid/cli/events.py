@@ -117,7 +117,7 @@ def _event_row(event: dict[str, Any], namespaces: bool) -> list[str]:
         show.age(event["lastTimestamp"]),
         event["type"],
         event["reason"],
-        f"virtualmachineinstance/{involved.get('name', '')}",
+        f"{str(involved.get('kind', 'VirtualMachineInstance')).lower()}/{involved.get('name', '')}",
         show.printable(event["message"]),
     ]
     return [str(involved.get("namespace", "")), *row] if namespaces else row

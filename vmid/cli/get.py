@@ -12,7 +12,7 @@ import attrs
 
 from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
-from vmid.cli import common, jsonpath, selector, show
+from vmid.cli import common, jsonpath, selector, show, vm
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.config import Paths
 from vmid.runtime import status, statuswatch
@@ -45,7 +45,9 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    get.add_argument("names", nargs="*", metavar="[vmi] NAME", help="only these VMIs")
+    get.add_argument(
+        "names", nargs="*", metavar="[vmi|vm] NAME", help="only these VMIs (vm: VMs instead)"
+    )
     get.add_argument(
         "-A",
         "--all-namespaces",
@@ -84,6 +86,9 @@ def _output(text: str) -> str:
 
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
+    if args.names and args.names[0].lower() in vm.VM_WORDS:
+        args.name = args.names[1] if len(args.names) > 1 else None
+        return vm.get(args)
     wanted_names = _names(args)
     if args.all_namespaces and wanted_names:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)

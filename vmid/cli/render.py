@@ -121,8 +121,8 @@ def _as_the_daemon_plans(
     """The plan with the firmware UUID the daemon uses for this VMI under `paths`, or said to be
     a placeholder when the daemon has not chosen one yet."""
     vmi = item.manifest.vmi
-    if not firmwareid.generated(vmi):
-        return item.plan
+    if item.manifest.vm is not None or not firmwareid.generated(vmi):
+        return item.plan  # a VM's VMIs have its name-derived UUID, whatever the daemon does
     value = firmwareid.stored(paths.instance_state(item.manifest.key))
     if value is None:
         print(

@@ -7,7 +7,7 @@ import argparse
 import time
 
 from vmid import control
-from vmid.cli import common
+from vmid.cli import common, vm
 from vmid.cli.common import EXIT_OK, Commands
 from vmid.config import Paths
 from vmid.host import pidlock, requests
@@ -41,10 +41,9 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
 
 def _restart(args: argparse.Namespace) -> int:
     _, paths = common.setup(args)
-    if common.names_a_vm(args, paths):
-        raise control.ControlError(
-            f"{args.name} is a VirtualMachine, which this vmid does not run yet"
-        )
+    if common.names_a_vm(args, paths):  # the VM, which owns the VMI of its name
+        args.action = "restart"
+        return vm.request(args)
     obj = common.find(args, paths)
     if obj is None:
         raise control.ControlError(common.not_found(args))

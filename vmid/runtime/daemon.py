@@ -29,6 +29,7 @@ from vmid.runtime.spool import Spool
 from vmid.runtime.status import Phase
 from vmid.runtime.supervisor import Supervisor
 from vmid.runtime.systemd import Notifier
+from vmid.runtime.vms import Controller
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,13 @@ async def _serve(
         network = Network(config, paths)
         await vms.start(network.serve)
         supervisor = Supervisor(vms, config, paths, accelerator, network)
+        controller = Controller(supervisor, paths, config)  # VirtualMachines, over the supervisor
         async with trio.open_nursery() as watchers:
             watchers.start_soon(notifier.watchdog)
             watchers.start_soon(supervisor.tidy_logs)
             watchers.start_soon(supervisor.tidy_events)
-            await watchers.start(spool_module.watch, spool, supervisor.apply)
+            await watchers.start(spool_module.watch, spool, controller.apply)
+            watchers.start_soon(controller.run)
             watchers.start_soon(_serve_requests, paths, supervisor)
             with trio.move_on_after(SETTLE_SECONDS):
                 await supervisor.wait_settled()
@@ -110,7 +113,8 @@ async def _serve(
                     config = await _reload(
                         config, spool, supervisor, network, config_file, config_required
                     )
-                    await spool.rescan(supervisor.apply)
+                    controller.reconfigure(config)
+                    await spool.rescan(controller.apply)
                     notifier.notify(READY="1", STATUS=_summary(supervisor))
                     continue
                 log.info("vmid stopping (%s)", signal.Signals(signum).name)

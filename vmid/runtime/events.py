@@ -95,7 +95,8 @@ class EventStore:
         stamp = _stamp(moment)
         involved = {
             "apiVersion": "kubevirt.io/v1",
-            "kind": "VirtualMachineInstance",
+            # A VirtualMachine's events (vmid/runtime/vms.py) name it; every other is a VMI's.
+            "kind": str(obj.get("kind") or "VirtualMachineInstance"),
             "namespace": namespace,
             "name": name,
         }

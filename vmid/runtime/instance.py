@@ -153,7 +153,8 @@ class Instance:
         self._domain_interfaces: list[dict[str, Any]] = []
         self.status.probe_ready = None if plan.readinessProbe is None else False
         #: The grace period of the stop to come instead of the plan's (`vmid delete
-        #: --grace-period`, as kubectl's overrides terminationGracePeriodSeconds).
+        #: --grace-period`, as kubectl's overrides terminationGracePeriodSeconds; a VM's
+        #: `vmid stop --grace-period`).
         self.grace: int | None = None
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from vmid.api.load import MAX_BYTES
+from vmid.api.vm import VM_KIND
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem
 from vmid.host import inotify, safefile
@@ -54,6 +55,10 @@ class Desired:
     #: Files that are there but say no name (unparseable, refused, unreadable), with their
     #: problems: a VMI running from one of them is left alone, as for an invalid edit.
     unreadable: dict[str, tuple[Problem, ...]] = attrs.field(factory=dict)
+    #: Valid VirtualMachines by key (entry.planned: the VMI each makes), and the problems of
+    #: the refused ones: the VM controller (vmid/runtime/vms.py) turns them into VMIs.
+    vms: dict[str, Entry] = attrs.field(factory=dict)
+    refused_vms: dict[str, tuple[Problem, ...]] = attrs.field(factory=dict)
 
 
 def spool_file(name: str) -> bool:
@@ -200,6 +205,8 @@ def _unsafe(st: os.stat_result) -> str | None:
 def _decide(entries: list[Entry]) -> Desired:
     vmis: dict[str, Entry] = {}
     refused: dict[str, tuple[Problem, ...]] = {}
+    vms: dict[str, Entry] = {}
+    refused_vms: dict[str, tuple[Problem, ...]] = {}
     claimed: dict[str, str] = {}
     problems: list[Problem] = []
     unreadable: dict[str, tuple[Problem, ...]] = {}
@@ -215,20 +222,26 @@ def _decide(entries: list[Entry]) -> Desired:
                     1,
                     1,
                     "metadata.name",
-                    f"VMI {key!r} (namespace/name) is "
+                    f"{_word(entry)} {key!r} (namespace/name) is "
                     f"already defined in {claimed[key]}, which comes first; "
                     "ignored",
                 )
             )
         else:
+            # One name for both kinds: a VM's VMI is named as the VM.
             claimed[key] = entry.file
+            vm = entry.kind == VM_KIND
             if entry.planned is not None:
-                vmis[key] = entry
+                (vms if vm else vmis)[key] = entry
             else:
-                refused[key] = entry.problems
+                (refused_vms if vm else refused)[key] = entry.problems
     named = {e.file for e in entries if e.key is not None}
     unreadable = {f: p for f, p in unreadable.items() if f not in named}
-    return Desired(vmis, refused, tuple(problems), unreadable)
+    return Desired(vmis, refused, tuple(problems), unreadable, vms, refused_vms)
+
+
+def _word(entry: Entry) -> str:
+    return "VM" if entry.kind == VM_KIND else "VMI"
 
 
 class Inotify:

@@ -47,6 +47,7 @@ DELETED = "Signaled Deletion"
 REMOVED = "its manifest was removed"
 REMOVED_OFFLINE = "its manifest was removed while vmid was not running"
 REFUSED_EDIT = "its changed manifest is refused; the VMI runs on unchanged"
+STOPPED_BY_VM = "its VirtualMachine stopped it"
 
 #: How often removed VMIs' events are looked at, at most and at least.
 EVENTS_SWEEP_MIN_SECONDS = 1.0
@@ -76,7 +77,8 @@ class _VM:
     #: The spec its QEMU runs (or ran), as data, with the firmware UUID the VMI keeps; None
     #: for a QEMU taken over whose spec nobody recorded: any manifest restarts that one.
     running: dict[str, Any] | None = None
-    #: The grace period its next stop has instead of its spec's (`vmid delete --grace-period`).
+    #: The grace period its next stop has instead of its spec's (`vmid delete --grace-period`,
+    #: a VM's `vmid stop --grace-period`).
     grace: int | None = None
 
 
@@ -182,6 +184,33 @@ class Supervisor:
     def _existing(self) -> Set[str] | None:
         """The VMIs that exist (running, ended or refused); None before the spool is read."""
         return set(self._vms) | set(self._refused) if self._applied else None
+
+    async def wait_changed(self) -> None:
+        """Wait for the next status change of any VMI (the VM controller follows them)."""
+        await self._changed.wait()
+
+    def vmi_status(self, key: str) -> Status | None:
+        """The live status of VMI `key` (a new object for each new VMI), if it exists."""
+        vm = self._vms.get(key)
+        return vm.status if vm is not None else None
+
+    def replace(self, key: str, entry: Entry, grace: int | None = None) -> None:
+        """Stop VMI `key` (within `grace`, if given) and start a new one of `entry`, even with
+        the same spec: a VM's restart, or a new VMI for one that ended."""
+        vm = self._vms.get(key)
+        if vm is None or vm.remove:
+            return
+        if vm.successor is None:
+            vm.status.event("Normal", "Restarting", "its VirtualMachine replaces it")
+        vm.successor = entry
+        self.set_grace(key, grace)
+        self._stop(vm, remove=False)
+
+    def set_grace(self, key: str, grace: int | None) -> None:
+        """Stop VMI `key` within `grace` seconds, not its spec's, when it is stopped next."""
+        vm = self._vms.get(key)
+        if grace is not None and vm is not None:
+            self._set_grace(vm, grace)
 
     def _status_written(self) -> None:
         self._changed.set()
@@ -337,7 +366,7 @@ class Supervisor:
     def _new_status(self, entry: Entry) -> Status:
         assert entry.key is not None
         assert entry.planned is not None
-        manifest = _with_file(to_data(entry.planned.manifest.vmi), entry.file)
+        manifest = _with_file(to_data(entry.planned.manifest.vmi), entry)
         manifest["metadata"]["creationTimestamp"] = now()
         path = self._paths.instance_runtime(entry.key) / STATUS_FILE
         return Status(path, manifest, self._status_written, self._events)
@@ -454,7 +483,8 @@ class Supervisor:
             vm.successor = None  # an edit (or a re-add) then a removal: nothing must start
             if vm.remove:
                 return  # already on its way out
-            vm.status.event("Normal", "Deleted", f"{DELETED}: {REMOVED} ({vm.entry.file})")
+            why = STOPPED_BY_VM if vm.entry.owner else f"{REMOVED} ({vm.entry.file})"
+            vm.status.event("Normal", "Deleted", f"{DELETED}: {why}")
         vm.remove = vm.remove or remove
         vm.scope.cancel()
         if vm.task_ended and (vm.remove or vm.successor is not None):
@@ -566,7 +596,7 @@ class Supervisor:
         vmi = self._stored(name, vm.entry)
         plan = self._plan(vmi)
         if vm.adopt is None:  # a new QEMU for this spec (an adopted one keeps its status)
-            metadata = _with_file(to_data(vmi), vm.entry.file)["metadata"]
+            metadata = _with_file(to_data(vmi), vm.entry)["metadata"]
             metadata["creationTimestamp"] = vm.status.manifest["metadata"]["creationTimestamp"]
             vm.status.manifest = {**to_data(vmi), "metadata": metadata}
         store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
@@ -594,8 +624,11 @@ class Supervisor:
         return spec
 
     def _stored(self, name: str, entry: Entry) -> t.VirtualMachineInstance:
-        """The entry's VMI with the firmware UUID it keeps while it exists."""
+        """The entry's VMI with the firmware UUID it keeps while it exists (a VM's: the one
+        derived from the VM, the same for each of its VMIs)."""
         assert entry.planned is not None
+        if entry.owner is not None:
+            return entry.planned.manifest.vmi
         return firmwareid.kept(entry.planned.manifest.vmi, self._paths.instance_state(name))
 
     async def _user(self, name: str, adopt: int | None) -> identity.QemuUser | None:
@@ -694,10 +727,14 @@ def _bare_object(key: str) -> dict[str, Any]:
     }
 
 
-def _with_file(manifest: dict[str, Any], file: str) -> dict[str, Any]:
-    """The object as vmid shows it: with the spool file it comes from, as an annotation."""
+def _with_file(manifest: dict[str, Any], entry: Entry) -> dict[str, Any]:
+    """The object as vmid shows it: with the spool file it comes from, as an annotation (and
+    the VM that owns it)."""
     metadata = manifest.setdefault("metadata", {})
-    metadata["annotations"] = {**metadata.get("annotations", {}), takeover.FILE_ANNOTATION: file}
+    annotations = {**metadata.get("annotations", {}), takeover.FILE_ANNOTATION: entry.file}
+    metadata["annotations"] = annotations
+    if entry.owner is not None:
+        metadata["ownerReferences"] = [entry.owner]
     return manifest
 
 

@@ -1,0 +1,235 @@
+"""The VirtualMachine verbs: start, stop and restart with virtctl's semantics and refusals
+(pkg/virt-api/rest/lifecycle.go), `get vm` as kubectl's table and `describe vm`.
+
+vmid never writes the user's manifest: a request goes to the daemon's queue
+(vmid/runtime/vmstate.py), which keeps the requested state across its restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from vmid.api import names
+from vmid.api.vmistatus import FILE_ANNOTATION, Phase, VMIObject
+from vmid.cli import common, show
+from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
+from vmid.config import Paths
+from vmid.host import pidlock
+from vmid.runtime import status, vmstate
+from vmid.runtime.vmstate import Request, RequestError
+
+VM_WORDS = ("vm", "vms", "virtualmachine", "virtualmachines")
+VMI_WORDS = ("vmi", "vmis", "virtualmachineinstance", "virtualmachineinstances")
+
+
+def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    for action, text in (
+        ("start", "start a VirtualMachine"),
+        ("stop", "stop a VirtualMachine"),
+    ):  # `restart`, a verb of VMIs too, is vmid/cli/restart.py's: it calls `request` for a VM
+        verb = commands.add_parser(action, parents=[flags], help=text)
+        verb.add_argument("name", metavar="NAME", help="the VM's name (in the namespace -n names)")
+        common.explain(
+            verb,
+            f"{text[0].upper()}{text[1:]}, as virtctl {action} does, with its refusals (a VM "
+            "whose run strategy does not allow it). The request is kept until the daemon "
+            "carries it out.",
+            f"vmid {action} web"
+            + ("\nvmid stop web --force --grace-period=0" if action == "stop" else ""),
+        )
+        if action != "start":
+            verb.add_argument(
+                "--grace-period",
+                type=_seconds,
+                metavar="SECONDS",
+                help="the guest's time to power off, instead of its terminationGracePeriodSeconds",
+            )
+            verb.add_argument(
+                "--force", action="store_true", help="with --grace-period=0: kill QEMU at once"
+            )
+        verb.set_defaults(run=request, action=action)
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def kind_of(args: argparse.Namespace, listing: bool) -> str:
+    """`get`/`describe` [KIND] [NAME]: "vm" or "vmi" (the default), with `args.name` the name.
+
+    A kind word alone is a kind only to a verb that lists (`get vm`); `describe vm` is as
+    before: the VMI named `vm`.
+    """
+    words, extra = args.name, getattr(args, "kind_name", None)
+    if (words in VM_WORDS or words in VMI_WORDS) and (listing or extra is not None):
+        args.name = extra
+        return "vm" if words in VM_WORDS else "vmi"
+    if extra is not None:
+        raise RequestError(f"unknown kind {words!r}: use vm or vmi (or a VMI's name alone)")
+    return "vmi"
+
+
+def find(paths: Paths, key: str) -> dict[str, Any] | None:
+    """The status object of VM `key`, if the daemon shows one."""
+    return next((vm for vm in vmstate.read_vms(paths) if _key(vm) == key), None)
+
+
+def exists(args: argparse.Namespace) -> bool:
+    """Whether a VM named `args.name` exists in the namespace: `restart` then means it, not the
+    VMI of that name (which it owns)."""
+    paths = Paths(args.root or Path("/"))
+    return find(paths, names.key(common.namespace_of(args), args.name)) is not None
+
+
+def _key(vm: dict[str, Any]) -> str:
+    metadata = vm.get("metadata", {})
+    return names.key(metadata.get("namespace"), str(metadata.get("name")))
+
+
+def request(args: argparse.Namespace) -> int:
+    """`vmid start|stop|restart NAME` of a VM: refused as virtctl refuses, else handed to the
+    daemon (which acts when it starts, if it is not running)."""
+    paths = Paths(args.root or Path("/"))
+    key = names.key(common.namespace_of(args), args.name)
+    vm = find(paths, key)
+    if vm is None:
+        raise RequestError(_not_found(args))
+    grace = getattr(args, "grace_period", None)
+    if getattr(args, "force", False) and grace != 0:
+        raise RequestError(f"--force {args.action}s at once: it needs --grace-period=0")
+    _refuse(args.action, str(vm["status"]["runStrategy"]), _vmi_phase(paths, key))
+    vmstate.send(paths, Request(key, args.action, grace))
+    print(f"VM {args.name} was scheduled to {args.action}")
+    if not pidlock.running(paths.daemon_pid):
+        print("vmid: the daemon is not running: it acts when it starts", file=sys.stderr)
+    return EXIT_OK
+
+
+def _vmi_phase(paths: Paths, key: str) -> Phase | None:
+    obj = next((o for o in status.read_objects(paths) if o.key == key), None)
+    return obj.status.phase if obj is not None else None
+
+
+def _refuse(action: str, strategy: str, phase: Phase | None) -> None:
+    """KubeVirt's refusals (rest/lifecycle.go), on the VM's run strategy and its VMI's phase."""
+    running = phase is not None and not phase.final
+    if action == "start":
+        if running:
+            raise RequestError("VM is already running")
+        if strategy in ("Always", "Once"):
+            raise RequestError(f"{strategy} does not support manual start requests")
+        if strategy == "RerunOnFailure" and phase is Phase.FAILED:
+            raise RequestError("RerunOnFailure does not support starting VM from failed state")
+    elif action == "stop":
+        if not running and strategy in ("Halted", "RerunOnFailure", "Manual"):
+            raise RequestError("VM is not running")
+    elif strategy == "Halted":
+        raise RequestError("Halted does not support manual restart requests")
+    elif not running:
+        raise RequestError("VM is not running")
+
+
+def _not_found(args: argparse.Namespace) -> str:
+    return f"virtualmachine {args.name!r} not found in namespace {common.namespace_of(args)!r}"
+
+
+# Section: get vm, describe vm
+
+
+def get(args: argparse.Namespace) -> int:
+    """`vmid get vm [NAME]`: NAME AGE STATUS READY, as `kubectl get vm`."""
+    paths = Paths(args.root or Path("/"))
+    if args.watch:
+        raise RequestError("vmid get vm -w is not supported: watch the VMIs (vmid get -w)")
+    status.read_objects(paths)  # no vmid state there: an error saying so, as `get` says it
+    every = getattr(args, "all_namespaces", False)
+    found = [vm for vm in vmstate.read_vms(paths) if every or _in(args, vm)]
+    found = [vm for vm in found if args.name in (None, vm["metadata"]["name"])]
+    if args.name is not None and not found:
+        print(f"vmid: {_not_found(args)}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.output in ("yaml", "json"):
+        data = found[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": found}
+        show.print_data(data, args.output)
+        return EXIT_OK
+    if not found:
+        where = "" if every else f" in {common.namespace_of(args)} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+        return EXIT_OK
+    header = ["NAME", "AGE", "STATUS", "READY"]
+    rows = [_row(vm) for vm in found]
+    if every:
+        header = ["NAMESPACE", *header]
+        rows = [[vm["metadata"]["namespace"], *row] for vm, row in zip(found, rows, strict=True)]
+    print(show.aligned([header, *rows]))
+    for vm in found:  # a changed manifest refused: the VM runs on as it was
+        for condition in vm["status"]["conditions"]:
+            if condition["type"] == "Synchronized" and condition["status"] == "False":
+                print(f"{vm['metadata']['name']}: {condition['message']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _in(args: argparse.Namespace, vm: dict[str, Any]) -> bool:
+    return bool(vm["metadata"]["namespace"] == common.namespace_of(args))
+
+
+def _row(vm: dict[str, Any]) -> list[str]:
+    st = vm["status"]
+    return [
+        vm["metadata"]["name"],
+        show.age(vm["metadata"].get("creationTimestamp")),
+        st["printableStatus"],
+        "True" if st.get("ready") else "False",
+    ]
+
+
+def describe(args: argparse.Namespace) -> int:
+    """`vmid describe vm NAME`: the VM's status, run strategy, conditions, its VMI."""
+    paths = Paths(args.root or Path("/"))
+    key = names.key(common.namespace_of(args), args.name)
+    vm = find(paths, key)
+    if vm is None:
+        print(f"vmid: {_not_found(args)}", file=sys.stderr)
+        return EXIT_ERROR
+    st, metadata = vm["status"], vm["metadata"]
+    vmi = next((o for o in status.read_objects(paths) if o.key == key), None)
+    fields = [
+        ("Name", metadata["name"]),
+        ("Namespace", metadata["namespace"]),
+        ("Manifest", metadata.get("annotations", {}).get(FILE_ANNOTATION, "")),
+        ("Created", metadata.get("creationTimestamp", "")),
+        ("Status", st["printableStatus"]),
+        ("Ready", "True" if st.get("ready") else "False"),
+        ("Strategy", st["runStrategy"]),
+        ("VMI", _vmi_line(vmi)),
+    ]
+    failure = st.get("startFailure")
+    if failure:
+        retry = failure["retryAfterTimestamp"]
+        fields.append(("Failures", f"{failure['consecutiveFailCount']} (next start {retry})"))
+    for label, value in fields:
+        print(f"{label + ':':<12}{value}")
+    rows = [
+        [c["type"], c["status"], c.get("reason", ""), c.get("message", "")]
+        for c in st["conditions"]
+    ]
+    print("Conditions:")
+    body = show.aligned([["TYPE", "STATUS", "REASON", "MESSAGE"], *rows])
+    print("\n".join(f"  {line}" for line in body.splitlines()))
+    return EXIT_OK
+
+
+def _vmi_line(vmi: VMIObject | None) -> str:
+    if vmi is None:
+        return "<none>"
+    pid = vmi.status.qemu.pid if vmi.status.qemu is not None else None
+    return f"{vmi.metadata.name} ({vmi.status.phase}" + (f", pid {pid})" if pid else ")")

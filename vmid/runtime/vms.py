@@ -1,0 +1,527 @@
+"""The VirtualMachine controller, on top of the supervisor: turns the spool's VMs and their
+requested state into VMIs, as KubeVirt's (pkg/virt-controller/watch/vm/vm.go) does.
+
+It hands the supervisor the spool's VMIs plus one VMI per VM that is to have one, named as the
+VM; follows every status change to react to a VMI that ended (run strategies, start-failure
+back-off); takes `vmid start/stop/restart` requests; and writes each VM's status file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from vmid.api import names
+from vmid.api.dump import object_data
+from vmid.api.load import KIND
+from vmid.api.vm import (
+    RunStrategy,
+    VirtualMachine,
+    blank_volumes,
+    imported_volumes,
+    owner_reference,
+)
+from vmid.api.vmistatus import FILE_ANNOTATION
+from vmid.config import Config, Paths
+from vmid.errors import Problem, VmidError
+from vmid.host import datavolumes, safefile
+from vmid.manifests import Entry
+from vmid.runtime import events, importer, vmstate
+from vmid.runtime.spool import Desired, Inotify
+from vmid.runtime.status import Phase, Status, now
+from vmid.runtime.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+#: KubeVirt's start-failure back-off (vm.go calculateStartBackoffTime).
+MAX_BACKOFF_SECONDS = 300
+MIN_INTERVAL_SECONDS = 10
+#: The strategies whose start failures back off (vm.go shouldBackoffStart).
+BACKOFF = frozenset({RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE, RunStrategy.ONCE})
+#: KubeVirt's event message (pkg/virt-controller/watch/vm/vm.go).
+_CREATED = "Started the virtual machine by creating the new virtual machine instance {}"
+#: How often removed VMs' claim files are looked at, at most.
+PURGE_SECONDS = 3600.0
+
+
+def backoff_seconds(fail_count: int, randint: Callable[[int], int] = random.randrange) -> int:
+    """The delay before the next start after `fail_count` start failures in a row:
+    `interval * n**2` plus up to half of it at random, at most 300 s (`randint(n)`: 0..n-1)."""
+    interval = max(MAX_BACKOFF_SECONDS // 30, MIN_INTERVAL_SECONDS)
+    delay = interval * max(fail_count, 1) ** 2
+    delay += randint(delay // 2 + 1)
+    return min(delay, MAX_BACKOFF_SECONDS)
+
+
+@attrs.frozen
+class StartFailure:
+    """KubeVirt's status.startFailure; `retry_at` on trio's clock."""
+
+    count: int
+    retry_at: float
+    retry_after: str  # the same instant, as the status shows it
+
+
+@attrs.define(eq=False)
+class _VM:
+    entry: Entry
+    kept: vmstate.Kept
+    #: The ended VMI (its live status object) already acted on.
+    handled: Status | None = None
+    failure: StartFailure | None = None
+    #: When (trio's clock) a new VMI replaces the ended one (None: none is due).
+    restart_at: float | None = None
+    #: Why a DataVolume's claim file could not be made.
+    volume_error: str | None = None
+    #: Why its changed manifest is refused (it goes on as it was).
+    refused: str | None = None
+    #: The DataVolumes being imported: its VMI waits for them (Provisioning).
+    importing: set[str] = attrs.field(factory=set)
+
+    @property
+    def vm(self) -> VirtualMachine:
+        assert self.entry.planned is not None
+        assert self.entry.planned.manifest.vm is not None
+        return self.entry.planned.manifest.vm
+
+    @property
+    def strategy(self) -> RunStrategy:
+        own = self.vm.strategy
+        return self.kept.override if self.kept.override and self.kept.base is own else own
+
+    def vmi_entry(self) -> Entry:
+        return attrs.evolve(self.entry, kind=KIND, owner=owner_reference(self.vm))
+
+
+class Controller:
+    """The VMs of the spool; `apply(desired)` in place of the supervisor's."""
+
+    def __init__(self, supervisor: Supervisor, paths: Paths, config: Config) -> None:
+        self._supervisor = supervisor
+        self._paths = paths
+        self._config = config
+        self._desired = Desired({}, {}, ())
+        self._vms: dict[str, _VM] = {}
+        self._applied = False
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._events = events.EventStore(paths.events)
+
+    def __repr__(self) -> str:
+        return f"<Controller vms={len(self._vms)}>"
+
+    def reconfigure(self, config: Config) -> None:
+        """Use a new configuration (volumesDir, how long removed volumes are kept)."""
+        self._config = config
+
+    def apply(self, desired: Desired) -> None:
+        """The spool changed: follow its VMs, then hand the supervisor every VMI."""
+        self._desired = desired
+        for key in desired.vms.keys() | self._vms.keys():
+            self._follow(key, desired)
+        self._applied = True
+        self._take_requests()
+        self._reconcile()
+
+    def _follow(self, key: str, desired: Desired) -> None:
+        entry, vm = desired.vms.get(key), self._vms.get(key)
+        if entry is not None and vm is None:
+            kept = vmstate.load_kept(self._paths, key) or vmstate.Kept(created=now())
+            self._vms[key] = vm = _VM(entry, kept)
+            self._provision(key, vm)
+        elif entry is not None and vm is not None:
+            changed = vm.entry.planned != entry.planned
+            vm.entry, vm.refused = entry, None
+            if changed:
+                log.info("%s: its VirtualMachine changed", key)
+                self._provision(key, vm)
+        elif vm is not None and key in desired.refused_vms:
+            vm.refused = _summary(desired.refused_vms[key])  # KubeVirt would refuse the edit
+        elif vm is not None:
+            if vm.entry.file in desired.unreadable:  # a broken file is no removal
+                vm.refused = _summary(desired.unreadable[vm.entry.file])
+                return
+            log.info("%s: its VirtualMachine was removed", key)
+            del self._vms[key]
+            self._move_aside(key, vm)
+            shutil.rmtree(self._paths.vm_state(key), ignore_errors=True)
+            shutil.rmtree(self._paths.vm_runtime(key), ignore_errors=True)
+
+    def _reconcile(self) -> None:
+        """Advance every VM, hand the supervisor the VMIs, write the VMs' statuses."""
+        if not self._applied:
+            return
+        self._hand_over()
+        # The first hand-over takes over what an earlier daemon left (a VMI that ended while
+        # no daemon ran): its strategy answers that at once.
+        if any(self._changed(k, vm) for k, vm in self._vms.items()):
+            self._hand_over()
+        self._write_statuses()
+        self._wake.set()
+
+    def _hand_over(self) -> None:
+        """Advance every VM, then hand the supervisor every VMI."""
+        for key, vm in self._vms.items():
+            self._advance(key, vm)
+        vmis = dict(self._desired.vmis)
+        vmis.update({k: vm.vmi_entry() for k, vm in self._vms.items() if self._runs(vm)})
+        problems = self._desired.problems + tuple(
+            p for k, ps in self._desired.refused_vms.items() if k not in self._vms for p in ps
+        )
+        self._supervisor.apply(attrs.evolve(self._desired, vmis=vmis, problems=problems))
+
+    # Section: DataVolumes
+
+    def _provision(self, key: str, vm: _VM) -> None:
+        """Make the claim files of the VM's blank DataVolumes that are missing (once: a file
+        there is kept as it is, the VM's data)."""
+        volumes = self._paths.volumes(self._config)
+        vm.volume_error = None
+        for name, (url, size) in imported_volumes(vm.vm).items():
+            if not datavolumes.claim_file(volumes, name).exists():
+                vm.importing.add(name)
+                self._start_import(key, vm, name, url, size)
+        for name, size in blank_volumes(vm.vm).items():
+            try:
+                if datavolumes.create_blank(volumes, name, size):
+                    log.info("%s: DataVolume %s made (%d bytes, blank)", key, name, size)
+                    vm.kept.volumes = sorted({*vm.kept.volumes, name})
+            except OSError as exc:
+                vm.volume_error = f"DataVolume {name}: cannot make its claim file: {exc}"
+                log.error("%s: %s", key, vm.volume_error)
+        self._save(key, vm)
+
+    def _start_import(self, key: str, vm: _VM, name: str, url: str, size: int) -> None:
+        if self._nursery is not None:  # else run() starts it
+            self._nursery.start_soon(self._import, key, vm, name, url, size)
+
+    async def _import(self, key: str, vm: _VM, name: str, url: str, size: int) -> None:
+        """Import one http or registry DataVolume (the VMI waits for every one of them)."""
+        volumes = self._paths.volumes(self._config)
+        log.info("%s: DataVolume %s: importing %s", key, name, url)
+        try:
+            got = await importer.import_url(url, volumes, name, size, self._paths, self._config)
+        except (VmidError, OSError) as exc:
+            vm.volume_error = f"DataVolume {name}: {exc}"
+            log.error("%s: %s", key, vm.volume_error)
+            self._event(key, "Warning", "DataVolumeError", vm.volume_error)
+        else:
+            log.info("%s: DataVolume %s imported (%d bytes from %s)", key, name, got, url)
+            self._event(
+                key, "Normal", "ImportSucceeded", f"DataVolume {name}: {got} bytes from {url}"
+            )
+            vm.kept.volumes = sorted({*vm.kept.volumes, name})
+            self._save(key, vm)
+        vm.importing.discard(name)
+        if self._vms.get(key) is not vm:  # removed meanwhile: its volume goes as its others
+            self._move_aside(key, vm)
+            return
+        self._reconcile()
+
+    def _move_aside(self, key: str, vm: _VM) -> None:
+        """The VM is removed: its DataVolumes go too, but only aside, for a while (a removed
+        file is an easy mistake)."""
+        volumes = self._paths.volumes(self._config)
+        namespace, name = names.split(key)
+        for claim in vm.kept.volumes:
+            try:
+                moved = datavolumes.move_aside(volumes, claim, f"{namespace}_{name}")
+            except OSError as exc:
+                log.error("%s: cannot move DataVolume %s aside: %s", key, claim, exc)
+                continue
+            if moved is not None:
+                keep = self._config.deletedVolumesKeepSeconds
+                log.info("%s: DataVolume %s moved to %s (deleted in %d s)", key, claim, moved, keep)
+
+    async def _purge(self) -> None:
+        """Forever: delete removed VMs' claim files once they have been aside long enough."""
+        while True:
+            keep = self._config.deletedVolumesKeepSeconds
+            volumes = self._paths.volumes(self._config)
+            deleted = await trio.to_thread.run_sync(datavolumes.purge, volumes, keep)
+            for name in deleted:
+                log.info("removed VM's DataVolume %s deleted (aside over %d s)", name, keep)
+            await trio.sleep(min(max(keep / 2, 1.0), PURGE_SECONDS))
+
+    # Section: run strategies
+
+    def _advance(self, key: str, vm: _VM) -> None:
+        """What the VM's strategy makes of its VMI as it is now (vm.go syncRunStrategy)."""
+        strategy = vm.strategy
+        if vm.kept.seen is not strategy:  # a new VM, or another strategy
+            log.info("%s: run strategy %s", key, strategy)
+            vm.kept.wanted = strategy in BACKOFF or (
+                strategy is RunStrategy.MANUAL and vm.kept.wanted
+            )
+            vm.kept.seen = strategy
+        if strategy not in BACKOFF:
+            vm.failure = None
+        if not vm.kept.wanted:
+            vm.restart_at = None
+        self._save(key, vm)
+        status = self._supervisor.vmi_status(key)
+        if status is None or not vm.kept.wanted:
+            return
+        if status.phase is Phase.RUNNING:
+            vm.failure = None  # reset once a VMI runs (vm.go syncStartFailureStatus)
+        if status.phase.final and vm.handled is not status:
+            vm.handled = status
+            self._ended(key, vm, status, strategy)
+
+    def _ended(self, key: str, vm: _VM, status: Status, strategy: RunStrategy) -> None:
+        failed = status.phase is Phase.FAILED
+        early = not any(t.phase is Phase.RUNNING for t in status.transitions)
+        if not early:
+            vm.failure = None  # it ran: the count starts again, whenever it was seen running
+        if status.terminating:
+            # vmid stopped it, not its guest: the daemon stopped (a restart, an upgrade) while
+            # the VM was to run. It runs again, whatever its strategy does with a guest's end.
+            vm.restart_at = trio.current_time()
+            return
+        if early and strategy in BACKOFF:
+            count = vm.failure.count + 1 if vm.failure else 1
+            delay = backoff_seconds(count)
+            vm.failure = StartFailure(
+                count, trio.current_time() + delay, _timestamp(time.time() + delay)
+            )
+            log.warning("%s: start failure %d: next start in %d s", key, count, delay)
+            message = f"VMI {status.reason or 'failed'}: start failure {count}, next in {delay} s"
+            self._event(key, "Warning", "CrashLoopBackOff", message)
+        if strategy is RunStrategy.ALWAYS or (strategy is RunStrategy.RERUN_ON_FAILURE and failed):
+            # KubeVirt's restart of a VMI that ran is at once; one that never ran backs off.
+            vm.restart_at = vm.failure.retry_at if early and vm.failure else trio.current_time()
+        elif strategy is RunStrategy.RERUN_ON_FAILURE:
+            vm.kept.wanted = False  # Succeeded: deleted, not restarted
+        # Manual and Once: the ended VMI stays.
+
+    async def run(self) -> None:
+        """Forever: take requests as they come, follow VMI changes, restart when due."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for key, vm in self._vms.items():
+                for name, (url, size) in imported_volumes(vm.vm).items():
+                    if name in vm.importing:
+                        nursery.start_soon(self._import, key, vm, name, url, size)
+            nursery.start_soon(self._watch_requests)
+            nursery.start_soon(self._follow_statuses)
+            nursery.start_soon(self._restarts)
+            nursery.start_soon(self._purge)
+
+    async def _follow_statuses(self) -> None:
+        while True:
+            await self._supervisor.wait_changed()
+            if any(self._changed(k, vm) for k, vm in self._vms.items()):
+                self._reconcile()
+            else:
+                self._write_statuses()
+
+    def _changed(self, key: str, vm: _VM) -> bool:
+        """Whether the VM's VMI did something its strategy answers (ended, or ran)."""
+        status = self._supervisor.vmi_status(key)
+        if status is None or not vm.kept.wanted:
+            return False
+        ended = status.phase.final and vm.handled is not status
+        return ended or (status.phase is Phase.RUNNING and vm.failure is not None)
+
+    async def _restarts(self) -> None:
+        while True:
+            due = [vm.restart_at for vm in self._vms.values() if vm.restart_at is not None]
+            with trio.move_on_at(min(due, default=math.inf)):
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            for key, vm in self._vms.items():
+                if vm.restart_at is not None and vm.restart_at <= trio.current_time():
+                    vm.restart_at = None
+                    log.info("%s: starting a new VMI (run strategy %s)", key, vm.strategy)
+                    self._event(
+                        key, "Normal", "SuccessfulCreate", _CREATED.format(names.split(key)[1])
+                    )
+                    self._supervisor.replace(key, vm.vmi_entry())
+            self._write_statuses()
+
+    # Section: requests
+
+    async def _watch_requests(self) -> None:
+        directory = self._paths.vm_requests
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        notify = Inotify(directory)
+        try:
+            while True:
+                self._take_requests(reconcile=True)
+                await notify.wait()
+        finally:
+            notify.close()
+
+    def _take_requests(self, reconcile: bool = False) -> None:
+        if not self._applied:
+            return  # the spool's VMs first: a request names one of them
+        requests = vmstate.take(self._paths)
+        for request in requests:
+            vm = self._vms.get(request.key)
+            if vm is None:
+                log.warning(
+                    "%s: %s requested, but there is no such VM", request.key, request.action
+                )
+                continue
+            log.info("%s: %s requested", request.key, request.action)
+            self._event(
+                request.key, "Normal", request.action.capitalize(), f"vmid {request.action}"
+            )
+            self._act(request, vm)
+        if requests and reconcile:
+            self._reconcile()
+
+    def _act(self, request: vmstate.Request, vm: _VM) -> None:
+        """virtctl's start/stop/restart (pkg/virt-api/rest/lifecycle.go), refusals aside (the
+        CLI refuses as virtctl's API does; what comes here is done)."""
+        key, strategy = request.key, vm.strategy
+        status = self._supervisor.vmi_status(key)
+        self._supervisor.set_grace(key, request.grace)
+        if request.action == "stop":
+            vm.restart_at = None
+            if strategy in (RunStrategy.ALWAYS, RunStrategy.ONCE):
+                self._override(vm, RunStrategy.HALTED)
+            else:
+                vm.kept.wanted = False
+            return
+        if request.action == "start" and strategy is RunStrategy.HALTED:
+            self._override(vm, RunStrategy.ALWAYS)
+            return
+        vm.kept.wanted = True
+        if status is not None and (request.action == "restart" or status.phase.final):
+            vm.handled = status  # stopped on purpose: no failure, no second restart
+            vm.failure, vm.restart_at = None, None
+            self._supervisor.replace(key, vm.vmi_entry(), request.grace)
+
+    def _override(self, vm: _VM, strategy: RunStrategy) -> None:
+        vm.kept.override, vm.kept.base = strategy, vm.vm.strategy
+
+    def _event(self, key: str, type_: str, reason: str, message: str) -> None:
+        """An event about VM `key` (`vmid events NAME` shows it beside its VMI's)."""
+        namespace, name = names.split(key)
+        obj = {"kind": "VirtualMachine", "metadata": {"name": name, "namespace": namespace}}
+        self._events.record(obj, type_, reason, message)
+
+    def _save(self, key: str, vm: _VM) -> None:
+        try:
+            if vmstate.load_kept(self._paths, key) != vm.kept:
+                vmstate.save_kept(self._paths, key, vm.kept)
+        except OSError as exc:
+            log.error("%s: cannot keep its state: %s", key, exc)
+
+    # Section: status
+
+    def _runs(self, vm: _VM) -> bool:
+        """Whether the VM is to have its VMI now: wanted, and its DataVolumes ready."""
+        return vm.kept.wanted and not vm.importing and vm.volume_error is None
+
+    def _write_statuses(self) -> None:
+        for key, vm in self._vms.items():
+            data = self._status(key, vm)
+            path = vmstate.status_path(self._paths, key)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                text = json.dumps(data, indent=2, sort_keys=True).encode()
+                if not path.exists() or path.read_bytes() != text:
+                    safefile.write_atomically(path, text)
+            except OSError as exc:
+                log.error("%s: cannot write its status: %s", key, exc)
+
+    def _status(self, key: str, vm: _VM) -> dict[str, Any]:
+        namespace, name = names.split(key)
+        vmi = self._supervisor.vmi_status(key)
+        conditions = vmi.conditions if vmi is not None else {}
+        ready = "Ready" in conditions and conditions["Ready"].status == "True"
+        status: dict[str, Any] = {
+            "printableStatus": self._printable(vm, vmi),
+            "ready": ready,
+            "created": vmi is not None,
+            "runStrategy": vm.strategy.value,
+            "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"},
+            ],
+        }
+        status["conditions"] += _data_volumes_condition(vm)
+        if vm.refused is not None:
+            status["conditions"].append(
+                {
+                    "type": "Synchronized",
+                    "status": "False",
+                    "reason": "InvalidManifest",
+                    "message": vm.refused,
+                }
+            )
+        if vm.failure is not None:
+            status["startFailure"] = {
+                "consecutiveFailCount": vm.failure.count,
+                "retryAfterTimestamp": vm.failure.retry_after,
+            }
+        if vmi is not None and vmi.reason and vmi.phase.final:
+            status["conditions"].append(
+                {
+                    "type": "Failure",
+                    "status": "True",
+                    "reason": vmi.phase.value,
+                    "message": vmi.reason,
+                }
+            )
+        metadata = {
+            "name": name,
+            "namespace": namespace,
+            "creationTimestamp": vm.kept.created,
+            "annotations": {FILE_ANNOTATION: vm.entry.file},
+        }
+        spec = object_data(vm.vm)["spec"]
+        return {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachine",
+            "metadata": metadata,
+            "spec": spec,
+            "status": status,
+        }
+
+    def _printable(self, vm: _VM, vmi: Status | None) -> str:
+        """KubeVirt's printableStatus (vm.go setPrintableStatus), as far as vmid has them."""
+        if vm.volume_error is not None and (vmi is None or vmi.phase.final):
+            return "DataVolumeError"
+        if vm.importing and (vmi is None or vmi.phase.final):
+            return "Provisioning"
+        if vm.failure is not None and vm.kept.wanted and (vmi is None or vmi.phase.final):
+            return "CrashLoopBackOff"
+        if vmi is None or vmi.phase.final:
+            return "Stopped"
+        if vmi.terminating:
+            return "Stopping"
+        if vmi.phase is not Phase.RUNNING:
+            return "Starting"
+        paused = vmi.conditions.get("Paused")
+        return "Paused" if paused is not None and paused.status == "True" else "Running"
+
+
+def _summary(problems: tuple[Problem, ...]) -> str:
+    return "; ".join(str(p) for p in problems)
+
+
+def _data_volumes_condition(vm: _VM) -> list[dict[str, str]]:
+    """KubeVirt's DataVolumesReady, while one is imported or could not be made."""
+    if vm.volume_error is not None:
+        why = {"reason": "DataVolumeError", "message": vm.volume_error}
+    elif vm.importing:
+        why = {"reason": "Provisioning", "message": "importing " + ", ".join(sorted(vm.importing))}
+    else:
+        return []
+    return [{"type": "DataVolumesReady", "status": "False", **why}]
+
+
+def _timestamp(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
