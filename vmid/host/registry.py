@@ -381,10 +381,10 @@ def _write_member(
     assert source is not None
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     with source, os.fdopen(os.open(target, flags, 0o600), "wb") as out:
-        _copy_sparse(source, out, member.size)
+        copy_sparse(source, out, member.size)
 
 
-def _copy_sparse(source: IO[bytes], out: IO[bytes], size: int) -> None:
+def copy_sparse(source: IO[bytes], out: IO[bytes], size: int) -> None:
     """Copy `size` bytes; blocks of zeros become holes (a disk is mostly zeros)."""
     zeros = bytes(CHUNK)
     while chunk := source.read(CHUNK):

@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import trio
 
@@ -88,22 +87,11 @@ def clone(volumes: Path, source: str, name: str, size: int) -> int:
             os.lseek(fd, 0, os.SEEK_SET)
             raw = work / "disk.img"
             with raw.open("wb") as out:
-                _copy_sparse(stream, out, size)
+                registry.copy_sparse(stream, out, size)
         _put_in_place(raw, volumes, name)
         return length
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _copy_sparse(source: BinaryIO, out: BinaryIO, size: int) -> None:
-    """Blocks of zeros become holes (a disk is mostly zeros); the file ends at `size`."""
-    zeros = bytes(CHUNK)
-    while chunk := source.read(CHUNK):
-        if chunk == zeros[: len(chunk)]:
-            out.seek(len(chunk), os.SEEK_CUR)
-        else:
-            out.write(chunk)
-    out.truncate(size)
 
 
 async def _from_store(disk: Path, volumes: Path, name: str, size: int, qemu_img: str) -> None:
