@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -13,8 +14,11 @@ from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.config import Paths
-from vmid.runtime import status, statuswatch
+from vmid.paths import Paths
+from vmid.runtime import status
+
+if TYPE_CHECKING:
+    from vmid.runtime import statuswatch
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
@@ -118,6 +122,8 @@ def _condition(st: VMIStatus, type_: str) -> str:
 def _watch(paths: Paths, args: argparse.Namespace) -> int:
     """Like `kubectl get -w`: the list, then every status as it is written (a table row, or a
     document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
+    from vmid.runtime import statuswatch  # here: a plain `get` needs no inotify
+
     watch = statuswatch.StatusWatch(paths)
     try:
         found = [c for c in watch.current() if c.obj is not None and common.wanted(args, c.obj)]
