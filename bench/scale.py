@@ -46,9 +46,17 @@ spec:
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU seconds of process `pid`, or of its thread `thread` only (its main thread: `pid`)."""
+    where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
+    fields = Path(f"{where}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sys_seconds(pid: int) -> float:
+    """The kernel's share of `cpu_seconds(pid)` (fork, page faults, syscalls)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -79,13 +87,16 @@ def vmid_batch(daemon: Daemon, count: int, idle: float, tag: str) -> dict[str, f
     for name in names:
         (daemon.spool / f".{name}.tmp").write_text(SCALE.format(name=name))
     time.sleep(1)  # the daemon settles: its idle RSS and CPU are the baseline
-    rss_idle, cpu_before = rss_kib(pid), cpu_seconds(pid)
+    rss_idle, cpu_before, loop_before = rss_kib(pid), cpu_seconds(pid), cpu_seconds(pid, pid)
+    sys_before = sys_seconds(pid)
     began = time.monotonic()
     for name in names:
         (daemon.spool / f".{name}.tmp").rename(daemon.spool / f"{name}.yaml")
     wait_all(names, lambda n: daemon.phase(n) == "Running", 600)
     up = time.monotonic() - began
     cpu_launch = cpu_seconds(pid) - cpu_before
+    loop_launch = cpu_seconds(pid, pid) - loop_before
+    sys_launch = sys_seconds(pid) - sys_before
     rss_running = rss_kib(pid)
     idle_before = cpu_seconds(pid)
     time.sleep(idle)
@@ -98,6 +109,8 @@ def vmid_batch(daemon: Daemon, count: int, idle: float, tag: str) -> dict[str, f
         "all_running_s": up,
         "all_gone_s": time.monotonic() - began,
         "cpu_launch_s": cpu_launch,
+        "loop_cpu_launch_s": loop_launch,
+        "sys_cpu_launch_s": sys_launch,
         "rss_idle_kib": rss_idle,
         "rss_running_kib": rss_running,
         "idle_cpu_s": idle_cpu,
@@ -180,7 +193,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
     lines = [
         f"{'VMIs':>5} {'vmid':>8} {'bare -S':>8} {'ratio':>6} {'bare run':>8} {'ratio':>6}"
-        f" {'CPU ms/VMI':>10} {'RSS KiB/VMI':>11} {'idle CPU':>9} {'gone':>7}"
+        f" {'CPU ms/VMI':>10} {'(loop)':>6} {'RSS KiB/VMI':>11} {'idle CPU':>9} {'gone':>7}"
     ]
     for row in rows:
         n = row["vms"]
@@ -191,6 +204,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{n:5d} {up:7.2f}s {paused:7.2f}s {up / paused:5.2f}x {running:7.2f}s "
             f"{up / running:5.2f}x {1000 * median(row, 'cpu_launch_s') / n:10.1f} "
+            f"{1000 * median(row, 'loop_cpu_launch_s') / n:6.1f} "
             f"{rss:11.0f} {idle:8.2f}% {median(row, 'all_gone_s'):6.2f}s"
         )
     return lines
