@@ -39,7 +39,7 @@ from bench.latency import (
     own_tap,
     vmid_launch,
 )
-from bench.scale import SCALE, bare_batch, wait_all
+from bench.scale import SCALE, bare_batch, curve, table, wait_all
 from tests.daemon import FAKE_QEMU, Daemon, running_daemon
 from vmid.api.load import load_text
 from vmid.config import Accelerator, Paths, load_config
@@ -411,6 +411,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--guest-runs", type=int, default=3)
     parser.add_argument("--vms", type=int, default=50)
+    # The scale curve's VMI counts (bench/scale.py); `--curve` alone skips it.
+    parser.add_argument("--curve", type=int, nargs="*", default=[10, 50, 100, 200])
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results.json")
     args = parser.parse_args()
@@ -461,6 +463,9 @@ def main() -> None:
             guest(bench, args.guest_runs, guest_image)
             print(f"{args.vms} VMIs at once, then {args.idle:.0f} s idle ...", file=sys.stderr)
             scale(bench, args.vms, args.idle)
+            if args.curve:
+                print(f"scale curve {args.curve} ...", file=sys.stderr)
+                results["curve"] = curve(daemon, args.curve, 1, min(args.idle, 10.0))
             results.update(bench.results)
             daemon.process.send_signal(signal.SIGTERM)
             daemon.process.wait(timeout=120)
@@ -468,6 +473,10 @@ def main() -> None:
         results["kill_lateness"] = kill_lateness(root, max(3, args.runs // 2))
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(report(results)))
+    if results.get("curve"):
+        print("\nscale curve: N VMIs at once -> all Running, vs N bare QEMUs kept paused (-S) and")
+        print("sent `cont` (running); the daemon's CPU per VMI (its loop thread's), RSS above idle")
+        print("\n".join(table(results["curve"])))
     print(f"\nraw figures: {args.json}")
 
 
