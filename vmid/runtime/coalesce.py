@@ -1,5 +1,6 @@
 """One blocking read shared by the tasks that ask for it at once: fifty VMIs starting together
-read /proc a few times, not fifty (each read also waits on every starting QEMU's memory lock)."""
+read /proc a few times, not fifty (a read of every process's status also waits on the QEMUs
+that are starting)."""
 
 from __future__ import annotations
 
