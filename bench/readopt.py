@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import SCALE as MANIFEST
+from bench.scale import SCALE as MANIFEST
 from tests.daemon import running_daemon
 
 

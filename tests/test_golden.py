@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vmid.cli import render_argv
+from vmid.cli.render import render_argv
 from vmid.config import Accelerator, Paths, load_config
 from vmid.manifests import Planned, plan_file
 

@@ -18,7 +18,8 @@ import pytest
 from tests.daemon import Daemon, fake_config, manifest, running_daemon
 from vmid.api.vmistatus import VMIObject
 from vmid.cli.get import Columns, WatchPrinter
-from vmid.runtime import statuswatch
+from vmid.paths import Paths
+from vmid.runtime import status, statuswatch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -261,6 +262,72 @@ def test_get_does_not_import_trio(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
+
+
+#: What the reading verbs must not import: vmid.yaml's loader and the API, the planner, the
+#: daemon and the libraries only they use (each costs every CLI call tens of milliseconds).
+_NOT_FOR_READING = (
+    "vmid.config",
+    "vmid.api.load",
+    "vmid.api.types",
+    "vmid.api.validate",
+    "vmid.plan.build",
+    "vmid.manifests",
+    "vmid.runtime.daemon",
+    "vmid.runtime.qmp",
+    "vmid.host.network",
+    "ruamel",
+    "trio",
+    "trio_asyncio",
+    "pyroute2",
+    "qemu",
+    "pycdlib",
+)
+
+
+@pytest.mark.parametrize("verb", [["get"], ["describe", "vm-a"], ["logs", "vm-a"], ["--help"]])
+def test_reading_verbs_import_only_what_they_need(tmp_path: Path, verb: list[str]) -> None:
+    """`vmid get`, `describe`, `logs` and `--help` start in a few times a bare Python's time:
+    they import no layer they do not use (bench/startup.py times them)."""
+    _one_running_vmi(tmp_path)
+    code = (
+        "import sys; from vmid import cli\n"
+        "try: code = cli.main(sys.argv[1:])\n"
+        "except SystemExit as exc: code = exc.code\n"
+        "print(code, *sorted(sys.modules), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "--root", str(tmp_path), *verb],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    code, *modules = done.stderr.split()
+    assert code == "0", done.stderr
+    assert done.stdout
+    assert [m for m in modules if m.startswith(_NOT_FOR_READING)] == []
+    # Every verb's parser is registered (its module imported, each a light one): ~45 today.
+    assert len([m for m in modules if m.startswith("vmid")]) <= 50, modules
+
+
+def _one_running_vmi(root: Path) -> None:
+    """The files a daemon leaves for one running VMI `default/vm-a`: its status, its console log."""
+    paths = Paths(root)
+    directory = paths.instance_runtime("default/vm-a")
+    directory.mkdir(parents=True)
+    manifest = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "vm-a", "namespace": "default"},
+        "spec": {"domain": {"devices": {}}},
+    }
+    vmi = status.Status(directory / status.STATUS_FILE, manifest)
+    vmi.transition(status.Phase.SCHEDULED)
+    vmi.transition(status.Phase.RUNNING)
+    vmi.write()
+    paths.instance_logs("default/vm-a").mkdir(parents=True)
+    (paths.instance_logs("default/vm-a") / "console.log").write_text("login:\n")
 
 
 def test_a_second_daemon_on_one_root_is_refused(tmp_path: Path) -> None:

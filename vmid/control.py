@@ -15,7 +15,7 @@ from typing import Any
 
 from vmid.errors import VmidError
 from vmid.host import unixsock
-from vmid.plan.devices import CONSOLE_CHARDEV
+from vmid.plan.ids import CONSOLE_CHARDEV
 
 TIMEOUT = 10.0
 

@@ -6,8 +6,7 @@ import re
 import urllib.parse
 
 DEFAULT_REGISTRY = "docker.io"
-#: vmid's image store: `<state>/images/<store_name(ref)>/disk.img`, a raw file.
-STORE_DIR = "images"
+#: A stored image's file, in its directory under vmid/paths.py's STORE_DIR.
 STORE_FILE = "disk.img"
 # A path component as the OCI distribution spec allows it.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")

@@ -37,10 +37,9 @@ from vmid.cli import (
     vnc,
 )
 from vmid.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
-from vmid.cli.render import plan_as_json, render_argv
 from vmid.errors import VmidError
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "main", "plan_as_json", "render_argv"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,8 +12,6 @@ from vmid.cli import common, spoolfiles
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.cli.spoolfiles import Piece
 from vmid.errors import Problem, VmidError
-from vmid.host import accel
-from vmid.manifests import plan_data, read_file
 
 STDIN = "<stdin>"
 
@@ -52,6 +50,8 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
 
 def inputs(sources: list[str]) -> list[tuple[str, bytes | Problem]]:
     """(name shown, contents or why not) of every file `-f` names, directories expanded."""
+    from vmid.manifests import read_file  # here: the planner is apply's, not every verb's
+
     found: list[tuple[str, bytes | Problem]] = []
     for source in sources:
         if source == "-":
@@ -71,6 +71,9 @@ def inputs(sources: list[str]) -> list[tuple[str, bytes | Problem]]:
 
 def validated(args: argparse.Namespace) -> list[Piece]:
     """Every object of the files `-f` names, or ApplyError listing every problem of them all."""
+    from vmid.host import accel
+    from vmid.manifests import plan_data
+
     config, paths = common.setup(args)
     accelerator = accel.resolve(config.accelerator)
     problems: list[Problem] = []

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from vmid import control
 from vmid.api import names
 from vmid.api.vmistatus import Phase, QemuStatus, VMIObject, VMIStatus
 from vmid.cli import show, spoolfiles
-from vmid.config import Config, Paths, load_config
+from vmid.paths import Paths
 from vmid.runtime import status
+
+if TYPE_CHECKING:
+    from vmid.config import Config
 
 #: The subcommands' parser: each verb's module registers its own (`register`).
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -23,6 +26,10 @@ EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def setup(args: argparse.Namespace) -> tuple[Config, Paths]:
+    """vmid.yaml and the root's paths, for the verbs that plan or pull (imported here: the
+    config's loader brings the whole API, which the reading verbs do without)."""
+    from vmid.config import load_config
+
     paths = Paths(args.root or Path("/"))
     config_file = args.config or paths.config_file
     return load_config(config_file, required=args.config is not None), paths

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
-from vmid.config import Paths
+from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:

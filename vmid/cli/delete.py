@@ -10,9 +10,9 @@ import time
 from vmid.api import names
 from vmid.cli import apply, common, spoolfiles
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.config import Paths
 from vmid.errors import Problem, VmidError
 from vmid.host import pidlock, requests
+from vmid.paths import Paths
 from vmid.runtime.status import STATUS_FILE
 
 #: kubectl's names of the kinds (singular, plural, short).

@@ -13,8 +13,7 @@ from vmid.api.vmistatus import ObjectMeta, QemuStatus, VMIObject
 from vmid.cli import common, show, vm
 from vmid.cli import events as event_verbs
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.config import Paths
-from vmid.runtime import events
+from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
@@ -73,6 +72,8 @@ def _fields(args: argparse.Namespace, obj: VMIObject) -> list[tuple[str, str]]:
 
 def _sections(obj: VMIObject, paths: Paths) -> list[tuple[str, list[str], list[list[str]]]]:
     """The tables below them: each a title, a header and its rows."""
+    from vmid.runtime import events  # here: `vmid get` and the like register this verb too
+
     st = obj.status
     return [
         ("Disks", ["NAME", "TARGET", "BUS"], _disks(obj)),

@@ -11,9 +11,8 @@ from typing import Any
 
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_OK, Commands
-from vmid.config import Paths
 from vmid.host import pidlock
-from vmid.runtime import events
+from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
@@ -46,6 +45,8 @@ EVENTS_WATCH_SECONDS = 1.0
 
 def _events(args: argparse.Namespace) -> int:
     """Like `kubectl get events`, of VMIs only, oldest last seen first."""
+    from vmid.runtime import events  # here: the verbs registered beside this one do without
+
     paths = Paths(args.root or Path("/"))
     directory = paths.events
     namespace = None if args.all_namespaces else common.namespace_of(args)
@@ -65,6 +66,8 @@ def _events(args: argparse.Namespace) -> int:
 def _watch_events(paths: Paths, namespace: str | None, args: argparse.Namespace) -> int:
     """Like `kubectl get events -w`: the events so far, then each one as it comes or is
     counted again, until the daemon stops (inotify; Ctrl+C ends it too)."""
+    from vmid.runtime import events
+
     directory = paths.events
     if not pidlock.running(paths.daemon_pid):
         _print_events(events.read(directory, namespace, args.name), namespace, args.output, {})

@@ -7,6 +7,7 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -14,8 +15,11 @@ from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
 from vmid.cli import common, jsonpath, selector, show, vm
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.config import Paths
-from vmid.runtime import status, statuswatch
+from vmid.paths import Paths
+from vmid.runtime import status
+
+if TYPE_CHECKING:
+    from vmid.runtime import statuswatch
 
 #: kubectl's names of the VMI kind, one of which may come first (`vmid get vmi web`).
 KINDS = ("vmi", "vmis", "virtualmachineinstance", "virtualmachineinstances")
@@ -257,6 +261,8 @@ def _condition(st: VMIStatus, type_: str) -> str:
 def _watch(paths: Paths, args: argparse.Namespace) -> int:
     """Like `kubectl get -w`: the list, then every status as it is written (a table row, or a
     document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
+    from vmid.runtime import statuswatch  # here: a plain `get` needs no inotify
+
     watch = statuswatch.StatusWatch(paths)
     try:
         found = [c for c in watch.current() if c.obj is not None and common.wanted(args, c.obj)]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.config import Paths
 from vmid.errors import ConfigError, StateUnreadable
+from vmid.paths import Paths
 from vmid.runtime import status
 
 

@@ -17,8 +17,8 @@ from typing import BinaryIO
 from vmid.api import names
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.config import Paths
 from vmid.host import logfile
+from vmid.paths import Paths
 from vmid.runtime import status
 
 #: How often `-f` looks for more (the log is a file the daemon appends to).

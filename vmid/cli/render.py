@@ -10,17 +10,17 @@ import shlex
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import cattrs
+from typing import TYPE_CHECKING, Any
 
 from vmid.cli import apply, common
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.config import Accelerator, Config, Paths
-from vmid.host import accel, firmwareid
-from vmid.manifests import Planned, plan_data, plan_file
-from vmid.plan.build import build
-from vmid.plan.model import LaunchPlan
+
+# The planner (and the API below it) is imported by the functions that plan: every other verb
+# registers its parser beside these two without paying for it.
+if TYPE_CHECKING:
+    from vmid.config import Accelerator, Config, Paths
+    from vmid.manifests import Planned
+    from vmid.plan.model import LaunchPlan
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
@@ -67,6 +67,9 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
 def _plan_files(
     args: argparse.Namespace, files: list[Path]
 ) -> Iterator[tuple[Path, list[Planned], list[str]]]:
+    from vmid.host import accel
+    from vmid.manifests import plan_file
+
     config, paths = common.setup(args)
     accelerator = accel.resolve(config.accelerator)
     for file in files:
@@ -75,6 +78,9 @@ def _plan_files(
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from vmid.host import accel
+    from vmid.manifests import plan_data
+
     config, paths = common.setup(args)
     accelerator = accel.resolve(config.accelerator)
     status = EXIT_OK
@@ -101,6 +107,8 @@ def _render(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     if problems or not planned:
         return EXIT_ERROR
+    from vmid.host import accel
+
     config, paths = common.setup(args)
     accelerator = accel.resolve(config.accelerator)
     plans = [_as_the_daemon_plans(item, config, paths, accelerator) for item in planned]
@@ -120,6 +128,9 @@ def _as_the_daemon_plans(
 ) -> LaunchPlan:
     """The plan with the firmware UUID the daemon uses for this VMI under `paths`, or said to be
     a placeholder when the daemon has not chosen one yet."""
+    from vmid.host import firmwareid
+    from vmid.plan.build import build
+
     vmi = item.manifest.vmi
     if item.manifest.vm is not None or not firmwareid.generated(vmi):
         return item.plan  # a VM's VMIs have its name-derived UUID, whatever the daemon does
@@ -154,6 +165,8 @@ def _is_flag_only(line: str) -> bool:
 
 def plan_as_json(plan: LaunchPlan) -> Any:
     """The plan as JSON-ready data; file contents as text, or base64 when they are binary."""
+    import cattrs
+
     converter = cattrs.Converter()
     converter.register_unstructure_hook(bytes, _bytes_text)
     data = converter.unstructure(plan)

@@ -9,8 +9,8 @@ import time
 from vmid import control
 from vmid.cli import common, vm
 from vmid.cli.common import EXIT_OK, Commands
-from vmid.config import Paths
 from vmid.host import pidlock, requests
+from vmid.paths import Paths
 
 #: How long the daemon has to take the request (it does within milliseconds: inotify).
 TAKE_SECONDS = 10.0

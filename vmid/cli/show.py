@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
 from vmid.api.vmistatus import FILE_ANNOTATION, VMIObject
 
 
@@ -19,6 +17,8 @@ def print_data(data: Any, output: str) -> None:
     if output == "json":
         print(json.dumps(data, indent=2))
         return
+    from ruamel.yaml import YAML  # here: only `-o yaml` pays for ruamel's import
+
     yaml = YAML()
     yaml.default_flow_style = False
     yaml.dump(data, sys.stdout)

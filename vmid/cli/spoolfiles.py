@@ -15,12 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import YAMLError
 
 from vmid.api import names
-from vmid.api.load import MAX_BYTES
 from vmid.errors import VmidError
 from vmid.host import safefile
 
@@ -93,6 +89,9 @@ def _chunks(text: str) -> Iterator[str]:
 
 
 def _load(chunk: str) -> Any:
+    from ruamel.yaml import YAML  # here: `vmid get` imports this module, not YAML's parser
+    from ruamel.yaml.error import YAMLError
+
     try:
         return YAML(typ="safe", pure=True).load(chunk)
     except (YAMLError, ValueError):
@@ -101,6 +100,9 @@ def _load(chunk: str) -> Any:
 
 def _with_namespace(chunk: str, namespace: str) -> tuple[str, Any]:
     """The document with `metadata.namespace` written in, comments kept (ruamel round-trip)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
     yaml = YAML()
     # JSON (flow style) is written back as YAML's block style: a file people read and edit.
     document = yaml.load(chunk) if not chunk.lstrip().startswith("{") else _load(chunk)
@@ -136,6 +138,8 @@ class Located:
 def index(spool: Path) -> dict[tuple[str, str], Located]:
     """Every object in the spool by (kind, key); a key two files claim: the first file's, as
     the daemon decides. Unreadable files are left out (the daemon shows them)."""
+    from vmid.api.load import MAX_BYTES  # here: the reading verbs import this module
+
     found: dict[tuple[str, str], Located] = {}
     try:
         entries = sorted(e for e in os.listdir(spool) if manifest_name(e))

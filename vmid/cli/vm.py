@@ -16,8 +16,8 @@ from vmid.api import names
 from vmid.api.vmistatus import FILE_ANNOTATION, Phase, VMIObject
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.config import Paths
 from vmid.host import pidlock
+from vmid.paths import Paths
 from vmid.runtime import status, vmstate
 from vmid.runtime.vmstate import Request, RequestError
 

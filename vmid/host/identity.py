@@ -21,6 +21,7 @@ import contextlib
 import grp
 import os
 import pwd
+from collections.abc import Mapping, Set
 from pathlib import Path
 
 import attrs
@@ -54,11 +55,14 @@ def vmi_user(uid: int, vmi: str) -> QemuUser:
     return QemuUser(f"VMI {vmi}'s QEMU (uid {uid})", uid, uid, groups)
 
 
-def allocate(state: Path, first: int, count: int) -> int:
+def allocate(
+    state: Path, first: int, count: int, running: Mapping[int, Set[int]] | None = None
+) -> int:
     """The uid recorded in the VMI's state directory `state` (`.../NAMESPACE/NAME`), else a new
     one (no other VMI's, of any namespace), recorded first.
 
-    Callers serialise calls (two VMIs must not pick the same free number at once).
+    Callers serialise calls (two VMIs must not pick the same free number at once). `running`:
+    the processes' ids (`running_ids`) read after the caller asked; None: read them now.
 
     Raises:
         IdentityError: every uid of the range is taken.
@@ -66,7 +70,9 @@ def allocate(state: Path, first: int, count: int) -> int:
     uid = recorded(state)
     if uid is not None:
         return uid
-    taken = _recorded_uids(state.parents[1]) | _running_ids()
+    if running is None:
+        running = running_ids()
+    taken = _recorded_uids(state.parents[1]).union(*running.values())
     for uid in range(first, first + count):
         if uid not in taken and not _named(uid):
             _record(state, uid)
@@ -121,9 +127,16 @@ def _recorded_uids(instances: Path) -> set[int]:
     return uids
 
 
-def processes_of(uid: int) -> list[int]:
-    """The live processes running with `uid` as one of their uids or gids."""
-    return [pid for pid in _pids() if uid in ids_of(pid)]
+def processes_of(uid: int, running: Mapping[int, Set[int]] | None = None) -> list[int]:
+    """The live processes running with `uid` as one of their uids or gids (in `running`, read
+    by `running_ids` after the caller asked; None: read now)."""
+    running = running_ids() if running is None else running
+    return [pid for pid, ids in running.items() if uid in ids]
+
+
+def running_ids() -> dict[int, Set[int]]:
+    """Every live process's uids and gids (`ids_of`), by pid."""
+    return {pid: ids_of(pid) for pid in _pids()}
 
 
 def ids_of(pid: int) -> set[int]:
@@ -138,13 +151,6 @@ def ids_of(pid: int) -> set[int]:
         return {int(n) for key in ("Uid", "Gid") for n in fields[key].split()}
     except (OSError, KeyError, ValueError):  # gone meanwhile
         return set()
-
-
-def _running_ids() -> set[int]:
-    ids: set[int] = set()
-    for pid in _pids():
-        ids |= ids_of(pid)
-    return ids
 
 
 def _pids() -> list[int]:

@@ -6,7 +6,6 @@ No trio here: the daemon waits on the fd with trio, `vmid get -w` with poll(2).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from pathlib import Path
@@ -28,7 +27,9 @@ class Event:
     name: str
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# glibc's soname, not ctypes.util.find_library("c"): that runs `ldconfig -p` and costs every
+# CLI call that reads events (`vmid describe`) several milliseconds.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def open_fd() -> int:

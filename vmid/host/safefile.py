@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -99,7 +98,7 @@ def write_atomically(
     Raises:
         OSError: it cannot be written (nothing is left behind but the old file).
     """
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    staging = path.with_name(f".{path.name}.{os.urandom(8).hex()}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         with os.fdopen(os.open(staging, flags, mode), "wb") as stream:

@@ -6,12 +6,11 @@ from collections.abc import Iterator
 
 from vmid.api import types as t
 from vmid.plan.context import Context
+from vmid.plan.ids import CONSOLE_CHARDEV
 from vmid.plan.model import Access, device_id
 from vmid.plan.qemu import options
 
 CONSOLE_SOCKET = "console.sock"
-#: `vmid console` asks QEMU about it by this id.
-CONSOLE_CHARDEV = "charserial0"
 VNC_SOCKET = "vnc.sock"
 AGENT_SOCKET = "qga.sock"
 _VIDEO = {

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ class Instance:
         logs: Logs | None = None,
         stop_mode: Callable[[], StopMode] = lambda: StopMode.POWER_OFF,
         images: Puller | None = None,
+        processes: Callable[[], Awaitable[Mapping[int, Set[int]]]] | None = None,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
@@ -122,7 +123,8 @@ class Instance:
         before the launch; it may pass through vmid's directories `traverse`. `logs`: the bounds
         of its log files. `stop_mode`: what a cancellation means, asked when it comes.
         `images`: where containerDisk images come from (pulled as their policy says); without
-        it, from the store only.
+        it, from the store only. `processes`: every process's ids (`identity.running_ids`), read
+        after it is called (the supervisor shares one read among the VMIs starting at once).
         """
         self.plan = plan
         self.status = status
@@ -136,6 +138,7 @@ class Instance:
         self._adopt = adopt
         self._user = user
         self._traverse = traverse
+        self._processes = processes or _read_processes
         self._process: trio.Process | AdoptedProcess | None = None
         #: QEMU's real argv (its fd numbers, not the plan's placeholders), once it runs.
         self._argv: list[str] = []
@@ -212,7 +215,8 @@ class Instance:
         if self._adopt is not None:
             await self._readopt(self._adopt)
             return
-        await trio.to_thread.run_sync(self._check_alone)
+        running = await self._processes() if self._user is not None else {}
+        await trio.to_thread.run_sync(self._check_alone, running)
         self.status.write()
         await self._prepare()
         await self._attach()
@@ -239,7 +243,7 @@ class Instance:
             )
         await self._boot()
 
-    def _check_alone(self) -> None:
+    def _check_alone(self, running: Mapping[int, Set[int]]) -> None:
         """Never two QEMUs on one VM's disks: refuse to launch while a process of this VMI runs
         that vmid does not supervise (in its directory, or as its uid, which is its alone).
 
@@ -249,7 +253,7 @@ class Instance:
         instances = Path(self.plan.cwd).parents[2]  # .../namespaces/NAMESPACE/NAME/qemu
         pids = find_qemus(instances, QEMU_DIR).get(self.plan.name, [])
         if self._user is not None:
-            pids += identity.processes_of(self._user.uid)
+            pids += identity.processes_of(self._user.uid, running)
         if pids:
             raise LaunchError(
                 f"a process of this VMI that vmid does not supervise is running (pid {pids[0]}); "
@@ -794,3 +798,7 @@ def _remove_sockets(plan: LaunchPlan) -> None:
         if path:
             Path(path).unlink(missing_ok=True)
     Path(plan.sockets.control).with_name(AGENT_REQUESTS).unlink(missing_ok=True)
+
+
+async def _read_processes() -> Mapping[int, Set[int]]:
+    return await trio.to_thread.run_sync(identity.running_ids)

@@ -24,9 +24,9 @@ from vmid.api.vmistatus import (
     VolumeStatus,
 )
 from vmid.api.vmistatus import Phase as Phase  # where the writer's users import it from
-from vmid.config import Paths
 from vmid.errors import StateUnreadable
 from vmid.host import safefile
+from vmid.paths import Paths
 
 if TYPE_CHECKING:
     from vmid.runtime.events import EventStore

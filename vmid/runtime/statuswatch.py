@@ -18,8 +18,8 @@ from pathlib import Path, PurePath
 import attrs
 
 from vmid.api.vmistatus import VMIObject
-from vmid.config import Paths
 from vmid.host import inotify, pidlock
+from vmid.paths import Paths
 from vmid.runtime import status
 
 _MASK = (

@@ -28,6 +28,7 @@ from vmid.manifests import Entry
 from vmid.plan.build import build
 from vmid.plan.model import LaunchPlan
 from vmid.runtime import events, logs, takeover
+from vmid.runtime.coalesce import Coalesced
 from vmid.runtime.instance import Instance, StopMode
 from vmid.runtime.network import Network
 from vmid.runtime.pull import Puller, PullSettings
@@ -113,6 +114,8 @@ class Supervisor:
         self._changed = trio.Event()
         #: One uid allocation at a time: two VMIs must never pick the same free number.
         self._uids = trio.Lock()
+        #: Which processes run as which ids: read once for all the VMIs starting at once.
+        self._processes = Coalesced(identity.running_ids)
         network.on_dhcp(self._dhcp_changed)
 
     def __repr__(self) -> str:
@@ -614,6 +617,7 @@ class Supervisor:
             logs=self._config.logs,
             stop_mode=lambda: vm.stop_mode,
             images=self._images,
+            processes=self._processes.get,
         )
         instance.grace = vm.grace
         return instance
@@ -648,8 +652,13 @@ class Supervisor:
                 log.warning("%s: its QEMU runs as root (qemuAsRoot: true in vmid.yaml)", name)
             return None
         uids = self._config.qemuUids
+        # Read before the lock, shared with the VMIs starting meanwhile: under it, each VMI
+        # would read /proc in turn. A uid given meanwhile is in its VMI's record, read anew.
+        running = await self._processes.get()
         async with self._uids:
-            uid = await trio.to_thread.run_sync(identity.allocate, state, uids.first, uids.count)
+            uid = await trio.to_thread.run_sync(
+                identity.allocate, state, uids.first, uids.count, running
+            )
         return identity.vmi_user(uid, name)
 
     def _plan(self, vmi: t.VirtualMachineInstance) -> LaunchPlan:

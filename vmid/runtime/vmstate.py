@@ -4,20 +4,23 @@ VM's status file. Shared by the daemon and the CLI."""
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from vmid.api import names
-from vmid.api.vm import RunStrategy
-from vmid.config import Paths
 from vmid.errors import VmidError
 from vmid.host import safefile
+from vmid.paths import Paths
+
+if TYPE_CHECKING:  # the VM model is the API's: `vmid get` imports this module, not it
+    from vmid.api.vm import RunStrategy
 
 STATE_FILE = "state.json"
 STATUS_FILE = "status.json"
@@ -49,7 +52,7 @@ class Kept:
 
     def to_data(self) -> dict[str, Any]:
         return {
-            k: (v.value if isinstance(v, RunStrategy) else v) for k, v in attrs.asdict(self).items()
+            k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(self).items()
         }
 
 
@@ -70,6 +73,8 @@ def load_kept(paths: Paths, key: str) -> Kept | None:
 
 
 def _strategy(value: object) -> RunStrategy | None:
+    from vmid.api.vm import RunStrategy
+
     return RunStrategy(value) if isinstance(value, str) else None
 
 
