@@ -86,7 +86,9 @@ def qemus(root: Path) -> dict[str, list[int]]:
         if not entry.isdigit():
             continue
         with contextlib.suppress(OSError):
-            cwd = os.readlink(f"/proc/{entry}/cwd")
+            # A QEMU whose directory was deleted under it is an orphan the daemon can no
+            # longer reach: counted all the same (the kernel marks its cwd " (deleted)").
+            cwd = os.readlink(f"/proc/{entry}/cwd").removesuffix(" (deleted)")
             state, parent = _stat(int(entry))
             if cwd.startswith(base) and cwd.endswith("/qemu") and state != "Z":
                 found[int(entry)] = (cwd[len(base) : -len("/qemu")], parent)
