@@ -9,6 +9,7 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
   crash      exit with status 1 right after `cont`
   refuse     print an error like QEMU's and exit 1 before opening the monitor
   stall      never answer its first client's query-status (a daemon that dies before `cont`)
+  slow-takeover  answer a later client's query-status (a daemon taking it over) after 2 s
   spoof-IP   a hostile guest on its tap (net0): it claims address IP (an ARP reply and a UDP
              packet from IP) and sends from another MAC, every 0.2 s; plus one frame the
              anti-spoofing rules let through (an ARP probe), so an observer sees the tap works
@@ -292,6 +293,8 @@ class FakeQemu:
             command, ident = request["execute"], request.get("id")
             if command == "query-status" and self.mode == "stall" and self.clients == 1:
                 continue
+            if command == "query-status" and self.mode == "slow-takeover" and self.clients > 1:
+                time.sleep(2)
             result: object = {}
             if command == "query-status":
                 result = {"status": self.runstate, "running": self.runstate == "running"}

@@ -930,3 +930,32 @@ def test_a_vmi_paused_on_a_disk_error_is_paused_io_error_when_re_adopted(tmp_pat
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_keep_stop_while_a_removed_vmi_is_taken_over_leaves_its_qemu_its_files(
+    tmp_path: Path,
+) -> None:
+    """Its manifest went while vmid was down; a stop with `keep` comes while the next daemon
+    takes its QEMU over: the QEMU runs on, so its directory must stay (it was deleted under
+    the running QEMU, an orphan no daemon could find again), and the next daemon stops it."""
+    keep = fake_config("onDaemonStop: keep\n")
+    with running_daemon(tmp_path, keep) as first:
+        first.drop("vm-a.yaml", manifest("vm-a", mode="slow-takeover"))
+        first.wait_phase("vm-a", "Running")
+        pid = first.pid("vm-a")
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(timeout=30) == 0
+    try:
+        (tmp_path / "etc/vmid/instances/vm-a.yaml").unlink()  # removed while vmid was down
+        with running_daemon(tmp_path, keep) as second:
+            second.wait_for("the take-over", lambda: "taking it over" in second.log_text())
+            second.process.send_signal(signal.SIGTERM)  # its query-status takes 2 s more
+            assert second.process.wait(timeout=30) == 0
+        assert _alive(pid)
+        assert (tmp_path / "run/vmid/namespaces/default/vm-a/qemu").is_dir()
+        with running_daemon(tmp_path, fake_config()) as third:
+            third.wait_for("its QEMU to be stopped", lambda: not _alive(pid))
+            third.wait_phase("vm-a", None)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

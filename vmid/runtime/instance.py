@@ -181,7 +181,7 @@ class Instance:
                 try:
                     await self._run(task_status)
                 finally:
-                    self._logs.end(detached=self._left_running)
+                    self._logs.end(detached=self.left_running)
         except BaseExceptionGroup as group:  # the log pipes never fail: raise what the VM did
             if len(group.exceptions) != 1:
                 raise
@@ -203,8 +203,8 @@ class Instance:
                 await self._end(None)
 
     @property
-    def _left_running(self) -> bool:
-        """QEMU runs on and is left so on purpose (a daemon stopping with `keep`)."""
+    def left_running(self) -> bool:
+        """Its QEMU runs on and is left so on purpose (a daemon stopping with `keep`)."""
         alive = self._process is not None and self._process.returncode is None
         return alive and self._stop_mode() is StopMode.LEAVE_RUNNING
 
@@ -629,7 +629,7 @@ class Instance:
         """The shutdown ladder; runs shielded, ends when QEMU has exited."""
         if self._process is None or self._process.returncode is not None:
             return
-        if self._left_running:
+        if self.left_running:
             self.log.info("left running (onDaemonStop: keep)")
             return
         grace = self.plan.gracePeriodSeconds if self.grace is None else self.grace
@@ -701,7 +701,7 @@ class Instance:
         if self._monitor is not None:
             with trio.move_on_after(CLEANUP_TIMEOUT):
                 await self._monitor.aclose()
-        if failure is None and self._left_running:
+        if failure is None and self.left_running:
             return
         if self._process is not None:  # the sockets are ours only if our QEMU made them
             _remove_sockets(self.plan)

@@ -549,7 +549,11 @@ class Supervisor:
             except Exception as exc:  # a bug in one VMI's handling must not stop the others
                 log.exception("%s: internal error", name)
                 self._failed(vm, f"internal error in vmid: {exc!r}")
-        if vm.remove or vm.successor is not None:
+        if vm.instance is not None and vm.instance.left_running:
+            # The daemon stops with `keep` (even while this VMI was on its way out): its QEMU
+            # runs on, so its files stay for the next daemon, which decides anew.
+            vm.done.set()
+        elif vm.remove or vm.successor is not None:
             await self._end(name, vm)
         else:
             vm.task_ended = True
