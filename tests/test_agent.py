@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from vmid.errors import AgentError
 from vmid.runtime import agent
 
 pytestmark = pytest.mark.timeout(30)
@@ -76,7 +77,7 @@ async def test_sync_skips_what_came_before_and_commands_answer(tmp_path: Path) -
         guest = connected_agent(path)
         assert await guest.call("guest-get-host-name") == {"host-name": "g"}
         assert await guest.call("guest-get-host-name") == {"host-name": "g"}
-        with pytest.raises(agent.AgentError, match="guest-fsfreeze-freeze: CommandNotFound"):
+        with pytest.raises(AgentError, match="guest-fsfreeze-freeze: CommandNotFound"):
             await guest.call("guest-fsfreeze-freeze")
         await guest.aclose()
         nursery.cancel_scope.cancel()
@@ -98,7 +99,7 @@ async def test_a_guest_flooding_its_channel_is_cut_off_not_buffered(tmp_path: Pa
     async with trio.open_nursery() as nursery:
         await serve_agent(nursery, path, flood)
         guest = connected_agent(path)
-        with pytest.raises(agent.AgentError, match="too much"):
+        with pytest.raises(AgentError, match="too much"):
             await guest.call("guest-ping", within=20)
         await guest.aclose()
         assert sent < 4 * agent.MAX_REPLY_BYTES  # it stopped reading: the guest is blocked
@@ -118,7 +119,7 @@ async def test_an_endless_line_is_refused(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         await serve_agent(nursery, path, endless)
         guest = connected_agent(path)
-        with pytest.raises(agent.AgentError, match="exceeds"):
+        with pytest.raises(AgentError, match="exceeds"):
             await guest.call("guest-ping", within=20)
         await guest.aclose()
         nursery.cancel_scope.cancel()
@@ -134,7 +135,7 @@ async def test_a_silent_agent_times_out(tmp_path: Path, autojump_clock: trio.abc
         await serve_agent(nursery, path, silent)
         start = trio.current_time()
         guest = connected_agent(path)
-        with pytest.raises(agent.AgentError, match="did not answer within 5 s"):
+        with pytest.raises(AgentError, match="did not answer within 5 s"):
             await guest.call("guest-ping")
         await guest.aclose()
         assert trio.current_time() - start == pytest.approx(agent.COMMAND_TIMEOUT)
@@ -143,9 +144,9 @@ async def test_a_silent_agent_times_out(tmp_path: Path, autojump_clock: trio.abc
 
 async def test_no_call_while_the_port_is_closed(tmp_path: Path) -> None:
     guest = agent.GuestAgent("test", tmp_path / "qga.sock", lambda: None)
-    with pytest.raises(agent.AgentError, match="not connected"):
+    with pytest.raises(AgentError, match="not connected"):
         await guest.call("guest-ping")
-    with pytest.raises(agent.AgentError, match="VMI does not have guest agent connected"):
+    with pytest.raises(AgentError, match="VMI does not have guest agent connected"):
         await guest.request("guestosinfo")
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import fake_config, manifest, running_daemon
+from vmid.errors import DiskFileError, StorageError
 from vmid.host import beneath
-from vmid.host.storage import ImageStore, StorageError, prepare
+from vmid.host.storage import ImageStore, prepare
 from vmid.plan.model import HostFile
 
 pytestmark = [
@@ -73,7 +74,7 @@ def test_a_symlink_as_the_hostdisk_itself_is_refused_even_to_a_file_inside(
     roots.mkdir()
     (roots / "real.img").write_bytes(b"\0" * 4096)
     (roots / "link.img").symlink_to(roots / "real.img")
-    with pytest.raises(beneath.DiskFileError, match=r"link.img is a symbolic link \(to "):
+    with pytest.raises(DiskFileError, match=r"link.img is a symbolic link \(to "):
         beneath.open_beneath(str(roots), str(roots / "link.img"), os.O_RDONLY)
 
 
@@ -81,12 +82,12 @@ def test_a_claim_may_only_be_a_root_owned_symlink_to_a_block_device(tmp_path: Pa
     volumes = tmp_path / "volumes"
     volumes.mkdir()
     (volumes / "db.img").symlink_to("/etc/shadow")
-    with pytest.raises(beneath.DiskFileError, match="which is not a block device"):
+    with pytest.raises(DiskFileError, match="which is not a block device"):
         beneath.open_beneath(
             str(volumes), str(volumes / "db.img"), os.O_RDONLY, block_device_link=True
         )
     os.chown(volumes / "db.img", 65534, 65534, follow_symlinks=False)
-    with pytest.raises(beneath.DiskFileError, match="is a symbolic link"):
+    with pytest.raises(DiskFileError, match="is a symbolic link"):
         beneath.open_beneath(
             str(volumes), str(volumes / "db.img"), os.O_RDONLY, block_device_link=True
         )

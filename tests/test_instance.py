@@ -22,9 +22,10 @@ from vmid import cli, control
 from vmid.api.dump import to_data
 from vmid.api.load import load_text
 from vmid.config import Accelerator, Config, Paths
+from vmid.errors import LaunchError
 from vmid.host.storage import ImageStore
 from vmid.plan.build import build
-from vmid.runtime.instance import Instance, LaunchError
+from vmid.runtime.instance import Instance
 from vmid.runtime.network import Network
 from vmid.runtime.status import IllegalTransition, Phase, Status, now
 

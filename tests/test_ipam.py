@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from vmid.errors import NetworkError
 from vmid.host import ipam
-from vmid.host.network import NetworkError
 from vmid.plan.model import Port, Tap
 
 POOL = IPv4Network("10.0.2.0/24")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from vmid.errors import NetworkError
 from vmid.host import listeners
-from vmid.host.network import NetworkError
 from vmid.plan.model import Port
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid ...\n"

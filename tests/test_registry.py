@@ -29,8 +29,9 @@ from tests.registry import (
     raw_disk,
     registry,
 )
+from vmid.errors import PullError
 from vmid.host import registry as pulling
-from vmid.host.registry import PullError, extract_disk
+from vmid.host.registry import extract_disk
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from vmid.cli import main
-from vmid.host.storage import ImageStore, StorageError, prepare
+from vmid.errors import StorageError
+from vmid.host.storage import ImageStore, prepare
 from vmid.plan.model import EfiVars, EmptyDisk, HostFile, ImageOverlay
 
 pytestmark = [

@@ -23,7 +23,7 @@ import trio
 from tests.daemon import Daemon, fake_config, leave_running, manifest, running_daemon
 from tests.test_network import links, vmi
 from vmid.config import QemuUids, load_config
-from vmid.errors import ConfigError
+from vmid.errors import ConfigError, IdentityError
 from vmid.host import identity
 
 pytestmark = pytest.mark.timeout(120)
@@ -303,12 +303,12 @@ async def test_allocation_skips_uids_of_records_processes_and_users(tmp_path: Pa
     try:
         got = [identity.allocate(instances / n, first, 3) for n in ("a/x", "b/x", "a/x")]
         assert got == [first, first + 2, first]  # first + 1 is a process's; a keeps its own
-        with pytest.raises(identity.IdentityError, match="no uid left"):
+        with pytest.raises(IdentityError, match="no uid left"):
             identity.allocate(instances / "c/x", first, 3)
     finally:
         sleeper.kill()
         await sleeper.wait()
-    with pytest.raises(identity.IdentityError):
+    with pytest.raises(IdentityError):
         identity.allocate(instances / "d/x", 0, 1)  # root is a user: never given to a QEMU
 
 

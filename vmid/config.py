@@ -14,7 +14,7 @@ import attrs
 from vmid.api import load
 from vmid.api.quantity import Quantity
 from vmid.api.types import Enum
-from vmid.errors import ConfigError, ManifestError
+from vmid.errors import ConfigError, FileRefused, ManifestError
 from vmid.host import safefile
 from vmid.paths import NAMESPACES as NAMESPACES  # where vmid's users import them from
 from vmid.paths import Paths as Paths
@@ -172,7 +172,7 @@ def load_config(file: Path, required: bool) -> Config:
         if required:
             raise ConfigError(f"{file}: no such configuration file") from None
         return Config()
-    except safefile.FileRefused as exc:
+    except FileRefused as exc:
         raise ConfigError(f"{file}: not read: it is {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {os.strerror(exc.errno or 0)}") from exc

@@ -13,15 +13,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from vmid.errors import VmidError
+from vmid.errors import ControlError
 from vmid.host import unixsock
 from vmid.plan.ids import CONSOLE_CHARDEV
 
 TIMEOUT = 10.0
-
-
-class ControlError(VmidError):
-    """The VM's QMP socket could not be reached, or QEMU refused the command."""
 
 
 def execute(qmp_socket: Path, command: str, arguments: Mapping[str, Any] | None = None) -> Any:

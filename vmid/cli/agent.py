@@ -17,7 +17,7 @@ from typing import Any
 from vmid.api.vmistatus import QemuStatus, VMIStatus
 from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
-from vmid.errors import VmidError
+from vmid.errors import AgentRequestError
 from vmid.host import unixsock
 
 #: guest-shutdown is sent within 10 s by the daemon; reading the info is instant.
@@ -30,10 +30,6 @@ VERBS = (
     ("userlist", "the users logged in to the guest, from its guest agent"),
     ("fslist", "the guest's file systems, from its guest agent"),
 )
-
-
-class AgentRequestError(VmidError):
-    """The daemon could not be asked, or the guest agent could not answer."""
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from vmid.api import names
 from vmid.cli import common, spoolfiles
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.cli.spoolfiles import Piece
-from vmid.errors import Problem, VmidError
+from vmid.errors import ApplyError, Problem, SpoolError
 
 STDIN = "<stdin>"
 
@@ -94,10 +94,6 @@ def validated(args: argparse.Namespace) -> list[Piece]:
     return pieces
 
 
-class ApplyError(VmidError):
-    """An input is invalid: nothing is applied."""
-
-
 def _namespace_problem(shown: str, piece: Piece, args: argparse.Namespace) -> Problem | None:
     namespace = names.split(piece.key)[0]
     if args.namespace is None or namespace == args.namespace:
@@ -132,7 +128,7 @@ def _apply(args: argparse.Namespace) -> int:
         located = spoolfiles.index(spool).get((piece.kind, piece.key))
         try:
             print(f"{piece.resource} {_install(spool, piece, located)}", flush=True)
-        except spoolfiles.SpoolError as exc:
+        except SpoolError as exc:
             print(f"vmid: {exc}", file=sys.stderr)
             status = EXIT_ERROR
     return status
@@ -147,7 +143,7 @@ def _install(spool: Path, piece: Piece, located: spoolfiles.Located | None) -> s
         return "configured"
     target = spoolfiles.own_file(spool, piece)
     if located is None and target.exists():
-        raise spoolfiles.SpoolError(
+        raise SpoolError(
             f"{target} holds other objects; {piece.resource} was not applied: move them out"
         )
     spoolfiles.install(target, piece.text)

@@ -7,10 +7,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from vmid import control
 from vmid.api import names
 from vmid.api.vmistatus import Phase, QemuStatus, VMIObject, VMIStatus
 from vmid.cli import show, spoolfiles
+from vmid.errors import ControlError
 from vmid.paths import Paths
 from vmid.runtime import status
 
@@ -66,10 +66,10 @@ def running(args: argparse.Namespace) -> tuple[Path, QemuStatus, VMIStatus]:
     paths = Paths(args.root or Path("/"))
     obj = find(args, paths)
     if obj is None:
-        raise control.ControlError(not_found(args))
+        raise ControlError(not_found(args))
     st, qemu = obj.status, obj.status.qemu
     if st.phase is not Phase.RUNNING or qemu is None or not qemu.qmpSocket:
-        raise control.ControlError(f"VMI {args.name} is not running (phase {st.phase})")
+        raise ControlError(f"VMI {args.name} is not running (phase {st.phase})")
     return Path(qemu.qmpSocket), qemu, st
 
 

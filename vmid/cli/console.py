@@ -19,6 +19,7 @@ from pathlib import Path
 from vmid import control
 from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
+from vmid.errors import ControlError
 from vmid.host import unixsock
 
 
@@ -43,19 +44,19 @@ def _console(args: argparse.Namespace) -> int:
     qmp_socket, qemu, _ = common.running(args)
     path = qemu.consoleSocket
     if not path:
-        raise control.ControlError(f"VMI {args.name} has no serial console")
+        raise ControlError(f"VMI {args.name} has no serial console")
     with _console_lock(args.name, Path(path)):
         # QEMU serves one client at a time: a second one's connect() succeeds, and what it
         # types waits unread until the first leaves.
         if control.console_attached(qmp_socket):
-            raise control.ControlError(
+            raise ControlError(
                 f"{args.name}: its console is already attached (another client is connected "
                 f"to {path})"
             )
         try:
             sock = unixsock.connect(Path(path))
         except OSError as exc:
-            raise control.ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+            raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
         print(
             f"Successfully connected to {args.name} console. Press Ctrl+] to exit console.",
             file=sys.stderr,
@@ -79,7 +80,7 @@ def _console_lock(name: str, console_socket: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise control.ControlError(
+            raise ControlError(
                 f"{name}: its console is already attached (another vmid console is connected)"
             ) from None
         yield

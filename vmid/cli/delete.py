@@ -10,7 +10,7 @@ import time
 from vmid.api import names
 from vmid.cli import apply, common, spoolfiles
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.errors import Problem, VmidError
+from vmid.errors import DeleteError, Problem
 from vmid.host import pidlock, requests
 from vmid.paths import Paths
 from vmid.runtime.status import STATUS_FILE
@@ -75,10 +75,6 @@ def _boolean(text: str) -> bool:
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"{text!r} is neither true nor false")
     return text.lower() == "true"
-
-
-class DeleteError(VmidError):
-    """What to delete is not said, or not there."""
 
 
 def _targets(args: argparse.Namespace) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
 from vmid.cli import common, jsonpath, selector, show, vm
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
+from vmid.errors import JSONPathError
 from vmid.paths import Paths
 from vmid.runtime import status
 
@@ -176,7 +177,7 @@ def _custom_columns(spec: str, objects: list[VMIObject]) -> list[list[str]]:
     for part in spec.split(","):
         header, sep, path = part.partition(":")
         if not sep or not header or not path:
-            raise jsonpath.JSONPathError(f"custom-columns: {part!r} is not HEADER:PATH")
+            raise JSONPathError(f"custom-columns: {part!r} is not HEADER:PATH")
         template = path if path.startswith("{") else "{" + path + "}"
         columns.append((header, jsonpath.Template(template)))
     rows = [[header for header, _ in columns]]

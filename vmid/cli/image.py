@@ -109,7 +109,8 @@ def _image_list(args: argparse.Namespace) -> int:
 
 def _image_rm(args: argparse.Namespace) -> int:
     from vmid.api import imageref
-    from vmid.host.storage import ImageStore, StorageError
+    from vmid.errors import StorageError
+    from vmid.host.storage import ImageStore
 
     config, paths = common.setup(args)
     store = ImageStore(paths.images, config.qemuImg)

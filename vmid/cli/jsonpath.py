@@ -13,12 +13,7 @@ from typing import Any
 
 import attrs
 
-from vmid.errors import VmidError
-
-
-class JSONPathError(VmidError):
-    """A template that does not parse."""
-
+from vmid.errors import JSONPathError
 
 Step = Callable[[Any], Iterator[Any]]
 

@@ -12,6 +12,7 @@ from vmid import control
 from vmid.api.vmistatus import QemuStatus, VMIStatus
 from vmid.cli import agent, common
 from vmid.cli.common import EXIT_OK, Commands
+from vmid.errors import ControlError
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
@@ -59,7 +60,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _qmp(args: argparse.Namespace) -> int:
     if (args.command is None) == (args.hmp is None):
-        raise control.ControlError("give either a QMP COMMAND or --hmp COMMAND-LINE")
+        raise ControlError("give either a QMP COMMAND or --hmp COMMAND-LINE")
     qmp_socket, _, _ = common.running(args)
     if args.hmp is not None:
         text = control.execute(qmp_socket, "human-monitor-command", {"command-line": args.hmp})
@@ -76,9 +77,9 @@ def _lifecycle(args: argparse.Namespace) -> int:
     paused = st.is_true("Paused")
     # KubeVirt's refusals (pkg/virt-api/rest/lifecycle.go).
     if args.action == "pause" and paused:
-        raise control.ControlError(f"VMI {args.name} is already paused")
+        raise ControlError(f"VMI {args.name} is already paused")
     if args.action == "unpause" and not paused:
-        raise control.ControlError(f"VMI {args.name} is not paused")
+        raise ControlError(f"VMI {args.name} is not paused")
     if args.action == "soft-reboot":
         _soft_reboot(args.name, qmp_socket, qemu, st, paused)
     else:
@@ -97,12 +98,12 @@ def _soft_reboot(
     # KubeVirt's refusals and choice (pkg/virt-launcher/virtwrap/manager.go SoftRebootVMI):
     # the guest agent when it is connected, else the ACPI power button.
     if paused:
-        raise control.ControlError(f"VMI {name} is paused")
+        raise ControlError(f"VMI {name} is paused")
     if agent.agent_connected(st):
         agent.request(qemu, "soft-reboot")
         return
     if not qemu.acpi:
-        raise control.ControlError(
+        raise ControlError(
             f"VMI {name} neither have the agent connected nor the ACPI feature enabled"
         )
     control.soft_reboot(qmp_socket, SOFT_REBOOT_TIMEOUT)

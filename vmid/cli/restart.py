@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from vmid import control
 from vmid.cli import common, vm
 from vmid.cli.common import EXIT_OK, Commands
+from vmid.errors import ControlError
 from vmid.host import pidlock, requests
 from vmid.paths import Paths
 
@@ -46,16 +46,16 @@ def _restart(args: argparse.Namespace) -> int:
         return vm.request(args)
     obj = common.find(args, paths)
     if obj is None:
-        raise control.ControlError(common.not_found(args))
+        raise ControlError(common.not_found(args))
     if obj.terminating:
-        raise control.ControlError(f"VMI {args.name} is being stopped already")
+        raise ControlError(f"VMI {args.name} is being stopped already")
     synchronized = obj.status.condition("Synchronized")
     if synchronized is not None and synchronized.status == "False":
-        raise control.ControlError(
+        raise ControlError(
             f"VMI {args.name} cannot restart: its manifest is refused: {synchronized.message}"
         )
     if not pidlock.running(paths.daemon_pid):
-        raise control.ControlError("the daemon is not running: nothing can restart the VMI")
+        raise ControlError("the daemon is not running: nothing can restart the VMI")
     _ask(paths, obj.key, common.grace_of(args))
     print(f"VMI {args.name} was scheduled to restart")
     return EXIT_OK
@@ -68,5 +68,5 @@ def _ask(paths: Paths, key: str, grace: int | None) -> None:
     while request.exists():
         if time.monotonic() > deadline:
             requests.withdraw(paths.requests, requests.RESTART, key)
-            raise control.ControlError(f"the daemon did not take the request in {TAKE_SECONDS:g} s")
+            raise ControlError(f"the daemon did not take the request in {TAKE_SECONDS:g} s")
         time.sleep(POLL_SECONDS)

@@ -11,6 +11,7 @@ from pathlib import Path
 from vmid import control
 from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
+from vmid.errors import ControlError
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def _screenshot(args: argparse.Namespace) -> int:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         with os.fdopen(os.open(shot, flags), "rb") as source:
             if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-                raise control.ControlError(f"{shot} is not a regular file")
+                raise ControlError(f"{shot} is not a regular file")
             with target.open("wb") as copy:
                 shutil.copyfileobj(source, copy)
     finally:

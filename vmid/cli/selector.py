@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from vmid.errors import VmidError
+from vmid.errors import SelectorError
 
 Requirement = Callable[[Mapping[str, str]], bool]
 
@@ -14,10 +14,6 @@ _KEY = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
 _SET = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s+\(([^)]*)\)\s*$")
 _EQUAL = re.compile(rf"^\s*({_KEY})\s*(==|=|!=)\s*([-A-Za-z0-9_.]*)\s*$")
 _EXISTS = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
-
-
-class SelectorError(VmidError):
-    """A selector that does not parse."""
 
 
 def parse(text: str) -> Requirement:

@@ -17,7 +17,6 @@ from typing import Any
 import attrs
 
 from vmid.api import names
-from vmid.errors import VmidError
 from vmid.host import safefile
 
 #: As the daemon's spool (vmid/runtime/spool.py) and kubectl's -f DIR: what counts as a manifest.
@@ -26,10 +25,6 @@ SUFFIXES = (".yaml", ".yml", ".json")
 MODE = 0o644
 #: A line that starts a new YAML document (or ends one): no scalar may hold one at column 0.
 _MARKER = re.compile(r"^(---|\.\.\.)(\s|$)")
-
-
-class SpoolError(VmidError):
-    """A spool file cannot be read, written or rewritten as asked."""
 
 
 @attrs.frozen

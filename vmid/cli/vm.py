@@ -16,10 +16,11 @@ from vmid.api import names
 from vmid.api.vmistatus import FILE_ANNOTATION, Phase, VMIObject
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
+from vmid.errors import RequestError
 from vmid.host import pidlock
 from vmid.paths import Paths
 from vmid.runtime import status, vmstate
-from vmid.runtime.vmstate import Request, RequestError
+from vmid.runtime.vmstate import Request
 
 VM_WORDS = ("vm", "vms", "virtualmachine", "virtualmachines")
 VMI_WORDS = ("vmi", "vmis", "virtualmachineinstance", "virtualmachineinstances")

@@ -16,6 +16,7 @@ from pathlib import Path
 from vmid import control
 from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
+from vmid.errors import ControlError
 from vmid.host import unixsock
 
 
@@ -51,12 +52,12 @@ def _vnc(args: argparse.Namespace) -> int:
     qmp_socket, qemu, _ = common.running(args)
     path = qemu.vncSocket
     if not path:
-        raise control.ControlError(f"VMI {args.name} has no graphics device")
+        raise ControlError(f"VMI {args.name} has no graphics device")
     password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(VNC_PASSWORD_LENGTH))
     try:
         server = socket.create_server(("127.0.0.1", args.port))
     except OSError as exc:
-        raise control.ControlError(
+        raise ControlError(
             f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
         ) from exc
     with server:
@@ -80,9 +81,9 @@ def _set_vnc_password(name: str, qmp_socket: Path, password: str) -> None:
     arguments = {"protocol": "vnc", "password": password}
     try:
         control.execute(qmp_socket, "set_password", arguments)
-    except control.ControlError as exc:
+    except ControlError as exc:
         # A QEMU started by an older vmid serves VNC without a password: never relay it.
-        raise control.ControlError(
+        raise ControlError(
             f"cannot set a VNC password on {name} ({exc}); a VMI started by an older vmid "
             "has a display without password: recreate it to use vmid vnc"
         ) from exc
@@ -91,7 +92,7 @@ def _set_vnc_password(name: str, qmp_socket: Path, password: str) -> None:
 def _expire_vnc_password(qmp_socket: Path) -> None:
     try:
         control.execute(qmp_socket, "expire_password", {"protocol": "vnc", "time": "now"})
-    except control.ControlError as exc:  # the VM is gone, and its password with it
+    except ControlError as exc:  # the VM is gone, and its password with it
         print(f"vmid: the VNC password was not expired: {exc}", file=sys.stderr)
 
 

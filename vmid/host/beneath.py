@@ -15,7 +15,7 @@ import posixpath
 import stat
 from collections.abc import Iterable
 
-from vmid.errors import VmidError
+from vmid.errors import DiskFileError
 from vmid.plan.model import Access, PassedFile
 
 _DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -28,10 +28,6 @@ FILE_MODE = 0o600
 #: A hostDisk vmid creates is root's: QEMU gets it by fd, and a per-VMI uid is released with
 #: its VMI while the disk stays (a later VMI given that uid must not own it).
 CREATED_MODE = 0o600
-
-
-class DiskFileError(VmidError):
-    """A file for QEMU cannot be opened, or not safely: a symlink, not a disk file, missing."""
 
 
 def open_file(file: PassedFile) -> int:

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from vmid.errors import NetworkError
 from vmid.host import safefile
 from vmid.host.ipam import Attachment
-from vmid.host.network import NetworkError
 
 LEASE_TIME = "1h"
 

@@ -26,15 +26,11 @@ from pathlib import Path
 
 import attrs
 
-from vmid.errors import VmidError
+from vmid.errors import IdentityError
 from vmid.host import safefile
 
 #: The file in a VMI's state directory holding its uid.
 UID_RECORD = "uid"
-
-
-class IdentityError(VmidError):
-    """No uid left for a VMI, or its QEMU cannot reach a file its VM needs."""
 
 
 @attrs.frozen

@@ -16,8 +16,8 @@ from typing import Any
 import attrs
 
 from vmid.api import names
+from vmid.errors import NetworkError
 from vmid.host import safefile
-from vmid.host.network import NetworkError
 from vmid.plan.model import Port, Tap
 
 

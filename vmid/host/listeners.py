@@ -15,7 +15,7 @@ from pathlib import Path
 
 import attrs
 
-from vmid.host.network import NetworkError
+from vmid.errors import NetworkError
 from vmid.plan.model import Port
 
 #: /proc/net file -> (protocol, state of a socket that receives new traffic: TCP's LISTEN,

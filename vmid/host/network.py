@@ -18,7 +18,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vmid.errors import VmidError
+from vmid.errors import LinkExists, NetworkError
 
 #: Every link vmid creates is named with this prefix, and vmid only ever deletes such links.
 PREFIX = "vmid"
@@ -31,14 +31,6 @@ _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
 #: TUNSETIFF fails (EBUSY) rather than attach to a tap that exists already.
 _IFF_TUN_EXCL = 0x8000
-
-
-class NetworkError(VmidError):
-    """A bridge, tap, address or rule could not be set up; the message says which and why."""
-
-
-class LinkExists(NetworkError):
-    """A tap vmid was to create exists already: another VMI's, or not vmid's at all."""
 
 
 @contextmanager

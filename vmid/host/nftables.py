@@ -13,8 +13,8 @@ from ipaddress import IPv4Network
 
 import trio
 
+from vmid.errors import NetworkError
 from vmid.host.ipam import Attachment
-from vmid.host.network import NetworkError
 
 TABLE = "vmid"
 FAMILIES = ("inet", "bridge")

@@ -12,14 +12,10 @@ import os
 import time
 from pathlib import Path
 
-from vmid.errors import VmidError
+from vmid.errors import DaemonRunning
 
 #: How long a starting daemon waits for the lock: a reader holds it for an instant only.
 WAIT_SECONDS = 2.0
-
-
-class DaemonRunning(VmidError):
-    """Another vmid daemon runs with this root."""
 
 
 def hold(path: Path) -> int:

@@ -28,7 +28,8 @@ import trio
 
 from vmid.api import imageref
 from vmid.config import Images, Paths
-from vmid.host.storage import SOURCE_COPY, ImageStore, StorageError, StoredImage
+from vmid.errors import PullError
+from vmid.host.storage import SOURCE_COPY, ImageStore, StoredImage
 
 #: skopeo's environment: none of the daemon's (no proxy, no DOCKER_CONFIG, no REGISTRY_AUTH_FILE,
 #: no $HOME/.docker/config.json: only the files vmid names), messages in stable English.
@@ -57,10 +58,6 @@ _SKOPEO_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-class PullError(StorageError):
-    """An image could not be pulled; the message quotes skopeo or says what was wrong."""
 
 
 @attrs.frozen(kw_only=True)

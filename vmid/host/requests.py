@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 
 from vmid.api import names
-from vmid.errors import VmidError
+from vmid.errors import RequestRefused
 from vmid.host import safefile
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,6 @@ def _key(path: Path) -> str | None:
         return None
     namespace, name = names.split(key) if isinstance(key, str) else ("", "")
     return key if namespace and name else None
-
-
-class RequestRefused(VmidError):
-    """A request file that is not carried out: not root's, or not a request."""
 
 
 def take(directory: Path, action: str, key: str) -> tuple[bool, int | None]:

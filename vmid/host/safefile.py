@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from vmid.errors import VmidError
+from vmid.errors import FileRefused
 
 #: O_NONBLOCK: opening a FIFO (or a device) returns at once instead of waiting for a writer.
 FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
@@ -28,13 +28,6 @@ _KINDS = {
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",
 }
-
-
-class FileRefused(VmidError, OSError):
-    """The file is not a regular file (or is a symlink where none is followed): it is not read.
-
-    An OSError too, so every caller that copes with an unreadable file copes with this one.
-    """
 
 
 def open_regular(

@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from vmid.api.imageref import STORE_FILE, ImageRefError, normalize, store_name
-from vmid.errors import VmidError
+from vmid.errors import StorageError
 from vmid.host import beneath, safefile
 from vmid.host.cloudinit import write_iso
 from vmid.plan.model import (
@@ -57,10 +57,6 @@ QCOW2_MAGIC = b"QFI\xfb"
 QCOW2_HEADER_BYTES = 2 * 2**20  # header extensions live in the first cluster (<= 2 MiB)
 _QCOW2_DATA_FILE_FEATURE = 1 << 2  # incompatible feature bit: an external data file
 _QCOW2_DATA_FILE_EXTENSION = 0x44415441  # header extension holding the data file's name
-
-
-class StorageError(VmidError):
-    """A disk image or file could not be checked, found or created."""
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from vmid.errors import VmidError
+from vmid.errors import AgentError
 from vmid.host import unixsock
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,6 @@ _OS_FIELDS = {
     "machine": "machine",
     "id": "id",
 }
-
-
-class AgentError(VmidError):
-    """The guest agent is not connected, did not answer in time, or refused the command."""
 
 
 class Channel:

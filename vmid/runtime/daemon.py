@@ -20,7 +20,7 @@ import trio
 
 from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
-from vmid.errors import ConfigError, VmidError
+from vmid.errors import ConfigError, RequestRefused, StateError
 from vmid.host import accel, layout, pidlock, requests
 from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
@@ -149,7 +149,7 @@ async def _serve_requests(paths: Paths, supervisor: Supervisor) -> None:
             for key in requests.pending(paths.requests, requests.RESTART):
                 try:
                     found, grace = requests.take(paths.requests, requests.RESTART, key)
-                except requests.RequestRefused as exc:
+                except RequestRefused as exc:
                     log.warning("%s", exc)
                     continue
                 why = supervisor.restart(key, grace) if found else None
@@ -202,10 +202,6 @@ async def _reload(
     supervisor.reconfigure(config)
     log.info("configuration reloaded")
     return config
-
-
-class StateError(VmidError):
-    """A directory vmid keeps its state, runtime files or logs in cannot be made or written."""
 
 
 def _make_directories(paths: Paths) -> None:

@@ -19,9 +19,9 @@ import trio
 
 from vmid.api import imageref
 from vmid.config import Config, Paths
-from vmid.errors import VmidError
+from vmid.errors import DataVolumeImportError, StorageError, VmidError
 from vmid.host import beneath, datavolumes, registry
-from vmid.host.storage import ImageStore, StorageError, image_info, qemu_img
+from vmid.host.storage import ImageStore, image_info, qemu_img
 
 #: How long the server may stay silent (connect, or between two reads).
 READ_TIMEOUT_SECONDS = 30.0
@@ -29,10 +29,6 @@ CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 #: Where imports are staged in volumesDir (no claim name starts with a dot).
 STAGING_DIR = ".importing"
-
-
-class DataVolumeImportError(VmidError):
-    """An http DataVolume could not be imported; the message says why (shown on the VM)."""
 
 
 async def import_url(

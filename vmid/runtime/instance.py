@@ -25,7 +25,7 @@ import trio
 from vmid.api import imageref
 from vmid.api.vmistatus import QemuStatus, VolumeStatus, interface_data, interface_from_data
 from vmid.config import Accelerator, Logs
-from vmid.errors import VmidError
+from vmid.errors import LaunchError, MonitorError, VmidError
 from vmid.host import beneath, identity, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.plan.build import QEMU_DIR
@@ -35,7 +35,7 @@ from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
 from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
 from vmid.runtime.pull import Puller
-from vmid.runtime.qmp import Event, Monitor, MonitorError
+from vmid.runtime.qmp import Event, Monitor
 from vmid.runtime.status import Phase, Status
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,6 @@ class StopMode(enum.Enum):
     POWER_OFF = "power off"
     #: Nothing: QEMU goes on running for a later daemon to take over (`onDaemonStop: keep`).
     LEAVE_RUNNING = "leave running"
-
-
-class LaunchError(VmidError):
-    """QEMU did not start; the message carries what QEMU said."""
 
 
 @attrs.define

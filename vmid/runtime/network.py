@@ -23,9 +23,9 @@ import trio
 
 from vmid.api.vmistatus import NetworkInterface
 from vmid.config import Config, Paths, PodNetwork, PortRange
+from vmid.errors import LinkExists, NetworkError
 from vmid.host import dnsmasq, ipam, listeners, nftables
 from vmid.host import network as links
-from vmid.host.network import NetworkError
 from vmid.plan.model import LaunchPlan
 from vmid.runtime import logs
 
@@ -144,7 +144,7 @@ class Network:
                     await trio.to_thread.run_sync(
                         links.ensure_tap, tap.device, tap.bridge, owner, tap.device in reuse
                     )
-                except links.LinkExists as exc:  # made by someone else since the lookup
+                except LinkExists as exc:  # made by someone else since the lookup
                     self._registry.forget(name, {t.device for t in plan.taps[index:]})
                     await trio.to_thread.run_sync(self._registry.save)
                     raise _foreign(tap.interface, tap.device) from exc

@@ -18,7 +18,8 @@ import attrs
 import trio
 
 from vmid.api import types as t
-from vmid.runtime.agent import AgentError, GuestAgent
+from vmid.errors import AgentError
+from vmid.runtime.agent import GuestAgent
 
 #: Bytes read of an HTTP answer: the status line is all a probe needs (the kubelet reads 10 KiB).
 MAX_HTTP_BYTES = 10 << 10

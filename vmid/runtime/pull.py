@@ -12,9 +12,9 @@ import logging
 import attrs
 import trio
 
-from vmid.errors import VmidError
+from vmid.errors import StorageError, VmidError
 from vmid.host import registry
-from vmid.host.storage import ImageStore, StorageError, StoredImage
+from vmid.host.storage import ImageStore, StoredImage
 from vmid.plan.model import ImageOverlay
 from vmid.runtime.status import Status
 

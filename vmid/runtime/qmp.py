@@ -17,7 +17,7 @@ import trio
 import trio_asyncio
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient, QMPError, Runstate
 
-from vmid.errors import VmidError
+from vmid.errors import MonitorError
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every message at DEBUG; vmid logs what matters itself.
@@ -30,10 +30,6 @@ def bridge() -> contextlib.AbstractAsyncContextManager[Any]:
     """The asyncio loop qemu.qmp runs on, inside trio: open it around everything using Monitor."""
     loop: contextlib.AbstractAsyncContextManager[Any] = trio_asyncio.open_loop()
     return loop
-
-
-class MonitorError(VmidError):
-    """The control monitor could not be reached, or a command failed or timed out."""
 
 
 @attrs.frozen

@@ -18,7 +18,7 @@ import trio
 from vmid.api.load import MAX_BYTES
 from vmid.api.vm import VM_KIND
 from vmid.config import Accelerator, Config, Paths
-from vmid.errors import Problem
+from vmid.errors import FileRefused, Problem
 from vmid.host import inotify, safefile
 from vmid.manifests import Entry, plan_data
 
@@ -119,7 +119,7 @@ class Spool:
             fd, st = _open_manifest(name, directory, self.directory)
         except FileNotFoundError:
             return []
-        except safefile.FileRefused as exc:
+        except FileRefused as exc:
             return [_refused(path, f"refused: {exc}")]
         except OSError as exc:
             return [_refused(path, f"cannot read the file: {exc.strerror}")]
@@ -160,7 +160,7 @@ def _open_manifest(name: str, directory: int, spool: Path) -> tuple[int, os.stat
     """
     try:
         return safefile.open_regular(name, dir_fd=directory)
-    except safefile.FileRefused as refused:
+    except FileRefused as refused:
         try:
             target = os.readlink(name, dir_fd=directory)
         except OSError:
@@ -168,13 +168,11 @@ def _open_manifest(name: str, directory: int, spool: Path) -> tuple[int, os.stat
     shown = os.path.normpath(os.path.join(spool, target))
     parent, base = os.path.split(target)
     if not _same_directory(parent or ".", directory) or base in ("", ".", ".."):
-        raise safefile.FileRefused(
-            f"a symlink to {shown}, outside the spool; copy the file in instead"
-        )
+        raise FileRefused(f"a symlink to {shown}, outside the spool; copy the file in instead")
     try:
         return safefile.open_regular(base, dir_fd=directory)
-    except safefile.FileRefused as exc:
-        raise safefile.FileRefused(f"a symlink to {shown}, which is {exc}") from exc
+    except FileRefused as exc:
+        raise FileRefused(f"a symlink to {shown}, which is {exc}") from exc
 
 
 def _same_directory(parent: str, directory: int) -> bool:

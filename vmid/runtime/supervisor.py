@@ -20,7 +20,7 @@ from vmid.api import names
 from vmid.api import types as t
 from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
-from vmid.errors import Problem, VmidError
+from vmid.errors import Problem, RequestRefused, VmidError
 from vmid.host import firmwareid, identity, logfile, requests
 from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
@@ -458,7 +458,7 @@ class Supervisor:
         """A deletion's grace period, if `vmid delete --grace-period` asked for one."""
         try:
             found, grace = requests.take(self._paths.requests, requests.DELETE, key)
-        except requests.RequestRefused as exc:
+        except RequestRefused as exc:
             log.warning("%s", exc)
             return
         if found and grace is not None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from vmid.api import names
-from vmid.errors import VmidError
+from vmid.errors import FileRefused
 from vmid.host import safefile
 from vmid.paths import Paths
 
@@ -27,10 +27,6 @@ STATUS_FILE = "status.json"
 #: A request is a few dozen bytes; a bigger file is no request of vmid's.
 MAX_REQUEST_BYTES = 4096
 ACTIONS = ("start", "stop", "restart")
-
-
-class RequestError(VmidError):
-    """A start/stop/restart request cannot be made (refused as virtctl's, or not written)."""
 
 
 @attrs.define
@@ -126,7 +122,7 @@ def _read_request(path: Path) -> Request | None:
     try:
         data = json.loads(safefile.read_regular(path, MAX_REQUEST_BYTES))
         key, action, grace = data["key"], data["action"], data.get("grace")
-    except (OSError, ValueError, KeyError, TypeError, safefile.FileRefused):
+    except (OSError, ValueError, KeyError, TypeError, FileRefused):
         return None
     if not isinstance(key, str) or action not in ACTIONS:
         return None
