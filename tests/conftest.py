@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,14 @@ BASE: dict[str, Any] = {
         "volumes": [{"name": "root", "containerDisk": {"image": "kubevirt/cirros"}}],
     },
 }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Tests press Ctrl+C on the commands they start (SIGINT). Run in the background (`make
+    test &`, a CI job), the shell hands this session SIGINT ignored, every child inherits that,
+    and a Python started so never turns SIGINT into KeyboardInterrupt: restore the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config: pytest.Config) -> None:
