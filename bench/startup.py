@@ -22,31 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vmid.paths import Paths
-from vmid.runtime import status
+from tests.daemon import one_running_vmi
 
 ROOT = Path(__file__).resolve().parent.parent
 VERBS = (["get"], ["describe", "vm-a"], ["logs", "vm-a"], ["--help"])
-
-
-def one_running_vmi(root: Path) -> None:
-    """The files a daemon leaves for one running VMI `default/vm-a`."""
-    paths = Paths(root)
-    directory = paths.instance_runtime("default/vm-a")
-    directory.mkdir(parents=True)
-    manifest = {
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstance",
-        "metadata": {"name": "vm-a", "namespace": "default"},
-        "spec": {"domain": {"devices": {}}},
-    }
-    vmi = status.Status(directory / status.STATUS_FILE, manifest)
-    vmi.transition(status.Phase.SCHEDULED)
-    vmi.transition(status.Phase.RUNNING)
-    vmi.write()
-    paths.instance_logs("default/vm-a").mkdir(parents=True)
-    (paths.instance_logs("default/vm-a") / "console.log").write_text("login:\n" * 20)
-    paths.events.mkdir(parents=True)
 
 
 def timed(argv: list[str]) -> tuple[float, float]:
@@ -85,7 +64,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="vmid-startup-") as tmp:
         root = Path(tmp)
-        one_running_vmi(root)
+        one_running_vmi(root, console="login:\n" * 20)
         for verb in VERBS:
             f = {k: statistics.median(v) for k, v in compare(verb, root, args.runs).items()}
             print(

@@ -190,3 +190,27 @@ spec:
     firmware: {{serial: {mode}}}
     devices: {{autoattachPodInterface: false}}
 """
+
+
+def one_running_vmi(root: Path, console: str = "login:\n") -> None:
+    """The files a daemon leaves for one running VMI `default/vm-a` (its status, its console
+    log, the event store), without a daemon: what the reading verbs read."""
+    from vmid.paths import Paths
+    from vmid.runtime import status
+
+    paths = Paths(root)
+    directory = paths.instance_runtime("default/vm-a")
+    directory.mkdir(parents=True)
+    manifest = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "vm-a", "namespace": "default"},
+        "spec": {"domain": {"devices": {}}},
+    }
+    vmi = status.Status(directory / status.STATUS_FILE, manifest)
+    vmi.transition(status.Phase.SCHEDULED)
+    vmi.transition(status.Phase.RUNNING)
+    vmi.write()
+    paths.instance_logs("default/vm-a").mkdir(parents=True)
+    (paths.instance_logs("default/vm-a") / "console.log").write_text(console)
+    paths.events.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,10 @@ from typing import IO, Any
 
 import pytest
 
-from tests.daemon import Daemon, fake_config, manifest, running_daemon
+from tests.daemon import Daemon, fake_config, manifest, one_running_vmi, running_daemon
 from vmid.api.vmistatus import VMIObject
 from vmid.cli.get import Columns, WatchPrinter
-from vmid.paths import Paths
-from vmid.runtime import status, statuswatch
+from vmid.runtime import statuswatch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -289,7 +288,7 @@ _NOT_FOR_READING = (
 def test_reading_verbs_import_only_what_they_need(tmp_path: Path, verb: list[str]) -> None:
     """`vmid get`, `describe`, `logs` and `--help` start in a few times a bare Python's time:
     they import no layer they do not use (bench/startup.py times them)."""
-    _one_running_vmi(tmp_path)
+    one_running_vmi(tmp_path)
     code = (
         "import sys; from vmid import cli\n"
         "try: code = cli.main(sys.argv[1:])\n"
@@ -309,25 +308,6 @@ def test_reading_verbs_import_only_what_they_need(tmp_path: Path, verb: list[str
     assert [m for m in modules if m.startswith(_NOT_FOR_READING)] == []
     # Every verb's parser is registered (its module imported, each a light one): ~45 today.
     assert len([m for m in modules if m.startswith("vmid")]) <= 50, modules
-
-
-def _one_running_vmi(root: Path) -> None:
-    """The files a daemon leaves for one running VMI `default/vm-a`: its status, its console log."""
-    paths = Paths(root)
-    directory = paths.instance_runtime("default/vm-a")
-    directory.mkdir(parents=True)
-    manifest = {
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstance",
-        "metadata": {"name": "vm-a", "namespace": "default"},
-        "spec": {"domain": {"devices": {}}},
-    }
-    vmi = status.Status(directory / status.STATUS_FILE, manifest)
-    vmi.transition(status.Phase.SCHEDULED)
-    vmi.transition(status.Phase.RUNNING)
-    vmi.write()
-    paths.instance_logs("default/vm-a").mkdir(parents=True)
-    (paths.instance_logs("default/vm-a") / "console.log").write_text("login:\n")
 
 
 def test_a_second_daemon_on_one_root_is_refused(tmp_path: Path) -> None:
