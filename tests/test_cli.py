@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BASE, dump
+from tests.daemon import one_running_vmi
 from vmid import cli
 from vmid.cli import main
 
@@ -468,6 +469,35 @@ def test_no_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith("usage: vmid")
     assert "apply" in out
     assert "restart" in out
+
+
+def test_help_lists_every_verb_as_its_module_registers_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`vmid --help` lists the verbs from cli.VERBS without importing their modules: the same
+    names, order and summaries as the parser with every verb's module registered."""
+    every = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    registered = [(a.dest, a.help) for a in every._choices_actions]
+    assert registered == [(verb, summary) for verb, _, summary in cli.VERBS]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out == cli._parser().format_help()
+
+
+def test_a_flag_value_that_names_a_verb_does_not_change_the_verb(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The verb is guessed before parsing (only its module is imported); a guess that parsing
+    proves wrong (an abbreviated flag took the word as its value) parses again with all."""
+    one_running_vmi(tmp_path)
+    assert run(capsys, "--root", str(tmp_path), "--namesp", "describe", "get") == (
+        0,
+        "",
+        "No resources found in describe namespace.\n",
+    )
+    assert (
+        run(capsys, "--root", str(tmp_path), "--namesp", "default", "get")[1].split()[6] == "vm-a"
+    )
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

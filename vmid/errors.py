@@ -28,7 +28,7 @@ wrapped.
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
 
 
 class VmidError(Exception):
@@ -39,7 +39,7 @@ class ConfigError(VmidError):
     """The daemon configuration or a command-line flag is invalid."""
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with a manifest, located in its file.
 

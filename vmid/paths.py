@@ -3,11 +3,10 @@ that the reading verbs (`vmid get`, `describe`, `logs`) find their files without
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import attrs
 
 if TYPE_CHECKING:
     from vmid.config import Config
@@ -24,7 +23,7 @@ def _absolute(path: str | Path) -> Path:
 NAMESPACES = "namespaces"
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Paths:
     """Where vmid keeps everything, all under one root (`/` in production).
 
@@ -32,7 +31,10 @@ class Paths:
     argv must be absolute.
     """
 
-    root: Path = attrs.field(converter=_absolute)
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", _absolute(root))  # frozen: set here only
 
     @property
     def spool(self) -> Path:

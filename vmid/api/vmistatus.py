@@ -4,19 +4,25 @@ every reader (`vmid get`, `describe`, the control verbs, a daemon taking over) r
 
 Reading is tolerant (a file an older vmid wrote lacks fields: they default) and keeps the whole
 object as read in `VMIObject.data`, so `vmid get -o yaml` prints what no field here names. Pure
-data: reading and writing files is vmid/runtime/status.py's.
+data: reading and writing files is vmid/runtime/status.py's. Frozen dataclasses, read by the
+small reader at the end, not attrs and cattrs: every reading verb imports this module, and those
+two take longer to import than the rest of `vmid get` (issue 16).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Mapping
-from typing import Any
-
-import attrs
-import cattrs
+import functools
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vmid.api import names
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 #: The spool file a VMI comes from, kept in its object: a file that no longer parses still names
 #: the VMI it held, and a file that holds no VMI is shown by its own name.
@@ -35,7 +41,7 @@ class Phase(enum.StrEnum):
         return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Condition:
     """v1.VirtualMachineInstanceCondition (vmid writes every field, empty ones too)."""
 
@@ -50,7 +56,7 @@ class Condition:
         return self.status == "True"
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class PhaseTransition:
     """v1.VirtualMachineInstancePhaseTransitionTimestamp: when the VMI entered `phase`."""
 
@@ -58,7 +64,7 @@ class PhaseTransition:
     phaseTransitionTimestamp: str
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class NetworkInterface:
     """v1.VirtualMachineInstanceNetworkInterface (empty fields are not written)."""
 
@@ -73,19 +79,19 @@ class NetworkInterface:
     queueCount: int = 0
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class VolumeStatus:
     """v1.VolumeStatus of a containerDisk: the image it runs, by digest (`REPO@sha256:...`, as
     Kubernetes' imageID), and the disk's size."""
 
     name: str
     target: str = ""
-    containerDiskVolume: Mapping[str, Any] = attrs.field(factory=dict)
+    containerDiskVolume: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     imageID: str = ""
     size: int = 0
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class QemuStatus:
     """vmid's extension: the VMI's QEMU, its sockets and its real argv (every field written).
 
@@ -102,7 +108,7 @@ class QemuStatus:
     acpi: bool = True
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class VMIStatus:
     """The fields of v1.VirtualMachineInstanceStatus vmid fills, and its `qemu` block (None
     until QEMU is launched, written `{}`). `phase` is None only in a file that has none."""
@@ -115,7 +121,7 @@ class VMIStatus:
     reason: str = ""
     volumeStatus: tuple[VolumeStatus, ...] = ()
     #: From the guest agent: KubeVirt's v1.VirtualMachineInstanceGuestOSInfo, as it reports it.
-    guestOSInfo: Mapping[str, str] = attrs.field(factory=dict)
+    guestOSInfo: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -143,7 +149,7 @@ class VMIStatus:
         return data
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ObjectMeta:
     """The metadata readers use. `namespace` is empty in an object written before vmid knew
     namespaces (it is `default`'s); `name` is empty in a spool file's object (it has none)."""
@@ -153,11 +159,11 @@ class ObjectMeta:
     creationTimestamp: str = ""
     deletionTimestamp: str = ""
     deletionGracePeriodSeconds: int | None = None
-    annotations: Mapping[str, str] = attrs.field(factory=dict)
-    labels: Mapping[str, str] = attrs.field(factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class VMIObject:
     """One object read from a status file: typed metadata and status, and `data`, the whole
     object as read (what `-o json|yaml` prints)."""
@@ -176,8 +182,8 @@ class VMIObject:
         if not isinstance(data, dict):
             raise ValueError(f"a VMI object is a JSON object, not {type(data).__name__}")
         try:
-            metadata = _CONVERTER.structure(data.get("metadata") or {}, ObjectMeta)
-            status = _CONVERTER.structure(data.get("status") or {}, VMIStatus)
+            metadata = _read(ObjectMeta, data.get("metadata") or {})
+            status = _read(VMIStatus, data.get("status") or {})
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ValueError(f"not a VMI object vmid wrote: {exc!r}") from exc
         return cls(metadata, status, data)
@@ -205,32 +211,66 @@ def interface_from_data(data: Mapping[str, Any]) -> NetworkInterface:
         ValueError: a field of another type than KubeVirt's.
     """
     try:
-        return _CONVERTER.structure(dict(data), NetworkInterface)
+        return _read(NetworkInterface, data)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ValueError(f"not an interface: {exc!r}") from exc
 
 
 def _plain(value: Any, omit_defaults: bool = False) -> dict[str, Any]:
-    def keep(attribute: attrs.Attribute[Any], field: Any) -> bool:
-        return not omit_defaults or field != attribute.default
-
-    def plain(_: object, __: object, field: Any) -> Any:
-        return str(field) if isinstance(field, enum.Enum) else field
-
-    # attrs.asdict (not attr.asdict) makes tuples lists, as JSON has them.
-    data: dict[str, Any] = attrs.asdict(value, filter=keep, value_serializer=plain)
-    return data
+    """A dataclass's fields as JSON data (enums as their value, tuples as lists); its fields
+    at their default left out if `omit_defaults`."""
+    return {
+        field.name: _json(getattr(value, field.name))
+        for field in dataclasses.fields(value)
+        if not omit_defaults or getattr(value, field.name) != field.default
+    }
 
 
-def _converter() -> cattrs.Converter:
-    # Plain, not detailed, validation: a reader wants one error to skip the file by, not a tree.
-    converter = cattrs.Converter(detailed_validation=False)
+def _json(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _json(v) for k, v in value.items()}
+    return _plain(value) if dataclasses.is_dataclass(value) else value
 
-    def structure_qemu(value: object, _: object) -> QemuStatus | None:
-        return converter.structure(value, QemuStatus) if value else None
 
-    converter.register_structure_hook(QemuStatus | None, structure_qemu)
-    return converter
+_D = TypeVar("_D", bound="DataclassInstance")
 
 
-_CONVERTER = _converter()
+def _read(cls: type[_D], data: object) -> _D:
+    """A `cls` from its data: each field converted to its type, as cattrs did (`str(5)` is
+    "5"); a missing field defaults, a missing required one is a TypeError, others are ignored.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__} is an object, not {type(data).__name__}")
+    readers = _READERS.get(cls)
+    if readers is None:  # the first of its class: its fields' types are looked at once
+        hints = typing.get_type_hints(cls)
+        readers = {f.name: _reader(hints[f.name]) for f in dataclasses.fields(cls)}
+        _READERS[cls] = readers
+    return cls(**{name: read(data[name]) for name, read in readers.items() if name in data})
+
+
+_READERS: dict[type[DataclassInstance], dict[str, Callable[[Any], Any]]] = {}
+
+
+def _reader(hint: Any) -> Callable[[Any], Any]:
+    """How to read a value of type `hint`: the types vmistatus's fields have."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType:  # X | None
+        (inner,) = (a for a in args if a is not type(None))
+        read = _reader(inner)
+        if dataclasses.is_dataclass(inner):  # written `{}` when there is none (qemu)
+            return lambda v: read(v) if v else None
+        return lambda v: None if v is None else read(v)
+    if origin is tuple:  # tuple[X, ...]
+        item = _reader(args[0])
+        return lambda v: tuple(item(i) for i in v)
+    if origin is Mapping:
+        value = _reader(args[1])
+        return lambda v: {str(k): value(i) for k, i in v.items()}
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return functools.partial(_read, hint)
+    return (lambda v: v) if hint is Any else typing.cast(Callable[[Any], Any], hint)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
+from vmid import cli
 from vmid.api import names
 from vmid.api.vmistatus import Phase, QemuStatus, VMIObject, VMIStatus
 from vmid.cli import show, spoolfiles
@@ -20,9 +21,8 @@ if TYPE_CHECKING:
 #: The subcommands' parser: each verb's module registers its own (`register`).
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-#: Every command: 0 done, 1 failed (a bad file or name, the daemon or a VM, an I/O error),
-#: 2 a usage error (argparse's own: a bad flag or argument), 130 interrupted by Ctrl+C.
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+#: The exit codes (vmid/cli/__init__.py says which is which), for the verbs.
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = cli.EXIT_OK, cli.EXIT_ERROR, cli.EXIT_INTERRUPTED
 
 
 def setup(args: argparse.Namespace) -> tuple[Config, Paths]:

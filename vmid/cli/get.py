@@ -4,12 +4,11 @@ prints each change as it is written."""
 from __future__ import annotations
 
 import argparse
-import socket
+import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import attrs
 
 from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
@@ -187,7 +186,7 @@ def _custom_columns(spec: str, objects: list[VMIObject]) -> list[list[str]]:
     return rows
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Columns:
     """Which columns `vmid get` prints: -o wide adds PAUSED and PID, -A a NAMESPACE first,
     --show-labels LABELS last."""
@@ -228,7 +227,7 @@ class Columns:
 
 
 #: The NODENAME column: the host's name, as kubectl shows the node a VMI runs on.
-NODE_NAME = socket.gethostname()
+NODE_NAME = os.uname().nodename  # socket.gethostname(), without importing socket
 
 
 def _table(objects: list[VMIObject], columns: Columns) -> str:

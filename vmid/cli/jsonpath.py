@@ -5,25 +5,24 @@ expressions: `.field`, `['field']`, `[N]`, `[*]`, `[A:B]`, `[?(@.f=="v")]`, `{ra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import attrs
-
 from vmid.errors import JSONPathError
 
 Step = Callable[[Any], Iterator[Any]]
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Expr:
     steps: tuple[Step, ...]
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Range:
     steps: tuple[Step, ...]
     body: tuple[_Node, ...]

@@ -8,13 +8,12 @@ may write), written atomically; an object already in the spool is replaced where
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import attrs
 
 from vmid.api import names
 from vmid.host import safefile
@@ -27,7 +26,7 @@ MODE = 0o644
 _MARKER = re.compile(r"^(---|\.\.\.)(\s|$)")
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Piece:
     """One object of a file: its text (the YAML document as written), kind and key."""
 
@@ -121,7 +120,7 @@ class _Lines:
         self.lines.append(text.decode() if isinstance(text, bytes) else text)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Located:
     """Where the spool holds an object: its file and all the objects of that file."""
 

@@ -8,6 +8,7 @@ passed, `quit`, then SIGKILL) and the task ends once QEMU is gone and the status
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
@@ -275,7 +276,8 @@ class Instance:
         self.status.forget_deletion()  # the spool decides anew whether it goes
         # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
         self._argv = cmdline(pid)
-        self.status.qemu = attrs.evolve(self._qemu_status(), uid=os.stat(f"/proc/{pid}").st_uid)
+        uid = os.stat(f"/proc/{pid}").st_uid
+        self.status.qemu = dataclasses.replace(self._qemu_status(), uid=uid)
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state)
         if self.status.phase is Phase.PENDING:  # it died before it could record the launch

@@ -4,15 +4,13 @@ VM's status file. Shared by the daemon and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from vmid.api import names
 from vmid.errors import FileRefused
@@ -29,7 +27,7 @@ MAX_REQUEST_BYTES = 4096
 ACTIONS = ("start", "stop", "restart")
 
 
-@attrs.define
+@dataclasses.dataclass(slots=True)
 class Kept:
     """What the controller decided for one VM, kept across daemon restarts."""
 
@@ -42,14 +40,13 @@ class Kept:
     #: Whether the VM is to have a VMI (Manual and RerunOnFailure decide it by requests).
     wanted: bool = False
     #: The claim files its DataVolume templates made (moved aside when the VM is removed).
-    volumes: list[str] = attrs.field(factory=list)
+    volumes: list[str] = dataclasses.field(default_factory=list)
     #: When vmid first saw the VM (its creationTimestamp).
     created: str = ""
 
     def to_data(self) -> dict[str, Any]:
-        return {
-            k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(self).items()
-        }
+        data = dataclasses.asdict(self)
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in data.items()}
 
 
 def load_kept(paths: Paths, key: str) -> Kept | None:
@@ -81,7 +78,7 @@ def save_kept(paths: Paths, key: str, kept: Kept) -> None:
     safefile.write_atomically(directory / STATE_FILE, text, durable=True)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Request:
     """`vmid start|stop|restart` of one VM."""
 
@@ -94,7 +91,7 @@ def send(paths: Paths, request: Request) -> Path:
     """Queue a request for the daemon (it takes them in the order they were made)."""
     directory = paths.vm_requests
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.json"
+    name = f"{time.time_ns():020d}-{os.urandom(16).hex()}.json"
     data = {"key": request.key, "action": request.action, "grace": request.grace}
     path = directory / name
     safefile.write_atomically(path, json.dumps(data).encode(), durable=True)
