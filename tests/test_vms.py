@@ -295,6 +295,7 @@ def test_a_daemon_restart_stops_no_vm_that_was_running(tmp_path: Path) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         for name, strategy in names.items():
             daemon.drop(f"{name}.yaml", vm_manifest(name, strategy))
+        wait_printable(daemon, "vm-m", "Stopped")  # a start before the daemon shows it: refused
         vmid_ok(daemon, "start", "vm-m")
         for name in names:
             daemon.wait_phase(name, "Running")

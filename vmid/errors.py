@@ -28,7 +28,7 @@ wrapped.
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 
 class VmidError(Exception):
@@ -39,8 +39,7 @@ class ConfigError(VmidError):
     """The daemon configuration or a command-line flag is invalid."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(NamedTuple):
     """One thing wrong with a manifest, located in its file.
 
     `line` and `column` are 1-based; `field` is the dotted path as written in the YAML

@@ -3,7 +3,6 @@ that the reading verbs (`vmid get`, `describe`, `logs`) find their files without
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,18 +22,26 @@ def _absolute(path: str | Path) -> Path:
 NAMESPACES = "namespaces"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Paths:
     """Where vmid keeps everything, all under one root (`/` in production).
 
     The root is made absolute: QEMU runs in the VM's runtime directory, so every path in its
-    argv must be absolute.
+    argv must be absolute. A plain class, not attrs or a dataclass: every CLI call imports it.
     """
 
-    root: Path
+    __slots__ = ("root",)
 
     def __init__(self, root: str | Path) -> None:
-        object.__setattr__(self, "root", _absolute(root))  # frozen: set here only
+        self.root = _absolute(root)
+
+    def __repr__(self) -> str:
+        return f"Paths(root={self.root!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Paths) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
 
     @property
     def spool(self) -> Path:

@@ -4,29 +4,27 @@ every reader (`vmid get`, `describe`, the control verbs, a daemon taking over) r
 
 Reading is tolerant (a file an older vmid wrote lacks fields: they default) and keeps the whole
 object as read in `VMIObject.data`, so `vmid get -o yaml` prints what no field here names. Pure
-data: reading and writing files is vmid/runtime/status.py's. Frozen dataclasses, read by the
-small reader at the end, not attrs and cattrs: every reading verb imports this module, and those
-two take longer to import than the rest of `vmid get` (issue 16).
+data: reading and writing files is vmid/runtime/status.py's. NamedTuples, read by the small
+reader at the end, not attrs and cattrs (nor dataclasses, which import `inspect`): every reading
+verb imports this module, and those take longer to import than the rest of `vmid get` (issue 16).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from vmid.api import names
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
 
 #: The spool file a VMI comes from, kept in its object: a file that no longer parses still names
 #: the VMI it held, and a file that holds no VMI is shown by its own name.
 FILE_ANNOTATION = "vmid.io/manifest-file"
+#: The default of a mapping field: one shared empty mapping, which nothing can change.
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 
 
 class Phase(enum.StrEnum):
@@ -41,8 +39,7 @@ class Phase(enum.StrEnum):
         return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Condition:
+class Condition(NamedTuple):
     """v1.VirtualMachineInstanceCondition (vmid writes every field, empty ones too)."""
 
     type: str
@@ -56,16 +53,14 @@ class Condition:
         return self.status == "True"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PhaseTransition:
+class PhaseTransition(NamedTuple):
     """v1.VirtualMachineInstancePhaseTransitionTimestamp: when the VMI entered `phase`."""
 
     phase: Phase
     phaseTransitionTimestamp: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NetworkInterface:
+class NetworkInterface(NamedTuple):
     """v1.VirtualMachineInstanceNetworkInterface (empty fields are not written)."""
 
     name: str = ""
@@ -79,20 +74,18 @@ class NetworkInterface:
     queueCount: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class VolumeStatus:
+class VolumeStatus(NamedTuple):
     """v1.VolumeStatus of a containerDisk: the image it runs, by digest (`REPO@sha256:...`, as
     Kubernetes' imageID), and the disk's size."""
 
     name: str
     target: str = ""
-    containerDiskVolume: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    containerDiskVolume: Mapping[str, Any] = _EMPTY
     imageID: str = ""
     size: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class QemuStatus:
+class QemuStatus(NamedTuple):
     """vmid's extension: the VMI's QEMU, its sockets and its real argv (every field written).
 
     `uid` is None for a QEMU an older vmid started (it kept no record); `acpi` False when the
@@ -108,8 +101,7 @@ class QemuStatus:
     acpi: bool = True
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class VMIStatus:
+class VMIStatus(NamedTuple):
     """The fields of v1.VirtualMachineInstanceStatus vmid fills, and its `qemu` block (None
     until QEMU is launched, written `{}`). `phase` is None only in a file that has none."""
 
@@ -121,7 +113,7 @@ class VMIStatus:
     reason: str = ""
     volumeStatus: tuple[VolumeStatus, ...] = ()
     #: From the guest agent: KubeVirt's v1.VirtualMachineInstanceGuestOSInfo, as it reports it.
-    guestOSInfo: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    guestOSInfo: Mapping[str, str] = _EMPTY
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -149,8 +141,7 @@ class VMIStatus:
         return data
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ObjectMeta:
+class ObjectMeta(NamedTuple):
     """The metadata readers use. `namespace` is empty in an object written before vmid knew
     namespaces (it is `default`'s); `name` is empty in a spool file's object (it has none)."""
 
@@ -159,12 +150,11 @@ class ObjectMeta:
     creationTimestamp: str = ""
     deletionTimestamp: str = ""
     deletionGracePeriodSeconds: int | None = None
-    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = _EMPTY
+    labels: Mapping[str, str] = _EMPTY
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class VMIObject:
+class VMIObject(NamedTuple):
     """One object read from a status file: typed metadata and status, and `data`, the whole
     object as read (what `-o json|yaml` prints)."""
 
@@ -217,29 +207,37 @@ def interface_from_data(data: Mapping[str, Any]) -> NetworkInterface:
 
 
 def _plain(value: Any, omit_defaults: bool = False) -> dict[str, Any]:
-    """A dataclass's fields as JSON data (enums as their value, tuples as lists); its fields
-    at their default left out if `omit_defaults`."""
+    """A record's fields as JSON data (enums as their value, tuples as lists); its fields at
+    their default left out if `omit_defaults`."""
+    defaults = value._field_defaults
     return {
-        field.name: _json(getattr(value, field.name))
-        for field in dataclasses.fields(value)
-        if not omit_defaults or getattr(value, field.name) != field.default
+        name: _json(field)
+        for name, field in zip(value._fields, value, strict=True)
+        if not omit_defaults or name not in defaults or field != defaults[name]
     }
 
 
 def _json(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return str(value)
+    if _record(type(value)):
+        return _plain(value)
     if isinstance(value, tuple | list):
         return [_json(v) for v in value]
     if isinstance(value, Mapping):
         return {k: _json(v) for k, v in value.items()}
-    return _plain(value) if dataclasses.is_dataclass(value) else value
+    return value
 
 
-_D = TypeVar("_D", bound="DataclassInstance")
+def _record(cls: object) -> bool:
+    """Whether `cls` is one of the NamedTuples here."""
+    return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
 
 
-def _read(cls: type[_D], data: object) -> _D:
+_R = TypeVar("_R", bound=tuple[Any, ...])
+
+
+def _read(cls: type[_R], data: object) -> _R:
     """A `cls` from its data: each field converted to its type, as cattrs did (`str(5)` is
     "5"); a missing field defaults, a missing required one is a TypeError, others are ignored.
     """
@@ -247,13 +245,12 @@ def _read(cls: type[_D], data: object) -> _D:
         raise TypeError(f"{cls.__name__} is an object, not {type(data).__name__}")
     readers = _READERS.get(cls)
     if readers is None:  # the first of its class: its fields' types are looked at once
-        hints = typing.get_type_hints(cls)
-        readers = {f.name: _reader(hints[f.name]) for f in dataclasses.fields(cls)}
+        readers = {name: _reader(t) for name, t in typing.get_type_hints(cls).items()}
         _READERS[cls] = readers
     return cls(**{name: read(data[name]) for name, read in readers.items() if name in data})
 
 
-_READERS: dict[type[DataclassInstance], dict[str, Callable[[Any], Any]]] = {}
+_READERS: dict[type, dict[str, Callable[[Any], Any]]] = {}
 
 
 def _reader(hint: Any) -> Callable[[Any], Any]:
@@ -262,7 +259,7 @@ def _reader(hint: Any) -> Callable[[Any], Any]:
     if origin is types.UnionType:  # X | None
         (inner,) = (a for a in args if a is not type(None))
         read = _reader(inner)
-        if dataclasses.is_dataclass(inner):  # written `{}` when there is none (qemu)
+        if _record(inner):  # written `{}` when there is none (qemu)
             return lambda v: read(v) if v else None
         return lambda v: None if v is None else read(v)
     if origin is tuple:  # tuple[X, ...]
@@ -271,6 +268,6 @@ def _reader(hint: Any) -> Callable[[Any], Any]:
     if origin is Mapping:
         value = _reader(args[1])
         return lambda v: {str(k): value(i) for k, i in v.items()}
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+    if _record(hint):
         return functools.partial(_read, hint)
     return (lambda v: v) if hint is Any else typing.cast(Callable[[Any], Any], hint)

@@ -4,11 +4,10 @@ prints each change as it is written."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
@@ -186,8 +185,7 @@ def _custom_columns(spec: str, objects: list[VMIObject]) -> list[list[str]]:
     return rows
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Columns:
+class Columns(NamedTuple):
     """Which columns `vmid get` prints: -o wide adds PAUSED and PID, -A a NAMESPACE first,
     --show-labels LABELS last."""
 

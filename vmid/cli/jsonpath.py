@@ -5,25 +5,22 @@ expressions: `.field`, `['field']`, `[N]`, `[*]`, `[A:B]`, `[?(@.f=="v")]`, `{ra
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import operator
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from vmid.errors import JSONPathError
 
 Step = Callable[[Any], Iterator[Any]]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Expr:
+class _Expr(NamedTuple):
     steps: tuple[Step, ...]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Range:
+class _Range(NamedTuple):
     steps: tuple[Step, ...]
     body: tuple[_Node, ...]
 

@@ -8,12 +8,11 @@ may write), written atomically; an object already in the spool is replaced where
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vmid.api import names
 from vmid.host import safefile
@@ -26,8 +25,7 @@ MODE = 0o644
 _MARKER = re.compile(r"^(---|\.\.\.)(\s|$)")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Piece:
+class Piece(NamedTuple):
     """One object of a file: its text (the YAML document as written), kind and key."""
 
     text: str
@@ -120,8 +118,7 @@ class _Lines:
         self.lines.append(text.decode() if isinstance(text, bytes) else text)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Located:
+class Located(NamedTuple):
     """Where the spool holds an object: its file and all the objects of that file."""
 
     file: Path

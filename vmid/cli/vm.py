@@ -19,8 +19,7 @@ from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.errors import RequestError
 from vmid.host import pidlock
 from vmid.paths import Paths
-from vmid.runtime import status, vmstate
-from vmid.runtime.vmstate import Request
+from vmid.runtime import status
 
 VM_WORDS = ("vm", "vms", "virtualmachine", "virtualmachines")
 VMI_WORDS = ("vmi", "vmis", "virtualmachineinstance", "virtualmachineinstances")
@@ -81,6 +80,8 @@ def kind_of(args: argparse.Namespace, listing: bool) -> str:
 
 def find(paths: Paths, key: str) -> dict[str, Any] | None:
     """The status object of VM `key`, if the daemon shows one."""
+    from vmid.runtime import vmstate  # here: `vmid get` and `describe` of VMIs do without it
+
     return next((vm for vm in vmstate.read_vms(paths) if _key(vm) == key), None)
 
 
@@ -108,7 +109,9 @@ def request(args: argparse.Namespace) -> int:
     if getattr(args, "force", False) and grace != 0:
         raise RequestError(f"--force {args.action}s at once: it needs --grace-period=0")
     _refuse(args.action, str(vm["status"]["runStrategy"]), _vmi_phase(paths, key))
-    vmstate.send(paths, Request(key, args.action, grace))
+    from vmid.runtime import vmstate  # here: as in `find`
+
+    vmstate.send(paths, vmstate.Request(key, args.action, grace))
     print(f"VM {args.name} was scheduled to {args.action}")
     if not pidlock.running(paths.daemon_pid):
         print("vmid: the daemon is not running: it acts when it starts", file=sys.stderr)
@@ -148,6 +151,8 @@ def _not_found(args: argparse.Namespace) -> str:
 
 def get(args: argparse.Namespace) -> int:
     """`vmid get vm [NAME]`: NAME AGE STATUS READY, as `kubectl get vm`."""
+    from vmid.runtime import vmstate  # here: as in `find`
+
     paths = Paths(args.root or Path("/"))
     if args.watch:
         raise RequestError("vmid get vm -w is not supported: watch the VMIs (vmid get -w)")

@@ -6,10 +6,10 @@ No trio here: the daemon waits on the fd with trio, `vmid get -w` with poll(2).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 CREATE, ATTRIB, CLOSE_WRITE = 0x100, 0x4, 0x8
 MOVED_FROM, MOVED_TO, DELETE, DELETE_SELF = 0x40, 0x80, 0x200, 0x400
@@ -17,8 +17,7 @@ Q_OVERFLOW, IGNORED, ISDIR, ONLYDIR = 0x4000, 0x8000, 0x40000000, 0x01000000
 _EVENT = struct.Struct("iIII")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One event: the watch it came from, what happened, and the entry's name (or "")."""
 
     wd: int

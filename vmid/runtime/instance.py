@@ -8,7 +8,6 @@ passed, `quit`, then SIGKILL) and the task ends once QEMU is gone and the status
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import itertools
 import logging
@@ -277,7 +276,7 @@ class Instance:
         # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
         self._argv = cmdline(pid)
         uid = os.stat(f"/proc/{pid}").st_uid
-        self.status.qemu = dataclasses.replace(self._qemu_status(), uid=uid)
+        self.status.qemu = self._qemu_status()._replace(uid=uid)
         self.status.event("Normal", "Adopted", f"QEMU pid {pid} re-adopted from an earlier vmid")
         self.log.info("re-adopted qemu pid=%d (%s)", pid, state)
         if self.status.phase is Phase.PENDING:  # it died before it could record the launch

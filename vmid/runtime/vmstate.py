@@ -4,13 +4,15 @@ VM's status file. Shared by the daemon and the CLI."""
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from vmid.api import names
 from vmid.errors import FileRefused
@@ -27,7 +29,7 @@ MAX_REQUEST_BYTES = 4096
 ACTIONS = ("start", "stop", "restart")
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class Kept:
     """What the controller decided for one VM, kept across daemon restarts."""
 
@@ -40,13 +42,14 @@ class Kept:
     #: Whether the VM is to have a VMI (Manual and RerunOnFailure decide it by requests).
     wanted: bool = False
     #: The claim files its DataVolume templates made (moved aside when the VM is removed).
-    volumes: list[str] = dataclasses.field(default_factory=list)
+    volumes: list[str] = attrs.field(factory=list)
     #: When vmid first saw the VM (its creationTimestamp).
     created: str = ""
 
     def to_data(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in data.items()}
+        return {
+            k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(self).items()
+        }
 
 
 def load_kept(paths: Paths, key: str) -> Kept | None:
@@ -78,7 +81,7 @@ def save_kept(paths: Paths, key: str, kept: Kept) -> None:
     safefile.write_atomically(directory / STATE_FILE, text, durable=True)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@attrs.frozen
 class Request:
     """`vmid start|stop|restart` of one VM."""
 
@@ -91,7 +94,7 @@ def send(paths: Paths, request: Request) -> Path:
     """Queue a request for the daemon (it takes them in the order they were made)."""
     directory = paths.vm_requests
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    name = f"{time.time_ns():020d}-{os.urandom(16).hex()}.json"
+    name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.json"
     data = {"key": request.key, "action": request.action, "grace": request.grace}
     path = directory / name
     safefile.write_atomically(path, json.dumps(data).encode(), durable=True)
