@@ -55,6 +55,28 @@ def test_ready_status_stopping_and_watchdog(tmp_path: Path) -> None:
     assert f"EXTEND_TIMEOUT_USEC={(7 + 15) * 10**6}" in text
 
 
+def test_the_status_line_follows_many_changes(tmp_path: Path) -> None:
+    """STATUS= is sent once per burst of changes (issue 16): the last one sent is right."""
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.setblocking(False)
+        lines: list[str] = []
+
+        def last_status_is(expected: str) -> bool:
+            lines.extend(line for m in received(sock) for line in m.splitlines())
+            return [line for line in lines if line.startswith("STATUS=")][-1:] == [expected]
+
+        with running_daemon(tmp_path, fake_config(), env={"NOTIFY_SOCKET": address}) as daemon:
+            daemon.wait_for("ready", lambda: last_status_is("STATUS=no VMIs"))
+            for i in range(8):
+                daemon.drop(f"vm-{i}.yaml", manifest(f"vm-{i}", mode="refuse" if i else "obey"))
+            daemon.wait_for("8", lambda: last_status_is("STATUS=1 running, 7 failed"))
+            for i in range(5):
+                (daemon.spool / f"vm-{i}.yaml").unlink()
+            daemon.wait_for("3 left", lambda: last_status_is("STATUS=3 failed"))
+
+
 def test_without_notify_socket_nothing_is_sent() -> None:
     notifier = Notifier({})
     notifier.notify(READY="1")

@@ -312,6 +312,29 @@ async def test_allocation_skips_uids_of_records_processes_and_users(tmp_path: Pa
         identity.allocate(instances / "d/x", 0, 1)  # root is a user: never given to a QEMU
 
 
+def test_the_daemons_kept_records_give_what_reading_every_record_gives(tmp_path: Path) -> None:
+    """identity.Records (read once, then kept by allocate and forget) decides as reading every
+    VMI's record at each allocation did: a record found at start counts, a forgotten uid is
+    given again, and it always holds what the records on disk hold."""
+    instances, first = tmp_path / "instances", FIRST + COUNT - 700
+    (instances / "old/x").mkdir(parents=True)
+    (instances / "old/x/uid").write_text(f"{first}\n")  # before the daemon: read from disk
+    records = identity.Records(instances)
+
+    def allocate(name: str) -> int:
+        uid = identity.allocate(instances / name, first, 5, {}, records)
+        on_disk = {int(p.read_text()) for p in instances.glob("*/*/uid")}
+        assert records.taken() == on_disk
+        return uid
+
+    assert [allocate("a/x"), allocate("b/x")] == [first + 1, first + 2]
+    identity.release(instances / "a/x")
+    records.forget(first + 1)
+    assert [allocate("c/x"), allocate("d/x"), allocate("e/x")] == [first + 1, first + 3, first + 4]
+    with pytest.raises(IdentityError, match="no uid left"):
+        allocate("f/x")
+
+
 def test_a_root_no_qemu_uid_can_reach_is_refused_at_start(tmp_path: Path) -> None:
     closed = tmp_path / "closed"
     (closed / "root").mkdir(parents=True)

@@ -21,6 +21,7 @@ import contextlib
 import grp
 import os
 import pwd
+import threading
 from collections.abc import Mapping, Set
 from pathlib import Path
 
@@ -43,6 +44,39 @@ class QemuUser:
     groups: tuple[int, ...]
 
 
+class Records:
+    """The uids the VMIs' records under `instances` (`.../namespaces`) hold: read from disk at
+    the first allocation, then kept by `allocate` and `forget`. The daemon writes and removes
+    every record, so an allocation need not read every VMI's record again (O(VMIs) each, under
+    the allocation lock: issue 16). A record removed behind its back keeps its uid taken until
+    the daemon restarts, never the other way round."""
+
+    def __init__(self, instances: Path) -> None:
+        self.instances = instances
+        self._uids: set[int] | None = None
+        self._lock = threading.Lock()  # allocations and removals run in worker threads
+
+    def __repr__(self) -> str:
+        return f"<Records {str(self.instances)!r} uids={self._uids}>"
+
+    def taken(self) -> set[int]:
+        with self._lock:
+            if self._uids is None:
+                self._uids = _recorded_uids(self.instances)
+            return set(self._uids)
+
+    def add(self, uid: int) -> None:
+        with self._lock:
+            if self._uids is not None:  # else it is on disk, read with the others
+                self._uids.add(uid)
+
+    def forget(self, uid: int) -> None:
+        """The record of `uid` was removed (`release`): it may be given again."""
+        with self._lock:
+            if self._uids is not None:
+                self._uids.discard(uid)
+
+
 def vmi_user(uid: int, vmi: str) -> QemuUser:
     """VMI `vmi`'s QEMU identity: uid and gid `uid`, and `kvm` (for /dev/kvm) if there is one."""
     groups: tuple[int, ...] = ()
@@ -52,13 +86,18 @@ def vmi_user(uid: int, vmi: str) -> QemuUser:
 
 
 def allocate(
-    state: Path, first: int, count: int, running: Mapping[int, Set[int]] | None = None
+    state: Path,
+    first: int,
+    count: int,
+    running: Mapping[int, Set[int]] | None = None,
+    records: Records | None = None,
 ) -> int:
     """The uid recorded in the VMI's state directory `state` (`.../NAMESPACE/NAME`), else a new
     one (no other VMI's, of any namespace), recorded first.
 
     Callers serialise calls (two VMIs must not pick the same free number at once). `running`:
     the processes' ids (`running_ids`) read after the caller asked; None: read them now.
+    `records`: the records of `state`'s namespaces directory, kept; None: read them now.
 
     Raises:
         IdentityError: every uid of the range is taken.
@@ -68,9 +107,12 @@ def allocate(
         return uid
     if running is None:
         running = running_ids()
-    taken = _recorded_uids(state.parents[1]).union(*running.values())
+    recorded_uids = _recorded_uids(state.parents[1]) if records is None else records.taken()
+    taken = recorded_uids.union(*running.values())
     for uid in range(first, first + count):
         if uid not in taken and not _named(uid):
+            if records is not None:  # first: a record a failure leaves behind still counts
+                records.add(uid)
             _record(state, uid)
             return uid
     raise IdentityError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +110,11 @@ class Supervisor:
         self._desired = Desired({}, {}, ())
         self._stopping = False
         self._applied = False
-        self._on_change: Callable[[], None] = lambda: None
         self._changed = trio.Event()
         #: One uid allocation at a time: two VMIs must never pick the same free number.
         self._uids = trio.Lock()
+        #: The uids the VMIs' records hold, kept: an allocation reads none of them.
+        self._records = identity.Records(paths.state_instances)
         #: Which processes run as which ids: read once for all the VMIs starting at once.
         self._processes = Coalesced(identity.running_ids)
         network.on_dhcp(self._dhcp_changed)
@@ -132,10 +133,6 @@ class Supervisor:
         for vm in self._vms.values():
             counts[vm.status.phase] = counts.get(vm.status.phase, 0) + 1
         return counts
-
-    def on_change(self, callback: Callable[[], None]) -> None:
-        """Call `callback` after every status change (for systemd's STATUS= line)."""
-        self._on_change = callback
 
     def max_grace(self) -> int:
         """The longest grace period among the VMIs that may have to be stopped."""
@@ -218,7 +215,6 @@ class Supervisor:
     def _status_written(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
-        self._on_change()
 
     def apply(self, desired: Desired) -> None:
         """Start what is new, stop what is gone, restart what changed; returns at once."""
@@ -313,7 +309,7 @@ class Supervisor:
         elif name not in desired.refused:
             gone = found.status.manifest if found.status else _bare_object(name)
             self._events.record(gone, "Normal", "Deleted", f"{DELETED}: {REMOVED_OFFLINE}")
-            _remove_state(self._paths, name)
+            _remove_state(self._paths, self._records, name)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
         name, (pid, *others) = found.key, found.pids
@@ -378,7 +374,7 @@ class Supervisor:
         """A refused manifest is gone: its addresses and state go too."""
         with trio.CancelScope(shield=True):
             await self._release(name)
-            await trio.to_thread.run_sync(_remove_state, self._paths, name)
+            await trio.to_thread.run_sync(_remove_state, self._paths, self._records, name)
 
     async def _release(self, name: str) -> None:
         """Free the VMI's addresses (and taps); a failure is logged, the rest goes on."""
@@ -569,7 +565,7 @@ class Supervisor:
             # A restart with a new spec is the same VMI to its user: it keeps its uid and its
             # firmware UUID (cloud-init's instance-id: a resize must not redo the first boot).
             keep = vm.successor is not None
-            await trio.to_thread.run_sync(_remove_state, self._paths, name, keep)
+            await trio.to_thread.run_sync(_remove_state, self._paths, self._records, name, keep)
             if keep and vm.successor is None:  # removed meanwhile: nothing of it stays
                 await self._forget(name)
         if self._vms.get(name) is vm:
@@ -661,7 +657,7 @@ class Supervisor:
         running = await self._processes.get()
         async with self._uids:
             uid = await trio.to_thread.run_sync(
-                identity.allocate, state, uids.first, uids.count, running
+                identity.allocate, state, uids.first, uids.count, running, self._records
             )
         return identity.vmi_user(uid, name)
 
@@ -671,7 +667,9 @@ class Supervisor:
         return plan
 
 
-def _remove_state(paths: Paths, name: str, keep_identity: bool = False) -> None:
+def _remove_state(
+    paths: Paths, records: identity.Records, name: str, keep_identity: bool = False
+) -> None:
     """Delete a gone VMI's ephemeral files and runtime directory (logs are kept, given to root).
 
     Its status goes last, so a reader that finds no status finds nothing else of the VMI
@@ -696,6 +694,8 @@ def _remove_state(paths: Paths, name: str, keep_identity: bool = False) -> None:
             return
         identity.give_back(paths.instance_logs(name), uid)
     identity.release(state)
+    if uid is not None:
+        records.forget(uid)
     shutil.rmtree(runtime, ignore_errors=True)
 
 
