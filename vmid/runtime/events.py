@@ -17,12 +17,11 @@ import os
 import re
 import select
 import time
-import uuid
 from collections.abc import Callable, Mapping, Set
 from pathlib import Path
 from typing import Any
 
-from vmid.host import inotify, safefile
+from vmid.host import safefile
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ class EventStore:
             "metadata": {
                 "name": f"{name}.{int(moment * 1e9):x}",  # as client-go names them
                 "namespace": namespace,
-                "uid": str(uuid.uuid4()),
+                "uid": _uid(),
                 "creationTimestamp": stamp,
             },
             "involvedObject": involved,
@@ -197,6 +196,14 @@ def _key(event: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _uid() -> str:
+    """An event's metadata.uid, a random UUID (imported here: `vmid describe` reads events
+    without making any, and uuid imports platform)."""
+    import uuid
+
+    return str(uuid.uuid4())
+
+
 def _truncate(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
@@ -268,10 +275,10 @@ def _about(event: Mapping[str, Any], namespace: str | None, name: str | None) ->
 class Follow:
     """The store's changes as they come (`vmid events -w`): inotify on its directory."""
 
-    #: The kernel dropped events or the directory went: whoever watches must read everything.
-    LOST = inotify.Q_OVERFLOW | inotify.DELETE_SELF | inotify.IGNORED
-
     def __init__(self, directory: Path) -> None:
+        # Here: `vmid describe` reads events without following them (inotify loads ctypes).
+        from vmid.host import inotify
+
         self._fd = inotify.open_fd()
         mask = inotify.MOVED_TO | inotify.CLOSE_WRITE | inotify.DELETE | inotify.DELETE_SELF
         try:
@@ -286,10 +293,14 @@ class Follow:
     def wait(self, timeout: float) -> set[str] | None:
         """The files changed since the last call, after waiting up to `timeout` seconds for
         one; empty if none did; None if changes were lost (read everything again)."""
+        from vmid.host import inotify  # as in __init__
+
+        # The kernel dropped events or the directory went: the watcher must read everything.
+        lost = inotify.Q_OVERFLOW | inotify.DELETE_SELF | inotify.IGNORED
         ready, _, _ = select.select([self._fd], [], [], timeout)
         changed = set()
         for event in inotify.read_events(self._fd) if ready else []:
-            if event.mask & self.LOST:
+            if event.mask & lost:
                 return None
             if _object_file(event.name):
                 changed.add(event.name)
