@@ -312,8 +312,8 @@ def test_reading_verbs_import_only_what_they_need(tmp_path: Path, verb: list[str
     assert code == "0", done.stderr
     assert done.stdout
     assert [m for m in modules if m.startswith(_NOT_FOR_READING)] == []
-    # Only the verb's own module and what it uses: 6-22 vmid modules today.
-    assert len([m for m in modules if m.startswith("vmid")]) <= 25, modules
+    # Only the verb's own module and what it uses: 6-22 vmid modules today (every verb's: 42).
+    assert len([m for m in modules if m.startswith("vmid")]) <= 30, modules
 
 
 def test_a_second_daemon_on_one_root_is_refused(tmp_path: Path) -> None:
