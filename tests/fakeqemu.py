@@ -16,6 +16,7 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
   flood-N    write N MiB to its serial console's log and N MiB to stderr as fast as it can,
              then `flood done` to each, then obey
   tick       write a numbered line (1 KiB) to its serial console's log every 10 ms; obey
+  drip       write an empty line (one byte) to its serial console's log every 10 ms; obey
   halt-N     power off by itself N seconds after `cont` (a guest that shuts down)
   ioerror    0.2 s after `cont`, a write to its first disk fails with ENOSPC and, as with
              werror=stop, the guest stops: BLOCK_IO_ERROR, then STOP, runstate io-error
@@ -86,9 +87,10 @@ def main(argv: list[str]) -> int:
         megabytes = int(mode.removeprefix("flood-"))
         threading.Thread(target=flood, args=(console_log(argv), megabytes), daemon=True).start()
         threading.Thread(target=flood, args=(2, megabytes), daemon=True).start()
-    if mode == "tick":
-        threading.Thread(target=tick, args=(console_log(argv),), daemon=True).start()
-    fake = FakeQemu("obey" if mode.startswith("flood-") or mode == "tick" else mode)
+    if mode in ("tick", "drip"):
+        target = tick if mode == "tick" else drip
+        threading.Thread(target=target, args=(console_log(argv),), daemon=True).start()
+    fake = FakeQemu("obey" if mode.startswith("flood-") or mode in ("tick", "drip") else mode)
     fake.disk = option(argv, "-device", r"drive=([^,]+),id=ua-disk-") or "disk0"
     path = option(argv, "-chardev", r"id=charserial0,path=([^,]+)")
     console = None if path is None else Console(path)
@@ -174,6 +176,13 @@ def flood(fd: int, megabytes: int) -> None:
 def tick(fd: int) -> None:
     for number in itertools.count():
         write(fd, f"tick {number:08d} ".encode().ljust(1023, b".") + b"\n")
+        time.sleep(0.01)
+
+
+def drip(fd: int) -> None:
+    """A line of one byte every 10 ms: as many lines, each timed, for as few bytes as can be."""
+    while True:
+        write(fd, b"\n")
         time.sleep(0.01)
 
 
