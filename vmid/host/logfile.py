@@ -147,7 +147,8 @@ class _TimeIndex:
 
     @property
     def full(self) -> bool:
-        return self.size >= self._limit
+        """Whether one more record would take it past its limit."""
+        return self.size + TIMES_RECORD.size > self._limit
 
     def open(self, log: os.stat_result) -> None:
         """Open (or start afresh) the index of the log file `log`; one naming another file
