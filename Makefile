@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 # dnsmasq and nft for the pod network; ip and nsenter for the network tests; skopeo pulls
 # containerDisks (zstd for zstd layers); the tests push images to Debian's docker-registry,
 # started by each test in a network namespace of its own: on a systemd host the service the
-# package enables (a registry open to the network on :5000) is disabled again at once.
+# package enables (a registry open to the network on :5000) is disabled again at once; fish
+# checks `vmid completion fish`.
 APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux \
-	skopeo zstd docker-registry curl
+	skopeo zstd docker-registry curl fish
 
 .PHONY: setup packages lint test run clean golden install bench chaos
 

@@ -1,5 +1,6 @@
-"""`vmid completion bash|zsh`: a shell completion script for vmid's verbs, their flags and the
-names of existing VMIs (asked of `vmid get -o name` as one types, with the --root and -n typed)."""
+"""`vmid completion bash|zsh|fish`: a shell completion script for vmid's verbs, their flags and
+the names of existing VMIs (asked of `vmid get -o name` as one types, with the --root and -n
+typed); fish's is made by fishcompletion.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ EXAMPLES = """examples:
   source <(vmid completion bash)                      # in this shell
   vmid completion bash > /etc/bash_completion.d/vmid  # in every new one
   source <(vmid completion zsh)                       # zsh, through bashcompinit
+  vmid completion fish | source                       # fish, in this shell
+  vmid completion fish > ~/.config/fish/completions/vmid.fish   # fish, in every new one
 """
 
 #: The script; VERBS, GLOBAL, the flag cases, NAMED and SUBVERBS are filled in from the parser.
@@ -56,16 +59,21 @@ _ZSH = "autoload -U +X bashcompinit && bashcompinit\n"
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     completion = commands.add_parser(
         "completion",
-        help="print a shell completion script (bash, zsh)",
+        help="print a shell completion script (bash, zsh, fish)",
         description="Print a script completing vmid's verbs, flags and VMI names.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
     completion.set_defaults(run=_completion, commands=commands, global_flags=flags)
 
 
 def _completion(args: argparse.Namespace) -> int:
+    if args.shell == "fish":
+        from vmid.cli import fishcompletion  # here: only this verb needs it
+
+        print(fishcompletion.script(args.commands, args.global_flags), end="")
+        return EXIT_OK
     script = script_for(args.commands, args.global_flags)
     print((_ZSH if args.shell == "zsh" else "") + script, end="")
     return EXIT_OK
