@@ -33,6 +33,7 @@ VERBS = (
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     for verb, text in VERBS:
         parser_ = commands.add_parser(verb, parents=[flags], help=text)
         parser_.add_argument("name", metavar="NAME")

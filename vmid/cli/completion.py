@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
 
 EXAMPLES = """examples:
@@ -59,6 +60,7 @@ _ZSH = "autoload -U +X bashcompinit && bashcompinit\n"
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     completion = commands.add_parser(
         "completion",
+        parents=[common.flags_for(flags)],  # accepted, meaning nothing here: not offered
         help="print a shell completion script (bash, zsh, fish)",
         description="Print a script completing vmid's verbs, flags and VMI names.",
         epilog=EXAMPLES,
@@ -102,7 +104,9 @@ def script_for(commands: Commands, flags: argparse.ArgumentParser) -> str:
 
 
 def _flags(parser: argparse.ArgumentParser) -> list[str]:
-    return [o for action in parser._actions for o in action.option_strings]
+    """The options `parser` offers (not those it only accepts: a global flag meaning nothing)."""
+    offered = (a for a in parser._actions if a.help != argparse.SUPPRESS)
+    return [o for action in offered for o in action.option_strings]
 
 
 def _takes_names(parser: argparse.ArgumentParser) -> bool:

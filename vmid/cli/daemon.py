@@ -14,7 +14,8 @@ from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    daemon = commands.add_parser("daemon", parents=[flags], help="run the vmid daemon")
+    meaningful = common.flags_for(flags, "root", "config")
+    daemon = commands.add_parser("daemon", parents=[meaningful], help="run the vmid daemon")
     daemon.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     daemon.set_defaults(run=run)
     common.explain(

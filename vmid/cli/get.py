@@ -42,6 +42,7 @@ EXAMPLES = """examples:
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     get = commands.add_parser(
         "get",
         parents=[flags],

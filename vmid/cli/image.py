@@ -17,7 +17,8 @@ from vmid.runtime import status
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    # The global flags here too: `vmid image --root DIR list`, as after `list`.
+    # The global flags here too: `vmid image --root DIR list`, as after `list` (-n means nothing).
+    flags = common.flags_for(flags, "root", "config")
     image = commands.add_parser(
         "image",
         parents=[flags],

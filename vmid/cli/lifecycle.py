@@ -16,6 +16,7 @@ from vmid.errors import ControlError
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     qmp = commands.add_parser(
         "qmp",
         parents=[flags],

@@ -27,6 +27,7 @@ VMI_WORDS = ("vmi", "vmis", "virtualmachineinstance", "virtualmachineinstances")
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     for action, text in (
         ("start", "start a VirtualMachine"),
         ("stop", "stop a VirtualMachine"),
