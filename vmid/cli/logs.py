@@ -8,7 +8,6 @@ import argparse
 import codecs
 import collections
 import contextlib
-import datetime
 import os
 import re
 import sys
@@ -110,6 +109,8 @@ def _duration(text: str) -> int:
 
 def _time(text: str) -> int:
     """An RFC 3339 time with its offset (`Z`) in nanoseconds since the epoch."""
+    import datetime  # here: the other verbs start without it
+
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
