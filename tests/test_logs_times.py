@@ -173,3 +173,13 @@ def stamp(line: str) -> int:
     assert matched is not None, line
     moment = datetime.datetime.fromisoformat(matched[1])
     return int(moment.replace(microsecond=0).timestamp()) * SECOND + int(matched[1][20:29])
+
+
+def test_a_symlink_as_a_time_index_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    log = console(tmp_path)
+    logfile.times_path(log).symlink_to(victim)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        logfile.RotatingFile(log, 4096, 1, timed=True)
+    assert victim.read_text() == "untouched\n"

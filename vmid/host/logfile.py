@@ -66,18 +66,19 @@ class RotatingFile:
         rotating as often as needed. Raises OSError (a full disk)."""
         when = time.time_ns() if when is None else when
         view = memoryview(data)
-        while view:
+        done = 0
+        while done < len(data):
             if self._full() or self._fd is None:
                 self._rotate()
             assert self._fd is not None
-            piece = view[: self._max - self._size]
+            end = min(len(data), done + self._max - self._size)
             if self._times is not None:  # first: a reader seeing the bytes finds their time
-                self._times.note(self._size, piece, when)
-            written = os.write(self._fd, piece)
-            if self._times is not None:
-                self._times.wrote(piece[:written])
+                self._times.note(self._size, data, done, end, when)
+            written = os.write(self._fd, view[done:end])
+            done += written
             self._size += written
-            view = view[written:]
+            if self._times is not None:
+                self._times.wrote(data[done - 1])
 
     def close(self) -> None:
         if self._fd is not None:
@@ -163,28 +164,26 @@ class _TimeIndex:
         self.size = os.fstat(self._fd).st_size
         self._fresh = True
 
-    def note(self, offset: int, piece: memoryview, when: int) -> None:
-        """Record `when` for the first line `piece` (about to be written at `offset`) starts."""
+    def note(self, offset: int, data: bytes, start: int, end: int, when: int) -> None:
+        """Record `when` for the first line that `data[start:end]`, about to be written at
+        `offset`, starts (if any)."""
         assert self._fd is not None
-        start = 0 if self._fresh or self._line_start else _line_start(piece)
-        if start is not None:
-            self.size += os.write(self._fd, TIMES_RECORD.pack(offset + start, when))
+        begins: int | None = start
+        if not (self._fresh or self._line_start):
+            newline = data.find(b"\n", start, end - 1)
+            begins = None if newline < 0 else newline + 1
+        if begins is not None:
+            self.size += os.write(self._fd, TIMES_RECORD.pack(offset + begins - start, when))
         self._fresh = False
 
-    def wrote(self, piece: memoryview) -> None:
-        if piece:
-            self._line_start = piece[-1] == ord("\n")
+    def wrote(self, last: int) -> None:
+        """The last byte written was `last`."""
+        self._line_start = last == ord("\n")
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _line_start(piece: memoryview) -> int | None:
-    """Where the first line beginning in `piece` begins (after a newline), if one does."""
-    end = bytes(piece[:-1]).find(b"\n")
-    return None if end < 0 else end + 1
 
 
 def _open(path: Path, access: int = os.O_WRONLY) -> int:
