@@ -36,8 +36,8 @@ EXAMPLES = """examples:
   vmid get -o name                            # virtualmachineinstance.kubevirt.io/web ...
   vmid get -o jsonpath='{.items[*].status.interfaces[0].ipAddress}'
   vmid get -o custom-columns=NAME:.metadata.name,PID:.status.qemu.pid
-  vmid get -w                                 # then every change, until Ctrl+C
   vmid get web db -w -l tier=front            # changes to those of them labelled tier=front
+  vmid get -w                                 # then every change, until Ctrl+C
 """
 
 
