@@ -621,7 +621,11 @@ def test_a_log_the_caller_cannot_read_is_a_message_not_a_traceback(tmp_path: Pat
 def test_every_verb_says_what_it_does_with_examples_and_helps_every_argument() -> None:
     commands = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
     lacking = []
-    for verb, parser in commands.choices.items():
+    image = next(
+        a for a in commands.choices["image"]._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    verbs = {**commands.choices, **{f"image {k}": v for k, v in image.choices.items()}}
+    for verb, parser in verbs.items():
         if verb != "version" and not (parser.description and "examples:" in (parser.epilog or "")):
             lacking.append(f"{verb}: description or examples")
         for action in parser._actions:
