@@ -89,6 +89,8 @@ class Stamped:
         self._offset = 0
         self._line_start = True
         self._shown = True
+        self._second, self._date = -1, b""
+        self._last, self._prefix = -1, b""
 
     def __repr__(self) -> str:
         return f"<Stamped since={self._since} stamps={self._stamps}>"
@@ -108,7 +110,7 @@ class Stamped:
                 when = self._times.at(self._offset + start)
                 self._shown = self._since is None or when >= self._since
                 if self._shown and self._stamps:
-                    self._out.write(f"{rfc3339nano(when)} ".encode())
+                    self._out.write(self._stamp(when))
             end = data.find(b"\n", start)
             stop = len(data) if end < 0 else end + 1
             if self._shown:
@@ -116,6 +118,17 @@ class Stamped:
             self._line_start = end >= 0
             start = stop
         self._offset += len(data)
+
+    def _stamp(self, when: int) -> bytes:
+        """`when` as the prefix of a line; the last one and the date and time of the last second
+        kept (lines come many a second: formatting a date each time costs more than the rest)."""
+        if when == self._last:  # the lines of one batch
+            return self._prefix
+        seconds, nanoseconds = divmod(when, 1_000_000_000)
+        if seconds != self._second:
+            self._second, self._date = seconds, _date(seconds)
+        self._last, self._prefix = when, b"%s.%09dZ " % (self._date, nanoseconds)
+        return self._prefix
 
     def flush(self) -> None:
         self._out.flush()
@@ -126,8 +139,8 @@ class Stamped:
         self._out.finish()
 
 
-def rfc3339nano(when: int) -> str:
-    """`when` (ns since the epoch) as kubelet stamps log lines: RFC 3339, 9 digits, UTC."""
-    seconds, nanoseconds = divmod(when, 1_000_000_000)
+def _date(seconds: int) -> bytes:
+    """The date and time of a stamp, as kubelet's (RFC 3339 with 9 digits, UTC: this, then
+    `.NNNNNNNNNZ`)."""
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{nanoseconds:09d}Z"
+    return f"{moment:%Y-%m-%dT%H:%M:%S}".encode()
