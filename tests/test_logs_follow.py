@@ -23,7 +23,10 @@ def ticks(text: str) -> list[int]:
 
 
 def last(log: Path) -> int:
-    numbers = ticks(log.read_text(errors="replace"))
+    try:
+        numbers = ticks(log.read_text(errors="replace"))
+    except FileNotFoundError:  # rotated, the new file not made yet
+        return 0
     return numbers[-1] if numbers else 0
 
 

@@ -93,10 +93,10 @@ class RotatingFile:
     def _rotate(self) -> None:
         self.close()
         if self._full():
-            _shift(self.path, self._backups)
-            if self._times is not None:
+            if self._times is not None:  # first: the log is missing no longer than before
                 _shift(self._times.path, self._backups)
                 self._times.size = 0
+            _shift(self.path, self._backups)
             self._size = 0  # rotated: a failed open below must not rotate again
         self._open()
 
