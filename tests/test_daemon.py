@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,6 +305,22 @@ def test_a_manifest_removed_while_the_daemon_was_down_is_honoured(tmp_path: Path
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_state_a_vmi_kept_between_two_runs_goes_when_its_manifest_went_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Found by tests/chaos.py (seed 92): the daemon killed while a VMI restarts for a new spec
+    (its status and runtime directory gone, its uid and firmware UUID kept for the next run),
+    its manifest then removed: the next daemon found no status, and the uid stayed taken."""
+    pid = leave_running(tmp_path, "vm-a")["status"]["qemu"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    state = tmp_path / "var/lib/vmid/namespaces/default/vm-a"
+    shutil.rmtree(tmp_path / "run/vmid/namespaces/default/vm-a")
+    assert sorted(p.name for p in state.iterdir()) == ["firmware-uuid", "uid"]
+    (tmp_path / "etc/vmid/instances/vm-a.yaml").unlink()
+    with running_daemon(tmp_path, fake_config()):
+        assert not state.exists()
 
 
 def test_a_vm_that_died_while_the_daemon_was_down_ends_failed(tmp_path: Path) -> None:

@@ -53,8 +53,8 @@ def survey(
     on_write: Callable[[], None],
     events: EventStore,
 ) -> dict[str, Left]:
-    """Every VMI with a running QEMU or a status file under `paths`, by key; their statuses
-    record their events in `events`."""
+    """Every VMI with a running QEMU, a status file or state under `paths`, by key; their
+    statuses record their events in `events`."""
     instances = paths.runtime_instances
     for pid, key in wait_for_execs(instances, QEMU_DIR, EXEC_WAIT_SECONDS):
         log.warning(
@@ -67,8 +67,11 @@ def survey(
         )
     running = find_qemus(instances, QEMU_DIR)
     recorded = {str(p.parent.relative_to(instances)) for p in instances.glob(f"*/*/{STATUS_FILE}")}
+    # State with no status: a daemon killed while a VMI was between two runs (a restart for a
+    # new spec keeps its uid and firmware UUID, its status goes) or before its first status.
+    kept = {str(p.relative_to(paths.state_instances)) for p in paths.state_instances.glob("*/*")}
     left = {}
-    for key in sorted(set(running) | recorded):
+    for key in sorted(set(running) | recorded | kept):
         status = _load(instances / key / STATUS_FILE, on_write, events)
         entry = _entry(status, config, paths, accelerator) if status else None
         left[key] = Left(key, tuple(sorted(running.get(key, ()))), status, entry)
