@@ -1,0 +1,199 @@
+"""systemd-machined: each VMI's QEMU in a scope of its own under machine.slice, as libvirt does.
+
+CreateMachineWithNetwork (libvirt's virSystemdCreateMachine) makes the scope
+`machine-NAME.scope` with the VMI's limits and moves QEMU into it; `machinectl list` shows it.
+Without systemd (a container, a `--root` daemon) there is none of this, said once at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import trio
+from jeepney import DBusAddress, DBusErrorResponse, new_method_call
+from jeepney.io.trio import open_dbus_router
+from jeepney.wrappers import unwrap_msg
+
+from vmid.api import names
+from vmid.errors import MachineError
+from vmid.plan.model import Cgroup
+
+#: sd_booted(3): systemd is the init system.
+SYSTEMD_RUNTIME = Path("/run/systemd/system")
+MACHINED = DBusAddress(
+    "/org/freedesktop/machine1",
+    bus_name="org.freedesktop.machine1",
+    interface="org.freedesktop.machine1.Manager",
+)
+SLICE = "machine.slice"
+#: The `service` machinectl shows for vmid's machines.
+SERVICE = "vmid"
+#: D-Bus's own default reply timeout: machined answers once systemd has started the scope.
+CALL_TIMEOUT = 25.0
+#: machined forgets a machine once systemd saw its scope empty: a VMI started again at once
+#: may find its old name taken for a moment.
+NAME_TAKEN_RETRY = 0.2
+NAME_TAKEN_SECONDS = 5.0
+NO_CGROUPS = "VMs run without cgroups of their own"
+#: hostname_is_valid(): what machined accepts as a machine name.
+MAX_NAME = 64
+_UNIT_SAFE = re.compile(r"[A-Za-z0-9:_.]")
+
+
+def machine_name(key: str) -> str:
+    """The machine of VMI `namespace/name`: `vmid-NAMESPACE.NAME` (a namespace holds no dot, so
+    the name is unique); one too long for machined ends with a hash of the key instead."""
+    namespace, name = names.split(key)
+    full = f"{SERVICE}-{namespace}.{name}"
+    if len(full) <= MAX_NAME:
+        return full
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"{full[: MAX_NAME - len(digest) - 1].rstrip('.-')}-{digest}"
+
+
+def scope_name(machine: str) -> str:
+    """The scope machined makes for `machine` (unit_name_escape: `-` is `\\x2d`)."""
+    escaped = "".join(c if _UNIT_SAFE.fullmatch(c) else f"\\x{ord(c):02x}" for c in machine)
+    if escaped.startswith("."):
+        escaped = "\\x2e" + escaped[1:]
+    return f"machine-{escaped}.scope"
+
+
+def scope_of(pid: int) -> str | None:
+    """The machine scope process `pid` is in (`machine-NAME.scope` in machine.slice), or None."""
+    try:
+        return machine_scope(Path(f"/proc/{pid}/cgroup").read_text())
+    except OSError:
+        return None
+
+
+def machine_scope(proc_cgroup: str) -> str | None:
+    """The machine scope a /proc/PID/cgroup text names: on the unified hierarchy's line, or on
+    systemd's own (`name=systemd`) on cgroup v1."""
+    paths = dict(
+        line.split(":", 2)[1:] for line in proc_cgroup.splitlines() if line.count(":") >= 2
+    )
+    path = paths.get("name=systemd") or paths.get("") or ""
+    parent, _, unit = path.rpartition("/")
+    if parent.endswith("/" + SLICE) and unit.startswith("machine-") and unit.endswith(".scope"):
+        return unit
+    return None
+
+
+def properties(key: str, cgroup: Cgroup) -> list[tuple[str, tuple[str, Any]]]:
+    """The scope's unit properties: its slice, its description, its ordering, its limits.
+
+    Before=vmid.service: at shutdown systemd stops vmid (which powers the VMs off gracefully)
+    before it stops any VM's scope (which kills what is left).
+    """
+    props: list[tuple[str, tuple[str, Any]]] = [
+        ("Slice", ("s", SLICE)),
+        ("Description", ("s", f"vmid VirtualMachineInstance {key}")),
+        ("Before", ("as", ["vmid.service"])),
+    ]
+    limits = {
+        "CPUQuotaPerSecUSec": cgroup.cpuQuotaPerSecUSec,
+        "MemoryMax": cgroup.memoryMax,
+        "CPUWeight": cgroup.cpuWeight,
+    }
+    props += [(name, ("t", value)) for name, value in limits.items() if value is not None]
+    return props
+
+
+def interface_indexes(devices: Iterable[str]) -> list[int]:
+    """The host's indexes of the VMI's taps (machined records them as the machine's NICs)."""
+    indexes = []
+    for device in devices:
+        try:
+            indexes.append(socket.if_nametoindex(device))
+        except OSError:
+            continue  # a tap gone meanwhile names nothing: the scope matters, not this
+    return indexes
+
+
+class Machines:
+    """The host's systemd-machined, reached on the system bus."""
+
+    def __init__(self, bus: str = "SYSTEM") -> None:
+        self._bus = bus
+
+    def __repr__(self) -> str:
+        return f"<Machines bus={self._bus!r}>"
+
+    async def register(
+        self, key: str, machine_id: str, pid: int, cgroup: Cgroup, taps: Iterable[str] = ()
+    ) -> str:
+        """Put process `pid` (VMI `key`'s QEMU) in a new scope with `cgroup`'s limits, registered
+        as machine `machine_name(key)`; its scope's name. Raises MachineError."""
+        name = machine_name(key)
+        body = (
+            name,
+            uuid.UUID(machine_id).bytes,  # validated as KubeVirt does
+            SERVICE,
+            "vm",
+            pid,
+            "",
+            interface_indexes(taps),
+            properties(key, cgroup),
+        )
+        message = new_method_call(MACHINED, "CreateMachineWithNetwork", "sayssusaia(sv)", body)
+        with trio.move_on_after(NAME_TAKEN_SECONDS):
+            while True:
+                try:
+                    await self._call(message)
+                    return scope_name(name)
+                except MachineError as exc:
+                    if "already exists" not in str(exc):
+                        raise
+                await trio.sleep(NAME_TAKEN_RETRY)
+        raise MachineError(
+            f"systemd-machined still has a machine {name!r} after {NAME_TAKEN_SECONDS:g} s "
+            f"(another VM of that name?): `machinectl terminate {name}` ends it"
+        )
+
+    async def ping(self) -> None:
+        """Raise MachineError unless machined answers (the bus starts it if need be)."""
+        peer = DBusAddress(MACHINED.object_path, MACHINED.bus_name, "org.freedesktop.DBus.Peer")
+        await self._call(new_method_call(peer, "Ping"))
+
+    async def _call(self, message: Any) -> tuple[Any, ...]:
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                async with open_dbus_router(self._bus) as router:
+                    body: tuple[Any, ...] = unwrap_msg(await router.send_and_get_reply(message))
+                    return body
+        except DBusErrorResponse as exc:
+            detail = exc.data[0] if exc.data else exc.name
+            raise MachineError(f"systemd-machined refused: {detail} ({exc.name})") from exc
+        except trio.TooSlowError as exc:
+            raise MachineError(f"systemd-machined did not answer in {CALL_TIMEOUT:g} s") from exc
+        except OSError as exc:  # no bus socket, or the bus hung up
+            raise MachineError(f"the system bus cannot be reached: {exc}") from exc
+
+
+def booted() -> bool:
+    """sd_booted(3): whether systemd is this host's init system."""
+    return SYSTEMD_RUNTIME.is_dir()
+
+
+async def detect(root: Path, bus: str = "SYSTEM") -> tuple[Machines | None, str]:
+    """machined, if VMs get scopes of their own here, and the one line saying how VMs run."""
+    if root != Path("/"):
+        why = f"--root {root} is not the host's vmid, its VMIs' names are not the host's"
+    elif not booted():
+        why = "systemd is not running here (no /run/systemd/system)"
+    else:
+        machines = Machines(bus)
+        try:
+            await machines.ping()
+        except MachineError as exc:
+            why = f"{exc} (Debian: apt-get install systemd-container)"
+        else:
+            return machines, f"each VMI's QEMU runs in a scope of its own under {SLICE}"
+    return None, f"{NO_CGROUPS}: {why}"
