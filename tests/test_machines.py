@@ -115,6 +115,12 @@ def test_scope_properties_carry_only_set_limits() -> None:
     assert props["Before"] == ("as", ["vmid.service"])
 
 
+def test_limits_in_systemds_words() -> None:
+    cgroup = Cgroup(cpuQuotaPerSecUSec=500_000, memoryMax=5 * MI, cpuWeight=20)
+    assert machines.describe(cgroup) == "CPUQuota=50% MemoryMax=5242880 CPUWeight=20"
+    assert machines.describe(Cgroup()) == "no limits"
+
+
 async def test_no_scopes_for_a_root_daemon_or_without_systemd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

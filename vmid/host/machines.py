@@ -106,6 +106,18 @@ def properties(key: str, cgroup: Cgroup) -> list[tuple[str, tuple[str, Any]]]:
     return props
 
 
+def describe(cgroup: Cgroup) -> str:
+    """The limits as systemd's unit settings say them: `CPUQuota=50% MemoryMax=520355840`."""
+    limits = []
+    if cgroup.cpuQuotaPerSecUSec is not None:
+        limits.append(f"CPUQuota={cgroup.cpuQuotaPerSecUSec / 10_000:g}%")
+    if cgroup.memoryMax is not None:
+        limits.append(f"MemoryMax={cgroup.memoryMax}")
+    if cgroup.cpuWeight is not None:
+        limits.append(f"CPUWeight={cgroup.cpuWeight}")
+    return " ".join(limits) or "no limits"
+
+
 def interface_indexes(devices: Iterable[str]) -> list[int]:
     """The host's indexes of the VMI's taps (machined records them as the machine's NICs)."""
     indexes = []

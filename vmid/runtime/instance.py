@@ -28,7 +28,7 @@ from vmid.config import Accelerator, Logs
 from vmid.errors import LaunchError, MachineError, MonitorError, VmidError
 from vmid.host import beneath, identity, journal, storage, unixsock
 from vmid.host.identity import QemuUser
-from vmid.host.machines import Machines, scope_of
+from vmid.host.machines import Machines, describe, scope_of
 from vmid.plan.build import QEMU_DIR
 from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, add_fd, device_id
 from vmid.runtime import agent, probes
@@ -319,7 +319,7 @@ class Instance:
                 self.log.warning("QEMU pid %d runs without a cgroup of its own: %s", pid, exc)
                 return
             raise LaunchError(f"QEMU could not be given a cgroup of its own: {exc}") from exc
-        self.log.info("QEMU pid %d in scope %s (%s)", pid, scope, plan.cgroup)
+        self.log.info("QEMU pid %d in scope %s (%s)", pid, scope, describe(plan.cgroup))
 
     async def _failed_disks(self) -> str:
         """What `query-block` says of the disks whose error stopped the guest."""
