@@ -80,8 +80,10 @@ run: setup
 # virtualenv is updated in place; `systemctl restart vmid` runs the new one.
 VMID_HOME ?= /opt/vmid
 MANDIR ?= /usr/local/share/man
+# Under systemd, systemd-machined (systemd-container) gives each VM a scope of its own.
 install:
-	$(MAKE) --no-print-directory packages APT_PACKAGES="$(RUNTIME_PACKAGES)"
+	$(MAKE) --no-print-directory packages \
+		APT_PACKAGES="$(RUNTIME_PACKAGES) $(if $(wildcard /run/systemd/system),systemd-container)"
 	test -x $(VMID_HOME)/bin/python || $(PYTHON) -m venv $(VMID_HOME)
 	$(VMID_HOME)/bin/pip install -q -c constraints.txt .
 	install -d -m 755 /usr/local/bin
