@@ -8,17 +8,25 @@ tests/test_nspawn*.py; this host has no systemd.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from jeepney import MatchRule, message_bus, new_error, new_method_return
+from jeepney.io.trio import open_dbus_router
 
 from tests.daemon import fake_config, manifest, running_daemon
 from tests.test_instance import asyncio_loop, make_instance, start
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import LaunchError, MachineError
 from vmid.host import machines
-from vmid.host.machines import Machines, machine_name, machine_scope, scope_name
+from vmid.host.machines import MACHINED, Machines, machine_name, machine_scope, scope_name
 from vmid.host.storage import ImageStore
 from vmid.manifests import plan_file
 from vmid.plan.model import Cgroup, LaunchPlan
@@ -211,3 +219,85 @@ async def test_a_scope_machined_refuses_fails_the_vmi(tmp_path: Path, asyncio_lo
         "QEMU could not be given a cgroup of its own: systemd-machined refused: Access denied"
     )
     assert fake.calls[0][4] is Phase.SCHEDULED  # the guest never ran
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[str]:
+    """A D-Bus daemon of the test's own (dbus-daemon's session configuration), its address."""
+    if shutil.which("dbus-daemon") is None:
+        pytest.skip("dbus-daemon is missing (Debian: dbus)")
+    address = f"unix:path={tmp_path}/bus"
+    daemon = subprocess.Popen(
+        ["dbus-daemon", "--session", "--nofork", "--nopidfile", f"--address={address}"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "bus").exists():
+            assert time.monotonic() < deadline, "dbus-daemon did not start"
+            time.sleep(0.01)
+        yield address
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+async def test_no_machined_on_the_bus_is_said_not_raised(
+    bus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(machines, "SYSTEMD_RUNTIME", tmp_path)
+    found, line = await machines.detect(Path("/"), bus=bus)
+    assert found is None
+    assert line.startswith(f"{machines.NO_CGROUPS}: systemd-machined: ")
+    assert "org.freedesktop.DBus.Error.ServiceUnknown" in line
+
+
+async def fake_machined(
+    bus: str, answers: list[str | None], calls: list[tuple[Any, ...]], ready: trio.Event
+) -> None:
+    """machined on `bus`: each CreateMachineWithNetwork gets the next answer (None: created,
+    else that error's message, as MachineExists)."""
+    async with open_dbus_router(bus) as router:
+        await router.send_and_get_reply(message_bus.RequestName(MACHINED.bus_name))
+        with router.filter(MatchRule(type="method_call")) as queue:
+            ready.set()
+            while answers:
+                call = await queue.receive()
+                calls.append(call.body)
+                answer = answers.pop(0)
+                if answer is None:
+                    path = "/org/freedesktop/machine1/machine/vmid_2ddefault_2eweb"
+                    await router.send(new_method_return(call, "o", (path,)))
+                else:
+                    name = "org.freedesktop.machine1.MachineExists"
+                    await router.send(new_error(call, name, "s", (answer,)))
+
+
+async def test_register_waits_for_a_name_still_taken_then_creates(bus: str) -> None:
+    calls: list[tuple[Any, ...]] = []
+    answers: list[str | None] = ["Machine 'vmid-default.web' already exists", None]
+    cgroup = Cgroup(cpuQuotaPerSecUSec=500_000, memoryMax=5 * MI, cpuWeight=20)
+    machine_id = "5a9fc181-957e-5c32-9e5a-2de5e9673531"
+    async with trio.open_nursery() as nursery:
+        ready = trio.Event()
+        nursery.start_soon(fake_machined, bus, answers, calls, ready)
+        await ready.wait()
+        scope = await Machines(bus).register("default/web", machine_id, 4242, cgroup, ["lo"])
+    assert scope == "machine-vmid\\x2ddefault.web.scope"
+    assert len(calls) == 2  # the name was taken once (an old scope not yet gone): asked again
+    name, uuid_bytes, service, class_, leader, root, nics, props = calls[1]
+    assert (name, service, class_, leader, root) == ("vmid-default.web", "vmid", "vm", 4242, "")
+    assert uuid_bytes == bytes.fromhex(machine_id.replace("-", ""))
+    assert nics == [1]  # lo's index: the host's indexes of the VMI's taps
+    assert dict(props) == dict(machines.properties("default/web", cgroup))
+
+
+async def test_a_refusal_is_a_machine_error(bus: str) -> None:
+    calls: list[tuple[Any, ...]] = []
+    answers: list[str | None] = ["Access denied"]
+    async with trio.open_nursery() as nursery:
+        ready = trio.Event()
+        nursery.start_soon(fake_machined, bus, answers, calls, ready)
+        await ready.wait()
+        with pytest.raises(MachineError, match=r"^systemd-machined: Access denied \("):
+            await Machines(bus).register("default/web", str(uuid.uuid4()), 1, Cgroup())

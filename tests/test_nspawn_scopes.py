@@ -136,3 +136,65 @@ def test_a_vmi_removed_takes_its_machine_along(container: nspawn.Container) -> N
         lambda: "vm-b" not in container.run("machinectl", "list", "--no-legend").stdout,
     )
     assert container.show("machine-vmid\\x2ddefault.vm\\x2db.scope", "ActiveState") == "inactive"
+
+
+def phase(box: nspawn.Container, name: str) -> tuple[str, str]:
+    path = f"/run/vmid/namespaces/default/{name}/status.json"
+    status = json.loads(box.run("cat", path).stdout)["status"]
+    return status.get("phase", ""), status.get("reason", "")
+
+
+def test_a_scope_machined_refuses_fails_the_vmi_before_its_guest_runs(
+    container: nspawn.Container,
+) -> None:
+    # Another program holds the machine name vm-d's QEMU would get.
+    container.run("systemd-run", "--unit=impostor", "--quiet", "sleep", "1000")
+    leader = container.show("impostor.service", "MainPID")
+    container.run(
+        "busctl", "call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+        "org.freedesktop.machine1.Manager", "CreateMachine", "sayssusa(sv)",
+        "vmid-default.vm-d", "0", "impostor", "vm", leader, "", "0",
+    )  # fmt: skip
+    container.write("/etc/vmid/instances/d.yaml", manifest("vm-d"))
+    container.wait_for(
+        "vm-d failed",
+        lambda: container.run("test", "-e", "/run/vmid/namespaces/default/vm-d/status.json",
+                              check=False).returncode == 0
+        and phase(container, "vm-d")[0] == "Failed",
+        timeout=30,
+    )  # fmt: skip
+    assert phase(container, "vm-d")[1] == (
+        "QEMU could not be given a cgroup of its own: systemd-machined still has a machine "
+        "'vmid-default.vm-d' after 5 s (another VM of that name?): "
+        "`machinectl terminate vmid-default.vm-d` ends it"
+    )
+    # Its QEMU is gone (it never got `cont`); the other machine is untouched.
+    assert "fakeqemu" not in container.sh("ps -eo args | grep 'guest=default/vm-d' || true")
+    listed = container.run("machinectl", "list", "--no-legend").stdout
+    assert "vmid-default.vm-d vm impostor" in " ".join(listed.split())
+    container.run("rm", "/etc/vmid/instances/d.yaml")
+    container.systemctl("stop", "impostor")
+
+
+def test_without_machined_one_line_then_a_scope_at_re_adoption(
+    container: nspawn.Container,
+) -> None:
+    # A host without systemd-machined (or a vmid from before scopes): VMs in vmid's cgroup.
+    container.systemctl("stop", "vmid")  # onDaemonStop: keep
+    container.systemctl("mask", "--now", "systemd-machined.service")
+    container.write("/etc/vmid/instances/c.yaml", manifest("vm-c"))
+    container.systemctl("start", "vmid")
+    pid = qemu_pid(container, "vm-c")
+    assert "/system.slice/vmid.service\n" in cgroup_of(container, pid)
+    said = container.journal("-u", "vmid", "-o", "cat", "--since=-30s")
+    lines = [line for line in said.splitlines() if "cgroups of their own" in line]
+    assert len(lines) == 1, said
+    assert lines[0].startswith("vmid.runtime.daemon: VMs run without cgroups of their own: ")
+    # machined back: the next vmid gives the QEMU it re-adopts a scope (KillMode=process kept
+    # it through the restart), without stopping it.
+    container.systemctl("unmask", "systemd-machined.service")
+    container.systemctl("restart", "vmid")
+    assert qemu_pid(container, "vm-c") == pid
+    scope = "/machine.slice/machine-vmid\\x2ddefault.vm\\x2dc.scope\n"
+    container.wait_for("vm-c in a scope", lambda: scope in cgroup_of(container, pid), timeout=30)
+    assert phase(container, "vm-c")[0] == "Running"

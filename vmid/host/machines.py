@@ -177,16 +177,28 @@ class Machines:
     async def _call(self, message: Any) -> tuple[Any, ...]:
         try:
             with trio.fail_after(CALL_TIMEOUT):
-                async with open_dbus_router(self._bus) as router:
-                    body: tuple[Any, ...] = unwrap_msg(await router.send_and_get_reply(message))
-                    return body
-        except DBusErrorResponse as exc:
-            detail = exc.data[0] if exc.data else exc.name
-            raise MachineError(f"systemd-machined refused: {detail} ({exc.name})") from exc
+                reply = await self._exchange(message)
         except trio.TooSlowError as exc:
             raise MachineError(f"systemd-machined did not answer in {CALL_TIMEOUT:g} s") from exc
         except OSError as exc:  # no bus socket, or the bus hung up
             raise MachineError(f"the system bus cannot be reached: {exc}") from exc
+        try:
+            body: tuple[Any, ...] = unwrap_msg(reply)
+        except DBusErrorResponse as exc:
+            detail = exc.data[0] if exc.data else exc.name
+            raise MachineError(f"systemd-machined: {detail} ({exc.name})") from exc
+        return body
+
+    async def _exchange(self, message: Any) -> Any:
+        """One call on a connection of its own: the reply, an error reply included."""
+        try:
+            async with open_dbus_router(self._bus) as router:
+                return await router.send_and_get_reply(message)
+        except BaseExceptionGroup as group:
+            # The router's nursery wraps what its connection raised (an OSError): raise that.
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
 
 
 def booted() -> bool:
@@ -205,7 +217,7 @@ async def detect(root: Path, bus: str = "SYSTEM") -> tuple[Machines | None, str]
         try:
             await machines.ping()
         except MachineError as exc:
-            why = f"{exc} (Debian: apt-get install systemd-container)"
+            why = f"{exc}; is systemd-machined installed (Debian: systemd-container)?"
         else:
             return machines, f"each VMI's QEMU runs in a scope of its own under {SLICE}"
     return None, f"{NO_CGROUPS}: {why}"
