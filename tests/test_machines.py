@@ -121,6 +121,12 @@ def test_scope_properties_carry_only_set_limits() -> None:
     assert "CPUQuotaPerSecUSec" not in props
     # At shutdown vmid stops first (powering the VMs off), then the scopes.
     assert props["Before"] == ("as", ["vmid.service"])
+    # QEMU keeps the unit's device policy in its scope, outside the unit's cgroup.
+    assert props["DevicePolicy"] == ("s", "closed")
+    assert ("/dev/kvm", "rw") in props["DeviceAllow"][1]
+    unit = (Path(__file__).parent.parent / "systemd/vmid.service").read_text()
+    allowed = re.findall(r"^DeviceAllow=(\S+) (\w+)$", unit, re.MULTILINE)
+    assert sorted(props["DeviceAllow"][1]) == sorted(allowed)
 
 
 def test_limits_in_systemds_words() -> None:

@@ -77,6 +77,9 @@ def test_each_qemu_in_its_scope_under_machine_slice(container: nspawn.Container)
     )
     assert "/system.slice/vmid.service" not in cgroup_of(container, pid)
     assert container.show(SCOPE, "Slice") == "machine.slice"
+    # The unit's device policy holds for QEMU in its scope too.
+    assert container.show(SCOPE, "DevicePolicy") == "closed"
+    assert "/dev/kvm rw" in container.show(SCOPE, "DeviceAllow")
     # Registered with machined: what `machinectl list` shows (its name, class and service).
     listed = container.run("machinectl", "list", "--no-legend", "--no-pager").stdout
     rows = {line.split()[0]: line.split()[1:3] for line in listed.splitlines()}

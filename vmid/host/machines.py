@@ -41,6 +41,14 @@ CALL_TIMEOUT = 25.0
 NAME_TAKEN_RETRY = 0.2
 NAME_TAKEN_SECONDS = 5.0
 NO_CGROUPS = "VMs run without cgroups of their own"
+#: The devices QEMU may open in its scope: vmid.service's DeviceAllow= (the scope is outside the
+#: unit's cgroup, so the unit's DevicePolicy=closed no longer holds for QEMU by itself).
+DEVICES = (
+    ("/dev/kvm", "rw"),
+    ("/dev/net/tun", "rw"),
+    ("/dev/vhost-net", "rw"),
+    ("/dev/urandom", "r"),
+)
 #: hostname_is_valid(): what machined accepts as a machine name.
 MAX_NAME = 64
 _UNIT_SAFE = re.compile(r"[A-Za-z0-9:_.]")
@@ -87,7 +95,8 @@ def machine_scope(proc_cgroup: str) -> str | None:
 
 
 def properties(key: str, cgroup: Cgroup) -> list[tuple[str, tuple[str, Any]]]:
-    """The scope's unit properties: its slice, its description, its ordering, its limits.
+    """The scope's unit properties: its slice, its description, its ordering, its devices, its
+    limits.
 
     Before=vmid.service: at shutdown systemd stops vmid (which powers the VMs off gracefully)
     before it stops any VM's scope (which kills what is left).
@@ -96,6 +105,8 @@ def properties(key: str, cgroup: Cgroup) -> list[tuple[str, tuple[str, Any]]]:
         ("Slice", ("s", SLICE)),
         ("Description", ("s", f"vmid VirtualMachineInstance {key}")),
         ("Before", ("as", ["vmid.service"])),
+        ("DevicePolicy", ("s", "closed")),
+        ("DeviceAllow", ("a(ss)", list(DEVICES))),
     ]
     limits = {
         "CPUQuotaPerSecUSec": cgroup.cpuQuotaPerSecUSec,
