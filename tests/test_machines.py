@@ -258,11 +258,15 @@ async def test_no_machined_on_the_bus_is_said_not_raised(
     assert "org.freedesktop.DBus.Error.ServiceUnknown" in line
 
 
+#: What the fake machined answers a call: None (created), or an error's name and message.
+Answer = tuple[str, str] | None
+
+
 async def fake_machined(
-    bus: str, answers: list[str | None], calls: list[tuple[Any, ...]], ready: trio.Event
+    bus: str, answers: list[Answer], calls: list[tuple[Any, ...]], ready: trio.Event
 ) -> None:
     """machined on `bus`: each CreateMachineWithNetwork gets the next answer (None: created,
-    else that error's message, as MachineExists)."""
+    else that error name and message)."""
     async with open_dbus_router(bus) as router:
         await router.send_and_get_reply(message_bus.RequestName(MACHINED.bus_name))
         with router.filter(MatchRule(type="method_call")) as queue:
@@ -275,13 +279,13 @@ async def fake_machined(
                     path = "/org/freedesktop/machine1/machine/vmid_2ddefault_2eweb"
                     await router.send(new_method_return(call, "o", (path,)))
                 else:
-                    name = "org.freedesktop.machine1.MachineExists"
-                    await router.send(new_error(call, name, "s", (answer,)))
+                    await router.send(new_error(call, answer[0], "s", (answer[1],)))
 
 
 async def test_register_waits_for_a_name_still_taken_then_creates(bus: str) -> None:
     calls: list[tuple[Any, ...]] = []
-    answers: list[str | None] = ["Machine 'vmid-default.web' already exists", None]
+    taken = ("org.freedesktop.machine1.MachineExists", "Machine 'vmid-default.web' already exists")
+    answers: list[Answer] = [taken, None]
     cgroup = Cgroup(cpuQuotaPerSecUSec=500_000, memoryMax=5 * MI, cpuWeight=20)
     machine_id = "5a9fc181-957e-5c32-9e5a-2de5e9673531"
     async with trio.open_nursery() as nursery:
@@ -300,10 +304,11 @@ async def test_register_waits_for_a_name_still_taken_then_creates(bus: str) -> N
 
 async def test_a_refusal_is_a_machine_error(bus: str) -> None:
     calls: list[tuple[Any, ...]] = []
-    answers: list[str | None] = ["Access denied"]
+    answers: list[Answer] = [("org.freedesktop.DBus.Error.AccessDenied", "Access denied")]
     async with trio.open_nursery() as nursery:
         ready = trio.Event()
         nursery.start_soon(fake_machined, bus, answers, calls, ready)
         await ready.wait()
         with pytest.raises(MachineError, match=r"^systemd-machined: Access denied \("):
             await Machines(bus).register("default/web", str(uuid.uuid4()), 1, Cgroup())
+    assert len(calls) == 1  # only a name still taken is asked again

@@ -40,6 +40,7 @@ CALL_TIMEOUT = 25.0
 #: may find its old name taken for a moment.
 NAME_TAKEN_RETRY = 0.2
 NAME_TAKEN_SECONDS = 5.0
+MACHINE_EXISTS = "org.freedesktop.machine1.MachineExists"
 NO_CGROUPS = "VMs run without cgroups of their own"
 #: The devices QEMU may open in its scope: vmid.service's DeviceAllow= (the scope is outside the
 #: unit's cgroup, so the unit's DevicePolicy=closed no longer holds for QEMU by itself).
@@ -66,10 +67,9 @@ def machine_name(key: str) -> str:
 
 
 def scope_name(machine: str) -> str:
-    """The scope machined makes for `machine` (unit_name_escape: `-` is `\\x2d`)."""
+    """The scope machined makes for `machine` (unit_name_escape: `-` is `\\x2d`; a machine
+    name of vmid's never starts with the dot it would escape too)."""
     escaped = "".join(c if _UNIT_SAFE.fullmatch(c) else f"\\x{ord(c):02x}" for c in machine)
-    if escaped.startswith("."):
-        escaped = "\\x2e" + escaped[1:]
     return f"machine-{escaped}.scope"
 
 
@@ -166,19 +166,21 @@ class Machines:
             properties(key, cgroup),
         )
         message = new_method_call(MACHINED, "CreateMachineWithNetwork", "sayssusaia(sv)", body)
-        with trio.move_on_after(NAME_TAKEN_SECONDS):
-            while True:
-                try:
-                    await self._call(message)
-                    return scope_name(name)
-                except MachineError as exc:
-                    if "already exists" not in str(exc):
-                        raise
-                await trio.sleep(NAME_TAKEN_RETRY)
-        raise MachineError(
-            f"systemd-machined still has a machine {name!r} after {NAME_TAKEN_SECONDS:g} s "
-            f"(another VM of that name?): `machinectl terminate {name}` ends it"
-        )
+        deadline = trio.current_time() + NAME_TAKEN_SECONDS
+        while True:
+            try:
+                await self._call(message)
+                return scope_name(name)
+            except MachineError as exc:
+                if MACHINE_EXISTS not in str(exc):
+                    raise
+                if trio.current_time() >= deadline:
+                    raise MachineError(
+                        f"systemd-machined still has a machine {name!r} after "
+                        f"{NAME_TAKEN_SECONDS:g} s (another VM of that name?): "
+                        f"`machinectl terminate {name}` ends it"
+                    ) from exc
+            await trio.sleep(NAME_TAKEN_RETRY)
 
     async def ping(self) -> None:
         """Raise MachineError unless machined answers (the bus starts it if need be)."""
