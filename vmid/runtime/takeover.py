@@ -21,7 +21,7 @@ from vmid.manifests import Entry, Planned
 from vmid.plan.build import QEMU_DIR, build
 from vmid.plan.model import LaunchPlan
 from vmid.runtime.events import EventStore
-from vmid.runtime.process import cmdline, find_qemus
+from vmid.runtime.process import cmdline, find_qemus, wait_for_execs
 from vmid.runtime.status import STATUS_FILE, Status
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 #: The spool file a VMI comes from, kept in its status (vmid/api/vmistatus.py).
 FILE_ANNOTATION = vmistatus.FILE_ANNOTATION
 _FD = re.compile(r"\bfd=\d+")
+#: How long a starting daemon waits for an earlier daemon's fork to exec its QEMU (an instant
+#: unless the fork was stopped).
+EXEC_WAIT_SECONDS = 2.0
 
 
 @attrs.frozen
@@ -53,6 +56,15 @@ def survey(
     """Every VMI with a running QEMU or a status file under `paths`, by key; their statuses
     record their events in `events`."""
     instances = paths.runtime_instances
+    for pid, key in wait_for_execs(instances, QEMU_DIR, EXEC_WAIT_SECONDS):
+        log.warning(
+            "%s: pid %d, forked by an earlier vmid to become its QEMU, has not within %g s: "
+            "vmid goes on without it; stop it by hand (kill %d)",
+            key,
+            pid,
+            EXEC_WAIT_SECONDS,
+            pid,
+        )
     running = find_qemus(instances, QEMU_DIR)
     recorded = {str(p.parent.relative_to(instances)) for p in instances.glob(f"*/*/{STATUS_FILE}")}
     left = {}
