@@ -510,3 +510,41 @@ def test_a_daemon_killed_leaves_the_vm_running_and_its_disk_whole(tmp_path: Path
         os.kill(pid, signal.SIGKILL)  # now its QEMU dies: RerunOnFailure starts a new one
         daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
         assert claim.read_bytes()[:10] == b"guest data"
+
+
+def test_a_daemon_killed_during_the_back_off_keeps_the_count_and_the_wait(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("r.yaml", vm_manifest("vm-r", "Always", mode="refuse"))
+        wait_printable(daemon, "vm-r", "CrashLoopBackOff")
+        daemon.wait_for("a second failure", lambda: _fail_count(daemon, "vm-r") == 2, timeout=25)
+        before = (vm_status(daemon, "vm-r") or {})["startFailure"]
+        daemon.process.kill()  # kill -9, 40-60 s before the next start
+        daemon.process.wait()
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        wait_printable(daemon, "vm-r", "CrashLoopBackOff")
+        time.sleep(2)
+        status = vm_status(daemon, "vm-r") or {}
+        assert status["printableStatus"] == "CrashLoopBackOff"  # still waiting: no new VMI
+        assert status["startFailure"] == before  # neither reset nor counted again
+
+
+def _fail_count(daemon: Daemon, name: str) -> int:
+    failure = (vm_status(daemon, name) or {}).get("startFailure") or {}
+    return int(failure.get("consecutiveFailCount", 0))
+
+
+def test_a_vm_whose_image_does_not_pull_shows_err_image_pull(tmp_path: Path) -> None:
+    config = fake_config("images: {pullBackoffSeconds: 3}\n")
+    with running_daemon(tmp_path, config) as daemon:
+        disk = "devices: {autoattachPodInterface: false, disks: [{name: root}]}"
+        text = vm_manifest("vm-p").replace("devices: {autoattachPodInterface: false}", disk)
+        daemon.drop("p.yaml", text + "      volumes: [{name: root, containerDisk: "
+                    "{image: '127.0.0.1:9/none:1'}}]\n")  # fmt: skip
+        wait_printable(daemon, "vm-p", "ErrImagePull", timeout=60)
+        [ready] = [
+            c for c in (vm_status(daemon, "vm-p") or {})["conditions"] if c["type"] == "Ready"
+        ]
+        assert 'Failed to pull image "127.0.0.1:9/none:1"' in ready["message"]
+        wait_printable(daemon, "vm-p", "ImagePullBackOff")
+        assert "ImagePullBackOff" in vmid_ok(daemon, "get", "vm")
+        assert "Back-off pulling image" in vmid_ok(daemon, "describe", "vm", "vm-p")

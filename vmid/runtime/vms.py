@@ -8,6 +8,7 @@ back-off); takes `vmid start/stop/restart` requests; and writes each VM's status
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from vmid.config import Config, Paths
 from vmid.errors import Problem, VmidError
 from vmid.host import datavolumes, safefile
 from vmid.manifests import Entry
-from vmid.runtime import events, importer, vmstate
+from vmid.runtime import events, importer, pull, vmstate
 from vmid.runtime.spool import Desired, Inotify
 from vmid.runtime.status import Phase, Status, now
 from vmid.runtime.supervisor import Supervisor
@@ -136,7 +137,7 @@ class Controller:
         entry, vm = desired.vms.get(key), self._vms.get(key)
         if entry is not None and vm is None:
             kept = vmstate.load_kept(self._paths, key) or vmstate.Kept(created=now())
-            self._vms[key] = vm = _VM(entry, kept)
+            self._vms[key] = vm = _VM(entry, kept, failure=_restored(kept))
             self._provision(key, vm)
         elif entry is not None and vm is not None:
             changed = vm.entry.planned != entry.planned
@@ -172,6 +173,7 @@ class Controller:
         """Advance every VM, then hand the supervisor every VMI."""
         for key, vm in self._vms.items():
             self._advance(key, vm)
+            self._save(key, vm)
         vmis = dict(self._desired.vmis)
         vmis.update({k: vm.vmi_entry() for k, vm in self._vms.items() if self._runs(vm)})
         problems = self._desired.problems + tuple(
@@ -267,7 +269,6 @@ class Controller:
             vm.failure = None
         if not vm.kept.wanted:
             vm.restart_at = None
-        self._save(key, vm)
         status = self._supervisor.vmi_status(key)
         if status is None or not vm.kept.wanted:
             return
@@ -275,9 +276,13 @@ class Controller:
             vm.failure = None  # reset once a VMI runs (vm.go syncStartFailureStatus)
         if status.phase.final and vm.handled is not status:
             vm.handled = status
-            self._ended(key, vm, status, strategy)
+            # One an earlier daemon counted already (it stopped during the back-off).
+            counted = vm.failure is not None and vm.kept.lastFailed == _identity(status)
+            self._ended(key, vm, status, strategy, counted)
 
-    def _ended(self, key: str, vm: _VM, status: Status, strategy: RunStrategy) -> None:
+    def _ended(
+        self, key: str, vm: _VM, status: Status, strategy: RunStrategy, counted: bool = False
+    ) -> None:
         failed = status.phase is Phase.FAILED
         early = not any(t.phase is Phase.RUNNING for t in status.transitions)
         if not early:
@@ -287,7 +292,8 @@ class Controller:
             # the VM was to run. It runs again, whatever its strategy does with a guest's end.
             vm.restart_at = trio.current_time()
             return
-        if early and strategy in BACKOFF:
+        if early and strategy in BACKOFF and not counted:
+            vm.kept.lastFailed = _identity(status)
             count = vm.failure.count + 1 if vm.failure else 1
             delay = backoff_seconds(count)
             vm.failure = StartFailure(
@@ -413,6 +419,9 @@ class Controller:
         self._events.record(obj, type_, reason, message)
 
     def _save(self, key: str, vm: _VM) -> None:
+        failure = vm.failure
+        vm.kept.failCount = failure.count if failure is not None else 0
+        vm.kept.retryAfter = failure.retry_after if failure is not None else ""
         try:
             if vmstate.load_kept(self._paths, key) != vm.kept:
                 vmstate.save_kept(self._paths, key, vm.kept)
@@ -447,9 +456,7 @@ class Controller:
             "ready": ready,
             "created": vmi is not None,
             "runStrategy": vm.strategy.value,
-            "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False"},
-            ],
+            "conditions": [_ready_condition(vmi)],
         }
         status["conditions"] += _data_volumes_condition(vm)
         if vm.refused is not None:
@@ -502,10 +509,27 @@ class Controller:
             return "Stopped"
         if vmi.terminating:
             return "Stopping"
+        if vmi.reason in pull.REASONS:
+            return vmi.reason  # its image does not pull (vm.go: the VMI's condition says so)
         if vmi.phase is not Phase.RUNNING:
             return "Starting"
         paused = vmi.conditions.get("Paused")
         return "Paused" if paused is not None and paused.status == "True" else "Running"
+
+
+def _ready_condition(vmi: Status | None) -> dict[str, str]:
+    """The VM's Ready condition: its VMI's, reason and message too (vm.go
+    syncReadyConditionFromVMI), so a VMI waiting for its image says why."""
+    found = vmi.conditions.get("Ready") if vmi is not None else None
+    if vmi is None:
+        status, reason, message = "False", "VMINotExists", "VMI does not exist"
+    elif found is None:
+        status, reason = "False", "VMIConditionMissing"
+        message = "VMI is missing the Ready condition"
+    else:
+        status, reason, message = found.status, found.reason, found.message
+    condition = {"type": "Ready", "status": status, "reason": reason, "message": message}
+    return {k: v for k, v in condition.items() if v}
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:
@@ -525,3 +549,20 @@ def _data_volumes_condition(vm: _VM) -> list[dict[str, str]]:
 
 def _timestamp(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _restored(kept: vmstate.Kept) -> StartFailure | None:
+    """The start failures an earlier daemon counted, its back-off going on where it was."""
+    if kept.failCount <= 0:
+        return None
+    try:
+        wait = calendar.timegm(time.strptime(kept.retryAfter, "%Y-%m-%dT%H:%M:%SZ")) - time.time()
+    except ValueError:  # a damaged stamp: the next start is due
+        wait = 0.0
+    return StartFailure(kept.failCount, trio.current_time() + max(wait, 0.0), kept.retryAfter)
+
+
+def _identity(status: Status) -> str:
+    """Which VMI ended (KubeVirt's lastFailedVMIUID): when it was made and when it ended."""
+    created = status.manifest.get("metadata", {}).get("creationTimestamp", "")
+    return f"{created} {status.transitions[-1].phaseTransitionTimestamp}"

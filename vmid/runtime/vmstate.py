@@ -45,6 +45,15 @@ class Kept:
     volumes: list[str] = attrs.field(factory=list)
     #: When vmid first saw the VM (its creationTimestamp).
     created: str = ""
+    #: KubeVirt's status.startFailure, kept as KubeVirt keeps it on the VM object, so a daemon
+    #: restart does not end a back-off: start failures in a row, when the next start may be
+    #: (RFC 3339), and which ended VMI was counted last (its creation and end times: vmid's VMIs
+    #: have no UID).
+    failCount: int = 0
+    retryAfter: str = ""
+    lastFailed: str = ""
+    #: `vmid start --paused`: the VMI it starts (and only that one) starts paused.
+    startPaused: bool = False
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -63,6 +72,10 @@ def load_kept(paths: Paths, key: str) -> Kept | None:
             wanted=bool(data.get("wanted")),
             volumes=[str(v) for v in data.get("volumes", [])],
             created=str(data.get("created", "")),
+            failCount=int(data.get("failCount", 0)),
+            retryAfter=str(data.get("retryAfter", "")),
+            lastFailed=str(data.get("lastFailed", "")),
+            startPaused=bool(data.get("startPaused")),
         )
     except (OSError, ValueError, AttributeError, TypeError):
         return None
