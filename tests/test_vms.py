@@ -548,3 +548,40 @@ def test_a_vm_whose_image_does_not_pull_shows_err_image_pull(tmp_path: Path) -> 
         wait_printable(daemon, "vm-p", "ImagePullBackOff")
         assert "ImagePullBackOff" in vmid_ok(daemon, "get", "vm")
         assert "Back-off pulling image" in vmid_ok(daemon, "describe", "vm", "vm-p")
+
+
+def test_start_paused_then_pause_and_unpause_the_vm(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Halted"))
+        daemon.drop("b.yaml", vm_manifest("vm-b", "Halted"))
+        wait_printable(daemon, "vm-a", "Stopped")
+        assert "VirtualMachine vm-a is not set to run" in vmid_refused(
+            daemon, "pause", "vm", "vm-a"
+        )
+        assert "virtualmachine 'nope' not found" in vmid_refused(daemon, "pause", "vm", "nope")
+        assert vmid_ok(daemon, "start", "--paused", "vm-a") == "VM vm-a was scheduled to start\n"
+        wait_printable(daemon, "vm-a", "Paused")
+        vmi = daemon.status("vm-a") or {}
+        assert vmi["spec"]["startStrategy"] == "Paused"
+        assert (vm_status(daemon, "vm-a") or {})["runStrategy"] == "Always"
+        pid = daemon.pid("vm-a")
+        daemon.process.kill()  # a daemon restart takes the paused VMI over as it is
+        daemon.process.wait()
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        wait_printable(daemon, "vm-a", "Paused")
+        assert daemon.pid("vm-a") == pid
+        assert vmid_ok(daemon, "unpause", "vm", "vm-a") == "VMI vm-a was scheduled to unpause\n"
+        wait_printable(daemon, "vm-a", "Running")
+        vmid_ok(daemon, "pause", "vm", "vm-a")
+        wait_printable(daemon, "vm-a", "Paused")
+        assert "is already paused" in vmid_refused(daemon, "pause", "vm", "vm-a")
+        vmid_ok(daemon, "unpause", "vm-a")  # the VMI's name, as before
+        wait_printable(daemon, "vm-a", "Running")
+        vmid_ok(daemon, "restart", "vm-a")  # a new VMI, not paused: the request was the last's
+        daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
+        wait_printable(daemon, "vm-a", "Running")
+        assert "startStrategy" not in (daemon.status("vm-a") or {})["spec"]
+        daemon.drop("m.yaml", vm_manifest("vm-m", "Manual"))
+        wait_printable(daemon, "vm-m", "Stopped")
+        vmid_ok(daemon, "start", "vm-m", "--paused")
+        wait_printable(daemon, "vm-m", "Paused")

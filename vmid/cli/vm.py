@@ -39,9 +39,16 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
             "whose run strategy does not allow it). The request is kept until the daemon "
             "carries it out.",
             f"vmid {action} web"
-            + ("\nvmid stop web --force --grace-period=0" if action == "stop" else ""),
+            + ("\nvmid stop web --force --grace-period=0" if action == "stop" else "")
+            + ("\nvmid start --paused web" if action == "start" else ""),
         )
-        if action != "start":
+        if action == "start":
+            verb.add_argument(
+                "--paused",
+                action="store_true",
+                help="start its VMI with the guest paused (vmid unpause vm NAME resumes it)",
+            )
+        else:
             verb.add_argument(
                 "--grace-period",
                 type=_seconds,
@@ -103,12 +110,12 @@ def request(args: argparse.Namespace) -> int:
     key = names.key(common.namespace_of(args), args.name)
     vm = find(paths, key)
     if vm is None:
-        raise RequestError(_not_found(args))
+        raise RequestError(not_found(args))
     grace = getattr(args, "grace_period", None)
     if getattr(args, "force", False) and grace != 0:
         raise RequestError(f"--force {args.action}s at once: it needs --grace-period=0")
     _refuse(args.action, str(vm["status"]["runStrategy"]), _vmi_phase(paths, key))
-    vmstate.send(paths, Request(key, args.action, grace))
+    vmstate.send(paths, Request(key, args.action, grace, getattr(args, "paused", False)))
     print(f"VM {args.name} was scheduled to {args.action}")
     if not pidlock.running(paths.daemon_pid):
         print("vmid: the daemon is not running: it acts when it starts", file=sys.stderr)
@@ -139,7 +146,7 @@ def _refuse(action: str, strategy: str, phase: Phase | None) -> None:
         raise RequestError("VM is not running")
 
 
-def _not_found(args: argparse.Namespace) -> str:
+def not_found(args: argparse.Namespace) -> str:
     return f"virtualmachine {args.name!r} not found in namespace {common.namespace_of(args)!r}"
 
 
@@ -156,7 +163,7 @@ def get(args: argparse.Namespace) -> int:
     found = [vm for vm in vmstate.read_vms(paths) if every or _in(args, vm)]
     found = [vm for vm in found if args.name in (None, vm["metadata"]["name"])]
     if args.name is not None and not found:
-        print(f"vmid: {_not_found(args)}", file=sys.stderr)
+        print(f"vmid: {not_found(args)}", file=sys.stderr)
         return EXIT_ERROR
     if args.output in ("yaml", "json"):
         data = found[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": found}
@@ -199,7 +206,7 @@ def describe(args: argparse.Namespace) -> int:
     key = names.key(common.namespace_of(args), args.name)
     vm = find(paths, key)
     if vm is None:
-        print(f"vmid: {_not_found(args)}", file=sys.stderr)
+        print(f"vmid: {not_found(args)}", file=sys.stderr)
         return EXIT_ERROR
     st, metadata = vm["status"], vm["metadata"]
     vmi = next((o for o in status.read_objects(paths) if o.key == key), None)

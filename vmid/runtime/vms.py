@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from vmid.api import names
+from vmid.api import types as t
 from vmid.api.dump import object_data
 from vmid.api.load import KIND
 from vmid.api.vm import (
@@ -100,7 +101,14 @@ class _VM:
         return self.kept.override if self.kept.override and self.kept.base is own else own
 
     def vmi_entry(self) -> Entry:
-        return attrs.evolve(self.entry, kind=KIND, owner=owner_reference(self.vm))
+        entry = attrs.evolve(self.entry, kind=KIND, owner=owner_reference(self.vm))
+        if not self.kept.startPaused or entry.planned is None:
+            return entry
+        # `vmid start --paused` (vm.go SetupVMIFromVM): this VMI starts with its guest paused.
+        vmi = entry.planned.manifest.vmi
+        spec = attrs.evolve(vmi.spec, startStrategy=t.StartStrategy.PAUSED)
+        manifest = attrs.evolve(entry.planned.manifest, vmi=attrs.evolve(vmi, spec=spec))
+        return attrs.evolve(entry, planned=attrs.evolve(entry.planned, manifest=manifest))
 
 
 class Controller:
@@ -144,6 +152,7 @@ class Controller:
             vm.entry, vm.refused = entry, None
             if changed:
                 log.info("%s: its VirtualMachine changed", key)
+                vm.kept.startPaused = False  # the new spec's VMI is no start request's
                 self._provision(key, vm)
         elif vm is not None and key in desired.refused_vms:
             vm.refused = _summary(desired.refused_vms[key])  # KubeVirt would refuse the edit
@@ -347,7 +356,7 @@ class Controller:
                 continue
             for key, vm in self._vms.items():
                 if vm.restart_at is not None and vm.restart_at <= trio.current_time():
-                    vm.restart_at = None
+                    vm.restart_at, vm.kept.startPaused = None, False
                     log.info("%s: starting a new VMI (run strategy %s)", key, vm.strategy)
                     self._event(
                         key, "Normal", "SuccessfulCreate", _CREATED.format(names.split(key)[1])
@@ -393,6 +402,8 @@ class Controller:
         key, strategy = request.key, vm.strategy
         status = self._supervisor.vmi_status(key)
         self._supervisor.set_grace(key, request.grace)
+        # A start request's `paused` holds for the VMI it starts (KubeVirt's stateChangeRequest).
+        vm.kept.startPaused = request.action == "start" and request.paused
         if request.action == "stop":
             vm.restart_at = None
             if strategy in (RunStrategy.ALWAYS, RunStrategy.ONCE):

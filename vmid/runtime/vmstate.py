@@ -101,6 +101,8 @@ class Request:
     key: str
     action: str
     grace: int | None = None
+    #: `start --paused`: the VMI starts with its guest paused.
+    paused: bool = False
 
 
 def send(paths: Paths, request: Request) -> Path:
@@ -108,7 +110,12 @@ def send(paths: Paths, request: Request) -> Path:
     directory = paths.vm_requests
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.json"
-    data = {"key": request.key, "action": request.action, "grace": request.grace}
+    data = {
+        "key": request.key,
+        "action": request.action,
+        "grace": request.grace,
+        "paused": request.paused,
+    }
     path = directory / name
     safefile.write_atomically(path, json.dumps(data).encode(), durable=True)
     return path
@@ -135,14 +142,15 @@ def _read_request(path: Path) -> Request | None:
     try:
         data = json.loads(safefile.read_regular(path, MAX_REQUEST_BYTES))
         key, action, grace = data["key"], data["action"], data.get("grace")
+        paused = data.get("paused", False)
     except (OSError, ValueError, KeyError, TypeError, FileRefused):
         return None
-    if not isinstance(key, str) or action not in ACTIONS:
+    if not isinstance(key, str) or action not in ACTIONS or not isinstance(paused, bool):
         return None
     if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
         return None
     namespace, name = names.split(key)
-    return Request(names.key(namespace, name), action, grace) if name else None
+    return Request(names.key(namespace, name), action, grace, paused) if name else None
 
 
 def status_path(paths: Paths, key: str) -> Path:
