@@ -6,6 +6,7 @@ import calendar
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -329,11 +330,20 @@ def test_a_spec_edit_restarts_the_vm_with_its_uuid_and_disks(tmp_path: Path) -> 
 
 
 #: A web server for the daemon's network namespace: files from its directory; `/truncated`
-#: promises more bytes than it sends.
+#: promises more bytes than it sends; `/slow.raw` sends a 4 MiB raw image 1 MiB each 1.5 s.
 SERVER = """
-import http.server, os, sys
+import http.server, os, sys, time
 class Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/slow.raw":
+            self.send_response(200)
+            self.send_header("Content-Length", str(4 << 20))
+            self.end_headers()
+            for part in range(4):
+                self.wfile.write((b"slow image" if part == 0 else b"").ljust(1 << 20, b"\\0"))
+                self.wfile.flush()
+                time.sleep(1.5)
+            return
         if self.path == "/truncated":
             self.send_response(200)
             self.send_header("Content-Length", "1000000")
@@ -585,3 +595,50 @@ def test_start_paused_then_pause_and_unpause_the_vm(tmp_path: Path) -> None:
         wait_printable(daemon, "vm-m", "Stopped")
         vmid_ok(daemon, "start", "vm-m", "--paused")
         wait_printable(daemon, "vm-m", "Paused")
+
+
+def test_an_import_shows_its_progress_as_cdi_does(tmp_path: Path) -> None:
+    volumes = tmp_path / "var/lib/vmid/volumes"
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        netns = ["nsenter", f"--net=/proc/{daemon.process.pid}/ns/net"]
+        subprocess.run([*netns, "ip", "link", "set", "lo", "up"], check=True)
+        server = subprocess.Popen([*netns, sys.executable, "-c", SERVER, str(tmp_path)])
+        try:
+            time.sleep(1)
+            text = http_data_volume(vm_manifest("vm-s"), "http://127.0.0.1:8088/slow.raw")
+            daemon.drop("s.yaml", text.replace("storage: 1Mi", "storage: 8Mi"))
+            seen = set()
+
+            def importing() -> bool:
+                listing = daemon.vmid("get", "dv").stdout.splitlines()
+                row = listing[1].split() if len(listing) > 1 else []
+                if row[:2] == ["data-a", "ImportInProgress"] and row[2] != "N/A":
+                    seen.add(row[2])
+                return len(seen) >= 2
+
+            daemon.wait_for("two steps of progress", importing, timeout=20)
+            assert seen <= {"25.00%", "50.00%", "75.00%", "100.00%"}
+            assert printable(daemon, "vm-s") == "Provisioning"
+            assert "Provisioning" in vmid_ok(daemon, "get", "vm")
+            described = vmid_ok(daemon, "describe", "vm", "vm-s")
+            assert "Status:     Provisioning" in described
+            assert re.search(r"data-a +ImportInProgress +\d+\.\d\d%", described), described
+            assert re.search(r"importing data-a \(ImportInProgress \d+\.\d\d%\)", described)
+            daemon.wait_phase("vm-s", "Running", timeout=30)
+            dv = json.loads(vmid_ok(daemon, "get", "dv", "data-a", "-o", "json"))
+            assert dv["kind"] == "DataVolume"
+            assert (dv["status"]["phase"], dv["status"]["progress"]) == ("Succeeded", "100.0%")
+            assert dv["metadata"]["ownerReferences"][0]["name"] == "vm-s"
+            assert (volumes / "data-a.img").read_bytes()[:10] == b"slow image"
+            # An import that fails: the DataVolume says why, the VM is DataVolumeError.
+            text = http_data_volume(vm_manifest("vm-x"), "http://127.0.0.1:8088/truncated")
+            daemon.drop("x.yaml", text.replace("data-a", "data-x"))
+            wait_printable(daemon, "vm-x", "DataVolumeError")
+            dv = json.loads(vmid_ok(daemon, "get", "dv", "data-x", "-o", "json"))
+            assert dv["status"]["phase"] == "Failed"
+            [running] = [c for c in dv["status"]["conditions"] if c["type"] == "Running"]
+            assert running["reason"] == "Error"
+            assert "truncated: 1000 of 1000000 bytes" in running["message"]
+        finally:
+            server.kill()
+            server.wait()

@@ -51,7 +51,10 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     get.add_argument(
-        "names", nargs="*", metavar="[vmi|vm] NAME", help="only these VMIs (vm: VMs instead)"
+        "names",
+        nargs="*",
+        metavar="[vmi|vm|dv] NAME",
+        help="only these VMIs (vm: VMs instead, dv: their DataVolumes)",
     )
     get.add_argument(
         "-A",
@@ -91,9 +94,9 @@ def _output(text: str) -> str:
 
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    if args.names and args.names[0].lower() in vm.VM_WORDS:
+    if args.names and args.names[0].lower() in (*vm.VM_WORDS, *vm.DV_WORDS):
         args.name = args.names[1] if len(args.names) > 1 else None
-        return vm.get(args)
+        return vm.get(args) if args.names[0].lower() in vm.VM_WORDS else vm.get_data_volumes(args)
     wanted_names = _names(args)
     if args.all_namespaces and wanted_names:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)

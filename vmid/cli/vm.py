@@ -24,6 +24,7 @@ from vmid.runtime.vmstate import Request
 
 VM_WORDS = ("vm", "vms", "virtualmachine", "virtualmachines")
 VMI_WORDS = ("vmi", "vmis", "virtualmachineinstance", "virtualmachineinstances")
+DV_WORDS = ("dv", "dvs", "datavolume", "datavolumes")
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
@@ -200,6 +201,48 @@ def _row(vm: dict[str, Any]) -> list[str]:
     ]
 
 
+def get_data_volumes(args: argparse.Namespace) -> int:
+    """`vmid get dv [NAME]`: the VMs' DataVolumes as `kubectl get dv` shows CDI's: NAME PHASE
+    PROGRESS RESTARTS AGE."""
+    paths = Paths(args.root or Path("/"))
+    if args.watch:
+        raise RequestError("vmid get dv -w is not supported: watch the VMs (vmid get vm -w)")
+    status.read_objects(paths)  # no vmid state there: an error saying so, as `get` says it
+    every = getattr(args, "all_namespaces", False)
+    found = [dv for dv in vmstate.read_data_volumes(paths) if every or _in(args, dv)]
+    found = [dv for dv in found if args.name in (None, dv["metadata"]["name"])]
+    if args.name is not None and not found:
+        where = common.namespace_of(args)
+        print(f"vmid: datavolume {args.name!r} not found in namespace {where!r}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.output in ("yaml", "json"):
+        data = found[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": found}
+        show.print_data(data, args.output)
+        return EXIT_OK
+    if not found:
+        where = "" if every else f" in {common.namespace_of(args)} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+        return EXIT_OK
+    header = ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"]
+    rows = [_dv_row(dv) for dv in found]
+    if every:
+        header = ["NAMESPACE", *header]
+        rows = [[dv["metadata"]["namespace"], *row] for dv, row in zip(found, rows, strict=True)]
+    print(show.aligned([header, *rows]))
+    return EXIT_OK
+
+
+def _dv_row(dv: dict[str, Any]) -> list[str]:
+    st = dv["status"]
+    return [
+        dv["metadata"]["name"],
+        st["phase"],
+        st["progress"],
+        str(st.get("restartCount", 0)),
+        show.age(dv["metadata"].get("creationTimestamp")),
+    ]
+
+
 def describe(args: argparse.Namespace) -> int:
     """`vmid describe vm NAME`: the VM's status, run strategy, conditions, its VMI."""
     paths = Paths(args.root or Path("/"))
@@ -233,7 +276,24 @@ def describe(args: argparse.Namespace) -> int:
     print("Conditions:")
     body = show.aligned([["TYPE", "STATUS", "REASON", "MESSAGE"], *rows])
     print("\n".join(f"  {line}" for line in body.splitlines()))
+    owned = [dv for dv in vmstate.read_data_volumes(paths) if _owned_by(dv, metadata)]
+    if owned:
+        print("DataVolumes:")
+        rows = [[*_dv_row(dv)[:3], _dv_error(dv)] for dv in owned]
+        body = show.aligned([["NAME", "PHASE", "PROGRESS", "MESSAGE"], *rows])
+        print("\n".join(f"  {line}" for line in body.splitlines()))
     return EXIT_OK
+
+
+def _owned_by(dv: dict[str, Any], vm: dict[str, Any]) -> bool:
+    owners = dv["metadata"].get("ownerReferences", [])
+    same = dv["metadata"].get("namespace") == vm.get("namespace")
+    return same and any(o.get("name") == vm.get("name") for o in owners)
+
+
+def _dv_error(dv: dict[str, Any]) -> str:
+    running = [c for c in dv["status"].get("conditions", []) if c.get("type") == "Running"]
+    return str(running[0].get("message", "")) if running else ""
 
 
 def _vmi_line(vmi: VMIObject | None) -> str:

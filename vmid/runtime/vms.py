@@ -16,6 +16,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -53,6 +54,8 @@ BACKOFF = frozenset({RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE, RunStrate
 _CREATED = "Started the virtual machine by creating the new virtual machine instance {}"
 #: How often removed VMs' claim files are looked at, at most.
 PURGE_SECONDS = 3600.0
+#: How often an import's progress is shown.
+PROGRESS_SECONDS = 1.0
 
 
 def backoff_seconds(fail_count: int, randint: Callable[[int], int] = random.randrange) -> int:
@@ -73,6 +76,29 @@ class StartFailure:
     retry_after: str  # the same instant, as the status shows it
 
 
+@attrs.define
+class DataVolumeState:
+    """One DataVolume as CDI's status shows it (phase, progress). An import's thread writes
+    `done` and `total` (bytes) as they come; the controller shows them every PROGRESS_SECONDS."""
+
+    phase: str
+    done: int = 0
+    total: int | None = None
+    message: str = ""
+
+    @property
+    def progress(self) -> str:
+        """CDI's status.progress: "45.20%", "100.0%" once done, "N/A" with no size known."""
+        if self.phase == "Succeeded":
+            return "100.0%"
+        if not self.total:
+            return "N/A"
+        return f"{min(self.done / self.total, 1.0) * 100:.2f}%"
+
+    def update(self, done: int, total: int | None) -> None:
+        self.done, self.total = done, total
+
+
 @attrs.define(eq=False)
 class _VM:
     entry: Entry
@@ -88,6 +114,8 @@ class _VM:
     refused: str | None = None
     #: The DataVolumes being imported: its VMI waits for them (Provisioning).
     importing: set[str] = attrs.field(factory=set)
+    #: Each DataVolume's state, by name.
+    data_volumes: dict[str, DataVolumeState] = attrs.field(factory=dict)
 
     @property
     def vm(self) -> VirtualMachine:
@@ -198,16 +226,26 @@ class Controller:
         volumes = self._paths.volumes(self._config)
         vm.volume_error = None
         for name, (url, size) in imported_volumes(vm.vm).items():
-            if not datavolumes.claim_file(volumes, name).exists():
-                vm.importing.add(name)
-                self._start_import(key, vm, name, url, size)
+            if name in vm.importing:
+                continue  # one import at a time: it goes on
+            if datavolumes.claim_file(volumes, name).exists():
+                vm.data_volumes[name] = DataVolumeState("Succeeded")
+                continue
+            clone = url.startswith("pvc://")
+            vm.data_volumes[name] = DataVolumeState(
+                "CloneScheduled" if clone else "ImportScheduled"
+            )
+            vm.importing.add(name)
+            self._start_import(key, vm, name, url, size)
         for name, size in blank_volumes(vm.vm).items():
+            vm.data_volumes[name] = DataVolumeState("Succeeded")
             try:
                 if datavolumes.create_blank(volumes, name, size):
                     log.info("%s: DataVolume %s made (%d bytes, blank)", key, name, size)
                     vm.kept.volumes = sorted({*vm.kept.volumes, name})
             except OSError as exc:
                 vm.volume_error = f"DataVolume {name}: cannot make its claim file: {exc}"
+                vm.data_volumes[name] = DataVolumeState("Failed", message=vm.volume_error)
                 log.error("%s: %s", key, vm.volume_error)
         self._save(key, vm)
 
@@ -219,13 +257,20 @@ class Controller:
         """Import one http or registry DataVolume (the VMI waits for every one of them)."""
         volumes = self._paths.volumes(self._config)
         log.info("%s: DataVolume %s: importing %s", key, name, url)
+        state = vm.data_volumes[name] = DataVolumeState(
+            "CloneInProgress" if url.startswith("pvc://") else "ImportInProgress"
+        )
         try:
-            got = await importer.import_url(url, volumes, name, size, self._paths, self._config)
+            got = await importer.import_url(
+                url, volumes, name, size, self._paths, self._config, state.update
+            )
         except (VmidError, OSError) as exc:
             vm.volume_error = f"DataVolume {name}: {exc}"
+            state.phase, state.message = "Failed", str(exc)
             log.error("%s: %s", key, vm.volume_error)
             self._event(key, "Warning", "DataVolumeError", vm.volume_error)
         else:
+            state.phase = "Succeeded"
             log.info("%s: DataVolume %s imported (%d bytes from %s)", key, name, got, url)
             self._event(
                 key, "Normal", "ImportSucceeded", f"DataVolume {name}: {got} bytes from {url}"
@@ -328,6 +373,7 @@ class Controller:
                         nursery.start_soon(self._import, key, vm, name, url, size)
             nursery.start_soon(self._watch_requests)
             nursery.start_soon(self._follow_statuses)
+            nursery.start_soon(self._show_progress)
             nursery.start_soon(self._restarts)
             nursery.start_soon(self._purge)
 
@@ -337,6 +383,13 @@ class Controller:
             if any(self._changed(k, vm) for k, vm in self._vms.items()):
                 self._reconcile()
             else:
+                self._write_statuses()
+
+    async def _show_progress(self) -> None:
+        """Forever: while DataVolumes import, show how far they are (CDI's status.progress)."""
+        while True:
+            await trio.sleep(PROGRESS_SECONDS)
+            if any(vm.importing for vm in self._vms.values()):
                 self._write_statuses()
 
     def _changed(self, key: str, vm: _VM) -> bool:
@@ -447,15 +500,46 @@ class Controller:
 
     def _write_statuses(self) -> None:
         for key, vm in self._vms.items():
-            data = self._status(key, vm)
             path = vmstate.status_path(self._paths, key)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                text = json.dumps(data, indent=2, sort_keys=True).encode()
-                if not path.exists() or path.read_bytes() != text:
-                    safefile.write_atomically(path, text)
+                if vm.vm.spec.dataVolumeTemplates:
+                    _write(vmstate.data_volumes_path(self._paths, key), self._dvs(key, vm))
+                _write(path, self._status(key, vm))
             except OSError as exc:
                 log.error("%s: cannot write its status: %s", key, exc)
+
+    def _dvs(self, key: str, vm: _VM) -> dict[str, Any]:
+        """The VM's DataVolumes as CDI's objects (`vmid get dv`), in a List."""
+        namespace, _ = names.split(key)
+        templates = object_data(vm.vm)["spec"]["dataVolumeTemplates"]
+        items = []
+        for template in templates:
+            name = template["metadata"]["name"]
+            state = vm.data_volumes.get(name) or DataVolumeState("Pending")
+            metadata = {
+                "name": name,
+                "namespace": namespace,
+                "creationTimestamp": vm.kept.created,
+                "ownerReferences": [owner_reference(vm.vm)],
+            }
+            status = {
+                "phase": state.phase,
+                "progress": state.progress,
+                "restartCount": 0,
+                "claimName": name,
+                "conditions": _dv_conditions(state),
+            }
+            items.append(
+                {
+                    "apiVersion": "cdi.kubevirt.io/v1beta1",
+                    "kind": "DataVolume",
+                    "metadata": metadata,
+                    "spec": template["spec"],
+                    "status": status,
+                }
+            )
+        return {"apiVersion": "v1", "kind": "List", "items": items}
 
     def _status(self, key: str, vm: _VM) -> dict[str, Any]:
         namespace, name = names.split(key)
@@ -552,10 +636,31 @@ def _data_volumes_condition(vm: _VM) -> list[dict[str, str]]:
     if vm.volume_error is not None:
         why = {"reason": "DataVolumeError", "message": vm.volume_error}
     elif vm.importing:
-        why = {"reason": "Provisioning", "message": "importing " + ", ".join(sorted(vm.importing))}
+        states = {n: vm.data_volumes.get(n) or DataVolumeState("Pending") for n in vm.importing}
+        importing = [f"{n} ({s.phase} {s.progress})" for n, s in sorted(states.items())]
+        why = {"reason": "Provisioning", "message": "importing " + ", ".join(importing)}
     else:
         return []
     return [{"type": "DataVolumesReady", "status": "False", **why}]
+
+
+def _dv_conditions(state: DataVolumeState) -> list[dict[str, str]]:
+    """CDI's Ready and Running conditions of a DataVolume (Running False with reason Error is
+    what KubeVirt reads as DataVolumeError)."""
+    done, failed = state.phase == "Succeeded", state.phase == "Failed"
+    running = {"type": "Running", "status": "False" if done or failed else "True"}
+    if done:
+        running["reason"] = "Completed"
+    elif failed:
+        running |= {"reason": "Error", "message": state.message}
+    return [{"type": "Ready", "status": "True" if done else "False"}, running]
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` with `data` as JSON, if that changes it."""
+    text = json.dumps(data, indent=2, sort_keys=True).encode()
+    if not path.exists() or path.read_bytes() != text:
+        safefile.write_atomically(path, text)
 
 
 def _timestamp(epoch: float) -> str:

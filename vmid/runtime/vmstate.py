@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the VM model is the API's: `vmid get` imports this module, 
 
 STATE_FILE = "state.json"
 STATUS_FILE = "status.json"
+DATA_VOLUMES_FILE = "datavolumes.json"
 #: A request is a few dozen bytes; a bigger file is no request of vmid's.
 MAX_REQUEST_BYTES = 4096
 ACTIONS = ("start", "stop", "restart")
@@ -155,6 +156,24 @@ def _read_request(path: Path) -> Request | None:
 
 def status_path(paths: Paths, key: str) -> Path:
     return paths.vm_runtime(key) / STATUS_FILE
+
+
+def data_volumes_path(paths: Paths, key: str) -> Path:
+    """A VM's DataVolumes, as CDI's objects in a List."""
+    return paths.vm_runtime(key) / DATA_VOLUMES_FILE
+
+
+def read_data_volumes(paths: Paths) -> list[dict[str, Any]]:
+    """Every VM's DataVolume objects the daemon wrote, by namespace, VM, then template."""
+    found = []
+    for path in sorted((paths.runtime / "vms").glob(f"*/*/{DATA_VOLUMES_FILE}")):
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue  # removed while listing
+        if isinstance(data, dict) and isinstance(data.get("items"), list):
+            found += [item for item in data["items"] if isinstance(item, dict)]
+    return found
 
 
 def read_vms(paths: Paths) -> list[dict[str, Any]]:
