@@ -642,3 +642,67 @@ def test_an_import_shows_its_progress_as_cdi_does(tmp_path: Path) -> None:
         finally:
             server.kill()
             server.wait()
+
+
+def watch_vms(daemon: Daemon, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vmid", "get", "vm", *args, "-w", "--root", str(daemon.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_until(stream: Any, text: str) -> list[str]:
+    lines: list[str] = []
+    while text not in (line := stream.readline()):
+        assert line, f"the watch ended before {text!r}: {lines}"
+        lines.append(line)
+    return [*lines, line]
+
+
+def test_get_vm_watch_prints_each_change_of_status_until_the_daemon_stops(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("b.yaml", vm_manifest("vm-b", "Halted"))
+        wait_printable(daemon, "vm-b", "Stopped")
+        watcher = watch_vms(daemon)
+        assert watcher.stdout is not None
+        try:
+            assert watcher.stdout.readline().split() == ["NAME", "AGE", "STATUS", "READY"]
+            assert watcher.stdout.readline().split()[::2] == ["vm-b", "Stopped"]
+            daemon.drop("a.yaml", vm_manifest("vm-a", "Manual"))
+            assert read_until(watcher.stdout, "vm-a")[-1].split()[2:] == ["Stopped", "False"]
+            vmid_ok(daemon, "start", "vm-a")
+            lines = read_until(watcher.stdout, "True")
+            assert [line.split()[2] for line in lines][-1] == "Running", lines
+            (daemon.spool / "a.yaml").unlink()
+            assert read_until(watcher.stdout, "Deleted")[-1].split() == ["vm-a", "Deleted"]
+            vmid_ok(daemon, "start", "vm-b")
+            assert "vm-b" in read_until(watcher.stdout, "Running")[-1]
+        except BaseException:
+            watcher.kill()
+            raise
+        daemon.process.terminate()
+        assert daemon.process.wait(timeout=30) == 0
+        _, err = watcher.communicate(timeout=10)
+        assert watcher.returncode == 0, err
+        assert err.strip().endswith("vmid: the daemon stopped"), err
+
+
+def test_get_vm_watch_prints_documents(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Halted"))
+        wait_printable(daemon, "vm-a", "Stopped")
+        watcher = watch_vms(daemon, "vm-a", "-o", "json")
+        try:
+            assert watcher.stdout is not None
+            read_until(watcher.stdout, '"printableStatus": "Stopped"')
+            vmid_ok(daemon, "start", "vm-a")
+            read_until(watcher.stdout, '"printableStatus": "Running"')
+        finally:
+            watcher.kill()
+            watcher.communicate()
+        assert "not found" in vmid_refused(daemon, "get", "vm", "nope", "-w")
+        assert "-o yaml or json only" in vmid_refused(daemon, "get", "vm", "-w", "-o", "wide")

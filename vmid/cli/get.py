@@ -36,6 +36,7 @@ EXAMPLES = """examples:
   vmid get -o jsonpath='{.items[*].status.interfaces[0].ipAddress}'
   vmid get -o custom-columns=NAME:.metadata.name,PID:.status.qemu.pid
   vmid get -w                                 # then every change, until Ctrl+C
+  vmid get vm -w                              # the VirtualMachines: NAME AGE STATUS READY
 """
 
 
@@ -267,7 +268,7 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
     document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
     from vmid.runtime import statuswatch  # here: a plain `get` needs no inotify
 
-    watch = statuswatch.StatusWatch(paths)
+    watch = statuswatch.vmis(paths)
     try:
         found = [c for c in watch.current() if c.obj is not None and common.wanted(args, c.obj)]
         if args.name is not None and not found:
@@ -293,7 +294,7 @@ class WatchPrinter:
     """Prints a watch: rows as kubectl's table does, or one JSON/YAML document per change."""
 
     def __init__(
-        self, output: str | None, columns: Columns, found: list[statuswatch.Change]
+        self, output: str | None, columns: Columns, found: list[statuswatch.Change[VMIObject]]
     ) -> None:
         self._output = output
         self._columns = columns
@@ -312,7 +313,7 @@ class WatchPrinter:
     def last(self, path: Path) -> VMIObject | None:
         return self._shown.get(path)
 
-    def change(self, change: statuswatch.Change) -> None:
+    def change(self, change: statuswatch.Change[VMIObject]) -> None:
         last = self._shown.pop(change.path, None)
         obj = change.obj or last
         if obj is None:

@@ -157,9 +157,9 @@ def not_found(args: argparse.Namespace) -> str:
 def get(args: argparse.Namespace) -> int:
     """`vmid get vm [NAME]`: NAME AGE STATUS READY, as `kubectl get vm`."""
     paths = Paths(args.root or Path("/"))
-    if args.watch:
-        raise RequestError("vmid get vm -w is not supported: watch the VMIs (vmid get -w)")
     status.read_objects(paths)  # no vmid state there: an error saying so, as `get` says it
+    if args.watch:
+        return _watch(paths, args)
     every = getattr(args, "all_namespaces", False)
     found = [vm for vm in vmstate.read_vms(paths) if every or _in(args, vm)]
     found = [vm for vm in found if args.name in (None, vm["metadata"]["name"])]
@@ -185,6 +185,96 @@ def get(args: argparse.Namespace) -> int:
             if condition["type"] == "Synchronized" and condition["status"] == "False":
                 print(f"{vm['metadata']['name']}: {condition['message']}", file=sys.stderr)
     return EXIT_OK
+
+
+def _watch(paths: Paths, args: argparse.Namespace) -> int:
+    """`vmid get vm -w`: the table, then a row for each VM whose row changed (or one document
+    per change with -o json|yaml), until the daemon stops: said on stderr, exit 0."""
+    from vmid.runtime import statuswatch  # here: a plain `get vm` needs no inotify
+
+    if args.output not in (None, "yaml", "json"):
+        raise RequestError("vmid get vm -w takes -o yaml or json only")
+    every = getattr(args, "all_namespaces", False)
+
+    def wanted(vm: dict[str, Any]) -> bool:
+        return (every or _in(args, vm)) and args.name in (None, vm["metadata"]["name"])
+
+    watch = statuswatch.vms(paths)
+    try:
+        found = {c.path: c.obj for c in watch.current() if c.obj is not None and wanted(c.obj)}
+        if args.name is not None and not found:
+            print(f"vmid: {not_found(args)}", file=sys.stderr)
+            return EXIT_ERROR
+        printer = _WatchPrinter(args.output, every, found)
+        if not watch.daemon_running():
+            print("vmid: the daemon is not running: nothing will change", file=sys.stderr)
+            return EXIT_OK
+        for change in watch.changes():
+            if change.obj is None or wanted(change.obj):
+                printer.change(change.path, change.obj)
+        print("vmid: the daemon stopped", file=sys.stderr)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        watch.close()
+
+
+class _WatchPrinter:
+    """Prints a watch of VMs: a row each time a VM's row changes (AGE aside), as kubectl's
+    table does, or one JSON/YAML document per change."""
+
+    def __init__(self, output: str | None, every: bool, found: dict[Path, dict[str, Any]]) -> None:
+        self._output, self._every, self._documents = output, every, 0
+        #: The object last seen, and the row last printed (without AGE), by status file.
+        self._objects = dict(found)
+        self._shown = {path: self._sans_age(vm) for path, vm in found.items()}
+        if output is None:
+            rows = [self._row(vm) for vm in found.values()]
+            print(show.aligned([self._header(), *rows]), flush=True)
+        else:
+            for vm in found.values():
+                self._document(vm)
+
+    def __repr__(self) -> str:
+        return f"<_WatchPrinter output={self._output} shown={len(self._objects)}>"
+
+    def change(self, path: Path, vm: dict[str, Any] | None) -> None:
+        """Status file `path` now holds `vm` (None: the VM is gone)."""
+        if vm is None:
+            gone = self._objects.pop(path, None)
+            self._shown.pop(path, None)
+            if gone is not None and self._output is not None:
+                self._document(gone)  # its last object, as kubectl prints a deleted one
+            elif gone is not None:
+                self._rows([[*self._row(gone)[:-3], "", "Deleted", ""]])
+            return
+        self._objects[path] = vm
+        if self._output is not None:
+            self._document(vm)
+        elif self._shown.get(path) != self._sans_age(vm):
+            self._shown[path] = self._sans_age(vm)
+            self._rows([self._row(vm)])
+
+    def _header(self) -> list[str]:
+        return ["NAMESPACE"] * self._every + ["NAME", "AGE", "STATUS", "READY"]
+
+    def _row(self, vm: dict[str, Any]) -> list[str]:
+        return [vm["metadata"]["namespace"]] * self._every + _row(vm)
+
+    def _sans_age(self, vm: dict[str, Any]) -> list[str]:
+        row = self._row(vm)
+        return row[:-3] + row[-2:]
+
+    def _rows(self, rows: list[list[str]]) -> None:
+        print("\n".join(show.aligned([self._header(), *rows]).splitlines()[1:]), flush=True)
+
+    def _document(self, vm: dict[str, Any]) -> None:
+        if self._output == "yaml" and self._documents:
+            print("---")
+        show.print_data(vm, self._output or "json")
+        sys.stdout.flush()
+        self._documents += 1
 
 
 def _in(args: argparse.Namespace, vm: dict[str, Any]) -> bool:
