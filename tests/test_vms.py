@@ -330,7 +330,7 @@ def test_a_spec_edit_restarts_the_vm_with_its_uuid_and_disks(tmp_path: Path) -> 
 
 
 #: A web server for the daemon's network namespace: files from its directory; `/truncated`
-#: promises more bytes than it sends; `/slow.raw` sends a 4 MiB raw image 1 MiB each 1.5 s.
+#: promises more bytes than it sends; `/slow.raw` sends a 4 MiB raw image 1 MiB each 2 s.
 SERVER = """
 import http.server, os, sys, time
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -342,7 +342,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             for part in range(4):
                 self.wfile.write((b"slow image" if part == 0 else b"").ljust(1 << 20, b"\\0"))
                 self.wfile.flush()
-                time.sleep(1.5)
+                time.sleep(2)
             return
         if self.path == "/truncated":
             self.send_response(200)
@@ -616,7 +616,7 @@ def test_an_import_shows_its_progress_as_cdi_does(tmp_path: Path) -> None:
                     seen.add(row[2])
                 return len(seen) >= 2
 
-            daemon.wait_for("two steps of progress", importing, timeout=20)
+            daemon.wait_for("two steps of progress", importing, timeout=30)
             assert seen <= {"25.00%", "50.00%", "75.00%", "100.00%"}
             assert printable(daemon, "vm-s") == "Provisioning"
             assert "Provisioning" in vmid_ok(daemon, "get", "vm")
