@@ -691,16 +691,19 @@ def test_get_vm_watch_prints_each_change_of_status_until_the_daemon_stops(
         assert err.strip().endswith("vmid: the daemon stopped"), err
 
 
-def test_get_vm_watch_prints_documents(tmp_path: Path) -> None:
+@pytest.mark.parametrize("output", ["json", "yaml"])
+def test_get_vm_watch_prints_documents(tmp_path: Path, output: str) -> None:
     with running_daemon(tmp_path, fake_config()) as daemon:
         daemon.drop("a.yaml", vm_manifest("vm-a", "Halted"))
         wait_printable(daemon, "vm-a", "Stopped")
-        watcher = watch_vms(daemon, "vm-a", "-o", "json")
+        watcher = watch_vms(daemon, "vm-a", "-o", output)
+        shown = '"printableStatus": "{}"' if output == "json" else "printableStatus: {}"
         try:
             assert watcher.stdout is not None
-            read_until(watcher.stdout, '"printableStatus": "Stopped"')
+            read_until(watcher.stdout, shown.format("Stopped"))
             vmid_ok(daemon, "start", "vm-a")
-            read_until(watcher.stdout, '"printableStatus": "Running"')
+            lines = read_until(watcher.stdout, shown.format("Running"))
+            assert output == "json" or "---\n" in lines  # YAML documents apart
         finally:
             watcher.kill()
             watcher.communicate()
