@@ -38,6 +38,7 @@ EXAMPLES = """examples:
   vmid get -o custom-columns=NAME:.metadata.name,PID:.status.qemu.pid
   vmid get web db -w -l tier=front            # changes to those of them labelled tier=front
   vmid get -w                                 # then every change, until Ctrl+C
+  vmid get vm -w                              # the VirtualMachines: NAME AGE STATUS READY
 """
 
 
@@ -54,7 +55,10 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     get.add_argument(
-        "names", nargs="*", metavar="[vmi|vm] NAME", help="only these VMIs (vm: VMs instead)"
+        "names",
+        nargs="*",
+        metavar="[vmi|vm|dv] NAME",
+        help="only these VMIs (vm: VMs instead, dv: their DataVolumes)",
     )
     get.add_argument(
         "-A",
@@ -94,9 +98,9 @@ def _output(text: str) -> str:
 
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    if args.names and args.names[0].lower() in vm.VM_WORDS:
+    if args.names and args.names[0].lower() in (*vm.VM_WORDS, *vm.DV_WORDS):
         args.name = args.names[1] if len(args.names) > 1 else None
-        return vm.get(args)
+        return vm.get(args) if args.names[0].lower() in vm.VM_WORDS else vm.get_data_volumes(args)
     wanted_names = _names(args)
     if args.all_namespaces and wanted_names:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
@@ -287,7 +291,7 @@ def _watch(
     the selector (a new manifest's labels) leaves as a deleted one does, as kubectl's watch."""
     from vmid.runtime import statuswatch  # here: a plain `get` needs no inotify
 
-    watch = statuswatch.StatusWatch(paths)
+    watch = statuswatch.vmis(paths)
     try:
         found = [c for c in watch.current() if c.obj is not None and selected(c.obj)]
         if _missing(args, wanted_names, [c.obj for c in found if c.obj is not None]):
@@ -313,7 +317,7 @@ class WatchPrinter:
     """Prints a watch: rows as kubectl's table does, or one JSON/YAML document per change."""
 
     def __init__(
-        self, output: str | None, columns: Columns, found: list[statuswatch.Change]
+        self, output: str | None, columns: Columns, found: list[statuswatch.Change[VMIObject]]
     ) -> None:
         self._output = output
         self._columns = columns
@@ -332,7 +336,7 @@ class WatchPrinter:
     def last(self, path: Path) -> VMIObject | None:
         return self._shown.get(path)
 
-    def change(self, change: statuswatch.Change) -> None:
+    def change(self, change: statuswatch.Change[VMIObject]) -> None:
         last = self._shown.pop(change.path, None)
         obj = change.obj or last
         if obj is None:
