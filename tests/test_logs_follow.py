@@ -102,7 +102,9 @@ def test_logs_follow_with_timestamps_across_rotations(tmp_path: Path) -> None:
     assert all(stamped), [line for line, m in zip(lines, stamped, strict=True) if not m][:3]
     times = [datetime.datetime.fromisoformat(m[1][:26] + "Z") for m in stamped if m]
     assert times == sorted(times)
-    assert abs(times[0] - started) < datetime.timedelta(seconds=3)  # --tail 5: a moment ago
+    # --tail 5: lines of a moment before it read them, not the older ones (however slow it
+    # was to start on a loaded machine).
+    assert times[0] > started - datetime.timedelta(seconds=1)
     assert times[-1] - times[0] > datetime.timedelta(seconds=1)
     (numbers,) = runs(ticks("\n".join(m[2] for m in stamped if m)))
     assert len(numbers) > 125
