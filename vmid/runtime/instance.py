@@ -147,7 +147,9 @@ class Instance:
         self._stop_mode = stop_mode
         #: When the shutdown ladder, once begun, kills QEMU (trio's clock): the grace's end.
         self.kill_at: float | None = None
-        self._agent = agent.GuestAgent(plan.name, Path(plan.sockets.guestAgent), self._on_agent)
+        self._agent = agent.GuestAgent(
+            plan.name, Path(plan.sockets.guestAgent), self._on_agent, self.status.event
+        )
         #: The NICs as vmid made them, before the guest agent's view is merged in.
         self._domain_interfaces: list[dict[str, Any]] = []
         self.status.probe_ready = None if plan.readinessProbe is None else False
@@ -465,6 +467,9 @@ class Instance:
             try:
                 await self._process.wait()
             finally:
+                if self._process.returncode is None:  # a freeze never outlives supervision
+                    with trio.CancelScope(shield=True):
+                        await self._agent.thaw_before_leaving()
                 guest_agent.cancel()
                 with trio.CancelScope(shield=True):
                     try:
@@ -555,6 +560,9 @@ class Instance:
             self.status.drop_condition("AgentConnected")
             self.status.drop_condition("AgentVersionNotSupported")
         self.status.guest_os_info = agent.guest_os_info(report) or self.status.guest_os_info
+        freeze = report.get("guest-fsfreeze-status")
+        if isinstance(freeze, str):  # virt-handler's: "thawed" is no status
+            self.status.fs_freeze_status = "" if freeze == "thawed" else freeze
         masquerade = frozenset(t.interface for t in self.plan.taps if t.masquerade)
         guest = agent.guest_interfaces(report)
         if guest:
@@ -610,6 +618,7 @@ class Instance:
 
     def _set_paused(self, paused: bool) -> None:
         """The Paused condition (by the user, or on a disk error), and Ready after it."""
+        self._agent.set_paused(paused)
         if not paused:
             self.status.condition("Paused", False)
         elif self._io_error is not None:
@@ -708,6 +717,7 @@ class Instance:
         self.status.condition("Ready", False, "GuestNotRunning")
         self.status.drop_condition("AgentConnected")
         self.status.drop_condition("AgentVersionNotSupported")
+        self.status.fs_freeze_status = ""
         self.status.event(*event)
         self.status.write()
         if failure is None:
