@@ -13,8 +13,11 @@ import pytest
 import trio
 
 from tests.daemon import fake_config, manifest, running_daemon
-from vmid.cli import main
-from vmid.errors import AgentError
+from vmid import control
+from vmid.api.vmistatus import Condition, QemuStatus, VMIStatus
+from vmid.cli import agent as cli_agent
+from vmid.cli import lifecycle, main
+from vmid.errors import AgentError, AgentRequestError
 from vmid.runtime import agent
 
 pytestmark = pytest.mark.timeout(30)
@@ -517,3 +520,31 @@ def test_an_unfreeze_timeout_is_a_go_duration_of_whole_seconds(
         main(["freeze", "vm", "--unfreeze-timeout", duration, "--root", str(tmp_path)])
     assert exited.value.code == 2
     assert "--unfreeze-timeout" in capsys.readouterr().err
+
+
+def test_soft_reboot_falls_back_to_acpi_when_the_agent_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AgentConnected was True when the status was written, but the agent is gone by now (or
+    hangs): the guest still reboots, through the ACPI power button (KubeVirt ignores libvirt's
+    agent-unresponsive error: nothing would reboot)."""
+    asked: list[str] = []
+
+    def failing(qemu: QemuStatus, verb: str, *_: Any) -> Any:
+        asked.append(verb)
+        raise AgentRequestError(agent.NOT_CONNECTED)
+
+    monkeypatch.setattr(cli_agent, "request", failing)
+    monkeypatch.setattr(control, "soft_reboot", lambda *_: asked.append("acpi"))
+    connected = VMIStatus(conditions=(Condition("AgentConnected", "True"),))
+    qmp = tmp_path / "qmp.sock"
+    lifecycle._soft_reboot("web", qmp, QemuStatus(), connected, paused=False)
+    assert asked == ["soft-reboot", "acpi"]
+    assert capsys.readouterr().err == (
+        "vmid: the guest agent failed (VMI does not have guest agent connected): "
+        "the ACPI power button\n"
+    )
+    asked.clear()
+    with pytest.raises(AgentRequestError):  # no ACPI: the agent's error is the answer
+        lifecycle._soft_reboot("web", qmp, QemuStatus(acpi=False), connected, paused=False)
+    assert asked == ["soft-reboot"]
