@@ -242,7 +242,11 @@ def test_an_agent_killed_in_the_guest_reconnects(daemon: Daemon) -> None:
 
 
 def test_a_guest_without_an_agent(daemon: Daemon) -> None:
-    daemon.drop("bare.yaml", manifest("bare", ["# vmid-test: no-agent"]))
+    probe = """  readinessProbe:
+    exec: {command: ["/bin/true"]}
+    periodSeconds: 2
+"""
+    daemon.drop("bare.yaml", manifest("bare", ["# vmid-test: no-agent"], probes=probe))
     daemon.wait_for(
         "the guest", lambda: "VMID-GUEST: ready" in console(daemon, "bare"), timeout=150
     )
@@ -251,6 +255,17 @@ def test_a_guest_without_an_agent(daemon: Daemon) -> None:
     done = daemon.vmid("guestosinfo", "bare")
     assert done.returncode == 1
     assert done.stderr == "vmid: VMI does not have guest agent connected\n"
+    # A probe that needs the agent fails, saying why: the VMI is never Ready.
+    assert ready(daemon, "bare")["reason"] == "ContainersNotReady"
+    assert "Unhealthy: Readiness probe failed: the guest agent is not connected" in (
+        event_messages(daemon, "bare")
+    )
+    frozen = daemon.vmid("freeze", "bare")
+    assert frozen.returncode == 1
+    assert frozen.stderr == (
+        "vmid: Failed to freeze VMI: Guest agent is not responding: "
+        "QEMU guest agent is not connected\n"
+    )
     # soft-reboot falls back to the ACPI power button (the guest powers off: vmid resets it).
     assert daemon.vmid("soft-reboot", "bare").returncode == 0
     assert "VMID-GUEST: powering off" in console(daemon, "bare")
