@@ -282,8 +282,11 @@ class FreezingAgent:
 
     def answer(self, command: str) -> dict[str, Any]:
         self.commands.append(command)
-        if command == "guest-info":
-            return {"return": {"version": "7.2", "supported_commands": []}}
+        if command == "guest-info":  # while frozen, qemu-ga says all but these are disabled
+            allowed = ("guest-info", "guest-ping", "guest-fsfreeze-status", "guest-fsfreeze-thaw")
+            enabled = {c: self.state == "thawed" or c in allowed for c in agent.REQUIRED_COMMANDS}
+            listed = [{"name": c, "enabled": e} for c, e in enabled.items()]
+            return {"return": {"version": "7.2", "supported_commands": listed}}
         if command == "guest-fsfreeze-status":
             return {"return": self.state}
         if command == "guest-fsfreeze-freeze":
@@ -548,3 +551,18 @@ def test_soft_reboot_falls_back_to_acpi_when_the_agent_fails(
     with pytest.raises(AgentRequestError):  # no ACPI: the agent's error is the answer
         lifecycle._soft_reboot("web", qmp, QemuStatus(acpi=False), connected, paused=False)
     assert asked == ["soft-reboot"]
+
+
+async def test_a_frozen_agent_is_not_judged_unsupported(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """qemu-ga disables its other commands while frozen: a guest-info polled then must not
+    make it AgentVersionNotSupported (its support is what it said thawed)."""
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, _):
+        assert agent.unsupported_reason(guest.report) is None
+        await guest.request("freeze", {"unfreezeTimeout": 0})
+        await trio.sleep(agent.VERSION_INTERVAL * 2)  # guest-info polled meanwhile
+        assert fake.count("guest-info") > 2
+        assert agent.unsupported_reason(guest.report) is None
+        assert agent.agent_info(guest.report)["supportedCommands"][0]["enabled"] is True

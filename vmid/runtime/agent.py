@@ -270,7 +270,9 @@ class GuestAgent:
         """Handshake, then poll until the port closes; a failed handshake is retried."""
         while True:
             try:
-                self.report.answers["guest-info"] = await self.call("guest-info")
+                info = await self.call("guest-info")
+                if not self._frozen_info():
+                    self.report.answers["guest-info"] = info
             except AgentError as exc:
                 self.log.debug("guest agent handshake failed: %s", exc)
                 await trio.sleep(RETRY_SECONDS)
@@ -306,10 +308,17 @@ class GuestAgent:
             return False
         if command == "guest-fsfreeze-status" and answer == "frozen" and not self._freeze_known:
             self._adopt_freeze()
+        if command == "guest-info" and self._frozen_info():
+            return False
         if self.report.answers.get(command) == answer:
             return False
         self.report.answers[command] = answer
         return True
+
+    def _frozen_info(self) -> bool:
+        """While frozen, qemu-ga's guest-info lists all but a few commands disabled: its support
+        (AgentVersionNotSupported) is judged by what it said thawed."""
+        return self.frozen and "guest-info" in self.report.answers
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:
