@@ -566,3 +566,21 @@ async def test_a_frozen_agent_is_not_judged_unsupported(
         assert fake.count("guest-info") > 2
         assert agent.unsupported_reason(guest.report) is None
         assert agent.agent_info(guest.report)["supportedCommands"][0]["enabled"] is True
+
+
+async def test_the_automatic_unfreeze_waits_for_an_agent_that_restarts(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """qemu-ga killed while frozen (the guest's file systems stay frozen, and the next qemu-ga
+    knows it): the automatic unfreeze is retried until the agent is back, then thaws."""
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, events):
+        await guest.request("freeze", {"unfreezeTimeout": 30})
+        guest.port_changed(False)
+        await trio.sleep(40)
+        assert fake.state == "frozen"  # due at 30 s, but the agent is gone
+        guest.port_changed(True)
+        await trio.sleep(agent.RETRY_SECONDS + 1)
+        assert fake.state == "thawed"
+        assert not guest.frozen
+        assert [e[1] for e in events] == ["UnfreezeTimeout"]
