@@ -147,6 +147,35 @@ async def test_a_silent_agent_times_out(tmp_path: Path, autojump_clock: trio.abc
         nursery.cancel_scope.cancel()
 
 
+async def test_a_channel_closed_under_a_call_is_an_agent_error(tmp_path: Path) -> None:
+    """The agent's task ends (its channel closed) while another task's call waits for an
+    answer: that call fails as the agent failing, never with trio's ClosedResourceError (which
+    escaped the thaw a stopping VMI makes, and left its stop hanging)."""
+    path = tmp_path / "qga.sock"
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await serve_agent(nursery, path, silent)
+        guest = connected_agent(path)
+        failed: list[str] = []
+
+        async def ask() -> None:
+            with pytest.raises(AgentError) as raised:
+                await guest.call("guest-fsfreeze-status", within=30)
+            failed.append(str(raised.value))
+
+        nursery.start_soon(ask)
+        await trio.sleep(0.5)  # connected, waiting for the sync's answer
+        await guest.aclose()
+        await trio.sleep(0.1)
+        assert failed == [
+            "guest-fsfreeze-status: the agent's channel failed: another task closed this fd"
+        ]
+        nursery.cancel_scope.cancel()
+
+
 async def test_no_call_while_the_port_is_closed(tmp_path: Path) -> None:
     guest = agent.GuestAgent("test", tmp_path / "qga.sock", lambda: None)
     with pytest.raises(AgentError, match="not connected"):

@@ -199,7 +199,7 @@ def test_freeze_and_unfreeze_a_real_guests_file_systems(daemon: Daemon) -> None:
     )
     assert freeze_status(daemon, "fz") == "frozen"
     assert verb(daemon, "guestosinfo", "fz")["fsFreezeStatus"] == "frozen"
-    time.sleep(2)  # a line written just before the freeze may still be said
+    time.sleep(3)  # a line written just before the freeze may still be said
     held = data_writes(daemon, "fz")
     time.sleep(5)
     assert data_writes(daemon, "fz") == held  # the writer waits on the frozen file system

@@ -347,9 +347,11 @@ class GuestAgent:
             async with self._lock:
                 try:
                     return await self._exchange(command, arguments, reply)
-                except OSError as exc:
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    # Reset by QEMU, or closed under this call (the agent's task ending).
                     await self.aclose()
-                    raise AgentError(f"{command}: the agent's channel failed: {exc}") from exc
+                    why = str(exc) or type(exc).__name__
+                    raise AgentError(f"{command}: the agent's channel failed: {why}") from exc
                 except AgentError as exc:
                     if "closed" in str(exc):
                         await self.aclose()

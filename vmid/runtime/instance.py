@@ -462,23 +462,24 @@ class Instance:
             # Shielded: the events of a stopping guest (SHUTDOWN) decide its final phase.
             events = trio.CancelScope(shield=True)
             nursery.start_soon(self._follow_events, monitor, events)
-            guest_agent = trio.CancelScope()
+            # Shielded too, ended below: a freeze is undone through it before it goes.
+            guest_agent = trio.CancelScope(shield=True)
             nursery.start_soon(self._run_agent, monitor, guest_agent)
             try:
                 await self._process.wait()
             finally:
-                if self._process.returncode is None:  # a freeze never outlives supervision
-                    with trio.CancelScope(shield=True):
-                        await self._agent.thaw_before_leaving()
-                guest_agent.cancel()
                 with trio.CancelScope(shield=True):
                     try:
+                        if self._process.returncode is None:  # no freeze outlives supervision
+                            await self._agent.thaw_before_leaving()
+                        guest_agent.cancel()
                         await self._stop()
                         if self._process.returncode in (0, UNKNOWN_EXIT):  # it ended itself:
                             # read its last words (SHUTDOWN, GUEST_PANICKED) before judging.
                             with trio.move_on_after(HANGUP_TIMEOUT):
                                 await monitor.wait_hangup()
-                    finally:  # whatever the ladder raised: the event task must end too
+                    finally:  # whatever the ladder raised: the other tasks must end too
+                        guest_agent.cancel()
                         events.cancel()
         for event in monitor.pending_events():
             self._on_event(event)
