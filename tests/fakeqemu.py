@@ -188,7 +188,7 @@ def serve_socket(path: str, fake: FakeQemu, console: Console | None) -> None:
             conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
             for request in requests(conn):
                 if request.get("execute") in ("stop", "cont"):
-                    fake.run(request["execute"] == "cont")
+                    fake.run(request["execute"] == "cont", client=True)
                 result = answer(request, console)
                 conn.sendall(
                     json.dumps({"return": result, "id": request.get("id")}).encode() + b"\r\n"
@@ -316,11 +316,12 @@ class FakeQemu:
                 return True
         return False
 
-    def run(self, running: bool) -> None:
-        """`cont` or `stop`: QEMU's RESUME or STOP when its run state changes."""
+    def run(self, running: bool, client: bool = False) -> None:
+        """`cont` or `stop`: QEMU's RESUME or STOP when its run state changes (a `cont` out of
+        prelaunch too when a client sends it: `vmid unpause` of a VMI started paused)."""
         was = self.runstate
         self.set_runstate("running" if running else "paused")
-        if was != "prelaunch" and (was == "running") != running:
+        if (was != "prelaunch" or client) and (was == "running") != running:
             self.event("RESUME" if running else "STOP")
         if running and self.mode == "ioerror" and self.io_errors == 0:
             self.io_errors += 1

@@ -36,6 +36,7 @@ EXAMPLES = """examples:
   vmid get -o jsonpath='{.items[*].status.interfaces[0].ipAddress}'
   vmid get -o custom-columns=NAME:.metadata.name,PID:.status.qemu.pid
   vmid get -w                                 # then every change, until Ctrl+C
+  vmid get vm -w                              # the VirtualMachines: NAME AGE STATUS READY
 """
 
 
@@ -51,7 +52,10 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     get.add_argument(
-        "names", nargs="*", metavar="[vmi|vm] NAME", help="only these VMIs (vm: VMs instead)"
+        "names",
+        nargs="*",
+        metavar="[vmi|vm|dv] NAME",
+        help="only these VMIs (vm: VMs instead, dv: their DataVolumes)",
     )
     get.add_argument(
         "-A",
@@ -91,9 +95,9 @@ def _output(text: str) -> str:
 
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    if args.names and args.names[0].lower() in vm.VM_WORDS:
+    if args.names and args.names[0].lower() in (*vm.VM_WORDS, *vm.DV_WORDS):
         args.name = args.names[1] if len(args.names) > 1 else None
-        return vm.get(args)
+        return vm.get(args) if args.names[0].lower() in vm.VM_WORDS else vm.get_data_volumes(args)
     wanted_names = _names(args)
     if args.all_namespaces and wanted_names:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
@@ -264,7 +268,7 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
     document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
     from vmid.runtime import statuswatch  # here: a plain `get` needs no inotify
 
-    watch = statuswatch.StatusWatch(paths)
+    watch = statuswatch.vmis(paths)
     try:
         found = [c for c in watch.current() if c.obj is not None and common.wanted(args, c.obj)]
         if args.name is not None and not found:
@@ -290,7 +294,7 @@ class WatchPrinter:
     """Prints a watch: rows as kubectl's table does, or one JSON/YAML document per change."""
 
     def __init__(
-        self, output: str | None, columns: Columns, found: list[statuswatch.Change]
+        self, output: str | None, columns: Columns, found: list[statuswatch.Change[VMIObject]]
     ) -> None:
         self._output = output
         self._columns = columns
@@ -309,7 +313,7 @@ class WatchPrinter:
     def last(self, path: Path) -> VMIObject | None:
         return self._shown.get(path)
 
-    def change(self, change: statuswatch.Change) -> None:
+    def change(self, change: statuswatch.Change[VMIObject]) -> None:
         last = self._shown.pop(change.path, None)
         obj = change.obj or last
         if obj is None:

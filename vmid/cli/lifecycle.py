@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from vmid import control
+from vmid.api import names
 from vmid.api.vmistatus import QemuStatus, VMIStatus
-from vmid.cli import agent, common
+from vmid.cli import agent, common, vm
 from vmid.cli.common import EXIT_OK, Commands
 from vmid.errors import AgentRequestError, ControlError
+from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
@@ -42,10 +44,16 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         ("soft-reboot", "reboot the guest cleanly (its guest agent, else the ACPI power button)"),
     ):
         parser_ = commands.add_parser(action, parents=[flags], help=text)
-        parser_.add_argument("name", metavar="NAME")
+        kinds = action in ("pause", "unpause")  # virtctl's pause|unpause vm|vmi NAME
+        parser_.add_argument("name", metavar="[vm|vmi] NAME" if kinds else "NAME")
+        if kinds:
+            parser_.add_argument("kind_name", nargs="?", help=argparse.SUPPRESS)
         parser_.set_defaults(run=_lifecycle, action=action)
         common.explain(
-            parser_, f"{text[0].upper()}{text[1:]}, as virtctl {action}.", f"vmid {action} web"
+            parser_,
+            f"{text[0].upper()}{text[1:]}, as virtctl {action}"
+            + (": `vm NAME` is the VirtualMachine's VMI." if kinds else "."),
+            f"vmid {action} web" + (f"\nvmid {action} vm web" if kinds else ""),
         )
 
 
@@ -74,6 +82,8 @@ def _qmp(args: argparse.Namespace) -> int:
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
+    if hasattr(args, "kind_name") and vm.kind_of(args, listing=False) == "vm":
+        _vm_has_vmi(args)
     qmp_socket, qemu, st = common.running(args)
     paused = st.is_true("Paused")
     # KubeVirt's refusals (pkg/virt-api/rest/lifecycle.go).
@@ -88,6 +98,21 @@ def _lifecycle(args: argparse.Namespace) -> int:
         control.execute(qmp_socket, command)
     print(f"VMI {args.name} was scheduled to {args.action}")
     return EXIT_OK
+
+
+def _vm_has_vmi(args: argparse.Namespace) -> None:
+    """`pause|unpause vm NAME`: the VM must exist and have its VMI, else virtctl's refusals
+    (pkg/virtctl/pause/pause.go handleNotFoundError)."""
+    paths = Paths(args.root or Path("/"))
+    found = vm.find(paths, names.key(common.namespace_of(args), args.name))
+    if found is None:
+        raise ControlError(vm.not_found(args))
+    if common.find(args, paths) is not None:
+        return
+    what = f"Error {args.action[:-1]}ing VirtualMachineInstance {args.name}"
+    if found["status"]["runStrategy"] == "Halted":
+        raise ControlError(f"{what}. VirtualMachine {args.name} is not set to run")
+    raise ControlError(f"{what}, it was not found")
 
 
 SOFT_REBOOT_TIMEOUT = 120.0

@@ -25,9 +25,10 @@ import trio
 from vmid.api import imageref
 from vmid.api.vmistatus import QemuStatus, VolumeStatus, interface_data, interface_from_data
 from vmid.config import Accelerator, Logs
-from vmid.errors import LaunchError, MonitorError, VmidError
-from vmid.host import beneath, identity, storage, unixsock
+from vmid.errors import LaunchError, MachineError, MonitorError, VmidError
+from vmid.host import beneath, identity, journal, storage, unixsock
 from vmid.host.identity import QemuUser
+from vmid.host.machines import Machines, describe, scope_of
 from vmid.plan.build import QEMU_DIR
 from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, add_fd, device_id
 from vmid.runtime import agent, probes
@@ -112,6 +113,7 @@ class Instance:
         stop_mode: Callable[[], StopMode] = lambda: StopMode.POWER_OFF,
         images: Puller | None = None,
         processes: Callable[[], Awaitable[Mapping[int, Set[int]]]] | None = None,
+        machines: Machines | None = None,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
@@ -121,10 +123,11 @@ class Instance:
         `images`: where containerDisk images come from (pulled as their policy says); without
         it, from the store only. `processes`: every process's ids (`identity.running_ids`), read
         after it is called (the supervisor shares one read among the VMIs starting at once).
+        `machines`: systemd-machined, which gives QEMU a scope of its own (None: no systemd).
         """
         self.plan = plan
         self.status = status
-        self.log = log.getChild(plan.name)
+        self.log = journal.for_vmi(log, plan.name)
         self._store = store
         self._images = images
         self._qemu_img = qemu_img
@@ -135,6 +138,7 @@ class Instance:
         self._user = user
         self._traverse = traverse
         self._processes = processes or _read_processes
+        self._machines = machines
         self._process: trio.Process | AdoptedProcess | None = None
         #: QEMU's real argv (its fd numbers, not the plan's placeholders), once it runs.
         self._argv: list[str] = []
@@ -226,6 +230,7 @@ class Instance:
             self.status.transition(Phase.SCHEDULED)
             self.status.qemu = self._qemu_status()
             self.status.write()
+            await self._own_scope(self._process.pid, guest_ran=False)
             client = unixsock.connect(Path(plan.sockets.control))
         finally:
             listener.close()
@@ -274,6 +279,7 @@ class Instance:
         state = (await self._monitor.execute("query-status")).get("status")
         if state == "io-error":
             self._io_error = await self._failed_disks()
+        await self._own_scope(pid, guest_ran=state != "prelaunch")
         self.status.forget_deletion()  # the spool decides anew whether it goes
         # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
         self._argv = cmdline(pid)
@@ -291,6 +297,31 @@ class Instance:
         # prelaunch: started with startStrategy Paused; io-error: stopped on a disk error.
         self._set_paused(state in ("paused", "prelaunch", "io-error"))
         self.status.write()
+
+    async def _own_scope(self, pid: int, guest_ran: bool) -> None:
+        """QEMU in a scope of its own with the VMI's limits (systemd-machined), before its guest
+        runs (QEMU waits for `cont`); the scope of a QEMU an earlier vmid started is kept.
+
+        A QEMU whose guest has not run yet fails the VMI when machined refuses it, as libvirt
+        fails such a start (a VM never runs without the limits it asked for); a running guest
+        is only logged, never killed over bookkeeping. Raises LaunchError.
+        """
+        if self._machines is None:
+            return
+        scope = scope_of(pid)
+        if scope is not None:
+            self.log.info("QEMU pid %d keeps its scope %s", pid, scope)
+            return
+        plan = self.plan
+        taps = [tap.device for tap in plan.taps]
+        try:
+            scope = await self._machines.register(plan.name, plan.uuid, pid, plan.cgroup, taps)
+        except MachineError as exc:
+            if guest_ran:
+                self.log.warning("QEMU pid %d runs without a cgroup of its own: %s", pid, exc)
+                return
+            raise LaunchError(f"QEMU could not be given a cgroup of its own: {exc}") from exc
+        self.log.info("QEMU pid %d in scope %s (%s)", pid, scope, describe(plan.cgroup))
 
     async def _failed_disks(self) -> str:
         """What `query-block` says of the disks whose error stopped the guest."""
