@@ -233,12 +233,22 @@ def test_freeze_and_unfreeze_a_real_guests_file_systems(daemon: Daemon) -> None:
 
 
 def test_an_agent_killed_in_the_guest_reconnects(daemon: Daemon) -> None:
-    daemon.drop("kill.yaml", manifest("kill", ["# vmid-test-agent-kill: 20"]))
+    """An agent lacking a required command (KubeVirt's AgentVersionNotSupported), killed in
+    the guest and restarted: the conditions go with it and come back."""
+    user_data = ["# vmid-test-agent-kill: 20", "# vmid-test-agent-block: guest-get-osinfo"]
+    daemon.drop("kill.yaml", manifest("kill", user_data))
     daemon.wait_for("AgentConnected", lambda: agent_connected(daemon, "kill"), timeout=150)
+    unsupported = conditions(daemon, "kill")["AgentVersionNotSupported"]
+    assert (unsupported["status"], unsupported["reason"]) == (
+        "True",
+        "This guest agent doesn't support required basic commands",
+    )
     daemon.wait_for("the kill", lambda: "VMID-GUEST: agent killed" in console(daemon, "kill"))
     daemon.wait_for("AgentConnected gone", lambda: not agent_connected(daemon, "kill"))
+    assert "AgentVersionNotSupported" not in conditions(daemon, "kill")
     daemon.wait_for("AgentConnected again", lambda: agent_connected(daemon, "kill"), timeout=60)
     assert console(daemon, "kill").count("VMID-GUEST: agent started") == 2
+    assert conditions(daemon, "kill")["AgentVersionNotSupported"]["status"] == "True"
 
 
 def test_a_guest_without_an_agent(daemon: Daemon) -> None:
