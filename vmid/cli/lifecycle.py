@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from vmid.api import names
 from vmid.api.vmistatus import QemuStatus, VMIStatus
 from vmid.cli import agent, common, vm
 from vmid.cli.common import EXIT_OK, Commands
-from vmid.errors import ControlError
+from vmid.errors import AgentRequestError, ControlError
 from vmid.paths import Paths
 
 
@@ -126,8 +127,15 @@ def _soft_reboot(
     if paused:
         raise ControlError(f"VMI {name} is paused")
     if agent.agent_connected(st):
-        agent.request(qemu, "soft-reboot")
-        return
+        try:
+            agent.request(qemu, "soft-reboot")
+            return
+        except AgentRequestError as exc:
+            # Its agent went (the status was older) or hangs: libvirt's agent-unresponsive
+            # error, which KubeVirt ignores (nothing reboots); the power button still works.
+            if not qemu.acpi:
+                raise
+            print(f"vmid: the guest agent failed ({exc}): the ACPI power button", file=sys.stderr)
     if not qemu.acpi:
         raise ControlError(
             f"VMI {name} neither have the agent connected nor the ACPI feature enabled"

@@ -151,7 +151,9 @@ class Instance:
         self._stop_mode = stop_mode
         #: When the shutdown ladder, once begun, kills QEMU (trio's clock): the grace's end.
         self.kill_at: float | None = None
-        self._agent = agent.GuestAgent(plan.name, Path(plan.sockets.guestAgent), self._on_agent)
+        self._agent = agent.GuestAgent(
+            plan.name, Path(plan.sockets.guestAgent), self._on_agent, self.status.event
+        )
         #: The NICs as vmid made them, before the guest agent's view is merged in.
         self._domain_interfaces: list[dict[str, Any]] = []
         self.status.probe_ready = None if plan.readinessProbe is None else False
@@ -491,20 +493,24 @@ class Instance:
             # Shielded: the events of a stopping guest (SHUTDOWN) decide its final phase.
             events = trio.CancelScope(shield=True)
             nursery.start_soon(self._follow_events, monitor, events)
-            guest_agent = trio.CancelScope()
+            # Shielded too, ended below: a freeze is undone through it before it goes.
+            guest_agent = trio.CancelScope(shield=True)
             nursery.start_soon(self._run_agent, monitor, guest_agent)
             try:
                 await self._process.wait()
             finally:
-                guest_agent.cancel()
                 with trio.CancelScope(shield=True):
                     try:
+                        if self._process.returncode is None:  # no freeze outlives supervision
+                            await self._agent.thaw_before_leaving()
+                        guest_agent.cancel()
                         await self._stop()
                         if self._process.returncode in (0, UNKNOWN_EXIT):  # it ended itself:
                             # read its last words (SHUTDOWN, GUEST_PANICKED) before judging.
                             with trio.move_on_after(HANGUP_TIMEOUT):
                                 await monitor.wait_hangup()
-                    finally:  # whatever the ladder raised: the event task must end too
+                    finally:  # whatever the ladder raised: the other tasks must end too
+                        guest_agent.cancel()
                         events.cancel()
         for event in monitor.pending_events():
             self._on_event(event)
@@ -586,6 +592,9 @@ class Instance:
             self.status.drop_condition("AgentConnected")
             self.status.drop_condition("AgentVersionNotSupported")
         self.status.guest_os_info = agent.guest_os_info(report) or self.status.guest_os_info
+        freeze = report.get("guest-fsfreeze-status")
+        if isinstance(freeze, str):  # virt-handler's: "thawed" is no status
+            self.status.fs_freeze_status = "" if freeze == "thawed" else freeze
         masquerade = frozenset(t.interface for t in self.plan.taps if t.masquerade)
         guest = agent.guest_interfaces(report)
         if guest:
@@ -641,6 +650,7 @@ class Instance:
 
     def _set_paused(self, paused: bool) -> None:
         """The Paused condition (by the user, or on a disk error), and Ready after it."""
+        self._agent.set_paused(paused)
         if not paused:
             self.status.condition("Paused", False)
         elif self._io_error is not None:
@@ -739,6 +749,7 @@ class Instance:
         self.status.condition("Ready", False, "GuestNotRunning")
         self.status.drop_condition("AgentConnected")
         self.status.drop_condition("AgentVersionNotSupported")
+        self.status.fs_freeze_status = ""
         self.status.event(*event)
         self.status.write()
         if failure is None:
