@@ -246,6 +246,8 @@ def test_a_process_of_the_vmis_uid_that_vmid_does_not_supervise_blocks_its_launc
     left = subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
     try:
         with running_daemon(tmp_path, fake_config()) as daemon:
+            # No manifest when it starts: the record would go, were it not for that process.
+            assert f"its state stays until it is stopped (kill {left.pid})" in daemon.log_text()
             daemon.drop("a.yaml", manifest("vm-a"))
             daemon.wait_phase("vm-a", "Failed")
             assert f"(pid {left.pid}); vmid will not start a second QEMU" in daemon.reason("vm-a")

@@ -314,10 +314,27 @@ class Supervisor:
                 log.info("%s: its manifest was removed while vmid was not running", name)
         elif name in desired.vmis or unreadable:  # a broken file is no removal
             self._resume_ended(found, desired.vmis.get(name))
-        elif name not in desired.refused:
+        elif name not in desired.refused and not self._lost_qemu(name):
             gone = found.status.manifest if found.status else _bare_object(name)
             self._events.record(gone, "Normal", "Deleted", f"{DELETED}: {REMOVED_OFFLINE}")
             _remove_state(self._paths, name)
+
+    def _lost_qemu(self, name: str) -> bool:
+        """Whether a process runs as the VMI's uid though no QEMU of it was found (its directory
+        deleted under it): its uid record stays, so vmid never starts a second QEMU of that VMI
+        on its disks (under another uid) while it runs."""
+        uid = identity.recorded(self._paths.instance_state(name))
+        pids = identity.processes_of(uid) if uid is not None else []
+        if pids:
+            log.error(
+                "%s: a process of its uid %d runs that vmid does not supervise (pid %d): its "
+                "state stays until it is stopped (kill %d)",
+                name,
+                uid,
+                pids[0],
+                pids[0],
+            )
+        return bool(pids)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
         name, (pid, *others) = found.key, found.pids
