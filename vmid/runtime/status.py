@@ -71,6 +71,8 @@ class Status:
         self.path = path
         self._on_write = on_write
         self._events = events
+        #: Its files are being removed: a late write would bring them back (`close`).
+        self._closed = False
         self.manifest = manifest
         self.phase = Phase.PENDING
         self.reason = ""
@@ -195,12 +197,20 @@ class Status:
             fsFreezeStatus=self.fs_freeze_status,
         )
 
+    def close(self) -> None:
+        """No more writes: the VMI's files are being removed. Something that still changes its
+        status meanwhile (a broken edit of its file: Synchronized=False) must not recreate its
+        directory after the removal, a status no daemon would remove (found by tests/chaos.py)."""
+        self._closed = True
+
     def to_data(self) -> dict[str, Any]:
         """The whole object: the manifest (defaulted) and this status."""
         return {**self.manifest, "status": self.typed().to_data()}
 
     def write(self) -> None:
-        """Replace the status file atomically."""
+        """Replace the status file atomically (nothing once closed)."""
+        if self._closed:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _replace(self.path, json.dumps(self.to_data(), indent=1) + "\n")
         self._on_write()

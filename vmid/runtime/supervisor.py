@@ -583,6 +583,7 @@ class Supervisor:
     async def _end(self, name: str | None, vm: _VM) -> None:
         """The VMI is gone: remove its files, then start its successor, if any."""
         assert name is not None
+        vm.status.close()
         with trio.CancelScope(shield=True):
             # Addresses first: once its status is gone, nothing of the VMI is left.
             if vm.successor is None:
