@@ -149,7 +149,7 @@ class Container:
         self.run(
             "sh",
             "-ec",
-            'dir=$(dirname "$1"); tmp="$dir/.$(basename "$1").tmp"; '
+            'dir=$(dirname "$1"); mkdir -p "$dir"; tmp="$dir/.$(basename "$1").tmp"; '
             'cat > "$tmp"; chmod 644 "$tmp"; mv "$tmp" "$1"',
             "sh",
             path,

@@ -61,12 +61,149 @@ def test_make_install_puts_everything_in_place(container: nspawn.Container) -> N
     assert container.show("vmid.service", "UnitFileState") == "disabled"
 
 
+DROP_IN = "/run/systemd/system/vmid.service.d/test.conf"
+
+
+def config(extra: str = "") -> str:
+    return f"accelerator: tcg\nqemu: {FAKE_QEMU}\n{extra}"
+
+
+def start(box: nspawn.Container, settings: str, manifests: dict[str, str], unit: str = "") -> None:
+    """vmid started afresh by `systemctl start`, with `settings` as vmid.yaml, `manifests` (file:
+    text) as its spool and `unit` as a runtime drop-in of vmid.service (or none); what an earlier
+    test left is killed and its state removed first."""
+    box.sh(
+        "systemctl kill --kill-whom=all --signal=KILL vmid || true\n"
+        "systemctl stop vmid; systemctl reset-failed vmid || true\n"
+        f"rm -rf /etc/vmid/instances/* /run/vmid /var/lib/vmid /var/log/vmid {DROP_IN}\n"
+    )
+    if unit:
+        box.write(DROP_IN, f"[Service]\n{unit}")
+    box.systemctl("daemon-reload")
+    box.write("/etc/vmid/vmid.yaml", settings)
+    for file, text in manifests.items():
+        box.write(f"/etc/vmid/instances/{file}", text)
+    box.systemctl("start", "vmid")
+
+
+def vmid(box: nspawn.Container, *args: str) -> str:
+    return box.run("vmid", *args, check=False).stdout.strip()
+
+
+def qemu_pid(box: nspawn.Container, name: str) -> int:
+    return int(vmid(box, "get", name, "-o", "jsonpath={.status.qemu.pid}"))
+
+
+def alive(box: nspawn.Container, pid: int) -> bool:
+    return box.run("kill", "-0", str(pid), check=False).returncode == 0
+
+
+def phase(box: nspawn.Container, name: str) -> str:
+    return vmid(box, "get", name, "-o", "jsonpath={.status.phase}")
+
+
+def restarted(box: nspawn.Container, old_pid: str) -> bool:
+    """vmid.service runs again, as another process than `old_pid`, and said READY."""
+    pid = box.show("vmid.service", "MainPID")
+    return pid not in ("0", old_pid) and box.show("vmid.service", "ActiveState") == "active"
+
+
 def test_enable_now_starts_it_ready_with_its_status(container: nspawn.Container) -> None:
-    container.write("/etc/vmid/vmid.yaml", f"accelerator: tcg\nqemu: {FAKE_QEMU}\n")
-    container.write("/etc/vmid/instances/a.yaml", manifest("vm-a"))
-    container.write("/etc/vmid/instances/b.yaml", manifest("vm-b"))
-    # Type=notify: `enable --now` returns once vmid said READY=1, its VMIs Running.
-    container.systemctl("enable", "--now", "vmid")
-    assert container.show("vmid.service", "ActiveState") == "active"
-    assert container.show("vmid.service", "StatusText") == "2 running"
-    assert container.show("vmid.service", "UnitFileState") == "enabled"
+    box = container
+    box.write("/etc/vmid/vmid.yaml", config())
+    box.write("/etc/vmid/instances/a.yaml", manifest("vm-a"))
+    box.write("/etc/vmid/instances/b.yaml", manifest("vm-b"))
+    box.write("/etc/vmid/instances/c.yaml", manifest("vm-c", mode="refuse"))  # QEMU fails
+    box.write("/etc/vmid/instances/d.yaml", "{{{ not yaml")  # a refused manifest
+    # Type=notify: `enable --now` returns once vmid said READY=1, its VMIs Running or Failed.
+    box.systemctl("enable", "--now", "vmid")
+    assert box.show("vmid.service", "ActiveState") == "active"
+    assert box.show("vmid.service", "UnitFileState") == "enabled"
+    assert phase(box, "vm-a") == phase(box, "vm-b") == "Running"
+    status = box.systemctl("status", "vmid")
+    # vmid get shows 2 Failed rows (vm-c and <d.yaml>): so does systemctl status.
+    assert 'Status: "2 running, 2 failed"' in status, status
+    table = vmid(box, "get")
+    assert table.count(" Failed ") == 2, table
+
+
+def test_reload_rereads_the_config_and_restart_keeps_the_vms(
+    container: nspawn.Container,
+) -> None:
+    """The README's upgrade: `onDaemonStop: keep`, reload, `systemctl restart vmid`."""
+    box = container
+    start(box, config(), {"a.yaml": manifest("vm-a"), "b.yaml": manifest("vm-b")})
+    pids = {name: qemu_pid(box, name) for name in ("vm-a", "vm-b")}
+    box.write("/etc/vmid/vmid.yaml", config("onDaemonStop: keep\n"))
+    box.systemctl("reload", "vmid")
+    box.wait_for(
+        "the reload", lambda: "configuration reloaded" in box.journal("-u", "vmid", "-o", "cat")
+    )
+    daemon = box.show("vmid.service", "MainPID")
+    box.systemctl("restart", "vmid")
+    assert restarted(box, daemon)
+    for name, pid in pids.items():
+        assert qemu_pid(box, name) == pid, f"{name} was not re-adopted"
+        assert alive(box, pid)
+        assert phase(box, name) == "Running"
+    assert box.show("vmid.service", "StatusText") == "2 running"
+
+
+def test_stop_powers_every_vm_off_within_its_grace(container: nspawn.Container) -> None:
+    """vmid extends systemd's stop timeout to the longest grace: a guest that takes 6 s to power
+    off is killed neither by a TimeoutStopSec= of 2 s nor by the watchdog (2 s too)."""
+    box = container
+    slow = manifest("vm-slow", mode="delay-6", grace=30)
+    drop_in = "TimeoutStopSec=2\nWatchdogSec=2\n"
+    start(box, config(), {"a.yaml": manifest("vm-a"), "s.yaml": slow}, drop_in)
+    pids = [qemu_pid(box, "vm-a"), qemu_pid(box, "vm-slow")]
+    since = box.sh("date +@%s").strip()
+    box.systemctl("stop", "vmid")
+    assert box.show("vmid.service", "Result") == "success"
+    assert box.show("vmid.service", "ActiveState") == "inactive"
+    assert not any(alive(box, pid) for pid in pids)
+    journal = box.journal("-u", "vmid", "-o", "cat", "--since", since)
+    assert "Killing" not in journal, journal
+    assert "timed out" not in journal, journal
+    assert "Watchdog" not in journal, journal
+    # Both guests powered off (ACPI): Succeeded, not killed after a grace (Failed).
+    assert phase(box, "vm-a") == phase(box, "vm-slow") == "Succeeded"
+
+
+def test_restart_powers_the_vms_off_and_starts_them_again(container: nspawn.Container) -> None:
+    """`systemctl restart vmid` with `onDaemonStop: stop` (the default): as a reboot does."""
+    box = container
+    start(box, config(), {"a.yaml": manifest("vm-a")})
+    pid = qemu_pid(box, "vm-a")
+    box.systemctl("restart", "vmid")
+    assert phase(box, "vm-a") == "Running"
+    assert qemu_pid(box, "vm-a") != pid
+    assert not alive(box, pid)
+
+
+def test_a_killed_daemon_is_restarted_and_readopts(container: nspawn.Container) -> None:
+    box = container
+    start(box, config(), {"a.yaml": manifest("vm-a")})
+    pid = qemu_pid(box, "vm-a")
+    daemon = box.show("vmid.service", "MainPID")
+    restarts = int(box.show("vmid.service", "NRestarts"))
+    box.run("kill", "-KILL", daemon)
+    box.wait_for("systemd to restart vmid", lambda: restarted(box, daemon))
+    assert int(box.show("vmid.service", "NRestarts")) == restarts + 1
+    assert qemu_pid(box, "vm-a") == pid
+    assert phase(box, "vm-a") == "Running"
+
+
+def test_the_watchdog_restarts_a_hung_daemon_and_its_vms_survive(
+    container: nspawn.Container,
+) -> None:
+    box = container
+    start(box, config(), {"a.yaml": manifest("vm-a")}, "WatchdogSec=2\n")
+    pid = qemu_pid(box, "vm-a")
+    daemon = box.show("vmid.service", "MainPID")
+    box.run("kill", "-STOP", daemon)
+    box.wait_for("the watchdog to restart vmid", lambda: restarted(box, daemon), timeout=60)
+    assert "Watchdog timeout" in box.journal("-u", "vmid", "-o", "cat")
+    assert qemu_pid(box, "vm-a") == pid
+    assert alive(box, pid)
+    assert phase(box, "vm-a") == "Running"
