@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,21 @@ from tests.daemon import manifest
 pytestmark = [pytest.mark.timeout(300)]
 
 FAKE_QEMU = f"{nspawn.SOURCE}/tests/fakeqemu.py"
+GUEST = "/srv/guest.qcow2"
+GUEST_IMAGE = "vmid-tests/guest:1"
+REAL_VMI = f"""apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: vm-real
+spec:
+  terminationGracePeriodSeconds: 120
+  domain:
+    memory: {{guest: 128Mi}}
+    devices:
+      autoattachPodInterface: false
+      disks: [{{name: root, disk: {{bus: virtio}}}}]
+  volumes: [{{name: root, containerDisk: {{image: "{GUEST_IMAGE}"}}}}]
+"""
 
 
 @functools.cache
@@ -29,8 +45,11 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Conta
         pytest.skip(reason)
     wheels = nspawn.wheels()
     workdir = tmp_path_factory.mktemp("nspawn")
+    guest = workdir / "guest.qcow2"  # for the one test with a real QEMU
+    subprocess.run(["bash", str(nspawn.REPO / "tests/guest/build.sh"), str(guest)], check=True)
     name = f"vmid-test-{os.getpid()}"
-    with nspawn.booted(name, workdir, (f"--bind-ro={wheels}:{nspawn.WHEELS}",)) as box:
+    binds = (f"--bind-ro={wheels}:{nspawn.WHEELS}", f"--bind-ro={guest}:{GUEST}")
+    with nspawn.booted(name, workdir, binds) as box:
         box.copy_in(nspawn.REPO, nspawn.SOURCE)
         box.run(
             "env",
@@ -207,3 +226,42 @@ def test_the_watchdog_restarts_a_hung_daemon_and_its_vms_survive(
     assert qemu_pid(box, "vm-a") == pid
     assert alive(box, pid)
     assert phase(box, "vm-a") == "Running"
+
+
+@pytest.mark.timeout(600)
+def test_a_real_qemu_runs_under_the_units_sandbox_and_stop_powers_it_off(
+    container: nspawn.Container,
+) -> None:
+    """The unit's hardening (capabilities, system calls, devices, ProtectProc=) lets a real QEMU
+    (TCG) boot the test guest as a uid of its own, and `systemctl stop` powers it off (ACPI)."""
+    box = container
+    start(box, "accelerator: tcg\n", {})
+    box.run("vmid", "image", "import", GUEST_IMAGE, GUEST)
+    box.write("/etc/vmid/instances/real.yaml", REAL_VMI)
+    box.wait_for("the guest", lambda: "VMID-GUEST: ready" in vmid(box, "logs", "vm-real"), 300)
+    pid = qemu_pid(box, "vm-real")
+    fields = dict(
+        line.split(":", 1) for line in box.run("cat", f"/proc/{pid}/status").stdout.splitlines()
+    )
+    uid = vmid(box, "get", "vm-real", "-o", "jsonpath={.status.qemu.uid}")
+    assert int(uid) >= 90000
+    assert fields["Uid"].split() == [uid] * 4
+    assert fields["Seccomp"].strip() == "2"
+    box.systemctl("stop", "vmid", timeout=300)
+    assert box.show("vmid.service", "Result") == "success"
+    assert phase(box, "vm-real") == "Succeeded"
+    assert "powering off" in vmid(box, "logs", "vm-real")  # the guest's own ACPI handler
+
+
+def test_make_uninstall_removes_what_make_install_put_but_the_configuration(
+    container: nspawn.Container,
+) -> None:
+    box = container
+    start(box, config(), {"a.yaml": manifest("vm-a")})
+    pid = qemu_pid(box, "vm-a")
+    box.run("make", "-C", nspawn.SOURCE, "uninstall")
+    assert box.show("vmid.service", "LoadState") == "not-found"
+    assert not alive(box, pid)  # stopped as `systemctl stop` does (onDaemonStop: stop)
+    for path in ("/opt/vmid", "/usr/local/bin/vmid", "/usr/local/share/man/man8/vmid.8"):
+        assert box.run("test", "-e", path, check=False).returncode == 1, path
+    assert box.run("test", "-f", "/etc/vmid/instances/a.yaml", check=False).returncode == 0
