@@ -200,6 +200,8 @@ def booted(name: str, workdir: Path, binds: tuple[str, ...] = ()) -> Iterator[Co
         "--bind-ro=/var/lib/dpkg",
         "--bind=/dev/net/tun",
         f"--bind-ro={preset}:/etc/systemd/system-preset/00-vmid-tests.preset",
+        # man's configuration, which no package puts back in an empty /etc.
+        *(f"--bind-ro={f}" for f in ("/etc/manpath.config",) if Path(f).exists()),
         *binds,
         "--boot",
         "--console=read-only",

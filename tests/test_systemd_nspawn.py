@@ -77,6 +77,10 @@ def test_make_install_puts_everything_in_place(container: nspawn.Container) -> N
         assert container.run("test", "-s", page, check=False).returncode == 0, page
     assert container.run("getent", "group", "kvm", check=False).returncode == 0
     assert container.show("vmid.service", "LoadState") == "loaded"
+    # Every directive known, ExecStart= there, and the man pages Documentation= names found.
+    verify = container.run("systemd-analyze", "verify", "vmid.service", check=False)
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr == "", verify.stderr
     assert container.show("vmid.service", "UnitFileState") == "disabled"
 
 
