@@ -13,7 +13,9 @@ import pytest
 from tests import nspawn
 from tests.daemon import manifest
 
-pytestmark = [pytest.mark.timeout(300)]
+# The first test also waits for the container: the wheels and the test guest (downloaded on a
+# fresh machine), `make install`.
+pytestmark = [pytest.mark.timeout(600)]
 
 FAKE_QEMU = f"{nspawn.SOURCE}/tests/fakeqemu.py"
 GUEST = "/srv/guest.qcow2"
@@ -46,7 +48,8 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Conta
     wheels = nspawn.wheels()
     workdir = tmp_path_factory.mktemp("nspawn")
     guest = workdir / "guest.qcow2"  # for the one test with a real QEMU
-    subprocess.run(["bash", str(nspawn.REPO / "tests/guest/build.sh"), str(guest)], check=True)
+    build = nspawn.REPO / "tests/guest/build.sh"
+    subprocess.run(["bash", str(build), str(guest)], check=True, timeout=900)
     name = f"vmid-test-{os.getpid()}"
     binds = (f"--bind-ro={wheels}:{nspawn.WHEELS}", f"--bind-ro={guest}:{GUEST}")
     with nspawn.booted(name, workdir, binds) as box:
@@ -232,7 +235,6 @@ def test_the_watchdog_restarts_a_hung_daemon_and_its_vms_survive(
     assert phase(box, "vm-a") == "Running"
 
 
-@pytest.mark.timeout(600)
 def test_a_real_qemu_runs_under_the_units_sandbox_and_stop_powers_it_off(
     container: nspawn.Container,
 ) -> None:
