@@ -161,10 +161,10 @@ def test_reload_rereads_the_config_and_restart_keeps_the_vms(
     start(box, config(), {"a.yaml": manifest("vm-a"), "b.yaml": manifest("vm-b")})
     pids = {name: qemu_pid(box, name) for name in ("vm-a", "vm-b")}
     box.write("/etc/vmid/vmid.yaml", config("onDaemonStop: keep\n"))
+    since = box.sh("date +@%s").strip()
     box.systemctl("reload", "vmid")
-    box.wait_for(
-        "the reload", lambda: "configuration reloaded" in box.journal("-u", "vmid", "-o", "cat")
-    )
+    journal = ("-u", "vmid", "-o", "cat", "--since", since)
+    box.wait_for("the reload", lambda: "configuration reloaded" in box.journal(*journal))
     daemon = box.show("vmid.service", "MainPID")
     box.systemctl("restart", "vmid")
     assert restarted(box, daemon)
