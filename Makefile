@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 # dnsmasq and nft for the pod network; ip and nsenter for the network tests; skopeo pulls
 # containerDisks (zstd for zstd layers); the tests push images to Debian's docker-registry,
 # started by each test in a network namespace of its own: on a systemd host the service the
-# package enables (a registry open to the network on :5000) is disabled again at once.
+# package enables (a registry open to the network on :5000) is disabled again at once; fish
+# checks `vmid completion fish`.
 # `make install` needs only the first line (and python3-venv for its virtualenv); the tests boot
 # this host's /usr under systemd-nspawn (systemd-container) to run `make install` and systemctl.
 RUNTIME_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 skopeo zstd \
 	python3-venv
-APT_PACKAGES := $(RUNTIME_PACKAGES) util-linux docker-registry curl systemd systemd-container
+APT_PACKAGES := $(RUNTIME_PACKAGES) util-linux docker-registry curl systemd systemd-container fish
 
 .PHONY: setup packages lint test run clean golden install uninstall bench chaos
 
@@ -80,8 +81,10 @@ run: setup
 # virtualenv is updated in place; `systemctl restart vmid` runs the new one.
 VMID_HOME ?= /opt/vmid
 MANDIR ?= /usr/local/share/man
+# Under systemd, systemd-machined (systemd-container) gives each VM a scope of its own.
 install:
-	$(MAKE) --no-print-directory packages APT_PACKAGES="$(RUNTIME_PACKAGES)"
+	$(MAKE) --no-print-directory packages \
+		APT_PACKAGES="$(RUNTIME_PACKAGES) $(if $(wildcard /run/systemd/system),systemd-container)"
 	test -x $(VMID_HOME)/bin/python || $(PYTHON) -m venv $(VMID_HOME)
 	$(VMID_HOME)/bin/pip install -q -c constraints.txt .
 	install -d -m 755 /usr/local/bin

@@ -26,7 +26,8 @@ BACKOFF_MAX = 300.0
 ERROR_SHOWN = 1.0
 ERR_IMAGE_PULL = "ErrImagePull"
 IMAGE_PULL_BACKOFF = "ImagePullBackOff"
-_REASONS = (ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF)
+#: The reasons a VMI waiting for its image shows (its VM shows them as printableStatus).
+REASONS = (ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF)
 
 
 @attrs.define
@@ -153,7 +154,7 @@ def _pulled(status: Status, item: ImageOverlay, image: StoredImage, seconds: flo
         f'Successfully pulled image "{item.image}" in {seconds:.3f}s: {image.digest}, '
         f"{image.virtualSize} bytes",
     )
-    if status.reason in _REASONS:
+    if status.reason in REASONS:
         status.reason = ""
         status.conditions.pop("Ready", None)
     status.write()

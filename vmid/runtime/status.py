@@ -85,6 +85,8 @@ class Status:
         self.probe_ready: bool | None = None
         #: KubeVirt's status.guestOSInfo, from the guest agent (empty: none reported).
         self.guest_os_info: dict[str, str] = {}
+        #: KubeVirt's status.fsFreezeStatus: "frozen" while the guest's file systems are.
+        self.fs_freeze_status = ""
 
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
@@ -109,6 +111,7 @@ class Status:
         status.interfaces = list(recorded.interfaces)
         status.volumes = {v.name: v for v in recorded.volumeStatus}
         status.guest_os_info = dict(recorded.guestOSInfo)
+        status.fs_freeze_status = recorded.fsFreezeStatus
         status.qemu = recorded.qemu
         return status
 
@@ -189,6 +192,7 @@ class Status:
             reason=self.reason,
             volumeStatus=tuple(self.volumes.values()),
             guestOSInfo=dict(self.guest_os_info),
+            fsFreezeStatus=self.fs_freeze_status,
         )
 
     def to_data(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, RequestRefused, VmidError
 from vmid.host import firmwareid, identity, logfile, requests
+from vmid.host.machines import Machines
 from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
@@ -93,8 +94,11 @@ class Supervisor:
         paths: Paths,
         accelerator: Accelerator,
         network: Network,
+        machines: Machines | None = None,
     ) -> None:
+        """`machines`: systemd-machined, to give each QEMU a scope of its own (None: no systemd)."""
         self._nursery = nursery
+        self._machines = machines
         self._network = network
         self._config = config
         self._paths = paths
@@ -631,6 +635,7 @@ class Supervisor:
             stop_mode=lambda: vm.stop_mode,
             images=self._images,
             processes=self._processes.get,
+            machines=self._machines,
         )
         instance.grace = vm.grace
         return instance
