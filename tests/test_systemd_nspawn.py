@@ -88,6 +88,7 @@ def test_make_install_puts_everything_in_place(container: nspawn.Container) -> N
 
 
 DROP_IN = "/run/systemd/system/vmid.service.d/test.conf"
+STATUS = "status.json"
 
 
 def config(extra: str = "") -> str:
@@ -96,11 +97,14 @@ def config(extra: str = "") -> str:
 
 def start(box: nspawn.Container, settings: str, manifests: dict[str, str], unit: str = "") -> None:
     """vmid started afresh by `systemctl start`, with `settings` as vmid.yaml, `manifests` (file:
-    text) as its spool and `unit` as a runtime drop-in of vmid.service (or none); what an earlier
-    test left is killed and its state removed first."""
+    text) as its spool and `unit` as a runtime drop-in of vmid.service (or none). What an
+    earlier test left goes first, the way a user removes it: its manifests (vmid powers each VM
+    off, whatever onDaemonStop says, and its scope goes with it), then `systemctl stop`."""
+    if box.show("vmid.service", "ActiveState") == "active":
+        box.sh("rm -f /etc/vmid/instances/*")
+        box.wait_for("no VMI left", lambda: not box.sh(f"find /run/vmid/namespaces -name {STATUS}"))
     box.sh(
-        "systemctl kill --kill-whom=all --signal=KILL vmid || true\n"
-        "systemctl stop vmid; systemctl reset-failed vmid || true\n"
+        "systemctl stop vmid; systemctl reset-failed\n"
         f"rm -rf /etc/vmid/instances/* /run/vmid /var/lib/vmid /var/log/vmid {DROP_IN}\n"
     )
     if unit:
@@ -139,8 +143,8 @@ def test_enable_now_starts_it_ready_with_its_status(container: nspawn.Container)
     box.write("/etc/vmid/vmid.yaml", config())
     box.write("/etc/vmid/instances/a.yaml", manifest("vm-a"))
     box.write("/etc/vmid/instances/b.yaml", manifest("vm-b"))
-    box.write("/etc/vmid/instances/c.yaml", manifest("vm-c", mode="refuse"))  # QEMU fails
-    box.write("/etc/vmid/instances/d.yaml", "{{{ not yaml")  # a refused manifest
+    box.write("/etc/vmid/instances/c.yaml", manifest("vm-c", memory="lots"))  # a VMI refused
+    box.write("/etc/vmid/instances/d.yaml", "{{{ not yaml")  # a file refused: a row <d.yaml>
     # Type=notify: `enable --now` returns once vmid said READY=1, its VMIs Running or Failed.
     box.systemctl("enable", "--now", "vmid")
     assert box.show("vmid.service", "ActiveState") == "active"
