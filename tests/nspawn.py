@@ -149,7 +149,7 @@ class Container:
         self.run(
             "sh",
             "-ec",
-            'dir=$(dirname "$1"); tmp="$dir/.$(basename "$1").tmp"; '
+            'dir=$(dirname "$1"); mkdir -p "$dir"; tmp="$dir/.$(basename "$1").tmp"; '
             'cat > "$tmp"; chmod 644 "$tmp"; mv "$tmp" "$1"',
             "sh",
             path,
@@ -196,10 +196,11 @@ def booted(name: str, workdir: Path, binds: tuple[str, ...] = ()) -> Iterator[Co
     preset.write_text(PRESET)
     options = (
         f"--overlay=/usr/local:{workdir / 'local'}:/usr/local",
-        # `make install`'s package check reads it: the packages are this host's.
-        "--bind-ro=/var/lib/dpkg",
         "--bind=/dev/net/tun",
         f"--bind-ro={preset}:/etc/systemd/system-preset/00-vmid-tests.preset",
+        # `make install`'s package check reads dpkg's database: the packages are this host's.
+        # man's configuration: no package puts it back in an empty /etc.
+        *(f"--bind-ro={p}" for p in ("/var/lib/dpkg", "/etc/manpath.config") if Path(p).exists()),
         *binds,
         "--boot",
         "--console=read-only",

@@ -268,6 +268,25 @@ def test_sigterm_stops_every_vm_gracefully_in_parallel(tmp_path: Path) -> None:
         assert "vmid stopped" in log
 
 
+def test_vms_the_daemons_stop_powered_off_run_again_at_its_next_start(tmp_path: Path) -> None:
+    """`systemctl restart vmid` (or stop, then start) with `onDaemonStop: stop`: the VMs come
+    back, as after a reboot; a guest that powered itself off stays off (KubeVirt's VMI)."""
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.drop("b.yaml", manifest("vm-b", mode="halt-0"))
+        daemon.wait_phase("vm-a", "Running")
+        daemon.wait_phase("vm-b", "Succeeded")
+        pid = daemon.pid("vm-a")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+        assert daemon.phase("vm-a") == "Succeeded"
+    with running_daemon(tmp_path, fake_config()) as again:
+        again.wait_phase("vm-a", "Running")
+        assert again.pid("vm-a") != pid
+        assert "vm-a: powered off as vmid stopped: starting it again" in again.log_text()
+        assert again.phase("vm-b") == "Succeeded"
+
+
 def test_keep_then_a_new_daemon_re_adopts_the_running_vm(tmp_path: Path) -> None:
     left = leave_running(tmp_path, "vm-a")
     pid, created = left["status"]["qemu"]["pid"], left["metadata"]["creationTimestamp"]

@@ -131,10 +131,13 @@ class Supervisor:
         self._images.settings = _pull_settings(self._paths, config)
 
     def counts(self) -> dict[Phase, int]:
-        """How many VMIs are in each phase (for `systemctl status`)."""
+        """How many rows of `vmid get` are in each phase (for `systemctl status`): the VMIs, and
+        the refused manifests and spool files, each a `Failed` row."""
         counts: dict[Phase, int] = {}
         for vm in self._vms.values():
             counts[vm.status.phase] = counts.get(vm.status.phase, 0) + 1
+        if refused := len(self._refused) + len(self._files):
+            counts[Phase.FAILED] = counts.get(Phase.FAILED, 0) + refused
         return counts
 
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -253,6 +256,7 @@ class Supervisor:
             self._nursery.start_soon(self._forget, name)
         self._refused = refused
         self._show_files(desired)
+        self._on_change()  # a manifest refused or mended changes the counts, no VMI's status
 
     def _reconcile(self, name: str, vm: _VM, desired: Desired) -> None:
         """Make a VMI the supervisor has match what the spool says of it now."""
@@ -370,6 +374,11 @@ class Supervisor:
         """
         earlier, entry = found.status, wanted or found.entry
         if earlier is None or found.entry is None or entry is None:
+            return
+        if wanted is not None and earlier.phase.final and earlier.terminating:
+            # vmid powered it off (its own stop, `onDaemonStop: stop`), not its guest: its
+            # manifest runs it again, as after a reboot (and as the VM controller does).
+            log.info("%s: powered off as vmid stopped: starting it again", found.key)
             return
         if wanted is not None and self._spec(found.key, wanted) != earlier.manifest.get("spec"):
             return  # another spec: a new VMI
