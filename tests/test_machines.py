@@ -164,9 +164,10 @@ def test_the_daemon_says_so_in_one_line_and_runs_its_vms(tmp_path: Path) -> None
 class FakeMachined(Machines):
     """machined as the instance sees it: records each registration, or refuses them."""
 
-    def __init__(self, refuse: str | None = None) -> None:
+    def __init__(self, refuse: str | None = None, hang: bool = False) -> None:
         super().__init__()
         self.refuse = refuse
+        self.hang = hang
         self.calls: list[tuple[str, str, int, Cgroup, Phase]] = []
         self.instance: Instance | None = None
 
@@ -177,11 +178,13 @@ class FakeMachined(Machines):
         self.calls.append((key, machine_id, pid, cgroup, self.instance.status.phase))
         if self.refuse:
             raise MachineError(self.refuse)
+        if self.hang:  # as machined for a leader that died under it
+            await trio.sleep_forever()
         return scope_name(machine_name(key))
 
 
-def with_machined(tmp_path: Path, fake: FakeMachined) -> Instance:
-    base = make_instance(tmp_path, "obey")
+def with_machined(tmp_path: Path, fake: FakeMachined, mode: str = "obey") -> Instance:
+    base = make_instance(tmp_path, mode)
     config = Config(qemu=base.plan.argv[0], accelerator=Accelerator.TCG)
     paths = Paths(tmp_path)
     store = ImageStore(paths.state / "images", config.qemuImg)
@@ -225,6 +228,19 @@ async def test_a_scope_machined_refuses_fails_the_vmi(tmp_path: Path, asyncio_lo
         "QEMU could not be given a cgroup of its own: systemd-machined refused: Access denied"
     )
     assert fake.calls[0][4] is Phase.SCHEDULED  # the guest never ran
+
+
+@pytest.mark.timeout(20)
+async def test_a_qemu_that_dies_while_it_gets_its_scope_fails_with_what_it_said(
+    tmp_path: Path, asyncio_loop: None
+) -> None:
+    """machined never answers for a leader that died under it: the VMI fails at once with
+    QEMU's own words, not after the bus's 25 s with machined's (found under nspawn)."""
+    fake = FakeMachined(hang=True)
+    instance = with_machined(tmp_path, fake, mode="refuse")
+    with pytest.raises(LaunchError, match="'nope' is not a valid device model name"):
+        await instance.run()
+    assert instance.status.phase is Phase.FAILED
 
 
 @pytest.fixture

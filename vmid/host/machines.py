@@ -107,6 +107,9 @@ def properties(key: str, cgroup: Cgroup) -> list[tuple[str, tuple[str, Any]]]:
         ("Before", ("as", ["vmid.service"])),
         ("DevicePolicy", ("s", "closed")),
         ("DeviceAllow", ("a(ss)", list(DEVICES))),
+        # A scope that failed (its QEMU died as it was made) is unloaded at once: left loaded,
+        # it would refuse the next QEMU of that VMI (UnitExists).
+        ("CollectMode", ("s", "inactive-or-failed")),
     ]
     limits = {
         "CPUQuotaPerSecUSec": cgroup.cpuQuotaPerSecUSec,

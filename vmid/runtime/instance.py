@@ -312,16 +312,45 @@ class Instance:
         if scope is not None:
             self.log.info("QEMU pid %d keeps its scope %s", pid, scope)
             return
-        plan = self.plan
-        taps = [tap.device for tap in plan.taps]
         try:
-            scope = await self._machines.register(plan.name, plan.uuid, pid, plan.cgroup, taps)
+            scope = await self._register(pid)
         except MachineError as exc:
             if guest_ran:
                 self.log.warning("QEMU pid %d runs without a cgroup of its own: %s", pid, exc)
                 return
             raise LaunchError(f"QEMU could not be given a cgroup of its own: {exc}") from exc
-        self.log.info("QEMU pid %d in scope %s (%s)", pid, scope, describe(plan.cgroup))
+        self.log.info("QEMU pid %d in scope %s (%s)", pid, scope, describe(self.plan.cgroup))
+
+    async def _register(self, pid: int) -> str:
+        """machined's scope for QEMU `pid`, unless QEMU ends first: machined never answers for
+        a leader that died under it, and the VMI's reason is then what QEMU said.
+
+        Raises MachineError, LaunchError.
+        """
+        assert self._machines is not None
+        assert self._process is not None
+        machines, plan = self._machines, self.plan
+        scope: str | MachineError = ""
+
+        async def register(done: trio.CancelScope) -> None:
+            nonlocal scope
+            taps = [tap.device for tap in plan.taps]
+            try:  # raised here, it would come out of the nursery in an exception group
+                scope = await machines.register(plan.name, plan.uuid, pid, plan.cgroup, taps)
+            except MachineError as exc:
+                scope = exc
+            done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(register, nursery.cancel_scope)
+            await self._process.wait()
+            nursery.cancel_scope.cancel()
+        if isinstance(scope, MachineError):
+            raise scope
+        if not scope:
+            said = await self._logs.qemu_said()
+            raise LaunchError(said or f"QEMU (pid {pid}) ended before it had a cgroup of its own")
+        return scope
 
     async def _failed_disks(self) -> str:
         """What `query-block` says of the disks whose error stopped the guest."""
