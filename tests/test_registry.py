@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -470,3 +471,57 @@ def test_a_manifest_naming_a_blob_outside_the_copy_is_refused(
     (directory / "manifest.json").write_bytes(raw)
     with pytest.raises(PullError, match="not a sha256 digest"):
         extract_disk(directory, pulling.digest_of(raw), None, tmp_path / "disk", 1 << 20)
+
+
+HALTED_VM = """apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: vm-halted}
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        memory: {guest: 64Mi}
+        devices:
+          autoattachPodInterface: false
+          disks: [{name: root}]
+      volumes: [{name: root, containerDisk: {image: IMAGE}}]
+"""
+
+
+def test_image_gc_removes_unused_images_and_never_one_in_use(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    images = root / "var/lib/vmid/images"
+    images.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", images], check=True)
+    try:
+        digests = {
+            name: push(server, tmp_path, f"gc/{name}:1", [[("disk/disk.img", os.urandom(2 << 20))]])
+            for name in ("running", "template", "old", "older")
+        }
+        # Collect all it can, every second: whatever is kept is kept for being in use.
+        gc = "imageGC: {highThresholdPercent: 1, lowThresholdPercent: 1, minimumAgeSeconds: 0, "
+        config = fake_config(f"images: {{pullBackoffSeconds: 10}}\n{gc}periodSeconds: 1}}\n")
+        with running_daemon(root, config, prefix=server.prefix) as daemon:
+            daemon.drop("vm.yaml", HALTED_VM.replace("IMAGE", f"{HOST}/gc/template:1"))
+            daemon.drop("a.yaml", disk_vmi("vm-a", f"{HOST}/gc/running:1"))  # pulled meanwhile
+            daemon.wait_phase("vm-a", "Running")
+            for name in ("template", "older", "old"):
+                done = vmid(server, root, "image", "pull", f"{HOST}/gc/{name}:1")
+                assert done.returncode == 0, done.stderr
+            lines = [
+                f"removed image {digests[n]} ({HOST}/gc/{n}:1) to free" for n in ("older", "old")
+            ]
+            daemon.wait_for(
+                "old, older collected", lambda: all(x in daemon.log_text() for x in lines)
+            )
+            listed = [row.split()[0] for row in daemon.vmid("image", "list").stdout.splitlines()]
+            assert listed[1:] == [f"{HOST}/gc/running:1", f"{HOST}/gc/template:1"]
+            assert content(root, digests["running"]).is_file()
+            assert content(root, digests["template"]).is_file()
+            assert not content(root, digests["old"]).parent.exists()
+            assert "is over the high threshold" in daemon.log_text()
+            assert daemon.phase("vm-a") == "Running"
+    finally:
+        subprocess.run(["umount", "-l", images], check=True)

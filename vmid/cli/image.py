@@ -27,7 +27,8 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "  vmid image pull quay.io/containerdisks/fedora:40\n"
         "  vmid image import my/disk:1 ./disk.qcow2   # stored raw\n"
         "  vmid image list                            # REF DIGEST SIZE IN USE AGE\n"
-        "  vmid image rm my/disk:1                    # refused while a VMI uses it",
+        "  vmid image rm my/disk:1                    # refused while a VMI uses it\n"
+        "  vmid image prune                           # every image no VMI or VM uses",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
@@ -52,6 +53,12 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     )
     image_rm.add_argument("ref", metavar="REF", help="the image to remove")
     image_rm.set_defaults(run=_image_rm)
+    image_prune = image_commands.add_parser(
+        "prune",
+        parents=[flags],
+        help="remove every image no VMI or VirtualMachine uses (imported ones are kept)",
+    )
+    image_prune.set_defaults(run=_image_prune)
 
 
 def _image_import(args: argparse.Namespace) -> int:
@@ -130,6 +137,34 @@ def _image_rm(args: argparse.Namespace) -> int:
     store.remove(image.ref, keep=frozenset(k for k in users if k.startswith("sha256:")))
     print(f"removed {image.ref}")
     return EXIT_OK
+
+
+def _image_prune(args: argparse.Namespace) -> int:
+    from vmid.host import imagegc
+    from vmid.host.storage import ImageStore
+
+    config, paths = common.setup(args)
+    store = ImageStore(paths.images, config.qemuImg)
+    removed = imagegc.prune(store, lambda: set(_image_users(paths)) | _templates(paths))
+    for content in removed:
+        names = ", ".join(content.refs) or "<none>"
+        print(f"removed {names} ({content.digest or '-'}, {_size(content.size)})")
+    print(f"freed {_size(sum(c.size for c in removed))}")
+    return EXIT_OK
+
+
+def _templates(paths: Paths) -> set[str]:
+    """The images every VirtualMachine's template names (a VM started later needs them)."""
+    from vmid.api import imageref
+    from vmid.runtime import vmstate
+
+    found = set()
+    for vm in vmstate.read_vms(paths):
+        spec = vm.get("spec", {}).get("template", {}).get("spec", {})
+        for volume in spec.get("volumes", []):
+            with contextlib.suppress(imageref.ImageRefError, KeyError, TypeError):
+                found.add(imageref.normalize(volume["containerDisk"]["image"]))
+    return found
 
 
 def _image_users(paths: Paths) -> dict[str, set[str]]:

@@ -192,8 +192,9 @@ async def pull(
     with store.staging() as staging:
         raw = await skopeo.raw_manifest(ref, staging)
         digest = digest_of(raw)
-        if store.has(digest, disk_path):
-            return store.tag(ref, digest, disk_path)
+        stored = await store.tag_stored(ref, digest, disk_path)
+        if stored is not None:
+            return stored
         repository = imageref.repository(ref)
         manifest_digest = platform_manifest(raw, ref) or digest
         copied = staging / "image"

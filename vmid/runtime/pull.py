@@ -60,6 +60,10 @@ class Puller:
     def __repr__(self) -> str:
         return f"<Puller pulls={len(self._pulls)}>"
 
+    def pulling(self) -> set[str]:
+        """The references being pulled now (garbage collection keeps their images)."""
+        return {ref for ref, _ in self._pulls}
+
     def close(self) -> None:
         """Cancel every pull (the daemon is stopping: its VMIs are, so nothing awaits them)."""
         for attempt in self._pulls.values():
@@ -70,7 +74,8 @@ class Puller:
         never pulled over); waits (Pending) while pulls fail. Raises StorageError when the
         policy is Never and the image is absent."""
         try:
-            image: StoredImage | None = self._store.get(item.image, item.diskPath)
+            get, path = self._store.get_locked, item.diskPath
+            image: StoredImage | None = await trio.to_thread.run_sync(get, item.image, path)
         except StorageError as exc:
             if item.pullPolicy == "Never":
                 raise StorageError(
