@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -145,7 +146,9 @@ def test_images_that_are_no_containerdisk_are_refused(
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert vmid(server, root, "image", "list").stdout.splitlines()[1:] == []
-    assert not [p for p in (root / "var/lib/vmid/images").iterdir() if p.name != "sha256"]
+    assert not [
+        p for p in (root / "var/lib/vmid/images").iterdir() if p.name not in ("sha256", ".lock")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -186,18 +189,23 @@ def test_a_qcow2_disk_is_stored_raw_and_path_picks_the_file(
     assert (stored / "disk.img").read_bytes() == b"\0" * (2 << 20)  # converted to raw
 
 
+@pytest.mark.parametrize("how", ["garbled", "truncated"])
 def test_a_blob_the_registry_corrupted_is_refused(
-    server: Registry, root: Path, tmp_path: Path
+    server: Registry, root: Path, tmp_path: Path, how: str
 ) -> None:
     layer = raw_disk(1 << 20, b"good")
     push(server, tmp_path, "corrupt/disk:1", [[("disk/disk.img", layer)]])
     for blob in (server.directory / "data/docker/registry/v2/blobs").rglob("data"):
         data = blob.read_bytes()
-        if data.startswith(b"\x1f\x8b"):  # the layer: same size, other bytes
-            blob.write_bytes(data[:-16] + bytes(16))
+        if data.startswith(b"\x1f\x8b"):  # the layer: same size, other bytes; or half of it
+            blob.write_bytes(data[:-16] + bytes(16) if how == "garbled" else data[: len(data) // 2])
     done = vmid(server, root, "image", "pull", f"{HOST}/corrupt/disk:1")
     assert done.returncode == 1
-    assert "digest" in done.stderr.lower()
+    assert "a layer the registry sent does not match its digest (corrupt, or cut short)" in (
+        done.stderr
+    )
+    assert "skopeo: writing blob: happened during read: Digest did not match" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not list((root / "var/lib/vmid/images").rglob("disk.img"))
 
 
@@ -217,12 +225,13 @@ def copied(tmp_path: Path, layers: Layers) -> tuple[Path, str]:
     return directory, digest
 
 
-def test_vmid_checks_every_layer_it_reads_against_its_digest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["garbled", "truncated"])
+def test_vmid_checks_every_layer_it_reads_against_its_digest(tmp_path: Path, how: str) -> None:
     directory, digest = copied(tmp_path, [[("disk/disk.img", raw_disk())]])
     manifest_data = json.loads((directory / "manifest.json").read_text())
     layer = directory / manifest_data["layers"][0]["digest"][7:]
     data = layer.read_bytes()
-    layer.write_bytes(data[:-8] + bytes(8))
+    layer.write_bytes(data[:-8] + bytes(8) if how == "garbled" else data[: len(data) // 2])
     with pytest.raises(PullError, match="does not match its digest: the registry sent other"):
         extract_disk(directory, digest, None, tmp_path / "disk", 1 << 30)
     assert not (tmp_path / "disk").exists()  # refused before anything was decompressed
@@ -361,6 +370,66 @@ def test_a_registry_down_then_up_backs_off_then_runs(
         assert daemon.reason("vm-a") == ""
         reasons = [r for r, _ in events(daemon, "vm-a")]
         assert {"Failed", "BackOff", "Pulled"} <= set(reasons)
+
+
+def throttle(server: Registry, rate: str | None) -> None:
+    """Slow the registry's loopback (in its namespace) to `rate`, or let it run free (None)."""
+    if rate is None:
+        server.run("tc", "qdisc", "del", "dev", "lo", "root")
+    else:
+        limit = ["tbf", "rate", rate, "burst", "256kb", "latency", "1s"]
+        server.run("tc", "qdisc", "add", "dev", "lo", "root", *limit)
+
+
+def ready(daemon: Daemon, name: str) -> dict[str, str]:
+    data = daemon.status(name)
+    found = (
+        [c for c in data["status"].get("conditions", []) if c["type"] == "Ready"] if data else []
+    )
+    return found[0] if found else {}
+
+
+def test_a_pull_shows_progress_and_a_registry_killed_mid_pull_leaves_nothing_behind(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    disk = os.urandom(32 << 20)  # incompressible: 32 MiB on the wire
+    digest = push(server, tmp_path, "big/disk:1", [[("disk/disk.img", disk)]])
+    throttle(server, "40mbit")  # 5 MB/s: about 7 s for the image
+    ref = f"{HOST}/big/disk:1"
+    with pulling_daemon(server, root, backoff=2) as daemon:
+        daemon.drop("a.yaml", disk_vmi("vm-a", ref))
+        progress = re.compile(rf'Pulling image "{ref}": [1-9][0-9.]*Mi of 32Mi \([0-9]+%\), ')
+        daemon.wait_for(
+            "progress", lambda: bool(progress.match(ready(daemon, "vm-a").get("message", "")))
+        )
+        assert ready(daemon, "vm-a")["reason"] == "Pulling"
+        described = daemon.vmid("describe", "vm-a").stdout
+        assert re.search(rf'Ready +False +Pulling +Pulling image "{ref}": .* of 32Mi', described)
+        assert f"image {ref}: 0 of 32Mi (0%) copied so far" in daemon.log_text()
+        assert server.process is not None
+        server.process.kill()  # kill -9, mid-copy
+        server.process.wait()
+        daemon.wait_for("ErrImagePull", lambda: reason(daemon, "vm-a") == "ErrImagePull")
+        message = ready(daemon, "vm-a")["message"]
+        assert message.startswith(f'Failed to pull image "{ref}": '), message
+        # The registry gone mid-layer (or, if it went between two requests, refusing them).
+        broken = ("ended in the middle of a layer", "connection reset", "connection refused")
+        assert any(words in message for words in broken), message
+        assert "internal error" not in message
+        images = root / "var/lib/vmid/images"
+        assert not list(images.rglob("disk.img"))  # nothing half-copied is stored
+        assert not [p for p in images.iterdir() if p.name.startswith(".staging")]
+        daemon.wait_for("ImagePullBackOff", lambda: reason(daemon, "vm-a") == "ImagePullBackOff")
+        throttle(server, None)
+        server.start()
+        daemon.wait_phase("vm-a", "Running", timeout=60)
+        assert content(root, digest).read_bytes() == disk
+        assert ready(daemon, "vm-a").get("reason") != "Pulling"
+        [pulled] = [m for r, m in events(daemon, "vm-a") if r == "Pulled"]
+        kubelet = rf'Successfully pulled image "{re.escape(ref)}" in [0-9.]+s \([0-9.]+s including '
+        assert re.match(
+            kubelet + rf"waiting\). Image size: {len(disk)} bytes. Digest: {digest}$", pulled
+        )
 
 
 def test_ten_vmis_on_one_new_image_make_one_pull(

@@ -9,6 +9,7 @@ import functools
 import sys
 from pathlib import Path
 
+from vmid.api.quantity import rounded as _size
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.errors import ConfigError, StateUnreadable
@@ -190,12 +191,3 @@ def _image_users(paths: Paths) -> dict[str, set[str]]:
 
 def _using(users: dict[str, set[str]], ref: str, digest: str | None) -> list[str]:
     return sorted(users.get(ref, set()) | users.get(digest or "", set()))
-
-
-def _size(size: int) -> str:
-    """A size as a Kubernetes quantity, rounded: `1.2Gi`, `512Mi`, `4Ki`, `100`."""
-    for unit, power in (("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
-        if size >= 1 << power:
-            value = size / (1 << power)
-            return f"{value:.1f}".removesuffix(".0") + unit if value < 10 else f"{value:.0f}{unit}"
-    return str(size)

@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
@@ -54,8 +54,25 @@ INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
+#: skopeo's words for failures a user should not have to decode, and what they mean.
+_MEANINGS = (
+    (
+        "Digest did not match",
+        "a layer the registry sent does not match its digest (corrupt, or cut short)",
+    ),
+    (
+        "happened during read: unexpected EOF",
+        "the registry's connection ended in the middle of a layer (the registry stopped, or "
+        "the network broke)",
+    ),
+)
 _SKOPEO_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+#: How often a pull reports its progress (bytes copied, of the total): a few seconds, so a
+#: long pull shows it moves without a status write per chunk.
+PROGRESS_SECONDS = 2.0
+#: Called with the bytes copied so far and the image's total (0: not known).
+Progress = Callable[[int, int], None]
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -116,7 +133,7 @@ class Skopeo:
         if result.returncode == 127 or b"failed to execute" in result.stderr:
             raise PullError(f"{self.binary} is not installed: apt-get install skopeo")
         if result.returncode != 0:
-            raise PullError(skopeo_message(result.stderr.decode(errors="replace")))
+            raise PullError(explained(skopeo_message(result.stderr.decode(errors="replace"))))
         return result.stdout or b""
 
 
@@ -138,6 +155,14 @@ def skopeo_message(stderr: str) -> str:
     if not found:
         return stderr.strip() or "skopeo failed"
     return str(json.loads(f'"{found[-1]}"'))
+
+
+def explained(message: str) -> str:
+    """skopeo's message, after what it means when its own words do not say it plainly."""
+    for words, meaning in _MEANINGS:
+        if words in message:
+            return f"{meaning}; skopeo: {message}"
+    return message
 
 
 def digest_of(data: bytes) -> str:
@@ -186,9 +211,11 @@ async def pull(
     *,
     max_size: int,
     progress: bool = False,
+    on_progress: Progress | None = None,
 ) -> StoredImage:
     """Resolve `ref` (normalised) to a digest; copy, check and store its disk unless the store
-    has that digest already; point `ref` at it."""
+    has that digest already; point `ref` at it. `progress`: skopeo's bars on the terminal;
+    `on_progress`: called every PROGRESS_SECONDS while the image is copied."""
     with store.staging() as staging:
         raw = await skopeo.raw_manifest(ref, staging)
         digest = digest_of(raw)
@@ -196,14 +223,61 @@ async def pull(
         if stored is not None:
             return stored
         repository = imageref.repository(ref)
-        manifest_digest = platform_manifest(raw, ref) or digest
+        platform = platform_manifest(raw, ref)
+        manifest_digest = platform or digest
+        source = f"{repository}@{manifest_digest}"
         copied = staging / "image"
-        await skopeo.copy(f"{repository}@{manifest_digest}", copied, progress)
+        if on_progress is None:
+            await skopeo.copy(source, copied, progress)
+        else:  # the platform's manifest says the total (one more request for an index)
+            manifest = await skopeo.raw_manifest(source, staging) if platform else raw
+            await _copy_watched(skopeo, source, copied, _total(manifest), on_progress)
         await trio.to_thread.run_sync(
             extract_disk, copied, manifest_digest, disk_path, staging / SOURCE_COPY, max_size
         )
         await trio.to_thread.run_sync(shutil.rmtree, copied)
         return await store.commit(staging, ref, digest, disk_path, shown=f"{ref}@{digest}")
+
+
+async def _copy_watched(
+    skopeo: Skopeo, source: str, copied: Path, total: int, on_progress: Progress
+) -> None:
+    """skopeo copy, reporting the bytes its directory holds every PROGRESS_SECONDS."""
+
+    async def watch() -> None:
+        while True:
+            on_progress(_copied_bytes(copied), total)
+            await trio.sleep(PROGRESS_SECONDS)
+
+    failed: PullError | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        try:
+            await skopeo.copy(source, copied, False)
+        except PullError as exc:  # raised as it is, not in the nursery's exception group
+            failed = exc
+        nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
+
+
+def _total(raw: bytes) -> int:
+    """The bytes an image manifest's config and layers add up to (0 if it does not say)."""
+    try:
+        data = json.loads(raw)
+        blobs = [data["config"], *data["layers"]]
+        return sum(int(blob["size"]) for blob in blobs)
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def _copied_bytes(directory: Path) -> int:
+    """The bytes skopeo wrote in its `dir:` so far (each blob, whole or being written)."""
+    try:
+        with os.scandir(directory) as entries:
+            return sum(e.stat(follow_symlinks=False).st_size for e in entries if e.is_file())
+    except OSError:  # not made yet
+        return 0
 
 
 def extract_disk(
