@@ -10,7 +10,6 @@ checks and converts it as any imported file.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -18,10 +17,12 @@ import re
 import shutil
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 import attrs
 import trio
@@ -74,6 +75,7 @@ PROGRESS_SECONDS = 2.0
 #: Called with the bytes copied so far and the image's total (0: not known).
 Progress = Callable[[int, int], None]
 _GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip header and checks the trailer
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -296,14 +298,20 @@ def extract_disk(
     wanted = disk_path.strip("/") if disk_path else None
     budget = _Budget(max_size + OTHER_FILES_BYTES)
     found: set[str] = set()
-    for layer in layers:
-        digest, size = _digest(layer, "the image's manifest")
-        blob = directory / digest.removeprefix("sha256:")
-        _check_digest(blob, digest, size)
-        with _decompressed(blob, budget) as stream:
-            found |= _take_disk(stream, wanted, target, max_size)
-        if len(found) > 1:  # in two layers (the same name again is the later layer's file)
-            raise PullError(_two_disks(found))
+
+    def take(stream: _Counted) -> set[str]:
+        return _take_disk(stream, wanted, target, max_size)
+
+    try:
+        for layer in layers:
+            digest, size = _digest(layer, "the image's manifest")
+            blob = directory / digest.removeprefix("sha256:")
+            found |= _take_layer(blob, digest, size, take, budget)
+            if len(found) > 1:  # in two layers (the same name again is the later layer's file)
+                raise PullError(_two_disks(found))
+    except PullError:
+        target.unlink(missing_ok=True)  # nothing of a refused image is left
+        raise
     if not found:
         where = f"at {disk_path}" if disk_path else f"under /{DISK_DIR}/"
         raise PullError(f"the image holds no disk file {where}: not a containerDisk")
@@ -321,10 +329,14 @@ class _Budget:
             raise PullError("the image's layers hold more data than a containerDisk may")
 
 
+class _Reader(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class _Counted:
     """A stream of decompressed bytes that stops once the budget is spent."""
 
-    def __init__(self, stream: IO[bytes], budget: _Budget) -> None:
+    def __init__(self, stream: _Reader, budget: _Budget) -> None:
         self._stream = stream
         self._budget = budget
 
@@ -344,19 +356,111 @@ def _read_checked(path: Path, digest: str, limit: int) -> bytes:
     return data
 
 
-def _check_digest(blob: Path, digest: str, size: int) -> None:
+def _take_layer(
+    blob: Path, digest: str, size: int, take: Callable[[_Counted], set[str]], budget: _Budget
+) -> set[str]:
+    """Read one layer once: its digest is computed from the bytes decompressed (a zstd layer:
+    before, zstd reads the file itself), and checked before its disk counts."""
+    with _open(blob) as raw:
+        magic = os.pread(raw.fileno(), 4, 0)
+        if magic == _ZSTD_MAGIC:
+            _check_digest(raw, digest, size)
+            os.lseek(raw.fileno(), 0, os.SEEK_SET)  # zstd reads the fd itself, from its start
+            with _zstd(raw) as unzstd:
+                return take(_Counted(unzstd, budget))
+        with _Hashing(raw) as hashed:
+            unpacked = _Gunzip(hashed) if magic.startswith(_GZIP_MAGIC) else hashed
+            try:
+                found = take(_Counted(unpacked, budget))
+            except PullError:
+                hashed.check(digest, size)  # other bytes than the digest's say so first
+                raise
+            hashed.check(digest, size)
+            return found
+
+
+def _check_digest(stream: IO[bytes], digest: str, size: int) -> None:
     """Read the whole blob; it must be `size` bytes whose sha256 is `digest`."""
-    hasher = hashlib.sha256()
-    total = 0
-    with _open(blob) as stream:
-        while chunk := stream.read(1 << 20):
-            hasher.update(chunk)
-            total += len(chunk)
-    if "sha256:" + hasher.hexdigest() != digest or total != size:
-        raise PullError(
-            f"layer {digest} does not match its digest: the registry sent other bytes "
-            f"(sha256:{hasher.hexdigest()}, {total} bytes)"
-        )
+    with _Hashing(stream) as hashed:
+        hashed.check(digest, size)
+
+
+class _Hashing:
+    """A blob read once, hashed as it is read: in a worker thread, so the hash of one chunk is
+    computed while the next is decompressed (both release the GIL); one chunk at a time."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._hasher = hashlib.sha256()
+        self._total = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        self._hashing: Future[None] | None = None
+
+    def __enter__(self) -> _Hashing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self._total += len(data)
+            if self._hashing is not None:
+                self._hashing.result()  # never more than one chunk held for the hash
+            self._hashing = self._pool.submit(self._hasher.update, data)
+        return data
+
+    def check(self, digest: str, size: int) -> None:
+        """Read what is left; the blob must be `size` bytes whose sha256 is `digest`."""
+        while self.read(CHUNK):
+            pass
+        if self._hashing is not None:
+            self._hashing.result()
+        found = "sha256:" + self._hasher.hexdigest()
+        if found != digest or self._total != size:
+            raise PullError(
+                f"layer {digest} does not match its digest: the registry sent other bytes "
+                f"({found}, {self._total} bytes)"
+            )
+
+
+class _Gunzip:
+    """A gzip stream (members one after the other, as gzip(1) reads them) decompressed by
+    zlib, which checks each member's CRC and length; reads return at most `size` bytes."""
+
+    def __init__(self, raw: _Hashing) -> None:
+        self._raw = raw
+        self._zlib = zlib.decompressobj(_GZIP_WBITS)
+        self._input = b""
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""
+        limit = size if size > 0 else CHUNK
+        while True:
+            if self._zlib.eof and not self._next_member():
+                return b""
+            if not self._input:
+                self._input = self._raw.read(CHUNK)
+                if not self._input:
+                    raise EOFError("the gzip stream ends before its end-of-stream marker")
+            data = self._zlib.decompress(self._input, limit)
+            self._input = self._zlib.unconsumed_tail
+            if data:
+                return data
+
+    def _next_member(self) -> bool:
+        """After a member's end: start the next one, if more than zero padding follows."""
+        rest = self._zlib.unused_data.lstrip(b"\0")
+        while not rest:
+            more = self._raw.read(CHUNK)
+            if not more:
+                return False
+            rest = more.lstrip(b"\0")
+        self._zlib = zlib.decompressobj(_GZIP_WBITS)
+        self._input = rest
+        return True
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -365,21 +469,6 @@ def _open(path: Path) -> IO[bytes]:
     except FileNotFoundError as exc:
         raise PullError(f"skopeo left no {path.name}") from exc
     return os.fdopen(fd, "rb")
-
-
-@contextmanager
-def _decompressed(blob: Path, budget: _Budget) -> Iterator[_Counted]:
-    """The layer's tar stream: gzip, zstd (zstd's own tool) or uncompressed, by its magic."""
-    with _open(blob) as raw:
-        magic = os.pread(raw.fileno(), 4, 0)  # zstd reads the fd: its offset stays 0
-        if magic.startswith(_GZIP_MAGIC):
-            with gzip.GzipFile(fileobj=raw) as unzipped:
-                yield _Counted(cast(IO[bytes], unzipped), budget)
-        elif magic == _ZSTD_MAGIC:
-            with _zstd(raw) as unzstd:
-                yield _Counted(unzstd, budget)
-        else:
-            yield _Counted(raw, budget)
 
 
 @contextmanager
@@ -408,11 +497,11 @@ def _zstd(raw: IO[bytes]) -> Iterator[IO[bytes]]:
 def _take_disk(stream: _Counted, wanted: str | None, target: Path, max_size: int) -> set[str]:
     """Copy the disk member of one tar layer to `target`; the disk names this layer holds."""
     found: set[str] = set()
+    layer = _Forward(stream)
     try:
-        # tarfile's stream reader joins its reads: at its default 10 KiB, copying a disk out
-        # costs seconds per 100 MiB; at 1 MiB, about what decompressing costs.
-        layer = cast(IO[bytes], stream)
-        with tarfile.open(fileobj=layer, mode="r|", bufsize=CHUNK) as tar:
+        # tarfile parses the headers; a member's bytes are read straight from the stream
+        # (tarfile's own stream reader copies every byte three times more).
+        with tarfile.open(fileobj=cast(IO[bytes], layer), mode="r:") as tar:
             for member in tar:
                 name = _normal(member.name)
                 if not _is_disk(name, wanted) or member.isdir():
@@ -420,10 +509,57 @@ def _take_disk(stream: _Counted, wanted: str | None, target: Path, max_size: int
                 found.add(name)
                 if len(found) > 1:
                     raise PullError(_two_disks(found))
-                _write_member(tar, member, name, target, max_size)
-    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+                _write_member(tar, layer, member, name, target, max_size)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise PullError(f"a layer is not a readable tar archive: {exc}") from exc
     return found
+
+
+class _Forward:
+    """A tar stream as tarfile reads a file: whole reads, seeks forward only (skipping)."""
+
+    def __init__(self, stream: _Counted) -> None:
+        self._stream = stream
+        self._offset = 0
+
+    def tell(self) -> int:
+        return self._offset
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or offset < self._offset:
+            raise OSError("a layer is read once: no seeking back")
+        while self._offset < offset:
+            if not self.read(min(offset - self._offset, CHUNK)):
+                break
+        return self._offset
+
+    def read(self, size: int = -1) -> bytes:
+        """`size` bytes, fewer only at the end (a decompressor returns what it has)."""
+        if size < 0:
+            raise OSError("a layer is never read whole")
+        if size == 0:
+            return b""
+        data = self._stream.read(size)
+        while 0 < len(data) < size and (more := self._stream.read(size - len(data))):
+            data += more
+        self._offset += len(data)
+        return data
+
+
+class _Slice:
+    """A member's bytes, read from the tar stream where its header left it."""
+
+    def __init__(self, layer: _Forward, member: tarfile.TarInfo) -> None:
+        layer.seek(member.offset_data)
+        self._layer = layer
+        self._left = member.size
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._layer.read(min(size, self._left) if size >= 0 else self._left)
+        if not data and self._left:
+            raise EOFError("the layer ends in the middle of the disk file")
+        self._left -= len(data)
+        return data
 
 
 def _two_disks(found: set[str]) -> str:
@@ -443,20 +579,26 @@ def _is_disk(name: str, wanted: str | None) -> bool:
 
 
 def _write_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Path, max_size: int
+    tar: tarfile.TarFile,
+    layer: _Forward,
+    member: tarfile.TarInfo,
+    name: str,
+    target: Path,
+    max_size: int,
 ) -> None:
     if not member.isreg():
         raise PullError(f"/{name} is not a regular file (a link is never followed)")
     if member.size > max_size:
         raise PullError(f"/{name} is {member.size} bytes, more than the {max_size} allowed")
-    source = tar.extractfile(member)
+    # A sparse member (GNU or pax) is laid out in pieces: tarfile's own reader puts it together.
+    source = tar.extractfile(member) if member.sparse is not None else _Slice(layer, member)
     assert source is not None
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    with source, os.fdopen(os.open(target, flags, 0o600), "wb") as out:
+    with os.fdopen(os.open(target, flags, 0o600), "wb") as out:
         copy_sparse(source, out, member.size)
 
 
-def copy_sparse(source: IO[bytes], out: IO[bytes], size: int) -> None:
+def copy_sparse(source: _Reader, out: IO[bytes], size: int) -> None:
     """Copy `size` bytes; blocks of zeros become holes (a disk is mostly zeros)."""
     zeros = bytes(CHUNK)
     while chunk := source.read(CHUNK):
