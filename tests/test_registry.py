@@ -594,3 +594,23 @@ def test_image_gc_removes_unused_images_and_never_one_in_use(
             assert daemon.phase("vm-a") == "Running"
     finally:
         subprocess.run(["umount", "-l", images], check=True)
+
+
+@pytest.mark.parametrize("form", ["posix", "gnu"])
+def test_a_sparse_disk_member_is_put_together(tmp_path: Path, form: str) -> None:
+    # tar --sparse stores only the data of a sparse file: its pieces are placed back.
+    (tmp_path / "disk").mkdir()
+    with (tmp_path / "disk/disk.img").open("wb") as disk:
+        for offset, data in ((0, b"head"), (8 << 20, b"middle"), (16 << 20, b"tail")):
+            disk.seek(offset)
+            disk.write(data)
+    tar = ["tar", "--sparse", f"--format={form}", "-C", str(tmp_path), "-cf", "-", "disk/disk.img"]
+    layer = subprocess.run(tar, capture_output=True, check=True).stdout
+    directory = tmp_path / "copied"
+    directory.mkdir()
+    (directory / pulling.digest_of(layer)[7:]).write_bytes(layer)
+    entry = {"digest": pulling.digest_of(layer), "size": len(layer)}
+    raw = json.dumps({"schemaVersion": 2, "layers": [entry]}).encode()
+    (directory / "manifest.json").write_bytes(raw)
+    extract_disk(directory, pulling.digest_of(raw), None, tmp_path / "out", 1 << 30)
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "disk/disk.img").read_bytes()
