@@ -10,6 +10,7 @@ checks and converts it as any imported file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +31,7 @@ import trio
 
 from vmid.api import imageref
 from vmid.config import Images, Paths
-from vmid.errors import PullError
+from vmid.errors import PullError, VmidError
 from vmid.host.storage import SOURCE_COPY, ImageStore, StoredImage
 
 #: skopeo's environment: none of the daemon's (no proxy, no DOCKER_CONFIG, no REGISTRY_AUTH_FILE,
@@ -72,6 +74,8 @@ _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 #: How often a pull reports its progress (bytes copied, of the total): a few seconds, so a
 #: long pull shows it moves without a status write per chunk.
 PROGRESS_SECONDS = 2.0
+#: How often a layer being copied is looked at for more bytes.
+FOLLOW_POLL_SECONDS = 0.002
 #: Called with the bytes copied so far and the image's total (0: not known).
 Progress = Callable[[int, int], None]
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -228,23 +232,53 @@ async def pull(
         platform = platform_manifest(raw, ref)
         manifest_digest = platform or digest
         source = f"{repository}@{manifest_digest}"
-        copied = staging / "image"
-        if on_progress is None:
-            await skopeo.copy(source, copied, progress)
-        else:  # the platform's manifest says the total (one more request for an index)
-            manifest = await skopeo.raw_manifest(source, staging) if platform else raw
-            await _copy_watched(skopeo, source, copied, _total(manifest), on_progress)
-        await trio.to_thread.run_sync(
-            extract_disk, copied, manifest_digest, disk_path, staging / SOURCE_COPY, max_size
-        )
+        copied, target = staging / "image", staging / SOURCE_COPY
+        # The platform's manifest says the total and the layers (one more request for an index).
+        manifest = await skopeo.raw_manifest(source, staging) if platform else raw
+        layer = _only_layer(manifest) if digest_of(manifest) == manifest_digest else None
+        follower = None if layer is None else _Follower(copied, layer, disk_path, target, max_size)
+        await _copy(skopeo, source, copied, progress, (_total(manifest), on_progress), follower)
+        if follower is None or not await trio.to_thread.run_sync(follower.confirm, manifest_digest):
+            await trio.to_thread.run_sync(
+                extract_disk, copied, manifest_digest, disk_path, target, max_size
+            )
         await trio.to_thread.run_sync(shutil.rmtree, copied)
         return await store.commit(staging, ref, digest, disk_path, shown=f"{ref}@{digest}")
 
 
+async def _copy(
+    skopeo: Skopeo,
+    source: str,
+    copied: Path,
+    bars: bool,
+    progress: tuple[int, Progress | None],
+    follower: _Follower | None,
+) -> None:
+    """skopeo copy into `copied`, the follower reading the layer meanwhile (in a thread)."""
+    failed: PullError | None = None
+    async with trio.open_nursery() as following:
+        if follower is not None:
+            following.start_soon(trio.to_thread.run_sync, follower.run)
+        ok = False
+        try:
+            await _copy_watched(skopeo, source, copied, bars, *progress)
+            ok = True
+        except PullError as exc:  # raised as it is, not in the nursery's exception group
+            failed = exc
+        finally:
+            if follower is not None:
+                follower.writer_done(ok)
+    if failed is not None:
+        raise failed
+
+
 async def _copy_watched(
-    skopeo: Skopeo, source: str, copied: Path, total: int, on_progress: Progress
+    skopeo: Skopeo, source: str, copied: Path, bars: bool, total: int, on_progress: Progress | None
 ) -> None:
     """skopeo copy, reporting the bytes its directory holds every PROGRESS_SECONDS."""
+    if on_progress is None:
+        await skopeo.copy(source, copied, bars)
+        return
 
     async def watch() -> None:
         while True:
@@ -255,12 +289,23 @@ async def _copy_watched(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
         try:
-            await skopeo.copy(source, copied, False)
+            await skopeo.copy(source, copied, bars)
         except PullError as exc:  # raised as it is, not in the nursery's exception group
             failed = exc
         nursery.cancel_scope.cancel()
     if failed is not None:
         raise failed
+
+
+def _only_layer(manifest: bytes) -> tuple[str, int] | None:
+    """The digest and size of a manifest's one layer (None: several, or none)."""
+    try:
+        layers = json.loads(manifest).get("layers")
+        if isinstance(layers, list) and len(layers) == 1:
+            return _digest(layers[0], "the image's manifest")
+    except (ValueError, AttributeError, PullError):
+        pass
+    return None
 
 
 def _total(raw: bytes) -> int:
@@ -368,15 +413,145 @@ def _take_layer(
             os.lseek(raw.fileno(), 0, os.SEEK_SET)  # zstd reads the fd itself, from its start
             with _zstd(raw) as unzstd:
                 return take(_Counted(unzstd, budget))
-        with _Hashing(raw) as hashed:
-            unpacked = _Gunzip(hashed) if magic.startswith(_GZIP_MAGIC) else hashed
-            try:
-                found = take(_Counted(unpacked, budget))
-            except PullError:
-                hashed.check(digest, size)  # other bytes than the digest's say so first
-                raise
-            hashed.check(digest, size)
-            return found
+        return _take_stream(raw, magic, digest, size, take, budget)
+
+
+def _take_stream(
+    raw: _Reader,
+    magic: bytes,
+    digest: str,
+    size: int,
+    take: Callable[[_Counted], set[str]],
+    budget: _Budget,
+) -> set[str]:
+    """A gzip or tar layer read once, hashed as it is decompressed, checked at its end."""
+    with _Hashing(raw) as hashed:
+        unpacked = _Gunzip(hashed) if magic.startswith(_GZIP_MAGIC) else hashed
+        try:
+            found = take(_Counted(unpacked, budget))
+        except PullError:
+            hashed.check(digest, size)  # other bytes than the digest's say so first
+            raise
+        hashed.check(digest, size)
+        return found
+
+
+class _Abandoned(PullError):
+    """The copy a follower reads failed or was cancelled."""
+
+
+class _Follower:
+    """An image's one layer read while skopeo writes it into its `dir:`, so the disk comes out
+    as the layer arrives instead of after. Only a shortcut: unless the whole layer matched its
+    digest and held the one disk (`confirm`), the layers are read again after the copy, and
+    that reading says what was wrong."""
+
+    def __init__(
+        self, copied: Path, layer: tuple[str, int], disk_path: str | None, target: Path, limit: int
+    ) -> None:
+        self._copied = copied
+        self._digest, self._size = layer
+        self._wanted = disk_path.strip("/") if disk_path else None
+        self._target = target
+        self._limit = limit
+        self._ended = threading.Event()
+        self._ok = False
+        self._found: set[str] = set()
+
+    def writer_done(self, ok: bool) -> None:
+        """skopeo ended: the layer is whole (ok), or never will be."""
+        self._ok = ok
+        self._ended.set()
+
+    def run(self) -> None:
+        """In a worker thread: find the layer's file as skopeo writes it, extract as it grows."""
+        try:
+            found = self._find()
+            if found is None:
+                return
+            file, magic = found
+            with file:
+                budget = _Budget(self._limit + OTHER_FILES_BYTES)
+                stream = _Growing(file, self)
+                self._found = _take_stream(
+                    stream, magic, self._digest, self._size, self._take, budget
+                )
+        except (VmidError, OSError, EOFError, ValueError):  # read again after the copy
+            self._found = set()
+
+    def _take(self, stream: _Counted) -> set[str]:
+        return _take_disk(stream, self._wanted, self._target, self._limit)
+
+    def _find(self) -> tuple[IO[bytes], bytes] | None:
+        """The file skopeo writes the layer to (not the config: JSON) and its magic."""
+        seen: set[str] = {"version", "manifest.json"}
+        while not self.aborted:
+            ended = self._ended.is_set()
+            with contextlib.suppress(FileNotFoundError), os.scandir(self._copied) as entries:
+                for entry in entries:
+                    if entry.name not in seen and entry.is_file(follow_symlinks=False):
+                        found = self._layer_file(entry.path)
+                        if found is not None:
+                            return found
+                        seen.add(entry.name)
+            if ended:
+                return None
+            self.pause()
+        return None
+
+    def _layer_file(self, path: str) -> tuple[IO[bytes], bytes] | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:  # renamed meanwhile: listed again under its digest
+            return None
+        file = os.fdopen(fd, "rb", buffering=0)
+        while len(magic := os.pread(fd, 4, 0)) < 4 and not self.ended:
+            self.pause()
+        if magic[:1] == b"{" or magic == _ZSTD_MAGIC or len(magic) < 4:
+            file.close()  # the config, or a layer zstd will read once it is whole
+            return None
+        return file, magic
+
+    @property
+    def aborted(self) -> bool:
+        return self._ended.is_set() and not self._ok
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def pause(self) -> None:
+        """Wait a little for more bytes (less if skopeo ends meanwhile)."""
+        self._ended.wait(FOLLOW_POLL_SECONDS)
+
+    def confirm(self, manifest_digest: str) -> bool:
+        """Whether the layer read was the whole image: the one disk, in the one layer the
+        copied manifest (checked against its digest) names."""
+        if not self._ok or len(self._found) != 1:
+            return False
+        try:
+            raw = _read_checked(self._copied / "manifest.json", manifest_digest, MAX_MANIFEST_BYTES)
+        except PullError:
+            return False
+        return _only_layer(raw) == (self._digest, self._size)
+
+
+class _Growing:
+    """A file being written: reads wait for more bytes until the writer has ended."""
+
+    def __init__(self, file: IO[bytes], follower: _Follower) -> None:
+        self._file = file
+        self._follower = follower
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            if self._follower.aborted:
+                raise _Abandoned("the copy failed")
+            ended = self._follower.ended  # before the read: a read after the end is the end
+            data = self._file.read(size)
+            if data or ended:
+                return data
+            self._follower.pause()
 
 
 def _check_digest(stream: IO[bytes], digest: str, size: int) -> None:
@@ -389,7 +564,7 @@ class _Hashing:
     """A blob read once, hashed as it is read: in a worker thread, so the hash of one chunk is
     computed while the next is decompressed (both release the GIL); one chunk at a time."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: _Reader) -> None:
         self._stream = stream
         self._hasher = hashlib.sha256()
         self._total = 0
