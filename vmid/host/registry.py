@@ -223,78 +223,146 @@ async def pull(
     has that digest already; point `ref` at it. `progress`: skopeo's bars on the terminal;
     `on_progress`: called every PROGRESS_SECONDS while the image is copied."""
     with store.staging() as staging:
-        raw = await skopeo.raw_manifest(ref, staging)
-        digest = digest_of(raw)
-        stored = await store.tag_stored(ref, digest, disk_path)
-        if stored is not None:
-            return stored
-        repository = imageref.repository(ref)
-        platform = platform_manifest(raw, ref)
-        manifest_digest = platform or digest
-        source = f"{repository}@{manifest_digest}"
-        copied, target = staging / "image", staging / SOURCE_COPY
-        # The platform's manifest says the total and the layers (one more request for an index).
-        manifest = await skopeo.raw_manifest(source, staging) if platform else raw
-        layer = _only_layer(manifest) if digest_of(manifest) == manifest_digest else None
-        follower = None if layer is None else _Follower(copied, layer, disk_path, target, max_size)
-        await _copy(skopeo, source, copied, progress, (_total(manifest), on_progress), follower)
-        if follower is None or not await trio.to_thread.run_sync(follower.confirm, manifest_digest):
-            await trio.to_thread.run_sync(
-                extract_disk, copied, manifest_digest, disk_path, target, max_size
-            )
-        await trio.to_thread.run_sync(shutil.rmtree, copied)
+        follower = _Follower(staging / "image", disk_path, staging / SOURCE_COPY, max_size)
+        copy = _Copy(skopeo, staging / "image", progress, on_progress, follower)
+        found: tuple[str, str] | StoredImage | None = None
+        failed: PullError | None = None
+        async with trio.open_nursery() as nursery:
+            # A name never pulled is copied by that name while skopeo resolves it; a name
+            # stored is resolved first (its image may be there already).
+            if not store.named(ref):
+                nursery.start_soon(copy.run, ref)
+            try:
+                found = await _resolve(store, skopeo, ref, disk_path, staging, copy, nursery)
+            except PullError as exc:  # raised as it is, not in the nursery's exception group
+                failed = exc
+            if failed is not None or isinstance(found, StoredImage):
+                nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        if isinstance(found, StoredImage):
+            return found
+        assert found is not None
+        digest, manifest_digest = found
+        await _extract(skopeo, copy, staging, manifest_digest, disk_path, max_size)
         return await store.commit(staging, ref, digest, disk_path, shown=f"{ref}@{digest}")
 
 
-async def _copy(
+async def _resolve(
+    store: ImageStore,
     skopeo: Skopeo,
-    source: str,
-    copied: Path,
-    bars: bool,
-    progress: tuple[int, Progress | None],
-    follower: _Follower | None,
-) -> None:
-    """skopeo copy into `copied`, the follower reading the layer meanwhile (in a thread)."""
-    failed: PullError | None = None
-    async with trio.open_nursery() as following:
-        if follower is not None:
-            following.start_soon(trio.to_thread.run_sync, follower.run)
-        ok = False
-        try:
-            await _copy_watched(skopeo, source, copied, bars, *progress)
-            ok = True
-        except PullError as exc:  # raised as it is, not in the nursery's exception group
-            failed = exc
-        finally:
-            if follower is not None:
-                follower.writer_done(ok)
-    if failed is not None:
-        raise failed
+    ref: str,
+    disk_path: str | None,
+    staging: Path,
+    copy: _Copy,
+    nursery: trio.Nursery,
+) -> tuple[str, str] | StoredImage:
+    """The stored image `ref` resolves to, or its digest and its platform manifest's once
+    `copy` has copied that (started here, by digest, unless it was by name)."""
+    raw = await skopeo.raw_manifest(ref, staging)
+    digest = digest_of(raw)
+    stored = await store.tag_stored(ref, digest, disk_path)
+    if stored is not None:
+        return stored
+    platform = platform_manifest(raw, ref)
+    manifest_digest = platform or digest
+    source = f"{imageref.repository(ref)}@{manifest_digest}"
+    # The platform's manifest says the total and the layers (one more request for an index).
+    manifest = await skopeo.raw_manifest(source, staging) if platform else raw
+    copy.total = _total(manifest)
+    if _only_layer(manifest) is None:
+        copy.follower.give_up()  # several layers: read in their order once copied
+    if copy.started is None:
+        nursery.start_soon(copy.run, source)
+    await copy.wait()
+    return digest, manifest_digest
 
 
-async def _copy_watched(
-    skopeo: Skopeo, source: str, copied: Path, bars: bool, total: int, on_progress: Progress | None
+async def _extract(
+    skopeo: Skopeo,
+    copy: _Copy,
+    staging: Path,
+    manifest_digest: str,
+    disk_path: str | None,
+    max_size: int,
 ) -> None:
-    """skopeo copy, reporting the bytes its directory holds every PROGRESS_SECONDS."""
-    if on_progress is None:
-        await skopeo.copy(source, copied, bars)
+    """The disk out of the copied image, checked: the follower's if it had it all, else read
+    from the copy's layers. A copy by name that found another image than the digest's (the
+    tag moved meanwhile) is made again, by digest."""
+    copied, target = staging / "image", staging / SOURCE_COPY
+    manifest = await trio.to_thread.run_sync(_copied_manifest, copied)
+    if digest_of(manifest) != manifest_digest:
+        await trio.to_thread.run_sync(shutil.rmtree, copied)
+        repository = imageref.repository(copy.started or "")
+        await skopeo.copy(f"{repository}@{manifest_digest}", copied, False)
+    elif await trio.to_thread.run_sync(copy.follower.confirm, manifest_digest):
+        await trio.to_thread.run_sync(shutil.rmtree, copied)
         return
+    await trio.to_thread.run_sync(
+        extract_disk, copied, manifest_digest, disk_path, target, max_size
+    )
+    await trio.to_thread.run_sync(shutil.rmtree, copied)
 
-    async def watch() -> None:
-        while True:
-            on_progress(_copied_bytes(copied), total)
-            await trio.sleep(PROGRESS_SECONDS)
 
-    failed: PullError | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
-        try:
-            await skopeo.copy(source, copied, bars)
-        except PullError as exc:  # raised as it is, not in the nursery's exception group
-            failed = exc
-        nursery.cancel_scope.cancel()
-    if failed is not None:
-        raise failed
+def _copied_manifest(copied: Path) -> bytes:
+    with _open(copied / "manifest.json") as stream:
+        return stream.read(MAX_MANIFEST_BYTES + 1)
+
+
+class _Copy:
+    """skopeo copying an image into a `dir:`, the follower extracting its layer as it comes,
+    the bytes copied reported every PROGRESS_SECONDS. Its error is kept for `wait` (raised
+    in its task, a nursery would wrap it in a group)."""
+
+    def __init__(
+        self,
+        skopeo: Skopeo,
+        copied: Path,
+        bars: bool,
+        on_progress: Progress | None,
+        follower: _Follower,
+    ) -> None:
+        self._skopeo = skopeo
+        self._copied = copied
+        self._bars = bars
+        self._on_progress = on_progress
+        self.follower = follower
+        #: The image's bytes, once its manifest is known (0 until then).
+        self.total = 0
+        #: The reference it copies, once started.
+        self.started: str | None = None
+        self._done = trio.Event()
+        self._error: PullError | None = None
+        self._watching = trio.CancelScope()
+
+    async def run(self, source: str) -> None:
+        self.started = source
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, self.follower.run)
+            if self._on_progress is not None:
+                nursery.start_soon(self._watch, self._on_progress)
+            ok = False
+            try:
+                await self._skopeo.copy(source, self._copied, self._bars)
+                ok = True
+            except PullError as exc:
+                self._error = exc
+            finally:
+                self.follower.writer_done(ok)
+                self._watching.cancel()
+        self._done.set()
+
+    async def wait(self) -> None:
+        """Wait for the copy to end; raise its error."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def _watch(self, on_progress: Progress) -> None:
+        with self._watching:
+            while True:  # the first report once the total is known (the manifest resolved)
+                await trio.sleep(PROGRESS_SECONDS)
+                on_progress(_copied_bytes(self._copied), self.total)
 
 
 def _only_layer(manifest: bytes) -> tuple[str, int] | None:
@@ -446,17 +514,21 @@ class _Follower:
     digest and held the one disk (`confirm`), the layers are read again after the copy, and
     that reading says what was wrong."""
 
-    def __init__(
-        self, copied: Path, layer: tuple[str, int], disk_path: str | None, target: Path, limit: int
-    ) -> None:
+    def __init__(self, copied: Path, disk_path: str | None, target: Path, limit: int) -> None:
         self._copied = copied
-        self._digest, self._size = layer
+        #: The digest and size of the layer it read, once whole.
+        self._read: tuple[str, int] | None = None
+        self._given_up = False
         self._wanted = disk_path.strip("/") if disk_path else None
         self._target = target
         self._limit = limit
         self._ended = threading.Event()
         self._ok = False
         self._found: set[str] = set()
+
+    def give_up(self) -> None:
+        """Stop: the image has several layers (read in order once copied)."""
+        self._given_up = True
 
     def writer_done(self, ok: bool) -> None:
         """skopeo ended: the layer is whole (ok), or never will be."""
@@ -466,16 +538,16 @@ class _Follower:
     def run(self) -> None:
         """In a worker thread: find the layer's file as skopeo writes it, extract as it grows."""
         try:
-            found = self._find()
-            if found is None:
+            layer = self._find()
+            if layer is None:
                 return
-            file, magic = found
-            with file:
-                budget = _Budget(self._limit + OTHER_FILES_BYTES)
-                stream = _Growing(file, self)
-                self._found = _take_stream(
-                    stream, magic, self._digest, self._size, self._take, budget
-                )
+            file, magic = layer
+            budget = _Budget(self._limit + OTHER_FILES_BYTES)
+            with file, _Hashing(_Growing(file, self)) as hashed:
+                unpacked = _Gunzip(hashed) if magic.startswith(_GZIP_MAGIC) else hashed
+                found = self._take(_Counted(unpacked, budget))
+                self._read = hashed.finish()
+                self._found = found
         except (VmidError, OSError, EOFError, ValueError):  # read again after the copy
             self._found = set()
 
@@ -514,7 +586,7 @@ class _Follower:
 
     @property
     def aborted(self) -> bool:
-        return self._ended.is_set() and not self._ok
+        return self._given_up or (self._ended.is_set() and not self._ok)
 
     @property
     def ended(self) -> bool:
@@ -527,13 +599,13 @@ class _Follower:
     def confirm(self, manifest_digest: str) -> bool:
         """Whether the layer read was the whole image: the one disk, in the one layer the
         copied manifest (checked against its digest) names."""
-        if not self._ok or len(self._found) != 1:
+        if not self._ok or len(self._found) != 1 or self._read is None:
             return False
         try:
             raw = _read_checked(self._copied / "manifest.json", manifest_digest, MAX_MANIFEST_BYTES)
         except PullError:
             return False
-        return _only_layer(raw) == (self._digest, self._size)
+        return _only_layer(raw) == self._read
 
 
 class _Growing:
@@ -544,14 +616,21 @@ class _Growing:
         self._follower = follower
 
     def read(self, size: int = -1) -> bytes:
-        while True:
+        """`size` bytes (CHUNK for -1), fewer only at the end: whole chunks keep the hashing
+        and decompressing calls few, whatever pieces skopeo writes in."""
+        size = size if size >= 0 else CHUNK
+        data = b""
+        while len(data) < size:
             if self._follower.aborted:
                 raise _Abandoned("the copy failed")
             ended = self._follower.ended  # before the read: a read after the end is the end
-            data = self._file.read(size)
-            if data or ended:
-                return data
-            self._follower.pause()
+            more = self._file.read(size - len(data))
+            data += more or b""
+            if ended and not more:
+                break
+            if not more:
+                self._follower.pause()
+        return data
 
 
 def _check_digest(stream: IO[bytes], digest: str, size: int) -> None:
@@ -586,17 +665,21 @@ class _Hashing:
             self._hashing = self._pool.submit(self._hasher.update, data)
         return data
 
-    def check(self, digest: str, size: int) -> None:
-        """Read what is left; the blob must be `size` bytes whose sha256 is `digest`."""
+    def finish(self) -> tuple[str, int]:
+        """Read what is left; the blob's digest and size."""
         while self.read(CHUNK):
             pass
         if self._hashing is not None:
             self._hashing.result()
-        found = "sha256:" + self._hasher.hexdigest()
-        if found != digest or self._total != size:
+        return "sha256:" + self._hasher.hexdigest(), self._total
+
+    def check(self, digest: str, size: int) -> None:
+        """Read what is left; the blob must be `size` bytes whose sha256 is `digest`."""
+        found, total = self.finish()
+        if found != digest or total != size:
             raise PullError(
                 f"layer {digest} does not match its digest: the registry sent other bytes "
-                f"({found}, {self._total} bytes)"
+                f"({found}, {total} bytes)"
             )
 
 

@@ -232,6 +232,10 @@ class ImageStore:
                 return stored
             return await self.commit(staging, ref, digest, shown=str(source), local=True)
 
+    def named(self, ref: str) -> bool:
+        """Whether the store has a reference `ref` (to whichever content)."""
+        return (self._dir(ref) / IMAGE_META).is_file()
+
     def has(self, digest: str, disk_path: str | None = None) -> bool:
         return (self._content(digest, disk_path) / IMAGE_META).is_file()
 
