@@ -616,3 +616,45 @@ def test_a_sparse_disk_member_is_put_together(tmp_path: Path, form: str) -> None
     (directory / "manifest.json").write_bytes(raw)
     extract_disk(directory, pulling.digest_of(raw), None, tmp_path / "out", 1 << 30)
     assert (tmp_path / "out").read_bytes() == (tmp_path / "disk/disk.img").read_bytes()
+
+
+MOVED_DURING_COPY = """
+import sys, subprocess, time
+from pathlib import Path
+import trio
+from vmid.config import Images, Paths
+from vmid.host import registry
+from vmid.host.storage import ImageStore
+
+root, ref, second = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+paths = Paths(root)
+inspect = registry.Skopeo.raw_manifest
+
+async def moved_first(self, name, home):
+    # The copy by name has the first image whole: the tag moves before skopeo resolves it.
+    if name == ref:
+        while not (home / "image/manifest.json").exists():
+            await trio.sleep(0.01)
+        push = ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{second}", f"docker://{ref}"]
+        subprocess.run(push, check=True)
+    return await inspect(self, name, home)
+
+registry.Skopeo.raw_manifest = moved_first
+store = ImageStore(paths.images, "qemu-img")
+pull = registry.pull(store, registry.skopeo_for(paths, Images()), ref, max_size=1 << 30)
+image = trio.run(lambda: pull)
+print(image.digest, image.path.read_bytes()[:6].decode())
+"""
+
+
+def test_a_tag_moved_while_copied_by_name_is_copied_again_by_digest(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    push(server, tmp_path, "moving/disk:1", [[("disk/disk.img", raw_disk(1 << 20, b"first"))]])
+    second = containerdisk(tmp_path / "second", [[("disk/disk.img", raw_disk(1 << 20, b"second"))]])
+    ref = f"{HOST}/moving/disk:1"
+    done = server.run(sys.executable, "-c", MOVED_DURING_COPY, str(root), ref, str(second))
+    digest, start = done.stdout.split()
+    assert start == "second"  # what the tag names once resolved, not what was copied first
+    inspected = server.run("skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}")
+    assert digest == pulling.digest_of(inspected.stdout.encode())
