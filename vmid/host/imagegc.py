@@ -45,6 +45,8 @@ def collect(store: ImageStore, policy: ImageGC, in_use: Callable[[], Set[str] | 
     """Free space down to the low threshold if usage reached the high one (kubelet's
     GarbageCollect). `in_use`: the references and digests VMIs use or are being pulled (None:
     not known yet, so all are)."""
+    if not store.root.is_dir():  # no image stored yet: nothing to collect, nothing to make
+        return Collected(usagePercent=0, amountToFree=0)
     with store.locked():
         capacity, available = usage(store)
         percent = 100 - available * 100 // capacity if capacity else 0
