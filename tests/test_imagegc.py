@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from vmid.cli import main
-from vmid.config import ImageGC
+from vmid.config import ImageGC, load_config
+from vmid.errors import ConfigError
 from vmid.host import imagegc
 from vmid.host.storage import SOURCE_COPY, ImageStore, StoredImage
 
@@ -136,3 +138,19 @@ async def test_image_prune_removes_every_unused_image_and_no_other(
     assert "removed docker.io/example/a:1 (sha256:" in out
     assert "freed 8Mi" in out
     assert stored(store) == {"docker.io/example/imported:1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("imageGC: {lowThresholdPercent: 90}\n", "lowThresholdPercent (90) and highThreshold"),
+        ("imageGC: {highThresholdPercent: 101}\n", "must be percents with low <= high"),
+        ("imageGC: {minimumAgeSeconds: -1}\n", "minimumAgeSeconds must not be negative"),
+        ("imageGC: {periodSeconds: 0}\n", "periodSeconds must be above 0"),
+        ("imageGC: {highThreshold: 80}\n", "highThreshold"),
+    ],
+)
+def test_bad_image_gc_settings_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "vmid.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(tmp_path / "vmid.yaml", required=True)
