@@ -116,6 +116,8 @@ class VMIStatus:
     volumeStatus: tuple[VolumeStatus, ...] = ()
     #: From the guest agent: KubeVirt's v1.VirtualMachineInstanceGuestOSInfo, as it reports it.
     guestOSInfo: Mapping[str, str] = attrs.field(factory=dict)
+    #: KubeVirt's: "frozen" while the guest's file systems are frozen (`vmid freeze`), else "".
+    fsFreezeStatus: str = ""
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -136,6 +138,8 @@ class VMIStatus:
         }
         if self.guestOSInfo:
             data["guestOSInfo"] = dict(self.guestOSInfo)
+        if self.fsFreezeStatus:
+            data["fsFreezeStatus"] = self.fsFreezeStatus
         if self.volumeStatus:
             data["volumeStatus"] = [_plain(v) for v in self.volumeStatus]
         if self.reason:

@@ -18,7 +18,8 @@ from vmid.runtime import status
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    # The global flags here too: `vmid image --root DIR list`, as after `list`.
+    # The global flags here too: `vmid image --root DIR list`, as after `list` (-n means nothing).
+    flags = common.flags_for(flags, "root", "config")
     image = commands.add_parser(
         "image",
         parents=[flags],
@@ -38,6 +39,12 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     )
     image_import.add_argument("ref", metavar="REF", help="the image's name, as manifests say it")
     image_import.add_argument("file", metavar="FILE", type=Path, help="a raw or qcow2 file")
+    common.explain(
+        image_import,
+        "Put FILE (raw or qcow2) in the image store as REF, stored raw: a manifest's "
+        "containerDisk naming REF then uses it, no registry asked.",
+        "vmid image import my/disk:1 ./disk.qcow2\nvmid image import my/disk:2 ./disk.raw",
+    )
     image_import.set_defaults(run=_image_import)
     image_pull = image_commands.add_parser(
         "pull", parents=[flags], help="pull image REF from its registry with skopeo"
@@ -46,13 +53,31 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     image_pull.add_argument(
         "--path", help="the disk file in the image (containerDisk.path); default: /disk/'s one"
     )
+    common.explain(
+        image_pull,
+        "Pull containerDisk REF from its registry with skopeo (vmid.yaml's images: auth file, "
+        "policy, largest disk) and store its disk raw, as the daemon pulls it for a VMI.",
+        "vmid image pull quay.io/containerdisks/fedora:40\n"
+        "vmid image pull registry.example/disk:1 --path /disk/root.qcow2",
+    )
     image_pull.set_defaults(run=_image_pull)
     image_list = image_commands.add_parser("list", parents=[flags], help="list stored images")
+    common.explain(
+        image_list,
+        "List the stored images: REF, DIGEST, SIZE (the disk's, a quantity), IN USE (the VMIs "
+        "using it) and AGE.",
+        "vmid image list",
+    )
     image_list.set_defaults(run=_image_list)
     image_rm = image_commands.add_parser(
         "rm", parents=[flags], help="remove image REF (refused while a VMI uses it)"
     )
     image_rm.add_argument("ref", metavar="REF", help="the image to remove")
+    common.explain(
+        image_rm,
+        "Remove image REF from the store; refused while a VMI uses it.",
+        "vmid image rm my/disk:1",
+    )
     image_rm.set_defaults(run=_image_rm)
     image_prune = image_commands.add_parser(
         "prune",

@@ -30,9 +30,11 @@ BACKOFF_MAX = 300.0
 ERROR_SHOWN = 1.0
 ERR_IMAGE_PULL = "ErrImagePull"
 IMAGE_PULL_BACKOFF = "ImagePullBackOff"
-#: The Ready condition's reason while the image is copied (kubelet's event reason).
+#: The reasons a VMI waiting for its image shows (its VM shows them as printableStatus).
+REASONS = (ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF)
+#: The Ready condition's reason while the image is copied (kubelet's event reason); the VMI's
+#: own reason stays empty then (Pending, as a pod pulling is ContainerCreating).
 PULLING = "Pulling"
-_REASONS = (ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF, PULLING)
 #: How often the log says how far a pull is (the VMIs' conditions say it more often).
 LOG_PROGRESS_SECONDS = 10.0
 
@@ -203,7 +205,7 @@ def _pulled(
         f"waiting). Image size: {image.virtualSize} bytes. Digest: {image.digest}",
     )
     ready = status.conditions.get("Ready")
-    if status.reason in _REASONS or (ready is not None and ready.reason in _REASONS):
+    if status.reason in REASONS or (ready is not None and ready.reason in (*REASONS, PULLING)):
         status.reason = ""
         status.conditions.pop("Ready", None)
     status.write()

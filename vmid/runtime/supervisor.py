@@ -22,6 +22,7 @@ from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, RequestRefused, VmidError
 from vmid.host import firmwareid, identity, logfile, requests
+from vmid.host.machines import Machines
 from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
@@ -93,8 +94,11 @@ class Supervisor:
         paths: Paths,
         accelerator: Accelerator,
         network: Network,
+        machines: Machines | None = None,
     ) -> None:
+        """`machines`: systemd-machined, to give each QEMU a scope of its own (None: no systemd)."""
         self._nursery = nursery
+        self._machines = machines
         self._network = network
         self._config = config
         self._paths = paths
@@ -333,10 +337,27 @@ class Supervisor:
                 log.info("%s: its manifest was removed while vmid was not running", name)
         elif name in desired.vmis or unreadable:  # a broken file is no removal
             self._resume_ended(found, desired.vmis.get(name))
-        elif name not in desired.refused:
+        elif name not in desired.refused and not self._lost_qemu(name):
             gone = found.status.manifest if found.status else _bare_object(name)
             self._events.record(gone, "Normal", "Deleted", f"{DELETED}: {REMOVED_OFFLINE}")
             _remove_state(self._paths, name)
+
+    def _lost_qemu(self, name: str) -> bool:
+        """Whether a process runs as the VMI's uid though no QEMU of it was found (its directory
+        deleted under it): its uid record stays, so vmid never starts a second QEMU of that VMI
+        on its disks (under another uid) while it runs."""
+        uid = identity.recorded(self._paths.instance_state(name))
+        pids = identity.processes_of(uid) if uid is not None else []
+        if pids:
+            log.error(
+                "%s: a process of its uid %d runs that vmid does not supervise (pid %d): its "
+                "state stays until it is stopped (kill %d)",
+                name,
+                uid,
+                pids[0],
+                pids[0],
+            )
+        return bool(pids)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
         name, (pid, *others) = found.key, found.pids
@@ -585,6 +606,7 @@ class Supervisor:
     async def _end(self, name: str | None, vm: _VM) -> None:
         """The VMI is gone: remove its files, then start its successor, if any."""
         assert name is not None
+        vm.status.close()
         with trio.CancelScope(shield=True):
             # Addresses first: once its status is gone, nothing of the VMI is left.
             if vm.successor is None:
@@ -645,6 +667,7 @@ class Supervisor:
             stop_mode=lambda: vm.stop_mode,
             images=self._images,
             processes=self._processes.get,
+            machines=self._machines,
         )
         instance.grace = vm.grace
         return instance
