@@ -84,6 +84,13 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         parents=[flags],
         help="remove every image no VMI or VirtualMachine uses (imported ones are kept)",
     )
+    common.explain(
+        image_prune,
+        "Remove every image no VMI (not ended) and no VirtualMachine's template uses, whatever "
+        "the disk usage (as crictl rmi --prune); imported images are kept (vmid image rm "
+        "removes them).",
+        "vmid image prune",
+    )
     image_prune.set_defaults(run=_image_prune)
 
 
