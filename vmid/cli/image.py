@@ -9,6 +9,7 @@ import functools
 import sys
 from pathlib import Path
 
+from vmid.api.quantity import rounded as _size
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.errors import ConfigError, StateUnreadable
@@ -28,7 +29,8 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "  vmid image pull quay.io/containerdisks/fedora:40\n"
         "  vmid image import my/disk:1 ./disk.qcow2   # stored raw\n"
         "  vmid image list                            # REF DIGEST SIZE IN USE AGE\n"
-        "  vmid image rm my/disk:1                    # refused while a VMI uses it",
+        "  vmid image rm my/disk:1                    # refused while a VMI uses it\n"
+        "  vmid image prune                           # every image no VMI or VM uses",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
@@ -77,6 +79,19 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "vmid image rm my/disk:1",
     )
     image_rm.set_defaults(run=_image_rm)
+    image_prune = image_commands.add_parser(
+        "prune",
+        parents=[flags],
+        help="remove every image no VMI or VirtualMachine uses (imported ones are kept)",
+    )
+    common.explain(
+        image_prune,
+        "Remove every image no VMI (not ended) and no VirtualMachine's template uses, whatever "
+        "the disk usage (as crictl rmi --prune); imported images are kept (vmid image rm "
+        "removes them).",
+        "vmid image prune",
+    )
+    image_prune.set_defaults(run=_image_prune)
 
 
 def _image_import(args: argparse.Namespace) -> int:
@@ -157,6 +172,34 @@ def _image_rm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _image_prune(args: argparse.Namespace) -> int:
+    from vmid.host import imagegc
+    from vmid.host.storage import ImageStore
+
+    config, paths = common.setup(args)
+    store = ImageStore(paths.images, config.qemuImg)
+    removed = imagegc.prune(store, lambda: set(_image_users(paths)) | _templates(paths))
+    for content in removed:
+        names = ", ".join(content.refs) or "<none>"
+        print(f"removed {names} ({content.digest or '-'}, {_size(content.size)})")
+    print(f"freed {_size(sum(c.size for c in removed))}")
+    return EXIT_OK
+
+
+def _templates(paths: Paths) -> set[str]:
+    """The images every VirtualMachine's template names (a VM started later needs them)."""
+    from vmid.api import imageref
+    from vmid.runtime import vmstate
+
+    found = set()
+    for vm in vmstate.read_vms(paths):
+        spec = vm.get("spec", {}).get("template", {}).get("spec", {})
+        for volume in spec.get("volumes", []):
+            with contextlib.suppress(imageref.ImageRefError, KeyError, TypeError):
+                found.add(imageref.normalize(volume["containerDisk"]["image"]))
+    return found
+
+
 def _image_users(paths: Paths) -> dict[str, set[str]]:
     """VMIs not ended, by the digests their volumeStatus names and the images their spec names."""
     from vmid.api import imageref
@@ -180,12 +223,3 @@ def _image_users(paths: Paths) -> dict[str, set[str]]:
 
 def _using(users: dict[str, set[str]], ref: str, digest: str | None) -> list[str]:
     return sorted(users.get(ref, set()) | users.get(digest or "", set()))
-
-
-def _size(size: int) -> str:
-    """A size as a Kubernetes quantity, rounded: `1.2Gi`, `512Mi`, `4Ki`, `100`."""
-    for unit, power in (("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
-        if size >= 1 << power:
-            value = size / (1 << power)
-            return f"{value:.1f}".removesuffix(".0") + unit if value < 10 else f"{value:.0f}{unit}"
-    return str(size)

@@ -102,6 +102,7 @@ async def _serve(
             watchers.start_soon(supervisor.tidy_logs)
             watchers.start_soon(supervisor.tidy_events)
             await watchers.start(spool_module.watch, spool, controller.apply)
+            watchers.start_soon(supervisor.collect_images)  # once the spool says what is in use
             watchers.start_soon(controller.run)
             watchers.start_soon(_serve_requests, paths, supervisor)
             with trio.move_on_after(SETTLE_SECONDS):

@@ -409,6 +409,7 @@ class Instance:
                 old, new = (add_fd(file.fd, file.fdset, p) for p in (named, digest_file))
                 argv = [new if arg == old else arg for arg in argv]
         self.plan = attrs.evolve(self.plan, files=tuple(files), argv=tuple(argv))
+        self._store.used(image)
         image_id = f"{imageref.repository(item.image)}@{image.digest}" if image.digest else ""
         self.status.volumes[item.volume] = VolumeStatus(
             name=item.volume, imageID=image_id, size=image.virtualSize

@@ -27,8 +27,8 @@ from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
-from vmid.plan.model import LaunchPlan
-from vmid.runtime import events, logs, takeover
+from vmid.plan.model import ImageOverlay, LaunchPlan
+from vmid.runtime import events, imagegc, logs, takeover
 from vmid.runtime.coalesce import Coalesced
 from vmid.runtime.instance import Instance, StopMode
 from vmid.runtime.network import Network
@@ -182,6 +182,29 @@ class Supervisor:
                 if deleted:
                     log.info("events of %d removed VMIs deleted (over %d s old)", deleted, keep)
             await trio.sleep(min(max(keep / 2, EVENTS_SWEEP_MIN_SECONDS), EVENTS_SWEEP_MAX_SECONDS))
+
+    async def collect_images(self) -> None:
+        """Forever: image garbage collection, every imageGC.periodSeconds (cancel to stop)."""
+        while True:
+            await imagegc.collect(self._store, self._config.imageGC, self.images_in_use)
+            await trio.sleep(self._config.imageGC.periodSeconds)
+
+    def images_in_use(self) -> Set[str] | None:
+        """The images garbage collection keeps: those of the VMIs not ended (their spec's
+        references, the digests they started on, a successor's), of every VirtualMachine's
+        template, and those being pulled. None before the spool is read."""
+        if not self._applied:
+            return None
+        entries = [*self._desired.vms.values()]
+        used = self._images.pulling()
+        for vm in self._vms.values():
+            if not vm.status.phase.final:
+                entries += [vm.entry, *([vm.successor] if vm.successor else [])]
+                used |= {v.imageID.partition("@")[2] for v in vm.status.volumes.values()}
+        for entry in entries:
+            prepare = entry.planned.plan.prepare if entry.planned else ()
+            used |= {item.image for item in prepare if isinstance(item, ImageOverlay)}
+        return used - {""}
 
     def _alive(self) -> Set[tuple[str, str]] | None:
         """The (namespace, name) of every VMI that exists; None before the spool is read."""
