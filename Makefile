@@ -7,11 +7,15 @@ BIN := $(VENV)/bin
 # dnsmasq and nft for the pod network; ip and nsenter for the network tests; skopeo pulls
 # containerDisks (zstd for zstd layers); the tests push images to Debian's docker-registry,
 # started by each test in a network namespace of its own: on a systemd host the service the
-# package enables (a registry open to the network on :5000) is disabled again at once.
-APT_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 util-linux \
-	skopeo zstd docker-registry curl
+# package enables (a registry open to the network on :5000) is disabled again at once; fish
+# checks `vmid completion fish`.
+# `make install` needs only the first line (and python3-venv for its virtualenv); the tests boot
+# this host's /usr under systemd-nspawn (systemd-container) to run `make install` and systemctl.
+RUNTIME_PACKAGES := qemu-system-x86 qemu-utils ovmf dnsmasq-base nftables iproute2 skopeo zstd \
+	python3-venv
+APT_PACKAGES := $(RUNTIME_PACKAGES) util-linux docker-registry curl systemd systemd-container fish
 
-.PHONY: setup packages lint test run clean golden install bench chaos
+.PHONY: setup packages lint test run clean golden install uninstall bench chaos
 
 setup: packages $(VENV)/.installed
 
@@ -26,12 +30,12 @@ packages:
 		esac; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "vmid needs Python 3.11 or newer"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 lint: setup
@@ -69,15 +73,38 @@ run: setup
 	unshare --net -- $(BIN)/python -m tests.registry $(RUN_ROOT) $(SEED_IMAGE) \
 		$(RUN_ROOT)/guest.qcow2 -- $(BIN)/vmid daemon --root $(RUN_ROOT)
 
-# Install for systemd: the package into /usr/local (pip), the unit, the config with its
-# defaults documented, and the spool. Then: systemctl daemon-reload; systemctl enable --now vmid
-PREFIX ?= /usr/local
-install: packages
-	$(PYTHON) -m pip install --prefix $(PREFIX) .
+# Install for systemd (Debian 12 and the like): vmid in a virtualenv of its own, $(VMID_HOME),
+# with the dependency versions of constraints.txt (Debian's pip installs `--prefix /usr/local`
+# into /usr/local/local, and must not touch the system's Python), /usr/local/bin/vmid linked to
+# it; the unit, the sysusers file (the kvm group), /etc/vmid/vmid.yaml (unless one exists), the
+# spool, the man pages. Then: systemctl enable --now vmid. Again over an installed vmid: its
+# virtualenv is updated in place; `systemctl restart vmid` runs the new one.
+VMID_HOME ?= /opt/vmid
+MANDIR ?= /usr/local/share/man
+# Under systemd, systemd-machined (systemd-container) gives each VM a scope of its own.
+install:
+	$(MAKE) --no-print-directory packages \
+		APT_PACKAGES="$(RUNTIME_PACKAGES) $(if $(wildcard /run/systemd/system),systemd-container)"
+	test -x $(VMID_HOME)/bin/python || $(PYTHON) -m venv $(VMID_HOME)
+	$(VMID_HOME)/bin/pip install -q -c constraints.txt .
+	install -d -m 755 /usr/local/bin
+	ln -sfn $(VMID_HOME)/bin/vmid /usr/local/bin/vmid
 	install -D -m 644 systemd/vmid.service /etc/systemd/system/vmid.service
+	install -D -m 644 systemd/vmid.sysusers /usr/local/lib/sysusers.d/vmid.conf
 	install -d -m 755 /etc/vmid /etc/vmid/instances
 	test -e /etc/vmid/vmid.yaml || install -m 644 conf/vmid.yaml /etc/vmid/vmid.yaml
-	PYTHONPATH=. $(PYTHON) docs/manpages.py $(PREFIX)/share/man  # vmid(8), vmid.yaml(5): from the code
+	$(VMID_HOME)/bin/python docs/manpages.py $(MANDIR)  # vmid(8), vmid.yaml(5): from the code
+	if [ -d /run/systemd/system ]; then systemd-sysusers && systemctl daemon-reload; fi
+
+# Stops and disables the service (its VMs are powered off, or left running with
+# `onDaemonStop: keep`), removes what `make install` put in place; keeps /etc/vmid (the
+# configuration and the spool), /var/lib/vmid and /var/log/vmid.
+uninstall:
+	if [ -d /run/systemd/system ]; then systemctl disable --now vmid.service || true; fi
+	rm -rf $(VMID_HOME)
+	rm -f /usr/local/bin/vmid /etc/systemd/system/vmid.service \
+		/usr/local/lib/sysusers.d/vmid.conf $(MANDIR)/man8/vmid.8 $(MANDIR)/man5/vmid.yaml.5
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

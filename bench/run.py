@@ -30,6 +30,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import pull
 from bench.latency import (
     MANIFEST,
     WITH_NIC,
@@ -403,6 +404,8 @@ def report(results: dict[str, Any]) -> list[str]:
         f"{'met' if sc['daemon_idle_cpu_s'] / sc['idle_seconds'] < 0.01 else 'NOT met'})",
         f"libvirt: {results['libvirt']}",
     ]  # fmt: skip
+    if "cold_pull" in results:
+        lines += ["", *pull.lines(results["cold_pull"])]
     return [line.rstrip() for line in lines]
 
 
@@ -471,6 +474,8 @@ def main() -> None:
             daemon.process.wait(timeout=120)
         print("kill after the grace ...", file=sys.stderr)
         results["kill_lateness"] = kill_lateness(root, max(3, args.runs // 2))
+        print("cold pull ...", file=sys.stderr)
+        results["cold_pull"] = pull.measure(args.runs, 100)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(report(results)))
     if results.get("curve"):

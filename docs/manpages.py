@@ -67,7 +67,7 @@ def _options(parser: argparse.ArgumentParser, skip: set[str] | None = None) -> l
         names = action.option_strings or [action.metavar or action.dest]
         if isinstance(action, argparse._SubParsersAction) or set(names) & (skip or set()):
             continue
-        if action.help and not set(names) & {"-h", "--help"}:
+        if action.help not in (None, argparse.SUPPRESS) and not set(names) & {"-h", "--help"}:
             lines += [
                 ".TP",
                 "\\fB" + roff(", ".join(str(n) for n in names)) + "\\fR",

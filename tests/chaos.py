@@ -39,6 +39,10 @@ MODES = ("obey", "obey", "delay-1", "ignore", "second")
 MEMORY = ("64Mi", "96Mi")
 GRACE = 2
 SETTLE_SECONDS = 60.0
+#: A uid range no other vmid on this host uses (the default one is the nspawn tests' and a
+#: host install's; tests/daemon.py own_uids gives tests 90200-97699): a process of another root
+#: running as one of its VMIs' uids is rightly taken for a QEMU of that VMI vmid lost.
+UIDS = "qemuUids: {first: 98000, count: 500}\n"
 
 
 @attrs.define
@@ -253,7 +257,7 @@ class Chaos:
 
     def _write_config(self) -> None:
         keep = "onDaemonStop: keep\n" if self.keep else ""
-        (self.root / "etc/vmid/vmid.yaml").write_text(fake_config(keep))
+        (self.root / "etc/vmid/vmid.yaml").write_text(fake_config(keep + UIDS))
 
     def _start(self) -> None:
         self._write_config()

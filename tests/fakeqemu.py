@@ -16,6 +16,7 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
   flood-N    write N MiB to its serial console's log and N MiB to stderr as fast as it can,
              then `flood done` to each, then obey
   tick       write a numbered line (1 KiB) to its serial console's log every 10 ms; obey
+  drip       write an empty line (one byte) to its serial console's log every 10 ms; obey
   halt-N     power off by itself N seconds after `cont` (a guest that shuts down)
   ioerror    0.2 s after `cont`, a write to its first disk fails with ENOSPC and, as with
              werror=stop, the guest stops: BLOCK_IO_ERROR, then STOP, runstate io-error
@@ -86,9 +87,10 @@ def main(argv: list[str]) -> int:
         megabytes = int(mode.removeprefix("flood-"))
         threading.Thread(target=flood, args=(console_log(argv), megabytes), daemon=True).start()
         threading.Thread(target=flood, args=(2, megabytes), daemon=True).start()
-    if mode == "tick":
-        threading.Thread(target=tick, args=(console_log(argv),), daemon=True).start()
-    fake = FakeQemu("obey" if mode.startswith("flood-") or mode == "tick" else mode)
+    if mode in ("tick", "drip"):
+        target = tick if mode == "tick" else drip
+        threading.Thread(target=target, args=(console_log(argv),), daemon=True).start()
+    fake = FakeQemu("obey" if mode.startswith("flood-") or mode in ("tick", "drip") else mode)
     fake.disk = option(argv, "-device", r"drive=([^,]+),id=ua-disk-") or "disk0"
     path = option(argv, "-chardev", r"id=charserial0,path=([^,]+)")
     console = None if path is None else Console(path)
@@ -177,6 +179,13 @@ def tick(fd: int) -> None:
         time.sleep(0.01)
 
 
+def drip(fd: int) -> None:
+    """A line of one byte every 10 ms: as many lines, each timed, for as few bytes as can be."""
+    while True:
+        write(fd, b"\n")
+        time.sleep(0.01)
+
+
 def serve_socket(path: str, fake: FakeQemu, console: Console | None) -> None:
     """Greet and answer every QMP client of the socket file `path` (`vmid qmp`, attackers)."""
     listener = socket.socket(socket.AF_UNIX)
@@ -188,7 +197,7 @@ def serve_socket(path: str, fake: FakeQemu, console: Console | None) -> None:
             conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
             for request in requests(conn):
                 if request.get("execute") in ("stop", "cont"):
-                    fake.run(request["execute"] == "cont")
+                    fake.run(request["execute"] == "cont", client=True)
                 result = answer(request, console)
                 conn.sendall(
                     json.dumps({"return": result, "id": request.get("id")}).encode() + b"\r\n"
@@ -316,11 +325,12 @@ class FakeQemu:
                 return True
         return False
 
-    def run(self, running: bool) -> None:
-        """`cont` or `stop`: QEMU's RESUME or STOP when its run state changes."""
+    def run(self, running: bool, client: bool = False) -> None:
+        """`cont` or `stop`: QEMU's RESUME or STOP when its run state changes (a `cont` out of
+        prelaunch too when a client sends it: `vmid unpause` of a VMI started paused)."""
         was = self.runstate
         self.set_runstate("running" if running else "paused")
-        if was != "prelaunch" and (was == "running") != running:
+        if (was != "prelaunch" or client) and (was == "running") != running:
             self.event("RESUME" if running else "STOP")
         if running and self.mode == "ioerror" and self.io_errors == 0:
             self.io_errors += 1

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import trio
 
-from vmid.errors import AgentError
+from tests.daemon import fake_config, manifest, running_daemon
+from vmid import control
+from vmid.api.vmistatus import Condition, QemuStatus, VMIStatus
+from vmid.cli import agent as cli_agent
+from vmid.cli import lifecycle, main
+from vmid.errors import AgentError, AgentRequestError
 from vmid.runtime import agent
 
 pytestmark = pytest.mark.timeout(30)
@@ -142,6 +147,35 @@ async def test_a_silent_agent_times_out(tmp_path: Path, autojump_clock: trio.abc
         nursery.cancel_scope.cancel()
 
 
+async def test_a_channel_closed_under_a_call_is_an_agent_error(tmp_path: Path) -> None:
+    """The agent's task ends (its channel closed) while another task's call waits for an
+    answer: that call fails as the agent failing, never with trio's ClosedResourceError (which
+    escaped the thaw a stopping VMI makes, and left its stop hanging)."""
+    path = tmp_path / "qga.sock"
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await serve_agent(nursery, path, silent)
+        guest = connected_agent(path)
+        failed: list[str] = []
+
+        async def ask() -> None:
+            with pytest.raises(AgentError) as raised:
+                await guest.call("guest-fsfreeze-status", within=30)
+            failed.append(str(raised.value))
+
+        nursery.start_soon(ask)
+        await trio.sleep(0.5)  # connected, waiting for the sync's answer
+        await guest.aclose()
+        await trio.sleep(0.1)
+        assert failed == [
+            "guest-fsfreeze-status: the agent's channel failed: another task closed this fd"
+        ]
+        nursery.cancel_scope.cancel()
+
+
 async def test_no_call_while_the_port_is_closed(tmp_path: Path) -> None:
     guest = agent.GuestAgent("test", tmp_path / "qga.sock", lambda: None)
     with pytest.raises(AgentError, match="not connected"):
@@ -260,3 +294,322 @@ async def test_the_request_socket_refuses_long_requests(tmp_path: Path) -> None:
             assert error in reply["error"]
             await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+# Section: fsfreeze, as KubeVirt's freeze and unfreeze subresources
+
+
+class FreezingAgent:
+    """A qemu-ga whose file systems freeze: guest-fsfreeze-* change its state and, while it is
+    frozen, other commands are refused as qemu-ga refuses them. `fail_freeze`: the freeze fails
+    half-way (one file system stays frozen, as qemu-ga leaves it)."""
+
+    def __init__(self, fail_freeze: bool = False) -> None:
+        self.state = "thawed"
+        self.fail_freeze = fail_freeze
+        self.commands: list[str] = []
+
+    def answer(self, command: str) -> dict[str, Any]:
+        self.commands.append(command)
+        if command == "guest-info":  # while frozen, qemu-ga says all but these are disabled
+            allowed = ("guest-info", "guest-ping", "guest-fsfreeze-status", "guest-fsfreeze-thaw")
+            enabled = {c: self.state == "thawed" or c in allowed for c in agent.REQUIRED_COMMANDS}
+            listed = [{"name": c, "enabled": e} for c, e in enabled.items()]
+            return {"return": {"version": "7.2", "supported_commands": listed}}
+        if command == "guest-fsfreeze-status":
+            return {"return": self.state}
+        if command == "guest-fsfreeze-freeze":
+            self.state = "frozen"
+            if self.fail_freeze:
+                return {"error": {"class": "GenericError", "desc": "failed to freeze /mnt: busy"}}
+            return {"return": 2}
+        if command == "guest-fsfreeze-thaw":
+            self.state = "thawed"
+            return {"return": 2}
+        if self.state == "frozen":
+            return {"error": {"class": "CommandNotFound", "desc": f"{command} has been disabled"}}
+        return {"error": {"class": "CommandNotFound", "desc": "no such command"}}
+
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        async with contextlib.aclosing(requests(stream)) as each:
+            async for request in each:
+                if request["execute"] == "guest-sync-delimited":
+                    token = request["arguments"]["id"]
+                    await stream.send_all(b'\xff{"return": %d}\n' % token)
+                else:
+                    reply = self.answer(request["execute"])
+                    await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    def count(self, command: str) -> int:
+        return self.commands.count(command)
+
+
+Events = list[tuple[str, str, str]]
+
+
+@contextlib.asynccontextmanager
+async def freezing(
+    tmp_path: Path, fake: FreezingAgent
+) -> AsyncGenerator[tuple[agent.GuestAgent, Events], None]:
+    """A running GuestAgent (its poller, its automatic unfreeze) on `fake`, and its events."""
+    path = tmp_path / "qga.sock"
+    events: Events = []
+    async with trio.open_nursery() as nursery:
+        await serve_agent(nursery, path, fake)
+        connected = trio.Event()
+
+        def on_change() -> None:
+            if guest.connected:
+                connected.set()
+
+        guest = agent.GuestAgent("test", path, on_change, lambda *e: events.append(e))
+        nursery.start_soon(guest.run, True)
+        # No deadline: connecting runs in a thread, which an autojump clock does not wait for
+        # (the handshake is retried; the test's own timeout bounds it).
+        await connected.wait()
+        yield guest, events
+        nursery.cancel_scope.cancel()
+
+
+async def test_freeze_and_unfreeze_as_kubevirt(tmp_path: Path) -> None:
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, _):
+        answer = await guest.request("freeze", {"unfreezeTimeout": 60})
+        assert answer == {"frozen": 2, "unfreezeTimeout": 60}
+        assert fake.state == "frozen"
+        assert guest.frozen
+        assert agent.agent_info(guest.report)["fsFreezeStatus"] == "frozen"
+        # Frozen already: nothing is sent again (KubeVirt's FreezeVMI is idempotent).
+        assert await guest.request("freeze") == {"frozen": None, "unfreezeTimeout": 300}
+        assert fake.count("guest-fsfreeze-freeze") == 1
+        assert await guest.request("unfreeze") == {}
+        assert fake.state == "thawed"
+        assert not guest.frozen
+        # Thawed already: no thaw is sent (KubeVirt's UnfreezeVMI does not rerun thaw hooks).
+        await guest.request("unfreeze")
+        assert fake.count("guest-fsfreeze-thaw") == 1
+
+
+async def test_the_unfreeze_timeout_thaws_without_any_client(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The freeze's asker is gone (the CLI ended, or died): the daemon thaws at the timeout."""
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, events):
+        start = trio.current_time()
+        await guest.request("freeze", {"unfreezeTimeout": 30})
+        await trio.sleep(29)
+        assert fake.state == "frozen"
+        await trio.sleep(2)
+        assert fake.state == "thawed"
+        assert not guest.frozen
+        assert trio.current_time() - start == pytest.approx(31)
+        assert events == [
+            (
+                "Warning",
+                "UnfreezeTimeout",
+                "Unfreeze was not called for more than 30 s: thawing the guest",
+            )
+        ]
+        # An unfreeze disarms it: a later freeze with no timeout (0) stays frozen.
+        await guest.request("freeze", {"unfreezeTimeout": 0})
+        await trio.sleep(3600)
+        assert fake.state == "frozen"
+
+
+async def test_an_unfreeze_before_the_timeout_disarms_it(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, events):
+        await guest.request("freeze", {"unfreezeTimeout": 30})
+        await guest.request("unfreeze")
+        await guest.request("freeze", {"unfreezeTimeout": 0})
+        await trio.sleep(60)  # the first freeze's timeout must not thaw the second one
+        assert fake.state == "frozen"
+        assert events == []
+
+
+async def test_freeze_refusals(tmp_path: Path) -> None:
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, events):
+        guest.set_paused(True)
+        with pytest.raises(AgentError) as paused:
+            await guest.request("freeze")
+        assert str(paused.value) == (
+            "Failed to freeze VMI: Requested operation is not valid: domain is not running "
+            "(the VMI is paused: unpause it first)"
+        )
+        with pytest.raises(AgentError, match=r"^Failed to unfreeze VMI: Requested operation"):
+            await guest.request("unfreeze")
+        guest.set_paused(False)
+        for bad in (-1, "5m", 2**31, 1.5):
+            with pytest.raises(AgentError, match="unfreezeTimeout is not a number of seconds"):
+                await guest.request("freeze", {"unfreezeTimeout": bad})
+        guest.port_changed(False)  # the guest closed its agent's port
+        with pytest.raises(AgentError) as gone:
+            await guest.request("freeze")
+        assert str(gone.value) == (
+            "Failed to freeze VMI: Guest agent is not responding: QEMU guest agent is not connected"
+        )
+        assert fake.count("guest-fsfreeze-freeze") == 0
+        # virt-handler's FreezeError event for each failed freeze (not for unfreeze).
+        assert [e[1] for e in events] == ["FreezeError"] * 6
+        assert events[0][2] == str(paused.value)
+
+
+async def test_a_freeze_that_fails_half_way_is_undone(tmp_path: Path) -> None:
+    fake = FreezingAgent(fail_freeze=True)
+    async with freezing(tmp_path, fake) as (guest, events):
+        with pytest.raises(AgentError, match="failed to freeze /mnt: busy"):
+            await guest.request("freeze")
+        assert fake.state == "thawed"  # as virt-freezer: a failed freeze is thawed at once
+        assert not guest.frozen
+        assert events[0][:2] == ("Warning", "FreezeError")
+
+
+async def test_a_freeze_is_thawed_when_the_daemon_stops_supervising(tmp_path: Path) -> None:
+    """The daemon stops (with the VM, or leaving it running for the next one): no freeze of
+    its own is left behind without its automatic unfreeze."""
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, events):
+        await guest.request("freeze", {"unfreezeTimeout": 0})
+        await guest.thaw_before_leaving()
+        assert fake.state == "thawed"
+        assert events == [
+            (
+                "Normal",
+                "Unfrozen",
+                "the guest's file systems were frozen and vmid stops supervising the VMI: thawed",
+            )
+        ]
+        await guest.thaw_before_leaving()  # nothing frozen: nothing sent
+        assert fake.count("guest-fsfreeze-thaw") == 1
+
+
+async def test_a_freeze_found_after_a_take_over_gets_the_default_timeout(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A daemon killed -9 while the guest was frozen: the next one, finding it frozen by no
+    freeze of its own, thaws it after KubeVirt's default unfreeze timeout (5 minutes)."""
+    fake = FreezingAgent()
+    fake.state = "frozen"
+    async with freezing(tmp_path, fake) as (guest, events):
+        await trio.sleep(agent.UNFREEZE_TIMEOUT - 10)
+        assert guest.frozen  # the poller saw it (every 5 s)
+        assert fake.state == "frozen"
+        await trio.sleep(20)
+        assert fake.state == "thawed"
+        assert [e[1] for e in events] == ["UnfreezeTimeout", "UnfreezeTimeout"]
+
+
+async def test_a_paused_guest_is_not_polled(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """As KubeVirt's poller on a domain suspended: every call would only time out."""
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, _):
+        await trio.sleep(1)
+        guest.set_paused(True)
+        await trio.sleep(5)  # whatever poll was under way ends
+        before = len(fake.commands)
+        await trio.sleep(600)
+        assert len(fake.commands) == before
+        guest.set_paused(False)
+        await trio.sleep(1)
+        assert fake.count("guest-fsfreeze-status") > 1
+        assert len(fake.commands) > before
+
+
+@pytest.mark.timeout(60)
+def test_the_freeze_verbs_through_a_daemon(tmp_path: Path) -> None:
+    """`vmid freeze|unfreeze` reach the daemon; a VM whose agent is not connected is refused
+    with KubeVirt's message (and its FreezeError event), as one not running."""
+    with running_daemon(tmp_path, fake_config()) as daemon:  # a fake QEMU: no guest agent
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        frozen = daemon.vmid("freeze", "vm-a", "--unfreeze-timeout", "1m")
+        assert (frozen.returncode, frozen.stdout) == (1, "")
+        assert frozen.stderr == (
+            "vmid: Failed to freeze VMI: Guest agent is not responding: "
+            "QEMU guest agent is not connected\n"
+        )
+        thawed = daemon.vmid("unfreeze", "vm-a")
+        assert thawed.returncode == 1
+        assert thawed.stderr.startswith("vmid: Failed to unfreeze VMI: Guest agent is not")
+        listed = json.loads(daemon.vmid("events", "vm-a", "-o", "json").stdout)["items"]
+        assert [e["message"] for e in listed if e["reason"] == "FreezeError"] == [
+            frozen.stderr.removeprefix("vmid: ").strip()
+        ]
+        assert "fsFreezeStatus" not in daemon.status("vm-a")["status"]  # type: ignore[index]
+        gone = daemon.vmid("freeze", "nope")
+        assert gone.returncode == 1
+
+
+@pytest.mark.parametrize("duration", ["5", "500ms", "-1m", "1x", "5m ", "100000000h"])
+def test_an_unfreeze_timeout_is_a_go_duration_of_whole_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], duration: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["freeze", "vm", "--unfreeze-timeout", duration, "--root", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "--unfreeze-timeout" in capsys.readouterr().err
+
+
+def test_soft_reboot_falls_back_to_acpi_when_the_agent_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AgentConnected was True when the status was written, but the agent is gone by now (or
+    hangs): the guest still reboots, through the ACPI power button (KubeVirt ignores libvirt's
+    agent-unresponsive error: nothing would reboot)."""
+    asked: list[str] = []
+
+    def failing(qemu: QemuStatus, verb: str, *_: Any) -> Any:
+        asked.append(verb)
+        raise AgentRequestError(agent.NOT_CONNECTED)
+
+    monkeypatch.setattr(cli_agent, "request", failing)
+    monkeypatch.setattr(control, "soft_reboot", lambda *_: asked.append("acpi"))
+    connected = VMIStatus(conditions=(Condition("AgentConnected", "True"),))
+    qmp = tmp_path / "qmp.sock"
+    lifecycle._soft_reboot("web", qmp, QemuStatus(), connected, paused=False)
+    assert asked == ["soft-reboot", "acpi"]
+    assert capsys.readouterr().err == (
+        "vmid: the guest agent failed (VMI does not have guest agent connected): "
+        "the ACPI power button\n"
+    )
+    asked.clear()
+    with pytest.raises(AgentRequestError):  # no ACPI: the agent's error is the answer
+        lifecycle._soft_reboot("web", qmp, QemuStatus(acpi=False), connected, paused=False)
+    assert asked == ["soft-reboot"]
+
+
+async def test_a_frozen_agent_is_not_judged_unsupported(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """qemu-ga disables its other commands while frozen: a guest-info polled then must not
+    make it AgentVersionNotSupported (its support is what it said thawed)."""
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, _):
+        assert agent.unsupported_reason(guest.report) is None
+        await guest.request("freeze", {"unfreezeTimeout": 0})
+        await trio.sleep(agent.VERSION_INTERVAL * 2)  # guest-info polled meanwhile
+        assert fake.count("guest-info") > 2
+        assert agent.unsupported_reason(guest.report) is None
+        assert agent.agent_info(guest.report)["supportedCommands"][0]["enabled"] is True
+
+
+async def test_the_automatic_unfreeze_waits_for_an_agent_that_restarts(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """qemu-ga killed while frozen (the guest's file systems stay frozen, and the next qemu-ga
+    knows it): the automatic unfreeze is retried until the agent is back, then thaws."""
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, events):
+        await guest.request("freeze", {"unfreezeTimeout": 30})
+        guest.port_changed(False)
+        await trio.sleep(40)
+        assert fake.state == "frozen"  # due at 30 s, but the agent is gone
+        guest.port_changed(True)
+        await trio.sleep(agent.RETRY_SECONDS + 1)
+        assert fake.state == "thawed"
+        assert not guest.frozen
+        assert [e[1] for e in events] == ["UnfreezeTimeout"]

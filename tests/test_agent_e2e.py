@@ -32,9 +32,17 @@ pytestmark = [
 MULTUS_BRIDGE = "br-static"
 
 
-def manifest(name: str, user_data: list[str], multus: bool = False, probes: str = "") -> str:
+def manifest(
+    name: str, user_data: list[str], multus: bool = False, probes: str = "", data: bool = False
+) -> str:
+    """The test guest; `data`: with a blank disk of serial DATA (`vmid-test-fs: DATA` puts a
+    file system on it)."""
     interfaces = "      - name: default\n        masquerade: {}\n"
     networks = "  - name: default\n    pod: {}\n"
+    disks = volumes = ""
+    if data:
+        disks = "      - name: data\n        serial: DATA\n        disk: {bus: virtio}\n"
+        volumes = "  - name: data\n    emptyDisk: {capacity: 16Mi}\n"
     if multus:
         interfaces += "      - name: net1\n        bridge: {}\n"
         networks += f"  - name: net1\n    multus: {{networkName: {MULTUS_BRIDGE}}}\n"
@@ -53,12 +61,12 @@ spec:
         disk: {{bus: virtio}}
       - name: cloudinit
         disk: {{bus: virtio}}
-      interfaces:
+{disks}      interfaces:
 {interfaces}  networks:
 {networks}  volumes:
   - name: root
     containerDisk: {{image: {SEED_IMAGE}}}
-  - name: cloudinit
+{volumes}  - name: cloudinit
     cloudInitNoCloud:
       userData: |-
 {lines}"""
@@ -165,17 +173,90 @@ def test_agent_status_verbs_static_address_and_soft_reboot(daemon: Daemon) -> No
     assert daemon.phase("ga") == "Running"
 
 
+def data_writes(daemon: Daemon, name: str) -> int:
+    """How many lines the guest's writer has written to its data file system so far."""
+    return len(re.findall(r"VMID-GUEST: data \d+", console(daemon, name)))
+
+
+def freeze_status(daemon: Daemon, name: str) -> str | None:
+    value = (daemon.status(name) or {}).get("status", {}).get("fsFreezeStatus")
+    return None if value is None else str(value)
+
+
+def test_freeze_and_unfreeze_a_real_guests_file_systems(daemon: Daemon) -> None:
+    """fsfreeze through the real qemu-ga: the guest's writer on its ext4 disk stops while it is
+    frozen and goes on once thawed, by `vmid unfreeze`, by the unfreeze timeout with no client
+    left, and by the daemon itself before it powers the VM off."""
+    daemon.drop("fz.yaml", manifest("fz", ["# vmid-test-fs: DATA"], data=True))
+    daemon.wait_for("AgentConnected", lambda: agent_connected(daemon, "fz"), timeout=150)
+    daemon.wait_for("the guest's writes", lambda: data_writes(daemon, "fz") >= 2, timeout=60)
+    assert "VMID-GUEST: data fs on vdc" in console(daemon, "fz")
+
+    frozen = daemon.vmid("freeze", "fz", "--unfreeze-timeout", "2m")
+    assert frozen.returncode == 0, frozen.stderr
+    assert frozen.stdout == (
+        "VMI fz was frozen (1 file system), thawed automatically in 120 s unless unfrozen first\n"
+    )
+    assert freeze_status(daemon, "fz") == "frozen"
+    assert verb(daemon, "guestosinfo", "fz")["fsFreezeStatus"] == "frozen"
+    time.sleep(3)  # a line written just before the freeze may still be said
+    held = data_writes(daemon, "fz")
+    time.sleep(5)
+    assert data_writes(daemon, "fz") == held  # the writer waits on the frozen file system
+    again = daemon.vmid("freeze", "fz")
+    assert again.stdout == "VMI fz is frozen already (its unfreeze timeout is unchanged)\n"
+
+    thawed = daemon.vmid("unfreeze", "fz")
+    assert (thawed.returncode, thawed.stdout) == (0, "VMI fz was unfrozen\n")
+    assert freeze_status(daemon, "fz") is None
+    daemon.wait_for("writes again", lambda: data_writes(daemon, "fz") > held + 1)
+
+    # The unfreeze timeout: the daemon thaws the guest with no client left.
+    assert daemon.vmid("freeze", "fz", "--unfreeze-timeout", "3s").returncode == 0
+    held = data_writes(daemon, "fz") + 1
+    daemon.wait_for("the automatic unfreeze", lambda: freeze_status(daemon, "fz") is None)
+    daemon.wait_for("writes again", lambda: data_writes(daemon, "fz") > held + 1)
+    assert "UnfreezeTimeout: Unfreeze was not called for more than 3 s: thawing the guest" in (
+        event_messages(daemon, "fz")
+    )
+
+    # Frozen when the VMI stops: thawed first, then the ACPI power-off.
+    assert daemon.vmid("freeze", "fz").returncode == 0
+    deleted = daemon.vmid("delete", "vmi", "fz")
+    assert deleted.returncode == 0, deleted.stderr
+    messages = event_messages(daemon, "fz")
+    unfrozen = messages.index(
+        "Unfrozen: the guest's file systems were frozen and vmid stops supervising the VMI: thawed"
+    )
+    assert unfrozen < messages.index("ShuttingDown: Signaled Graceful Shutdown (ACPI)")
+    assert "fz: ended Succeeded the guest powered off" in daemon.log_text()
+
+
 def test_an_agent_killed_in_the_guest_reconnects(daemon: Daemon) -> None:
-    daemon.drop("kill.yaml", manifest("kill", ["# vmid-test-agent-kill: 20"]))
+    """An agent lacking a required command (KubeVirt's AgentVersionNotSupported), killed in
+    the guest and restarted: the conditions go with it and come back."""
+    user_data = ["# vmid-test-agent-kill: 20", "# vmid-test-agent-block: guest-get-osinfo"]
+    daemon.drop("kill.yaml", manifest("kill", user_data))
     daemon.wait_for("AgentConnected", lambda: agent_connected(daemon, "kill"), timeout=150)
+    unsupported = conditions(daemon, "kill")["AgentVersionNotSupported"]
+    assert (unsupported["status"], unsupported["reason"]) == (
+        "True",
+        "This guest agent doesn't support required basic commands",
+    )
     daemon.wait_for("the kill", lambda: "VMID-GUEST: agent killed" in console(daemon, "kill"))
     daemon.wait_for("AgentConnected gone", lambda: not agent_connected(daemon, "kill"))
+    assert "AgentVersionNotSupported" not in conditions(daemon, "kill")
     daemon.wait_for("AgentConnected again", lambda: agent_connected(daemon, "kill"), timeout=60)
     assert console(daemon, "kill").count("VMID-GUEST: agent started") == 2
+    assert conditions(daemon, "kill")["AgentVersionNotSupported"]["status"] == "True"
 
 
 def test_a_guest_without_an_agent(daemon: Daemon) -> None:
-    daemon.drop("bare.yaml", manifest("bare", ["# vmid-test: no-agent"]))
+    probe = """  readinessProbe:
+    exec: {command: ["/bin/true"]}
+    periodSeconds: 2
+"""
+    daemon.drop("bare.yaml", manifest("bare", ["# vmid-test: no-agent"], probes=probe))
     daemon.wait_for(
         "the guest", lambda: "VMID-GUEST: ready" in console(daemon, "bare"), timeout=150
     )
@@ -184,6 +265,17 @@ def test_a_guest_without_an_agent(daemon: Daemon) -> None:
     done = daemon.vmid("guestosinfo", "bare")
     assert done.returncode == 1
     assert done.stderr == "vmid: VMI does not have guest agent connected\n"
+    # A probe that needs the agent fails, saying why: the VMI is never Ready.
+    assert ready(daemon, "bare")["reason"] == "ContainersNotReady"
+    assert "Unhealthy: Readiness probe failed: the guest agent is not connected" in (
+        event_messages(daemon, "bare")
+    )
+    frozen = daemon.vmid("freeze", "bare")
+    assert frozen.returncode == 1
+    assert frozen.stderr == (
+        "vmid: Failed to freeze VMI: Guest agent is not responding: "
+        "QEMU guest agent is not connected\n"
+    )
     # soft-reboot falls back to the ACPI power button (the guest powers off: vmid resets it).
     assert daemon.vmid("soft-reboot", "bare").returncode == 0
     assert "VMID-GUEST: powering off" in console(daemon, "bare")

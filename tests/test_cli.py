@@ -651,13 +651,40 @@ def test_a_log_the_caller_cannot_read_is_a_message_not_a_traceback(tmp_path: Pat
 def test_every_verb_says_what_it_does_with_examples_and_helps_every_argument() -> None:
     commands = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
     lacking = []
-    for verb, parser in commands.choices.items():
+    image = next(
+        a for a in commands.choices["image"]._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    verbs = {**commands.choices, **{f"image {k}": v for k, v in image.choices.items()}}
+    for verb, parser in verbs.items():
         if verb != "version" and not (parser.description and "examples:" in (parser.epilog or "")):
             lacking.append(f"{verb}: description or examples")
         for action in parser._actions:
             if action.help is None and not isinstance(action, argparse._SubParsersAction):
                 lacking.append(f"{verb}: {action.dest}")
     assert lacking == []
+
+
+def test_each_verb_offers_only_the_global_flags_it_means_something_by(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = cli._parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    reads_the_config = {"daemon", "apply", "validate", "render", "image"}
+    no_namespace = {"daemon", "validate", "render", "image", "version", "completion"}
+    for verb, verb_parser in commands.choices.items():
+        usage = verb_parser.format_usage()
+        assert ("--root DIR" in usage) == (verb not in ("version", "completion")), usage
+        assert ("--config FILE" in usage) == (verb in reads_the_config), usage
+        assert ("-n NS" in usage) == (verb not in no_namespace), usage
+    # Accepted all the same, before or after the verb, as kubectl's global flags.
+    for argv in (
+        ["version", "-n", "x", "--config", "/nope", "--root", "/nope"],
+        ["-n", "x", "version"],
+    ):
+        assert cli.main(argv) == 0
+    assert capsys.readouterr().out.count("vmid version") == 2
+    assert parser.parse_args(["image", "list", "-n", "x"]).namespace == "x"
+    assert parser.parse_args(["-n", "x", "get"]).namespace == "x"
 
 
 @pytest.mark.timeout(60)
@@ -675,4 +702,5 @@ def test_man_pages_are_made_from_the_parser_and_the_config_and_render(tmp_path: 
         assert shown.stderr == ""
         assert shown.stdout
     assert "vmid restart [-h]" in (tmp_path / "man8/vmid.8").read_text()
+    assert "SUPPRESS" not in (tmp_path / "man8/vmid.8").read_text()  # a hidden argument's help
     assert "onDaemonStop: stop" in (tmp_path / "man5/vmid.yaml.5").read_text()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -266,6 +268,25 @@ def test_sigterm_stops_every_vm_gracefully_in_parallel(tmp_path: Path) -> None:
         assert "vmid stopped" in log
 
 
+def test_vms_the_daemons_stop_powered_off_run_again_at_its_next_start(tmp_path: Path) -> None:
+    """`systemctl restart vmid` (or stop, then start) with `onDaemonStop: stop`: the VMs come
+    back, as after a reboot; a guest that powered itself off stays off (KubeVirt's VMI)."""
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.drop("b.yaml", manifest("vm-b", mode="halt-0"))
+        daemon.wait_phase("vm-a", "Running")
+        daemon.wait_phase("vm-b", "Succeeded")
+        pid = daemon.pid("vm-a")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+        assert daemon.phase("vm-a") == "Succeeded"
+    with running_daemon(tmp_path, fake_config()) as again:
+        again.wait_phase("vm-a", "Running")
+        assert again.pid("vm-a") != pid
+        assert "vm-a: powered off as vmid stopped: starting it again" in again.log_text()
+        assert again.phase("vm-b") == "Succeeded"
+
+
 def test_keep_then_a_new_daemon_re_adopts_the_running_vm(tmp_path: Path) -> None:
     left = leave_running(tmp_path, "vm-a")
     pid, created = left["status"]["qemu"]["pid"], left["metadata"]["creationTimestamp"]
@@ -303,6 +324,22 @@ def test_a_manifest_removed_while_the_daemon_was_down_is_honoured(tmp_path: Path
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_state_a_vmi_kept_between_two_runs_goes_when_its_manifest_went_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Found by tests/chaos.py (seed 92): the daemon killed while a VMI restarts for a new spec
+    (its status and runtime directory gone, its uid and firmware UUID kept for the next run),
+    its manifest then removed: the next daemon found no status, and the uid stayed taken."""
+    pid = leave_running(tmp_path, "vm-a")["status"]["qemu"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    state = tmp_path / "var/lib/vmid/namespaces/default/vm-a"
+    shutil.rmtree(tmp_path / "run/vmid/namespaces/default/vm-a")
+    assert sorted(p.name for p in state.iterdir()) == ["firmware-uuid", "uid"]
+    (tmp_path / "etc/vmid/instances/vm-a.yaml").unlink()
+    with running_daemon(tmp_path, fake_config()):
+        assert not state.exists()
 
 
 def test_a_vm_that_died_while_the_daemon_was_down_ends_failed(tmp_path: Path) -> None:
@@ -959,3 +996,68 @@ def test_a_keep_stop_while_a_removed_vmi_is_taken_over_leaves_its_qemu_its_files
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+_FORK = """
+import json, os, re, socket, sys
+argv, control, ready = json.loads(sys.argv[1])
+os.chdir(os.path.dirname(control) + "/qemu")  # as the daemon's fork: cwd set, exec still to come
+os.unlink(control)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind("../control.sock")  # relative: the absolute path is longer than sun_path
+listener.listen(4)
+fd = listener.fileno()
+os.set_inheritable(fd, True)
+argv = [re.sub(r"id=vmid-control,fd=\\d+", f"id=vmid-control,fd={fd}", a) for a in argv]
+os.read(ready, 1)
+os.execvp(argv[0], argv)
+"""
+
+
+def test_a_fork_killed_with_its_daemon_before_exec_is_taken_over_once_it_is_qemu(
+    tmp_path: Path,
+) -> None:
+    """The daemon dies between forking a QEMU and its exec, and the manifest goes meanwhile.
+    The fork (the daemon's own executable, in the VMI's directory) becomes that QEMU a moment
+    later: the next daemon must wait for it, never remove the directory under it (an orphan
+    in a deleted directory no daemon can find), and stop it."""
+    status = leave_running(tmp_path, "vm-a")
+    pid = status["status"]["qemu"]["pid"]
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().rstrip("\0").split("\0")
+    os.kill(pid, signal.SIGKILL)  # what it was about to become: the fork below
+    directory = tmp_path / "run/vmid/namespaces/default/vm-a"
+    ready, go = os.pipe()
+    spec = json.dumps([argv, str(directory / "control.sock"), ready])
+    fork = subprocess.Popen(
+        [sys.executable, "-c", _FORK, spec], pass_fds=[ready], stdout=subprocess.DEVNULL
+    )
+    os.close(ready)
+    log = tmp_path / "daemon.log"
+
+    def exec_once_surveyed() -> None:  # the next daemon has looked: let the fork exec
+        waiting = "waiting for their exec"
+        while directory.exists() and waiting not in _text(log) and fork.poll() is None:
+            time.sleep(0.01)
+        os.write(go, b"x")
+
+    (tmp_path / "etc/vmid/instances/vm-a.yaml").unlink()  # removed while vmid was down
+    surveyed = threading.Thread(target=exec_once_surveyed)
+    try:
+        log.unlink()
+        surveyed.start()
+        with running_daemon(tmp_path, fake_config()) as again:
+            assert fork.wait(timeout=30) == 0  # stopped gracefully: it powered off
+            again.wait_phase("vm-a", None)
+            assert f"found its QEMU (pid {fork.pid}) running" in again.log_text()
+    finally:
+        surveyed.join()
+        os.close(go)
+        fork.kill()
+        fork.wait()
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

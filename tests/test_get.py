@@ -4,6 +4,7 @@ and kubectl's AGE format."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -131,6 +132,43 @@ def test_bash_completion_of_verbs_flags_and_names(daemon: Daemon, tmp_path: Path
     assert complete("get", "--no") == ["--no-headers"]
     assert complete("--root", str(daemon.root), "logs", "w") == ["web"]
     assert sorted(complete("--root", str(daemon.root), "restart", "")) == ["db", "web"]
+
+
+@pytest.mark.timeout(60)
+def test_fish_completion_of_verbs_flags_and_names(daemon: Daemon, tmp_path: Path) -> None:
+    script = tmp_path / "vmid.fish"
+    generated = [sys.executable, "-m", "vmid.cli", "completion", "fish"]
+    script.write_text(subprocess.run(generated, capture_output=True, text=True, check=True).stdout)
+    assert subprocess.run(["fish", "--no-execute", script], timeout=30).returncode == 0
+    wrapper = tmp_path / "bin/vmid"  # `vmid` as fish finds it on PATH
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m vmid.cli "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+
+    def complete(line: str) -> list[str]:
+        code = f"source {script}; complete --do-complete '{line}'"
+        done = subprocess.run(
+            ["fish", "--no-config", "-c", code], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    assert complete("vmid re") == [
+        "render\tprint the QEMU command line vmid would run",
+        "reset\thard-reset a VMI, as the reset button does",
+        "restart\tstop a VMI gracefully and start it again (virtctl restart)",
+    ]
+    assert complete("vmid get --no") == ["--no-headers\tno header line in tables"]
+    assert complete("vmid completion ") == ["bash", "fish", "zsh"]
+    root = str(daemon.root)
+    assert complete(f"vmid --root {root} logs w") == ["web"]
+    assert complete(f"vmid logs --root {root} ") == ["db", "web"]
+    assert complete(f"vmid -n other --root {root} describe ") == []
+    assert [c.split("\t")[0] for c in complete(f"vmid --root {root} logs web --s")] == [
+        "--since",
+        "--since-time",
+    ]
 
 
 @pytest.mark.timeout(60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -206,6 +207,20 @@ def test_illegal_phase_transitions_are_bugs(tmp_path: Path) -> None:
         status.transition(Phase.RUNNING)
     with pytest.raises(IllegalTransition):
         Status(tmp_path / "s.json", {}).transition(Phase.RUNNING)
+
+
+def test_a_status_closed_for_removal_never_brings_its_directory_back(tmp_path: Path) -> None:
+    """Found by tests/chaos.py (seed 102): a broken edit of a VMI's file reached it while its
+    files were being removed; writing Synchronized=False recreated its status, which stayed
+    after the VMI was gone."""
+    directory = tmp_path / "namespaces/default/vm-a"
+    status = Status(directory / "status.json", {})
+    status.write()
+    status.close()
+    shutil.rmtree(directory)
+    status.condition("Synchronized", False, "InvalidManifest", "vm-a.yaml:13:1: invalid YAML")
+    status.write()
+    assert not directory.exists()
 
 
 def conditions(instance: Instance) -> dict[str, dict[str, str]]:

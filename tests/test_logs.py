@@ -26,13 +26,18 @@ SMALL_BYTES = 64 * 1024
 
 def sizes(log: Path) -> dict[str, int]:
     """The sizes of `log` and of its rotated files, by name."""
-    return {p.name: p.stat().st_size for p in log.parent.glob(f"{log.name}*") if p.is_file()}
+    index = logfile.times_path(log).name
+    found = log.parent.glob(f"{log.name}*")
+    return {p.name: p.stat().st_size for p in found if not p.name.startswith(index)}
 
 
 def assert_bounded(log: Path, max_bytes: int, backups: int) -> None:
-    found = sizes(log)
-    assert set(found) <= {log.name, *(f"{log.name}.{n}" for n in range(1, backups + 1))}, found
-    assert all(size <= max_bytes for size in found.values()), found
+    """`log`, its rotated files and their time indexes (a console's) are bounded."""
+    for files, limit in ((log, max_bytes), (logfile.times_path(log), max_bytes // 4)):
+        found = sizes(files)
+        names = {files.name, *(f"{files.name}.{n}" for n in range(1, backups + 1))}
+        assert set(found) <= names, found
+        assert all(size <= limit for size in found.values()), found
     for path in log.parent.glob(f"{log.name}*"):
         info = path.lstat()
         assert (info.st_uid, info.st_mode & 0o777) == (os.geteuid(), 0o600), path
@@ -132,6 +137,8 @@ def test_a_guest_flooding_its_console_keeps_console_and_qemu_logs_bounded(tmp_pa
             wait_for_file_text(daemon, log, "flood done")
             assert_bounded(log, SMALL_BYTES, 2)
             assert sum(sizes(log).values()) > SMALL_BYTES  # it did rotate
+        assert sizes(logfile.times_path(logs / "console.log"))  # the console's lines are timed
+        assert not sizes(logfile.times_path(logs / "qemu.log"))
         printed = daemon.vmid("logs", "vm-a").stdout
         assert printed.endswith("x\nflood done\n")
         assert len(printed) == sum(sizes(logs / "console.log").values())

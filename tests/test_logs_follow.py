@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import subprocess
 import sys
@@ -22,7 +23,10 @@ def ticks(text: str) -> list[int]:
 
 
 def last(log: Path) -> int:
-    numbers = ticks(log.read_text(errors="replace"))
+    try:
+        numbers = ticks(log.read_text(errors="replace"))
+    except FileNotFoundError:  # rotated, the new file not made yet
+        return 0
     return numbers[-1] if numbers else 0
 
 
@@ -40,11 +44,12 @@ def runs(numbers: list[int]) -> list[list[int]]:
 class Follow:
     """`vmid logs NAME -f` writing into a file: a pipe nobody reads yet would hold it up."""
 
-    def __init__(self, daemon: Daemon, name: str) -> None:
+    def __init__(self, daemon: Daemon, name: str, *flags: str) -> None:
         self._out = daemon.root / "follow.out"
+        command = ["logs", name, "-f", *flags, "--root", str(daemon.root)]
         with self._out.open("w") as out:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "vmid.cli", "logs", name, "-f", "--root", str(daemon.root)],
+                [sys.executable, "-m", "vmid.cli", *command],
                 stdout=out,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -77,6 +82,32 @@ def test_logs_follow_across_rotations_until_deleted(tmp_path: Path) -> None:
     assert following.returncode == 0, err
     (numbers,) = runs(ticks(out))  # nothing lost or repeated across the rotations
     assert numbers[-1] > begun + 120
+
+
+def test_logs_follow_with_timestamps_across_rotations(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "root", fake_config(SMALL_LOGS)) as daemon:
+        daemon.drop("tick.yaml", manifest("tick", mode="tick"))
+        daemon.wait_phase("tick", "Running")
+        log = daemon.root / "var/log/vmid/namespaces/default/tick/console.log"
+        daemon.wait_for("a rotation", lambda: last(log) > 20)
+        started = datetime.datetime.now(datetime.UTC)
+        following = Follow(daemon, "tick", "--timestamps", "--tail", "5")
+        begun = last(log)
+        daemon.wait_for("7 rotations", lambda: last(log) > begun + 120)
+        assert daemon.vmid("delete", "vmi", "tick").returncode == 0
+        out, err = following.communicate(timeout=30)
+    assert following.returncode == 0, err
+    lines = out.splitlines()
+    stamped = [re.fullmatch(r"(\S+Z) (tick \d{8} \.+)", line) for line in lines]
+    assert all(stamped), [line for line, m in zip(lines, stamped, strict=True) if not m][:3]
+    times = [datetime.datetime.fromisoformat(m[1][:26] + "Z") for m in stamped if m]
+    assert times == sorted(times)
+    # --tail 5: lines of a moment before it read them, not the older ones (however slow it
+    # was to start on a loaded machine).
+    assert times[0] > started - datetime.timedelta(seconds=1)
+    assert times[-1] - times[0] > datetime.timedelta(seconds=1)
+    (numbers,) = runs(ticks("\n".join(m[2] for m in stamped if m)))
+    assert len(numbers) > 125
 
 
 def test_logs_follow_a_restart(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import signal
 import stat
 import subprocess
@@ -144,7 +146,9 @@ def test_images_that_are_no_containerdisk_are_refused(
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert vmid(server, root, "image", "list").stdout.splitlines()[1:] == []
-    assert not [p for p in (root / "var/lib/vmid/images").iterdir() if p.name != "sha256"]
+    assert not [
+        p for p in (root / "var/lib/vmid/images").iterdir() if p.name not in ("sha256", ".lock")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -185,18 +189,23 @@ def test_a_qcow2_disk_is_stored_raw_and_path_picks_the_file(
     assert (stored / "disk.img").read_bytes() == b"\0" * (2 << 20)  # converted to raw
 
 
+@pytest.mark.parametrize("how", ["garbled", "truncated"])
 def test_a_blob_the_registry_corrupted_is_refused(
-    server: Registry, root: Path, tmp_path: Path
+    server: Registry, root: Path, tmp_path: Path, how: str
 ) -> None:
     layer = raw_disk(1 << 20, b"good")
     push(server, tmp_path, "corrupt/disk:1", [[("disk/disk.img", layer)]])
     for blob in (server.directory / "data/docker/registry/v2/blobs").rglob("data"):
         data = blob.read_bytes()
-        if data.startswith(b"\x1f\x8b"):  # the layer: same size, other bytes
-            blob.write_bytes(data[:-16] + bytes(16))
+        if data.startswith(b"\x1f\x8b"):  # the layer: same size, other bytes; or half of it
+            blob.write_bytes(data[:-16] + bytes(16) if how == "garbled" else data[: len(data) // 2])
     done = vmid(server, root, "image", "pull", f"{HOST}/corrupt/disk:1")
     assert done.returncode == 1
-    assert "digest" in done.stderr.lower()
+    assert "a layer the registry sent does not match its digest (corrupt, or cut short)" in (
+        done.stderr
+    )
+    assert "skopeo: writing blob: happened during read: Digest did not match" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not list((root / "var/lib/vmid/images").rglob("disk.img"))
 
 
@@ -216,12 +225,13 @@ def copied(tmp_path: Path, layers: Layers) -> tuple[Path, str]:
     return directory, digest
 
 
-def test_vmid_checks_every_layer_it_reads_against_its_digest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["garbled", "truncated"])
+def test_vmid_checks_every_layer_it_reads_against_its_digest(tmp_path: Path, how: str) -> None:
     directory, digest = copied(tmp_path, [[("disk/disk.img", raw_disk())]])
     manifest_data = json.loads((directory / "manifest.json").read_text())
     layer = directory / manifest_data["layers"][0]["digest"][7:]
     data = layer.read_bytes()
-    layer.write_bytes(data[:-8] + bytes(8))
+    layer.write_bytes(data[:-8] + bytes(8) if how == "garbled" else data[: len(data) // 2])
     with pytest.raises(PullError, match="does not match its digest: the registry sent other"):
         extract_disk(directory, digest, None, tmp_path / "disk", 1 << 30)
     assert not (tmp_path / "disk").exists()  # refused before anything was decompressed
@@ -362,6 +372,68 @@ def test_a_registry_down_then_up_backs_off_then_runs(
         assert {"Failed", "BackOff", "Pulled"} <= set(reasons)
 
 
+def throttle(server: Registry, rate: str | None) -> None:
+    """Slow the registry's loopback (in its namespace) to `rate`, or let it run free (None)."""
+    if rate is None:
+        server.run("tc", "qdisc", "del", "dev", "lo", "root")
+    else:
+        limit = ["tbf", "rate", rate, "burst", "256kb", "latency", "1s"]
+        server.run("tc", "qdisc", "add", "dev", "lo", "root", *limit)
+
+
+def ready(daemon: Daemon, name: str) -> dict[str, str]:
+    data = daemon.status(name)
+    found = (
+        [c for c in data["status"].get("conditions", []) if c["type"] == "Ready"] if data else []
+    )
+    return found[0] if found else {}
+
+
+def test_a_pull_shows_progress_and_a_registry_killed_mid_pull_leaves_nothing_behind(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    disk = os.urandom(32 << 20)  # incompressible: 32 MiB on the wire
+    digest = push(server, tmp_path, "big/disk:1", [[("disk/disk.img", disk)]])
+    throttle(server, "40mbit")  # 5 MB/s: about 7 s for the image
+    ref = f"{HOST}/big/disk:1"
+    with pulling_daemon(server, root, backoff=2) as daemon:
+        daemon.drop("a.yaml", disk_vmi("vm-a", ref))
+        progress = re.compile(rf'Pulling image "{ref}": [1-9][0-9.]*Mi of 32Mi \([0-9]+%\), ')
+        daemon.wait_for(
+            "progress", lambda: bool(progress.match(ready(daemon, "vm-a").get("message", "")))
+        )
+        assert ready(daemon, "vm-a")["reason"] == "Pulling"
+        described = daemon.vmid("describe", "vm-a").stdout
+        assert re.search(rf'Ready +False +Pulling +Pulling image "{ref}": .* of 32Mi', described)
+        assert re.search(
+            rf"image {ref}: [0-9.]+Mi of 32Mi \([0-9]+%\) copied so far", daemon.log_text()
+        )
+        assert server.process is not None
+        server.process.kill()  # kill -9, mid-copy
+        server.process.wait()
+        daemon.wait_for("ErrImagePull", lambda: reason(daemon, "vm-a") == "ErrImagePull")
+        message = ready(daemon, "vm-a")["message"]
+        assert message.startswith(f'Failed to pull image "{ref}": '), message
+        # The registry gone mid-layer (or, if it went between two requests, refusing them).
+        broken = ("ended in the middle of a layer", "connection reset", "connection refused")
+        assert any(words in message for words in broken), message
+        assert "internal error" not in message
+        images = root / "var/lib/vmid/images"
+        assert not list(images.rglob("disk.img"))  # nothing half-copied is stored
+        assert not [p for p in images.iterdir() if p.name.startswith(".staging")]
+        daemon.wait_for("ImagePullBackOff", lambda: reason(daemon, "vm-a") == "ImagePullBackOff")
+        throttle(server, None)
+        server.start()
+        daemon.wait_phase("vm-a", "Running", timeout=60)
+        assert content(root, digest).read_bytes() == disk
+        assert ready(daemon, "vm-a").get("reason") != "Pulling"
+        [pulled] = [m for r, m in events(daemon, "vm-a") if r == "Pulled"]
+        kubelet = rf'Successfully pulled image "{re.escape(ref)}" in [0-9.]+s \([0-9.]+s including '
+        assert re.match(
+            kubelet + rf"waiting\). Image size: {len(disk)} bytes. Digest: {digest}$", pulled
+        )
+
+
 def test_ten_vmis_on_one_new_image_make_one_pull(
     server: Registry, root: Path, tmp_path: Path
 ) -> None:
@@ -470,3 +542,123 @@ def test_a_manifest_naming_a_blob_outside_the_copy_is_refused(
     (directory / "manifest.json").write_bytes(raw)
     with pytest.raises(PullError, match="not a sha256 digest"):
         extract_disk(directory, pulling.digest_of(raw), None, tmp_path / "disk", 1 << 20)
+
+
+HALTED_VM = """apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: vm-halted}
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        memory: {guest: 64Mi}
+        devices:
+          autoattachPodInterface: false
+          disks: [{name: root}]
+      volumes: [{name: root, containerDisk: {image: IMAGE}}]
+"""
+
+
+def test_image_gc_removes_unused_images_and_never_one_in_use(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    images = root / "var/lib/vmid/images"
+    images.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", images], check=True)
+    try:
+        digests = {
+            name: push(server, tmp_path, f"gc/{name}:1", [[("disk/disk.img", os.urandom(2 << 20))]])
+            for name in ("running", "template", "old", "older")
+        }
+        # Collect all it can, every second: whatever is kept is kept for being in use.
+        gc = "imageGC: {highThresholdPercent: 1, lowThresholdPercent: 1, minimumAgeSeconds: 0, "
+        config = fake_config(f"images: {{pullBackoffSeconds: 10}}\n{gc}periodSeconds: 1}}\n")
+        with running_daemon(root, config, prefix=server.prefix) as daemon:
+            daemon.drop("vm.yaml", HALTED_VM.replace("IMAGE", f"{HOST}/gc/template:1"))
+            daemon.drop("a.yaml", disk_vmi("vm-a", f"{HOST}/gc/running:1"))  # pulled meanwhile
+            daemon.wait_phase("vm-a", "Running")
+            for name in ("template", "older", "old"):
+                done = vmid(server, root, "image", "pull", f"{HOST}/gc/{name}:1")
+                assert done.returncode == 0, done.stderr
+            lines = [
+                f"removed image {digests[n]} ({HOST}/gc/{n}:1) to free" for n in ("older", "old")
+            ]
+            daemon.wait_for(
+                "old, older collected", lambda: all(x in daemon.log_text() for x in lines)
+            )
+            listed = [row.split()[0] for row in daemon.vmid("image", "list").stdout.splitlines()]
+            assert listed[1:] == [f"{HOST}/gc/running:1", f"{HOST}/gc/template:1"]
+            assert content(root, digests["running"]).is_file()
+            assert content(root, digests["template"]).is_file()
+            assert not content(root, digests["old"]).parent.exists()
+            assert "is over the high threshold" in daemon.log_text()
+            assert daemon.phase("vm-a") == "Running"
+            pruned = daemon.vmid("image", "prune")  # by hand: the same images are in use
+            assert pruned.returncode == 0, pruned.stderr
+            assert pruned.stdout == "freed 0\n"
+            assert content(root, digests["template"]).is_file()
+    finally:
+        subprocess.run(["umount", "-l", images], check=True)
+
+
+@pytest.mark.parametrize("form", ["posix", "gnu"])
+def test_a_sparse_disk_member_is_put_together(tmp_path: Path, form: str) -> None:
+    # tar --sparse stores only the data of a sparse file: its pieces are placed back.
+    (tmp_path / "disk").mkdir()
+    with (tmp_path / "disk/disk.img").open("wb") as disk:
+        for offset, data in ((0, b"head"), (8 << 20, b"middle"), (16 << 20, b"tail")):
+            disk.seek(offset)
+            disk.write(data)
+    tar = ["tar", "--sparse", f"--format={form}", "-C", str(tmp_path), "-cf", "-", "disk/disk.img"]
+    layer = subprocess.run(tar, capture_output=True, check=True).stdout
+    directory = tmp_path / "copied"
+    directory.mkdir()
+    (directory / pulling.digest_of(layer)[7:]).write_bytes(layer)
+    entry = {"digest": pulling.digest_of(layer), "size": len(layer)}
+    raw = json.dumps({"schemaVersion": 2, "layers": [entry]}).encode()
+    (directory / "manifest.json").write_bytes(raw)
+    extract_disk(directory, pulling.digest_of(raw), None, tmp_path / "out", 1 << 30)
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "disk/disk.img").read_bytes()
+
+
+MOVED_DURING_COPY = """
+import sys, subprocess, time
+from pathlib import Path
+import trio
+from vmid.config import Images, Paths
+from vmid.host import registry
+from vmid.host.storage import ImageStore
+
+root, ref, second = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+paths = Paths(root)
+inspect = registry.Skopeo.raw_manifest
+
+async def moved_first(self, name, home):
+    # The copy by name has the first image whole: the tag moves before skopeo resolves it.
+    if name == ref:
+        while not (home / "image/manifest.json").exists():
+            await trio.sleep(0.01)
+        push = ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{second}", f"docker://{ref}"]
+        subprocess.run(push, check=True)
+    return await inspect(self, name, home)
+
+registry.Skopeo.raw_manifest = moved_first
+store = ImageStore(paths.images, "qemu-img")
+pull = registry.pull(store, registry.skopeo_for(paths, Images()), ref, max_size=1 << 30)
+image = trio.run(lambda: pull)
+print(image.digest, image.path.read_bytes()[:6].decode())
+"""
+
+
+def test_a_tag_moved_while_copied_by_name_is_copied_again_by_digest(
+    server: Registry, root: Path, tmp_path: Path
+) -> None:
+    push(server, tmp_path, "moving/disk:1", [[("disk/disk.img", raw_disk(1 << 20, b"first"))]])
+    second = containerdisk(tmp_path / "second", [[("disk/disk.img", raw_disk(1 << 20, b"second"))]])
+    ref = f"{HOST}/moving/disk:1"
+    done = server.run(sys.executable, "-c", MOVED_DURING_COPY, str(root), ref, str(second))
+    digest, start = done.stdout.split()
+    assert start == "second"  # what the tag names once resolved, not what was copied first
+    inspected = server.run("skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}")
+    assert digest == pulling.digest_of(inspected.stdout.encode())

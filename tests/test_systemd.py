@@ -77,6 +77,33 @@ def test_the_status_line_follows_many_changes(tmp_path: Path) -> None:
             daemon.wait_for("3 left", lambda: last_status_is("STATUS=3 failed"))
 
 
+def mended(messages: list[str], sock: socket.socket) -> bool:
+    messages.extend(received(sock))
+    return any("STATUS=1 running, 2 failed" in m for m in messages)
+
+
+def test_status_line_counts_refused_manifests_as_vmid_get_does(tmp_path: Path) -> None:
+    spool = tmp_path / "etc/vmid/instances"
+    spool.mkdir(parents=True)
+    (spool / "a.yaml").write_text(manifest("vm-a"))
+    (spool / "b.yaml").write_text(manifest("vm-b", mode="refuse"))  # QEMU fails: a Failed VMI
+    (spool / "c.yaml").write_text(manifest("vm-c", memory="lots"))  # a VMI refused
+    (spool / "d.yaml").write_text("{{{ not yaml")  # a file refused: a row <d.yaml>
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.setblocking(False)
+        with running_daemon(tmp_path, fake_config(), env={"NOTIFY_SOCKET": address}) as daemon:
+            table = daemon.vmid("get").stdout
+            messages = received(sock)
+            (spool / "d.yaml").unlink()  # mended: the line follows, though no VMI changed
+            daemon.wait_for("the line without it", lambda: mended(messages, sock))
+    ready = next(m for m in messages if "READY=1" in m)
+    assert "STATUS=1 running, 3 failed" in ready
+    assert table.count(" Failed ") == 3, table
+    assert table.count(" Running ") == 1, table
+
+
 def test_without_notify_socket_nothing_is_sent() -> None:
     notifier = Notifier({})
     notifier.notify(READY="1")

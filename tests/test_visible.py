@@ -238,6 +238,61 @@ def _watches(pid: int) -> bool:
     return False
 
 
+def labelled(name: str, app: str, memory: str = "64Mi") -> str:
+    return manifest(name, memory=memory).replace(
+        f"  name: {name}\n", f"  name: {name}\n  labels: {{app: {app}}}\n"
+    )
+
+
+def test_get_watch_takes_several_names_or_a_selector(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        for name, app in (("vm-a", "web"), ("vm-b", "db"), ("vm-c", "db")):
+            daemon.drop(f"{name}.yaml", labelled(name, app))
+            daemon.wait_phase(name, "Running")
+        named = watch(daemon, "vmi", "vm-a", "vm-c")
+        selected = watch(daemon, "-l", "app=web")
+        assert named.stdout is not None
+        assert selected.stdout is not None
+        try:
+            seen = read_until(named.stdout, "vm-c")
+            chosen = read_until(selected.stdout, "vm-a")
+            daemon.drop("vm-d.yaml", labelled("vm-d", "web"))
+            chosen += read_until(selected.stdout, "vm-d")
+            # A new spec (its labels alone would not restart it): no longer selected, it leaves.
+            daemon.drop("vm-a.yaml", labelled("vm-a", "db", memory="96Mi"))
+            chosen += read_until(selected.stdout, "Deleted")
+            daemon.wait_phase("vm-a", "Running")
+        except BaseException:
+            named.kill()
+            selected.kill()
+            raise
+        out, _ = stop(daemon, selected)
+        named_out, err = named.communicate(timeout=10)
+    assert named.returncode == 0, err
+    out = "".join(chosen) + out
+    assert {line.split()[0] for line in out.splitlines()} == {"NAME", "vm-a", "vm-d"}, out
+    assert "Deleted" in out.split("vm-a")[-1]
+    named_out = "".join(seen) + named_out
+    assert {line.split()[0] for line in named_out.splitlines()} == {"NAME", "vm-a", "vm-c"}
+
+
+def test_get_watch_of_a_name_not_there_says_so(tmp_path: Path) -> None:
+    one_running_vmi(tmp_path)  # vm-a; no daemon runs
+    command = [sys.executable, "-m", "vmid", "get", "-w", "--root", str(tmp_path)]
+    done = subprocess.run(
+        [*command, "vm-a", "nothere"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (done.returncode, done.stdout) == (1, "")  # as kubectl: nothing watched
+    assert (
+        done.stderr == "vmid: virtualmachineinstance 'nothere' not found in namespace 'default'\n"
+    )
+    done = subprocess.run(
+        [*command, "vm-a", "-l", "app"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 1
+    assert "'vm-a' not found" in done.stderr
+
+
 def test_get_watch_says_when_no_daemon_runs(tmp_path: Path) -> None:
     (tmp_path / "run/vmid").mkdir(parents=True)
     done = subprocess.run(

@@ -65,7 +65,9 @@ class Supervisor:
                 self._new(key)
 
     def _new(self, key: str) -> None:
-        self.statuses[key] = Status(self.tmp / "status.json", {"metadata": {}})
+        # Each VMI made at another time, as the supervisor's are (the back-off spaces them).
+        metadata = {"creationTimestamp": f"VMI {len(self.started)}"}
+        self.statuses[key] = Status(self.tmp / "status.json", {"metadata": metadata})
         self.started.append(trio.current_time())
         self.new.set()
         self.new = trio.Event()
@@ -126,4 +128,89 @@ async def test_start_failures_back_off_and_a_run_resets_them(
         assert supervisor.started[-1] - supervisor.started[-2] <= 1
         [status] = vmstate.read_vms(paths)
         assert "startFailure" not in status["status"]
+        nursery.cancel_scope.cancel()
+
+
+def taken_over(old: Status) -> Status:
+    """The status a new daemon reads of a VMI an earlier one left (a new object, same data)."""
+    status = Status(old.path, old.manifest)
+    status.phase, status.reason, status.transitions = old.phase, old.reason, list(old.transitions)
+    return status
+
+
+async def test_a_daemon_restart_keeps_the_start_failures_and_their_back_off(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    paths = Paths(tmp_path)
+    [entry] = plan_data("vm.yaml", VM, Config(), paths, Accelerator.TCG)
+    desired = Desired({}, {}, (), vms={"default/web": entry})
+    supervisor = Supervisor(tmp_path)
+    async with trio.open_nursery() as nursery:
+        controller = vms.Controller(supervisor, paths, Config())  # type: ignore[arg-type]
+        controller.apply(desired)
+        nursery.start_soon(controller.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(2):
+            started = supervisor.new
+            supervisor.end("default/web", ran=False)
+            await started.wait()
+        supervisor.end("default/web", ran=False)  # the third: next start in 90-135 s
+        await trio.testing.wait_all_tasks_blocked()
+        [before] = vmstate.read_vms(paths)
+        assert before["status"]["startFailure"]["consecutiveFailCount"] == 3
+        nursery.cancel_scope.cancel()  # the daemon is killed during the back-off
+    again = Supervisor(tmp_path)
+    again.statuses = {k: taken_over(v) for k, v in supervisor.statuses.items()}
+    restarted_at = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        controller = vms.Controller(again, paths, Config())  # type: ignore[arg-type]
+        controller.apply(desired)
+        nursery.start_soon(controller.run)
+        await trio.testing.wait_all_tasks_blocked()
+        [after] = vmstate.read_vms(paths)
+        assert after["status"]["printableStatus"] == "CrashLoopBackOff"
+        assert after["status"]["startFailure"] == before["status"]["startFailure"]
+        assert again.started == []  # not started at once, nor counted a fourth time
+        started = again.new
+        await started.wait()
+        assert again.started[0] - restarted_at >= 85  # the back-off went on
+        again.end("default/web", ran=False)
+        await trio.testing.wait_all_tasks_blocked()
+        [last] = vmstate.read_vms(paths)
+        assert last["status"]["startFailure"]["consecutiveFailCount"] == 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_vmi_waiting_for_its_image_shows_err_image_pull_then_back_off(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    paths = Paths(tmp_path)
+    [entry] = plan_data("vm.yaml", VM, Config(), paths, Accelerator.TCG)
+    supervisor = Supervisor(tmp_path)
+    controller = vms.Controller(supervisor, paths, Config())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        controller.apply(Desired({}, {}, (), vms={"default/web": entry}))
+        nursery.start_soon(controller.run)
+        await trio.testing.wait_all_tasks_blocked()
+        status = supervisor.statuses["default/web"]
+        for reason in ("ErrImagePull", "ImagePullBackOff"):  # as vmid/runtime/pull.py shows it
+            status.reason = reason
+            status.condition("Ready", False, reason, f'{reason}: "example.org/disk:1"')
+            supervisor.tell()
+            await trio.testing.wait_all_tasks_blocked()
+            [vm] = vmstate.read_vms(paths)
+            assert vm["status"]["printableStatus"] == reason
+            [ready] = [c for c in vm["status"]["conditions"] if c["type"] == "Ready"]
+            assert ready == {
+                "type": "Ready",
+                "status": "False",
+                "reason": reason,
+                "message": f'{reason}: "example.org/disk:1"',
+            }
+        status.reason = ""  # pulled
+        status.conditions.pop("Ready")
+        supervisor.tell()
+        await trio.testing.wait_all_tasks_blocked()
+        [vm] = vmstate.read_vms(paths)
+        assert vm["status"]["printableStatus"] == "Starting"
         nursery.cancel_scope.cancel()

@@ -6,6 +6,7 @@ import calendar
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -330,11 +331,20 @@ def test_a_spec_edit_restarts_the_vm_with_its_uuid_and_disks(tmp_path: Path) -> 
 
 
 #: A web server for the daemon's network namespace: files from its directory; `/truncated`
-#: promises more bytes than it sends.
+#: promises more bytes than it sends; `/slow.raw` sends a 4 MiB raw image 1 MiB each 2 s.
 SERVER = """
-import http.server, os, sys
+import http.server, os, sys, time
 class Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/slow.raw":
+            self.send_response(200)
+            self.send_header("Content-Length", str(4 << 20))
+            self.end_headers()
+            for part in range(4):
+                self.wfile.write((b"slow image" if part == 0 else b"").ljust(1 << 20, b"\\0"))
+                self.wfile.flush()
+                time.sleep(2)
+            return
         if self.path == "/truncated":
             self.send_response(200)
             self.send_header("Content-Length", "1000000")
@@ -511,3 +521,192 @@ def test_a_daemon_killed_leaves_the_vm_running_and_its_disk_whole(tmp_path: Path
         os.kill(pid, signal.SIGKILL)  # now its QEMU dies: RerunOnFailure starts a new one
         daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
         assert claim.read_bytes()[:10] == b"guest data"
+
+
+def test_a_daemon_killed_during_the_back_off_keeps_the_count_and_the_wait(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("r.yaml", vm_manifest("vm-r", "Always", mode="refuse"))
+        wait_printable(daemon, "vm-r", "CrashLoopBackOff")
+        daemon.wait_for("a second failure", lambda: _fail_count(daemon, "vm-r") == 2, timeout=25)
+        before = (vm_status(daemon, "vm-r") or {})["startFailure"]
+        daemon.process.kill()  # kill -9, 40-60 s before the next start
+        daemon.process.wait()
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        wait_printable(daemon, "vm-r", "CrashLoopBackOff")
+        time.sleep(2)
+        status = vm_status(daemon, "vm-r") or {}
+        assert status["printableStatus"] == "CrashLoopBackOff"  # still waiting: no new VMI
+        assert status["startFailure"] == before  # neither reset nor counted again
+
+
+def _fail_count(daemon: Daemon, name: str) -> int:
+    failure = (vm_status(daemon, name) or {}).get("startFailure") or {}
+    return int(failure.get("consecutiveFailCount", 0))
+
+
+def test_a_vm_whose_image_does_not_pull_shows_err_image_pull(tmp_path: Path) -> None:
+    config = fake_config("images: {pullBackoffSeconds: 3}\n")
+    with running_daemon(tmp_path, config) as daemon:
+        disk = "devices: {autoattachPodInterface: false, disks: [{name: root}]}"
+        text = vm_manifest("vm-p").replace("devices: {autoattachPodInterface: false}", disk)
+        daemon.drop("p.yaml", text + "      volumes: [{name: root, containerDisk: "
+                    "{image: '127.0.0.1:9/none:1'}}]\n")  # fmt: skip
+        wait_printable(daemon, "vm-p", "ErrImagePull", timeout=60)
+        [ready] = [
+            c for c in (vm_status(daemon, "vm-p") or {})["conditions"] if c["type"] == "Ready"
+        ]
+        assert 'Failed to pull image "127.0.0.1:9/none:1"' in ready["message"]
+        wait_printable(daemon, "vm-p", "ImagePullBackOff")
+        assert "ImagePullBackOff" in vmid_ok(daemon, "get", "vm")
+        assert "Back-off pulling image" in vmid_ok(daemon, "describe", "vm", "vm-p")
+
+
+def test_start_paused_then_pause_and_unpause_the_vm(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Halted"))
+        daemon.drop("b.yaml", vm_manifest("vm-b", "Halted"))
+        wait_printable(daemon, "vm-a", "Stopped")
+        assert "VirtualMachine vm-a is not set to run" in vmid_refused(
+            daemon, "pause", "vm", "vm-a"
+        )
+        assert "virtualmachine 'nope' not found" in vmid_refused(daemon, "pause", "vm", "nope")
+        assert vmid_ok(daemon, "start", "--paused", "vm-a") == "VM vm-a was scheduled to start\n"
+        wait_printable(daemon, "vm-a", "Paused")
+        vmi = daemon.status("vm-a") or {}
+        assert vmi["spec"]["startStrategy"] == "Paused"
+        assert (vm_status(daemon, "vm-a") or {})["runStrategy"] == "Always"
+        pid = daemon.pid("vm-a")
+        daemon.process.kill()  # a daemon restart takes the paused VMI over as it is
+        daemon.process.wait()
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        wait_printable(daemon, "vm-a", "Paused")
+        assert daemon.pid("vm-a") == pid
+        assert vmid_ok(daemon, "unpause", "vm", "vm-a") == "VMI vm-a was scheduled to unpause\n"
+        wait_printable(daemon, "vm-a", "Running")
+        vmid_ok(daemon, "pause", "vm", "vm-a")
+        wait_printable(daemon, "vm-a", "Paused")
+        assert "is already paused" in vmid_refused(daemon, "pause", "vm", "vm-a")
+        vmid_ok(daemon, "unpause", "vm-a")  # the VMI's name, as before
+        wait_printable(daemon, "vm-a", "Running")
+        vmid_ok(daemon, "restart", "vm-a")  # a new VMI, not paused: the request was the last's
+        daemon.wait_for("a new QEMU", lambda: _pid(daemon, "vm-a") not in (None, pid))
+        wait_printable(daemon, "vm-a", "Running")
+        assert "startStrategy" not in (daemon.status("vm-a") or {})["spec"]
+        daemon.drop("m.yaml", vm_manifest("vm-m", "Manual"))
+        wait_printable(daemon, "vm-m", "Stopped")
+        vmid_ok(daemon, "start", "vm-m", "--paused")
+        wait_printable(daemon, "vm-m", "Paused")
+
+
+def test_an_import_shows_its_progress_as_cdi_does(tmp_path: Path) -> None:
+    volumes = tmp_path / "var/lib/vmid/volumes"
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        netns = ["nsenter", f"--net=/proc/{daemon.process.pid}/ns/net"]
+        subprocess.run([*netns, "ip", "link", "set", "lo", "up"], check=True)
+        server = subprocess.Popen([*netns, sys.executable, "-c", SERVER, str(tmp_path)])
+        try:
+            time.sleep(1)
+            text = http_data_volume(vm_manifest("vm-s"), "http://127.0.0.1:8088/slow.raw")
+            daemon.drop("s.yaml", text.replace("storage: 1Mi", "storage: 8Mi"))
+            seen = set()
+
+            def importing() -> bool:
+                listing = daemon.vmid("get", "dv").stdout.splitlines()
+                row = listing[1].split() if len(listing) > 1 else []
+                if row[:2] == ["data-a", "ImportInProgress"] and row[2] != "N/A":
+                    seen.add(row[2])
+                return len(seen) >= 2
+
+            daemon.wait_for("two steps of progress", importing, timeout=30)
+            assert seen <= {"25.00%", "50.00%", "75.00%", "100.00%"}
+            assert printable(daemon, "vm-s") == "Provisioning"
+            assert "Provisioning" in vmid_ok(daemon, "get", "vm")
+            described = vmid_ok(daemon, "describe", "vm", "vm-s")
+            assert "Status:     Provisioning" in described
+            assert re.search(r"data-a +ImportInProgress +\d+\.\d\d%", described), described
+            assert re.search(r"importing data-a \(ImportInProgress \d+\.\d\d%\)", described)
+            daemon.wait_phase("vm-s", "Running", timeout=30)
+            dv = json.loads(vmid_ok(daemon, "get", "dv", "data-a", "-o", "json"))
+            assert dv["kind"] == "DataVolume"
+            assert (dv["status"]["phase"], dv["status"]["progress"]) == ("Succeeded", "100.0%")
+            assert dv["metadata"]["ownerReferences"][0]["name"] == "vm-s"
+            assert (volumes / "data-a.img").read_bytes()[:10] == b"slow image"
+            # An import that fails: the DataVolume says why, the VM is DataVolumeError.
+            text = http_data_volume(vm_manifest("vm-x"), "http://127.0.0.1:8088/truncated")
+            daemon.drop("x.yaml", text.replace("data-a", "data-x"))
+            wait_printable(daemon, "vm-x", "DataVolumeError")
+            dv = json.loads(vmid_ok(daemon, "get", "dv", "data-x", "-o", "json"))
+            assert dv["status"]["phase"] == "Failed"
+            [running] = [c for c in dv["status"]["conditions"] if c["type"] == "Running"]
+            assert running["reason"] == "Error"
+            assert "truncated: 1000 of 1000000 bytes" in running["message"]
+        finally:
+            server.kill()
+            server.wait()
+
+
+def watch_vms(daemon: Daemon, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vmid", "get", "vm", *args, "-w", "--root", str(daemon.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_until(stream: Any, text: str) -> list[str]:
+    lines: list[str] = []
+    while text not in (line := stream.readline()):
+        assert line, f"the watch ended before {text!r}: {lines}"
+        lines.append(line)
+    return [*lines, line]
+
+
+def test_get_vm_watch_prints_each_change_of_status_until_the_daemon_stops(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("b.yaml", vm_manifest("vm-b", "Halted"))
+        wait_printable(daemon, "vm-b", "Stopped")
+        watcher = watch_vms(daemon)
+        assert watcher.stdout is not None
+        try:
+            assert watcher.stdout.readline().split() == ["NAME", "AGE", "STATUS", "READY"]
+            assert watcher.stdout.readline().split()[::2] == ["vm-b", "Stopped"]
+            daemon.drop("a.yaml", vm_manifest("vm-a", "Manual"))
+            assert read_until(watcher.stdout, "vm-a")[-1].split()[2:] == ["Stopped", "False"]
+            vmid_ok(daemon, "start", "vm-a")
+            lines = read_until(watcher.stdout, "True")
+            assert [line.split()[2] for line in lines][-1] == "Running", lines
+            (daemon.spool / "a.yaml").unlink()
+            assert read_until(watcher.stdout, "Deleted")[-1].split() == ["vm-a", "Deleted"]
+            vmid_ok(daemon, "start", "vm-b")
+            assert "vm-b" in read_until(watcher.stdout, "Running")[-1]
+        except BaseException:
+            watcher.kill()
+            raise
+        daemon.process.terminate()
+        assert daemon.process.wait(timeout=30) == 0
+        _, err = watcher.communicate(timeout=10)
+        assert watcher.returncode == 0, err
+        assert err.strip().endswith("vmid: the daemon stopped"), err
+
+
+@pytest.mark.parametrize("output", ["json", "yaml"])
+def test_get_vm_watch_prints_documents(tmp_path: Path, output: str) -> None:
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", vm_manifest("vm-a", "Halted"))
+        wait_printable(daemon, "vm-a", "Stopped")
+        watcher = watch_vms(daemon, "vm-a", "-o", output)
+        shown = '"printableStatus": "{}"' if output == "json" else "printableStatus: {}"
+        try:
+            assert watcher.stdout is not None
+            read_until(watcher.stdout, shown.format("Stopped"))
+            vmid_ok(daemon, "start", "vm-a")
+            lines = read_until(watcher.stdout, shown.format("Running"))
+            assert output == "json" or "---\n" in lines  # YAML documents apart
+        finally:
+            watcher.kill()
+            watcher.communicate()
+        assert "not found" in vmid_refused(daemon, "get", "vm", "nope", "-w")
+        assert "-o yaml or json only" in vmid_refused(daemon, "get", "vm", "-w", "-o", "wide")

@@ -108,6 +108,21 @@ class Images:
 
 
 @attrs.frozen(kw_only=True)
+class ImageGC:
+    """Image garbage collection, as kubelet's (imageGCHighThresholdPercent and the like)."""
+
+    #: Usage of the image store's filesystem (percent) from which unused images are removed;
+    #: 100 never collects.
+    highThresholdPercent: int = 85
+    #: Usage (percent) collection brings it back to, least recently used images first.
+    lowThresholdPercent: int = 80
+    #: An image stored less than this long ago is never collected (kubelet's imageMinimumGCAge).
+    minimumAgeSeconds: float = 120.0
+    #: How often the daemon checks usage (kubelet's fixed 5 minutes).
+    periodSeconds: float = 300.0
+
+
+@attrs.frozen(kw_only=True)
 class QemuUids:
     """The uids (and equal gids) vmid gives QEMU processes: one of its own for each VMI."""
 
@@ -156,6 +171,7 @@ class Config:
     logs: Logs = attrs.field(factory=Logs)
     events: Events = attrs.field(factory=Events)
     images: Images = attrs.field(factory=Images)
+    imageGC: ImageGC = attrs.field(factory=ImageGC)
 
 
 def load_config(file: Path, required: bool) -> Config:
@@ -189,6 +205,7 @@ def load_config(file: Path, required: bool) -> Config:
     if config.deletedVolumesKeepSeconds < 0:
         raise ConfigError(f"{file}: deletedVolumesKeepSeconds: must not be negative (0: at once)")
     _check_images(file, config.images)
+    _check_image_gc(file, config.imageGC)
     _check_qemu_uids(file, config)
     return config
 
@@ -203,6 +220,20 @@ def _check_images(file: Path, images: Images) -> None:
         raise ConfigError(
             f"{file}: images.pullBackoffSeconds: {images.pullBackoffSeconds:g} must be above 0 "
             "and at most 300"
+        )
+
+
+def _check_image_gc(file: Path, gc: ImageGC) -> None:
+    low, high = gc.lowThresholdPercent, gc.highThresholdPercent
+    if not 0 <= low <= high <= 100:
+        raise ConfigError(
+            f"{file}: imageGC: lowThresholdPercent ({low}) and highThresholdPercent ({high}) "
+            "must be percents with low <= high"
+        )
+    if gc.minimumAgeSeconds < 0 or gc.periodSeconds <= 0:
+        raise ConfigError(
+            f"{file}: imageGC: minimumAgeSeconds must not be negative and periodSeconds must "
+            "be above 0"
         )
 
 

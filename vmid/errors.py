@@ -15,6 +15,7 @@
      ├── NetworkError           the pod network, a tap, an address or a port
      │    └── LinkExists        a link of that name exists already
      ├── LaunchError            QEMU did not start (the message carries what QEMU said)
+ ├── MachineError           systemd-machined did not give a QEMU its scope
      ├── MonitorError           QMP on the control monitor failed
      ├── AgentError             the guest agent did not answer as its protocol says
      ├── RequestError           a VM's start/stop/restart request is refused or malformed
@@ -77,6 +78,10 @@ class ControlError(VmidError):
 
 class LaunchError(VmidError):
     """QEMU did not start; the message carries what QEMU said."""
+
+
+class MachineError(VmidError):
+    """systemd-machined did not put a QEMU in a scope of its own (vmid/host/machines.py)."""
 
 
 class RequestError(VmidError):

@@ -33,6 +33,7 @@ MODULES=(
     virtio_blk virtio_scsi ahci            # the disk buses vmid uses: virtio, scsi, sata
     virtio_net e1000 e1000e                # NICs
     pvpanic_mmio pvpanic_pci               # panicDevices (isa pvpanic, pci pvpanic)
+    crc32c_generic ext4                    # a data disk's file system (fsfreeze tests)
 )
 CMDLINE="console=ttyS0,115200 quiet"
 IMAGE_MIB=32        # raw disk size; the qcow2 only stores what is written

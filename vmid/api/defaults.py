@@ -246,7 +246,9 @@ def _default_network(spec: t.VirtualMachineInstanceSpec) -> t.VirtualMachineInst
 def _devices(spec: t.VirtualMachineInstanceSpec) -> t.Devices:
     devices = spec.domain.devices
     named = {d.name for d in devices.disks}
-    extra = tuple(t.Disk(name=v.name) for v in spec.volumes if v.name not in named)
+    # One disk per volume name: two volumes of one name are refused as such, not as two disks.
+    unnamed = dict.fromkeys(v.name for v in spec.volumes if v.name not in named)
+    extra = tuple(t.Disk(name=name) for name in unnamed)
     watchdog = devices.watchdog
     if watchdog is not None and watchdog.i6300esb is None and watchdog.diag288 is None:
         watchdog = attrs.evolve(watchdog, i6300esb=t.I6300ESB())

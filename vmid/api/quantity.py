@@ -113,3 +113,12 @@ def _multiplier(si: str | None, exp: str | None) -> Fraction:
     if suffix in _BINARY_SI:
         return Fraction(1024 ** _BINARY_SI[suffix])
     return Fraction(10) ** _DECIMAL_SI[suffix]
+
+
+def rounded(size: int) -> str:
+    """A size in bytes as a binary quantity, rounded: `1.2Gi`, `512Mi`, `4Ki`, `100`."""
+    for unit, power in (("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if size >= 1 << power:
+            value = size / (1 << power)
+            return f"{value:.1f}".removesuffix(".0") + unit if value < 10 else f"{value:.0f}{unit}"
+    return str(size)

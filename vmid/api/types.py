@@ -201,10 +201,11 @@ class ReservedOverhead:
 
 @attrs.frozen(kw_only=True)
 class Memory:
-    # maxGuest only sets the memory hotplug ceiling; vmid does not hotplug memory.
-    IGNORED: ClassVar[frozenset[str]] = frozenset({"maxGuest"})
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {"hugepages": f"hugepages are {NOT_YET}"}
     guest: Quantity | None = None
+    #: The memory hotplug ceiling: vmid does not hotplug memory, but a VM's is checked as
+    #: KubeVirt checks it (vmid/api/vm.py).
+    maxGuest: Quantity | None = None
     reservedOverhead: ReservedOverhead | None = None
 
 

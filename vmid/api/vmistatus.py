@@ -114,6 +114,8 @@ class VMIStatus(NamedTuple):
     volumeStatus: tuple[VolumeStatus, ...] = ()
     #: From the guest agent: KubeVirt's v1.VirtualMachineInstanceGuestOSInfo, as it reports it.
     guestOSInfo: Mapping[str, str] = _EMPTY
+    #: KubeVirt's: "frozen" while the guest's file systems are frozen (`vmid freeze`), else "".
+    fsFreezeStatus: str = ""
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -134,6 +136,8 @@ class VMIStatus(NamedTuple):
         }
         if self.guestOSInfo:
             data["guestOSInfo"] = dict(self.guestOSInfo)
+        if self.fsFreezeStatus:
+            data["fsFreezeStatus"] = self.fsFreezeStatus
         if self.volumeStatus:
             data["volumeStatus"] = [_plain(v) for v in self.volumeStatus]
         if self.reason:

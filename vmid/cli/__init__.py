@@ -58,6 +58,8 @@ VERBS: tuple[tuple[str, str, str], ...] = (
     ),
     ("userlist", "agent", "the users logged in to the guest, from its guest agent"),
     ("fslist", "agent", "the guest's file systems, from its guest agent"),
+    ("freeze", "agent", "freeze the guest's file systems (backups, snapshots)"),
+    ("unfreeze", "agent", "thaw the guest's file systems after vmid freeze"),
     ("start", "vm", "start a VirtualMachine"),
     ("stop", "vm", "stop a VirtualMachine"),
     ("console", "console", "attach to a VMI's serial console (Ctrl+] leaves)"),
@@ -65,7 +67,7 @@ VERBS: tuple[tuple[str, str, str], ...] = (
     ("screenshot", "screenshot", "save the VMI's screen as a PNG file"),
     ("image", "image", "the containerDisk image store"),
     ("version", "version", "print vmid's version"),
-    ("completion", "completion", "print a shell completion script (bash, zsh)"),
+    ("completion", "completion", "print a shell completion script (bash, zsh, fish)"),
 )
 
 #: Verbs that need every verb's parser (the completion script is made from them).

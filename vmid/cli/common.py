@@ -4,6 +4,8 @@ the VMI object a verb names (or why there is none)."""
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -23,6 +25,20 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: The exit codes (vmid/cli/__init__.py says which is which), for the verbs.
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = cli.EXIT_OK, cli.EXIT_ERROR, cli.EXIT_INTERRUPTED
+
+
+@functools.cache  # one parser for every verb meaning the same flags
+def flags_for(flags: argparse.ArgumentParser, *meaningful: str) -> argparse.ArgumentParser:
+    """The global flags (`--root`, `--config`, `-n`) for a verb that means something by those
+    `meaningful` (by dest: root, config, namespace): its help shows only them; it accepts the
+    others all the same (ignored), as kubectl accepts its global flags after any verb."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for action in flags._actions:
+        if action.dest not in meaningful:
+            action = copy.copy(action)
+            action.help = argparse.SUPPRESS
+        parent._add_action(action)
+    return parent
 
 
 def setup(args: argparse.Namespace) -> tuple[Config, Paths]:

@@ -1,16 +1,20 @@
-"""`vmid completion bash|zsh`: a shell completion script for vmid's verbs, their flags and the
-names of existing VMIs (asked of `vmid get -o name` as one types, with the --root and -n typed)."""
+"""`vmid completion bash|zsh|fish`: a shell completion script for vmid's verbs, their flags and
+the names of existing VMIs (asked of `vmid get -o name` as one types, with the --root and -n
+typed); fish's is made by fishcompletion.py."""
 
 from __future__ import annotations
 
 import argparse
 
+from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
 
 EXAMPLES = """examples:
   source <(vmid completion bash)                      # in this shell
   vmid completion bash > /etc/bash_completion.d/vmid  # in every new one
   source <(vmid completion zsh)                       # zsh, through bashcompinit
+  vmid completion fish | source                       # fish, in this shell
+  vmid completion fish > ~/.config/fish/completions/vmid.fish   # fish, in every new one
 """
 
 #: The script; VERBS, GLOBAL, the flag cases, NAMED and SUBVERBS are filled in from the parser.
@@ -56,16 +60,22 @@ _ZSH = "autoload -U +X bashcompinit && bashcompinit\n"
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     completion = commands.add_parser(
         "completion",
-        help="print a shell completion script (bash, zsh)",
+        parents=[common.flags_for(flags)],  # accepted, meaning nothing here: not offered
+        help="print a shell completion script (bash, zsh, fish)",
         description="Print a script completing vmid's verbs, flags and VMI names.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
     completion.set_defaults(run=_completion, commands=commands, global_flags=flags)
 
 
 def _completion(args: argparse.Namespace) -> int:
+    if args.shell == "fish":
+        from vmid.cli import fishcompletion  # here: only this verb needs it
+
+        print(fishcompletion.script(args.commands, args.global_flags), end="")
+        return EXIT_OK
     script = script_for(args.commands, args.global_flags)
     print((_ZSH if args.shell == "zsh" else "") + script, end="")
     return EXIT_OK
@@ -94,7 +104,9 @@ def script_for(commands: Commands, flags: argparse.ArgumentParser) -> str:
 
 
 def _flags(parser: argparse.ArgumentParser) -> list[str]:
-    return [o for action in parser._actions for o in action.option_strings]
+    """The options `parser` offers (not those it only accepts: a global flag meaning nothing)."""
+    offered = (a for a in parser._actions if a.help != argparse.SUPPRESS)
+    return [o for action in offered for o in action.option_strings]
 
 
 def _takes_names(parser: argparse.ArgumentParser) -> bool:

@@ -24,6 +24,7 @@ from vmid.host import unixsock
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     console = commands.add_parser(
         "console", parents=[flags], help="attach to a VMI's serial console (Ctrl+] leaves)"
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from vmid.cli import common
@@ -14,7 +13,8 @@ from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    daemon = commands.add_parser("daemon", parents=[flags], help="run the vmid daemon")
+    meaningful = common.flags_for(flags, "root", "config")
+    daemon = commands.add_parser("daemon", parents=[meaningful], help="run the vmid daemon")
     daemon.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     daemon.set_defaults(run=run)
     common.explain(
@@ -40,20 +40,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(level: int) -> None:
-    """One line per record on stderr; under journald, its priority prefix instead of a time."""
-    handler = logging.StreamHandler()
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    """One line per record on stderr; under systemd, one journald record each, with its VMI as
+    a field (`journalctl -u vmid VMID_VMI=default/web`: vmid/host/journal.py)."""
+    from vmid.host import journal
+
+    handler: logging.Handler
+    if journal.stderr_is_journal():
+        handler = journal.JournalHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
+        handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
     # pyroute2 logs every netlink message at DEBUG; -v is for vmid's own events.
     logging.getLogger("pyroute2").setLevel(max(level, logging.INFO))
-
-
-_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}  # sd-daemon(3)
-
-
-class _JournalFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"

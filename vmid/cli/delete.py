@@ -36,6 +36,7 @@ EXAMPLES = """examples:
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     delete = commands.add_parser(
         "delete",
         parents=[flags],

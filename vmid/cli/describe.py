@@ -17,6 +17,7 @@ from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     describe = commands.add_parser(
         "describe", parents=[flags], help="a VMI's spec, conditions, phase history and events"
     )

@@ -16,6 +16,7 @@ from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     events_ = commands.add_parser(
         "events", parents=[flags], help="VMIs' events, like kubectl get events (kept 1 h after)"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -33,11 +34,14 @@ EXAMPLES = """examples:
   vmid get -o name                            # virtualmachineinstance.kubevirt.io/web ...
   vmid get -o jsonpath='{.items[*].status.interfaces[0].ipAddress}'
   vmid get -o custom-columns=NAME:.metadata.name,PID:.status.qemu.pid
+  vmid get web db -w -l tier=front            # changes to those of them labelled tier=front
   vmid get -w                                 # then every change, until Ctrl+C
+  vmid get vm -w                              # the VirtualMachines: NAME AGE STATUS READY
 """
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     get = commands.add_parser(
         "get",
         parents=[flags],
@@ -49,7 +53,10 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     get.add_argument(
-        "names", nargs="*", metavar="[vmi|vm] NAME", help="only these VMIs (vm: VMs instead)"
+        "names",
+        nargs="*",
+        metavar="[vmi|vm|dv] NAME",
+        help="only these VMIs (vm: VMs instead, dv: their DataVolumes)",
     )
     get.add_argument(
         "-A",
@@ -89,32 +96,43 @@ def _output(text: str) -> str:
 
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
-    if args.names and args.names[0].lower() in vm.VM_WORDS:
+    if args.names and args.names[0].lower() in (*vm.VM_WORDS, *vm.DV_WORDS):
         args.name = args.names[1] if len(args.names) > 1 else None
-        return vm.get(args)
+        return vm.get(args) if args.names[0].lower() in vm.VM_WORDS else vm.get_data_volumes(args)
     wanted_names = _names(args)
     if args.all_namespaces and wanted_names:
         print("vmid: a VMI cannot be retrieved by name across all namespaces", file=sys.stderr)
         return EXIT_ERROR
-    matches = selector.parse(args.selector) if args.selector else None
+    selected = _selection(args, wanted_names)
     if args.watch:
-        return _watch_command(paths, args, wanted_names)
-    objects = [
-        o
-        for o in status.read_objects(paths)
-        if common.wanted(args, o)
-        and (not wanted_names or show.name(o) in wanted_names)
-        and (matches is None or matches(o.metadata.labels))
-    ]
-    found = {show.name(o) for o in objects}
-    missing = [n for n in wanted_names if n not in found]
-    for name in missing:
-        args.name = name
-        print(f"vmid: {common.not_found(args)}", file=sys.stderr)
+        return _watch_command(paths, args, wanted_names, selected)
+    objects = [o for o in status.read_objects(paths) if selected(o)]
+    missing = _missing(args, wanted_names, objects)
     if missing and not objects:
         return EXIT_ERROR
     printed = _print(args, objects, single=len(wanted_names) == 1)
     return EXIT_ERROR if missing else printed
+
+
+def _selection(args: argparse.Namespace, wanted_names: list[str]) -> Callable[[VMIObject], bool]:
+    """Whether a VMI is one `vmid get` shows: in the namespace asked for (or any, -A), one of
+    the NAMEs (if any) and matching the selector (-l, if any)."""
+    matches = selector.parse(args.selector) if args.selector else None
+    return lambda o: (
+        common.wanted(args, o)
+        and (not wanted_names or show.name(o) in wanted_names)
+        and (matches is None or matches(o.metadata.labels))
+    )
+
+
+def _missing(args: argparse.Namespace, wanted_names: list[str], found: list[VMIObject]) -> bool:
+    """Say which NAMEs asked for are not among `found`; whether any is not."""
+    there = {show.name(o) for o in found}
+    missing = [n for n in wanted_names if n not in there]
+    for name in missing:
+        asked = argparse.Namespace(**{**vars(args), "name": name})
+        print(f"vmid: {common.not_found(asked)}", file=sys.stderr)
+    return bool(missing)
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -126,14 +144,16 @@ def _names(args: argparse.Namespace) -> list[str]:
     return words
 
 
-def _watch_command(paths: Paths, args: argparse.Namespace, wanted_names: list[str]) -> int:
-    if len(wanted_names) > 1 or args.selector or args.output not in (None, "wide", "yaml", "json"):
-        print(
-            "vmid: get -w takes one NAME at most, no -l, and -o wide, yaml or json only",
-            file=sys.stderr,
-        )
+def _watch_command(
+    paths: Paths,
+    args: argparse.Namespace,
+    wanted_names: list[str],
+    selected: Callable[[VMIObject], bool],
+) -> int:
+    if args.output not in (None, "wide", "yaml", "json"):
+        print("vmid: get -w takes -o wide, yaml or json only", file=sys.stderr)
         return EXIT_ERROR
-    return _watch(paths, args)
+    return _watch(paths, args, wanted_names, selected)
 
 
 def _print(args: argparse.Namespace, objects: list[VMIObject], single: bool) -> int:
@@ -256,24 +276,31 @@ def _condition(st: VMIStatus, type_: str) -> str:
     return "False" if found is None else found.status
 
 
-def _watch(paths: Paths, args: argparse.Namespace) -> int:
+def _watch(
+    paths: Paths,
+    args: argparse.Namespace,
+    wanted_names: list[str],
+    selected: Callable[[VMIObject], bool],
+) -> int:
     """Like `kubectl get -w`: the list, then every status as it is written (a table row, or a
-    document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0."""
+    document with `-o json|yaml`), until the daemon stops: said on stderr, exit 0. The NAMEs
+    (all must be there, as kubectl's) and the selector choose the VMIs; one that stops matching
+    the selector (a new manifest's labels) leaves as a deleted one does, as kubectl's watch."""
     from vmid.runtime import statuswatch  # here: a plain `get` needs no inotify
 
-    watch = statuswatch.StatusWatch(paths)
+    watch = statuswatch.vmis(paths)
     try:
-        found = [c for c in watch.current() if c.obj is not None and common.wanted(args, c.obj)]
-        if args.name is not None and not found:
-            print(f"vmid: {common.not_found(args)}", file=sys.stderr)
+        found = [c for c in watch.current() if c.obj is not None and selected(c.obj)]
+        if _missing(args, wanted_names, [c.obj for c in found if c.obj is not None]):
             return EXIT_ERROR
         printer = WatchPrinter(args.output, Columns.of(args), found)
         if not watch.daemon_running():
             print("vmid: the daemon is not running: nothing will change", file=sys.stderr)
             return EXIT_OK
         for change in watch.changes():
-            obj = change.obj or printer.last(change.path)
-            if obj is not None and common.wanted(args, obj):
+            if change.obj is not None and not selected(change.obj):
+                change = statuswatch.Change(change.path, None)  # gone from the selection
+            if change.obj is not None or printer.last(change.path) is not None:
                 printer.change(change)
         print("vmid: the daemon stopped", file=sys.stderr)
         return EXIT_OK
@@ -287,7 +314,7 @@ class WatchPrinter:
     """Prints a watch: rows as kubectl's table does, or one JSON/YAML document per change."""
 
     def __init__(
-        self, output: str | None, columns: Columns, found: list[statuswatch.Change]
+        self, output: str | None, columns: Columns, found: list[statuswatch.Change[VMIObject]]
     ) -> None:
         self._output = output
         self._columns = columns
@@ -306,7 +333,7 @@ class WatchPrinter:
     def last(self, path: Path) -> VMIObject | None:
         return self._shown.get(path)
 
-    def change(self, change: statuswatch.Change) -> None:
+    def change(self, change: statuswatch.Change[VMIObject]) -> None:
         last = self._shown.pop(change.path, None)
         obj = change.obj or last
         if obj is None:

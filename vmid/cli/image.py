@@ -9,6 +9,7 @@ import functools
 import sys
 from pathlib import Path
 
+from vmid.api.quantity import rounded as _size
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.errors import ConfigError, StateUnreadable
@@ -17,7 +18,8 @@ from vmid.runtime import status
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
-    # The global flags here too: `vmid image --root DIR list`, as after `list`.
+    # The global flags here too: `vmid image --root DIR list`, as after `list` (-n means nothing).
+    flags = common.flags_for(flags, "root", "config")
     image = commands.add_parser(
         "image",
         parents=[flags],
@@ -27,7 +29,8 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         "  vmid image pull quay.io/containerdisks/fedora:40\n"
         "  vmid image import my/disk:1 ./disk.qcow2   # stored raw\n"
         "  vmid image list                            # REF DIGEST SIZE IN USE AGE\n"
-        "  vmid image rm my/disk:1                    # refused while a VMI uses it",
+        "  vmid image rm my/disk:1                    # refused while a VMI uses it\n"
+        "  vmid image prune                           # every image no VMI or VM uses",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
@@ -36,6 +39,12 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     )
     image_import.add_argument("ref", metavar="REF", help="the image's name, as manifests say it")
     image_import.add_argument("file", metavar="FILE", type=Path, help="a raw or qcow2 file")
+    common.explain(
+        image_import,
+        "Put FILE (raw or qcow2) in the image store as REF, stored raw: a manifest's "
+        "containerDisk naming REF then uses it, no registry asked.",
+        "vmid image import my/disk:1 ./disk.qcow2\nvmid image import my/disk:2 ./disk.raw",
+    )
     image_import.set_defaults(run=_image_import)
     image_pull = image_commands.add_parser(
         "pull", parents=[flags], help="pull image REF from its registry with skopeo"
@@ -44,14 +53,45 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     image_pull.add_argument(
         "--path", help="the disk file in the image (containerDisk.path); default: /disk/'s one"
     )
+    common.explain(
+        image_pull,
+        "Pull containerDisk REF from its registry with skopeo (vmid.yaml's images: auth file, "
+        "policy, largest disk) and store its disk raw, as the daemon pulls it for a VMI.",
+        "vmid image pull quay.io/containerdisks/fedora:40\n"
+        "vmid image pull registry.example/disk:1 --path /disk/root.qcow2",
+    )
     image_pull.set_defaults(run=_image_pull)
     image_list = image_commands.add_parser("list", parents=[flags], help="list stored images")
+    common.explain(
+        image_list,
+        "List the stored images: REF, DIGEST, SIZE (the disk's, a quantity), IN USE (the VMIs "
+        "using it) and AGE.",
+        "vmid image list",
+    )
     image_list.set_defaults(run=_image_list)
     image_rm = image_commands.add_parser(
         "rm", parents=[flags], help="remove image REF (refused while a VMI uses it)"
     )
     image_rm.add_argument("ref", metavar="REF", help="the image to remove")
+    common.explain(
+        image_rm,
+        "Remove image REF from the store; refused while a VMI uses it.",
+        "vmid image rm my/disk:1",
+    )
     image_rm.set_defaults(run=_image_rm)
+    image_prune = image_commands.add_parser(
+        "prune",
+        parents=[flags],
+        help="remove every image no VMI or VirtualMachine uses (imported ones are kept)",
+    )
+    common.explain(
+        image_prune,
+        "Remove every image no VMI (not ended) and no VirtualMachine's template uses, whatever "
+        "the disk usage (as crictl rmi --prune); imported images are kept (vmid image rm "
+        "removes them).",
+        "vmid image prune",
+    )
+    image_prune.set_defaults(run=_image_prune)
 
 
 def _image_import(args: argparse.Namespace) -> int:
@@ -132,6 +172,34 @@ def _image_rm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _image_prune(args: argparse.Namespace) -> int:
+    from vmid.host import imagegc
+    from vmid.host.storage import ImageStore
+
+    config, paths = common.setup(args)
+    store = ImageStore(paths.images, config.qemuImg)
+    removed = imagegc.prune(store, lambda: set(_image_users(paths)) | _templates(paths))
+    for content in removed:
+        names = ", ".join(content.refs) or "<none>"
+        print(f"removed {names} ({content.digest or '-'}, {_size(content.size)})")
+    print(f"freed {_size(sum(c.size for c in removed))}")
+    return EXIT_OK
+
+
+def _templates(paths: Paths) -> set[str]:
+    """The images every VirtualMachine's template names (a VM started later needs them)."""
+    from vmid.api import imageref
+    from vmid.runtime import vmstate
+
+    found = set()
+    for vm in vmstate.read_vms(paths):
+        spec = vm.get("spec", {}).get("template", {}).get("spec", {})
+        for volume in spec.get("volumes", []):
+            with contextlib.suppress(imageref.ImageRefError, KeyError, TypeError):
+                found.add(imageref.normalize(volume["containerDisk"]["image"]))
+    return found
+
+
 def _image_users(paths: Paths) -> dict[str, set[str]]:
     """VMIs not ended, by the digests their volumeStatus names and the images their spec names."""
     from vmid.api import imageref
@@ -155,12 +223,3 @@ def _image_users(paths: Paths) -> dict[str, set[str]]:
 
 def _using(users: dict[str, set[str]], ref: str, digest: str | None) -> list[str]:
     return sorted(users.get(ref, set()) | users.get(digest or "", set()))
-
-
-def _size(size: int) -> str:
-    """A size as a Kubernetes quantity, rounded: `1.2Gi`, `512Mi`, `4Ki`, `100`."""
-    for unit, power in (("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
-        if size >= 1 << power:
-            value = size / (1 << power)
-            return f"{value:.1f}".removesuffix(".0") + unit if value < 10 else f"{value:.0f}{unit}"
-    return str(size)

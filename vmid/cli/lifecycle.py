@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from vmid import control
+from vmid.api import names
 from vmid.api.vmistatus import QemuStatus, VMIStatus
-from vmid.cli import agent, common
+from vmid.cli import agent, common, vm
 from vmid.cli.common import EXIT_OK, Commands
-from vmid.errors import ControlError
+from vmid.errors import AgentRequestError, ControlError
+from vmid.paths import Paths
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     qmp = commands.add_parser(
         "qmp",
         parents=[flags],
@@ -41,10 +45,16 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
         ("soft-reboot", "reboot the guest cleanly (its guest agent, else the ACPI power button)"),
     ):
         parser_ = commands.add_parser(action, parents=[flags], help=text)
-        parser_.add_argument("name", metavar="NAME")
+        kinds = action in ("pause", "unpause")  # virtctl's pause|unpause vm|vmi NAME
+        parser_.add_argument("name", metavar="[vm|vmi] NAME" if kinds else "NAME")
+        if kinds:
+            parser_.add_argument("kind_name", nargs="?", help=argparse.SUPPRESS)
         parser_.set_defaults(run=_lifecycle, action=action)
         common.explain(
-            parser_, f"{text[0].upper()}{text[1:]}, as virtctl {action}.", f"vmid {action} web"
+            parser_,
+            f"{text[0].upper()}{text[1:]}, as virtctl {action}"
+            + (": `vm NAME` is the VirtualMachine's VMI." if kinds else "."),
+            f"vmid {action} web" + (f"\nvmid {action} vm web" if kinds else ""),
         )
 
 
@@ -73,6 +83,8 @@ def _qmp(args: argparse.Namespace) -> int:
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
+    if hasattr(args, "kind_name") and vm.kind_of(args, listing=False) == "vm":
+        _vm_has_vmi(args)
     qmp_socket, qemu, st = common.running(args)
     paused = st.is_true("Paused")
     # KubeVirt's refusals (pkg/virt-api/rest/lifecycle.go).
@@ -89,6 +101,21 @@ def _lifecycle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _vm_has_vmi(args: argparse.Namespace) -> None:
+    """`pause|unpause vm NAME`: the VM must exist and have its VMI, else virtctl's refusals
+    (pkg/virtctl/pause/pause.go handleNotFoundError)."""
+    paths = Paths(args.root or Path("/"))
+    found = vm.find(paths, names.key(common.namespace_of(args), args.name))
+    if found is None:
+        raise ControlError(vm.not_found(args))
+    if common.find(args, paths) is not None:
+        return
+    what = f"Error {args.action[:-1]}ing VirtualMachineInstance {args.name}"
+    if found["status"]["runStrategy"] == "Halted":
+        raise ControlError(f"{what}. VirtualMachine {args.name} is not set to run")
+    raise ControlError(f"{what}, it was not found")
+
+
 SOFT_REBOOT_TIMEOUT = 120.0
 
 
@@ -100,8 +127,15 @@ def _soft_reboot(
     if paused:
         raise ControlError(f"VMI {name} is paused")
     if agent.agent_connected(st):
-        agent.request(qemu, "soft-reboot")
-        return
+        try:
+            agent.request(qemu, "soft-reboot")
+            return
+        except AgentRequestError as exc:
+            # Its agent went (the status was older) or hangs: libvirt's agent-unresponsive
+            # error, which KubeVirt ignores (nothing reboots); the power button still works.
+            if not qemu.acpi:
+                raise
+            print(f"vmid: the guest agent failed ({exc}): the ACPI power button", file=sys.stderr)
     if not qemu.acpi:
         raise ControlError(
             f"VMI {name} neither have the agent connected nor the ACPI feature enabled"

@@ -1,5 +1,6 @@
 """`vmid logs`: a VMI's serial console log, its control characters escaped on a terminal;
-`-f` follows it across rotations and restarts until the VMI is deleted, as kubectl logs -f."""
+`-f` follows it across rotations and restarts until the VMI is deleted, as kubectl logs -f;
+`--timestamps` and `--since` read when each line arrived (logtimes.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import codecs
 import collections
 import contextlib
 import os
+import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias
 
 from vmid.api import names
 from vmid.cli import common, show
@@ -20,6 +21,9 @@ from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
 from vmid.host import logfile
 from vmid.paths import Paths
 from vmid.runtime import status
+
+if TYPE_CHECKING:
+    from vmid.cli import logtimes
 
 #: How often `-f` looks for more (the log is a file the daemon appends to).
 POLL_SECONDS = 0.2
@@ -32,10 +36,12 @@ EXAMPLES = """examples:
   vmid logs web               # the whole serial console log (rotated files first)
   vmid logs web --tail 20     # its last 20 lines
   vmid logs web -f            # then what comes, across rotations and restarts, until deleted
+  vmid logs web --since 5m --timestamps   # the lines of the last 5 minutes, with their times
 """
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     logs = commands.add_parser(
         "logs",
         parents=[flags],
@@ -57,6 +63,25 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     logs.add_argument(
         "--tail", type=_count, metavar="N", help="only the last N lines (then what comes, -f)"
     )
+    since = logs.add_mutually_exclusive_group()
+    since.add_argument(
+        "--since",
+        type=_duration,
+        metavar="DURATION",
+        help="only the lines that arrived in the last DURATION (5s, 2m, 3h, 1h30m), as "
+        "kubectl's; 0: every line",
+    )
+    since.add_argument(
+        "--since-time",
+        type=_time,
+        metavar="TIME",
+        help="only the lines that arrived at or after TIME (RFC 3339: 2026-01-31T10:00:00Z)",
+    )
+    logs.add_argument(
+        "--timestamps",
+        action="store_true",
+        help="begin each line with the time it arrived (RFC 3339, ns, UTC), as kubectl's",
+    )
     logs.set_defaults(run=_logs)
 
 
@@ -66,11 +91,43 @@ def _count(text: str) -> int:
     return int(text)
 
 
+#: Go's duration units (time.ParseDuration, which kubectl's --since takes), in nanoseconds.
+_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9}
+_UNITS["h"] = 60 * _UNITS["m"]
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def _duration(text: str) -> int:
+    """A Go duration (`90s`, `5m`, `1h30m`, `1.5h`; `0`) in nanoseconds."""
+    parts = _PART.findall(text)
+    if text != "0" and (not parts or "".join(n + u for n, u in parts) != text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: a number and a unit (ns, us, ms, s, m, h), e.g. 5m, 1h30m"
+        )
+    return sum(int(float(number) * _UNITS[unit]) for number, unit in parts)
+
+
+def _time(text: str) -> int:
+    """An RFC 3339 time with its offset (`Z`) in nanoseconds since the epoch."""
+    import datetime  # here: the other verbs start without it
+
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time with its offset, e.g. 2026-01-31T10:00:00Z"
+        )
+    seconds = moment.replace(microsecond=0).timestamp()
+    return int(seconds) * 10**9 + moment.microsecond * 1000
+
+
 def _logs(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
     key = names.key(common.namespace_of(args), args.name)
     log_file = paths.instance_logs(key) / "console.log"
-    out = _Output(sys.stdout.buffer, sys.stdout.isatty())
+    out = _sink(args, log_file, _Output(sys.stdout.buffer, sys.stdout.isatty()))
     streams = _open_all(log_file)
     if not streams:
         if not paths.logs.is_dir():
@@ -78,8 +135,12 @@ def _logs(args: argparse.Namespace) -> int:
         print(f"vmid: no console log for {args.name!r} ({log_file})", file=sys.stderr)
         return EXIT_ERROR
     try:
-        for data in _tail(streams, args.tail) if args.tail is not None else _whole(streams):
-            out.write(data)
+        if args.tail is not None:
+            streams[:] = _tail(streams, args.tail)
+        for stream in streams:
+            out.begin(stream)
+            while data := stream.read(_CHUNK):
+                out.write(data)
         if args.follow:
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is how -f ends: done
                 status_file = paths.instance_runtime(key) / status.STATUS_FILE
@@ -89,6 +150,18 @@ def _logs(args: argparse.Namespace) -> int:
             stream.close()
     out.finish()
     return EXIT_OK
+
+
+def _sink(args: argparse.Namespace, log_file: Path, out: _Output) -> _Sink:
+    """Where the log goes: `out`, through a filter if lines are stamped or left out by time."""
+    since = args.since_time
+    if args.since:  # 0: every line, as kubectl's --since=0
+        since = time.time_ns() - args.since
+    if since is None and not args.timestamps:
+        return out
+    from vmid.cli import logtimes  # here: reading the time index is for these flags only
+
+    return logtimes.Stamped(out, log_file, since, args.timestamps)
 
 
 def _open_all(log_file: Path) -> list[BinaryIO]:
@@ -113,25 +186,32 @@ def _identity_of(stream: BinaryIO) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _whole(streams: list[BinaryIO]) -> Iterator[bytes]:
-    for stream in streams:
+def _tail(streams: list[BinaryIO], count: int) -> list[BinaryIO]:
+    """The log's files from where its last `count` lines begin, the first one there (the files
+    before it closed); the log is bounded: a few MiB."""
+    starts: collections.deque[tuple[int, int]] = collections.deque(maxlen=count)
+    in_line = False  # whether a line has begun and not yet ended
+    for number, stream in enumerate(streams):
+        offset = 0
         while chunk := stream.read(_CHUNK):
-            yield chunk
+            start = 0
+            while start < len(chunk):
+                if not in_line:
+                    starts.append((number, offset + start))
+                end = chunk.find(b"\n", start)
+                in_line = end < 0
+                start = len(chunk) if end < 0 else end + 1
+            offset += len(chunk)
+    number, offset = starts[0] if starts else (len(streams) - 1, streams[-1].tell())
+    for stream in streams[:number]:
+        stream.close()
+    for stream in streams[number + 1 :]:
+        stream.seek(0)
+    streams[number].seek(offset)
+    return streams[number:]
 
 
-def _tail(streams: list[BinaryIO], count: int) -> list[bytes]:
-    """The last `count` lines of the log's files, oldest first (the log is bounded: a few MiB)."""
-    lines: collections.deque[bytes] = collections.deque(maxlen=count)
-    partial = b""
-    for chunk in _whole(streams):
-        *complete, partial = (partial + chunk).split(b"\n")
-        lines.extend(line + b"\n" for line in complete)
-    if partial and count:
-        lines.append(partial)
-    return list(lines)
-
-
-def _follow(log_file: Path, status_file: Path, stream: BinaryIO | None, out: _Output) -> None:
+def _follow(log_file: Path, status_file: Path, stream: BinaryIO | None, out: _Sink) -> None:
     """Print what is appended to `log_file` after `stream` (its newest file, read to its end);
     once rotated, the rest of the old file, then each newer one in turn (nothing lost however
     often it rotated meanwhile; a restarted VMI appends to the same log). Ends when the VMI is
@@ -144,11 +224,12 @@ def _follow(log_file: Path, status_file: Path, stream: BinaryIO | None, out: _Ou
                 out.write(data)
                 continue
             out.flush()
-            newer = _next(log_file, stream)
+            newer = _next(log_file, stream, out)
             if newer is not None:
                 if stream:
                     stream.close()
                 stream = newer
+                out.begin(stream)
                 continue
             now = time.monotonic()
             missing_since = None if status_file.exists() else (missing_since or now)
@@ -160,7 +241,7 @@ def _follow(log_file: Path, status_file: Path, stream: BinaryIO | None, out: _Ou
             stream.close()
 
 
-def _next(log_file: Path, stream: BinaryIO | None) -> BinaryIO | None:
+def _next(log_file: Path, stream: BinaryIO | None, out: _Sink) -> BinaryIO | None:
     """The file to read after `stream` (read to its end): the oldest file of the log newer
     than it, or None while `stream` is the current one (rewound if it was cut short)."""
     if stream is None:  # there was no log yet
@@ -174,6 +255,7 @@ def _next(log_file: Path, stream: BinaryIO | None) -> BinaryIO | None:
         if identities and identities[-1] == (mine.st_dev, mine.st_ino):
             if mine.st_size < stream.tell():
                 stream.seek(0)
+                out.begin(stream)
             return None
         # Not there: rotated past the backups kept, so every file there is newer.
         found = (mine.st_dev, mine.st_ino) in identities
@@ -218,6 +300,9 @@ class _Output:
     def __repr__(self) -> str:
         return f"<_Output escape={self._escape}>"
 
+    def begin(self, stream: BinaryIO) -> None:
+        """What follows is `stream`'s: nothing to do here (logtimes.Stamped looks up times)."""
+
     def write(self, data: bytes) -> None:
         if not self._escape:
             self._target.write(data)
@@ -238,3 +323,6 @@ class _Output:
         if self._escape:
             self._shown(self._decoder.decode(b"", final=True), final=True)
         self._target.flush()
+
+
+_Sink: TypeAlias = "_Output | logtimes.Stamped"

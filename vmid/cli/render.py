@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "config")  # a manifest names its own namespace
     validate = commands.add_parser(
         "validate",
         parents=[flags],

@@ -24,6 +24,7 @@ EXAMPLES = """examples:
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     restart = commands.add_parser(
         "restart",
         parents=[flags],

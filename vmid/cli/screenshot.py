@@ -15,6 +15,7 @@ from vmid.errors import ControlError
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     screenshot = commands.add_parser(
         "screenshot", parents=[flags], help="save the VMI's screen as a PNG file"
     )

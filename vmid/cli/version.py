@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 
+from vmid.cli import common
 from vmid.cli.common import EXIT_OK, Commands
 
 
@@ -17,7 +18,10 @@ def version() -> str:
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
-        "version", help="print vmid's version", description="Print the version of vmid."
+        "version",
+        parents=[common.flags_for(flags)],  # accepted, meaning nothing here: not offered
+        help="print vmid's version",
+        description="Print the version of vmid.",
     )
     parser.set_defaults(run=_version)
 

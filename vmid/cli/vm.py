@@ -23,9 +23,11 @@ from vmid.runtime import status
 
 VM_WORDS = ("vm", "vms", "virtualmachine", "virtualmachines")
 VMI_WORDS = ("vmi", "vmis", "virtualmachineinstance", "virtualmachineinstances")
+DV_WORDS = ("dv", "dvs", "datavolume", "datavolumes")
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     for action, text in (
         ("start", "start a VirtualMachine"),
         ("stop", "stop a VirtualMachine"),
@@ -38,9 +40,16 @@ def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
             "whose run strategy does not allow it). The request is kept until the daemon "
             "carries it out.",
             f"vmid {action} web"
-            + ("\nvmid stop web --force --grace-period=0" if action == "stop" else ""),
+            + ("\nvmid stop web --force --grace-period=0" if action == "stop" else "")
+            + ("\nvmid start --paused web" if action == "start" else ""),
         )
-        if action != "start":
+        if action == "start":
+            verb.add_argument(
+                "--paused",
+                action="store_true",
+                help="start its VMI with the guest paused (vmid unpause vm NAME resumes it)",
+            )
+        else:
             verb.add_argument(
                 "--grace-period",
                 type=_seconds,
@@ -104,14 +113,15 @@ def request(args: argparse.Namespace) -> int:
     key = names.key(common.namespace_of(args), args.name)
     vm = find(paths, key)
     if vm is None:
-        raise RequestError(_not_found(args))
+        raise RequestError(not_found(args))
     grace = getattr(args, "grace_period", None)
     if getattr(args, "force", False) and grace != 0:
         raise RequestError(f"--force {args.action}s at once: it needs --grace-period=0")
     _refuse(args.action, str(vm["status"]["runStrategy"]), _vmi_phase(paths, key))
     from vmid.runtime import vmstate  # here: as in `find`
 
-    vmstate.send(paths, vmstate.Request(key, args.action, grace))
+    paused = getattr(args, "paused", False)
+    vmstate.send(paths, vmstate.Request(key, args.action, grace, paused))
     print(f"VM {args.name} was scheduled to {args.action}")
     if not pidlock.running(paths.daemon_pid):
         print("vmid: the daemon is not running: it acts when it starts", file=sys.stderr)
@@ -142,7 +152,7 @@ def _refuse(action: str, strategy: str, phase: Phase | None) -> None:
         raise RequestError("VM is not running")
 
 
-def _not_found(args: argparse.Namespace) -> str:
+def not_found(args: argparse.Namespace) -> str:
     return f"virtualmachine {args.name!r} not found in namespace {common.namespace_of(args)!r}"
 
 
@@ -154,14 +164,14 @@ def get(args: argparse.Namespace) -> int:
     from vmid.runtime import vmstate  # here: as in `find`
 
     paths = Paths(args.root or Path("/"))
-    if args.watch:
-        raise RequestError("vmid get vm -w is not supported: watch the VMIs (vmid get -w)")
     status.read_objects(paths)  # no vmid state there: an error saying so, as `get` says it
+    if args.watch:
+        return _watch(paths, args)
     every = getattr(args, "all_namespaces", False)
     found = [vm for vm in vmstate.read_vms(paths) if every or _in(args, vm)]
     found = [vm for vm in found if args.name in (None, vm["metadata"]["name"])]
     if args.name is not None and not found:
-        print(f"vmid: {_not_found(args)}", file=sys.stderr)
+        print(f"vmid: {not_found(args)}", file=sys.stderr)
         return EXIT_ERROR
     if args.output in ("yaml", "json"):
         data = found[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": found}
@@ -184,6 +194,96 @@ def get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _watch(paths: Paths, args: argparse.Namespace) -> int:
+    """`vmid get vm -w`: the table, then a row for each VM whose row changed (or one document
+    per change with -o json|yaml), until the daemon stops: said on stderr, exit 0."""
+    from vmid.runtime import statuswatch  # here: a plain `get vm` needs no inotify
+
+    if args.output not in (None, "yaml", "json"):
+        raise RequestError("vmid get vm -w takes -o yaml or json only")
+    every = getattr(args, "all_namespaces", False)
+
+    def wanted(vm: dict[str, Any]) -> bool:
+        return (every or _in(args, vm)) and args.name in (None, vm["metadata"]["name"])
+
+    watch = statuswatch.vms(paths)
+    try:
+        found = {c.path: c.obj for c in watch.current() if c.obj is not None and wanted(c.obj)}
+        if args.name is not None and not found:
+            print(f"vmid: {not_found(args)}", file=sys.stderr)
+            return EXIT_ERROR
+        printer = _WatchPrinter(args.output, every, found)
+        if not watch.daemon_running():
+            print("vmid: the daemon is not running: nothing will change", file=sys.stderr)
+            return EXIT_OK
+        for change in watch.changes():
+            if change.obj is None or wanted(change.obj):
+                printer.change(change.path, change.obj)
+        print("vmid: the daemon stopped", file=sys.stderr)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        watch.close()
+
+
+class _WatchPrinter:
+    """Prints a watch of VMs: a row each time a VM's row changes (AGE aside), as kubectl's
+    table does, or one JSON/YAML document per change."""
+
+    def __init__(self, output: str | None, every: bool, found: dict[Path, dict[str, Any]]) -> None:
+        self._output, self._every, self._documents = output, every, 0
+        #: The object last seen, and the row last printed (without AGE), by status file.
+        self._objects = dict(found)
+        self._shown = {path: self._sans_age(vm) for path, vm in found.items()}
+        if output is None:
+            rows = [self._row(vm) for vm in found.values()]
+            print(show.aligned([self._header(), *rows]), flush=True)
+        else:
+            for vm in found.values():
+                self._document(vm)
+
+    def __repr__(self) -> str:
+        return f"<_WatchPrinter output={self._output} shown={len(self._objects)}>"
+
+    def change(self, path: Path, vm: dict[str, Any] | None) -> None:
+        """Status file `path` now holds `vm` (None: the VM is gone)."""
+        if vm is None:
+            gone = self._objects.pop(path, None)
+            self._shown.pop(path, None)
+            if gone is not None and self._output is not None:
+                self._document(gone)  # its last object, as kubectl prints a deleted one
+            elif gone is not None:
+                self._rows([[*self._row(gone)[:-3], "", "Deleted", ""]])
+            return
+        self._objects[path] = vm
+        if self._output is not None:
+            self._document(vm)
+        elif self._shown.get(path) != self._sans_age(vm):
+            self._shown[path] = self._sans_age(vm)
+            self._rows([self._row(vm)])
+
+    def _header(self) -> list[str]:
+        return ["NAMESPACE"] * self._every + ["NAME", "AGE", "STATUS", "READY"]
+
+    def _row(self, vm: dict[str, Any]) -> list[str]:
+        return [vm["metadata"]["namespace"]] * self._every + _row(vm)
+
+    def _sans_age(self, vm: dict[str, Any]) -> list[str]:
+        row = self._row(vm)
+        return row[:-3] + row[-2:]
+
+    def _rows(self, rows: list[list[str]]) -> None:
+        print("\n".join(show.aligned([self._header(), *rows]).splitlines()[1:]), flush=True)
+
+    def _document(self, vm: dict[str, Any]) -> None:
+        if self._output == "yaml" and self._documents:
+            print("---")
+        show.print_data(vm, self._output or "json")
+        sys.stdout.flush()
+        self._documents += 1
+
+
 def _in(args: argparse.Namespace, vm: dict[str, Any]) -> bool:
     return bool(vm["metadata"]["namespace"] == common.namespace_of(args))
 
@@ -198,13 +298,59 @@ def _row(vm: dict[str, Any]) -> list[str]:
     ]
 
 
+def get_data_volumes(args: argparse.Namespace) -> int:
+    """`vmid get dv [NAME]`: the VMs' DataVolumes as `kubectl get dv` shows CDI's: NAME PHASE
+    PROGRESS RESTARTS AGE."""
+    from vmid.runtime import vmstate  # here: as in `find`
+
+    paths = Paths(args.root or Path("/"))
+    if args.watch:
+        raise RequestError("vmid get dv -w is not supported: watch the VMs (vmid get vm -w)")
+    status.read_objects(paths)  # no vmid state there: an error saying so, as `get` says it
+    every = getattr(args, "all_namespaces", False)
+    found = [dv for dv in vmstate.read_data_volumes(paths) if every or _in(args, dv)]
+    found = [dv for dv in found if args.name in (None, dv["metadata"]["name"])]
+    if args.name is not None and not found:
+        where = common.namespace_of(args)
+        print(f"vmid: datavolume {args.name!r} not found in namespace {where!r}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.output in ("yaml", "json"):
+        data = found[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": found}
+        show.print_data(data, args.output)
+        return EXIT_OK
+    if not found:
+        where = "" if every else f" in {common.namespace_of(args)} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+        return EXIT_OK
+    header = ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"]
+    rows = [_dv_row(dv) for dv in found]
+    if every:
+        header = ["NAMESPACE", *header]
+        rows = [[dv["metadata"]["namespace"], *row] for dv, row in zip(found, rows, strict=True)]
+    print(show.aligned([header, *rows]))
+    return EXIT_OK
+
+
+def _dv_row(dv: dict[str, Any]) -> list[str]:
+    st = dv["status"]
+    return [
+        dv["metadata"]["name"],
+        st["phase"],
+        st["progress"],
+        str(st.get("restartCount", 0)),
+        show.age(dv["metadata"].get("creationTimestamp")),
+    ]
+
+
 def describe(args: argparse.Namespace) -> int:
     """`vmid describe vm NAME`: the VM's status, run strategy, conditions, its VMI."""
+    from vmid.runtime import vmstate  # here: as in `find`
+
     paths = Paths(args.root or Path("/"))
     key = names.key(common.namespace_of(args), args.name)
     vm = find(paths, key)
     if vm is None:
-        print(f"vmid: {_not_found(args)}", file=sys.stderr)
+        print(f"vmid: {not_found(args)}", file=sys.stderr)
         return EXIT_ERROR
     st, metadata = vm["status"], vm["metadata"]
     vmi = next((o for o in status.read_objects(paths) if o.key == key), None)
@@ -231,7 +377,24 @@ def describe(args: argparse.Namespace) -> int:
     print("Conditions:")
     body = show.aligned([["TYPE", "STATUS", "REASON", "MESSAGE"], *rows])
     print("\n".join(f"  {line}" for line in body.splitlines()))
+    owned = [dv for dv in vmstate.read_data_volumes(paths) if _owned_by(dv, metadata)]
+    if owned:
+        print("DataVolumes:")
+        rows = [[*_dv_row(dv)[:3], _dv_error(dv)] for dv in owned]
+        body = show.aligned([["NAME", "PHASE", "PROGRESS", "MESSAGE"], *rows])
+        print("\n".join(f"  {line}" for line in body.splitlines()))
     return EXIT_OK
+
+
+def _owned_by(dv: dict[str, Any], vm: dict[str, Any]) -> bool:
+    owners = dv["metadata"].get("ownerReferences", [])
+    same = dv["metadata"].get("namespace") == vm.get("namespace")
+    return same and any(o.get("name") == vm.get("name") for o in owners)
+
+
+def _dv_error(dv: dict[str, Any]) -> str:
+    running = [c for c in dv["status"].get("conditions", []) if c.get("type") == "Running"]
+    return str(running[0].get("message", "")) if running else ""
 
 
 def _vmi_line(vmi: VMIObject | None) -> str:

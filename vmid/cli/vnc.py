@@ -21,6 +21,7 @@ from vmid.host import unixsock
 
 
 def register(commands: Commands, flags: argparse.ArgumentParser) -> None:
+    flags = common.flags_for(flags, "root", "namespace")  # no vmid.yaml read: no --config
     vnc = commands.add_parser(
         "vnc",
         parents=[flags],

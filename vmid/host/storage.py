@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -49,6 +50,9 @@ QEMU_IMG_RUNS = trio.CapacityLimiter(4)
 QEMU_IMG_CONVERT_TIMEOUT = 3600.0
 IMAGE_META = "image.json"
 SOURCE_COPY = "source"
+#: flock(2)ed while the store's references change: a garbage collection (the daemon's, or
+#: `vmid image prune`) never sees a digest stored but not yet named by its reference.
+LOCK_FILE = ".lock"
 #: The store's content, one directory per digest (and disk path).
 CONTENT_DIR = "sha256"
 STORE_DIR_MODE = 0o700
@@ -205,21 +209,57 @@ class ImageStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock (blocks: call it in a worker thread from trio)."""
+        _private_dir(self.root)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.root / LOCK_FILE, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     async def add(self, ref: str, source: Path) -> StoredImage:
         """Check `source` and store it, as raw, under its own digest; point `ref` at it."""
         ref = _normal(ref)
         with self.staging() as staging:
             # Checked and converted as a private copy: the caller's file may change meanwhile.
             digest = await trio.to_thread.run_sync(_copy, source, staging / SOURCE_COPY)
-            if not self.has(digest):
-                await self.commit(staging, ref, digest, shown=str(source))
-            return self.tag(ref, digest, local=True)
+            stored = await self.tag_stored(ref, digest, local=True)
+            if stored is not None:
+                return stored
+            return await self.commit(staging, ref, digest, shown=str(source), local=True)
+
+    def named(self, ref: str) -> bool:
+        """Whether the store has a reference `ref` (to whichever content)."""
+        return (self._dir(ref) / IMAGE_META).is_file()
 
     def has(self, digest: str, disk_path: str | None = None) -> bool:
         return (self._content(digest, disk_path) / IMAGE_META).is_file()
 
+    async def tag_stored(
+        self, ref: str, digest: str, disk_path: str | None = None, local: bool = False
+    ) -> StoredImage | None:
+        """Point `ref` at `digest`'s disk if the store has it (None if not), under the lock."""
+
+        def tag() -> StoredImage | None:
+            with self.locked():
+                if not self.has(digest, disk_path):
+                    return None
+                return self._tag(ref, digest, disk_path, local)
+
+        return await trio.to_thread.run_sync(tag)
+
     async def commit(
-        self, staging: Path, ref: str, digest: str, disk_path: str | None = None, shown: str = ""
+        self,
+        staging: Path,
+        ref: str,
+        digest: str,
+        disk_path: str | None = None,
+        shown: str = "",
+        local: bool = False,
     ) -> StoredImage:
         """Check `staging/source` as any image, store it raw as `digest`'s; point `ref` at it."""
         copy = staging / SOURCE_COPY
@@ -229,17 +269,22 @@ class ImageStore:
         else:
             copy.rename(staging / STORE_FILE)
         await trio.to_thread.run_sync(_seal, staging, digest, info.virtualSize)
-        await trio.to_thread.run_sync(self._install, staging, digest, disk_path)
-        return self.tag(ref, digest, disk_path)
+        install = self._install
+        return await trio.to_thread.run_sync(install, staging, ref, digest, disk_path, local)
 
-    def _install(self, staging: Path, digest: str, disk_path: str | None) -> None:
+    def _install(
+        self, staging: Path, ref: str, digest: str, disk_path: str | None, local: bool
+    ) -> StoredImage:
+        """Move the staged content in place and name it, in one hold of the lock."""
         target = self._content(digest, disk_path)
         _private_dir(target.parent)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not self.has(digest, disk_path):  # else stored meanwhile (a pull by the CLI)
-                raise
+        with self.locked():
+            try:
+                staging.rename(target)
+            except OSError:
+                if not self.has(digest, disk_path):  # else stored meanwhile (a pull by the CLI)
+                    raise
+            return self._tag(ref, digest, disk_path, local)
 
     async def _convert(self, qcow2: Path, raw: Path) -> None:
         await qemu_img(
@@ -255,10 +300,11 @@ class ImageStore:
             copies=True,
         )
 
-    def tag(
+    def _tag(
         self, ref: str, digest: str, disk_path: str | None = None, local: bool = False
     ) -> StoredImage:
-        """Point `ref` (normalised) at a stored digest's disk; `local`: by `vmid image import`."""
+        """Point `ref` (normalised) at a stored digest's disk; `local`: by `vmid image import`.
+        The caller holds the lock."""
         directory = self._dir(ref)
         _private_dir(self.root)
         _private_dir(directory)
@@ -289,6 +335,12 @@ class ImageStore:
             f"`vmid image pull {ref}` or `vmid image import {ref} FILE`"
         )
 
+    def get_locked(self, ref: str, disk_path: str | None = None) -> StoredImage:
+        """`get` under the lock (blocks): a garbage collection removes the image before or
+        after, never between the lookup and the caller's use of it (it is in use then)."""
+        with self.locked():
+            return self.get(ref, disk_path)
+
     def list(self) -> list[StoredImage]:
         """Every stored reference, sorted."""
         if not self.root.is_dir():
@@ -311,12 +363,45 @@ class ImageStore:
     def remove(self, ref: str, keep: frozenset[str] = frozenset()) -> StoredImage:
         """Remove reference `ref`; its content too unless another reference or `keep` (digests
         in use) names it. Raises StorageError when `ref` is not stored."""
-        image = self.lookup(ref)
-        shutil.rmtree(self._dir(ref))
-        unused = all(other.path != image.path for other in self.list())
-        if image.digest is not None and image.digest not in keep and unused:
-            shutil.rmtree(image.path.parent)
+        with self.locked():
+            image = self.lookup(ref)
+            shutil.rmtree(self._dir(ref))
+            unused = all(other.path != image.path for other in self.list())
+            if image.digest is not None and image.digest not in keep and unused:
+                shutil.rmtree(image.path.parent)
         return image
+
+    def used(self, image: StoredImage) -> None:
+        """Record that a VMI starts on `image` now (garbage collection removes the least
+        recently used first): its content directory's mtime."""
+        with contextlib.suppress(OSError):  # removed meanwhile: nothing to record
+            os.utime(image.path.parent)
+
+    def contents(self) -> tuple[StoredContent, ...]:
+        """Every disk the store holds and the references naming it (none: left by a crash)."""
+        named: dict[Path, tuple[StoredImage, ...]] = {}
+        for image in self.list():
+            named[image.path.parent] = (*named.get(image.path.parent, ()), image)
+        content = self.root / CONTENT_DIR
+        if content.is_dir():
+            for directory in content.iterdir():
+                if not directory.name.startswith("."):
+                    named.setdefault(directory, ())
+        found: tuple[StoredContent, ...] = ()
+        for directory, images in named.items():
+            with contextlib.suppress(OSError):  # removed meanwhile
+                found += (_content_of(directory, images),)
+        return found
+
+    def delete(self, content: StoredContent) -> None:
+        """Remove a disk and the references naming it (the caller holds the lock and knows
+        none is in use)."""
+        for ref in content.refs:
+            with contextlib.suppress(StorageError):
+                if self.lookup(ref).path.parent == content.directory:  # not moved meanwhile
+                    shutil.rmtree(self._dir(ref))
+        if not any(image.path.parent == content.directory for image in self.list()):
+            shutil.rmtree(content.directory, ignore_errors=True)
 
     def _disk_path(self, ref: str) -> str | None:
         try:
@@ -324,6 +409,41 @@ class ImageStore:
         except (OSError, ValueError, KeyError):
             return None
         return path
+
+
+@attrs.frozen
+class StoredContent:
+    """One disk in the store and what garbage collection weighs about it."""
+
+    directory: Path
+    #: None for a disk an earlier vmid stored beside its reference.
+    digest: str | None
+    refs: tuple[str, ...]
+    #: The bytes it takes on the store's filesystem (a sparse disk: its blocks).
+    size: int
+    #: When it was stored, and when it was stored or a VMI last started on it (epoch seconds).
+    stored: float
+    lastUsed: float
+    #: Named by a reference `vmid image import` made: no pull brings it back, so it is pinned.
+    local: bool
+
+
+def _content_of(directory: Path, images: tuple[StoredImage, ...]) -> StoredContent:
+    stored = (directory / IMAGE_META).stat().st_mtime
+    size = sum(f.stat().st_blocks * 512 for f in directory.iterdir() if f.is_file())
+    digests = {image.digest for image in images}
+    digest = digests.pop() if len(digests) == 1 else None
+    if not images:  # no reference: the digest is in the directory's record
+        digest = json.loads((directory / IMAGE_META).read_text()).get("digest")
+    return StoredContent(
+        directory=directory,
+        digest=digest,
+        refs=tuple(image.ref for image in images),
+        size=size,
+        stored=stored,
+        lastUsed=max(stored, directory.stat().st_mtime),
+        local=any(image.local for image in images),
+    )
 
 
 def _normal(ref: str) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from vmid.api import types as t
 from vmid.api.findings import Finding
 from vmid.config import Accelerator, Config, Paths
-from vmid.plan import devices, pci
+from vmid.plan import devices, pci, resources
 from vmid.plan.context import Context
 from vmid.plan.disks import plan_disks
 from vmid.plan.model import (
@@ -110,6 +110,7 @@ def build(
         startPaused=vmi.spec.startStrategy is t.StartStrategy.PAUSED,
         readinessProbe=vmi.spec.readinessProbe,
         livenessProbe=vmi.spec.livenessProbe,
+        cgroup=resources.cgroup(vmi, ctx.vcpus),
     )
     return plan, []
 

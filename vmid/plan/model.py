@@ -214,6 +214,19 @@ class Sockets:
 
 
 @attrs.frozen(kw_only=True)
+class Cgroup:
+    """The limits of the VMI's own cgroup (its systemd scope), as systemd's properties name
+    them; None: no limit (plan/resources.py computes them)."""
+
+    #: CPUQuota=, in microseconds of CPU time a second (limits.cpu).
+    cpuQuotaPerSecUSec: int | None = None
+    #: MemoryMax=, in bytes (limits.memory plus QEMU's overhead).
+    memoryMax: int | None = None
+    #: CPUWeight= (1-10000), from the CPU request.
+    cpuWeight: int | None = None
+
+
+@attrs.frozen(kw_only=True)
 class LaunchPlan:
     """How to run one VMI: QEMU's argv, the files and taps it needs, and how to stop it."""
 
@@ -237,6 +250,8 @@ class LaunchPlan:
     #: The probes, defaulted (the daemon runs them: runtime/probes.py).
     readinessProbe: t.Probe | None = None
     livenessProbe: t.Probe | None = None
+    #: Its cgroup's limits, where systemd gives it one (runtime/instance.py).
+    cgroup: Cgroup = attrs.field(factory=Cgroup)
 
     def argv_for(
         self, control_fd: int, tap_fds: Mapping[str, int], file_fds: Mapping[int, int]

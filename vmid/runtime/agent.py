@@ -1,4 +1,5 @@
-"""The QEMU guest agent (qemu-ga) of one VM: its protocol, its poller, and what it reports.
+"""The QEMU guest agent (qemu-ga) of one VM: its protocol, its poller, what it reports, and
+KubeVirt's fsfreeze with its automatic unfreeze.
 
 qemu-ga speaks JSON on the VM's virtio-serial port, which QEMU serves on `qga.sock` in its
 working directory (the VM's own uid's, mode 0600: only that QEMU and root reach it). vmid
@@ -42,6 +43,8 @@ SYS_INTERVAL = 120.0
 FILE_INTERVAL = 300.0
 USER_INTERVAL = 10.0
 VERSION_INTERVAL = 300.0
+#: virt-launcher's --qemu-fsfreeze-status-interval (under INITIAL_INTERVAL: polled at it at once).
+FSFREEZE_INTERVAL = 5.0
 #: KubeVirt lists at most this many interfaces the guest has and the domain does not.
 GUEST_ONLY_INTERFACES = 10
 #: Commands an agent must have for KubeVirt to call it supported (virt-handler guestagent.go).
@@ -64,6 +67,24 @@ NOT_CONNECTED = "VMI does not have guest agent connected"
 MAX_REQUEST_BYTES = 4096
 #: How long guest-shutdown may take to be sent (it answers nothing on success).
 REBOOT_TIMEOUT = 10.0
+#: KubeVirt's default unfreeze timeout, in seconds (virt-freezer's --unfreezeTimeoutSeconds; a
+#: VirtualMachineSnapshot's default failureDeadline): a freeze nobody undoes is thawed then.
+UNFREEZE_TIMEOUT = 300
+#: The longest unfreeze timeout a request may ask (KubeVirt's is an int32 of seconds).
+MAX_UNFREEZE_TIMEOUT = 2**31 - 1
+#: How long guest-fsfreeze-freeze may take: the guest flushes every file system first (libvirt
+#: waits without a bound; a guest that takes longer has its freeze undone).
+FREEZE_TIMEOUT = 60.0
+#: Thawing when the daemon stops supervising the VM: guest-fsfreeze-status, then -thaw.
+LEAVING_THAW_TIMEOUT = 2 * COMMAND_TIMEOUT
+#: virt-handler's messages when a freeze or unfreeze fails, before the reason.
+FREEZE_FAILED = "Failed to freeze VMI"
+UNFREEZE_FAILED = "Failed to unfreeze VMI"
+#: libvirt's reasons, which KubeVirt passes on: no agent on the channel, a guest not running.
+AGENT_UNRESPONSIVE = "Guest agent is not responding: QEMU guest agent is not connected"
+DOMAIN_NOT_RUNNING = (
+    "Requested operation is not valid: domain is not running (the VMI is paused: unpause it first)"
+)
 #: What each poll group asks, and how often at most.
 _GROUPS: dict[str, tuple[float, tuple[str, ...]]] = {
     "version": (VERSION_INTERVAL, ("guest-info",)),
@@ -78,6 +99,7 @@ _GROUPS: dict[str, tuple[float, tuple[str, ...]]] = {
         ),
     ),
     "user": (USER_INTERVAL, ("guest-get-users",)),
+    "fsfreeze": (FSFREEZE_INTERVAL, ("guest-fsfreeze-status",)),
 }
 #: guest-get-osinfo's keys, as KubeVirt's status.guestOSInfo names them.
 _OS_FIELDS = {
@@ -170,13 +192,21 @@ class GuestAgent:
     """One VM's guest agent: connects when the guest opens its port (QEMU's VSERPORT_CHANGE),
     polls it as KubeVirt's agent poller does, and runs commands for the VMI, one at a time.
 
-    `on_change` is called (no arguments) whenever `connected` or a polled answer changes.
+    `on_change` is called (no arguments) whenever `connected` or a polled answer changes;
+    `on_event(type, reason, message)` records an event about the VMI (its freezes).
     """
 
-    def __init__(self, name: str, path: Path, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        on_change: Callable[[], None],
+        on_event: Callable[[str, str, str], None] = lambda *_: None,
+    ) -> None:
         self.log = log.getChild(name)
         self._path = path
         self._on_change = on_change
+        self._on_event = on_event
         self._channel: Channel | None = None
         self._lock = trio.Lock()
         self._port_open = False
@@ -184,6 +214,15 @@ class GuestAgent:
         self._session: trio.CancelScope | None = None
         self.connected = False
         self.report = Report()
+        #: The VM is paused: nothing is polled (every call would time out), no freeze is tried.
+        self.paused = False
+        self._resumed = trio.Event()
+        self._resumed.set()
+        #: Where the automatic unfreeze runs (`run`'s), and the armed one, if any.
+        self._nursery: trio.Nursery | None = None
+        self._unfreeze: trio.CancelScope | None = None
+        #: A freeze this daemon made, or found (after a take-over), and has not seen undone.
+        self._freeze_known = False
 
     def __repr__(self) -> str:
         return f"<GuestAgent path={str(self._path)!r} connected={self.connected}>"
@@ -195,20 +234,35 @@ class GuestAgent:
             self._session.cancel()
         self._changed.set()
 
+    def set_paused(self, paused: bool) -> None:
+        """The VM was paused or resumed: as KubeVirt's poller, none polls a paused guest."""
+        self.paused = paused
+        if paused and self._resumed.is_set():
+            self._resumed = trio.Event()
+        elif not paused:
+            self._resumed.set()
+
+    @property
+    def frozen(self) -> bool:
+        """The guest's file systems are frozen, as its agent last said."""
+        return bool(self.report.get("guest-fsfreeze-status") == "frozen")
+
     async def run(self, port_open: bool) -> None:
         """Follow the port until cancelled; `port_open`: the guest's end is open now."""
         self._port_open = port_open
         try:
-            while True:
-                self._changed = trio.Event()
-                if self._port_open:
-                    with trio.CancelScope() as self._session:
-                        await self._serve()
-                    self._session = None
-                    self._set_connected(False)
-                if not self._changed.is_set():
-                    await self._changed.wait()
+            async with trio.open_nursery() as self._nursery:
+                while True:
+                    self._changed = trio.Event()
+                    if self._port_open:
+                        with trio.CancelScope() as self._session:
+                            await self._serve()
+                        self._session = None
+                        self._set_connected(False)
+                    if not self._changed.is_set():
+                        await self._changed.wait()
         finally:
+            self._nursery = self._unfreeze = None
             with trio.CancelScope(shield=True), trio.move_on_after(COMMAND_TIMEOUT):
                 await self.aclose()
 
@@ -216,7 +270,9 @@ class GuestAgent:
         """Handshake, then poll until the port closes; a failed handshake is retried."""
         while True:
             try:
-                self.report.answers["guest-info"] = await self.call("guest-info")
+                info = await self.call("guest-info")
+                if not self._frozen_info():
+                    self.report.answers["guest-info"] = info
             except AgentError as exc:
                 self.log.debug("guest agent handshake failed: %s", exc)
                 await trio.sleep(RETRY_SECONDS)
@@ -226,9 +282,10 @@ class GuestAgent:
             await self._poll()
 
     async def _poll(self) -> None:
-        intervals = dict.fromkeys(_GROUPS, INITIAL_INTERVAL)
+        intervals = {group: min(INITIAL_INTERVAL, g[0]) for group, g in _GROUPS.items()}
         due = dict.fromkeys(_GROUPS, trio.current_time())
         while True:
+            await self._resumed.wait()
             now = trio.current_time()
             changed = False
             for group, (ceiling, commands) in _GROUPS.items():
@@ -249,10 +306,19 @@ class GuestAgent:
         except AgentError as exc:
             self.log.debug("%s failed: %s", command, exc)
             return False
+        if command == "guest-fsfreeze-status" and answer == "frozen" and not self._freeze_known:
+            self._adopt_freeze()
+        if command == "guest-info" and self._frozen_info():
+            return False
         if self.report.answers.get(command) == answer:
             return False
         self.report.answers[command] = answer
         return True
+
+    def _frozen_info(self) -> bool:
+        """While frozen, qemu-ga's guest-info lists all but a few commands disabled: its support
+        (AgentVersionNotSupported) is judged by what it said thawed."""
+        return self.frozen and "guest-info" in self.report.answers
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:
@@ -281,9 +347,11 @@ class GuestAgent:
             async with self._lock:
                 try:
                     return await self._exchange(command, arguments, reply)
-                except OSError as exc:
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    # Reset by QEMU, or closed under this call (the agent's task ending).
                     await self.aclose()
-                    raise AgentError(f"{command}: the agent's channel failed: {exc}") from exc
+                    why = str(exc) or type(exc).__name__
+                    raise AgentError(f"{command}: the agent's channel failed: {why}") from exc
                 except AgentError as exc:
                     if "closed" in str(exc):
                         await self.aclose()
@@ -308,13 +376,16 @@ class GuestAgent:
             raise AgentError(f"{error.get('class', 'Error')}: {error.get('desc', '')}")
         return answer.get("return")
 
-    async def request(self, verb: str) -> Any:
+    async def request(self, verb: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """A `vmid` agent verb: KubeVirt's guestosinfo, userlist and fslist (from what the
-        poller last heard, as KubeVirt's), or soft-reboot through the agent.
+        poller last heard, as KubeVirt's), soft-reboot through the agent, freeze (`arguments`:
+        `unfreezeTimeout`, seconds) and unfreeze.
 
         Raises:
             AgentError: the agent is not connected, failed, or the verb is unknown.
         """
+        if verb in ("freeze", "unfreeze"):
+            return await self._freeze_verb(verb, dict(arguments or {}))
         if not self.connected:
             raise AgentError(NOT_CONNECTED)
         if verb == "guestosinfo":
@@ -328,6 +399,141 @@ class GuestAgent:
             return await self.call("guest-shutdown", arguments, REBOOT_TIMEOUT, reply=False)
         raise AgentError(f"unknown request {verb!r}")
 
+    async def _freeze_verb(self, verb: str, arguments: dict[str, Any]) -> Any:
+        """`vmid freeze|unfreeze`, failing with virt-handler's messages (a FreezeError event)."""
+        try:
+            if verb == "unfreeze":
+                await self.thaw()
+                return {}
+            timeout = arguments.get("unfreezeTimeout", UNFREEZE_TIMEOUT)
+            if type(timeout) is not int or not 0 <= timeout <= MAX_UNFREEZE_TIMEOUT:
+                raise AgentError(f"unfreezeTimeout is not a number of seconds: {timeout!r}")
+            return {"frozen": await self.freeze(timeout), "unfreezeTimeout": timeout}
+        except AgentError as exc:
+            message = f"{FREEZE_FAILED if verb == 'freeze' else UNFREEZE_FAILED}: {exc}"
+            if verb == "freeze":
+                self._on_event("Warning", "FreezeError", message)
+            raise AgentError(message) from exc
+
+    # Section: fsfreeze, as KubeVirt's virt-launcher (storage/fsfreeze.go)
+
+    async def freeze(self, unfreeze_timeout: int) -> int | None:
+        """Freeze the guest's file systems (guest-fsfreeze-freeze), thawed automatically after
+        `unfreeze_timeout` seconds (0: never) unless thawed before; nothing if they are frozen
+        already (the automatic thaw armed then stays as it was), as KubeVirt's FreezeVMI.
+
+        Returns how many file systems the guest froze (None: they were frozen already).
+        Raises AgentError (a freeze that failed is undone at once, as virt-freezer does).
+        """
+        self._check_running()
+        if await self._freeze_status() == "frozen":
+            return None
+        self._freeze_known = True
+        self._arm(unfreeze_timeout)  # before: a freeze answered too late is undone all the same
+        try:
+            count = await self.call("guest-fsfreeze-freeze", within=FREEZE_TIMEOUT)
+        except AgentError:
+            with contextlib.suppress(AgentError):
+                await self.thaw()
+            raise
+        self._record_freeze("frozen")
+        self.log.info("froze %s file systems (unfreeze timeout %d s)", count, unfreeze_timeout)
+        return count if isinstance(count, int) else 0
+
+    async def thaw(self) -> None:
+        """Thaw the guest's file systems (guest-fsfreeze-thaw) unless its agent says they are
+        thawed, as KubeVirt's UnfreezeVMI; the automatic thaw is disarmed once it succeeded.
+
+        Raises:
+            AgentError: the VM is paused, or the agent is gone or failed.
+        """
+        self._check_running()
+        with contextlib.suppress(AgentError):  # a status not read is no reason not to thaw
+            if await self._freeze_status() == "thawed":
+                self._thawed()
+                return
+        await self.call("guest-fsfreeze-thaw")
+        self._thawed()
+        self.log.info("thawed the guest's file systems")
+
+    async def thaw_before_leaving(self) -> None:
+        """The daemon stops supervising this VM (it powers it off, or leaves it running for
+        the next daemon): a freeze it knows of is thawed, never left without its automatic
+        thaw. Bounded by LEAVING_THAW_TIMEOUT; call it shielded."""
+        if not (self._freeze_known or self.frozen):
+            return
+        why = "the guest's file systems were frozen and vmid stops supervising the VMI"
+        with trio.move_on_after(LEAVING_THAW_TIMEOUT):
+            try:
+                await self.thaw()
+            except AgentError as exc:
+                why = f"{why}; thawing them failed: {exc}"
+            else:
+                self._on_event("Normal", "Unfrozen", f"{why}: thawed")
+                return
+        self.log.warning("%s: they may stay frozen", why)
+        self._on_event("Warning", "FreezeError", f"{why}: they may stay frozen")
+
+    def _check_running(self) -> None:
+        if not self._port_open:
+            raise AgentError(AGENT_UNRESPONSIVE)
+        if self.paused:
+            raise AgentError(DOMAIN_NOT_RUNNING)
+
+    async def _freeze_status(self) -> Any:
+        status = await self.call("guest-fsfreeze-status")
+        self._record_freeze(status)
+        return status
+
+    def _record_freeze(self, status: Any) -> None:
+        if self.report.answers.get("guest-fsfreeze-status") != status:
+            self.report.answers["guest-fsfreeze-status"] = status
+            self._on_change()
+
+    def _thawed(self) -> None:
+        self._freeze_known = False
+        if self._unfreeze is not None:
+            self._unfreeze.cancel()
+            self._unfreeze = None
+        self._record_freeze("thawed")
+
+    def _arm(self, seconds: int) -> None:
+        """Thaw in `seconds` unless thawed before (0: never), in place of one armed before."""
+        if self._unfreeze is not None:
+            self._unfreeze.cancel()
+            self._unfreeze = None
+        if seconds > 0 and self._nursery is not None:
+            self._unfreeze = trio.CancelScope()
+            self._nursery.start_soon(self._thaw_after, seconds, self._unfreeze)
+
+    def _adopt_freeze(self) -> None:
+        """Frozen, and not by this daemon (an earlier one's freeze, found after a take-over):
+        thawed after KubeVirt's default unfreeze timeout, from now."""
+        self._freeze_known = True
+        message = (
+            "the guest's file systems are frozen, by no freeze of this daemon's: thawed in "
+            f"{UNFREEZE_TIMEOUT} s unless unfrozen"
+        )
+        self.log.warning("%s", message)
+        self._on_event("Warning", "UnfreezeTimeout", message)
+        self._arm(UNFREEZE_TIMEOUT)
+
+    async def _thaw_after(self, seconds: int, scope: trio.CancelScope) -> None:
+        """KubeVirt's safety unfreeze: thaw when the timeout expires; retried until it works
+        (the guest paused, its agent restarting), as long as the VM runs."""
+        with scope:
+            await trio.sleep(seconds)
+            message = f"Unfreeze was not called for more than {seconds} s: thawing the guest"
+            self.log.warning("%s", message)
+            self._on_event("Warning", "UnfreezeTimeout", message)
+            while True:
+                try:
+                    await self.thaw()
+                    return
+                except AgentError as exc:
+                    self.log.warning("the automatic unfreeze failed, retrying: %s", exc)
+                await trio.sleep(RETRY_SECONDS)
+
     async def serve(self, listener: trio.SocketListener) -> None:
         """Answer `vmid` on the VMI's agent.sock (root's alone), one request per connection."""
         async with listener:
@@ -338,8 +544,8 @@ class GuestAgent:
             reply: dict[str, Any]
             try:
                 with trio.fail_after(COMMAND_TIMEOUT):
-                    verb = await _read_request(stream)
-                reply = {"return": await self.request(verb)}
+                    verb, arguments = await _read_request(stream)
+                reply = {"return": await self.request(verb, arguments)}
             except AgentError as exc:
                 reply = {"error": str(exc)}
             except (trio.TooSlowError, trio.BrokenResourceError, ValueError) as exc:
@@ -356,7 +562,7 @@ class GuestAgent:
                 await channel.aclose()
 
 
-async def _read_request(stream: trio.abc.Stream) -> str:
+async def _read_request(stream: trio.abc.Stream) -> tuple[str, dict[str, Any]]:
     data = bytearray()
     while b"\n" not in data:
         if len(data) > MAX_REQUEST_BYTES:
@@ -368,7 +574,10 @@ async def _read_request(stream: trio.abc.Stream) -> str:
     request = json.loads(data.split(b"\n", 1)[0])
     if not isinstance(request, dict) or not isinstance(request.get("execute"), str):
         raise ValueError('not {"execute": VERB}')
-    return str(request["execute"])
+    arguments = request.get("arguments", {})
+    if not isinstance(arguments, dict):
+        raise ValueError("its arguments are not an object")
+    return str(request["execute"]), arguments
 
 
 def listen(path: Path) -> trio.SocketListener:
@@ -417,6 +626,7 @@ def agent_info(report: Report) -> dict[str, Any]:
         "timezone": f"{zone.get('zone', '')}, {zone.get('offset', 0)}",
         "userList": users(report)[:10],
         "fsInfo": {"disks": filesystems(report)[:10]},
+        "fsFreezeStatus": str(report.get("guest-fsfreeze-status") or ""),
     }
     return {k: v for k, v in result.items() if v not in ("", [], {})}
 

@@ -21,7 +21,7 @@ import trio
 from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError, RequestRefused, StateError
-from vmid.host import accel, layout, pidlock, requests
+from vmid.host import accel, layout, machines, pidlock, requests
 from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
 from vmid.runtime.network import Network
@@ -93,16 +93,19 @@ async def _serve(
     layout.migrate(paths)  # before anything looks for the VMIs an earlier vmid left
     spool = Spool(paths.spool, config, paths, accelerator)
     notifier = Notifier()
+    host_machines, how = await machines.detect(paths.root)
+    log.info("%s", how)  # the one line saying whether VMs get cgroups of their own
     async with qmp.bridge(), trio.open_nursery() as vms:
         network = Network(config, paths)
         await vms.start(network.serve)
-        supervisor = Supervisor(vms, config, paths, accelerator, network)
+        supervisor = Supervisor(vms, config, paths, accelerator, network, host_machines)
         controller = Controller(supervisor, paths, config)  # VirtualMachines, over the supervisor
         async with trio.open_nursery() as watchers:
             watchers.start_soon(notifier.watchdog)
             watchers.start_soon(supervisor.tidy_logs)
             watchers.start_soon(supervisor.tidy_events)
             await watchers.start(spool_module.watch, spool, controller.apply)
+            watchers.start_soon(supervisor.collect_images)  # once the spool says what is in use
             watchers.start_soon(controller.run)
             watchers.start_soon(_serve_requests, paths, supervisor)
             with trio.move_on_after(SETTLE_SECONDS):

@@ -31,11 +31,26 @@ GZIP_MAGIC = b"\x1f\x8b"
 STAGING_DIR = ".importing"
 
 
+#: Told the bytes downloaded so far and the bytes to come in all (None: not said), from the
+#: download's thread.
+Progress = Callable[[int, int | None], None]
+
+
+def _no_progress(done: int, total: int | None) -> None:
+    pass
+
+
 async def import_url(
-    url: str, volumes: Path, name: str, size: int, paths: Paths, config: Config
+    url: str,
+    volumes: Path,
+    name: str,
+    size: int,
+    paths: Paths,
+    config: Config,
+    progress: Progress = _no_progress,
 ) -> int:
     """Import `url` (http(s):// or docker://) as the claim `name` of `size` bytes; the bytes
-    downloaded (0 for an image the store had).
+    downloaded (0 for an image the store had). `progress` follows an http download.
 
     Raises:
         DataVolumeImportError: the download, the pull, the image or the conversion failed.
@@ -45,7 +60,7 @@ async def import_url(
         source = url.removeprefix("pvc://")
         return await trio.to_thread.run_sync(clone, volumes, source, name, size)
     if not url.startswith("docker://"):
-        return await import_http(url, volumes, name, size, config.qemuImg, limit)
+        return await import_http(url, volumes, name, size, config.qemuImg, limit, progress)
     store = ImageStore(paths.images, config.qemuImg)
     ref = url.removeprefix("docker://")
     try:
@@ -108,7 +123,7 @@ async def import_http(
     size: int,
     qemu_img_binary: str,
     max_bytes: int,
-    progress: Callable[[int], None] = lambda done: None,
+    progress: Progress = _no_progress,
 ) -> int:
     """Import `url` as the claim `name` of `size` bytes; the bytes downloaded.
 
@@ -128,11 +143,12 @@ async def import_http(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _download(url: str, target: Path, max_bytes: int, progress: Callable[[int], None]) -> int:
+def _download(url: str, target: Path, max_bytes: int, progress: Progress) -> int:
     try:
         with urllib.request.urlopen(url, timeout=READ_TIMEOUT_SECONDS) as response:
             expected = response.headers.get("Content-Length")
-            done = _copy(response, target, max_bytes, progress)
+            total = int(expected) if expected is not None and expected.isdigit() else None
+            done = _copy(response, target, max_bytes, lambda done: progress(done, total))
     except urllib.error.HTTPError as exc:
         raise DataVolumeImportError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -25,9 +25,10 @@ import trio
 from vmid.api import imageref
 from vmid.api.vmistatus import QemuStatus, VolumeStatus, interface_data, interface_from_data
 from vmid.config import Accelerator, Logs
-from vmid.errors import LaunchError, MonitorError, VmidError
-from vmid.host import beneath, identity, storage, unixsock
+from vmid.errors import LaunchError, MachineError, MonitorError, VmidError
+from vmid.host import beneath, identity, journal, storage, unixsock
 from vmid.host.identity import QemuUser
+from vmid.host.machines import Machines, describe, scope_of
 from vmid.plan.build import QEMU_DIR
 from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, add_fd, device_id
 from vmid.runtime import agent, probes
@@ -112,6 +113,7 @@ class Instance:
         stop_mode: Callable[[], StopMode] = lambda: StopMode.POWER_OFF,
         images: Puller | None = None,
         processes: Callable[[], Awaitable[Mapping[int, Set[int]]]] | None = None,
+        machines: Machines | None = None,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
@@ -121,10 +123,11 @@ class Instance:
         `images`: where containerDisk images come from (pulled as their policy says); without
         it, from the store only. `processes`: every process's ids (`identity.running_ids`), read
         after it is called (the supervisor shares one read among the VMIs starting at once).
+        `machines`: systemd-machined, which gives QEMU a scope of its own (None: no systemd).
         """
         self.plan = plan
         self.status = status
-        self.log = log.getChild(plan.name)
+        self.log = journal.for_vmi(log, plan.name)
         self._store = store
         self._images = images
         self._qemu_img = qemu_img
@@ -135,6 +138,7 @@ class Instance:
         self._user = user
         self._traverse = traverse
         self._processes = processes or _read_processes
+        self._machines = machines
         self._process: trio.Process | AdoptedProcess | None = None
         #: QEMU's real argv (its fd numbers, not the plan's placeholders), once it runs.
         self._argv: list[str] = []
@@ -147,7 +151,9 @@ class Instance:
         self._stop_mode = stop_mode
         #: When the shutdown ladder, once begun, kills QEMU (trio's clock): the grace's end.
         self.kill_at: float | None = None
-        self._agent = agent.GuestAgent(plan.name, Path(plan.sockets.guestAgent), self._on_agent)
+        self._agent = agent.GuestAgent(
+            plan.name, Path(plan.sockets.guestAgent), self._on_agent, self.status.event
+        )
         #: The NICs as vmid made them, before the guest agent's view is merged in.
         self._domain_interfaces: list[dict[str, Any]] = []
         self.status.probe_ready = None if plan.readinessProbe is None else False
@@ -224,6 +230,7 @@ class Instance:
             self.status.transition(Phase.SCHEDULED)
             self.status.qemu = self._qemu_status()
             self.status.write()
+            await self._own_scope(self._process.pid, guest_ran=False)
             client = unixsock.connect(Path(plan.sockets.control))
         finally:
             listener.close()
@@ -272,6 +279,7 @@ class Instance:
         state = (await self._monitor.execute("query-status")).get("status")
         if state == "io-error":
             self._io_error = await self._failed_disks()
+        await self._own_scope(pid, guest_ran=state != "prelaunch")
         self.status.forget_deletion()  # the spool decides anew whether it goes
         # What it really runs, and as whom (a QEMU an older vmid started has no uid record).
         self._argv = cmdline(pid)
@@ -290,6 +298,60 @@ class Instance:
         # prelaunch: started with startStrategy Paused; io-error: stopped on a disk error.
         self._set_paused(state in ("paused", "prelaunch", "io-error"))
         self.status.write()
+
+    async def _own_scope(self, pid: int, guest_ran: bool) -> None:
+        """QEMU in a scope of its own with the VMI's limits (systemd-machined), before its guest
+        runs (QEMU waits for `cont`); the scope of a QEMU an earlier vmid started is kept.
+
+        A QEMU whose guest has not run yet fails the VMI when machined refuses it, as libvirt
+        fails such a start (a VM never runs without the limits it asked for); a running guest
+        is only logged, never killed over bookkeeping. Raises LaunchError.
+        """
+        if self._machines is None:
+            return
+        scope = scope_of(pid)
+        if scope is not None:
+            self.log.info("QEMU pid %d keeps its scope %s", pid, scope)
+            return
+        try:
+            scope = await self._register(pid)
+        except MachineError as exc:
+            if guest_ran:
+                self.log.warning("QEMU pid %d runs without a cgroup of its own: %s", pid, exc)
+                return
+            raise LaunchError(f"QEMU could not be given a cgroup of its own: {exc}") from exc
+        self.log.info("QEMU pid %d in scope %s (%s)", pid, scope, describe(self.plan.cgroup))
+
+    async def _register(self, pid: int) -> str:
+        """machined's scope for QEMU `pid`, unless QEMU ends first: machined never answers for
+        a leader that died under it, and the VMI's reason is then what QEMU said.
+
+        Raises MachineError, LaunchError.
+        """
+        assert self._machines is not None
+        assert self._process is not None
+        machines, plan = self._machines, self.plan
+        scope: str | MachineError = ""
+
+        async def register(done: trio.CancelScope) -> None:
+            nonlocal scope
+            taps = [tap.device for tap in plan.taps]
+            try:  # raised here, it would come out of the nursery in an exception group
+                scope = await machines.register(plan.name, plan.uuid, pid, plan.cgroup, taps)
+            except MachineError as exc:
+                scope = exc
+            done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(register, nursery.cancel_scope)
+            await self._process.wait()
+            nursery.cancel_scope.cancel()
+        if isinstance(scope, MachineError):
+            raise scope
+        if not scope:
+            said = await self._logs.qemu_said()
+            raise LaunchError(said or f"QEMU (pid {pid}) ended before it had a cgroup of its own")
+        return scope
 
     async def _failed_disks(self) -> str:
         """What `query-block` says of the disks whose error stopped the guest."""
@@ -348,6 +410,7 @@ class Instance:
                 old, new = (add_fd(file.fd, file.fdset, p) for p in (named, digest_file))
                 argv = [new if arg == old else arg for arg in argv]
         self.plan = attrs.evolve(self.plan, files=tuple(files), argv=tuple(argv))
+        self._store.used(image)
         image_id = f"{imageref.repository(item.image)}@{image.digest}" if image.digest else ""
         self.status.volumes[item.volume] = VolumeStatus(
             name=item.volume, imageID=image_id, size=image.virtualSize
@@ -461,20 +524,24 @@ class Instance:
             # Shielded: the events of a stopping guest (SHUTDOWN) decide its final phase.
             events = trio.CancelScope(shield=True)
             nursery.start_soon(self._follow_events, monitor, events)
-            guest_agent = trio.CancelScope()
+            # Shielded too, ended below: a freeze is undone through it before it goes.
+            guest_agent = trio.CancelScope(shield=True)
             nursery.start_soon(self._run_agent, monitor, guest_agent)
             try:
                 await self._process.wait()
             finally:
-                guest_agent.cancel()
                 with trio.CancelScope(shield=True):
                     try:
+                        if self._process.returncode is None:  # no freeze outlives supervision
+                            await self._agent.thaw_before_leaving()
+                        guest_agent.cancel()
                         await self._stop()
                         if self._process.returncode in (0, UNKNOWN_EXIT):  # it ended itself:
                             # read its last words (SHUTDOWN, GUEST_PANICKED) before judging.
                             with trio.move_on_after(HANGUP_TIMEOUT):
                                 await monitor.wait_hangup()
-                    finally:  # whatever the ladder raised: the event task must end too
+                    finally:  # whatever the ladder raised: the other tasks must end too
+                        guest_agent.cancel()
                         events.cancel()
         for event in monitor.pending_events():
             self._on_event(event)
@@ -556,6 +623,9 @@ class Instance:
             self.status.drop_condition("AgentConnected")
             self.status.drop_condition("AgentVersionNotSupported")
         self.status.guest_os_info = agent.guest_os_info(report) or self.status.guest_os_info
+        freeze = report.get("guest-fsfreeze-status")
+        if isinstance(freeze, str):  # virt-handler's: "thawed" is no status
+            self.status.fs_freeze_status = "" if freeze == "thawed" else freeze
         masquerade = frozenset(t.interface for t in self.plan.taps if t.masquerade)
         guest = agent.guest_interfaces(report)
         if guest:
@@ -611,6 +681,7 @@ class Instance:
 
     def _set_paused(self, paused: bool) -> None:
         """The Paused condition (by the user, or on a disk error), and Ready after it."""
+        self._agent.set_paused(paused)
         if not paused:
             self.status.condition("Paused", False)
         elif self._io_error is not None:
@@ -709,6 +780,7 @@ class Instance:
         self.status.condition("Ready", False, "GuestNotRunning")
         self.status.drop_condition("AgentConnected")
         self.status.drop_condition("AgentVersionNotSupported")
+        self.status.fs_freeze_status = ""
         self.status.event(*event)
         self.status.write()
         if failure is None:

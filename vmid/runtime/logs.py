@@ -91,7 +91,8 @@ class LogPipe:
                 while True:
                     data, end = self._read()
                     if data:
-                        await trio.to_thread.run_sync(self._write, data, limiter=_limiter())
+                        when = time.time_ns()  # when it arrived: its lines' time (vmid logs)
+                        await trio.to_thread.run_sync(self._write, data, when, limiter=_limiter())
                         self._lines(data)
                     if end:
                         return
@@ -128,10 +129,10 @@ class LogPipe:
             size += len(chunk)
         return b"".join(chunks), False
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, when: int) -> None:
         self._tail = (self._tail + data)[-TAIL_BYTES:]
         try:
-            self._file.write(data)
+            self._file.write(data, when)
         except OSError as exc:  # a full disk: the bytes are dropped, the pipe still drained
             if not self._failing:
                 log.error("%s: log bytes dropped: %s", self._file.path, exc)
@@ -160,8 +161,8 @@ def open_pipe(
         raise
 
 
-def _rotating(path: Path, limits: Logs) -> logfile.RotatingFile:
-    return logfile.RotatingFile(path, limits.maxSize.value(), limits.maxBackups)
+def _rotating(path: Path, limits: Logs, timed: bool = False) -> logfile.RotatingFile:
+    return logfile.RotatingFile(path, limits.maxSize.value(), limits.maxBackups, timed)
 
 
 class VmLogs:
@@ -222,7 +223,9 @@ class VmLogs:
 
     def _start(self, nursery: trio.Nursery, reader: int, path: str) -> None:
         try:
-            pipe = LogPipe(reader, _rotating(Path(path), self._limits))
+            # A console's lines get their times (vmid logs --timestamps); QEMU's stderr not.
+            timed = path != self._plan.qemuLog
+            pipe = LogPipe(reader, _rotating(Path(path), self._limits, timed))
         except BaseException:
             os.close(reader)
             raise

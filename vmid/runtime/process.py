@@ -7,13 +7,17 @@ daemon must find it again, and never mistake an unrelated process with a reused 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import trio
 
 from vmid.api import names
+
+log = logging.getLogger(__name__)
 
 #: The exit status of a process that is not vmid's child cannot be known.
 UNKNOWN_EXIT = 1 << 16
@@ -37,8 +41,44 @@ def find_qemus(instances: Path, qemu_dir: str) -> dict[str, list[int]]:
     missing (a crash between fork and write); this scan cannot. More than one pid for a key is
     a past fault.
     """
-    base = str(instances) + "/"
     found: dict[str, list[int]] = {}
+    for pid, key in _in_vmi_directories(instances, qemu_dir):
+        if _runs_as(pid, key):
+            found.setdefault(key, []).append(pid)
+    return found
+
+
+def wait_for_execs(instances: Path, qemu_dir: str, timeout: float) -> list[tuple[int, str]]:
+    """Wait (at most `timeout` s) until no fork of a vmid daemon sits in a VMI's directory
+    without having exec'd its QEMU yet; return those still there then (pid, VMI key).
+
+    A daemon killed between forking a QEMU and its exec leaves a process that runs the
+    daemon's own executable: it holds the daemon's lock (host/pidlock.py, inherited) until it
+    closes its fds just before exec, so the next daemon can only meet it in that last instant.
+    Surveyed then, it would be missed, and its VMI's directory removed under the QEMU it
+    becomes: an orphan no daemon finds again.
+    """
+    ours = os.stat("/proc/self/exe")
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        forks = [
+            (pid, key)
+            for pid, key in _in_vmi_directories(instances, qemu_dir)
+            if _same_file(f"/proc/{pid}/exe", ours) and not _runs_as(pid, key)
+        ]
+        if not forks or time.monotonic() > deadline:
+            return forks
+        if not waited:
+            log.info("forked by an earlier vmid, not yet QEMUs: %s: waiting for their exec", forks)
+            waited = True
+        time.sleep(0.01)
+
+
+def _in_vmi_directories(instances: Path, qemu_dir: str) -> list[tuple[int, str]]:
+    """(pid, VMI key) of every process whose working directory is a VMI's `qemu_dir`."""
+    base = str(instances) + "/"
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -47,9 +87,17 @@ def find_qemus(instances: Path, qemu_dir: str) -> dict[str, list[int]]:
         except OSError:
             continue  # gone, or a kernel thread
         key = cwd.removeprefix(base).removesuffix("/" + qemu_dir)
-        if cwd.startswith(base) and key.count("/") == 1 and _runs_as(int(entry), key):
-            found.setdefault(key, []).append(int(entry))
+        if cwd.startswith(base) and key.count("/") == 1:
+            found.append((int(entry), key))
     return found
+
+
+def _same_file(path: str, other: os.stat_result) -> bool:
+    try:
+        mine = os.stat(path)
+    except OSError:
+        return False  # gone (or exec'd into something we may not read)
+    return (mine.st_dev, mine.st_ino) == (other.st_dev, other.st_ino)
 
 
 def _runs_as(pid: int, key: str) -> bool:

@@ -3,15 +3,19 @@
 One pull per image at a time, shared by every VMI waiting for it (the others keep starting).
 A failure shows as kubelet shows it: `ErrImagePull`, then `ImagePullBackOff` while it waits
 10 s, doubled after each failure up to 300 s, retried until it works or the VMI is removed.
+While an image is copied, every VMI waiting for it shows the bytes copied of the total in its
+Ready condition (`Pulling`), rewritten every few seconds, and the log says it less often.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import attrs
 import trio
 
+from vmid.api.quantity import rounded
 from vmid.errors import StorageError, VmidError
 from vmid.host import registry
 from vmid.host.storage import ImageStore, StoredImage
@@ -26,7 +30,13 @@ BACKOFF_MAX = 300.0
 ERROR_SHOWN = 1.0
 ERR_IMAGE_PULL = "ErrImagePull"
 IMAGE_PULL_BACKOFF = "ImagePullBackOff"
-_REASONS = (ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF)
+#: The reasons a VMI waiting for its image shows (its VM shows them as printableStatus).
+REASONS = (ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF)
+#: The Ready condition's reason while the image is copied (kubelet's event reason); the VMI's
+#: own reason stays empty then (Pending, as a pod pulling is ContainerCreating).
+PULLING = "Pulling"
+#: How often the log says how far a pull is (the VMIs' conditions say it more often).
+LOG_PROGRESS_SECONDS = 10.0
 
 
 @attrs.define
@@ -37,6 +47,12 @@ class _Attempt:
     image: StoredImage | None = None
     error: str = ""
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: How long the pull took, once done.
+    seconds: float = 0.0
+    #: The VMIs waiting for it now, and the last progress shown to them (done, total).
+    waiting: list[Status] = attrs.field(factory=list)
+    progress: str = ""
+    logged: float = float("-inf")
 
 
 @attrs.define(kw_only=True)
@@ -60,6 +76,10 @@ class Puller:
     def __repr__(self) -> str:
         return f"<Puller pulls={len(self._pulls)}>"
 
+    def pulling(self) -> set[str]:
+        """The references being pulled now (garbage collection keeps their images)."""
+        return {ref for ref, _ in self._pulls}
+
     def close(self) -> None:
         """Cancel every pull (the daemon is stopping: its VMIs are, so nothing awaits them)."""
         for attempt in self._pulls.values():
@@ -70,7 +90,8 @@ class Puller:
         never pulled over); waits (Pending) while pulls fail. Raises StorageError when the
         policy is Never and the image is absent."""
         try:
-            image: StoredImage | None = self._store.get(item.image, item.diskPath)
+            get, path = self._store.get_locked, item.diskPath
+            image: StoredImage | None = await trio.to_thread.run_sync(get, item.image, path)
         except StorageError as exc:
             if item.pullPolicy == "Never":
                 raise StorageError(
@@ -86,24 +107,45 @@ class Puller:
             status.event("Normal", "Pulled", message)
             return image
         delay = self.settings.backoff
+        started = trio.current_time()
         while True:
             status.event("Normal", "Pulling", f'Pulling image "{item.image}"')
-            started = trio.current_time()
-            attempt = await self._shared(item)
+            attempt = await self._shared(item, status)
             if attempt.image is not None:
-                _pulled(status, item, attempt.image, trio.current_time() - started)
+                waited = trio.current_time() - started
+                _pulled(status, item, attempt.image, attempt.seconds, waited)
                 return attempt.image
             await _back_off(status, item, attempt.error, delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
-    async def _shared(self, item: ImageOverlay) -> _Attempt:
+    async def _shared(self, item: ImageOverlay, status: Status) -> _Attempt:
         key = (item.image, item.diskPath)
         attempt = self._pulls.get(key)
         if attempt is None:
             attempt = self._pulls[key] = _Attempt()
             self._nursery.start_soon(self._pull, key, attempt, name=f"pull {item.image}")
-        await attempt.done.wait()
+        elif attempt.progress:  # joined midway: shown at once, not at the next report
+            _show(status, PULLING, attempt.progress, reason="")
+        attempt.waiting.append(status)
+        try:
+            await attempt.done.wait()
+        finally:
+            attempt.waiting.remove(status)
         return attempt
+
+    def _progress(self, ref: str, attempt: _Attempt, started: float, done: int, total: int) -> None:
+        """Show how far a pull is to the VMIs waiting for it; in the log, now and then."""
+        copied = min(done, total) if total else done
+        rate = copied / max(trio.current_time() - started, 1e-3)
+        share = f"{rounded(copied)} of {rounded(total)} ({copied * 100 // total}%)" if total else ""
+        attempt.progress = (
+            f'Pulling image "{ref}": {share or rounded(copied)}, {rounded(int(rate))}/s'
+        )
+        for status in attempt.waiting:
+            _show(status, PULLING, attempt.progress, reason="")
+        if trio.current_time() - attempt.logged >= LOG_PROGRESS_SECONDS:
+            attempt.logged = trio.current_time()
+            log.info("image %s: %s copied so far", ref, share or rounded(copied))
 
     async def _pull(self, key: tuple[str, str | None], attempt: _Attempt) -> None:
         ref, disk_path = key
@@ -114,10 +156,15 @@ class Puller:
         try:
             with attempt.scope:
                 image = await registry.pull(
-                    self._store, settings.skopeo, ref, disk_path, max_size=settings.maxDiskSize
+                    self._store,
+                    settings.skopeo,
+                    ref,
+                    disk_path,
+                    max_size=settings.maxDiskSize,
+                    on_progress=functools.partial(self._progress, ref, attempt, started),
                 )
                 attempt.image = image
-                seconds = trio.current_time() - started
+                attempt.seconds = seconds = trio.current_time() - started
                 log.info("pulled image %s: %s in %.1f s", ref, image.digest, seconds)
         except (VmidError, OSError) as exc:
             attempt.error = str(exc)
@@ -130,9 +177,10 @@ class Puller:
             attempt.done.set()
 
 
-def _show(status: Status, reason: str, message: str) -> None:
-    status.reason = reason
-    status.condition("Ready", False, reason, message)
+def _show(status: Status, condition: str, message: str, reason: str | None = None) -> None:
+    """The Ready condition (and status.reason: `condition`'s, unless `reason` is given)."""
+    status.reason = condition if reason is None else reason
+    status.condition("Ready", False, condition, message)
     status.write()
 
 
@@ -146,14 +194,18 @@ async def _back_off(status: Status, item: ImageOverlay, error: str, delay: float
     await trio.sleep(max(0.0, delay - ERROR_SHOWN))
 
 
-def _pulled(status: Status, item: ImageOverlay, image: StoredImage, seconds: float) -> None:
+def _pulled(
+    status: Status, item: ImageOverlay, image: StoredImage, seconds: float, waited: float
+) -> None:
+    """kubelet's `Pulled` event (its pull's time, and this VMI's wait), with the digest."""
     status.event(
         "Normal",
         "Pulled",
-        f'Successfully pulled image "{item.image}" in {seconds:.3f}s: {image.digest}, '
-        f"{image.virtualSize} bytes",
+        f'Successfully pulled image "{item.image}" in {seconds:.3f}s ({waited:.3f}s including '
+        f"waiting). Image size: {image.virtualSize} bytes. Digest: {image.digest}",
     )
-    if status.reason in _REASONS:
+    ready = status.conditions.get("Ready")
+    if status.reason in REASONS or (ready is not None and ready.reason in (*REASONS, PULLING)):
         status.reason = ""
         status.conditions.pop("Ready", None)
     status.write()

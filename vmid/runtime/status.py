@@ -71,6 +71,8 @@ class Status:
         self.path = path
         self._on_write = on_write
         self._events = events
+        #: Its files are being removed: a late write would bring them back (`close`).
+        self._closed = False
         self.manifest = manifest
         self.phase = Phase.PENDING
         self.reason = ""
@@ -85,6 +87,8 @@ class Status:
         self.probe_ready: bool | None = None
         #: KubeVirt's status.guestOSInfo, from the guest agent (empty: none reported).
         self.guest_os_info: dict[str, str] = {}
+        #: KubeVirt's status.fsFreezeStatus: "frozen" while the guest's file systems are.
+        self.fs_freeze_status = ""
 
     def __repr__(self) -> str:
         return f"<Status phase={self.phase} reason={self.reason!r}>"
@@ -109,6 +113,7 @@ class Status:
         status.interfaces = list(recorded.interfaces)
         status.volumes = {v.name: v for v in recorded.volumeStatus}
         status.guest_os_info = dict(recorded.guestOSInfo)
+        status.fs_freeze_status = recorded.fsFreezeStatus
         status.qemu = recorded.qemu
         return status
 
@@ -189,14 +194,23 @@ class Status:
             reason=self.reason,
             volumeStatus=tuple(self.volumes.values()),
             guestOSInfo=dict(self.guest_os_info),
+            fsFreezeStatus=self.fs_freeze_status,
         )
+
+    def close(self) -> None:
+        """No more writes: the VMI's files are being removed. Something that still changes its
+        status meanwhile (a broken edit of its file: Synchronized=False) must not recreate its
+        directory after the removal, a status no daemon would remove (found by tests/chaos.py)."""
+        self._closed = True
 
     def to_data(self) -> dict[str, Any]:
         """The whole object: the manifest (defaulted) and this status."""
         return {**self.manifest, "status": self.typed().to_data()}
 
     def write(self) -> None:
-        """Replace the status file atomically."""
+        """Replace the status file atomically (nothing once closed)."""
+        if self._closed:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _replace(self.path, json.dumps(self.to_data(), indent=1) + "\n")
         self._on_write()

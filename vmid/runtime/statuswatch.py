@@ -1,4 +1,5 @@
-"""Status files as they change, for `vmid get -w`: inotify on their directories, no trio.
+"""Status files as they change, for `vmid get -w` and `get vm -w`: inotify on their
+directories, no trio.
 
 The daemon replaces a status file by renaming a new one over it (IN_MOVED_TO) and removes a
 VMI's directory when the VMI goes (IN_DELETE); each is read as soon as the kernel says so. The
@@ -12,15 +13,16 @@ import fnmatch
 import os
 import select
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePath
+from typing import Any, Generic, TypeVar
 
 import attrs
 
 from vmid.api.vmistatus import VMIObject
 from vmid.host import inotify, pidlock
 from vmid.paths import Paths
-from vmid.runtime import status
+from vmid.runtime import status, vmstate
 
 _MASK = (
     inotify.CREATE
@@ -32,23 +34,36 @@ _MASK = (
 )
 
 
+Obj = TypeVar("Obj")
+
+
 @attrs.frozen
-class Change:
+class Change(Generic[Obj]):
     """A status file replaced (`obj`: what it holds now) or removed (`obj` None)."""
 
     path: Path
-    obj: VMIObject | None
+    obj: Obj | None
 
 
-class StatusWatch:
-    """Watches every status file under a root's runtime directory (close it when done)."""
+class StatusWatch(Generic[Obj]):
+    """Watches the status files matching `patterns` (globs below the runtime directory), each
+    read with `parse` (ValueError: not one of vmid's); `listed` names the ones there now.
+    `vmis(paths)` and `vms(paths)` make one (close it when done)."""
 
-    def __init__(self, paths: Paths) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        patterns: Sequence[str],
+        parse: Callable[[Any], Obj],
+        listed: Callable[[], list[Path]],
+    ) -> None:
         self._paths = paths
-        self._patterns = [PurePath(p).parts for p in status.status_patterns(paths)]
+        self._patterns = [PurePath(p).parts for p in patterns]
+        self._parse = parse
+        self._listed = listed
         self._fd = inotify.open_fd()
         self._dirs: dict[int, Path] = {}
-        self._known: dict[Path, VMIObject] = {}
+        self._known: dict[Path, Obj] = {}
 
     def __repr__(self) -> str:
         return f"<StatusWatch dirs={len(self._dirs)} files={len(self._known)}>"
@@ -56,16 +71,16 @@ class StatusWatch:
     def close(self) -> None:
         os.close(self._fd)
 
-    def current(self) -> list[Change]:
+    def current(self) -> list[Change[Obj]]:
         """Start watching; every object there is now, as `vmid get` lists them."""
         self._watch_tree(self._paths.runtime)
-        found = (self._read(path) for path in status.status_files(self._paths))
+        found = (self._read(path) for path in self._listed())
         return [change for change in found if change is not None]
 
     def daemon_running(self) -> bool:
         return pidlock.running(self._paths.daemon_pid)
 
-    def changes(self) -> Iterator[Change]:
+    def changes(self) -> Iterator[Change[Obj]]:
         """Every change from now on, in the order it came; returns once the daemon stopped."""
         stopped, signal_stop = os.pipe2(os.O_CLOEXEC)
         waiter = threading.Thread(
@@ -85,7 +100,7 @@ class StatusWatch:
         finally:
             os.close(stopped)
 
-    def _handle(self, events: list[inotify.Event]) -> Iterator[Change]:
+    def _handle(self, events: list[inotify.Event]) -> Iterator[Change[Obj]]:
         touched: dict[Path, None] = {}  # in the order the events came
         for event in events:
             if event.mask & inotify.Q_OVERFLOW:  # events were lost: look at everything again
@@ -110,10 +125,10 @@ class StatusWatch:
             if change is not None:
                 yield change
 
-    def _read(self, path: Path) -> Change | None:
+    def _read(self, path: Path) -> Change[Obj] | None:
         """Read `path` again; the change, if its object is new, changed or gone."""
         try:
-            obj = VMIObject.from_data(status.read_json(path))
+            obj = self._parse(status.read_json(path))
         except FileNotFoundError:
             return Change(path, None) if self._known.pop(path, None) is not None else None
         except (OSError, ValueError):
@@ -148,6 +163,33 @@ class StatusWatch:
             and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, p, strict=False))
             for p in patterns
         )
+
+
+def vmis(paths: Paths) -> StatusWatch[VMIObject]:
+    """A watch of the VMIs' status files (and the spool files' that no VMI shows)."""
+    return StatusWatch(
+        paths,
+        status.status_patterns(paths),
+        VMIObject.from_data,
+        lambda: status.status_files(paths),
+    )
+
+
+def vms(paths: Paths) -> StatusWatch[dict[str, Any]]:
+    """A watch of the VirtualMachines' status files (vmid/runtime/vmstate.py)."""
+    pattern = paths.vm_runtime("*/*") / vmstate.STATUS_FILE
+    return StatusWatch(
+        paths,
+        (str(pattern.relative_to(paths.runtime)),),
+        _vm_object,
+        lambda: sorted(paths.runtime.glob(str(pattern.relative_to(paths.runtime)))),
+    )
+
+
+def _vm_object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict) or not isinstance(data.get("status"), dict):
+        raise ValueError("not a VirtualMachine's status")
+    return data
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

@@ -22,12 +22,13 @@ from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, RequestRefused, VmidError
 from vmid.host import firmwareid, identity, logfile, requests
+from vmid.host.machines import Machines
 from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
 from vmid.plan.build import build
-from vmid.plan.model import LaunchPlan
-from vmid.runtime import events, logs, takeover
+from vmid.plan.model import ImageOverlay, LaunchPlan
+from vmid.runtime import events, imagegc, logs, takeover
 from vmid.runtime.coalesce import Coalesced
 from vmid.runtime.instance import Instance, StopMode
 from vmid.runtime.network import Network
@@ -93,8 +94,11 @@ class Supervisor:
         paths: Paths,
         accelerator: Accelerator,
         network: Network,
+        machines: Machines | None = None,
     ) -> None:
+        """`machines`: systemd-machined, to give each QEMU a scope of its own (None: no systemd)."""
         self._nursery = nursery
+        self._machines = machines
         self._network = network
         self._config = config
         self._paths = paths
@@ -128,10 +132,13 @@ class Supervisor:
         self._images.settings = _pull_settings(self._paths, config)
 
     def counts(self) -> dict[Phase, int]:
-        """How many VMIs are in each phase (for `systemctl status`)."""
+        """How many rows of `vmid get` are in each phase (for `systemctl status`): the VMIs, and
+        the refused manifests and spool files, each a `Failed` row."""
         counts: dict[Phase, int] = {}
         for vm in self._vms.values():
             counts[vm.status.phase] = counts.get(vm.status.phase, 0) + 1
+        if refused := len(self._refused) + len(self._files):
+            counts[Phase.FAILED] = counts.get(Phase.FAILED, 0) + refused
         return counts
 
     def max_grace(self) -> int:
@@ -172,6 +179,29 @@ class Supervisor:
                 if deleted:
                     log.info("events of %d removed VMIs deleted (over %d s old)", deleted, keep)
             await trio.sleep(min(max(keep / 2, EVENTS_SWEEP_MIN_SECONDS), EVENTS_SWEEP_MAX_SECONDS))
+
+    async def collect_images(self) -> None:
+        """Forever: image garbage collection, every imageGC.periodSeconds (cancel to stop)."""
+        while True:
+            await imagegc.collect(self._store, self._config.imageGC, self.images_in_use)
+            await trio.sleep(self._config.imageGC.periodSeconds)
+
+    def images_in_use(self) -> Set[str] | None:
+        """The images garbage collection keeps: those of the VMIs not ended (their spec's
+        references, the digests they started on, a successor's), of every VirtualMachine's
+        template, and those being pulled. None before the spool is read."""
+        if not self._applied:
+            return None
+        entries = [*self._desired.vms.values()]
+        used = self._images.pulling()
+        for vm in self._vms.values():
+            if not vm.status.phase.final:
+                entries += [vm.entry, *([vm.successor] if vm.successor else [])]
+                used |= {v.imageID.partition("@")[2] for v in vm.status.volumes.values()}
+        for entry in entries:
+            prepare = entry.planned.plan.prepare if entry.planned else ()
+            used |= {item.image for item in prepare if isinstance(item, ImageOverlay)}
+        return used - {""}
 
     def _alive(self) -> Set[tuple[str, str]] | None:
         """The (namespace, name) of every VMI that exists; None before the spool is read."""
@@ -245,6 +275,7 @@ class Supervisor:
             self._nursery.start_soon(self._forget, name)
         self._refused = refused
         self._show_files(desired)
+        self._status_written()  # a manifest refused or mended changes the counts, no status
 
     def _reconcile(self, name: str, vm: _VM, desired: Desired) -> None:
         """Make a VMI the supervisor has match what the spool says of it now."""
@@ -306,10 +337,27 @@ class Supervisor:
                 log.info("%s: its manifest was removed while vmid was not running", name)
         elif name in desired.vmis or unreadable:  # a broken file is no removal
             self._resume_ended(found, desired.vmis.get(name))
-        elif name not in desired.refused:
+        elif name not in desired.refused and not self._lost_qemu(name):
             gone = found.status.manifest if found.status else _bare_object(name)
             self._events.record(gone, "Normal", "Deleted", f"{DELETED}: {REMOVED_OFFLINE}")
             _remove_state(self._paths, self._records, name)
+
+    def _lost_qemu(self, name: str) -> bool:
+        """Whether a process runs as the VMI's uid though no QEMU of it was found (its directory
+        deleted under it): its uid record stays, so vmid never starts a second QEMU of that VMI
+        on its disks (under another uid) while it runs."""
+        uid = identity.recorded(self._paths.instance_state(name))
+        pids = identity.processes_of(uid) if uid is not None else []
+        if pids:
+            log.error(
+                "%s: a process of its uid %d runs that vmid does not supervise (pid %d): its "
+                "state stays until it is stopped (kill %d)",
+                name,
+                uid,
+                pids[0],
+                pids[0],
+            )
+        return bool(pids)
 
     def _adopt(self, found: takeover.Left, wanted: Entry | None) -> None:
         name, (pid, *others) = found.key, found.pids
@@ -345,6 +393,11 @@ class Supervisor:
         """
         earlier, entry = found.status, wanted or found.entry
         if earlier is None or found.entry is None or entry is None:
+            return
+        if wanted is not None and earlier.phase.final and earlier.terminating:
+            # vmid powered it off (its own stop, `onDaemonStop: stop`), not its guest: its
+            # manifest runs it again, as after a reboot (and as the VM controller does).
+            log.info("%s: powered off as vmid stopped: starting it again", found.key)
             return
         if wanted is not None and self._spec(found.key, wanted) != earlier.manifest.get("spec"):
             return  # another spec: a new VMI
@@ -558,6 +611,7 @@ class Supervisor:
     async def _end(self, name: str | None, vm: _VM) -> None:
         """The VMI is gone: remove its files, then start its successor, if any."""
         assert name is not None
+        vm.status.close()
         with trio.CancelScope(shield=True):
             # Addresses first: once its status is gone, nothing of the VMI is left.
             if vm.successor is None:
@@ -618,6 +672,7 @@ class Supervisor:
             stop_mode=lambda: vm.stop_mode,
             images=self._images,
             processes=self._processes.get,
+            machines=self._machines,
         )
         instance.grace = vm.grace
         return instance

@@ -21,7 +21,7 @@ from vmid.manifests import Entry, Planned
 from vmid.plan.build import QEMU_DIR, build
 from vmid.plan.model import LaunchPlan
 from vmid.runtime.events import EventStore
-from vmid.runtime.process import cmdline, find_qemus
+from vmid.runtime.process import cmdline, find_qemus, wait_for_execs
 from vmid.runtime.status import STATUS_FILE, Status
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 #: The spool file a VMI comes from, kept in its status (vmid/api/vmistatus.py).
 FILE_ANNOTATION = vmistatus.FILE_ANNOTATION
 _FD = re.compile(r"\bfd=\d+")
+#: How long a starting daemon waits for an earlier daemon's fork to exec its QEMU (an instant
+#: unless the fork was stopped).
+EXEC_WAIT_SECONDS = 2.0
 
 
 @attrs.frozen
@@ -50,13 +53,25 @@ def survey(
     on_write: Callable[[], None],
     events: EventStore,
 ) -> dict[str, Left]:
-    """Every VMI with a running QEMU or a status file under `paths`, by key; their statuses
-    record their events in `events`."""
+    """Every VMI with a running QEMU, a status file or state under `paths`, by key; their
+    statuses record their events in `events`."""
     instances = paths.runtime_instances
+    for pid, key in wait_for_execs(instances, QEMU_DIR, EXEC_WAIT_SECONDS):
+        log.warning(
+            "%s: pid %d, forked by an earlier vmid to become its QEMU, has not within %g s: "
+            "vmid goes on without it; stop it by hand (kill %d)",
+            key,
+            pid,
+            EXEC_WAIT_SECONDS,
+            pid,
+        )
     running = find_qemus(instances, QEMU_DIR)
     recorded = {str(p.parent.relative_to(instances)) for p in instances.glob(f"*/*/{STATUS_FILE}")}
+    # State with no status: a daemon killed while a VMI was between two runs (a restart for a
+    # new spec keeps its uid and firmware UUID, its status goes) or before its first status.
+    kept = {str(p.relative_to(paths.state_instances)) for p in paths.state_instances.glob("*/*")}
     left = {}
-    for key in sorted(set(running) | recorded):
+    for key in sorted(set(running) | recorded | kept):
         status = _load(instances / key / STATUS_FILE, on_write, events)
         entry = _entry(status, config, paths, accelerator) if status else None
         left[key] = Left(key, tuple(sorted(running.get(key, ()))), status, entry)

@@ -8,6 +8,7 @@ back-off); takes `vmid start/stop/restart` requests; and writes each VM's status
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import math
@@ -15,12 +16,14 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
 from vmid.api import names
+from vmid.api import types as t
 from vmid.api.dump import object_data
 from vmid.api.load import KIND
 from vmid.api.vm import (
@@ -35,7 +38,7 @@ from vmid.config import Config, Paths
 from vmid.errors import Problem, VmidError
 from vmid.host import datavolumes, safefile
 from vmid.manifests import Entry
-from vmid.runtime import events, importer, vmstate
+from vmid.runtime import events, importer, pull, vmstate
 from vmid.runtime.spool import Desired, Inotify
 from vmid.runtime.status import Phase, Status, now
 from vmid.runtime.supervisor import Supervisor
@@ -51,6 +54,8 @@ BACKOFF = frozenset({RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE, RunStrate
 _CREATED = "Started the virtual machine by creating the new virtual machine instance {}"
 #: How often removed VMs' claim files are looked at, at most.
 PURGE_SECONDS = 3600.0
+#: How often an import's progress is shown.
+PROGRESS_SECONDS = 1.0
 
 
 def backoff_seconds(fail_count: int, randint: Callable[[int], int] = random.randrange) -> int:
@@ -71,6 +76,29 @@ class StartFailure:
     retry_after: str  # the same instant, as the status shows it
 
 
+@attrs.define
+class DataVolumeState:
+    """One DataVolume as CDI's status shows it (phase, progress). An import's thread writes
+    `done` and `total` (bytes) as they come; the controller shows them every PROGRESS_SECONDS."""
+
+    phase: str
+    done: int = 0
+    total: int | None = None
+    message: str = ""
+
+    @property
+    def progress(self) -> str:
+        """CDI's status.progress: "45.20%", "100.0%" once done, "N/A" with no size known."""
+        if self.phase == "Succeeded":
+            return "100.0%"
+        if not self.total:
+            return "N/A"
+        return f"{min(self.done / self.total, 1.0) * 100:.2f}%"
+
+    def update(self, done: int, total: int | None) -> None:
+        self.done, self.total = done, total
+
+
 @attrs.define(eq=False)
 class _VM:
     entry: Entry
@@ -86,6 +114,8 @@ class _VM:
     refused: str | None = None
     #: The DataVolumes being imported: its VMI waits for them (Provisioning).
     importing: set[str] = attrs.field(factory=set)
+    #: Each DataVolume's state, by name.
+    data_volumes: dict[str, DataVolumeState] = attrs.field(factory=dict)
 
     @property
     def vm(self) -> VirtualMachine:
@@ -99,7 +129,14 @@ class _VM:
         return self.kept.override if self.kept.override and self.kept.base is own else own
 
     def vmi_entry(self) -> Entry:
-        return attrs.evolve(self.entry, kind=KIND, owner=owner_reference(self.vm))
+        entry = attrs.evolve(self.entry, kind=KIND, owner=owner_reference(self.vm))
+        if not self.kept.startPaused or entry.planned is None:
+            return entry
+        # `vmid start --paused` (vm.go SetupVMIFromVM): this VMI starts with its guest paused.
+        vmi = entry.planned.manifest.vmi
+        spec = attrs.evolve(vmi.spec, startStrategy=t.StartStrategy.PAUSED)
+        manifest = attrs.evolve(entry.planned.manifest, vmi=attrs.evolve(vmi, spec=spec))
+        return attrs.evolve(entry, planned=attrs.evolve(entry.planned, manifest=manifest))
 
 
 class Controller:
@@ -136,13 +173,14 @@ class Controller:
         entry, vm = desired.vms.get(key), self._vms.get(key)
         if entry is not None and vm is None:
             kept = vmstate.load_kept(self._paths, key) or vmstate.Kept(created=now())
-            self._vms[key] = vm = _VM(entry, kept)
+            self._vms[key] = vm = _VM(entry, kept, failure=_restored(kept))
             self._provision(key, vm)
         elif entry is not None and vm is not None:
             changed = vm.entry.planned != entry.planned
             vm.entry, vm.refused = entry, None
             if changed:
                 log.info("%s: its VirtualMachine changed", key)
+                vm.kept.startPaused = False  # the new spec's VMI is no start request's
                 self._provision(key, vm)
         elif vm is not None and key in desired.refused_vms:
             vm.refused = _summary(desired.refused_vms[key])  # KubeVirt would refuse the edit
@@ -172,6 +210,7 @@ class Controller:
         """Advance every VM, then hand the supervisor every VMI."""
         for key, vm in self._vms.items():
             self._advance(key, vm)
+            self._save(key, vm)
         vmis = dict(self._desired.vmis)
         vmis.update({k: vm.vmi_entry() for k, vm in self._vms.items() if self._runs(vm)})
         problems = self._desired.problems + tuple(
@@ -187,16 +226,26 @@ class Controller:
         volumes = self._paths.volumes(self._config)
         vm.volume_error = None
         for name, (url, size) in imported_volumes(vm.vm).items():
-            if not datavolumes.claim_file(volumes, name).exists():
-                vm.importing.add(name)
-                self._start_import(key, vm, name, url, size)
+            if name in vm.importing:
+                continue  # one import at a time: it goes on
+            if datavolumes.claim_file(volumes, name).exists():
+                vm.data_volumes[name] = DataVolumeState("Succeeded")
+                continue
+            clone = url.startswith("pvc://")
+            vm.data_volumes[name] = DataVolumeState(
+                "CloneScheduled" if clone else "ImportScheduled"
+            )
+            vm.importing.add(name)
+            self._start_import(key, vm, name, url, size)
         for name, size in blank_volumes(vm.vm).items():
+            vm.data_volumes[name] = DataVolumeState("Succeeded")
             try:
                 if datavolumes.create_blank(volumes, name, size):
                     log.info("%s: DataVolume %s made (%d bytes, blank)", key, name, size)
                     vm.kept.volumes = sorted({*vm.kept.volumes, name})
             except OSError as exc:
                 vm.volume_error = f"DataVolume {name}: cannot make its claim file: {exc}"
+                vm.data_volumes[name] = DataVolumeState("Failed", message=vm.volume_error)
                 log.error("%s: %s", key, vm.volume_error)
         self._save(key, vm)
 
@@ -208,13 +257,20 @@ class Controller:
         """Import one http or registry DataVolume (the VMI waits for every one of them)."""
         volumes = self._paths.volumes(self._config)
         log.info("%s: DataVolume %s: importing %s", key, name, url)
+        state = vm.data_volumes[name] = DataVolumeState(
+            "CloneInProgress" if url.startswith("pvc://") else "ImportInProgress"
+        )
         try:
-            got = await importer.import_url(url, volumes, name, size, self._paths, self._config)
+            got = await importer.import_url(
+                url, volumes, name, size, self._paths, self._config, state.update
+            )
         except (VmidError, OSError) as exc:
             vm.volume_error = f"DataVolume {name}: {exc}"
+            state.phase, state.message = "Failed", str(exc)
             log.error("%s: %s", key, vm.volume_error)
             self._event(key, "Warning", "DataVolumeError", vm.volume_error)
         else:
+            state.phase = "Succeeded"
             log.info("%s: DataVolume %s imported (%d bytes from %s)", key, name, got, url)
             self._event(
                 key, "Normal", "ImportSucceeded", f"DataVolume {name}: {got} bytes from {url}"
@@ -267,7 +323,6 @@ class Controller:
             vm.failure = None
         if not vm.kept.wanted:
             vm.restart_at = None
-        self._save(key, vm)
         status = self._supervisor.vmi_status(key)
         if status is None or not vm.kept.wanted:
             return
@@ -275,9 +330,13 @@ class Controller:
             vm.failure = None  # reset once a VMI runs (vm.go syncStartFailureStatus)
         if status.phase.final and vm.handled is not status:
             vm.handled = status
-            self._ended(key, vm, status, strategy)
+            # One an earlier daemon counted already (it stopped during the back-off).
+            counted = vm.failure is not None and vm.kept.lastFailed == _identity(status)
+            self._ended(key, vm, status, strategy, counted)
 
-    def _ended(self, key: str, vm: _VM, status: Status, strategy: RunStrategy) -> None:
+    def _ended(
+        self, key: str, vm: _VM, status: Status, strategy: RunStrategy, counted: bool = False
+    ) -> None:
         failed = status.phase is Phase.FAILED
         early = not any(t.phase is Phase.RUNNING for t in status.transitions)
         if not early:
@@ -287,7 +346,8 @@ class Controller:
             # the VM was to run. It runs again, whatever its strategy does with a guest's end.
             vm.restart_at = trio.current_time()
             return
-        if early and strategy in BACKOFF:
+        if early and strategy in BACKOFF and not counted:
+            vm.kept.lastFailed = _identity(status)
             count = vm.failure.count + 1 if vm.failure else 1
             delay = backoff_seconds(count)
             vm.failure = StartFailure(
@@ -313,6 +373,7 @@ class Controller:
                         nursery.start_soon(self._import, key, vm, name, url, size)
             nursery.start_soon(self._watch_requests)
             nursery.start_soon(self._follow_statuses)
+            nursery.start_soon(self._show_progress)
             nursery.start_soon(self._restarts)
             nursery.start_soon(self._purge)
 
@@ -322,6 +383,13 @@ class Controller:
             if any(self._changed(k, vm) for k, vm in self._vms.items()):
                 self._reconcile()
             else:
+                self._write_statuses()
+
+    async def _show_progress(self) -> None:
+        """Forever: while DataVolumes import, show how far they are (CDI's status.progress)."""
+        while True:
+            await trio.sleep(PROGRESS_SECONDS)
+            if any(vm.importing for vm in self._vms.values()):
                 self._write_statuses()
 
     def _changed(self, key: str, vm: _VM) -> bool:
@@ -341,7 +409,7 @@ class Controller:
                 continue
             for key, vm in self._vms.items():
                 if vm.restart_at is not None and vm.restart_at <= trio.current_time():
-                    vm.restart_at = None
+                    vm.restart_at, vm.kept.startPaused = None, False
                     log.info("%s: starting a new VMI (run strategy %s)", key, vm.strategy)
                     self._event(
                         key, "Normal", "SuccessfulCreate", _CREATED.format(names.split(key)[1])
@@ -387,6 +455,8 @@ class Controller:
         key, strategy = request.key, vm.strategy
         status = self._supervisor.vmi_status(key)
         self._supervisor.set_grace(key, request.grace)
+        # A start request's `paused` holds for the VMI it starts (KubeVirt's stateChangeRequest).
+        vm.kept.startPaused = request.action == "start" and request.paused
         if request.action == "stop":
             vm.restart_at = None
             if strategy in (RunStrategy.ALWAYS, RunStrategy.ONCE):
@@ -413,6 +483,9 @@ class Controller:
         self._events.record(obj, type_, reason, message)
 
     def _save(self, key: str, vm: _VM) -> None:
+        failure = vm.failure
+        vm.kept.failCount = failure.count if failure is not None else 0
+        vm.kept.retryAfter = failure.retry_after if failure is not None else ""
         try:
             if vmstate.load_kept(self._paths, key) != vm.kept:
                 vmstate.save_kept(self._paths, key, vm.kept)
@@ -427,15 +500,46 @@ class Controller:
 
     def _write_statuses(self) -> None:
         for key, vm in self._vms.items():
-            data = self._status(key, vm)
             path = vmstate.status_path(self._paths, key)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                text = json.dumps(data, indent=2, sort_keys=True).encode()
-                if not path.exists() or path.read_bytes() != text:
-                    safefile.write_atomically(path, text)
+                if vm.vm.spec.dataVolumeTemplates:
+                    _write(vmstate.data_volumes_path(self._paths, key), self._dvs(key, vm))
+                _write(path, self._status(key, vm))
             except OSError as exc:
                 log.error("%s: cannot write its status: %s", key, exc)
+
+    def _dvs(self, key: str, vm: _VM) -> dict[str, Any]:
+        """The VM's DataVolumes as CDI's objects (`vmid get dv`), in a List."""
+        namespace, _ = names.split(key)
+        templates = object_data(vm.vm)["spec"]["dataVolumeTemplates"]
+        items = []
+        for template in templates:
+            name = template["metadata"]["name"]
+            state = vm.data_volumes.get(name) or DataVolumeState("Pending")
+            metadata = {
+                "name": name,
+                "namespace": namespace,
+                "creationTimestamp": vm.kept.created,
+                "ownerReferences": [owner_reference(vm.vm)],
+            }
+            status = {
+                "phase": state.phase,
+                "progress": state.progress,
+                "restartCount": 0,
+                "claimName": name,
+                "conditions": _dv_conditions(state),
+            }
+            items.append(
+                {
+                    "apiVersion": "cdi.kubevirt.io/v1beta1",
+                    "kind": "DataVolume",
+                    "metadata": metadata,
+                    "spec": template["spec"],
+                    "status": status,
+                }
+            )
+        return {"apiVersion": "v1", "kind": "List", "items": items}
 
     def _status(self, key: str, vm: _VM) -> dict[str, Any]:
         namespace, name = names.split(key)
@@ -447,9 +551,7 @@ class Controller:
             "ready": ready,
             "created": vmi is not None,
             "runStrategy": vm.strategy.value,
-            "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False"},
-            ],
+            "conditions": [_ready_condition(vmi)],
         }
         status["conditions"] += _data_volumes_condition(vm)
         if vm.refused is not None:
@@ -502,10 +604,27 @@ class Controller:
             return "Stopped"
         if vmi.terminating:
             return "Stopping"
+        if vmi.reason in pull.REASONS:
+            return vmi.reason  # its image does not pull (vm.go: the VMI's condition says so)
         if vmi.phase is not Phase.RUNNING:
             return "Starting"
         paused = vmi.conditions.get("Paused")
         return "Paused" if paused is not None and paused.status == "True" else "Running"
+
+
+def _ready_condition(vmi: Status | None) -> dict[str, str]:
+    """The VM's Ready condition: its VMI's, reason and message too (vm.go
+    syncReadyConditionFromVMI), so a VMI waiting for its image says why."""
+    found = vmi.conditions.get("Ready") if vmi is not None else None
+    if vmi is None:
+        status, reason, message = "False", "VMINotExists", "VMI does not exist"
+    elif found is None:
+        status, reason = "False", "VMIConditionMissing"
+        message = "VMI is missing the Ready condition"
+    else:
+        status, reason, message = found.status, found.reason, found.message
+    condition = {"type": "Ready", "status": status, "reason": reason, "message": message}
+    return {k: v for k, v in condition.items() if v}
 
 
 def _summary(problems: tuple[Problem, ...]) -> str:
@@ -517,11 +636,49 @@ def _data_volumes_condition(vm: _VM) -> list[dict[str, str]]:
     if vm.volume_error is not None:
         why = {"reason": "DataVolumeError", "message": vm.volume_error}
     elif vm.importing:
-        why = {"reason": "Provisioning", "message": "importing " + ", ".join(sorted(vm.importing))}
+        states = {n: vm.data_volumes.get(n) or DataVolumeState("Pending") for n in vm.importing}
+        importing = [f"{n} ({s.phase} {s.progress})" for n, s in sorted(states.items())]
+        why = {"reason": "Provisioning", "message": "importing " + ", ".join(importing)}
     else:
         return []
     return [{"type": "DataVolumesReady", "status": "False", **why}]
 
 
+def _dv_conditions(state: DataVolumeState) -> list[dict[str, str]]:
+    """CDI's Ready and Running conditions of a DataVolume (Running False with reason Error is
+    what KubeVirt reads as DataVolumeError)."""
+    done, failed = state.phase == "Succeeded", state.phase == "Failed"
+    running = {"type": "Running", "status": "False" if done or failed else "True"}
+    if done:
+        running["reason"] = "Completed"
+    elif failed:
+        running |= {"reason": "Error", "message": state.message}
+    return [{"type": "Ready", "status": "True" if done else "False"}, running]
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` with `data` as JSON, if that changes it."""
+    text = json.dumps(data, indent=2, sort_keys=True).encode()
+    if not path.exists() or path.read_bytes() != text:
+        safefile.write_atomically(path, text)
+
+
 def _timestamp(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _restored(kept: vmstate.Kept) -> StartFailure | None:
+    """The start failures an earlier daemon counted, its back-off going on where it was."""
+    if kept.failCount <= 0:
+        return None
+    try:
+        wait = calendar.timegm(time.strptime(kept.retryAfter, "%Y-%m-%dT%H:%M:%SZ")) - time.time()
+    except ValueError:  # a damaged stamp: the next start is due
+        wait = 0.0
+    return StartFailure(kept.failCount, trio.current_time() + max(wait, 0.0), kept.retryAfter)
+
+
+def _identity(status: Status) -> str:
+    """Which VMI ended (KubeVirt's lastFailedVMIUID): when it was made and when it ended."""
+    created = status.manifest.get("metadata", {}).get("creationTimestamp", "")
+    return f"{created} {status.transitions[-1].phaseTransitionTimestamp}"

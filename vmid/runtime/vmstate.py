@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the VM model is the API's: `vmid get` imports this module, 
 
 STATE_FILE = "state.json"
 STATUS_FILE = "status.json"
+DATA_VOLUMES_FILE = "datavolumes.json"
 #: A request is a few dozen bytes; a bigger file is no request of vmid's.
 MAX_REQUEST_BYTES = 4096
 ACTIONS = ("start", "stop", "restart")
@@ -45,6 +46,15 @@ class Kept:
     volumes: list[str] = attrs.field(factory=list)
     #: When vmid first saw the VM (its creationTimestamp).
     created: str = ""
+    #: KubeVirt's status.startFailure, kept as KubeVirt keeps it on the VM object, so a daemon
+    #: restart does not end a back-off: start failures in a row, when the next start may be
+    #: (RFC 3339), and which ended VMI was counted last (its creation and end times: vmid's VMIs
+    #: have no UID).
+    failCount: int = 0
+    retryAfter: str = ""
+    lastFailed: str = ""
+    #: `vmid start --paused`: the VMI it starts (and only that one) starts paused.
+    startPaused: bool = False
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -63,6 +73,10 @@ def load_kept(paths: Paths, key: str) -> Kept | None:
             wanted=bool(data.get("wanted")),
             volumes=[str(v) for v in data.get("volumes", [])],
             created=str(data.get("created", "")),
+            failCount=int(data.get("failCount", 0)),
+            retryAfter=str(data.get("retryAfter", "")),
+            lastFailed=str(data.get("lastFailed", "")),
+            startPaused=bool(data.get("startPaused")),
         )
     except (OSError, ValueError, AttributeError, TypeError):
         return None
@@ -88,6 +102,8 @@ class Request:
     key: str
     action: str
     grace: int | None = None
+    #: `start --paused`: the VMI starts with its guest paused.
+    paused: bool = False
 
 
 def send(paths: Paths, request: Request) -> Path:
@@ -95,7 +111,12 @@ def send(paths: Paths, request: Request) -> Path:
     directory = paths.vm_requests
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.json"
-    data = {"key": request.key, "action": request.action, "grace": request.grace}
+    data = {
+        "key": request.key,
+        "action": request.action,
+        "grace": request.grace,
+        "paused": request.paused,
+    }
     path = directory / name
     safefile.write_atomically(path, json.dumps(data).encode(), durable=True)
     return path
@@ -122,18 +143,37 @@ def _read_request(path: Path) -> Request | None:
     try:
         data = json.loads(safefile.read_regular(path, MAX_REQUEST_BYTES))
         key, action, grace = data["key"], data["action"], data.get("grace")
+        paused = data.get("paused", False)
     except (OSError, ValueError, KeyError, TypeError, FileRefused):
         return None
-    if not isinstance(key, str) or action not in ACTIONS:
+    if not isinstance(key, str) or action not in ACTIONS or not isinstance(paused, bool):
         return None
     if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
         return None
     namespace, name = names.split(key)
-    return Request(names.key(namespace, name), action, grace) if name else None
+    return Request(names.key(namespace, name), action, grace, paused) if name else None
 
 
 def status_path(paths: Paths, key: str) -> Path:
     return paths.vm_runtime(key) / STATUS_FILE
+
+
+def data_volumes_path(paths: Paths, key: str) -> Path:
+    """A VM's DataVolumes, as CDI's objects in a List."""
+    return paths.vm_runtime(key) / DATA_VOLUMES_FILE
+
+
+def read_data_volumes(paths: Paths) -> list[dict[str, Any]]:
+    """Every VM's DataVolume objects the daemon wrote, by namespace, VM, then template."""
+    found = []
+    for path in sorted((paths.runtime / "vms").glob(f"*/*/{DATA_VOLUMES_FILE}")):
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue  # removed while listing
+        if isinstance(data, dict) and isinstance(data.get("items"), list):
+            found += [item for item in data["items"] if isinstance(item, dict)]
+    return found
 
 
 def read_vms(paths: Paths) -> list[dict[str, Any]]:
