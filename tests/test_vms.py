@@ -209,6 +209,9 @@ def test_get_and_describe_show_vms_and_their_vmis(tmp_path: Path) -> None:
         assert "Status:     Running" in described
         assert "not found" in vmid_refused(daemon, "get", "vm", "nope")
         assert "not found" in vmid_refused(daemon, "start", "nope")
+        # What `get` takes for VMIs and `get vm` does not is refused, never ignored.
+        refused = vmid_refused(daemon, "get", "vm", "vm-a", "vm-b", "-l", "a=b", "-o", "name")
+        assert "vmid get vm does not take several NAMEs, -l, -o name" in refused
 
 
 def test_removing_the_vm_stops_its_vmi(tmp_path: Path) -> None:

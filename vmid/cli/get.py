@@ -14,7 +14,7 @@ from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
 from vmid.cli import common, jsonpath, selector, show, vm
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.errors import JSONPathError
+from vmid.errors import JSONPathError, RequestError
 from vmid.paths import Paths
 from vmid.runtime import status
 
@@ -97,6 +97,7 @@ def _output(text: str) -> str:
 def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
     if args.names and args.names[0].lower() in (*vm.VM_WORDS, *vm.DV_WORDS):
+        _refuse_what_vms_lack(args)
         args.name = args.names[1] if len(args.names) > 1 else None
         return vm.get(args) if args.names[0].lower() in vm.VM_WORDS else vm.get_data_volumes(args)
     wanted_names = _names(args)
@@ -112,6 +113,25 @@ def _get(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     printed = _print(args, objects, single=len(wanted_names) == 1)
     return EXIT_ERROR if missing else printed
+
+
+def _refuse_what_vms_lack(args: argparse.Namespace) -> None:
+    """`get vm|dv` shows one NAME or all, as a table, YAML or JSON: say so rather than ignore
+    the rest of what `get` takes for VMIs."""
+    kind = args.names[0]
+    lacking = [
+        ("several NAMEs", len(args.names) > 2),
+        ("-l", args.selector is not None),
+        ("--no-headers", args.no_headers),
+        ("--show-labels", args.show_labels),
+        (f"-o {args.output}", args.output not in (None, "yaml", "json")),
+    ]
+    named = [what for what, asked in lacking if asked]
+    if named:
+        raise RequestError(
+            f"vmid get {kind} does not take {', '.join(named)}: it shows one NAME or all, as a "
+            f"table or with -o yaml|json (the VMIs take them all: vmid get vmi)"
+        )
 
 
 def _selection(args: argparse.Namespace, wanted_names: list[str]) -> Callable[[VMIObject], bool]:
