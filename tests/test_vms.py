@@ -712,4 +712,6 @@ def test_get_vm_watch_prints_documents(tmp_path: Path, output: str) -> None:
             watcher.kill()
             watcher.communicate()
         assert "not found" in vmid_refused(daemon, "get", "vm", "nope", "-w")
-        assert "-o yaml or json only" in vmid_refused(daemon, "get", "vm", "-w", "-o", "wide")
+        assert "vmid get vm does not take -o wide" in vmid_refused(
+            daemon, "get", "vm", "-w", "-o", "wide"
+        )

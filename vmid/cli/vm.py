@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,21 +174,8 @@ def get(args: argparse.Namespace) -> int:
     if args.name is not None and not found:
         print(f"vmid: {not_found(args)}", file=sys.stderr)
         return EXIT_ERROR
-    if args.output in ("yaml", "json"):
-        data = found[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": found}
-        show.print_data(data, args.output)
-        return EXIT_OK
-    if not found:
-        where = "" if every else f" in {common.namespace_of(args)} namespace"
-        print(f"No resources found{where}.", file=sys.stderr)
-        return EXIT_OK
-    header = ["NAME", "AGE", "STATUS", "READY"]
-    rows = [_row(vm) for vm in found]
-    if every:
-        header = ["NAMESPACE", *header]
-        rows = [[vm["metadata"]["namespace"], *row] for vm, row in zip(found, rows, strict=True)]
-    print(show.aligned([header, *rows]))
-    for vm in found:  # a changed manifest refused: the VM runs on as it was
+    _print_objects(args, found, ["NAME", "AGE", "STATUS", "READY"], _row)
+    for vm in found if args.output is None else ():  # a changed manifest refused: runs on as it was
         for condition in vm["status"]["conditions"]:
             if condition["type"] == "Synchronized" and condition["status"] == "False":
                 print(f"{vm['metadata']['name']}: {condition['message']}", file=sys.stderr)
@@ -199,8 +187,6 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
     per change with -o json|yaml), until the daemon stops: said on stderr, exit 0."""
     from vmid.runtime import statuswatch  # here: a plain `get vm` needs no inotify
 
-    if args.output not in (None, "yaml", "json"):
-        raise RequestError("vmid get vm -w takes -o yaml or json only")
     every = getattr(args, "all_namespaces", False)
 
     def wanted(vm: dict[str, Any]) -> bool:
@@ -314,21 +300,31 @@ def get_data_volumes(args: argparse.Namespace) -> int:
         where = common.namespace_of(args)
         print(f"vmid: datavolume {args.name!r} not found in namespace {where!r}", file=sys.stderr)
         return EXIT_ERROR
+    _print_objects(args, found, ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"], _dv_row)
+    return EXIT_OK
+
+
+def _print_objects(
+    args: argparse.Namespace,
+    found: list[dict[str, Any]],
+    header: list[str],
+    row: Callable[[dict[str, Any]], list[str]],
+) -> None:
+    """VMs or DataVolumes as `kubectl get` prints them: one object (a NAME asked for) or a List
+    with -o yaml|json, else a table (a NAMESPACE column first with -A)."""
     if args.output in ("yaml", "json"):
         data = found[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": found}
         show.print_data(data, args.output)
-        return EXIT_OK
-    if not found:
+    elif not found:
+        every = getattr(args, "all_namespaces", False)
         where = "" if every else f" in {common.namespace_of(args)} namespace"
         print(f"No resources found{where}.", file=sys.stderr)
-        return EXIT_OK
-    header = ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"]
-    rows = [_dv_row(dv) for dv in found]
-    if every:
-        header = ["NAMESPACE", *header]
-        rows = [[dv["metadata"]["namespace"], *row] for dv, row in zip(found, rows, strict=True)]
-    print(show.aligned([header, *rows]))
-    return EXIT_OK
+    else:
+        rows = [row(obj) for obj in found]
+        if getattr(args, "all_namespaces", False):
+            header = ["NAMESPACE", *header]
+            rows = [[o["metadata"]["namespace"], *r] for o, r in zip(found, rows, strict=True)]
+        print(show.aligned([header, *rows]))
 
 
 def _dv_row(dv: dict[str, Any]) -> list[str]:
