@@ -188,12 +188,17 @@ def test_qmp_pause_unpause_reset_and_screenshot(daemon: Daemon, tmp_path: Path) 
     assert paused("Ready") == "True"
     assert daemon.vmid("reset", "tools").returncode == 0
     shot = tmp_path / "screen.png"
-    saved = daemon.vmid("screenshot", "tools", str(shot))
-    assert saved.returncode == 0, saved.stderr
-    png = shot.read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert (width, height) == (720, 400)  # VGA text mode, 80x25 cells of 9x16 pixels
+
+    def screen() -> tuple[int, int]:
+        saved = daemon.vmid("screenshot", "tools", str(shot))
+        assert saved.returncode == 0, saved.stderr
+        png = shot.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+    # Right after the reset, VGA's first surface (640x480) until the firmware sets text mode:
+    # VGA text mode, 80x25 cells of 9x16 pixels.
+    daemon.wait_for("the text-mode screen", lambda: screen() == (720, 400))
     # `vmid vnc`: test_vnc_asks_for_the_one_time_password_only_vmid_vnc_printed.
     bad = daemon.vmid("qmp", "tools", "no-such-command")
     assert bad.returncode == 1
