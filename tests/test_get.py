@@ -169,6 +169,9 @@ def test_fish_completion_of_verbs_flags_and_names(daemon: Daemon, tmp_path: Path
         "--since",
         "--since-time",
     ]
+    # Global flags where they mean something: -n on get, not on version.
+    assert [c.split("\t")[0] for c in complete("vmid get --namesp")] == ["--namespace"]
+    assert complete("vmid version --namesp") == []
 
 
 @pytest.mark.timeout(60)

@@ -54,23 +54,22 @@ complete -c vmid -f
 
 
 def script(commands: Commands, flags: argparse.ArgumentParser) -> str:
-    rules = [*_options(flags, "")]
+    rules = [*_options(flags, "-n __vmid_no_verb ")]
     helps = {a.dest: a.help for a in commands._choices_actions}
     for verb, parser in commands.choices.items():
         rules.append(f"complete -c vmid -n __vmid_no_verb -a {verb} -d {_quote(helps[verb])}")
-        rules.extend(_options(parser, f"-n '__vmid_is {verb}' ", skip=flags))
+        # Its own options and the global flags it means something by (the others: hidden).
+        rules.extend(_options(parser, f"-n '__vmid_is {verb}' "))
         rules.extend(_positionals(verb, parser))
     return _FUNCTIONS + "\n".join(rules) + "\n"
 
 
-def _options(
-    parser: argparse.ArgumentParser, condition: str, skip: argparse.ArgumentParser | None = None
-) -> list[str]:
-    """A rule per option of `parser` (but those of `skip`: the global flags, offered anywhere)."""
-    known = {o for a in skip._actions for o in a.option_strings} if skip is not None else set()
+def _options(parser: argparse.ArgumentParser, condition: str) -> list[str]:
+    """A rule per option `parser` offers (not those it only accepts: a global flag meaning
+    nothing to that verb)."""
     rules = []
     for action in parser._actions:
-        names = [o for o in action.option_strings if o not in known]
+        names = action.option_strings
         if not names or action.help == argparse.SUPPRESS:
             continue
         spelled = " ".join(f"-l {o[2:]}" if o.startswith("--") else f"-s {o[1:]}" for o in names)
