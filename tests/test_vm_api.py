@@ -99,6 +99,8 @@ def test_the_template_passes_every_vmi_rule_located_in_the_vm() -> None:
     found = problems(text)
     assert [p.field for p in found] == ["spec.template.spec.domain.devices.disks[0].name"]
     assert found[0].line == 15  # the disk's name, in the template
+    # The paths the message names are the VM's too, as KubeVirt's VM admitter words them.
+    assert "no volume in spec.template.spec.volumes has this name" in found[0].message
 
 
 def test_a_vm_beside_a_vmi_in_one_file() -> None:

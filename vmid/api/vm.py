@@ -4,6 +4,7 @@ template makes (named as the VM, with the template's labels and a firmware UUID 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -381,8 +382,13 @@ def instance(vm: VirtualMachine) -> t.VirtualMachineInstance:
 
 
 def located(finding: Finding) -> Finding:
-    """A finding about the template's VMI, at its place in the VM's document."""
-    return Finding(vmi_path(finding.path), finding.message)
+    """A finding about the template's VMI, at its place in the VM's document, and the paths
+    its message names too (as KubeVirt's VM admitter words them: `spec.template.spec.volumes`)."""
+    return Finding(vmi_path(finding.path), _SPEC_PATH.sub("spec.template.spec", finding.message))
+
+
+#: A field path of the VMI's spec in a message (`spec.volumes[1]`), not `spec.template...`.
+_SPEC_PATH = re.compile(r"(?<![\w.])spec(?=\.(?!template\b)\w)")
 
 
 def vmi_path(path: FieldPath) -> FieldPath:
