@@ -199,6 +199,10 @@ def test_freeze_and_unfreeze_a_real_guests_file_systems(daemon: Daemon) -> None:
     )
     assert freeze_status(daemon, "fz") == "frozen"
     assert verb(daemon, "guestosinfo", "fz")["fsFreezeStatus"] == "frozen"
+    described = daemon.vmid("describe", "fz").stdout.splitlines()
+    assert [line.split() for line in described if line.startswith("FS Freeze:")] == [
+        ["FS", "Freeze:", "frozen"]
+    ]
     time.sleep(3)  # a line written just before the freeze may still be said
     held = data_writes(daemon, "fz")
     time.sleep(5)

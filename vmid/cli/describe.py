@@ -60,6 +60,7 @@ def _fields(args: argparse.Namespace, obj: VMIObject) -> list[tuple[str, str]]:
         ("Phase", str(st.phase or "")),
         *(_termination(obj.metadata) if show.phase(obj) == "Terminating" else []),
         ("Reason", st.reason),
+        *([("FS Freeze", st.fsFreezeStatus)] if st.fsFreezeStatus else []),  # vmid freeze
         (
             "CPU",
             f"{cpu.get('sockets', 1)} sockets x {cpu.get('cores', 1)} cores x "
