@@ -52,7 +52,7 @@ def vmid_run(daemon: Daemon, name: str) -> tuple[float, float]:
     while daemon.phase(name) != "Running":
         time.sleep(0.001)
     running = time.monotonic() - began
-    console = daemon.root / "var/log/vmid" / name / "console.log"
+    console = daemon.root / "var/log/vmid/namespaces/default" / name / "console.log"
     while not (console.exists() and MARKER in console.read_bytes()):
         time.sleep(0.01)
     leased = time.monotonic() - began

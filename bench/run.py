@@ -46,6 +46,7 @@ from vmid.api.load import load_text
 from vmid.config import Accelerator, Paths, load_config
 from vmid.host.storage import ImageStore, prepare
 from vmid.plan.build import build
+from vmid.plan.model import ImageOverlay
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "example/bench:1"
@@ -115,7 +116,15 @@ class Bench:
 
         trio.run(prepare_all)
         Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
-        return by_path(list(plan.argv))
+        # A containerDisk is planned by its reference; the daemon gives QEMU the file of the
+        # digest it resolves to (runtime/instance.py `_use_image`): so does the floor.
+        named = ImageStore(self.paths.images, self.config.qemuImg)
+        argv = list(plan.argv)
+        for item in plan.prepare:
+            if isinstance(item, ImageOverlay):
+                old, new = str(named.reference_path(item.image)), str(store.lookup(item.image).path)
+                argv = [arg.replace(old, new) for arg in argv]
+        return by_path(argv)
 
     def launch(self, key: str, text: str, bare: list[str], libvirt: Libvirt | None = None) -> None:
         vmid_runs, bare_runs, powerdowns, libvirt_runs, virsh_runs = [], [], [], [], []
@@ -190,7 +199,7 @@ def guest(bench: Bench, runs: int, image: Path) -> None:
     vmid_boot, bare_boot, shutdown_to_succeeded = [], [], []
     for index in range(runs):
         name = f"guest-{index}"
-        console = daemon.root / "var/log/vmid" / name / "console.log"
+        console = daemon.root / "var/log/vmid/namespaces/default" / name / "console.log"
         staging = daemon.spool / f".{name}.tmp"
         staging.write_text(text.format(name=name))
         began = time.monotonic()
