@@ -34,6 +34,7 @@ from tests.registry import (
 from vmid.errors import PullError
 from vmid.host import registry as pulling
 from vmid.host.registry import extract_disk
+from vmid.host.storage import ImageStore
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -662,3 +663,29 @@ def test_a_tag_moved_while_copied_by_name_is_copied_again_by_digest(
     assert start == "second"  # what the tag names once resolved, not what was copied first
     inspected = server.run("skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}")
     assert digest == pulling.digest_of(inspected.stdout.encode())
+
+
+class _ManifestOnly:
+    """skopeo as `pull` sees it, for a name already stored: one manifest, no copy needed."""
+
+    async def raw_manifest(self, ref: str, staging: Path) -> bytes:
+        return b'{"schemaVersion": 2, "layers": []}'
+
+    async def copy(self, source: str, target: Path, bars: bool) -> None:
+        raise AssertionError("nothing to copy: the digest is stored")
+
+
+async def test_a_store_that_cannot_tag_is_an_error_of_its_own_never_an_exception_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a full disk while tagging a digest already stored came out of the
+    pull's nursery as an ExceptionGroup, which a DataVolume import let end the daemon."""
+    store = ImageStore(tmp_path / "images", "qemu-img")
+
+    async def full(ref: str, digest: str, disk_path: str | None) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "tag_stored", full)
+    monkeypatch.setattr(store, "named", lambda ref: True)
+    with pytest.raises(OSError, match="No space left on device"):
+        await pulling.pull(store, _ManifestOnly(), "r.example/a:1", max_size=1 << 20)  # type: ignore[arg-type]

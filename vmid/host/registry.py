@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ from vmid.api import imageref
 from vmid.config import Images, Paths
 from vmid.errors import PullError, VmidError
 from vmid.host.storage import SOURCE_COPY, ImageStore, StoredImage
+
+log = logging.getLogger(__name__)
 
 #: skopeo's environment: none of the daemon's (no proxy, no DOCKER_CONFIG, no REGISTRY_AUTH_FILE,
 #: no $HOME/.docker/config.json: only the files vmid names), messages in stable English.
@@ -226,7 +229,7 @@ async def pull(
         follower = _Follower(staging / "image", disk_path, staging / SOURCE_COPY, max_size)
         copy = _Copy(skopeo, staging / "image", progress, on_progress, follower)
         found: tuple[str, str] | StoredImage | None = None
-        failed: PullError | None = None
+        failed: VmidError | OSError | None = None
         async with trio.open_nursery() as nursery:
             # A name never pulled is copied by that name while skopeo resolves it; a name
             # stored is resolved first (its image may be there already).
@@ -234,8 +237,8 @@ async def pull(
                 nursery.start_soon(copy.run, ref)
             try:
                 found = await _resolve(store, skopeo, ref, disk_path, staging, copy, nursery)
-            except PullError as exc:  # raised as it is, not in the nursery's exception group
-                failed = exc
+            except (VmidError, OSError) as exc:  # raised as it is, not in an exception group
+                failed = exc  # (a store that cannot tag: a full disk, its callers' errors)
             if failed is not None or isinstance(found, StoredImage):
                 nursery.cancel_scope.cancel()
         if failed is not None:
@@ -332,7 +335,7 @@ class _Copy:
         #: The reference it copies, once started.
         self.started: str | None = None
         self._done = trio.Event()
-        self._error: PullError | None = None
+        self._error: VmidError | OSError | None = None
         self._watching = trio.CancelScope()
 
     async def run(self, source: str) -> None:
@@ -345,7 +348,7 @@ class _Copy:
             try:
                 await self._skopeo.copy(source, self._copied, self._bars)
                 ok = True
-            except PullError as exc:
+            except (VmidError, OSError) as exc:  # kept for `wait`: not an exception group
                 self._error = exc
             finally:
                 self.follower.writer_done(ok)
@@ -362,7 +365,10 @@ class _Copy:
         with self._watching:
             while True:  # the first report once the total is known (the manifest resolved)
                 await trio.sleep(PROGRESS_SECONDS)
-                on_progress(_copied_bytes(self._copied), self.total)
+                try:
+                    on_progress(_copied_bytes(self._copied), self.total)
+                except (VmidError, OSError) as exc:  # a report that could not be shown
+                    log.warning("pull progress not reported: %s", exc)
 
 
 def _only_layer(manifest: bytes) -> tuple[str, int] | None:
