@@ -114,6 +114,19 @@ async def test_collection_stops_at_the_low_threshold(store: ImageStore) -> None:
     assert percent(store) <= low
 
 
+async def test_a_record_a_crash_cut_short_is_a_disk_no_reference_names(store: ImageStore) -> None:
+    """Found in review: a content directory whose image.json a crash left empty (written, not
+    yet synced) made collection raise, ending the daemon at every start (a restart loop)."""
+    image = await pulled(store, "docker.io/example/a:1", 300)
+    store.remove("docker.io/example/a:1", keep=frozenset({image.digest or ""}))  # content kept
+    (image.path.parent / "image.json").write_text("")
+    aged(image, 300)
+    policy = ImageGC(highThresholdPercent=0, lowThresholdPercent=0, minimumAgeSeconds=0)
+    done = imagegc.collect(store, policy, set)
+    assert [(c.refs, c.digest) for c in done.removed] == [((), None)]
+    assert not image.path.parent.exists()
+
+
 async def test_nothing_is_collected_before_what_is_in_use_is_known(store: ImageStore) -> None:
     await pulled(store, "docker.io/example/a:1", 300)
     policy = ImageGC(highThresholdPercent=0, lowThresholdPercent=0, minimumAgeSeconds=0)

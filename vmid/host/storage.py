@@ -434,7 +434,7 @@ def _content_of(directory: Path, images: tuple[StoredImage, ...]) -> StoredConte
     digests = {image.digest for image in images}
     digest = digests.pop() if len(digests) == 1 else None
     if not images:  # no reference: the digest is in the directory's record
-        digest = json.loads((directory / IMAGE_META).read_text()).get("digest")
+        digest = _recorded_digest(directory / IMAGE_META)
     return StoredContent(
         directory=directory,
         digest=digest,
@@ -571,3 +571,14 @@ def _efi_vars(item: EfiVars) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(item.template, "rb") as template:
         safefile.write_atomically(path, lambda stream: shutil.copyfileobj(template, stream))
+
+
+def _recorded_digest(record: Path) -> str | None:
+    """The digest a content directory's record names; None when a crash cut it short (the
+    directory is still a disk no reference names, to be collected)."""
+    try:
+        data = json.loads(record.read_text())
+    except ValueError:
+        return None
+    digest = data.get("digest") if isinstance(data, dict) else None
+    return digest if isinstance(digest, str) else None

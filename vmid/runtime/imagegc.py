@@ -29,6 +29,9 @@ async def collect(
     except (OSError, VmidError) as exc:
         log.error("image garbage collection failed: %s", exc)
         return None
+    except Exception:  # a bug in collecting images must not end the daemon (every VM's care)
+        log.exception("image garbage collection failed: internal error")
+        return None
     if not done.amountToFree:
         return done
     log.info(
