@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -328,3 +330,41 @@ async def test_a_refusal_is_a_machine_error(bus: str) -> None:
         with pytest.raises(MachineError, match=r"^systemd-machined: Access denied \("):
             await Machines(bus).register("default/web", str(uuid.uuid4()), 1, Cgroup())
     assert len(calls) == 1  # only a name still taken is asked again
+
+
+def _hang_up_after_authentication(path: Path) -> threading.Thread:
+    """A bus that lets the client in, then hangs up (dbus-daemon restarting, a quota)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as peer:
+            seen = b""
+            while b"BEGIN\r\n" not in seen:
+                chunk = peer.recv(4096)
+                if not chunk:
+                    return
+                seen += chunk
+                if b"AUTH" in chunk:
+                    peer.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+                if b"NEGOTIATE_UNIX_FD" in chunk:
+                    peer.sendall(b"AGREE_UNIX_FD\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+async def test_a_bus_that_hangs_up_is_said_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: jeepney's trio router reports a hung-up bus as trio's EndOfChannel,
+    not an OSError: it escaped as an internal error (and at a take-over killed a running
+    guest over bookkeeping)."""
+    monkeypatch.setattr(machines, "SYSTEMD_RUNTIME", tmp_path)
+    served = _hang_up_after_authentication(tmp_path / "bus")
+    found, line = await machines.detect(Path("/"), bus=f"unix:path={tmp_path}/bus")
+    served.join(timeout=10)
+    assert found is None
+    assert line.startswith(f"{machines.NO_CGROUPS}: the system bus cannot be reached: ")

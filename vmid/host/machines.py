@@ -17,7 +17,11 @@ from typing import Any
 
 import trio
 from jeepney import DBusAddress, DBusErrorResponse, new_method_call
-from jeepney.io.trio import open_dbus_router
+from jeepney.auth import BEGIN, Authenticator
+from jeepney.bus import get_bus
+from jeepney.bus_messages import message_bus
+from jeepney.io.common import RouterClosed
+from jeepney.io.trio import DBusConnection
 from jeepney.wrappers import unwrap_msg
 
 from vmid.api import names
@@ -196,8 +200,8 @@ class Machines:
                 reply = await self._exchange(message)
         except trio.TooSlowError as exc:
             raise MachineError(f"systemd-machined did not answer in {CALL_TIMEOUT:g} s") from exc
-        except OSError as exc:  # no bus socket, or the bus hung up
-            raise MachineError(f"the system bus cannot be reached: {exc}") from exc
+        except _BUS_GONE as exc:  # no bus socket, the bus hung up, or refused us
+            raise MachineError(f"the system bus cannot be reached: {exc!r}") from exc
         try:
             body: tuple[Any, ...] = unwrap_msg(reply)
         except DBusErrorResponse as exc:
@@ -208,13 +212,52 @@ class Machines:
     async def _exchange(self, message: Any) -> Any:
         """One call on a connection of its own: the reply, an error reply included."""
         try:
-            async with open_dbus_router(self._bus) as router:
-                return await router.send_and_get_reply(message)
+            connection = await _connect(self._bus)
+            try:
+                async with connection.router() as router:
+                    return await router.send_and_get_reply(message)
+            finally:
+                connection.socket.close()
         except BaseExceptionGroup as group:
             # The router's nursery wraps what its connection raised (an OSError): raise that.
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
                 raise group.exceptions[0] from None
             raise
+
+
+async def _connect(bus: str) -> DBusConnection:
+    """jeepney's `open_dbus_connection`, but its socket is closed when the bus hangs up before
+    it answers Hello (jeepney leaves that socket to the garbage collector)."""
+    stream = await trio.open_unix_socket(get_bus(bus))
+    try:
+        authenticator = Authenticator(enable_fds=False, inc_null_byte=False)
+        await stream.send_all(b"\0")  # Linux: the bus reads our credentials (SO_PEERCRED)
+        for request in authenticator:
+            await stream.send_all(request)
+            authenticator.feed(await stream.receive_some())
+        await stream.send_all(BEGIN)
+        connection = DBusConnection(stream.socket, enable_fds=False)
+        async with connection.router() as router:  # Hello must come first
+            reply = await router.send_and_get_reply(message_bus.Hello())
+        connection.unique_name = reply.body[0]
+    except BaseException:
+        stream.socket.close()
+        raise
+    return connection
+
+
+#: How a bus connection ends under jeepney's trio router: an OSError (no socket), trio's
+#: closed-stream errors (the bus hung up), RouterClosed, a ValueError (authentication refused),
+#: or a group of them from the router's nursery. All mean the same to vmid: no machined now.
+_BUS_GONE = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.EndOfChannel,
+    RouterClosed,
+    ValueError,
+    ExceptionGroup,
+)
 
 
 def booted() -> bool:

@@ -320,6 +320,12 @@ class Instance:
                 self.log.warning("QEMU pid %d runs without a cgroup of its own: %s", pid, exc)
                 return
             raise LaunchError(f"QEMU could not be given a cgroup of its own: {exc}") from exc
+        except Exception:
+            if not guest_ran:
+                raise
+            # Whatever went wrong (a bug): a running guest is never killed over bookkeeping.
+            self.log.exception("QEMU pid %d runs without a cgroup of its own", pid)
+            return
         self.log.info("QEMU pid %d in scope %s (%s)", pid, scope, describe(self.plan.cgroup))
 
     async def _register(self, pid: int) -> str:
