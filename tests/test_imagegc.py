@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from vmid.cli import main
-from vmid.config import ImageGC, load_config
+from vmid.config import ImageGC, Paths, load_config
 from vmid.errors import ConfigError
-from vmid.host import imagegc
+from vmid.host import imagegc, pidlock
 from vmid.host.storage import SOURCE_COPY, ImageStore, StoredImage
 
 pytestmark = [
@@ -145,7 +145,17 @@ async def test_image_prune_removes_every_unused_image_and_no_other(
     await store.add("docker.io/example/imported:1", source)
     (tmp_path / "empty.yaml").write_text("")
     root = ["--root", str(tmp_path / "root"), "--config", str(tmp_path / "empty.yaml")]
-    assert main(["image", "prune", *root]) == 0
+    # Without a running daemon (after a reboot: no statuses) what is in use is not known.
+    assert main(["image", "prune", *root]) == 1
+    assert "vmid is not running: which images its VMIs use is not known" in capsys.readouterr().err
+    assert len(stored(store)) == 3
+    lock = Paths(tmp_path / "root").daemon_pid
+    lock.parent.mkdir(parents=True)
+    held = pidlock.hold(lock)  # a daemon runs (with no VMI)
+    try:
+        assert main(["image", "prune", *root]) == 0
+    finally:
+        os.close(held)
     out = capsys.readouterr().out
     assert "removed docker.io/example/b:1 (sha256:" in out
     assert "removed docker.io/example/a:1 (sha256:" in out

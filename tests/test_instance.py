@@ -223,6 +223,23 @@ def test_a_status_closed_for_removal_never_brings_its_directory_back(tmp_path: P
     assert not directory.exists()
 
 
+@pytest.mark.parametrize(
+    ("said", "shown"), [("frozen", "frozen"), ("thawed", ""), ("x" * 1000, "")]
+)
+def test_fs_freeze_status_is_only_the_word_kubevirt_sets(
+    tmp_path: Path, said: str, shown: str
+) -> None:
+    """Found in review: a guest's agent could put any string (up to its 1 MiB answer) into
+    the status, rewritten at every poll."""
+    instance = make_instance(tmp_path, "obey")
+    instance.status.transition(Phase.SCHEDULED)
+    instance.status.transition(Phase.RUNNING)
+    instance._agent.connected = True
+    instance._agent.report.answers["guest-fsfreeze-status"] = said
+    instance._on_agent()
+    assert instance.status.fs_freeze_status == shown
+
+
 def conditions(instance: Instance) -> dict[str, dict[str, str]]:
     return {c["type"]: c for c in written(instance)["status"]["conditions"]}
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from vmid.api.quantity import rounded as _size
 from vmid.cli import common, show
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.errors import ConfigError, StateUnreadable
+from vmid.errors import ConfigError, RequestError, StateUnreadable
+from vmid.host import pidlock
 from vmid.paths import Paths
 from vmid.runtime import status
 
@@ -177,6 +178,13 @@ def _image_prune(args: argparse.Namespace) -> int:
     from vmid.host.storage import ImageStore
 
     config, paths = common.setup(args)
+    if not pidlock.running(paths.daemon_pid):
+        # Only a running daemon's statuses say what every manifest in the spool uses (after a
+        # reboot there are none): pruning without it would remove images VMIs need.
+        raise RequestError(
+            "vmid is not running: which images its VMIs use is not known, nothing was removed "
+            "(start vmid, or remove an image by name: vmid image rm REF)"
+        )
     store = ImageStore(paths.images, config.qemuImg)
     removed = imagegc.prune(store, lambda: set(_image_users(paths)) | _templates(paths))
     for content in removed:

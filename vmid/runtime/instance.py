@@ -631,7 +631,8 @@ class Instance:
         self.status.guest_os_info = agent.guest_os_info(report) or self.status.guest_os_info
         freeze = report.get("guest-fsfreeze-status")
         if isinstance(freeze, str):  # virt-handler's: "thawed" is no status
-            self.status.fs_freeze_status = "" if freeze == "thawed" else freeze
+            # Only the word KubeVirt sets: a guest's own string never reaches the status.
+            self.status.fs_freeze_status = "frozen" if freeze == "frozen" else ""
         masquerade = frozenset(t.interface for t in self.plan.taps if t.masquerade)
         guest = agent.guest_interfaces(report)
         if guest:
