@@ -1000,12 +1000,13 @@ def test_a_keep_stop_while_a_removed_vmi_is_taken_over_leaves_its_qemu_its_files
 
 _FORK = """
 import json, os, re, socket, sys
-argv, control, ready = json.loads(sys.argv[1])
+argv, control, ready, up = json.loads(sys.argv[1])
 os.chdir(os.path.dirname(control) + "/qemu")  # as the daemon's fork: cwd set, exec still to come
 os.unlink(control)
 listener = socket.socket(socket.AF_UNIX)
 listener.bind("../control.sock")  # relative: the absolute path is longer than sun_path
 listener.listen(4)
+os.write(up, b"u")  # in the VMI's directory, its exec to come
 fd = listener.fileno()
 os.set_inheritable(fd, True)
 argv = [re.sub(r"id=vmid-control,fd=\\d+", f"id=vmid-control,fd={fd}", a) for a in argv]
@@ -1027,11 +1028,15 @@ def test_a_fork_killed_with_its_daemon_before_exec_is_taken_over_once_it_is_qemu
     os.kill(pid, signal.SIGKILL)  # what it was about to become: the fork below
     directory = tmp_path / "run/vmid/namespaces/default/vm-a"
     ready, go = os.pipe()
-    spec = json.dumps([argv, str(directory / "control.sock"), ready])
+    is_up, up = os.pipe()
+    spec = json.dumps([argv, str(directory / "control.sock"), ready, up])
     fork = subprocess.Popen(
-        [sys.executable, "-c", _FORK, spec], pass_fds=[ready], stdout=subprocess.DEVNULL
+        [sys.executable, "-c", _FORK, spec], pass_fds=[ready, up], stdout=subprocess.DEVNULL
     )
     os.close(ready)
+    os.close(up)
+    assert os.read(is_up, 1) == b"u"  # before: it held the daemon's lock (tests/test_pidlock.py)
+    os.close(is_up)
     log = tmp_path / "daemon.log"
 
     def exec_once_surveyed() -> None:  # the next daemon has looked: let the fork exec
