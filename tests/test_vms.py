@@ -209,9 +209,20 @@ def test_get_and_describe_show_vms_and_their_vmis(tmp_path: Path) -> None:
         assert "Status:     Running" in described
         assert "not found" in vmid_refused(daemon, "get", "vm", "nope")
         assert "not found" in vmid_refused(daemon, "start", "nope")
-        # What `get` takes for VMIs and `get vm` does not is refused, never ignored.
-        refused = vmid_refused(daemon, "get", "vm", "vm-a", "vm-b", "-l", "a=b", "-o", "name")
-        assert "vmid get vm does not take several NAMEs, -l, -o name" in refused
+        # What `get` takes for VMIs, `get vm` takes too.
+        both = vmid_ok(daemon, "get", "vm", "vm-a", "vm-b", "-o", "name").split()
+        assert both == ["virtualmachine.kubevirt.io/vm-a", "virtualmachine.kubevirt.io/vm-b"]
+        assert vmid_ok(daemon, "get", "vm", "-l", "nope=1", "-o", "name") == ""
+        columns = ["-o", "custom-columns=N:.metadata.name,S:.status.runStrategy", "--no-headers"]
+        assert vmid_ok(daemon, "get", "vm", "vm-b", *columns).split() == ["vm-b", "Halted"]
+        shown = vmid_ok(daemon, "get", "vm", "--show-labels").splitlines()
+        assert shown[0].split()[-1] == "LABELS"
+        path = vmid_ok(daemon, "get", "vm", "-o", "jsonpath={.items[*].metadata.name}")
+        assert path.split() == ["vm-a", "vm-b"]
+        partly = daemon.vmid("get", "vm", "vm-a", "nope")
+        assert partly.returncode == 1
+        assert "virtualmachine 'nope' not found" in partly.stderr
+        assert partly.stdout.split()[4] == "vm-a"  # the header, then the one found
 
 
 def test_removing_the_vm_stops_its_vmi(tmp_path: Path) -> None:
@@ -712,6 +723,6 @@ def test_get_vm_watch_prints_documents(tmp_path: Path, output: str) -> None:
             watcher.kill()
             watcher.communicate()
         assert "not found" in vmid_refused(daemon, "get", "vm", "nope", "-w")
-        assert "vmid get vm does not take -o wide" in vmid_refused(
-            daemon, "get", "vm", "-w", "-o", "wide"
+        assert "vmid get vm -w does not take -o name" in vmid_refused(
+            daemon, "get", "vm", "-w", "-o", "name"
         )

@@ -14,7 +14,7 @@ from vmid.api import names
 from vmid.api.vmistatus import VMIObject, VMIStatus
 from vmid.cli import common, jsonpath, selector, show, vm
 from vmid.cli.common import EXIT_ERROR, EXIT_OK, Commands
-from vmid.errors import JSONPathError, RequestError
+from vmid.errors import RequestError
 from vmid.paths import Paths
 from vmid.runtime import status
 
@@ -98,7 +98,8 @@ def _get(args: argparse.Namespace) -> int:
     paths = Paths(args.root or Path("/"))
     if args.names and args.names[0].lower() in (*vm.VM_WORDS, *vm.DV_WORDS):
         _refuse_what_vms_lack(args)
-        args.name = args.names[1] if len(args.names) > 1 else None
+        args.name = args.names[1] if len(args.names) == 2 else None  # one object, not a List
+        args.vm_names = args.names[1:]
         return vm.get(args) if args.names[0].lower() in vm.VM_WORDS else vm.get_data_volumes(args)
     wanted_names = _names(args)
     if args.all_namespaces and wanted_names:
@@ -116,22 +117,9 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _refuse_what_vms_lack(args: argparse.Namespace) -> None:
-    """`get vm|dv` shows one NAME or all, as a table, YAML or JSON: say so rather than ignore
-    the rest of what `get` takes for VMIs."""
-    kind = args.names[0]
-    lacking = [
-        ("several NAMEs", len(args.names) > 2),
-        ("-l", args.selector is not None),
-        ("--no-headers", args.no_headers),
-        ("--show-labels", args.show_labels),
-        (f"-o {args.output}", args.output not in (None, "yaml", "json")),
-    ]
-    named = [what for what, asked in lacking if asked]
-    if named:
-        raise RequestError(
-            f"vmid get {kind} does not take {', '.join(named)}: it shows one NAME or all, as a "
-            f"table or with -o yaml|json (the VMIs take them all: vmid get vmi)"
-        )
+    """`get vm -w` prints rows or documents: say so rather than ignore other formats."""
+    if args.watch and args.output not in (None, "yaml", "json"):
+        raise RequestError(f"vmid get {args.names[0]} -w does not take -o {args.output}")
 
 
 def _selection(args: argparse.Namespace, wanted_names: list[str]) -> Callable[[VMIObject], bool]:
@@ -196,7 +184,7 @@ def _print(args: argparse.Namespace, objects: list[VMIObject], single: bool) -> 
         print("\n".join(f"{RESOURCE}/{o.metadata.name}" for o in objects if o.metadata.name))
         return EXIT_OK
     if output.startswith("custom-columns="):
-        rows = _custom_columns(output.removeprefix("custom-columns="), objects)
+        rows = jsonpath.columns(output.removeprefix("custom-columns="), items)
         print(show.aligned(rows[1:] if args.no_headers else rows))
         return EXIT_OK
     columns = Columns.of(args)
@@ -207,22 +195,6 @@ def _print(args: argparse.Namespace, objects: list[VMIObject], single: bool) -> 
         if synchronized is not None and synchronized.status == "False":
             print(f"{show.name(obj)}: {synchronized.message}", file=sys.stderr)
     return EXIT_OK
-
-
-def _custom_columns(spec: str, objects: list[VMIObject]) -> list[list[str]]:
-    """kubectl's custom columns: `HEADER:PATH,...`, a cell `<none>` where PATH selects nothing."""
-    columns = []
-    for part in spec.split(","):
-        header, sep, path = part.partition(":")
-        if not sep or not header or not path:
-            raise JSONPathError(f"custom-columns: {part!r} is not HEADER:PATH")
-        template = path if path.startswith("{") else "{" + path + "}"
-        columns.append((header, jsonpath.Template(template)))
-    rows = [[header for header, _ in columns]]
-    for obj in objects:
-        cells = [[jsonpath.text(v) for v in t.values(obj.data)] for _, t in columns]
-        rows.append([",".join(c) if c else "<none>" for c in cells])
-    return rows
 
 
 class Columns(NamedTuple):

@@ -236,3 +236,19 @@ def _filter(path: str, condition: str) -> Step:
 
 def _items(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
+
+
+def columns(spec: str, items: list[Any]) -> list[list[str]]:
+    """kubectl's custom columns over objects' data: `HEADER:PATH,...`, a header row first, a
+    cell `<none>` where PATH selects nothing."""
+    parsed = []
+    for part in spec.split(","):
+        header, sep, path = part.partition(":")
+        if not sep or not header or not path:
+            raise JSONPathError(f"custom-columns: {part!r} is not HEADER:PATH")
+        parsed.append((header, Template(path if path.startswith("{") else "{" + path + "}")))
+    rows = [[header for header, _ in parsed]]
+    for item in items:
+        cells = [[text(v) for v in template.values(item)] for _, template in parsed]
+        rows.append([",".join(c) if c else "<none>" for c in cells])
+    return rows

@@ -168,18 +168,42 @@ def get(args: argparse.Namespace) -> int:
     status.read_objects(paths)  # no vmid state there: an error saying so, as `get` says it
     if args.watch:
         return _watch(paths, args)
-    every = getattr(args, "all_namespaces", False)
-    found = [vm for vm in vmstate.read_vms(paths) if every or _in(args, vm)]
-    found = [vm for vm in found if args.name in (None, vm["metadata"]["name"])]
-    if args.name is not None and not found:
-        print(f"vmid: {not_found(args)}", file=sys.stderr)
+    found = [vm for vm in vmstate.read_vms(paths) if _selected(args, vm)]
+    missing = _missing(args, found, "virtualmachine")
+    if missing and not found:
         return EXIT_ERROR
-    _print_objects(args, found, ["NAME", "AGE", "STATUS", "READY"], _row)
+    _print_objects(args, found, ["NAME", "AGE", "STATUS", "READY"], _row, "virtualmachine")
     for vm in found if args.output is None else ():  # a changed manifest refused: runs on as it was
         for condition in vm["status"]["conditions"]:
             if condition["type"] == "Synchronized" and condition["status"] == "False":
                 print(f"{vm['metadata']['name']}: {condition['message']}", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_ERROR if missing else EXIT_OK
+
+
+def _selected(args: argparse.Namespace, obj: dict[str, Any]) -> bool:
+    """Whether `vmid get vm|dv` shows `obj`: its namespace (or -A), one of the NAMEs asked for
+    (if any), its labels matching -l (if any)."""
+    from vmid.cli import selector
+
+    names = getattr(args, "vm_names", None) or ([args.name] if args.name else [])
+    matches = selector.parse(args.selector) if getattr(args, "selector", None) else None
+    metadata = obj["metadata"]
+    return (
+        (getattr(args, "all_namespaces", False) or _in(args, obj))
+        and (not names or metadata["name"] in names)
+        and (matches is None or matches(metadata.get("labels") or {}))
+    )
+
+
+def _missing(args: argparse.Namespace, found: list[dict[str, Any]], kind: str) -> bool:
+    """Say which NAMEs asked for are not among `found`, as kubectl does; whether any is not."""
+    names = getattr(args, "vm_names", None) or ([args.name] if args.name else [])
+    there = {obj["metadata"]["name"] for obj in found}
+    where = common.namespace_of(args)
+    for name in names:
+        if name not in there:
+            print(f"vmid: {kind} {name!r} not found in namespace {where!r}", file=sys.stderr)
+    return any(name not in there for name in names)
 
 
 def _watch(paths: Paths, args: argparse.Namespace) -> int:
@@ -190,13 +214,12 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
     every = getattr(args, "all_namespaces", False)
 
     def wanted(vm: dict[str, Any]) -> bool:
-        return (every or _in(args, vm)) and args.name in (None, vm["metadata"]["name"])
+        return _selected(args, vm)
 
     watch = statuswatch.vms(paths)
     try:
         found = {c.path: c.obj for c in watch.current() if c.obj is not None and wanted(c.obj)}
-        if args.name is not None and not found:
-            print(f"vmid: {not_found(args)}", file=sys.stderr)
+        if _missing(args, list(found.values()), "virtualmachine"):
             return EXIT_ERROR
         printer = _WatchPrinter(args.output, every, found)
         if not watch.daemon_running():
@@ -293,15 +316,14 @@ def get_data_volumes(args: argparse.Namespace) -> int:
     if args.watch:
         raise RequestError("vmid get dv -w is not supported: watch the VMs (vmid get vm -w)")
     status.read_objects(paths)  # no vmid state there: an error saying so, as `get` says it
-    every = getattr(args, "all_namespaces", False)
-    found = [dv for dv in vmstate.read_data_volumes(paths) if every or _in(args, dv)]
-    found = [dv for dv in found if args.name in (None, dv["metadata"]["name"])]
-    if args.name is not None and not found:
-        where = common.namespace_of(args)
-        print(f"vmid: datavolume {args.name!r} not found in namespace {where!r}", file=sys.stderr)
+    found = [dv for dv in vmstate.read_data_volumes(paths) if _selected(args, dv)]
+    missing = _missing(args, found, "datavolume")
+    if missing and not found:
         return EXIT_ERROR
-    _print_objects(args, found, ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"], _dv_row)
-    return EXIT_OK
+    _print_objects(
+        args, found, ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"], _dv_row, "datavolume"
+    )
+    return EXIT_ERROR if missing else EXIT_OK
 
 
 def _print_objects(
@@ -309,22 +331,58 @@ def _print_objects(
     found: list[dict[str, Any]],
     header: list[str],
     row: Callable[[dict[str, Any]], list[str]],
+    kind: str,
 ) -> None:
-    """VMs or DataVolumes as `kubectl get` prints them: one object (a NAME asked for) or a List
-    with -o yaml|json, else a table (a NAMESPACE column first with -A)."""
-    if args.output in ("yaml", "json"):
-        data = found[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": found}
-        show.print_data(data, args.output)
+    """VMs or DataVolumes as `kubectl get` prints them, with -o as for VMIs: one object (a NAME
+    asked for) or a List with -o yaml|json|jsonpath, names, custom columns, or a table (a
+    NAMESPACE column first with -A, LABELS last with --show-labels)."""
+    from vmid.cli import jsonpath
+
+    output: str = args.output or ""
+    data = found[0] if args.name and found else {"apiVersion": "v1", "kind": "List", "items": found}
+    if output in ("yaml", "json"):
+        show.print_data(data, output)
+    elif output.startswith("jsonpath="):
+        print(jsonpath.Template(output.removeprefix("jsonpath=")).render(data), end="")
     elif not found:
         every = getattr(args, "all_namespaces", False)
         where = "" if every else f" in {common.namespace_of(args)} namespace"
         print(f"No resources found{where}.", file=sys.stderr)
+    elif output == "name":
+        print("\n".join(f"{kind}.{_GROUPS[kind]}/{o['metadata']['name']}" for o in found))
     else:
-        rows = [row(obj) for obj in found]
-        if getattr(args, "all_namespaces", False):
-            header = ["NAMESPACE", *header]
-            rows = [[o["metadata"]["namespace"], *r] for o, r in zip(found, rows, strict=True)]
-        print(show.aligned([header, *rows]))
+        rows = (
+            jsonpath.columns(output.removeprefix("custom-columns="), found)
+            if output.startswith("custom-columns=")
+            else _table(args, found, header, row)
+        )
+        print(show.aligned(rows[1:] if args.no_headers else rows))
+
+
+#: The API group of each kind `-o name` prints.
+_GROUPS = {"virtualmachine": "kubevirt.io", "datavolume": "cdi.kubevirt.io"}
+
+
+def _table(
+    args: argparse.Namespace,
+    found: list[dict[str, Any]],
+    header: list[str],
+    row: Callable[[dict[str, Any]], list[str]],
+) -> list[list[str]]:
+    """The header and a row per object, -A's NAMESPACE first, --show-labels' LABELS last."""
+    rows = [row(obj) for obj in found]
+    if getattr(args, "all_namespaces", False):
+        header = ["NAMESPACE", *header]
+        rows = [[o["metadata"]["namespace"], *r] for o, r in zip(found, rows, strict=True)]
+    if args.show_labels:
+        header = [*header, "LABELS"]
+        rows = [[*r, _labels(o)] for o, r in zip(found, rows, strict=True)]
+    return [header, *rows]
+
+
+def _labels(obj: dict[str, Any]) -> str:
+    labels = obj["metadata"].get("labels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
 
 
 def _dv_row(dv: dict[str, Any]) -> list[str]:
