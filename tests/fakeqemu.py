@@ -8,7 +8,7 @@ Its behaviour comes from the VMI's firmware serial (`-smbios type=1,...,serial=M
   second     power off on the second system_powerdown only (a guest still booting)
   crash      exit with status 1 right after `cont`
   refuse     print an error like QEMU's and exit 1 before opening the monitor
-  stall      never answer its first client's query-status (a daemon that dies before `cont`)
+  stall      never answer its first client's `cont` (a daemon that dies before the guest runs)
   slow-takeover  answer a later client's query-status (a daemon taking it over) after 2 s
   spoof-IP   a hostile guest on its tap (net0): it claims address IP (an ARP reply and a UDP
              packet from IP) and sends from another MAC, every 0.2 s; plus one frame the
@@ -300,7 +300,7 @@ class FakeQemu:
     def _serve(self, conn: socket.socket) -> bool:
         for request in requests(conn):
             command, ident = request["execute"], request.get("id")
-            if command == "query-status" and self.mode == "stall" and self.clients == 1:
+            if command == "cont" and self.mode == "stall" and self.clients == 1:
                 continue
             if command == "query-status" and self.mode == "slow-takeover" and self.clients > 1:
                 time.sleep(2)

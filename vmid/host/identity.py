@@ -7,12 +7,14 @@ another VM (its sockets, disks, ISO, EFI variables, console log). The lowest num
 holds, no process runs as and no user or group is named by is taken, so after a crash at any
 instant either the record exists (the VMI keeps its uid) or nothing was given that uid yet.
 
-vmid drops QEMU's privileges itself, between fork and exec, as libvirt does: QEMU's own
-`-runas` calls setuid after its seccomp filter is in place, and `elevateprivileges=deny` then
-kills it (SIGSYS). Each VMI's QEMU runs as a uid of its own and owns only its working directory
-(its sockets); the directories holding the VM's files stay root's, so root never writes where
-QEMU could plant a symlink. Disks, images, ISOs and EFI files it gets by fd (host/beneath.py),
-its logs through pipes (runtime/logs.py).
+vmid drops QEMU's privileges before QEMU's exec, as libvirt does: QEMU's own `-runas` calls
+setuid after its seccomp filter is in place, and `elevateprivileges=deny` then kills it
+(SIGSYS). util-linux's `setpriv` drops them and execs QEMU (`launch_argv`): Python drops them
+only in a full fork of the daemon (its vfork refuses setuid), which cost 3.5 ms per launch with
+the GIL held, where vfork and setpriv's exec cost 1 ms. Each VMI's QEMU runs as a uid of its
+own and owns only its working directory (its sockets); the directories holding the VM's files
+stay root's, so root never writes where QEMU could plant a symlink. Disks, images, ISOs and EFI
+files it gets by fd (host/beneath.py), its logs through pipes (runtime/logs.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import grp
 import os
 import pwd
 import threading
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 
 import attrs
@@ -75,6 +77,17 @@ class Records:
         with self._lock:
             if self._uids is not None:
                 self._uids.discard(uid)
+
+
+#: util-linux's (Essential in Debian): changes uid, gid and groups, then execs its argv.
+SETPRIV = "/usr/bin/setpriv"
+
+
+def launch_argv(user: QemuUser, argv: Sequence[str]) -> list[str]:
+    """`argv` run as `user`: its real, effective and saved uid and gid, its groups alone (no
+    capability survives the change from root, as with setuid in a fork)."""
+    groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
+    return [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}", groups, "--", *argv]
 
 
 def vmi_user(uid: int, vmi: str) -> QemuUser:
@@ -181,14 +194,26 @@ def ids_of(pid: int) -> set[int]:
     """The uids and gids (real, effective, saved, filesystem) of a live process; none for a
     zombie (it holds nothing any more: a re-adopted QEMU, no longer vmid's child, may wait long
     for a reaper that is not vmid) or a process that is gone."""
+    # Read as bytes, its three lines found in place: every launch reads every process's file,
+    # and decoding and splitting all of it cost twice the kernel's own time to make it.
     try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        fields = dict(line.split(":", 1) for line in lines)
-        if fields["State"].strip().startswith("Z"):
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 8192)
+        finally:
+            os.close(fd)
+        if _field(data, b"State").startswith(b"Z"):
             return set()
-        return {int(n) for key in ("Uid", "Gid") for n in fields[key].split()}
-    except (OSError, KeyError, ValueError):  # gone meanwhile
+        return {int(n) for key in (b"Uid", b"Gid") for n in _field(data, key).split()}
+    except (OSError, ValueError):  # gone meanwhile
         return set()
+
+
+def _field(status: bytes, key: bytes) -> bytes:
+    """A field of a /proc/PID/status text, without its name; ValueError if it has none."""
+    start = status.index(b"\n" + key + b":") + len(key) + 2
+    end = status.find(b"\n", start)
+    return status[start : end if end >= 0 else len(status)].strip()
 
 
 def _pids() -> list[int]:

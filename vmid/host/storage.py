@@ -28,6 +28,7 @@ import trio
 from vmid.api.imageref import STORE_FILE, ImageRefError, normalize, store_name
 from vmid.errors import StorageError
 from vmid.host import beneath, safefile
+from vmid.host.blankdisk import BlankDisks
 from vmid.host.cloudinit import write_iso
 from vmid.plan.model import (
     CloudInitIso,
@@ -46,6 +47,8 @@ QEMU_IMG_MEMORY = 2000 * 2**20
 #: qemu-img runs at once, daemon-wide: each holds a process and its pipes (fds), and a VMI's
 #: many disks must not take them all (a VMI also bounds its own: runtime/instance.py).
 QEMU_IMG_RUNS = trio.CapacityLimiter(4)
+#: The daemon's: a launch writes the empty qcow2 files qemu-img made for the same size earlier.
+BLANK_DISKS = BlankDisks()
 #: Converting a qcow2 to raw copies the whole disk: no CPU limit, a long deadline.
 QEMU_IMG_CONVERT_TIMEOUT = 3600.0
 IMAGE_META = "image.json"
@@ -515,9 +518,7 @@ async def prepare(
         await _overlay(qemu_img_binary, Path(item.path), size)
     elif isinstance(item, EmptyDisk):
         if _make_parent(Path(item.path), replace=False):
-            await qemu_img(
-                qemu_img_binary, "create", "-q", "-f", "qcow2", item.path, str(item.size)
-            )
+            await _blank(qemu_img_binary, Path(item.path), item.size)
     elif isinstance(item, HostFile):
         await trio.to_thread.run_sync(_host_file, item)
     elif isinstance(item, CloudInitIso):
@@ -529,7 +530,16 @@ async def prepare(
 async def _overlay(qemu_img_binary: str, path: Path, size: int) -> None:
     """A new qcow2 naming no backing file: QEMU gets its backing as a -blockdev node."""
     _make_parent(path, replace=True)
-    await qemu_img(qemu_img_binary, "create", "-q", "-f", "qcow2", str(path), str(size))
+    await _blank(qemu_img_binary, path, size)
+
+
+async def _blank(qemu_img_binary: str, path: Path, size: int) -> None:
+    """An empty qcow2 of `size` bytes at `path` (absent), as qemu-img creates it."""
+
+    async def create() -> None:
+        await qemu_img(qemu_img_binary, "create", "-q", "-f", "qcow2", str(path), str(size))
+
+    await BLANK_DISKS.make(path, size, qemu_img_binary, create)
 
 
 def _make_parent(path: Path, replace: bool) -> bool:

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ class Instance:
         logs: Logs | None = None,
         stop_mode: Callable[[], StopMode] = lambda: StopMode.POWER_OFF,
         images: Puller | None = None,
-        processes: Callable[[], Awaitable[Mapping[int, Set[int]]]] | None = None,
+        running: Mapping[int, Set[int]] | None = None,
         machines: Machines | None = None,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
@@ -121,8 +121,8 @@ class Instance:
         before the launch; it may pass through vmid's directories `traverse`. `logs`: the bounds
         of its log files. `stop_mode`: what a cancellation means, asked when it comes.
         `images`: where containerDisk images come from (pulled as their policy says); without
-        it, from the store only. `processes`: every process's ids (`identity.running_ids`), read
-        after it is called (the supervisor shares one read among the VMIs starting at once).
+        it, from the store only. `running`: every process's ids (`identity.running_ids`), read
+        before `user` was given out, as its allocation saw them (None: read at the launch).
         `machines`: systemd-machined, which gives QEMU a scope of its own (None: no systemd).
         """
         self.plan = plan
@@ -137,7 +137,7 @@ class Instance:
         self._adopt = adopt
         self._user = user
         self._traverse = traverse
-        self._processes = processes or _read_processes
+        self._running = running
         self._machines = machines
         self._process: trio.Process | AdoptedProcess | None = None
         #: QEMU's real argv (its fd numbers, not the plan's placeholders), once it runs.
@@ -217,7 +217,9 @@ class Instance:
         if self._adopt is not None:
             await self._readopt(self._adopt)
             return
-        running = await self._processes() if self._user is not None else {}
+        running = self._running
+        if running is None:
+            running = await _read_processes() if self._user is not None else {}
         await trio.to_thread.run_sync(self._check_alone, running)
         self.status.write()
         await self._prepare()
@@ -464,7 +466,7 @@ class Instance:
             taps = self._network.open_taps(plan)
             self._argv = list(plan.argv_for(listener.fileno(), taps, {**files, **pipes}))
             process = await trio.lowlevel.open_process(
-                self._argv,
+                identity.launch_argv(user, self._argv) if user else self._argv,
                 cwd=plan.cwd,
                 env={**QEMU_ENVIRONMENT, **plan.env},
                 stdin=subprocess.DEVNULL,
@@ -472,10 +474,6 @@ class Instance:
                 stderr=stderr,
                 pass_fds=(listener.fileno(), *taps.values(), *files.values(), *pipes.values()),
                 start_new_session=True,  # a signal to vmid's group never reaches guests
-                # Dropped between fork and exec (not QEMU's -runas: see host/identity.py).
-                user=user.uid if user else None,
-                group=user.gid if user else None,
-                extra_groups=list(user.groups) if user else None,
                 umask=0o177,  # its sockets: 0600, for its user (and root) only
             )
         finally:
@@ -487,7 +485,6 @@ class Instance:
 
     async def _boot(self) -> None:
         assert self._monitor is not None
-        await self._monitor.execute("query-status")
         for tap in self.plan.taps:
             if not tap.linkUp:
                 await self._monitor.execute(

@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from vmid.api import names
+from vmid.host.identity import SETPRIV
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,23 @@ def wait_for_execs(instances: Path, qemu_dir: str, timeout: float) -> list[tuple
     without having exec'd its QEMU yet; return those still there then (pid, VMI key).
 
     A daemon killed between forking a QEMU and its exec leaves a process that runs the
-    daemon's own executable: it holds the daemon's lock (host/pidlock.py, inherited) until it
-    closes its fds just before exec, so the next daemon can only meet it in that last instant.
-    Surveyed then, it would be missed, and its VMI's directory removed under the QEMU it
-    becomes: an orphan no daemon finds again.
+    daemon's own executable, then `setpriv` (host/identity.py: it drops QEMU's uid, then execs
+    it): it holds the daemon's lock (host/pidlock.py, inherited) until it closes its fds just
+    before its first exec, so the next daemon can only meet it in the instants after. Surveyed
+    then, it would be missed, and its VMI's directory removed under the QEMU it becomes: an
+    orphan no daemon finds again.
     """
     ours = os.stat("/proc/self/exe")
+    setpriv = os.stat(SETPRIV) if os.path.exists(SETPRIV) else None
     deadline = time.monotonic() + timeout
     waited = False
     while True:
         forks = [
             (pid, key)
             for pid, key in _in_vmi_directories(instances, qemu_dir)
-            if _same_file(f"/proc/{pid}/exe", ours) and not _runs_as(pid, key)
+            # setpriv's argv ends with QEMU's; vmid's executable runs a test's fake QEMU too.
+            if (setpriv and _same_file(f"/proc/{pid}/exe", setpriv))
+            or (_same_file(f"/proc/{pid}/exe", ours) and not _runs_as(pid, key))
         ]
         if not forks or time.monotonic() > deadline:
             return forks

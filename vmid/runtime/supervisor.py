@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Mapping, Set
 from pathlib import Path
 from typing import Any
 
@@ -657,6 +657,9 @@ class Supervisor:
             metadata["creationTimestamp"] = vm.status.manifest["metadata"]["creationTimestamp"]
             vm.status.manifest = {**to_data(vmi), "metadata": metadata}
         store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
+        # One read of the process table serves the uid's allocation and the launch's guard: a
+        # process of a uid no process had then can only come from vmid's own launch as it.
+        running = await self._processes.get() if self._gives_uid(vm.adopt) else None
         instance = Instance(
             plan,
             vm.status,
@@ -665,13 +668,13 @@ class Supervisor:
             self._accelerator,
             self._network,
             adopt=vm.adopt,
-            user=await self._user(name, vm.adopt),
+            user=await self._user(name, vm.adopt, running),
             # Its own directory's parents, up to its namespace's.
             traverse=(paths.runtime, paths.runtime_instances, Path(plan.cwd).parents[1]),
             logs=self._config.logs,
             stop_mode=lambda: vm.stop_mode,
             images=self._images,
-            processes=self._processes.get,
+            running=running,
             machines=self._machines,
         )
         instance.grace = vm.grace
@@ -690,11 +693,19 @@ class Supervisor:
             return entry.planned.manifest.vmi
         return firmwareid.kept(entry.planned.manifest.vmi, self._paths.instance_state(name))
 
-    async def _user(self, name: str, adopt: int | None) -> identity.QemuUser | None:
+    def _gives_uid(self, adopt: int | None) -> bool:
+        """Whether a VMI's QEMU gets a uid of its own (at its launch, not at a take-over)."""
+        return adopt is None and not self._config.qemuAsRoot
+
+    async def _user(
+        self, name: str, adopt: int | None, running: Mapping[int, Set[int]] | None
+    ) -> identity.QemuUser | None:
         """The identity VMI `name`'s QEMU runs as: a uid of its own, kept while the VMI exists.
 
         A QEMU taken over keeps the uid it runs as: its record, or none for a QEMU an older
-        vmid started (the status then shows the uid it really runs as).
+        vmid started (the status then shows the uid it really runs as). `running`: the process
+        table, read after the VMI asked (shared with the VMIs starting meanwhile: under the
+        lock, each would read /proc in turn); a uid given meanwhile is in its VMI's record.
 
         Raises:
             IdentityError: no uid of `qemuUids` is left.
@@ -707,9 +718,6 @@ class Supervisor:
                 log.warning("%s: its QEMU runs as root (qemuAsRoot: true in vmid.yaml)", name)
             return None
         uids = self._config.qemuUids
-        # Read before the lock, shared with the VMIs starting meanwhile: under it, each VMI
-        # would read /proc in turn. A uid given meanwhile is in its VMI's record, read anew.
-        running = await self._processes.get()
         async with self._uids:
             uid = await trio.to_thread.run_sync(
                 identity.allocate, state, uids.first, uids.count, running, self._records
