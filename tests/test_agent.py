@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -613,3 +614,40 @@ async def test_the_automatic_unfreeze_waits_for_an_agent_that_restarts(
         assert fake.state == "thawed"
         assert not guest.frozen
         assert [e[1] for e in events] == ["UnfreezeTimeout"]
+
+
+@pytest.mark.parametrize("away", ["agent", "paused"])
+async def test_the_automatic_unfreeze_retries_quietly_for_hours_then_thaws_at_once(
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    caplog: pytest.LogCaptureFixture,
+    away: str,
+) -> None:
+    """The agent gone (or the VM paused) for hours past the unfreeze timeout: the automatic
+    unfreeze never gives up, logs one warning (not one every 5 s), backs off its tries, and
+    thaws as soon as the agent is back (the VM resumed), not at its next try."""
+    caplog.set_level(logging.DEBUG, logger="vmid.runtime.agent")
+    fake = FreezingAgent()
+    async with freezing(tmp_path, fake) as (guest, _):
+        await guest.request("freeze", {"unfreezeTimeout": 30})
+
+        def leave(gone: bool) -> None:
+            if away == "agent":
+                guest.port_changed(not gone)
+            else:
+                guest.set_paused(gone)
+
+        leave(True)
+        await trio.sleep(30 + 3 * 3600 + agent.THAW_RETRY_MAX_SECONDS / 2)
+        assert fake.state == "frozen"
+        leave(False)
+        await trio.sleep(1)
+        assert fake.state == "thawed"
+        assert not guest.frozen
+    said = [r for r in caplog.records if "automatic unfreeze" in r.getMessage()]
+    warned = [r.getMessage() for r in said if r.levelno >= logging.WARNING]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("the automatic unfreeze failed, retried until it works")
+    tries = len(said)  # the first failure, the others at debug level, the success
+    assert tries <= 3 * 3600 / agent.THAW_RETRY_MAX_SECONDS + 6, tries  # not 3 h / 5 s = 2160
+    assert said[-1].getMessage() == f"the automatic unfreeze worked after {tries} tries"

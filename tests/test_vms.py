@@ -726,3 +726,50 @@ def test_get_vm_watch_prints_documents(tmp_path: Path, output: str) -> None:
         assert "vmid get vm -w does not take -o name" in vmid_refused(
             daemon, "get", "vm", "-w", "-o", "name"
         )
+
+
+def vm_labelled(name: str, strategy: str, app: str) -> str:
+    """A VM whose own labels (not its template's) say app=APP."""
+    return vm_manifest(name, strategy).replace(
+        f"  name: {name}\n", f"  name: {name}\n  labels: {{app: {app}}}\n", 1
+    )
+
+
+def test_get_vm_watch_shows_a_vm_whose_label_edit_leaves_the_selection(tmp_path: Path) -> None:
+    """A label edit is the VM's metadata alone: its status shows the new labels (`-l`,
+    `--show-labels`), a watch selecting it on them shows it leave, its VMI runs on (a paused
+    one too: `start --paused` holds while its spec is the same)."""
+    vms = (("vm-h", "Halted"), ("vm-p", "Manual"), ("vm-r", "Always"))
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        for name, strategy in vms:
+            daemon.drop(f"{name}.yaml", vm_labelled(name, strategy, "web"))
+        wait_printable(daemon, "vm-p", "Stopped")
+        vmid_ok(daemon, "start", "--paused", "vm-p")
+        wait_printable(daemon, "vm-p", "Paused")
+        wait_printable(daemon, "vm-r", "Running")
+        pids = {name: daemon.pid(name) for name in ("vm-p", "vm-r")}
+        watcher = watch_vms(daemon, "-l", "app=web")
+        assert watcher.stdout is not None
+        try:
+            seen = [watcher.stdout.readline().split()[0] for _ in range(4)]
+            assert seen == ["NAME", "vm-h", "vm-p", "vm-r"]
+            for name, strategy in vms:
+                daemon.drop(f"{name}.yaml", vm_labelled(name, strategy, "db"))
+                assert read_until(watcher.stdout, "Deleted")[-1].split() == [name, "Deleted"]
+        finally:
+            watcher.kill()
+            watcher.communicate(timeout=10)
+        listed = vmid_ok(daemon, "get", "vm", "--show-labels").splitlines()
+        assert [(row.split()[0], row.split()[-1]) for row in listed[1:]] == [
+            (name, "app=db") for name, _ in vms
+        ]
+        assert vmid_ok(daemon, "get", "vm", "-l", "app=web", "-o", "name") == ""
+        assert vmid_ok(daemon, "get", "vm", "-l", "app=db", "-o", "name").split() == [
+            f"virtualmachine.kubevirt.io/{name}" for name, _ in vms
+        ]
+        # Labels are metadata: the VMIs run on as they were, their template's labels too.
+        time.sleep(1)
+        assert {name: daemon.pid(name) for name in pids} == pids
+        assert printable(daemon, "vm-p") == "Paused"
+        assert (daemon.status("vm-r") or {})["metadata"]["labels"] == {"app": "vm-r"}
+        assert "Restarting" not in vmid_ok(daemon, "events", "vm-r")

@@ -208,7 +208,8 @@ def _missing(args: argparse.Namespace, found: list[dict[str, Any]], kind: str) -
 
 def _watch(paths: Paths, args: argparse.Namespace) -> int:
     """`vmid get vm -w`: the table, then a row for each VM whose row changed (or one document
-    per change with -o json|yaml), until the daemon stops: said on stderr, exit 0."""
+    per change with -o json|yaml), until the daemon stops: said on stderr, exit 0. A VM that
+    stops matching -l shows once more, as a deleted one."""
     from vmid.runtime import statuswatch  # here: a plain `get vm` needs no inotify
 
     every = getattr(args, "all_namespaces", False)
@@ -226,8 +227,10 @@ def _watch(paths: Paths, args: argparse.Namespace) -> int:
             print("vmid: the daemon is not running: nothing will change", file=sys.stderr)
             return EXIT_OK
         for change in watch.changes():
-            if change.obj is None or wanted(change.obj):
-                printer.change(change.path, change.obj)
+            # One no longer selected (its labels edited) leaves as a deleted one does, as in
+            # kubectl's watch and `vmid get -w` of VMIs.
+            obj = change.obj if change.obj is not None and wanted(change.obj) else None
+            printer.change(change.path, obj)
         print("vmid: the daemon stopped", file=sys.stderr)
         return EXIT_OK
     except KeyboardInterrupt:
@@ -256,7 +259,7 @@ class _WatchPrinter:
         return f"<_WatchPrinter output={self._output} shown={len(self._objects)}>"
 
     def change(self, path: Path, vm: dict[str, Any] | None) -> None:
-        """Status file `path` now holds `vm` (None: the VM is gone)."""
+        """Status file `path` now holds `vm` (None: the VM is gone, or no longer selected)."""
         if vm is None:
             gone = self._objects.pop(path, None)
             self._shown.pop(path, None)

@@ -36,6 +36,10 @@ MAX_REPLY_BYTES = 1 << 20
 MAX_STRAY_LINES = 8
 #: After a failed handshake, try again this often while the port stays open.
 RETRY_SECONDS = 5.0
+#: The automatic unfreeze's retries back off from RETRY_SECONDS to this (as kubelet's and
+#: KubeVirt's requeues do): an agent away for hours costs a try a minute, not one every 5 s;
+#: its return (or the VM's resume) retries at once all the same.
+THAW_RETRY_MAX_SECONDS = 60.0
 #: KubeVirt's poll intervals (virt-launcher's --qemu-agent-*-interval); each starts at
 #: INITIAL_INTERVAL and doubles up to its own (agent-poller's PollerWorker).
 INITIAL_INTERVAL = 10.0
@@ -223,6 +227,8 @@ class GuestAgent:
         self._unfreeze: trio.CancelScope | None = None
         #: A freeze this daemon made, or found (after a take-over), and has not seen undone.
         self._freeze_known = False
+        #: Set when the agent connects or the VM resumes: a failed automatic unfreeze retries.
+        self._thaw_again = trio.Event()
 
     def __repr__(self) -> str:
         return f"<GuestAgent path={str(self._path)!r} connected={self.connected}>"
@@ -241,6 +247,7 @@ class GuestAgent:
             self._resumed = trio.Event()
         elif not paused:
             self._resumed.set()
+            self._thaw_again.set()
 
     @property
     def frozen(self) -> bool:
@@ -325,6 +332,8 @@ class GuestAgent:
             self.connected = connected
             if not connected:
                 self.log.info("guest agent disconnected")
+            else:
+                self._thaw_again.set()
             self._on_change()
 
     async def call(
@@ -520,19 +529,40 @@ class GuestAgent:
 
     async def _thaw_after(self, seconds: int, scope: trio.CancelScope) -> None:
         """KubeVirt's safety unfreeze: thaw when the timeout expires; retried until it works
-        (the guest paused, its agent restarting), as long as the VM runs."""
+        (the guest paused, its agent restarting), as long as the VM runs: at once when the agent
+        connects or the VM resumes, else backing off to THAW_RETRY_MAX_SECONDS. The first
+        failure is logged and the thaw that ends them, the tries between at debug level."""
         with scope:
             await trio.sleep(seconds)
             message = f"Unfreeze was not called for more than {seconds} s: thawing the guest"
             self.log.warning("%s", message)
             self._on_event("Warning", "UnfreezeTimeout", message)
+            failures, delay = 0, RETRY_SECONDS
             while True:
+                self._thaw_again = trio.Event()
                 try:
                     await self.thaw()
-                    return
                 except AgentError as exc:
-                    self.log.warning("the automatic unfreeze failed, retrying: %s", exc)
-                await trio.sleep(RETRY_SECONDS)
+                    failures += 1
+                    self._thaw_failed(exc, failures)
+                else:
+                    if failures:
+                        self.log.info("the automatic unfreeze worked after %d tries", failures + 1)
+                    return
+                with trio.move_on_after(delay):
+                    await self._thaw_again.wait()
+                delay = min(delay * 2, THAW_RETRY_MAX_SECONDS)
+
+    def _thaw_failed(self, exc: AgentError, failures: int) -> None:
+        if failures == 1:
+            self.log.warning(
+                "the automatic unfreeze failed, retried until it works (at once when the agent "
+                "is back or the VM resumes, else at most %g s apart): %s",
+                THAW_RETRY_MAX_SECONDS,
+                exc,
+            )
+        else:
+            self.log.debug("the automatic unfreeze failed again (try %d): %s", failures + 1, exc)
 
     async def serve(self, listener: trio.SocketListener) -> None:
         """Answer `vmid` on the VMI's agent.sock (root's alone), one request per connection."""

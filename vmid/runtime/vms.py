@@ -176,11 +176,13 @@ class Controller:
             self._vms[key] = vm = _VM(entry, kept, failure=_restored(kept))
             self._provision(key, vm)
         elif entry is not None and vm is not None:
-            changed = vm.entry.planned != entry.planned
+            changed, spec = vm.entry.planned != entry.planned, vm.vm.spec
             vm.entry, vm.refused = entry, None
             if changed:
                 log.info("%s: its VirtualMachine changed", key)
-                vm.kept.startPaused = False  # the new spec's VMI is no start request's
+                # A new spec's VMI is no start request's; a label edit (metadata) makes no new
+                # VMI: one started with `start --paused` stays as it is.
+                vm.kept.startPaused = vm.kept.startPaused and vm.vm.spec == spec
                 self._provision(key, vm)
         elif vm is not None and key in desired.refused_vms:
             vm.refused = _summary(desired.refused_vms[key])  # KubeVirt would refuse the edit
@@ -577,12 +579,15 @@ class Controller:
                     "message": vmi.reason,
                 }
             )
+        own = vm.vm.metadata  # its labels: what `get vm -l` selects on, as kubectl's
         metadata = {
             "name": name,
             "namespace": namespace,
             "creationTimestamp": vm.kept.created,
-            "annotations": {FILE_ANNOTATION: vm.entry.file},
+            "annotations": {**own.annotations, FILE_ANNOTATION: vm.entry.file},
         }
+        if own.labels:
+            metadata["labels"] = dict(own.labels)
         spec = object_data(vm.vm)["spec"]
         return {
             "apiVersion": "kubevirt.io/v1",
