@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -44,9 +45,13 @@ def _ipr(action: str) -> Iterator[IPRoute]:
         raise NetworkError(f"{action}: {exc.strerror or exc}") from exc
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
+def _index(name: str) -> int | None:
+    """The link's index, asked by name (an ioctl: 5 us, where a netlink dump of every link
+    costs 0.3 ms and more with each VM's tap)."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
 
 
 def _kind(ipr: IPRoute, index: int) -> str | None:
@@ -58,10 +63,10 @@ def _kind(ipr: IPRoute, index: int) -> str | None:
 def ensure_bridge(name: str, address: IPv4Interface) -> None:
     """Create bridge `name` with `address` and bring it up; a no-op when it is already so."""
     with _ipr(f"cannot set up bridge {name}") as ipr:
-        index = _index(ipr, name)
+        index = _index(name)
         if index is None:
             ipr.link("add", ifname=name, kind="bridge")
-            index = _index(ipr, name)
+            index = _index(name)
             assert index is not None
         elif _kind(ipr, index) != "bridge":
             raise NetworkError(f"{name} exists and is not a bridge; rename podNetwork.bridge")
@@ -76,7 +81,7 @@ def ensure_bridge(name: str, address: IPv4Interface) -> None:
 def bridge_exists(name: str) -> bool:
     """Whether a bridge of that name exists (multus networks attach to existing bridges)."""
     with _ipr(f"cannot look up bridge {name}") as ipr:
-        index = _index(ipr, name)
+        index = _index(name)
         return index is not None and _kind(ipr, index) == "bridge"
 
 
@@ -89,14 +94,14 @@ def ensure_tap(name: str, bridge: str, owner: int, reuse: bool) -> None:
     if not name.startswith(PREFIX):
         raise ValueError(f"vmid only manages links named {PREFIX}*: {name}")
     with _ipr(f"cannot set up tap {name} on bridge {bridge}") as ipr:
-        master = _index(ipr, bridge)
+        master = _index(bridge)
         if master is None:
             raise NetworkError(f"bridge {bridge} does not exist")
-        if _index(ipr, name) is None:
+        if _index(name) is None:
             _create_tap(name, owner)
         elif not reuse:
             raise LinkExists(f"a link named {name} exists already")
-        index = _index(ipr, name)
+        index = _index(name)
         assert index is not None
         ipr.link("set", index=index, master=master, state="up")
 
@@ -139,7 +144,7 @@ def delete_link(name: str) -> None:
     if not name.startswith(PREFIX):
         raise ValueError(f"vmid only deletes links named {PREFIX}*: {name}")
     with _ipr(f"cannot delete {name}") as ipr:
-        index = _index(ipr, name)
+        index = _index(name)
         if index is None:
             return
         try:
@@ -151,8 +156,7 @@ def delete_link(name: str) -> None:
 
 def existing(names: Iterable[str]) -> set[str]:
     """Those of `names` that name a link (of any kind) now."""
-    with _ipr("cannot list links") as ipr:
-        return {name for name in names if _index(ipr, name) is not None}
+    return {name for name in names if _index(name) is not None}
 
 
 def vmid_taps() -> set[str]:

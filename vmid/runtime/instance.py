@@ -246,6 +246,7 @@ class Instance:
             raise LaunchError(
                 f"QEMU did not answer on its control monitor within {MONITOR_CONNECT_TIMEOUT:g} s"
             )
+        await self._network.serving(plan.name, plan)  # before its guest asks for an address
         await self._boot()
 
     def _check_alone(self, running: Mapping[int, Set[int]]) -> None:

@@ -1,9 +1,11 @@
 """The host side of every VMI's NICs: vmid's bridge, the taps, addresses, DHCP and NAT.
 
-One `Network` per daemon. `attach` before QEMU starts, `detach` once it is gone, `release`
-when the VMI is removed; every change is serialized and ends with dnsmasq's static leases and
-vmid's nftables table matching the registry. dnsmasq runs under `serve`, watched: its exit and
-the problems it logs are reported to the VMIs on the pod network, and it is restarted.
+One `Network` per daemon. `attach` before QEMU starts, `serving` before its guest runs,
+`detach` once it is gone, `release` when the VMI is removed; every change is serialized and ends
+with dnsmasq's static leases and vmid's nftables table matching the registry (for `attach`, in
+a task of its own that `serving` waits for: QEMU starts meanwhile). dnsmasq runs under `serve`,
+watched: its exit and the problems it logs are reported to the VMIs on the pod network, and it
+is restarted.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ DHCP_BACKOFF_MAX = 30.0
 DHCP_HEALTHY_SECONDS = 60.0
 
 
+@attrs.define
+class _Pending:
+    """A sync `attach` started: done, and what went wrong."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: NetworkError | OSError | None = None
+
+
 class Network:
     """vmid's pod network and the taps of every VMI; see the module docstring."""
 
@@ -63,6 +73,8 @@ class Network:
         self._on_dhcp: Callable[[Set[str], str | None], None] = lambda names, problem: None
         self._applied: str | None = None
         self._pod_ready = False
+        #: The syncs `attach` left running, by VMI, for `serving` to wait for.
+        self._pending: dict[str, _Pending] = {}
 
     def __repr__(self) -> str:
         return f"<Network bridge={self._bridge} {self._registry!r} dhcp={self._dhcp!r}>"
@@ -148,14 +160,56 @@ class Network:
                     self._registry.forget(name, {t.device for t in plan.taps[index:]})
                     await trio.to_thread.run_sync(self._registry.save)
                     raise _foreign(tap.interface, tap.device) from exc
-            await self._sync()
-            if any(tap.bridge == self._bridge for tap in plan.taps):
-                self._check_dhcp(name, adopted)
+            if adopted:
+                await self._sync()
+                if any(tap.bridge == self._bridge for tap in plan.taps):
+                    self._check_dhcp(name, adopted)
+            else:
+                self._sync_soon(name)
         by_interface = {a.interface: a for a in self._registry.of(name)}
         return [
             _interface_status(by_interface[tap.interface], tap.linkUp, tap.bridge != self._bridge)
             for tap in plan.taps
         ]
+
+    def _sync_soon(self, name: str) -> None:
+        """Bring dnsmasq and nftables in line with the registry in a task of their own: a new
+        VM's QEMU starts meanwhile (`nft -f` and a restart of dnsmasq took 20-30 ms of each
+        launch); `serving` waits for it before the guest runs."""
+        pending = self._pending[name] = _Pending()
+
+        async def sync() -> None:
+            try:
+                async with self._lock:
+                    await self._sync(wait=False)
+            except (NetworkError, OSError) as exc:  # the VMI's to fail with, not the service's
+                pending.error = exc
+            finally:
+                pending.done.set()
+
+        if self._nursery is None:
+            raise NetworkError("vmid's network service is not running")
+        self._nursery.start_soon(sync, name=f"network sync for {name}")
+
+    async def serving(self, name: str, plan: LaunchPlan) -> None:
+        """Wait until the host serves what `attach` made for a new VM, before its guest runs:
+        the guard rules of its taps in force, dnsmasq serving its lease.
+
+        Raises:
+            NetworkError: the rules were refused, or dnsmasq does not serve (the VMI fails, as
+                when `attach` raises).
+        """
+        pending = self._pending.pop(name, None)
+        if pending is not None:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+        if not any(tap.bridge == self._bridge for tap in plan.taps):
+            return
+        with trio.move_on_after(DHCP_READY_TIMEOUT):
+            while not (ready := self._dhcp_ready).is_set():
+                await ready.wait()  # a restart meanwhile sets the one it replaces: wait anew
+        self._check_dhcp(name, adopted=False)
 
     def _check_dhcp(self, name: str, adopted: bool) -> None:
         """A new VMI on the pod network fails unless dnsmasq serves its address: its status must
@@ -202,6 +256,7 @@ class Network:
 
     async def detach(self, name: str) -> None:
         """`name`'s QEMU is gone: delete its taps and forwards; it keeps its addresses."""
+        self._pending.pop(name, None)  # its own sync follows that one
         attachments = self._registry.of(name)
         if not attachments:
             return
@@ -286,34 +341,37 @@ class Network:
         self._pod_ready = True
         log.info("pod network %s on %s ready (gateway %s)", self._pool, self._bridge, gateway.ip)
 
-    async def _sync(self) -> None:
-        """Bring dnsmasq's leases and the nftables table in line with the registry."""
+    async def _sync(self, wait: bool = True) -> None:
+        """Bring dnsmasq's leases and the nftables table in line with the registry; `wait`:
+        until dnsmasq serves the new leases (see `serving`)."""
         if self._pod_ready:
             leases = dnsmasq.leases(self._bridge, self._registry)
             if await trio.to_thread.run_sync(dnsmasq.write_conf, self._conf_file, leases):
                 self._leases_written += 1
-                await self._restart_dhcp()
+                await self._restart_dhcp(wait)
         script = nftables.ruleset(self._bridge, self._pool, self._registry)
         if script != self._applied and (self._pod_ready or self._applied is not None):
             await nftables.apply(script)
             self._applied = script
 
-    async def _restart_dhcp(self) -> None:
-        """Restart dnsmasq (or end its pause) to read its new leases; wait until it serves.
+    async def _restart_dhcp(self, wait: bool) -> None:
+        """Restart dnsmasq (or end its pause) to read its new leases; `wait` until it serves.
 
         A restart rather than a SIGHUP: dnsmasq reads its configuration only as root, at start.
         A fresh dnsmasq (no lease file) also has no memory of an address leased to a MAC that
         no longer has it, which would keep it from giving that address to its new owner.
         """
-        self._dhcp_ready = trio.Event()
+        replaced, self._dhcp_ready = self._dhcp_ready, trio.Event()
+        replaced.set()  # who waits for it (`serving`) waits for this restart instead
         if self._dhcp is not None:
             self._dhcp_restart = True
             with contextlib.suppress(ProcessLookupError):
                 self._dhcp.terminate()
         else:
             self._dhcp_wake.set()
-        with trio.move_on_after(DHCP_READY_TIMEOUT):
-            await self._dhcp_ready.wait()
+        if wait:
+            with trio.move_on_after(DHCP_READY_TIMEOUT):
+                await self._dhcp_ready.wait()
 
     async def _serve_dhcp(
         self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
