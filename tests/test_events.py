@@ -148,6 +148,26 @@ def test_a_torn_file_is_no_events_and_the_next_event_replaces_it(tmp_path: Path)
     assert [e["involvedObject"]["name"] for e in events.read(tmp_path, "default", "web")] == ["web"]
 
 
+def test_a_file_changed_behind_the_daemons_back_is_read_again(tmp_path: Path) -> None:
+    """The daemon keeps the events it wrote last, to skip reading them back: a file pruned,
+    or replaced meanwhile, is read anew, never written over with the kept ones."""
+    store = EventStore(tmp_path)
+    store.record(vmi("web"), "Normal", "Created", "one")
+    store.record(vmi("web"), "Normal", "Started", "two")
+    path = tmp_path / events.file_name("default", "web")
+    path.unlink()  # pruned (another EventStore: `vmid` at start, or a test)
+    store.record(vmi("web"), "Normal", "Started", "three")
+    assert [e["message"] for e in events.read(tmp_path, "default", "web")] == ["three"]
+    other = EventStore(tmp_path)
+    other.record(vmi("web"), "Warning", "Stopped", "four")  # written by someone else
+    store.record(vmi("web"), "Normal", "Started", "five")
+    assert [e["message"] for e in events.read(tmp_path, "default", "web")] == [
+        "three",
+        "four",
+        "five",
+    ]
+
+
 def test_an_event_that_cannot_be_written_is_logged_and_lost(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

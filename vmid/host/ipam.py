@@ -147,7 +147,7 @@ class Registry:
         data = {"last": self.last, "attachments": [_to_json(a) for a in self]}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(data, indent=1).encode()
+            text = json.dumps(data).encode()  # the C encoder: it grows with every VMI
             safefile.write_atomically(self.path, text, durable=True)
         except OSError as exc:
             raise NetworkError(f"cannot write {self.path}: {exc.strerror}") from exc

@@ -9,6 +9,7 @@ file I/O, no trio: the CLI reads and follows the same files.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
@@ -38,6 +39,8 @@ MAX_GONE_OBJECTS = 1000
 MAX_GONE_BYTES = 32 << 20
 #: A file holds at most MAX_EVENTS events of about 2 KiB: anything larger is not vmid's.
 MAX_FILE_BYTES = 1 << 20
+#: Files whose events the daemon keeps as it wrote them last (at most ~100 KiB each).
+WRITTEN_KEPT = 64
 #: A staging file a crash left behind (a dot file) is deleted once this old.
 STAGING_SECONDS = 60.0
 _SUFFIX = ".json"
@@ -65,6 +68,12 @@ class EventStore:
         self._clock = clock
         self._host = os.uname().nodename
         self._failing = False
+        #: The events last written to each file and its stat then (the least recent go past
+        #: WRITTEN_KEPT): the daemon is the only writer, so the next event need not read and
+        #: check the file again while it is as written (each launch records three).
+        self._written: collections.OrderedDict[Path, tuple[_Stamp, list[dict[str, Any]]]] = (
+            collections.OrderedDict()
+        )
 
     def __repr__(self) -> str:
         return f"<EventStore {str(self.directory)!r}>"
@@ -77,14 +86,26 @@ class EventStore:
         path = self.directory / file_name(*identity(obj))
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            events = _add(read_file(path), self._event(obj, type_, reason, message))
+            events = _add(self._current(path), self._event(obj, type_, reason, message))
             safefile.write_atomically(path, (json.dumps(events) + "\n").encode())
+            self._written[path] = (_stamp_of(path), events)
+            self._written.move_to_end(path)
+            if len(self._written) > WRITTEN_KEPT:
+                self._written.popitem(last=False)
         except OSError as exc:
+            self._written.pop(path, None)
             if not self._failing:  # once per outage, not once per event
                 log.error("cannot record events in %s: %s", self.directory, exc)
             self._failing = True
             return
         self._failing = False
+
+    def _current(self, path: Path) -> list[dict[str, Any]]:
+        """The events in `path`: as last written, unless the file changed since."""
+        written = self._written.get(path)
+        if written is not None and written[0] == _stamp_of(path):
+            return written[1]
+        return read_file(path)
 
     def _event(
         self, obj: Mapping[str, Any], type_: str, reason: str, message: str
@@ -156,6 +177,18 @@ class EventStore:
             log.error("cannot delete %s: %s", self.directory / name, exc)
             return False
         return True
+
+
+#: A file's identity and state: inode, size, modification time (none: it is missing).
+_Stamp = tuple[int, int, int] | None
+
+
+def _stamp_of(path: Path) -> _Stamp:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _entries(directory: Path) -> list[tuple[str, os.stat_result]]:
