@@ -673,24 +673,28 @@ class _Growing:
         self._follower = follower
 
     def read(self, size: int = -1) -> bytes:
-        """Up to `size` bytes (CHUNK for -1): what skopeo has written (whole chunks while the
-        reader lags behind, so the hashing and decompressing calls stay few); waits only for
-        the first byte. b"" at the end."""
+        """`size` bytes (CHUNK for -1), fewer only when skopeo wrote nothing more for a poll
+        (whole chunks keep the decompressing calls few, whatever pieces skopeo writes in);
+        b"" at the end."""
         size = size if size >= 0 else CHUNK
-        data = b""
-        while len(data) < size:
+        pieces: list[bytes] = []
+        left, waited = size, False
+        while left:
             if self._follower.aborted:
                 raise _Abandoned("the copy failed")
             ended = self._follower.ended  # before the read: a read after the end is the end
-            more = self._file.read(size - len(data))
-            data += more or b""
-            if not more:
-                if data or ended:
-                    # The layer's tail is read as soon as it is written, not once skopeo ends:
-                    # a disk's zeros are its last KiB, and the longest to decompress.
-                    break
+            more = self._file.read(left)
+            if more:
+                pieces.append(more)
+                left, waited = left - len(more), False
+            elif ended or (pieces and waited):
+                # The layer's tail is read as soon as it is written, not once skopeo ends (its
+                # fsync): a disk's zeros are its last KiB, and the longest to decompress.
+                break
+            else:
                 self._follower.pause()
-        return data
+                waited = True
+        return b"".join(pieces)
 
 
 def _check_digest(stream: IO[bytes], digest: str, size: int) -> None:
