@@ -4,6 +4,7 @@ of the test's own) with skopeo: the CLI, the store's checks, and the daemon's pu
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.daemon import Daemon, fake_config, manifest, running_daemon
 from tests.registry import (
@@ -213,9 +215,9 @@ def test_a_blob_the_registry_corrupted_is_refused(
 # --- vmid's own checks on what skopeo copied (a skopeo that let a bad blob through)
 
 
-def copied(tmp_path: Path, layers: Layers) -> tuple[Path, str]:
+def copied(tmp_path: Path, layers: Layers, how: str = "gzip") -> tuple[Path, str]:
     """A directory as skopeo's `dir:` leaves it, and its manifest's digest."""
-    layout = containerdisk(tmp_path / "layout", layers)
+    layout = containerdisk(tmp_path / "layout", layers, how)
     directory = tmp_path / "copied"
     directory.mkdir()
     index = json.loads((layout / "index.json").read_text())
@@ -236,6 +238,55 @@ def test_vmid_checks_every_layer_it_reads_against_its_digest(tmp_path: Path, how
     with pytest.raises(PullError, match="does not match its digest: the registry sent other"):
         extract_disk(directory, digest, None, tmp_path / "disk", 1 << 30)
     assert not (tmp_path / "disk").exists()  # refused before anything was decompressed
+
+
+class _Substituting:
+    """A skopeo that writes the layer the registry sent (another disk) to a temporary file,
+    then puts the layer the manifest names under its digest's name as another file: the
+    follower, reading the first as it is written, must not take its disk."""
+
+    def __init__(self, good: Path, sent: Path) -> None:
+        self._good, self._sent = good, sent
+
+    async def raw_manifest(self, ref: str, staging: Path) -> bytes:
+        return (self._good / "manifest.json").read_bytes()
+
+    async def copy(self, source: str, target: Path, bars: bool) -> None:
+        await trio.to_thread.run_sync(self._copy, target)
+
+    def _copy(self, target: Path) -> None:
+        target.mkdir()
+        manifest = json.loads((self._good / "manifest.json").read_text())
+        sent = json.loads((self._sent / "manifest.json").read_text())["layers"][0]["digest"]
+        temporary = target / "dir-put-blob1"
+        temporary.write_bytes((self._sent / sent[7:]).read_bytes())
+        deadline = time.monotonic() + 30
+        while not [fd for fd in Path("/proc/self/fd").iterdir() if _names(fd, temporary)]:
+            assert time.monotonic() < deadline, "the follower never opened the layer"
+            time.sleep(0.01)
+        blobs = [manifest["layers"][0]["digest"][7:], manifest["config"]["digest"][7:]]
+        for name in (*blobs, "manifest.json", "version"):
+            (target / name).write_bytes((self._good / name).read_bytes())
+        temporary.unlink()
+
+
+def _names(fd: Path, path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.readlink(fd) == str(path)
+    return False
+
+
+async def test_a_layer_read_as_it_is_written_counts_only_as_the_file_skopeo_checked(
+    tmp_path: Path,
+) -> None:
+    # Plain tar layers: the same size, so only the file read tells them apart.
+    good, _ = copied(tmp_path / "good", [[("disk/disk.img", raw_disk(1 << 20, b"good"))]], "none")
+    (good / "version").write_text("Directory Transport Version: 1.1\n")
+    sent, _ = copied(tmp_path / "sent", [[("disk/disk.img", raw_disk(1 << 20, b"evil"))]], "none")
+    store = ImageStore(tmp_path / "images", "qemu-img")
+    fake = _Substituting(good, sent)
+    image = await pulling.pull(store, fake, "r.example/a:1", max_size=1 << 30)  # type: ignore[arg-type]
+    assert image.path.read_bytes() == raw_disk(1 << 20, b"good")
 
 
 def test_a_disk_larger_than_allowed_is_refused(tmp_path: Path) -> None:

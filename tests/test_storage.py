@@ -51,6 +51,16 @@ def test_image_import_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str
     ]
 
 
+@pytest.mark.parametrize("size", [1000, 1 << 20])
+async def test_a_raw_image_has_the_size_qemu_img_gives_it(tmp_path: Path, size: int) -> None:
+    # No qemu-img runs on raw bytes: the store says the size QEMU sees, in whole sectors.
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"QFI" + bytes(size - 3))  # not quite a qcow2's magic
+    stored = await ImageStore(tmp_path / "images", "qemu-img").add("example/raw", image)
+    assert (stored.format, stored.virtualSize) == ("raw", info(image)["virtual-size"])
+    assert stored.path.read_bytes() == image.read_bytes()
+
+
 async def test_images_with_a_backing_file_are_refused(tmp_path: Path) -> None:
     base = tmp_path / "base.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", str(base), "1M")

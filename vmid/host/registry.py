@@ -1,16 +1,19 @@
 """containerDisks pulled from OCI registries: skopeo speaks the registry, vmid checks the rest.
 
 skopeo (the containers ecosystem's tool) resolves a reference and copies the image into a
-private staging directory, honouring registries.conf, auth.json and policy.json. vmid then
-checks the manifest and every layer it reads against their digests, before decompressing, and
-takes ONE regular file out of the layers (KubeVirt's `/disk/` or `containerDisk.path`), written
-to one fixed path (a member's name never becomes a path) and bounded in size; the image store
-checks and converts it as any imported file.
+private staging directory, honouring registries.conf, auth.json and policy.json; it checks
+every blob against its digest before it names the blob's file by it. vmid checks the manifest
+against its digest, uses only layers skopeo named so (an image's one layer, read while skopeo
+writes it, counts only if it is that file; other layers are hashed again as they are read),
+and takes ONE regular file out of the layers (KubeVirt's `/disk/` or `containerDisk.path`),
+written to one fixed path (a member's name never becomes a path) and bounded in size; the
+image store checks and converts it as any imported file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -221,10 +224,12 @@ async def pull(
     max_size: int,
     progress: bool = False,
     on_progress: Progress | None = None,
+    tidy: trio.Nursery | None = None,
 ) -> StoredImage:
     """Resolve `ref` (normalised) to a digest; copy, check and store its disk unless the store
     has that digest already; point `ref` at it. `progress`: skopeo's bars on the terminal;
-    `on_progress`: called every PROGRESS_SECONDS while the image is copied."""
+    `on_progress`: called every PROGRESS_SECONDS while the image is copied; `tidy`: where
+    skopeo's copy is removed once the disk is stored (else before this returns)."""
     with store.staging() as staging:
         follower = _Follower(staging / "image", disk_path, staging / SOURCE_COPY, max_size)
         copy = _Copy(skopeo, staging / "image", progress, on_progress, follower)
@@ -248,7 +253,33 @@ async def pull(
         assert found is not None
         digest, manifest_digest = found
         await _extract(skopeo, copy, staging, manifest_digest, disk_path, max_size)
-        return await store.commit(staging, ref, digest, disk_path, shown=f"{ref}@{digest}")
+        return await _store(store, staging, ref, digest, disk_path, tidy)
+
+
+async def _store(
+    store: ImageStore,
+    staging: Path,
+    ref: str,
+    digest: str,
+    disk_path: str | None,
+    tidy: trio.Nursery | None,
+) -> StoredImage:
+    """Commit the extracted disk; skopeo's copy is set aside first (the commit moves the
+    staging directory into the store) and removed after: freeing its pages takes longer than
+    the commit (~12 ms per 50 MiB), and the VMIs waiting need not wait for that."""
+    aside = staging.with_name(f"{staging.name}.copy")
+    (staging / "image").rename(aside)
+    try:
+        image = await store.commit(staging, ref, digest, disk_path, shown=f"{ref}@{digest}")
+    except BaseException:
+        shutil.rmtree(aside, ignore_errors=True)  # as the staging directory is
+        raise
+    remove = functools.partial(trio.to_thread.run_sync, shutil.rmtree, aside, True)
+    if tidy is None:
+        await remove()
+    else:
+        tidy.start_soon(remove, name=f"remove {aside.name}")
+    return image
 
 
 async def _resolve(
@@ -299,12 +330,10 @@ async def _extract(
         repository = imageref.repository(copy.started or "")
         await skopeo.copy(f"{repository}@{manifest_digest}", copied, False)
     elif await trio.to_thread.run_sync(copy.follower.confirm, manifest_digest):
-        await trio.to_thread.run_sync(shutil.rmtree, copied)
         return
     await trio.to_thread.run_sync(
         extract_disk, copied, manifest_digest, disk_path, target, max_size
     )
-    await trio.to_thread.run_sync(shutil.rmtree, copied)
 
 
 def _copied_manifest(copied: Path) -> bytes:
@@ -516,13 +545,22 @@ class _Abandoned(PullError):
 
 class _Follower:
     """An image's one layer read while skopeo writes it into its `dir:`, so the disk comes out
-    as the layer arrives instead of after. Only a shortcut: unless the whole layer matched its
-    digest and held the one disk (`confirm`), the layers are read again after the copy, and
-    that reading says what was wrong."""
+    as the layer arrives instead of after. Only a shortcut: unless the file read is the one
+    layer the checked manifest names and held the one disk (`confirm`), the layers are read
+    again after the copy, and that reading says what was wrong.
+
+    The layer's digest is skopeo's check, not hashed again: skopeo (containers/image 5.23 in
+    Debian 12: copy/digesting_reader.go, directory/directory_dest.go) hashes every blob as it
+    reads it and fails at its end if it does not match; its `dir:` writes a blob to a
+    temporary file and renames it to its digest's name only after that read ended without
+    error. In the private staging directory, where only
+    skopeo writes, a file named by a digest thus holds bytes checked against it: the follower
+    keeps the file open until skopeo has ended and counts only if the file it read to its end
+    is the one skopeo then named by the digest the manifest gives (the same inode)."""
 
     def __init__(self, copied: Path, disk_path: str | None, target: Path, limit: int) -> None:
         self._copied = copied
-        #: The digest and size of the layer it read, once whole.
+        #: The digest skopeo named the file read by, and its size, once read to its end.
         self._read: tuple[str, int] | None = None
         self._given_up = False
         self._wanted = disk_path.strip("/") if disk_path else None
@@ -549,16 +587,29 @@ class _Follower:
                 return
             file, magic = layer
             budget = _Budget(self._limit + OTHER_FILES_BYTES)
-            with file, _Hashing(_Growing(file, self)) as hashed:
-                unpacked = _Gunzip(hashed) if magic.startswith(_GZIP_MAGIC) else hashed
+            with file:
+                tally = _Tally(_Growing(file, self))
+                unpacked = _Gunzip(tally) if magic.startswith(_GZIP_MAGIC) else tally
                 found = self._take(_Counted(unpacked, budget))
-                self._read = hashed.finish()
+                size = tally.finish()  # read to its end: skopeo has ended
+                self._read = (self._name_of(file), size)
                 self._found = found
         except (VmidError, OSError, EOFError, ValueError):  # read again after the copy
             self._found = set()
 
     def _take(self, stream: _Counted) -> set[str]:
         return _take_disk(stream, self._wanted, self._target, self._limit)
+
+    def _name_of(self, file: IO[bytes]) -> str:
+        """The digest skopeo named `file` by ("" if none), while it is open (its inode number
+        cannot be another file's meanwhile)."""
+        read = os.fstat(file.fileno())
+        with os.scandir(self._copied) as entries:
+            for entry in entries:
+                named = entry.stat(follow_symlinks=False)
+                if (named.st_dev, named.st_ino) == (read.st_dev, read.st_ino):
+                    return "sha256:" + entry.name
+        return ""
 
     def _find(self) -> tuple[IO[bytes], bytes] | None:
         """The file skopeo writes the layer to (not the config: JSON) and its magic."""
@@ -603,8 +654,8 @@ class _Follower:
         self._ended.wait(FOLLOW_POLL_SECONDS)
 
     def confirm(self, manifest_digest: str) -> bool:
-        """Whether the layer read was the whole image: the one disk, in the one layer the
-        copied manifest (checked against its digest) names."""
+        """Whether the layer read was the whole image: the one disk, in the file skopeo named
+        by the one layer the copied manifest (checked against its digest) names, all of it."""
         if not self._ok or len(self._found) != 1 or self._read is None:
             return False
         try:
@@ -622,27 +673,53 @@ class _Growing:
         self._follower = follower
 
     def read(self, size: int = -1) -> bytes:
-        """`size` bytes (CHUNK for -1), fewer only at the end: whole chunks keep the hashing
-        and decompressing calls few, whatever pieces skopeo writes in."""
+        """`size` bytes (CHUNK for -1), fewer only when skopeo wrote nothing more for a poll
+        (whole chunks keep the decompressing calls few, whatever pieces skopeo writes in);
+        b"" at the end."""
         size = size if size >= 0 else CHUNK
-        data = b""
-        while len(data) < size:
+        pieces: list[bytes] = []
+        left, waited = size, False
+        while left:
             if self._follower.aborted:
                 raise _Abandoned("the copy failed")
             ended = self._follower.ended  # before the read: a read after the end is the end
-            more = self._file.read(size - len(data))
-            data += more or b""
-            if ended and not more:
+            more = self._file.read(left)
+            if more:
+                pieces.append(more)
+                left, waited = left - len(more), False
+            elif ended or (pieces and waited):
+                # The layer's tail is read as soon as it is written, not once skopeo ends (its
+                # fsync): a disk's zeros are its last KiB, and the longest to decompress.
                 break
-            if not more:
+            else:
                 self._follower.pause()
-        return data
+                waited = True
+        return b"".join(pieces)
 
 
 def _check_digest(stream: IO[bytes], digest: str, size: int) -> None:
     """Read the whole blob; it must be `size` bytes whose sha256 is `digest`."""
     with _Hashing(stream) as hashed:
         hashed.check(digest, size)
+
+
+class _Tally:
+    """A layer read as skopeo writes it, its bytes counted."""
+
+    def __init__(self, stream: _Reader) -> None:
+        self._stream = stream
+        self._total = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._total += len(data)
+        return data
+
+    def finish(self) -> int:
+        """Read what is left; the layer's size."""
+        while self.read(CHUNK):
+            pass
+        return self._total
 
 
 class _Hashing:
@@ -693,7 +770,7 @@ class _Gunzip:
     """A gzip stream (members one after the other, as gzip(1) reads them) decompressed by
     zlib, which checks each member's CRC and length; reads return at most `size` bytes."""
 
-    def __init__(self, raw: _Hashing) -> None:
+    def __init__(self, raw: _Reader) -> None:
         self._raw = raw
         self._zlib = zlib.decompressobj(_GZIP_WBITS)
         self._input = b""

@@ -2,9 +2,10 @@
 
 An image is copied into the private store first and checked there: a qcow2 header naming a
 backing file or an external data file is refused before any qemu-img reads it (CVE-2024-4467:
-qemu-img itself would open the named file), then `qemu-img info` runs under CPU and memory
-limits, as KubeVirt does, and a qcow2 is converted to raw. The store holds raw disks only,
-0400 in 0700 directories, root's: QEMU gets them by fd and finds no file name in them.
+qemu-img itself would open the named file), then `qemu-img info` runs on it under CPU and
+memory limits, as KubeVirt does, and it is converted to raw; any other file is raw bytes. The
+store holds raw disks only, 0400 in 0700 directories, root's: QEMU gets them by fd and finds
+no file name in them.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ CONTENT_DIR = "sha256"
 STORE_DIR_MODE = 0o700
 STORE_FILE_MODE = 0o400
 QCOW2_MAGIC = b"QFI\xfb"
+SECTOR = 512
 QCOW2_HEADER_BYTES = 2 * 2**20  # header extensions live in the first cluster (<= 2 MiB)
 _QCOW2_DATA_FILE_FEATURE = 1 << 2  # incompatible feature bit: an external data file
 _QCOW2_DATA_FILE_EXTENSION = 0x44415441  # header extension holding the data file's name
@@ -116,16 +118,19 @@ async def qemu_img(qemu_img_binary: str, *args: str, copies: bool = False) -> st
 async def image_info(qemu_img_binary: str, path: Path, shown: Path | None = None) -> ImageInfo:
     """Inspect an image file: a qcow2 (by its magic) naming no other file, or else raw.
 
-    The format is pinned (`-f`), never probed: a probed format (vmdk...) could name other
-    files, and qemu-img must never open a file an image names. `shown`: the name for messages.
+    The format is pinned, never probed: a probed format (vmdk...) could name other files, and
+    qemu-img must never open a file an image names. `shown`: the name for messages.
     """
     shown = shown or path
     with path.open("rb") as stream:
-        header = stream.read(QCOW2_HEADER_BYTES)
-    fmt = "qcow2" if header.startswith(QCOW2_MAGIC) else "raw"
-    if fmt == "qcow2":
-        _check_qcow2_header(header, shown)
-    text = await qemu_img(qemu_img_binary, "info", "-f", fmt, "--output=json", str(path))
+        if stream.read(len(QCOW2_MAGIC)) != QCOW2_MAGIC:
+            # Raw bytes have no header to check: `qemu-img info -f raw` only says the length,
+            # rounded up to whole sectors as QEMU sees the disk (a process saved per pull).
+            length = os.fstat(stream.fileno()).st_size
+            return ImageInfo("raw", -(-length // SECTOR) * SECTOR, None)
+        header = QCOW2_MAGIC + stream.read(QCOW2_HEADER_BYTES - len(QCOW2_MAGIC))
+    _check_qcow2_header(header, shown)
+    text = await qemu_img(qemu_img_binary, "info", "-f", "qcow2", "--output=json", str(path))
     data = json.loads(text)
     info = ImageInfo(data["format"], int(data["virtual-size"]), data.get("backing-filename"))
     specific = data.get("format-specific", {}).get("data", {})

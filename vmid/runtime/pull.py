@@ -162,6 +162,7 @@ class Puller:
                     disk_path,
                     max_size=settings.maxDiskSize,
                     on_progress=functools.partial(self._progress, ref, attempt, started),
+                    tidy=self._nursery,
                 )
                 attempt.image = image
                 attempt.seconds = seconds = trio.current_time() - started
