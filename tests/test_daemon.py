@@ -1066,3 +1066,45 @@ def _text(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def _rewrite_as_git_does(path: Path, text: str) -> None:
+    """`git checkout`: unlink, then create the file anew (O_EXCL) and write it (a moment later:
+    git writes a tree's files one by one)."""
+    path.unlink()
+    time.sleep(0.001)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _rewrite_as_an_editor_does(path: Path, text: str) -> None:
+    """Emacs's first save: the file renamed to its backup, a new one written in its place."""
+    backup = path.with_name(path.name + "~")
+    path.rename(backup)
+    time.sleep(0.001)
+    path.write_text(text)
+    backup.unlink()
+
+
+def test_a_manifest_rewritten_by_git_or_an_editor_is_an_edit_not_a_removal(
+    tmp_path: Path,
+) -> None:
+    """Found in review: scanned between the removal and the new file, the VM was powered off
+    and started again, for an update that changed nothing (15 of 20 `git checkout`s)."""
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        text = manifest("vm-a")
+        path = daemon.drop("vm-a.yaml", text)
+        daemon.wait_phase("vm-a", "Running")
+        pid = daemon.pid("vm-a")
+        for _ in range(10):
+            _rewrite_as_git_does(path, text)
+            time.sleep(0.05)
+            _rewrite_as_an_editor_does(path, text)
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert daemon.phase("vm-a") == "Running"
+        assert daemon.pid("vm-a") == pid
+        assert "system_powerdown sent" not in daemon.log_text()

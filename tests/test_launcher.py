@@ -3,6 +3,7 @@ daemon's fork and QEMU's exec (a daemon killed then must not lose that QEMU)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,3 +80,41 @@ def test_the_survey_waits_for_a_launcher_in_a_vmis_directory_until_it_is_qemu(
     finally:
         launcher.kill()
         launcher.wait()
+
+
+_NAMED = """
+import json, subprocess, sys
+from vmid.errors import IdentityError
+from vmid.host import identity
+user = identity.QemuUser("VMI default/a's QEMU (uid 90123)", 90123, 90123, ())
+ran = subprocess.run(identity.launch_argv(user, ["id", "-u"]), capture_output=True, text=True)
+try:
+    identity.check_unambiguous(user)
+    refused = ""
+except IdentityError as exc:
+    refused = str(exc)
+print(json.dumps([ran.stdout.strip(), refused, identity._named(90123), identity._named(90124)]))
+"""
+
+
+def test_a_user_named_by_a_vmis_uid_is_refused_not_run_as(tmp_path: Path) -> None:
+    """setpriv looks `--reuid=90123` up as a name first: a user named "90123" (LDAP, sssd, a
+    careless useradd) would have QEMU run as that user's uid. Seen in a mount namespace of
+    the test's own, /etc/passwd bound over with a copy holding such a user."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text(
+        Path("/etc/passwd").read_text() + "90123:x:4242:4242::/nonexistent:/bin/false\n"
+    )
+    script = f'mount --bind {passwd} /etc/passwd && exec {sys.executable} -c "$0"'
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, _NAMED],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        check=True,
+    )
+    ran_as, refused, taken, free = json.loads(done.stdout)
+    assert ran_as == "4242"  # the attack: setpriv took the name
+    assert 'a user or group of this host is named "90123"' in refused  # vmid refuses the launch
+    assert taken is True  # and never gives out such a uid
+    assert free is False

@@ -57,7 +57,8 @@ def guest_ip(daemon: Daemon, name: str) -> str:
     found: list[str] = []
 
     def bound() -> bool:
-        found[:] = re.findall(r"VMID-GUEST: ip=(\S+)", console(daemon, name))
+        # A whole line: the console log may hold the first half of one (seen: "ip=10.").
+        found[:] = re.findall(r"VMID-GUEST: ip=(\S+)\r?\n", console(daemon, name))
         return bool(found)
 
     daemon.wait_for(f"{name} to get an address by DHCP", bound, timeout=180)

@@ -11,11 +11,11 @@
      ├── StorageError           the image store: an image missing, refused or not stored
      │    └── PullError         a registry pull (skopeo, digests, the disk in the layers)
      ├── DataVolumeImportError  a DataVolume's source cannot become its claim file
-     ├── IdentityError          no uid of qemuUids is left for a QEMU
+     ├── IdentityError          no uid of qemuUids is left for a QEMU, or it is ambiguous
      ├── NetworkError           the pod network, a tap, an address or a port
      │    └── LinkExists        a link of that name exists already
      ├── LaunchError            QEMU did not start (the message carries what QEMU said)
- ├── MachineError           systemd-machined did not give a QEMU its scope
+     ├── MachineError           systemd-machined did not give a QEMU its scope
      ├── MonitorError           QMP on the control monitor failed
      ├── AgentError             the guest agent did not answer as its protocol says
      ├── RequestError           a VM's start/stop/restart request is refused or malformed
@@ -152,7 +152,8 @@ class DaemonRunning(VmidError):
 
 
 class IdentityError(VmidError):
-    """No uid left for a VMI, or its QEMU cannot reach a file its VM needs."""
+    """No uid left for a VMI, one a user or group is named by, or its QEMU cannot reach a file
+    its VM needs."""
 
 
 class NetworkError(VmidError):

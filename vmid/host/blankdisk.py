@@ -31,17 +31,24 @@ class BlankDisks:
         return f"<BlankDisks sizes={[size for _, size in self._kept]}>"
 
     async def make(
-        self, path: Path, size: int, binary: str, create: Callable[[], Awaitable[object]]
+        self,
+        path: Path,
+        size: int,
+        binary: str,
+        create: Callable[[], Awaitable[object]],
+        durable: bool,
     ) -> None:
         """Make `path` (absent) an empty qcow2 of `size` bytes: from the bytes kept for qemu-img
-        `binary`, or by `create` (which runs it), keeping what it wrote."""
+        `binary`, or by `create` (which runs it), keeping what it wrote. `durable`: on the disk
+        before this returns, as qemu-img's (a disk kept across runs: a power cut must not leave
+        it empty, which QEMU would refuse at every start after)."""
         key = (binary, size)
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None:
                 self._kept.move_to_end(key)
         if kept is not None:
-            await trio.to_thread.run_sync(_write, path, *kept)
+            await trio.to_thread.run_sync(_write, path, *kept, durable)
             return
         await create()
         found = await trio.to_thread.run_sync(_read, path)
@@ -52,7 +59,7 @@ class BlankDisks:
                     self._kept.popitem(last=False)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def _write(path: Path, data: bytes, mode: int, durable: bool) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, mode)
     try:
@@ -60,6 +67,8 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)
@@ -68,7 +77,11 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _read(path: Path) -> tuple[bytes, int] | None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """What qemu-img wrote, if it is there to keep (else QEMU says what is wrong with it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
     try:
         st = os.fstat(fd)
         if st.st_size > MAX_BYTES:

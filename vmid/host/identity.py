@@ -83,6 +83,19 @@ class Records:
 SETPRIV = "/usr/bin/setpriv"
 
 
+def check_launcher() -> None:
+    """At the daemon's start (QEMU not as root): setpriv is there to drop QEMU's privileges.
+
+    Raises:
+        IdentityError: it is missing, saying what to install.
+    """
+    if not os.access(SETPRIV, os.X_OK):
+        raise IdentityError(
+            f"{SETPRIV} is missing: vmid runs each QEMU as a uid of its own through it; "
+            "install util-linux (Debian: apt-get install util-linux)"
+        )
+
+
 def launch_argv(user: QemuUser, argv: Sequence[str]) -> list[str]:
     """`argv` run as `user`: its real, effective and saved uid and gid, its groups alone (no
     capability survives the change from root, as with setuid in a fork)."""
@@ -222,14 +235,43 @@ def _pids() -> list[int]:
 
 
 def _named(uid: int) -> bool:
-    """A user or group of that number exists (the user database is the host's allocator)."""
+    """A user or group of that number exists (the user database is the host's allocator), or
+    is named by it (`_ambiguous`)."""
     for lookup in (pwd.getpwuid, grp.getgrgid):
         try:
             lookup(uid)
         except KeyError:
             continue
         return True
+    return _ambiguous(uid)
+
+
+def _ambiguous(number: int) -> bool:
+    """A user or group is *named* by `number`: setpriv looks a name up before it reads a number
+    (util-linux's get_user/get_group), so it would run QEMU as that user or group."""
+    for lookup in (pwd.getpwnam, grp.getgrnam):
+        try:
+            lookup(str(number))
+        except KeyError:
+            continue
+        return True
     return False
+
+
+def check_unambiguous(user: QemuUser) -> None:
+    """Before a launch: no user or group of the host is named by one of `user`'s numbers (one
+    added since its uid was given out would be the one setpriv runs QEMU as).
+
+    Raises:
+        IdentityError: naming it, and what to do.
+    """
+    for number in (user.uid, user.gid, *user.groups):
+        if _ambiguous(number):
+            raise IdentityError(
+                f'a user or group of this host is named "{number}", a number {user.name} '
+                f"runs with: setpriv would take it for that one; rename it, or move qemuUids "
+                "in vmid.yaml away from it"
+            )
 
 
 def _record(state: Path, uid: int) -> None:

@@ -523,7 +523,7 @@ async def prepare(
         await _overlay(qemu_img_binary, Path(item.path), size)
     elif isinstance(item, EmptyDisk):
         if _make_parent(Path(item.path), replace=False):
-            await _blank(qemu_img_binary, Path(item.path), item.size)
+            await _blank(qemu_img_binary, Path(item.path), item.size, durable=True)
     elif isinstance(item, HostFile):
         await trio.to_thread.run_sync(_host_file, item)
     elif isinstance(item, CloudInitIso):
@@ -535,16 +535,16 @@ async def prepare(
 async def _overlay(qemu_img_binary: str, path: Path, size: int) -> None:
     """A new qcow2 naming no backing file: QEMU gets its backing as a -blockdev node."""
     _make_parent(path, replace=True)
-    await _blank(qemu_img_binary, path, size)
+    await _blank(qemu_img_binary, path, size, durable=False)  # made anew at each launch
 
 
-async def _blank(qemu_img_binary: str, path: Path, size: int) -> None:
+async def _blank(qemu_img_binary: str, path: Path, size: int, durable: bool) -> None:
     """An empty qcow2 of `size` bytes at `path` (absent), as qemu-img creates it."""
 
     async def create() -> None:
         await qemu_img(qemu_img_binary, "create", "-q", "-f", "qcow2", str(path), str(size))
 
-    await BLANK_DISKS.make(path, size, qemu_img_binary, create)
+    await BLANK_DISKS.make(path, size, qemu_img_binary, create, durable)
 
 
 def _make_parent(path: Path, replace: bool) -> bool:

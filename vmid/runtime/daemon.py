@@ -21,7 +21,7 @@ import trio
 from vmid.__main__ import HELD_SIGNALS
 from vmid.config import Accelerator, Config, OnDaemonStop, Paths, load_config
 from vmid.errors import ConfigError, RequestRefused, StateError
-from vmid.host import accel, layout, machines, pidlock, requests
+from vmid.host import accel, identity, layout, machines, pidlock, requests
 from vmid.runtime import qmp
 from vmid.runtime import spool as spool_module
 from vmid.runtime.network import Network
@@ -79,6 +79,7 @@ async def _serve(
         log.warning("KVM is not used: guests run under TCG software emulation, much slower")
     if not config.qemuAsRoot:
         _check_reachable(paths.root)
+        identity.check_launcher()
     if config.qemuAsRoot:
         log.warning(
             "qemuAsRoot: true: every QEMU runs as root, so a guest that escapes into its QEMU "

@@ -179,8 +179,8 @@ class EventStore:
         return True
 
 
-#: A file's identity and state: inode, size, modification time (none: it is missing).
-_Stamp = tuple[int, int, int] | None
+#: A file's identity and state: inode, size, modification and change times (none: missing).
+_Stamp = tuple[int, int, int, int] | None
 
 
 def _stamp_of(path: Path) -> _Stamp:
@@ -188,7 +188,7 @@ def _stamp_of(path: Path) -> _Stamp:
         st = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _entries(directory: Path) -> list[tuple[str, os.stat_result]]:

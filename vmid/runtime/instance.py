@@ -449,6 +449,7 @@ class Instance:
     def _hand_over(self, user: QemuUser) -> None:
         """The VM's own uid gets its working directory and passes through vmid's directories to
         it; its disks, images, ISOs and EFI files it gets by fd, its logs are pipes."""
+        identity.check_unambiguous(user)
         for directory in self._traverse:
             identity.make_traversable(directory)
         identity.make_traversable(Path(self.plan.cwd).parent)

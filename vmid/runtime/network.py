@@ -184,6 +184,12 @@ class Network:
                     await self._sync(wait=False)
             except (NetworkError, OSError) as exc:  # the VMI's to fail with, not the service's
                 pending.error = exc
+            except Exception as exc:  # a bug here fails this VMI, not every VMI's network
+                log.exception("%s: bringing the network in line failed", name)
+                pending.error = NetworkError(f"internal error in vmid: {exc!r}")
+            except BaseException:  # cancelled: the service stops; never a guest without rules
+                pending.error = NetworkError("vmid's network service stopped")
+                raise
             finally:
                 pending.done.set()
 

@@ -186,6 +186,11 @@ class Supervisor:
             await imagegc.collect(self._store, self._config.imageGC, self.images_in_use)
             await trio.sleep(self._config.imageGC.periodSeconds)
 
+    @property
+    def events(self) -> events.EventStore:
+        """Where the VMIs' events are recorded (the VMs' too: one store per directory)."""
+        return self._events
+
     def images_in_use(self) -> Set[str] | None:
         """The images garbage collection keeps: those of the VMIs not ended (their spec's
         references, the digests they started on, a successor's), of every VirtualMachine's

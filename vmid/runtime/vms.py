@@ -38,7 +38,7 @@ from vmid.config import Config, Paths
 from vmid.errors import Problem, VmidError
 from vmid.host import datavolumes, safefile
 from vmid.manifests import Entry
-from vmid.runtime import events, importer, pull, vmstate
+from vmid.runtime import importer, pull, vmstate
 from vmid.runtime.spool import Desired, Inotify
 from vmid.runtime.status import Phase, Status, now
 from vmid.runtime.supervisor import Supervisor
@@ -151,7 +151,8 @@ class Controller:
         self._applied = False
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._events = events.EventStore(paths.events)
+        # The supervisor's: a VM and its VMI share a file, and a store keeps what it wrote last.
+        self._events = supervisor.events
 
     def __repr__(self) -> str:
         return f"<Controller vms={len(self._vms)}>"
