@@ -12,6 +12,7 @@ import trio.testing
 from vmid.config import Accelerator, Config, Paths
 from vmid.manifests import Entry, plan_data
 from vmid.runtime import vms, vmstate
+from vmid.runtime.events import EventStore
 from vmid.runtime.spool import Desired
 from vmid.runtime.status import Phase, Status
 
@@ -58,6 +59,7 @@ class Supervisor:
         self.started: list[float] = []
         self.changed = trio.Event()
         self.new = trio.Event()
+        self.events = EventStore(Paths(tmp).events)
 
     def apply(self, desired: Desired) -> None:
         for key in desired.vmis:
