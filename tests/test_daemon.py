@@ -26,6 +26,8 @@ from tests.daemon import (
     traversable,
 )
 from vmid.config import Accelerator, Config, Paths
+from vmid.host import inotify
+from vmid.runtime import spool as spool_module
 from vmid.runtime.spool import Spool
 
 pytestmark = pytest.mark.timeout(120)
@@ -1108,3 +1110,15 @@ def test_a_manifest_rewritten_by_git_or_an_editor_is_an_edit_not_a_removal(
         assert daemon.phase("vm-a") == "Running"
         assert daemon.pid("vm-a") == pid
         assert "system_powerdown sent" not in daemon.log_text()
+
+
+def test_only_a_manifest_going_away_waits_for_its_edit_to_settle() -> None:
+    """`vmid apply` and tools renaming a dot file into the spool are scanned at once (their
+    MOVED_FROM of the dot file is no removal: seen adding 10 ms to every launch)."""
+    removal = spool_module.Inotify._removal
+    assert removal(inotify.Event(1, inotify.MOVED_FROM, "web.yaml"))
+    assert removal(inotify.Event(1, inotify.DELETE, "web.json"))
+    assert not removal(inotify.Event(1, inotify.MOVED_FROM, ".web.yaml.tmp"))
+    assert not removal(inotify.Event(1, inotify.DELETE, "web.yaml~"))
+    assert not removal(inotify.Event(1, inotify.MOVED_TO, "web.yaml"))
+    assert not removal(inotify.Event(1, inotify.CLOSE_WRITE, "web.yaml"))

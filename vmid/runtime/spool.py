@@ -269,9 +269,14 @@ class Inotify:
             events = inotify.read_events(self._fd)
             if any(e.mask & _LOST for e in events):
                 return True
-            self.removed |= any(e.mask & (inotify.DELETE | inotify.MOVED_FROM) for e in events)
+            self.removed |= any(self._removal(e) for e in events)
             if any(self._relevant(e) for e in events):
                 return False
+
+    @staticmethod
+    def _removal(event: inotify.Event) -> bool:
+        """A manifest removed or renamed away (not a dot file renamed in: `vmid apply`'s)."""
+        return bool(event.mask & (inotify.DELETE | inotify.MOVED_FROM)) and spool_file(event.name)
 
     def _relevant(self, event: inotify.Event) -> bool:
         """All but the creation of a new regular file: that one is still being written (`cp`),
