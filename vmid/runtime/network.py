@@ -176,6 +176,8 @@ class Network:
         """Bring dnsmasq and nftables in line with the registry in a task of their own: a new
         VM's QEMU starts meanwhile (`nft -f` and a restart of dnsmasq took 20-30 ms of each
         launch); `serving` waits for it before the guest runs."""
+        if self._nursery is None:
+            raise NetworkError("vmid's network service is not running")
         pending = self._pending[name] = _Pending()
 
         async def sync() -> None:
@@ -193,8 +195,6 @@ class Network:
             finally:
                 pending.done.set()
 
-        if self._nursery is None:
-            raise NetworkError("vmid's network service is not running")
         self._nursery.start_soon(sync, name=f"network sync for {name}")
 
     async def serving(self, name: str, plan: LaunchPlan) -> None:
