@@ -30,9 +30,15 @@ def generated(vmi: t.VirtualMachineInstance) -> bool:
     return vmi.spec.domain.firmware_uuid() == defaults.firmware_uuid(vmi.metadata.name or "")
 
 
-def kept(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMachineInstance:
+def kept(
+    vmi: t.VirtualMachineInstance, state: Path, durable: bool = True
+) -> t.VirtualMachineInstance:
     """The VMI with the UUID it keeps: its own, else the recorded one, else a new random one
-    (recorded), as KubeVirt gives a new standalone VMI a new UUID."""
+    (recorded), as KubeVirt gives a new standalone VMI a new UUID.
+
+    `durable`: a new record is synced before this returns; False: the caller syncs it
+    (`identity.sync_records`) before the guest runs.
+    """
     if not generated(vmi):
         return vmi
     value = stored(state)
@@ -40,7 +46,8 @@ def kept(vmi: t.VirtualMachineInstance, state: Path) -> t.VirtualMachineInstance
         value = str(uuid.uuid4())
         state.mkdir(parents=True, exist_ok=True)
         # Durable and whole: a torn file would give the VMI a new UUID at the next start.
-        safefile.write_atomically(state / FIRMWARE_UUID_FILE, f"{value}\n".encode(), durable=True)
+        text = f"{value}\n".encode()
+        safefile.write_atomically(state / FIRMWARE_UUID_FILE, text, durable=durable)
     return with_uuid(vmi, value)
 
 

@@ -31,6 +31,7 @@ import attrs
 
 from vmid.errors import IdentityError
 from vmid.host import safefile
+from vmid.host.firmwareid import FIRMWARE_UUID_FILE
 
 #: The file in a VMI's state directory holding its uid.
 UID_RECORD = "uid"
@@ -117,6 +118,7 @@ def allocate(
     count: int,
     running: Mapping[int, Set[int]] | None = None,
     records: Records | None = None,
+    durable: bool = True,
 ) -> int:
     """The uid recorded in the VMI's state directory `state` (`.../NAMESPACE/NAME`), else a new
     one (no other VMI's, of any namespace), recorded first.
@@ -124,6 +126,8 @@ def allocate(
     Callers serialise calls (two VMIs must not pick the same free number at once). `running`:
     the processes' ids (`running_ids`) read after the caller asked; None: read them now.
     `records`: the records of `state`'s namespaces directory, kept; None: read them now.
+    `durable`: the new record is synced before this returns; False: the caller syncs it
+    (`sync_records`) before it gives anything to the uid.
 
     Raises:
         IdentityError: every uid of the range is taken.
@@ -139,7 +143,7 @@ def allocate(
         if uid not in taken and not _named(uid):
             if records is not None:  # first: a record a failure leaves behind still counts
                 records.add(uid)
-            _record(state, uid)
+            _record(state, uid, durable)
             return uid
     raise IdentityError(
         f"no uid left for its QEMU: all {count} of qemuUids ({first}-{first + count - 1}) are "
@@ -274,18 +278,24 @@ def check_unambiguous(user: QemuUser) -> None:
             )
 
 
-def _record(state: Path, uid: int) -> None:
-    """Write the record durably (file, then its directory) before the uid is used anywhere."""
+def _record(state: Path, uid: int, durable: bool) -> None:
+    """Write the record (durably: file, then its directory) before the uid is used anywhere."""
     state.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(state / UID_RECORD, flags, 0o600)
     try:
         os.write(fd, f"{uid}\n".encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
-    for directory in (state, state.parent):
-        safefile.fsync_directory(directory)
+    if durable:
+        sync_records(state)
+
+
+def sync_records(state: Path) -> None:
+    """Make a VMI's records (its uid, its firmware UUID) reach the disk: written not durable
+    by `allocate` and `firmwareid.kept`, they are synced together before the uid is given
+    anything (its launch's directory) and before a guest sees the UUID."""
+    safefile.sync_files(state, (UID_RECORD, FIRMWARE_UUID_FILE))
 
 
 def give(user: QemuUser, path: Path) -> None:

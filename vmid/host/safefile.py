@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -109,6 +109,22 @@ def write_atomically(
         raise
     if durable:
         fsync_directory(path.parent)
+
+
+def sync_files(directory: Path, names: Iterable[str]) -> None:
+    """Make the files `names` of `directory` that exist, and their names in it (and its own
+    name in its parent), reach the disk: files written without `durable`, synced together."""
+    for name in names:
+        try:
+            fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for each in (directory, directory.parent):
+        fsync_directory(each)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -103,6 +103,7 @@ async def _serve(
         controller = Controller(supervisor, paths, config)  # VirtualMachines, over the supervisor
         async with trio.open_nursery() as watchers:
             watchers.start_soon(notifier.watchdog)
+            watchers.start_soon(supervisor.keep_processes)
             watchers.start_soon(supervisor.tidy_logs)
             watchers.start_soon(supervisor.tidy_events)
             await watchers.start(spool_module.watch, spool, controller.apply)

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, add_fd, device_i
 from vmid.runtime import agent, probes
 from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
-from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, find_qemus
+from vmid.runtime.process import UNKNOWN_EXIT, AdoptedProcess, cmdline, runs_as
+from vmid.runtime.proctable import ProcessTable
 from vmid.runtime.pull import Puller
 from vmid.runtime.qmp import Event, Monitor
 from vmid.runtime.status import Phase, Status
@@ -112,8 +113,9 @@ class Instance:
         logs: Logs | None = None,
         stop_mode: Callable[[], StopMode] = lambda: StopMode.POWER_OFF,
         images: Puller | None = None,
-        running: Mapping[int, Set[int]] | None = None,
+        processes: ProcessTable | None = None,
         machines: Machines | None = None,
+        records: Path | None = None,
     ) -> None:
         """`adopt`: the pid of this VM's QEMU left running by an earlier daemon, to take over.
 
@@ -121,9 +123,11 @@ class Instance:
         before the launch; it may pass through vmid's directories `traverse`. `logs`: the bounds
         of its log files. `stop_mode`: what a cancellation means, asked when it comes.
         `images`: where containerDisk images come from (pulled as their policy says); without
-        it, from the store only. `running`: every process's ids (`identity.running_ids`), read
-        before `user` was given out, as its allocation saw them (None: read at the launch).
+        it, from the store only. `processes`: the process table kept for the launches (the one
+        `user` was allocated from; None: one of its own).
         `machines`: systemd-machined, which gives QEMU a scope of its own (None: no systemd).
+        `records`: its state directory, whose records (uid, firmware UUID) the launch syncs
+        before it gives the uid anything (None: they are synced already).
         """
         self.plan = plan
         self.status = status
@@ -137,8 +141,9 @@ class Instance:
         self._adopt = adopt
         self._user = user
         self._traverse = traverse
-        self._running = running
+        self._processes = processes or ProcessTable(Path(plan.cwd).parents[2], QEMU_DIR)
         self._machines = machines
+        self._records = records
         self._process: trio.Process | AdoptedProcess | None = None
         #: QEMU's real argv (its fd numbers, not the plan's placeholders), once it runs.
         self._argv: list[str] = []
@@ -217,17 +222,13 @@ class Instance:
         if self._adopt is not None:
             await self._readopt(self._adopt)
             return
-        running = self._running
-        if running is None:
-            running = await _read_processes() if self._user is not None else {}
-        await trio.to_thread.run_sync(self._check_alone, running)
+        await self._check_alone()
         self.status.write()
         await self._prepare()
         await self._attach()
         listener = _listen(plan)
         try:
-            if self._user is not None:
-                await trio.to_thread.run_sync(self._hand_over, self._user)
+            await trio.to_thread.run_sync(self._hand_over)
             self._process = await self._launch(listener)
             self.status.transition(Phase.SCHEDULED)
             self.status.qemu = self._qemu_status()
@@ -249,17 +250,22 @@ class Instance:
         await self._network.serving(plan.name, plan)  # before its guest asks for an address
         await self._boot()
 
-    def _check_alone(self, running: Mapping[int, Set[int]]) -> None:
+    async def _check_alone(self) -> None:
         """Never two QEMUs on one VM's disks: refuse to launch while a process of this VMI runs
         that vmid does not supervise (in its directory, or as its uid, which is its alone).
 
         The supervisor owns every QEMU it found at start and every one it started, so this holds
-        only against a bug, or a QEMU whose directory was deleted under it.
+        only against a bug, or a QEMU whose directory was deleted under it. The kept snapshot
+        decides only when it shows nothing in the way; else the table is read again.
         """
-        instances = Path(self.plan.cwd).parents[2]  # .../namespaces/NAMESPACE/NAME/qemu
-        pids = find_qemus(instances, QEMU_DIR).get(self.plan.name, [])
-        if self._user is not None:
-            pids += identity.processes_of(self._user.uid, running)
+        uid = self._user.uid if self._user is not None else None
+        if not (await self._processes.current()).in_the_way(self.plan.name, uid):
+            return
+        snapshot = await self._processes.fresh()
+        name = self.plan.name
+        pids = [pid for pid in snapshot.directories.get(name, ()) if runs_as(pid, name)]
+        if uid is not None:
+            pids += identity.processes_of(uid, snapshot.ids)
         if pids:
             raise LaunchError(
                 f"a process of this VMI that vmid does not supervise is running (pid {pids[0]}); "
@@ -446,9 +452,15 @@ class Instance:
         except VmidError as exc:
             self.log.error("removing its taps failed: %s", exc)
 
-    def _hand_over(self, user: QemuUser) -> None:
-        """The VM's own uid gets its working directory and passes through vmid's directories to
-        it; its disks, images, ISOs and EFI files it gets by fd, its logs are pipes."""
+    def _hand_over(self) -> None:
+        """Its records reach the disk; then the VM's own uid gets its working directory and
+        passes through vmid's directories to it (its disks, images, ISOs and EFI files it gets
+        by fd, its logs are pipes)."""
+        if self._records is not None:
+            identity.sync_records(self._records)
+        user = self._user
+        if user is None:  # QEMU runs as root (qemuAsRoot)
+            return
         identity.check_unambiguous(user)
         for directory in self._traverse:
             identity.make_traversable(directory)
@@ -777,6 +789,8 @@ class Instance:
                 await self._monitor.aclose()
         if failure is None and self.left_running:
             return
+        if self._process is not None:  # ended (or, past the timeout, out of vmid's hands)
+            self._processes.ended()
         if self._process is not None:  # the sockets are ours only if our QEMU made them
             _remove_sockets(self.plan)
         await self._detach()
@@ -873,7 +887,3 @@ def _remove_sockets(plan: LaunchPlan) -> None:
         if path:
             Path(path).unlink(missing_ok=True)
     Path(plan.sockets.control).with_name(AGENT_REQUESTS).unlink(missing_ok=True)
-
-
-async def _read_processes() -> Mapping[int, Set[int]]:
-    return await trio.to_thread.run_sync(identity.running_ids)

@@ -43,8 +43,8 @@ def find_qemus(instances: Path, qemu_dir: str) -> dict[str, list[int]]:
     a past fault.
     """
     found: dict[str, list[int]] = {}
-    for pid, key in _in_vmi_directories(instances, qemu_dir):
-        if _runs_as(pid, key):
+    for pid, key in in_vmi_directories(instances, qemu_dir):
+        if runs_as(pid, key):
             found.setdefault(key, []).append(pid)
     return found
 
@@ -67,10 +67,10 @@ def wait_for_execs(instances: Path, qemu_dir: str, timeout: float) -> list[tuple
     while True:
         forks = [
             (pid, key)
-            for pid, key in _in_vmi_directories(instances, qemu_dir)
+            for pid, key in in_vmi_directories(instances, qemu_dir)
             # setpriv's argv ends with QEMU's; vmid's executable runs a test's fake QEMU too.
             if (setpriv and _same_file(f"/proc/{pid}/exe", setpriv))
-            or (_same_file(f"/proc/{pid}/exe", ours) and not _runs_as(pid, key))
+            or (_same_file(f"/proc/{pid}/exe", ours) and not runs_as(pid, key))
         ]
         if not forks or time.monotonic() > deadline:
             return forks
@@ -80,7 +80,7 @@ def wait_for_execs(instances: Path, qemu_dir: str, timeout: float) -> list[tuple
         time.sleep(0.01)
 
 
-def _in_vmi_directories(instances: Path, qemu_dir: str) -> list[tuple[int, str]]:
+def in_vmi_directories(instances: Path, qemu_dir: str) -> list[tuple[int, str]]:
     """(pid, VMI key) of every process whose working directory is a VMI's `qemu_dir`."""
     base = str(instances) + "/"
     found = []
@@ -105,7 +105,8 @@ def _same_file(path: str, other: os.stat_result) -> bool:
     return (mine.st_dev, mine.st_ino) == (other.st_dev, other.st_ino)
 
 
-def _runs_as(pid: int, key: str) -> bool:
+def runs_as(pid: int, key: str) -> bool:
+    """Whether process `pid` is the QEMU of VMI `key` (its `-name guest=` says so)."""
     # A QEMU started before vmid knew namespaces carries the bare name (moved to `default`).
     namespace, name = names.split(key)
     carried = (key, name) if namespace == names.DEFAULT_NAMESPACE else (key,)

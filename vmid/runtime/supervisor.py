@@ -26,12 +26,12 @@ from vmid.host.machines import Machines
 from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
 from vmid.manifests import Entry
-from vmid.plan.build import build
+from vmid.plan.build import QEMU_DIR, build
 from vmid.plan.model import ImageOverlay, LaunchPlan
 from vmid.runtime import events, imagegc, logs, takeover
-from vmid.runtime.coalesce import Coalesced
 from vmid.runtime.instance import Instance, StopMode
 from vmid.runtime.network import Network
+from vmid.runtime.proctable import ProcessTable
 from vmid.runtime.pull import Puller, PullSettings
 from vmid.runtime.spool import Desired
 from vmid.runtime.status import STATUS_FILE, Phase, Status, now
@@ -82,6 +82,8 @@ class _VM:
     #: The grace period its next stop has instead of its spec's (`vmid delete --grace-period`,
     #: a VM's `vmid stop --grace-period`).
     grace: int | None = None
+    #: The VMI its launch runs, with its firmware UUID (None: read when it is launched).
+    vmi: t.VirtualMachineInstance | None = None
 
 
 class Supervisor:
@@ -119,8 +121,8 @@ class Supervisor:
         self._uids = trio.Lock()
         #: The uids the VMIs' records hold, kept: an allocation reads none of them.
         self._records = identity.Records(paths.state_instances)
-        #: Which processes run as which ids: read once for all the VMIs starting at once.
-        self._processes = Coalesced(identity.running_ids)
+        #: Which processes run as which ids, kept between launches (read again after an end).
+        self._processes = ProcessTable(paths.runtime_instances, QEMU_DIR)
         network.on_dhcp(self._dhcp_changed)
 
     def __repr__(self) -> str:
@@ -160,6 +162,11 @@ class Supervisor:
         starting = (Phase.PENDING, Phase.SCHEDULED)
         while any(vm.status.phase in starting for vm in self._vms.values()):
             await self._changed.wait()
+
+    async def keep_processes(self) -> None:
+        """Forever: keep the process table's snapshot current for the next launch (cancel to
+        stop)."""
+        await self._processes.keep_current()
 
     async def tidy_logs(self) -> None:
         """Forever: delete removed VMIs' logs once their time has passed (cancel to stop)."""
@@ -530,7 +537,9 @@ class Supervisor:
         assert entry.key is not None
         # A deletion's request that no deletion took (the daemon was not running) is stale.
         requests.withdraw(self._paths.requests, requests.DELETE, entry.key)
-        vm = _VM(entry, self._new_status(entry), running=self._spec(entry.key, entry))
+        # Its records (firmware UUID, uid) are synced together once, before its launch uses them.
+        vmi = self._stored(entry.key, entry, durable=False)
+        vm = _VM(entry, self._new_status(entry), running=to_data(vmi)["spec"], vmi=vmi)
         self._vms[entry.key] = vm
         vm.status.event("Normal", "SuccessfulCreate", f"Created from its manifest {entry.file}")
         self._nursery.start_soon(self._run, entry.key, vm, name=f"vmi {entry.key}")
@@ -655,16 +664,17 @@ class Supervisor:
             log.error("%s: cannot write its status: %s", vm.entry.key, exc)
 
     async def _instance(self, name: str, vm: _VM) -> Instance:
-        vmi = self._stored(name, vm.entry)
+        vmi = vm.vmi or self._stored(name, vm.entry)
         plan = self._plan(vmi)
         if vm.adopt is None:  # a new QEMU for this spec (an adopted one keeps its status)
-            metadata = _with_file(to_data(vmi), vm.entry)["metadata"]
+            data = to_data(vmi)
+            metadata = _with_file(data, vm.entry)["metadata"]
             metadata["creationTimestamp"] = vm.status.manifest["metadata"]["creationTimestamp"]
-            vm.status.manifest = {**to_data(vmi), "metadata": metadata}
+            vm.status.manifest = {**data, "metadata": metadata}
         store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
-        # One read of the process table serves the uid's allocation and the launch's guard: a
+        # The kept process table serves the uid's allocation and the launch's guard: a
         # process of a uid no process had then can only come from vmid's own launch as it.
-        running = await self._processes.get() if self._gives_uid(vm.adopt) else None
+        running = (await self._processes.current()).ids if self._gives_uid(vm.adopt) else None
         instance = Instance(
             plan,
             vm.status,
@@ -674,12 +684,13 @@ class Supervisor:
             self._network,
             adopt=vm.adopt,
             user=await self._user(name, vm.adopt, running),
+            records=None if vm.adopt is not None else self._paths.instance_state(name),
             # Its own directory's parents, up to its namespace's.
             traverse=(paths.runtime, paths.runtime_instances, Path(plan.cwd).parents[1]),
             logs=self._config.logs,
             stop_mode=lambda: vm.stop_mode,
             images=self._images,
-            running=running,
+            processes=self._processes,
             machines=self._machines,
         )
         instance.grace = vm.grace
@@ -690,13 +701,14 @@ class Supervisor:
         spec: dict[str, Any] = to_data(self._stored(name, entry))["spec"]
         return spec
 
-    def _stored(self, name: str, entry: Entry) -> t.VirtualMachineInstance:
+    def _stored(self, name: str, entry: Entry, durable: bool = True) -> t.VirtualMachineInstance:
         """The entry's VMI with the firmware UUID it keeps while it exists (a VM's: the one
-        derived from the VM, the same for each of its VMIs)."""
+        derived from the VM, the same for each of its VMIs). `durable`: see `firmwareid.kept`."""
         assert entry.planned is not None
         if entry.owner is not None:
             return entry.planned.manifest.vmi
-        return firmwareid.kept(entry.planned.manifest.vmi, self._paths.instance_state(name))
+        state = self._paths.instance_state(name)
+        return firmwareid.kept(entry.planned.manifest.vmi, state, durable)
 
     def _gives_uid(self, adopt: int | None) -> bool:
         """Whether a VMI's QEMU gets a uid of its own (at its launch, not at a take-over)."""
@@ -725,7 +737,13 @@ class Supervisor:
         uids = self._config.qemuUids
         async with self._uids:
             uid = await trio.to_thread.run_sync(
-                identity.allocate, state, uids.first, uids.count, running, self._records
+                identity.allocate,
+                state,
+                uids.first,
+                uids.count,
+                running,
+                self._records,
+                adopt is not None,  # a launch's record is synced with its firmware UUID's
             )
         return identity.vmi_user(uid, name)
 
