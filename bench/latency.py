@@ -28,6 +28,7 @@ from typing import TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import hostlike
 from tests.daemon import Daemon, running_daemon
 
 MANIFEST = """apiVersion: kubevirt.io/v1
@@ -183,7 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vmid-bench-") as tmp:
+    hostlike.own_mounts()
+    with tempfile.TemporaryDirectory(prefix="vmid-bench-") as tmp, hostlike.tmpfs_run(Path(tmp)):
         root = Path(tmp)
         (root / "etc/vmid").mkdir(parents=True)
         (root / "etc/vmid/vmid.yaml").write_text("accelerator: tcg\n")
@@ -191,7 +193,7 @@ def main() -> None:
         # QEMU (root, in the daemon's netns) creates this tap itself: the bare floor with a NIC.
         nic_argv = ["nsenter", "--net=/proc/{pid}/ns/net", "--",
                     *own_tap(_rendered_argv(root, WITH_NIC))]  # fmt: skip
-        workdir = root / "bare"
+        workdir = root / "run/bare"  # on the tmpfs, as vmid's QEMU's
         workdir.mkdir()
         vmid_runs, bare_runs, powerdowns, nic_runs, bare_nic_runs = [], [], [], [], []
         with running_daemon(root, "accelerator: tcg\n") as daemon:

@@ -31,7 +31,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import pull
+from bench import hostlike, pull
 from bench.latency import (
     MANIFEST,
     WITH_NIC,
@@ -130,7 +130,7 @@ class Bench:
 
     def launch(self, key: str, text: str, bare: list[str], libvirt: Libvirt | None = None) -> None:
         vmid_runs, bare_runs, powerdowns, libvirt_runs, virsh_runs = [], [], [], [], []
-        workdir = self.root / f"bare-{key}"
+        workdir = self.root / "run" / f"bare-{key}"  # on the tmpfs, as vmid's QEMU's
         workdir.mkdir(exist_ok=True)
         for index in range(self.runs):
             launch, powerdown = vmid_launch(self.daemon, f"{key}-{index}", text)
@@ -197,8 +197,8 @@ def scale(bench: Bench, count: int, idle_seconds: float) -> None:
     wait_all(names, lambda n: daemon.phase(n) is None, 300)
     vmid_down = time.monotonic() - began
     argv = bench.bare_argv(SCALE, "bare-scale")
-    bare_up = bare_batch(argv, bench.root / "bare-scale", count, run_guest=False)
-    bare_running = bare_batch(argv, bench.root / "bare-scale-running", count, run_guest=True)
+    bare_up = bare_batch(argv, bench.root / "run/bare-scale", count, run_guest=False)
+    bare_running = bare_batch(argv, bench.root / "run/bare-scale-running", count, run_guest=True)
     bench.results["scale"] = {
         "vms": count,
         "vmid_all_running_s": vmid_up,
@@ -234,7 +234,7 @@ def guest(bench: Bench, runs: int, image: Path) -> None:
         wait(lambda: console.exists() and b"VMID-GUEST: ready" in console.read_bytes(), 180)  # noqa: B023
         vmid_boot.append(time.monotonic() - began)
         shutdown_to_succeeded.append(stop_guest(daemon, name))
-        bare_boot.append(bare_guest(bare, bench.root / "bare-guest-run"))
+        bare_boot.append(bare_guest(bare, bench.root / "run/bare-guest-run"))
     bench.results["guest_boot"] = {"vmid": vmid_boot, "bare": bare_boot}
     bench.results["shutdown_to_succeeded"] = shutdown_to_succeeded
 
@@ -461,6 +461,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results.json")
     args = parser.parse_args()
+    hostlike.own_mounts()
     results: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -470,7 +471,7 @@ def main() -> None:
         "runs": args.runs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    with tempfile.TemporaryDirectory(prefix="vmid-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmid-bench-") as tmp, hostlike.tmpfs_run(Path(tmp)):
         root = Path(tmp)
         os.chmod(root, 0o711)
         guest_image = root / "guest.qcow2"

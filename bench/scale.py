@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import hostlike
 from bench.latency import _command, _rendered_argv, control_listener
 from tests.daemon import Daemon, running_daemon
 
@@ -180,7 +181,7 @@ def curve(daemon: Daemon, counts: list[int], runs: int, idle: float) -> list[dic
         for run in range(runs):
             print(f"{count} VMIs, run {run + 1}/{runs} ...", file=sys.stderr)
             row["vmid"].append(vmid_batch(daemon, count, idle, f"{count}r{run}"))
-            workdir = daemon.root / f"bare-{count}-{run}"
+            workdir = daemon.root / "run" / f"bare-{count}-{run}"  # tmpfs (bench/hostlike.py)
             row["paused"].append(bare_batch(argv, workdir / "paused", count, run_guest=False))
             row["running"].append(bare_batch(argv, workdir / "running", count, run_guest=True))
         rows.append(row)
@@ -218,10 +219,11 @@ def main() -> None:
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--json", type=Path, default=ROOT / "bench/scale.json")
     args = parser.parse_args()
+    hostlike.own_mounts()
     prefix: tuple[str, ...] = ("unshare", "--net", "--")
     if args.profile is not None:
         prefix += (sys.executable, str(ROOT / "bench/profiled.py"), str(args.profile.resolve()))
-    with tempfile.TemporaryDirectory(prefix="vmid-scale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmid-scale-") as tmp, hostlike.tmpfs_run(Path(tmp)):
         root = Path(tmp)
         with running_daemon(root, "accelerator: tcg\n", prefix=prefix) as daemon:
             rows = curve(daemon, args.vms, args.runs, args.idle)

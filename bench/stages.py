@@ -45,13 +45,17 @@ STAGES = [
     "vmid.runtime.instance:Instance._start",
     "vmid.runtime.instance:Instance._check_alone",
     "vmid.runtime.status:Status.write",
+    "vmid.runtime.status:Status.event",
+    "vmid.host.firmwareid:kept",
     "vmid.runtime.instance:Instance._prepare",
     "vmid.runtime.pull:Puller.image",
     "vmid.host.storage:prepare",
     "vmid.runtime.instance:Instance._attach",
     "vmid.host.network:ensure_tap",
     "vmid.runtime.network:Network._sync",
+    "vmid.runtime.instance:Instance._hand_over",
     "vmid.runtime.instance:Instance._launch",
+    "vmid.runtime.logs:VmLogs.open",
     "trio.lowlevel:open_process",
     "vmid.runtime.qmp:Monitor.connect",
     "vmid.runtime.network:Network.serving",
@@ -107,6 +111,7 @@ def wrapped_daemon(out: str, argv: list[str]) -> None:
 
 def launches(shape: str, runs: int, out: Path) -> list[tuple[float, float]]:
     """(renamed, Running) monotonic times of `runs` launches of `shape`, one at a time."""
+    from bench import hostlike
     from bench.latency import MANIFEST, WITH_NIC
     from bench.run import IMAGE, SEED_SHAPE
     from tests.daemon import running_daemon
@@ -114,7 +119,7 @@ def launches(shape: str, runs: int, out: Path) -> list[tuple[float, float]]:
     seed = SEED_SHAPE.replace("{image}", IMAGE).replace("{grace}", "1")
     text = {"a": MANIFEST, "b": seed.replace("{memory}", "64Mi"), "c": WITH_NIC}[shape]
     marks = []
-    with tempfile.TemporaryDirectory(prefix="vmid-stages-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmid-stages-") as tmp, hostlike.tmpfs_run(Path(tmp)):
         root = Path(tmp)
         prefix = ("unshare", "--net", "--", sys.executable, __file__, "--wrap", str(out))
         with running_daemon(root, "accelerator: tcg\n", prefix=prefix) as daemon:
@@ -179,6 +184,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("--skip", type=int, default=2)
     args = parser.parse_args()
+    from bench import hostlike
+
+    hostlike.own_mounts()
     with tempfile.TemporaryDirectory(prefix="vmid-stages-out-") as tmp:
         out = Path(tmp) / "spans.json"
         marks = launches(args.shape, args.runs, out)

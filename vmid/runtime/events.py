@@ -39,8 +39,10 @@ MAX_GONE_OBJECTS = 1000
 MAX_GONE_BYTES = 32 << 20
 #: A file holds at most MAX_EVENTS events of about 2 KiB: anything larger is not vmid's.
 MAX_FILE_BYTES = 1 << 20
-#: Files whose events the daemon keeps as it wrote them last (at most ~100 KiB each).
-WRITTEN_KEPT = 64
+#: Files whose events the daemon keeps as it wrote them last (at most ~100 KiB each, a few KiB
+#: for most VMIs): one per VMI of 200 starting at once, whose events interleave (with 64 kept,
+#: nearly every event of such a batch read its file back first).
+WRITTEN_KEPT = 256
 #: A staging file a crash left behind (a dot file) is deleted once this old.
 STAGING_SECONDS = 60.0
 _SUFFIX = ".json"

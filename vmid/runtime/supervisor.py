@@ -84,6 +84,9 @@ class _VM:
     grace: int | None = None
     #: The VMI its launch runs, with its firmware UUID (None: read when it is launched).
     vmi: t.VirtualMachineInstance | None = None
+    #: The spool's entry its QEMU was last found to run the spec of (the spool hands the same
+    #: entry again while its file is unchanged: no spec to compare on each of its scans).
+    checked: Entry | None = None
 
 
 class Supervisor:
@@ -540,6 +543,7 @@ class Supervisor:
         # Its records (firmware UUID, uid) are synced together once, before its launch uses them.
         vmi = self._stored(entry.key, entry, durable=False)
         vm = _VM(entry, self._new_status(entry), running=to_data(vmi)["spec"], vmi=vmi)
+        vm.checked = entry
         self._vms[entry.key] = vm
         vm.status.event("Normal", "SuccessfulCreate", f"Created from its manifest {entry.file}")
         self._nursery.start_soon(self._run, entry.key, vm, name=f"vmi {entry.key}")
@@ -563,9 +567,11 @@ class Supervisor:
         if synchronized is not None and synchronized.status == "False":
             vm.status.condition("Synchronized", True)
             vm.status.write()
+        if entry is vm.checked and vm.successor is None and not vm.remove:
+            return
         unchanged = vm.running is not None and vm.running == self._spec(name, entry)
         if vm.successor is None and not vm.remove and unchanged:
-            vm.entry = entry
+            vm.entry = vm.checked = entry
             return
         # A changed spec, or a manifest back while its VMI is being removed: a new VMI
         # starts once the old one has stopped; the newest manifest wins.
