@@ -8,9 +8,10 @@ Running), then two floors, N bare QEMUs with the same argv started in parallel:
 - running: each is handshaken (`qmp_capabilities`) and sent `cont`, as vmid does, so its
   guest runs and competes for the CPUs as vmid's do.
 Every QEMU of a batch is kept until the whole batch is up. The daemon's CPU for the launch,
-its RSS above the idle daemon's, and its CPU over `--idle` seconds with the N VMs running, per
-VMI. `--profile F` runs the daemon under cProfile (its main thread: the trio loop) and writes
-F when it stops (`python -m pstats F`).
+its RSS above the idle daemon's, and its CPU over `--idle` seconds with the N VMs running (once
+SETTLE_SECONDS have passed: the launch's last replies and each VMI's first look at its guest
+agent channel are the launch's, not idleness), per VMI. `--profile F` runs the daemon under
+cProfile (its main thread: the trio loop) and writes F when it stops (`python -m pstats F`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from bench.latency import _command, _rendered_argv, control_listener
 from tests.daemon import Daemon, running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
+#: After all are Running, the wait before idleness is measured.
+SETTLE_SECONDS = 5.0
 SCALE = """apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
 metadata: {{name: {name}}}
@@ -99,6 +102,7 @@ def vmid_batch(daemon: Daemon, count: int, idle: float, tag: str) -> dict[str, f
     loop_launch = cpu_seconds(pid, pid) - loop_before
     sys_launch = sys_seconds(pid) - sys_before
     rss_running = rss_kib(pid)
+    time.sleep(SETTLE_SECONDS)
     idle_before = cpu_seconds(pid)
     time.sleep(idle)
     idle_cpu = cpu_seconds(pid) - idle_before

@@ -61,7 +61,8 @@ async def test_after_an_end_the_table_is_read_again_off_the_launch_path(
         sleeper.wait()
         table.ended()
         with trio.fail_after(10):
-            while (kept := table._snapshot) is first or kept is None:
+            # The refresh reads in a worker thread: nothing to wait on but its result.
+            while (kept := table._snapshot) is first or kept is None:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         assert await table.current() is kept  # read before any launch asked
         assert UID not in _uids(kept)
@@ -83,14 +84,20 @@ async def test_an_end_during_a_read_makes_that_read_stale(tmp_path: Path) -> Non
     assert await table.current() is not stale
 
 
-async def test_a_process_in_a_vmis_directory_is_in_its_way(tmp_path: Path) -> None:
+@pytest.fixture
+def shell(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose working directory is VMI default/vm-a's QEMU directory."""
     qemu_dir = tmp_path / "default/vm-a/qemu"
     qemu_dir.mkdir(parents=True)
-    shell = subprocess.Popen(["sleep", "300"], cwd=qemu_dir)
-    try:
-        snapshot = await ProcessTable(tmp_path, "qemu").current()
-        assert snapshot.in_the_way("default/vm-a", None) == [shell.pid]
-        assert snapshot.in_the_way("default/vm-b", None) == []
-    finally:
-        shell.kill()
-        shell.wait()
+    process = subprocess.Popen(["sleep", "300"], cwd=qemu_dir)
+    yield process
+    process.kill()
+    process.wait()
+
+
+async def test_a_process_in_a_vmis_directory_is_in_its_way(
+    tmp_path: Path, shell: subprocess.Popen[bytes]
+) -> None:
+    snapshot = await ProcessTable(tmp_path, "qemu").current()
+    assert snapshot.in_the_way("default/vm-a", None) == [shell.pid]
+    assert snapshot.in_the_way("default/vm-b", None) == []

@@ -124,7 +124,8 @@ def allocate(
     one (no other VMI's, of any namespace), recorded first.
 
     Callers serialise calls (two VMIs must not pick the same free number at once). `running`:
-    the processes' ids (`running_ids`) read after the caller asked; None: read them now.
+    the processes' ids (`running_ids`), as a current snapshot shows them
+    (runtime/proctable.py); None: read them now.
     `records`: the records of `state`'s namespaces directory, kept; None: read them now.
     `durable`: the new record is synced before this returns; False: the caller syncs it
     (`sync_records`) before it gives anything to the uid.

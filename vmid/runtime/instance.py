@@ -30,7 +30,7 @@ from vmid.host import beneath, identity, journal, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.host.machines import Machines, describe, scope_of
 from vmid.plan.build import QEMU_DIR
-from vmid.plan.model import ImageOverlay, LaunchPlan, Prepared, add_fd, device_id
+from vmid.plan.model import Access, ImageOverlay, LaunchPlan, Prepared, add_fd, device_id
 from vmid.runtime import agent, probes
 from vmid.runtime.logs import VmLogs
 from vmid.runtime.network import Network
@@ -476,7 +476,8 @@ class Instance:
         files: dict[int, int] = {}
         taps: dict[str, int] = {}
         try:
-            files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
+            if any(f.access is not Access.LOG for f in plan.files):  # logs are pipes: no hop
+                files = await trio.to_thread.run_sync(beneath.open_files, plan.files)
             taps = self._network.open_taps(plan)
             self._argv = list(plan.argv_for(listener.fileno(), taps, {**files, **pipes}))
             process = await trio.lowlevel.open_process(

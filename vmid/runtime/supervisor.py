@@ -727,8 +727,8 @@ class Supervisor:
 
         A QEMU taken over keeps the uid it runs as: its record, or none for a QEMU an older
         vmid started (the status then shows the uid it really runs as). `running`: the process
-        table, read after the VMI asked (shared with the VMIs starting meanwhile: under the
-        lock, each would read /proc in turn); a uid given meanwhile is in its VMI's record.
+        table's kept snapshot (runtime/proctable.py: no process vmid ran has ended since it was
+        read); a uid given since is in its VMI's record.
 
         Raises:
             IdentityError: no uid of `qemuUids` is left.
