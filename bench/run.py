@@ -53,23 +53,41 @@ from vmid.plan.model import ImageOverlay
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "example/bench:1"
 GUEST_IMAGE = "kubevirt/fedora-cloud-container-disk-demo:latest"
+#: The seed example's shape (conf/instances/testvmi.yaml: a containerDisk, an emptyDisk,
+#: cloud-init), in block style as it is written.
 SEED_SHAPE = """apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
-metadata: {{name: {name}}}
+metadata:
+  name: {name}
 spec:
   terminationGracePeriodSeconds: {grace}
   domain:
-    memory: {{guest: {memory}}}
+    memory:
+      guest: {memory}
     devices:
       autoattachPodInterface: false
       disks:
-      - {{name: root, disk: {{bus: virtio}}}}
-      - {{name: scratch, disk: {{bus: virtio}}}}
-      - {{name: ci, disk: {{bus: virtio}}}}
+      - name: root
+        disk:
+          bus: virtio
+      - name: scratch
+        disk:
+          bus: virtio
+      - name: ci
+        disk:
+          bus: virtio
   volumes:
-  - {{name: root, containerDisk: {{image: {image}}}}}
-  - {{name: scratch, emptyDisk: {{capacity: 1Gi}}}}
-  - {{name: ci, cloudInitNoCloud: {{userData: "#cloud-config\\nhostname: {name}"}}}}
+  - name: root
+    containerDisk:
+      image: {image}
+  - name: scratch
+    emptyDisk:
+      capacity: 1Gi
+  - name: ci
+    cloudInitNoCloud:
+      userData: |-
+        #cloud-config
+        hostname: {name}
 """
 IGNORING = """apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance

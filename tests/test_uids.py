@@ -352,3 +352,21 @@ def test_a_root_no_qemu_uid_can_reach_is_refused_at_start(tmp_path: Path) -> Non
     assert done.returncode != 0
     assert f"{closed} (mode 0700) is closed to others" in done.stderr
     assert f"chmod o+x {closed}" in done.stderr
+
+
+def test_a_launch_makes_qemus_working_directory_anew(tmp_path: Path) -> None:
+    # What a uid that had this number before a power loss (its record lost with it: records
+    # reach the disk only before the guest runs) may have left in the VMI's QEMU directory, on
+    # a root whose run/ is not a tmpfs: nothing of it is the new QEMU's.
+    qemu_dir = tmp_path / "run/vmid/namespaces/default/vm-a/qemu"
+    qemu_dir.mkdir(parents=True)
+    (qemu_dir / "planted").write_text("left by another uid")
+    os.symlink("/etc/shadow", qemu_dir / "qmp.sock")
+    os.chown(qemu_dir, FIRST + COUNT - 700, FIRST + COUNT - 700)
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.wait_phase("vm-a", "Running")
+        uid = uid_of(daemon, "vm-a")
+        assert os.stat(qemu_dir).st_uid == uid
+        assert "planted" not in os.listdir(qemu_dir)
+        assert not (qemu_dir / "qmp.sock").is_symlink()

@@ -128,7 +128,7 @@ def allocate(
     (runtime/proctable.py); None: read them now.
     `records`: the records of `state`'s namespaces directory, kept; None: read them now.
     `durable`: the new record is synced before this returns; False: the caller syncs it
-    (`sync_records`) before it gives anything to the uid.
+    (`sync_records`) before the VMI's guest runs.
 
     Raises:
         IdentityError: every uid of the range is taken.
@@ -155,9 +155,10 @@ def allocate(
 def recorded(state: Path) -> int | None:
     """The uid recorded for the VMI whose state directory is `state`, if any.
 
-    A record that is not a number was cut short by a crash before it was synced, so before
-    anything was given to that uid: it counts as none, and is replaced (as is root's 0, which
-    vmid never records).
+    A record that is not a number was cut short by a crash before it was synced, so before its
+    VMI's guest ran (nothing that outlives a crash was given to that uid before: its working
+    directory is made anew at each launch): it counts as none, and is replaced (as is root's 0,
+    which vmid never records).
     """
     record = state / UID_RECORD
     try:
@@ -280,7 +281,7 @@ def check_unambiguous(user: QemuUser) -> None:
 
 
 def _record(state: Path, uid: int, durable: bool) -> None:
-    """Write the record (durably: file, then its directory) before the uid is used anywhere."""
+    """Write the record (durably: file, then its directory) before the uid is used."""
     state.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(state / UID_RECORD, flags, 0o600)
@@ -294,8 +295,8 @@ def _record(state: Path, uid: int, durable: bool) -> None:
 
 def sync_records(state: Path) -> None:
     """Make a VMI's records (its uid, its firmware UUID) reach the disk: written not durable
-    by `allocate` and `firmwareid.kept`, they are synced together before the uid is given
-    anything (its launch's directory) and before a guest sees the UUID."""
+    by `allocate` and `firmwareid.kept`, they are synced together, beside the launch, before
+    its guest runs (and sees the UUID)."""
     safefile.sync_files(state, (UID_RECORD, FIRMWARE_UUID_FILE))
 
 

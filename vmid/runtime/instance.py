@@ -12,10 +12,11 @@ import enum
 import itertools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ class Instance:
         `user` was allocated from; None: one of its own).
         `machines`: systemd-machined, which gives QEMU a scope of its own (None: no systemd).
         `records`: its state directory, whose records (uid, firmware UUID) the launch syncs
-        before it gives the uid anything (None: they are synced already).
+        before its guest runs (None: they are synced already).
         """
         self.plan = plan
         self.status = status
@@ -222,6 +223,7 @@ class Instance:
         if self._adopt is not None:
             await self._readopt(self._adopt)
             return
+        synced = self._sync_records()
         await self._check_alone()
         self.status.write()
         await self._prepare()
@@ -248,7 +250,36 @@ class Instance:
                 f"QEMU did not answer on its control monitor within {MONITOR_CONNECT_TIMEOUT:g} s"
             )
         await self._network.serving(plan.name, plan)  # before its guest asks for an address
+        await synced()  # its uid's record and its firmware UUID on disk before its guest runs
         await self._boot()
+
+    def _sync_records(self) -> Callable[[], Awaitable[None]]:
+        """Begin syncing the VMI's records (uid, firmware UUID) in a worker thread, beside the
+        launch (an fsync can take milliseconds); the returned join raises LaunchError if it
+        failed. Nothing persistent is the uid's before its guest runs (its working directory
+        is made anew at each launch), so the sync need only be done by then."""
+        done = trio.Event()
+        failed: list[OSError] = []
+
+        async def sync(records: Path) -> None:
+            try:
+                await trio.to_thread.run_sync(identity.sync_records, records)
+            except OSError as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        async def join() -> None:
+            await done.wait()
+            if failed:
+                raise LaunchError(f"cannot save its uid and UUID: {failed[0]}") from failed[0]
+
+        if self._records is None:
+            done.set()
+        else:
+            assert self._log_nursery is not None
+            self._log_nursery.start_soon(sync, self._records)
+        return join
 
     async def _check_alone(self) -> None:
         """Never two QEMUs on one VM's disks: refuse to launch while a process of this VMI runs
@@ -453,11 +484,8 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self) -> None:
-        """Its records reach the disk; then the VM's own uid gets its working directory and
-        passes through vmid's directories to it (its disks, images, ISOs and EFI files it gets
-        by fd, its logs are pipes)."""
-        if self._records is not None:
-            identity.sync_records(self._records)
+        """The VM's own uid gets its working directory and passes through vmid's directories to
+        it; its disks, images, ISOs and EFI files it gets by fd, its logs are pipes."""
         user = self._user
         if user is None:  # QEMU runs as root (qemuAsRoot)
             return
@@ -872,11 +900,15 @@ def _close(fds: Iterable[int]) -> None:
 
 
 def _listen(plan: LaunchPlan) -> socket.socket:
-    """Make the VM's directories, then listen on its control socket.
+    """Make the VM's directories (its working directory anew: whatever an earlier QEMU, or a
+    uid that had its number before a power loss, left there is gone), then listen on its
+    control socket.
 
     QEMU inherits the listening socket; vmid connects to it as a client.
     """
-    Path(plan.cwd).mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(plan.cwd)  # never follows a symlink out (fd-based)
+    Path(plan.cwd).mkdir(parents=True)
     Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
     return unixsock.listen(Path(plan.sockets.control))  # in root's directory, above QEMU's
 
