@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scalarbool import ScalarBoolean
 
 from vmid.api import defaults, names, validate
 from vmid.api import vm as vms
@@ -80,9 +81,10 @@ class Locator:
         node = self.root
         where = _start(node)
         for step in path:
-            if isinstance(node, CommentedMap) and step in node:
+            holder = _holder(node, step, 0) if isinstance(node, CommentedMap) else None
+            if holder is not None:
                 child = node[step]
-                key_pos, value_pos = node.lc.key(step), node.lc.value(step)
+                key_pos, value_pos = holder.lc.key(step), holder.lc.value(step)
                 where = key_pos if isinstance(child, CommentedMap | CommentedSeq) else value_pos
             elif isinstance(node, CommentedSeq) and isinstance(step, int) and step < len(node):
                 child = node[step]
@@ -91,6 +93,18 @@ class Locator:
                 break
             node = child
         return where
+
+
+def _holder(node: CommentedMap, key: Any, depth: int) -> CommentedMap | None:
+    """The mapping where `key` of `node` is written: `node`, or one merged into it (`<<: *a`),
+    whose keys have no position in `node`."""
+    if key in (node.lc.data or {}):
+        return node
+    for merged in getattr(node, "merge", ()) if depth < MAX_DEPTH else ():
+        holder = _holder(merged, key, depth + 1) if isinstance(merged, CommentedMap) else None
+        if holder is not None:
+            return holder
+    return None
 
 
 def _start(node: Any) -> tuple[int, int]:
@@ -310,7 +324,10 @@ def _plain(file: str, root: Any) -> Any:
 
 
 def _scalar(value: Any) -> Any:
-    # ruamel's round-trip scalars are subclasses that remember formatting; drop that.
+    # ruamel's round-trip scalars are subclasses that remember formatting; drop that. An anchored
+    # boolean (`&on true`) is a ScalarBoolean, a subclass of int: it stays a boolean.
+    if isinstance(value, ScalarBoolean):
+        return bool(value)
     for plain in (bool, int, float, str):
         if isinstance(value, plain):
             return plain(value)
