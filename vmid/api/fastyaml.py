@@ -31,6 +31,10 @@ _SCANNED_OTHERWISE = re.compile(
     r"|^\.\.\.",
     re.MULTILINE,
 )
+#: libyaml refuses a colon inside a plain scalar in braces or brackets (`{image: cirros:1}`),
+#: which YAML 1.2 allows: no use trying, unless a block scalar may hold that as text.
+_COLON_IN_FLOW = re.compile(r"""[\[{](?:[^\n'"#:\[{]|:(?=[\s,\]}]))*:(?=[^\s,\[\]{}'"])""")
+_BLOCK_SCALAR = re.compile(r"[|>][-+0-9]* *(?:#[^\r\n]*)?\r?$", re.MULTILINE)
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -93,6 +97,8 @@ def _unusual(text: str) -> bool:
         return True
     nesting = text.count("[") + text.count("{") + max(map(len, _LEADING.findall(text)))
     if nesting > MAX_NESTING:
+        return True
+    if _COLON_IN_FLOW.search(text) and not _BLOCK_SCALAR.search(text):
         return True
     # Tags need a "!", directives a "%", merge keys "<<": cheap to rule out, otherwise a look at
     # the events (a "#!/bin/sh" in cloud-init data is common).
