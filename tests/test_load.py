@@ -264,6 +264,32 @@ def test_deep_nesting_is_a_problem(text: str) -> None:
     assert "nested" in problem.message
 
 
+def test_a_problem_in_a_merged_mapping_is_located_where_it_is_written() -> None:
+    # The locator once raised KeyError: keys merged in with `<<` have no position of their own.
+    text = HEAD + (
+        "metadata:\n  name: x\nspec:\n  domain:\n    devices:\n      disks:\n"
+        "      - &disk\n        name: root\n        disk: {bus: nonsense}\n"
+        "      - <<: *disk\n        name: data\n"
+        "  volumes:\n  - {name: root, containerDisk: {image: cirros}}\n"
+        "  - {name: data, emptyDisk: {capacity: 1Gi}}\n"
+    )
+    manifests, problems = load(text)
+    assert manifests == []
+    assert [(p.field, p.line, p.column) for p in problems] == [
+        ("spec.domain.devices.disks[0].disk.bus", *position_of(text, "nonsense")),
+        ("spec.domain.devices.disks[1].disk.bus", *position_of(text, "nonsense")),
+    ]
+
+
+def test_an_anchored_boolean_is_a_boolean() -> None:
+    # ruamel's round-trip loader keeps `&b false` as an int subclass: it was once 0, refused.
+    data = manifest()
+    text = dump(data).replace("devices:\n", "devices:\n      autoattachPodInterface: &b false\n")
+    (loaded,), problems = load(text)
+    assert problems == []
+    assert loaded.vmi.spec.domain.devices.autoattachPodInterface is False
+
+
 # --- YAML mistakes people make
 
 

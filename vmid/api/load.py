@@ -6,6 +6,7 @@ validation (the admitters). Whatever bytes it is given, it answers with problems
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scalarbool import ScalarBoolean
 
-from vmid.api import defaults, names, validate
+from vmid.api import defaults, fastyaml, names, validate
 from vmid.api import vm as vms
 from vmid.api.findings import FieldPath, Finding, quote, render_path
 from vmid.api.structure import structure
@@ -51,7 +53,8 @@ class Manifest:
     file: str
     #: The VMI: the document's, or (a VirtualMachine) the one its template makes.
     vmi: VirtualMachineInstance
-    locator: Locator
+    #: Not compared: a manifest is the same whichever of the two parses located it.
+    locator: Locator = attrs.field(eq=False)
     vm: vms.VirtualMachine | None = None
 
     @property
@@ -70,19 +73,25 @@ class Locator:
     """Maps field paths of one document to 1-based line and column in its file."""
 
     file: str
+    #: The document's round-trip tree; None: no positions (every problem at 1:1).
     root: Any
+    #: Or, from the fast path, the file it parses the trees from when first asked, and which of
+    #: its documents this one is.
+    source: Source | None = None
+    index: int = 0
 
     def problem(self, finding: Finding) -> Problem:
         line, column = self._position(finding.path)
         return Problem(self.file, line + 1, column + 1, render_path(finding.path), finding.message)
 
     def _position(self, path: FieldPath) -> tuple[int, int]:
-        node = self.root
+        node = self._tree()
         where = _start(node)
         for step in path:
-            if isinstance(node, CommentedMap) and step in node:
+            holder = _holder(node, step, 0) if isinstance(node, CommentedMap) else None
+            if holder is not None:
                 child = node[step]
-                key_pos, value_pos = node.lc.key(step), node.lc.value(step)
+                key_pos, value_pos = holder.lc.key(step), holder.lc.value(step)
                 where = key_pos if isinstance(child, CommentedMap | CommentedSeq) else value_pos
             elif isinstance(node, CommentedSeq) and isinstance(step, int) and step < len(node):
                 child = node[step]
@@ -91,6 +100,40 @@ class Locator:
                 break
             node = child
         return where
+
+    def _tree(self) -> Any:
+        if self.source is None:
+            return self.root
+        trees = self.source.trees
+        return trees[self.index] if self.index < len(trees) else None
+
+
+@attrs.frozen
+class Source:
+    """A file the fast path read: parsed into round-trip trees (which remember positions) only
+    when a position is first asked for, as a finding of the planner needs."""
+
+    file: str
+    data: bytes
+
+    @functools.cached_property
+    def trees(self) -> tuple[Any, ...]:
+        try:
+            return tuple(_parse(self.file, self.data))
+        except ManifestError:  # the C parser read it; were ruamel to refuse it, 1:1 it is
+            return ()
+
+
+def _holder(node: CommentedMap, key: Any, depth: int) -> CommentedMap | None:
+    """The mapping where `key` of `node` is written: `node`, or one merged into it (`<<: *a`),
+    whose keys have no position in `node`."""
+    if key in (node.lc.data or {}):
+        return node
+    for merged in getattr(node, "merge", ()) if depth < MAX_DEPTH else ():
+        holder = _holder(merged, key, depth + 1) if isinstance(merged, CommentedMap) else None
+        if holder is not None:
+            return holder
+    return None
 
 
 def _start(node: Any) -> tuple[int, int]:
@@ -122,6 +165,35 @@ def load_documents(file: str, data: bytes) -> list[Document]:
     Returns:
         One entry per document; a file that is not YAML at all gives one nameless entry.
     """
+    fast = _fast_documents(file, data)
+    return fast if fast is not None else _located_documents(file, data)
+
+
+def _fast_documents(file: str, data: bytes) -> list[Document] | None:
+    """Every document through ruamel's C parser, if all are valid; else None: the round-trip
+    path then finds the problems and where they are."""
+    if len(data) > MAX_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    plains = fastyaml.load(text, MAX_NODES, MAX_DEPTH)
+    if plains is None:
+        return None
+    source = Source(file, data)
+    documents = []
+    for index, plain in enumerate(plains):
+        vm, vmi, findings = load_any(plain)
+        if findings or vmi is None:
+            return None
+        manifest = Manifest(file, vmi, Locator(file, None, source, index), vm)
+        documents.append(Document(_claimed_key(plain), manifest, (), _document_kind(plain)))
+    return documents
+
+
+def _located_documents(file: str, data: bytes) -> list[Document]:
+    """Every document through the round-trip loader: problems come located at FILE:LINE:COL."""
     documents: list[Document] = []
     try:
         for node in _parse(file, data):
@@ -130,8 +202,9 @@ def load_documents(file: str, data: bytes) -> list[Document]:
             vm, vmi, findings = load_any(plain)
             problems = tuple(sorted((locator.problem(f) for f in findings), key=_position_key))
             manifest = Manifest(file, vmi, locator, vm) if vmi is not None else None
-            kind = vms.VM_KIND if _kind(plain) == vms.VM_KIND else KIND
-            documents.append(Document(_claimed_key(plain), manifest, problems, kind))
+            documents.append(
+                Document(_claimed_key(plain), manifest, problems, _document_kind(plain))
+            )
     except ManifestError as exc:
         documents.append(Document(None, None, exc.problems))
     return documents
@@ -234,6 +307,10 @@ def _kind(data: object) -> object:
     return data.get("kind") if isinstance(data, dict) else None
 
 
+def _document_kind(data: object) -> str:
+    return vms.VM_KIND if _kind(data) == vms.VM_KIND else KIND
+
+
 def load_any(
     data: object,
 ) -> tuple[vms.VirtualMachine | None, VirtualMachineInstance | None, list[Finding]]:
@@ -310,7 +387,10 @@ def _plain(file: str, root: Any) -> Any:
 
 
 def _scalar(value: Any) -> Any:
-    # ruamel's round-trip scalars are subclasses that remember formatting; drop that.
+    # ruamel's round-trip scalars are subclasses that remember formatting; drop that. An anchored
+    # boolean (`&on true`) is a ScalarBoolean, a subclass of int: it stays a boolean.
+    if isinstance(value, ScalarBoolean):
+        return bool(value)
     for plain in (bool, int, float, str):
         if isinstance(value, plain):
             return plain(value)
