@@ -301,6 +301,9 @@ def test_a_multus_network_puts_the_tap_on_the_mapped_host_bridge(tmp_path: Path)
         assert "ipAddress" not in nic  # the LAN's own DHCP gives it, not vmid
         assert links(daemon)[nic["podInterfaceName"]]["master"] == "brlan"
         assert "vmid0" not in links(daemon)  # no pod network was needed
+        # Its tap may send from its own MAC only, pod network or not.
+        guard = inside(daemon, "nft", "list", "chain", "bridge", "vmid", nic["podInterfaceName"])
+        assert f"ether saddr != {nic['mac']} drop" in guard
         assert "bridge nowhere, which does not exist on this host" in daemon.reason("gone")
         assert "multusBridges" in daemon.reason("gone")
         (daemon.spool / "lan.yaml").unlink()

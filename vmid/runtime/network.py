@@ -71,7 +71,9 @@ class Network:
         #: What is wrong with dnsmasq now, as reported; None while it serves.
         self._dhcp_problem: str | None = None
         self._on_dhcp: Callable[[Set[str], str | None], None] = lambda names, problem: None
-        self._applied: str | None = None
+        #: The active attachments vmid's tables were last rendered from (none: no tables, as
+        #: `collect` leaves them); None: not known, after nft failed.
+        self._applied: tuple[ipam.Attachment, ...] | None = ()
         self._pod_ready = False
         #: The syncs `attach` left running, by VMI, for `serving` to wait for.
         self._pending: dict[str, _Pending] = {}
@@ -321,8 +323,9 @@ class Network:
         if not (self._pod_ready or self._conf_file.exists()):
             return
         await trio.to_thread.run_sync(dnsmasq.kill_stale, self._pid_file)
-        self._applied = nftables.ruleset(self._bridge, self._pool, ())
-        await nftables.apply(self._applied)
+        self._applied = None
+        await nftables.apply(nftables.ruleset(self._bridge, self._pool, ()))
+        self._applied = ()
         await trio.to_thread.run_sync(links.delete_link, self._bridge)
         self._conf_file.unlink(missing_ok=True)
         self._pod_ready = False
@@ -355,10 +358,29 @@ class Network:
             if await trio.to_thread.run_sync(dnsmasq.write_conf, self._conf_file, leases):
                 self._leases_written += 1
                 await self._restart_dhcp(wait)
-        script = nftables.ruleset(self._bridge, self._pool, self._registry)
-        if script != self._applied and (self._pod_ready or self._applied is not None):
-            await nftables.apply(script)
-            self._applied = script
+        await self._sync_rules()
+
+    async def _sync_rules(self) -> None:
+        """Bring vmid's nftables tables in line with the registry: only what changed, in one
+        small transaction (a full replace took 6 ms of CPU with one VM, 56 ms with 200), while
+        the tables keep their shape; as a whole otherwise, and after a refused change (the
+        tables may not be what vmid thinks they are)."""
+        running = nftables.active(self._registry)
+        if running == self._applied:
+            return
+        if self._applied is not None:
+            script = nftables.changes(self._bridge, self._applied, running)
+            if script is not None:
+                try:
+                    await nftables.apply(script)
+                except NetworkError as exc:
+                    log.warning("%s; replacing vmid's nftables tables as a whole", exc)
+                else:
+                    self._applied = running
+                    return
+        self._applied = None  # unknown until the replace succeeds
+        await nftables.apply(nftables.ruleset(self._bridge, self._pool, running))
+        self._applied = running
 
     async def _restart_dhcp(self, wait: bool) -> None:
         """Restart dnsmasq (or end its pause) to read its new leases; `wait` until it serves.
