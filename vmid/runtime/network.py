@@ -160,8 +160,8 @@ class Network:
                         f"{tap.bridge}, which does not exist on this host; create it, or map the "
                         "network's name to a bridge in multusBridges in vmid.yaml"
                     )
-            if not adopted:  # a re-adopted VM's forwards exist already: it keeps them
-                forwards = [(tap.interface, port) for tap in plan.taps for port in tap.ports]
+            forwards = [(tap.interface, port) for tap in plan.taps for port in tap.ports]
+            if forwards and not adopted:  # a re-adopted VM's forwards exist: it keeps them
                 await trio.to_thread.run_sync(listeners.check_free, forwards)
             reuse = await self._reusable_taps(name, plan, adopted)
             self._registry.assign(name, plan.taps, self._bridge, self._pool)
