@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import uuid
@@ -108,14 +110,19 @@ def test_a_pod_interface_gets_an_address_a_tap_on_vmid0_and_a_forward(daemon: Da
     assert "10.0.2.1/24" in inside(daemon, "ip", "-br", "addr", "show", "vmid0")
     rules = inside(daemon, "nft", "list", "table", "inet", "vmid")
     assert "tcp . 8080 : 10.0.2.2 . 8080" in rules  # the map of forwards
-    leases = (daemon.root / "run/vmid/network/dnsmasq-vmid0.conf").read_text()
-    assert leases == f"dhcp-host={nic['mac']},10.0.2.2\n"
+    lease = lease_dir(daemon) / f"{nic['mac'].replace(':', '-')}-10.0.2.2"
+    assert lease.read_text() == f"{nic['mac']},10.0.2.2\n"
     assert "web" in daemon.vmid("get").stdout.split("10.0.2.2")[0]
 
     (daemon.spool / "web.yaml").unlink()
     daemon.wait_phase("web", None)
     assert_nothing_left(daemon)
-    assert (daemon.root / "run/vmid/network/dnsmasq-vmid0.conf").read_text() == ""
+    assert list(lease_dir(daemon).iterdir()) == []
+
+
+def lease_dir(daemon: Daemon) -> Path:
+    """dnsmasq's directory of lease files."""
+    return daemon.root / "run/vmid/network/dnsmasq-vmid0.d"
 
 
 def test_a_port_forwarded_to_one_vmi_fails_the_next_and_spares_the_first(daemon: Daemon) -> None:
@@ -301,6 +308,9 @@ def test_a_multus_network_puts_the_tap_on_the_mapped_host_bridge(tmp_path: Path)
         assert "ipAddress" not in nic  # the LAN's own DHCP gives it, not vmid
         assert links(daemon)[nic["podInterfaceName"]]["master"] == "brlan"
         assert "vmid0" not in links(daemon)  # no pod network was needed
+        # Its tap may send from its own MAC only, pod network or not.
+        guard = inside(daemon, "nft", "list", "chain", "bridge", "vmid", nic["podInterfaceName"])
+        assert f"ether saddr != {nic['mac']} drop" in guard
         assert "bridge nowhere, which does not exist on this host" in daemon.reason("gone")
         assert "multusBridges" in daemon.reason("gone")
         (daemon.spool / "lan.yaml").unlink()
@@ -465,6 +475,7 @@ def test_dnsmasq_gives_each_vmi_its_address_and_a_freed_one_to_the_next(tmp_path
         daemon.wait_phase("a", "Running")
         first = interface(daemon, "a")
         assert dhcp_lease(daemon, first["mac"]) == first["ipAddress"] == "10.0.2.2"
+        serving = dnsmasq_pid(daemon)
         daemon.drop("b.yaml", vmi("b"))
         daemon.wait_phase("b", "Running")
         assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
@@ -474,7 +485,8 @@ def test_dnsmasq_gives_each_vmi_its_address_and_a_freed_one_to_the_next(tmp_path
             daemon.drop(f"{name}.yaml", vmi(name))
             daemon.wait_phase(name, "Running")
         assert interface(daemon, "e")["ipAddress"] == "10.0.2.6"
-        # The pool wraps: a's old address, which dnsmasq still remembers leasing to a.
+        # The pool wraps: a's old address, which dnsmasq remembered leasing to a until vmid
+        # released it (the same dnsmasq serves all along: no restart forgot it).
         daemon.drop("f.yaml", vmi("f"))
         daemon.wait_phase("f", "Running")
         last = interface(daemon, "f")
@@ -482,6 +494,8 @@ def test_dnsmasq_gives_each_vmi_its_address_and_a_freed_one_to_the_next(tmp_path
         assert last["mac"] != first["mac"]
         assert dhcp_lease(daemon, last["mac"]) == "10.0.2.2"
         assert dhcp_lease(daemon, interface(daemon, "b")["mac"]) == "10.0.2.3"
+        assert dnsmasq_pid(daemon) == serving
+        assert "dnsmasq on vmid0:" not in daemon.log_text()  # no problem reported
 
 
 def dnsmasq_pid(daemon: Daemon) -> int:
@@ -506,6 +520,27 @@ def dhcp_events(daemon: Daemon, name: str) -> list[str]:
     ]
 
 
+def test_new_leases_reach_dnsmasq_without_a_restart_in_files_only_its_group_reads(
+    daemon: Daemon,
+) -> None:
+    daemon.drop("a.yaml", vmi("a"))
+    daemon.wait_phase("a", "Running")
+    serving = dnsmasq_pid(daemon)
+    daemon.drop("b.yaml", vmi("b"))
+    daemon.wait_phase("b", "Running")
+    nic = interface(daemon, "b")
+    assert dhcp_lease(daemon, nic["mac"]) == nic["ipAddress"]
+    assert dnsmasq_pid(daemon) == serving  # it read b's lease as it runs
+    nobody = pwd.getpwnam("nobody")
+    hosts = lease_dir(daemon).stat()
+    assert (hosts.st_uid, hosts.st_gid, stat.S_IMODE(hosts.st_mode)) == (0, nobody.pw_gid, 0o2750)
+    lease = (lease_dir(daemon) / f"{nic['mac'].replace(':', '-')}-{nic['ipAddress']}").stat()
+    assert (lease.st_uid, lease.st_gid, stat.S_IMODE(lease.st_mode)) == (0, nobody.pw_gid, 0o640)
+    network = (daemon.root / "run/vmid/network").stat()
+    assert stat.S_IMODE(network.st_mode) == 0o711  # searchable, listed by root only
+    assert "dnsmasq on vmid0:" not in daemon.log_text()  # it could read them
+
+
 def test_a_root_closed_to_others_still_gives_guests_their_dhcp_leases(tmp_path: Path) -> None:
     # A --root made by `mktemp -d` (0700): dnsmasq, once it has dropped to nobody, cannot reach
     # anything under it, and must not need to. (QEMU's own uid could not reach it either.)
@@ -521,6 +556,9 @@ def test_a_root_closed_to_others_still_gives_guests_their_dhcp_leases(tmp_path: 
         assert "dnsmasq on vmid0:" not in daemon.log_text()  # no problem reported
         conf = root / "run/vmid/network/dnsmasq-vmid0.conf"
         assert conf.stat().st_mode & 0o777 == 0o600  # dnsmasq's user cannot read it at all
+        assert f"dhcp-host={nic['mac']},{nic['ipAddress']}" in conf.read_text()
+        assert not lease_dir(daemon).exists()  # no lease file its user could not reach
+        assert stat.S_IMODE((root / "run/vmid/network").stat().st_mode) == 0o700
 
 
 def test_a_killed_dnsmasq_is_reported_restarted_and_serves_again(daemon: Daemon) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from ipaddress import IPv4Network
 from pathlib import Path
 
+import attrs
 import pytest
 
 from vmid.host import dnsmasq, nftables
@@ -76,10 +79,11 @@ def chain(script: str, name: str) -> list[str]:
 
 def test_each_tap_may_send_only_from_its_own_mac_and_address() -> None:
     script = nftables.ruleset("vmid0", POOL, [WEB, DNS, LAN]).split("table bridge vmid {\n")[1]
-    assert chain(script, "prerouting")[-1] == (
-        'iifname vmap { "vmid-dns" : jump vmid-dns, "vmid-lan" : jump vmid-lan, '
+    assert chain(script, "prerouting")[-1] == "iifname vmap @taps"
+    assert (
+        'elements = { "vmid-dns" : jump vmid-dns, "vmid-lan" : jump vmid-lan, '
         '"vmid-web" : jump vmid-web }'
-    )
+    ) in script
     web = chain(script, "vmid-web")
     assert web[0] == "ether saddr != 02:00:00:00:00:0b drop"
     assert "arp saddr ether != 02:00:00:00:00:0b drop" in web
@@ -121,6 +125,186 @@ def test_the_kernel_accepts_the_table_twice_over_in_a_private_namespace() -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""  # the empty script removed the table it had replaced
+
+
+def test_a_vmi_added_or_removed_changes_only_its_own_chain_and_elements() -> None:
+    added = nftables.changes("vmid0", (WEB,), nftables.active([WEB, DNS]))
+    assert added is not None
+    assert "delete" not in added  # the first VMI's rules stay
+    assert "vmid-web" not in added
+    lines = added.splitlines()
+    assert lines[0] == "create chain bridge vmid vmid-dns"  # fails if one was left over
+    assert lines[-2:] == [
+        'add element bridge vmid taps { "vmid-dns" : jump vmid-dns }',  # after its guard
+        "add element inet vmid forwards { udp . 53 : 10.0.2.3 . 53 }",
+    ]
+    assert [line.split(" vmid-dns ", 1)[1] for line in lines[1:-2]] == nftables._guard(DNS)
+    assert nftables.changes("vmid0", nftables.active([WEB, DNS]), (WEB,)) == (
+        "delete element inet vmid forwards { udp . 53 }\n"
+        'delete element bridge vmid taps { "vmid-dns" }\n'
+        "delete chain bridge vmid vmid-dns\n"
+    )
+    # A first or last VMI, or a bridge gained or lost, changes the tables' shape.
+    assert nftables.changes("vmid0", (), (WEB,)) is None
+    assert nftables.changes("vmid0", (WEB,), ()) is None
+    assert nftables.changes("vmid0", (WEB,), nftables.active([WEB, LAN])) is None
+
+
+needs_nft = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nft"
+)
+
+#: In a private network namespace: apply each script in argv[1] (a JSON list) with `nft -f`,
+#: print `nft -j list ruleset` after each, as a JSON list.
+APPLY = """
+import json, subprocess, sys
+listings = []
+for script in json.loads(sys.argv[1]):
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+    done = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True)
+    listings.append(json.loads(done.stdout)["nftables"])
+print(json.dumps(listings))
+"""
+
+
+def listed(scripts: list[str]) -> list[set[str]]:
+    """What the kernel holds after each script, applied in order in a private namespace: its
+    tables, chains, maps (their elements in any order) and rules, without handles."""
+    done = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-c", APPLY, json.dumps(scripts)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+    found = []
+    for listing in json.loads(done.stdout):
+        items = set()
+        for entry in listing:
+            for kind, value in entry.items():
+                if kind == "metainfo":
+                    continue
+                value = {k: v for k, v in value.items() if k != "handle"}
+                if "elem" in value:
+                    value["elem"] = sorted(json.dumps(e, sort_keys=True) for e in value["elem"])
+                items.add(f"{kind} {json.dumps(value, sort_keys=True)}")
+        found.append(items)
+    return found
+
+
+MOVED = attrs.evolve(WEB, mac="02:00:00:00:00:99", ports=(Port(protocol="TCP", port=81),))
+TAKER = attachment("x", "10.0.2.9", ports=(Port(protocol="TCP", port=80),))
+
+
+@needs_nft
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ([WEB], [WEB, DNS]),  # a VMI added
+        ([WEB, DNS], [DNS]),  # one removed
+        ([WEB, DNS], [MOVED, DNS]),  # one changed (another MAC, another port)
+        ([WEB, DNS], [DNS, TAKER]),  # one gone, its port forwarded to the next
+        ([WEB, LAN], [DNS, LAN]),  # on a host bridge beside the pod network
+    ],
+)
+def test_a_change_applied_on_its_own_leaves_the_tables_a_full_replace_makes(
+    before: list[Attachment], after: list[Attachment]
+) -> None:
+    old, new = nftables.active(before), nftables.active(after)
+    change = nftables.changes("vmid0", old, new)
+    assert change is not None
+    full = nftables.ruleset("vmid0", POOL, new)
+    stepped, replaced = listed([nftables.ruleset("vmid0", POOL, old), change, full])[1:]
+    assert stepped == replaced
+
+
+#: In a private network namespace: vmid's bridge with the taps of argv[2:] (veths: the guard
+#: keys on the bridge port's name; frames written to the peer "g-NAME" enter the bridge there),
+#: an observer port, the scripts of argv[1] (JSON) applied; then the tap vmid-evil sends what
+#: tests/fakeqemu.py's spoofing guest sends, claiming argv[2]'s address, until the observer has
+#: seen the probe it may send and a second more. Prints the markers the observer saw, then
+#: `nft list ruleset`.
+SPOOF = """
+import json, socket, subprocess, sys, time
+from tests import fakeqemu
+def ip(*args):
+    subprocess.run(["ip", *args], check=True)
+ip("link", "add", "vmid0", "type", "bridge")
+for port, peer in [(d, "g-" + d) for d in sys.argv[3:]] + [("obs-b", "obs-g")]:
+    ip("link", "add", port, "type", "veth", "peer", "name", peer)
+    ip("link", "set", port, "master", "vmid0", "up")
+    ip("link", "set", peer, "up")
+ip("link", "set", "vmid0", "up")
+for script in json.loads(sys.argv[1]):
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+watch = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+watch.bind(("obs-g", 0))
+watch.settimeout(0.2)
+guest = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+guest.bind(("g-vmid-evil", 0))
+mac, victim, other = bytes.fromhex("02000000000e"), sys.argv[2], bytes.fromhex("02ee00000001")
+frames = [
+    fakeqemu.arp(mac, victim, victim, 2, b"VMID-SPOOF-ARP"),
+    fakeqemu.udp(mac, victim, b"VMID-SPOOF-IP"),
+    fakeqemu.udp(other, victim, b"VMID-SPOOF-MAC"),
+    fakeqemu.arp(mac, "0.0.0.0", victim, 1, b"VMID-PROBE-ARP"),
+]
+markers = (b"VMID-SPOOF-ARP", b"VMID-SPOOF-IP", b"VMID-SPOOF-MAC", b"VMID-PROBE-ARP")
+seen = set()
+end = time.monotonic() + 10  # new bridge ports may take a while to forward
+while time.monotonic() < end:
+    for frame in frames:
+        guest.send(frame)
+    try:
+        while True:
+            frame = watch.recv(65536)
+            seen.update(m.decode() for m in markers if m in frame)
+    except TimeoutError:
+        pass
+    if "VMID-PROBE-ARP" in seen:  # the port forwards: watch the spoofed frames a while more
+        end = min(end, time.monotonic() + 1)
+print(" ".join(sorted(seen)))
+print(subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout)
+"""
+
+
+@needs_nft
+@pytest.mark.timeout(30)
+def test_a_guest_added_on_its_own_cannot_spoof_and_one_removed_leaves_nothing() -> None:
+    evil = attachment("evil", "10.0.2.14", mac="02:00:00:00:00:0e")
+    old = nftables.active([WEB])
+    new = nftables.active([WEB, evil])
+    added, removed = nftables.changes("vmid0", old, new), nftables.changes("vmid0", new, old)
+    assert added is not None
+    assert removed is not None
+    scripts = [nftables.ruleset("vmid0", POOL, old), added]
+    done = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            "--",
+            sys.executable,
+            "-c",
+            SPOOF,
+            json.dumps(scripts),
+            WEB.ip or "",
+            "vmid-web",
+            "vmid-evil",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    seen, rules = done.stdout.split("\n", 1)
+    # Its tap works (the probe passed), and what it sent as the victim or another MAC did not.
+    assert seen.split() == ["VMID-PROBE-ARP"]
+    assert '"vmid-evil" : jump vmid-evil' in rules
+    (after,) = listed([*scripts, removed])[-1:]
+    assert not [item for item in after if "vmid-evil" in item or "10.0.2.14" in item]
+    assert after == listed([nftables.ruleset("vmid0", POOL, old)])[0]
 
 
 def test_dnsmasq_serves_dhcp_only_on_the_bridge_from_vmids_leases(tmp_path: Path) -> None:
