@@ -75,7 +75,7 @@ class Paths:
 
     @property
     def network_runtime(self) -> Path:
-        """The pod network's dnsmasq files (its hosts file, pid file)."""
+        """The pod network's dnsmasq files (its configuration, its lease files, its pid file)."""
         return self.runtime / "network"
 
     @property
