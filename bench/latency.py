@@ -69,7 +69,9 @@ def vmid_launch(daemon: Daemon, name: str, manifest: str = MANIFEST) -> tuple[fl
     staging.write_text(manifest.format(name=name))
     began = time.monotonic()
     staging.rename(spool / f"{name}.yaml")
-    while daemon.phase(name) != "Running":
+    while (phase := daemon.phase(name)) != "Running":
+        if phase == "Failed":
+            raise AssertionError(f"{name} failed: {daemon.reason(name)}")
         time.sleep(0.0005)
     launch = time.monotonic() - began
     status = daemon.status(name)

@@ -182,7 +182,9 @@ def cached_launch(bench: Bench, seed: str) -> dict[str, list[float]]:
             await store.commit(staging, CACHED, digest)
 
     trio.run(store_as_pulled)
-    cached = seed.replace(IMAGE, f"{CACHED}, imagePullPolicy: IfNotPresent")
+    pulled = f"image: {CACHED}\n      imagePullPolicy: IfNotPresent"
+    cached = seed.replace(f"image: {IMAGE}", pulled)
+    assert cached != seed
     found: dict[str, list[float]] = {"imported": [], "cached": []}
     for index in range(bench.runs):
         found["imported"].append(vmid_launch(bench.daemon, f"imported-{index}", seed)[0])
