@@ -1127,3 +1127,28 @@ def test_only_a_manifest_going_away_waits_for_its_edit_to_settle() -> None:
     assert not removal(inotify.Event(1, inotify.DELETE, "web.yaml~"))
     assert not removal(inotify.Event(1, inotify.MOVED_TO, "web.yaml"))
     assert not removal(inotify.Event(1, inotify.CLOSE_WRITE, "web.yaml"))
+
+
+def test_a_deep_tree_in_a_vmis_qemu_directory_goes_with_it_and_the_daemon_stays(
+    tmp_path: Path,
+) -> None:
+    # A guest escaped into its QEMU can nest directories in its working directory as deep as
+    # it likes: shutil.rmtree raised RecursionError out of the VMI's removal, ending the daemon.
+    with running_daemon(tmp_path, fake_config()) as daemon:
+        daemon.drop("a.yaml", manifest("vm-a"))
+        daemon.drop("b.yaml", manifest("vm-b"))
+        daemon.wait_phase("vm-a", "Running")
+        daemon.wait_phase("vm-b", "Running")
+        qemu_dir = tmp_path / "run/vmid/namespaces/default/vm-a/qemu"
+        fd = os.open(qemu_dir, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(fd)
+        (daemon.spool / "a.yaml").unlink()
+        daemon.wait_phase("vm-a", None)
+        assert not qemu_dir.exists()
+        assert daemon.process.poll() is None
+        assert daemon.phase("vm-b") == "Running"

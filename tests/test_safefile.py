@@ -102,3 +102,39 @@ def test_the_address_registry_is_durable_file_and_directory(
     ipam.Registry(path).save()
     assert synced[-1] == str(path.parent)
     assert any(p.startswith(str(path.parent / ".attachments.json.")) for p in synced)
+
+
+def _nest(top: Path, depth: int) -> None:
+    """`depth` directories, one in the next, with a file at the bottom (as a guest's QEMU can
+    make in its working directory)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    os.close(fd)
+
+
+def test_a_tree_nested_deeper_than_pythons_recursion_is_removed(tmp_path: Path) -> None:
+    top = tmp_path / "qemu"
+    top.mkdir()
+    _nest(top, 3000)
+    (top / "sock").write_text("")
+    safefile.remove_tree(top)
+    assert not top.exists()
+
+
+def test_removing_a_tree_never_follows_a_symlink_out(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept").write_text("")
+    top = tmp_path / "qemu"
+    (top / "a/b").mkdir(parents=True)
+    (top / "a/b/link").symlink_to(outside)
+    (top / "link").symlink_to(outside)
+    safefile.remove_tree(top)
+    assert not top.exists()
+    assert (outside / "kept").exists()
+    safefile.remove_tree(tmp_path / "absent")  # nothing there: nothing to do

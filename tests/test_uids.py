@@ -370,3 +370,16 @@ def test_a_launch_makes_qemus_working_directory_anew(tmp_path: Path) -> None:
         assert os.stat(qemu_dir).st_uid == uid
         assert "planted" not in os.listdir(qemu_dir)
         assert not (qemu_dir / "qmp.sock").is_symlink()
+
+
+def test_a_root_qemu_with_its_own_firmware_uuid_has_no_records_to_sync(tmp_path: Path) -> None:
+    # Found in review: no uid record (root) and no UUID file (the manifest's own), so no state
+    # directory: the records' sync before `cont` failed the launch on it.
+    uuid = "5f5e3a3e-6a7b-4d2c-9a51-0d7b6f2b9c11"
+    text = manifest("vm-a").replace(
+        "firmware: {serial: obey}", f"firmware: {{serial: obey, uuid: {uuid}}}"
+    )
+    assert uuid in text
+    with running_daemon(tmp_path, fake_config("qemuAsRoot: true\n")) as daemon:
+        daemon.drop("a.yaml", text)
+        daemon.wait_phase("vm-a", "Running")

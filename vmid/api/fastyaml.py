@@ -28,7 +28,11 @@ _SCANNED_OTHERWISE = re.compile(
     r"|[&*][0-9A-Za-z_-]+[?:%@`]"
     r"|[|>][-+0-9]*#"
     r"|[|>][-+0-9]* *(?:#[^\r\n]*)?(?:\r\n?|\n) +(?:\r\n?|\n)"
-    r"|^\.\.\.",
+    r"|^\.\.\."
+    # A quoted key or an alias, then ":" with no space after it (`["name":root]`, `[*a :b]`):
+    # libyaml takes a pair, ruamel refuses it in a sequence.
+    r"|[\"'] *:(?=[^\s,\[\]{}])"
+    r"|\*[0-9A-Za-z_-]+ +:(?=[^\s,\[\]{}])",
     re.MULTILINE,
 )
 #: libyaml refuses a colon inside a plain scalar in braces or brackets (`{image: cirros:1}`),

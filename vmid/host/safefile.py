@@ -9,6 +9,7 @@ so nothing can be swapped between the check and the read. Every file vmid replac
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -123,8 +124,67 @@ def sync_files(directory: Path, names: Iterable[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    if not directory.is_dir():
+        return  # no record was written: a VM's VMI, or one with its own UUID as root's
     for each in (directory, directory.parent):
         fsync_directory(each)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove `path` and all beneath it, never following a symlink, however deep it nests.
+
+    shutil.rmtree recurses once per level: a tree a guest's QEMU nests 1,000 deep in its
+    working directory raised RecursionError (no OSError: ignore_errors does not stop it), out of
+    a VMI's removal. Here each directory found below the top's own is first moved up beside
+    them, so none is ever more than one level down. What cannot be removed stays, as with
+    rmtree(ignore_errors=True): the caller checks what is left.
+    """
+    try:
+        top = os.open(path, _DIRECTORY_FLAGS)
+    except FileNotFoundError:
+        return
+    except OSError:  # not a directory (a symlink, a file): removed as itself
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return
+    try:
+        pending: list[str | None] = [None]  # None: the top itself
+        while pending:
+            name = pending.pop()
+            _empty_level(top, name, pending)
+            if name is not None:
+                with contextlib.suppress(OSError):
+                    os.rmdir(name, dir_fd=top)
+    finally:
+        os.close(top)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _empty_level(top: int, name: str | None, pending: list[str | None]) -> None:
+    """Unlink the files of directory `name` in `top` (None: `top`); its directories join
+    `pending`, moved up into `top` first when they are deeper."""
+    try:
+        fd = top if name is None else os.open(name, _DIRECTORY_FLAGS, dir_fd=top)
+    except OSError:
+        return
+    try:
+        for entry in list(os.scandir(fd)):
+            with contextlib.suppress(OSError):
+                if not entry.is_dir(follow_symlinks=False):
+                    os.unlink(entry.name, dir_fd=fd)
+                elif name is None:
+                    pending.append(entry.name)
+                else:
+                    moved = f".removing-{os.urandom(8).hex()}"
+                    os.rename(entry.name, moved, src_dir_fd=fd, dst_dir_fd=top)
+                    pending.append(moved)
+    finally:
+        if fd != top:
+            os.close(fd)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def fsync_directory(directory: Path) -> None:

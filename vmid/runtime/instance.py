@@ -12,7 +12,6 @@ import enum
 import itertools
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from vmid.api import imageref
 from vmid.api.vmistatus import QemuStatus, VolumeStatus, interface_data, interface_from_data
 from vmid.config import Accelerator, Logs
 from vmid.errors import LaunchError, MachineError, MonitorError, VmidError
-from vmid.host import beneath, identity, journal, storage, unixsock
+from vmid.host import beneath, identity, journal, safefile, storage, unixsock
 from vmid.host.identity import QemuUser
 from vmid.host.machines import Machines, describe, scope_of
 from vmid.plan.build import QEMU_DIR
@@ -127,8 +126,8 @@ class Instance:
         it, from the store only. `processes`: the process table kept for the launches (the one
         `user` was allocated from; None: one of its own).
         `machines`: systemd-machined, which gives QEMU a scope of its own (None: no systemd).
-        `records`: its state directory, whose records (uid, firmware UUID) the launch syncs
-        before its guest runs (None: they are synced already).
+        `records`: its state directory, whose records (uid, firmware UUID) are synced before
+        its guest runs (None: they are synced already).
         """
         self.plan = plan
         self.status = status
@@ -330,7 +329,13 @@ class Instance:
         if self.status.phase is Phase.PENDING:  # it died before it could record the launch
             self.status.transition(Phase.SCHEDULED)
         if state == "prelaunch" and self.status.phase is Phase.SCHEDULED:
-            # The earlier daemon died between launch and `cont`: the guest never ran.
+            # The earlier daemon died between launch and `cont`: the guest never ran, and its
+            # records may not have reached the disk yet.
+            if self._records is not None:
+                try:
+                    await trio.to_thread.run_sync(identity.sync_records, self._records)
+                except OSError as exc:
+                    raise LaunchError(f"cannot save its uid and UUID: {exc}") from exc
             await self._boot()
             return
         if self.status.phase is not Phase.RUNNING:
@@ -484,17 +489,22 @@ class Instance:
             self.log.error("removing its taps failed: %s", exc)
 
     def _hand_over(self) -> None:
-        """The VM's own uid gets its working directory and passes through vmid's directories to
-        it; its disks, images, ISOs and EFI files it gets by fd, its logs are pipes."""
+        """QEMU's working directory anew (whatever an earlier QEMU, or a uid that had its
+        number before a power loss, left there is gone); the VM's own uid gets it and passes
+        through vmid's directories to it (its disks, images, ISOs and EFI files it gets by fd,
+        its logs are pipes)."""
+        cwd = Path(self.plan.cwd)
+        safefile.remove_tree(cwd)
+        cwd.mkdir()
         user = self._user
         if user is None:  # QEMU runs as root (qemuAsRoot)
             return
         identity.check_unambiguous(user)
         for directory in self._traverse:
             identity.make_traversable(directory)
-        identity.make_traversable(Path(self.plan.cwd).parent)
-        Path(self.plan.cwd).chmod(0o700)
-        identity.give(user, Path(self.plan.cwd))  # its sockets; root never writes there
+        identity.make_traversable(cwd.parent)
+        cwd.chmod(0o700)
+        identity.give(user, cwd)  # its sockets; root never writes there
 
     async def _launch(self, listener: socket.socket) -> trio.Process:
         plan = self.plan
@@ -807,6 +817,10 @@ class Instance:
         """The one way a run ends, launched or not (`failure`: why it could not start): no QEMU
         left but one left running on purpose, its sockets and taps gone, its final phase and
         event recorded. Runs shielded; each step that can wait is bounded."""
+        if self._process is not None:
+            # The kept process table is read again: first, whatever fails below (a read from
+            # now on shows this QEMU while it lives, and the uid it keeps).
+            self._processes.ended()
         alive = self._process is not None and self._process.returncode is None
         if failure is not None and alive:
             assert self._process is not None
@@ -818,8 +832,6 @@ class Instance:
                 await self._monitor.aclose()
         if failure is None and self.left_running:
             return
-        if self._process is not None:  # ended (or, past the timeout, out of vmid's hands)
-            self._processes.ended()
         if self._process is not None:  # the sockets are ours only if our QEMU made them
             _remove_sockets(self.plan)
         await self._detach()
@@ -900,15 +912,11 @@ def _close(fds: Iterable[int]) -> None:
 
 
 def _listen(plan: LaunchPlan) -> socket.socket:
-    """Make the VM's directories (its working directory anew: whatever an earlier QEMU, or a
-    uid that had its number before a power loss, left there is gone), then listen on its
-    control socket.
+    """Make the VM's directories, then listen on its control socket.
 
     QEMU inherits the listening socket; vmid connects to it as a client.
     """
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(plan.cwd)  # never follows a symlink out (fd-based)
-    Path(plan.cwd).mkdir(parents=True)
+    Path(plan.cwd).mkdir(parents=True, exist_ok=True)
     Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
     return unixsock.listen(Path(plan.sockets.control))  # in root's directory, above QEMU's
 

@@ -439,8 +439,10 @@ class Network:
         running = nftables.active(self._registry)
         if running == self._applied:
             return
-        if self._applied is not None:
-            script = nftables.changes(self._bridge, self._applied, running)
+        # Unknown until a change is in: one cancelled (a cleanup's deadline) may be committed.
+        applied, self._applied = self._applied, None
+        if applied is not None:
+            script = nftables.changes(self._bridge, applied, running)
             if script is not None:
                 try:
                     await nftables.apply(script)
@@ -449,7 +451,6 @@ class Network:
                 else:
                     self._applied = running
                     return
-        self._applied = None  # unknown until the replace succeeds
         await nftables.apply(nftables.ruleset(self._bridge, self._pool, running))
         self._applied = running
 

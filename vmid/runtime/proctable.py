@@ -89,7 +89,10 @@ class ProcessTable:
             await self._stale.wait()
             self._stale = trio.Event()
             await trio.sleep(SETTLE_SECONDS)
-            await self.current()
+            try:
+                await self.current()
+            except OSError as exc:  # the next launch reads it again, and fails alone if it must
+                log.warning("cannot read the process table: %s", exc)
 
     def _read(self) -> Snapshot:
         generation = self._generation  # before the first process is looked at

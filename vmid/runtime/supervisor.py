@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from vmid.api import types as t
 from vmid.api.dump import to_data
 from vmid.config import Accelerator, Config, Paths
 from vmid.errors import Problem, RequestRefused, VmidError
-from vmid.host import firmwareid, identity, logfile, requests
+from vmid.host import firmwareid, identity, logfile, requests, safefile
 from vmid.host.machines import Machines
 from vmid.host.registry import skopeo_for
 from vmid.host.storage import ImageStore
@@ -678,9 +678,6 @@ class Supervisor:
             metadata["creationTimestamp"] = vm.status.manifest["metadata"]["creationTimestamp"]
             vm.status.manifest = {**data, "metadata": metadata}
         store, qemu_img, paths = self._store, self._config.qemuImg, self._paths
-        # The kept process table serves the uid's allocation and the launch's guard: a
-        # process of a uid no process had then can only come from vmid's own launch as it.
-        running = (await self._processes.current()).ids if self._gives_uid(vm.adopt) else None
         instance = Instance(
             plan,
             vm.status,
@@ -689,8 +686,8 @@ class Supervisor:
             self._accelerator,
             self._network,
             adopt=vm.adopt,
-            user=await self._user(name, vm.adopt, running),
-            records=None if vm.adopt is not None else self._paths.instance_state(name),
+            user=await self._user(name, vm.adopt),
+            records=self._paths.instance_state(name),
             # Its own directory's parents, up to its namespace's.
             traverse=(paths.runtime, paths.runtime_instances, Path(plan.cwd).parents[1]),
             logs=self._config.logs,
@@ -720,15 +717,12 @@ class Supervisor:
         """Whether a VMI's QEMU gets a uid of its own (at its launch, not at a take-over)."""
         return adopt is None and not self._config.qemuAsRoot
 
-    async def _user(
-        self, name: str, adopt: int | None, running: Mapping[int, Set[int]] | None
-    ) -> identity.QemuUser | None:
+    async def _user(self, name: str, adopt: int | None) -> identity.QemuUser | None:
         """The identity VMI `name`'s QEMU runs as: a uid of its own, kept while the VMI exists.
 
         A QEMU taken over keeps the uid it runs as: its record, or none for a QEMU an older
-        vmid started (the status then shows the uid it really runs as). `running`: the process
-        table's kept snapshot (runtime/proctable.py: no process vmid ran has ended since it was
-        read); a uid given since is in its VMI's record.
+        vmid started (the status then shows the uid it really runs as). A new uid is one neither
+        a record nor the kept process table (runtime/proctable.py) shows taken.
 
         Raises:
             IdentityError: no uid of `qemuUids` is left.
@@ -742,6 +736,10 @@ class Supervisor:
             return None
         uids = self._config.qemuUids
         async with self._uids:
+            # The kept process table, current under the lock (a QEMU that ended while this
+            # VMI waited may hold a uid its removed record no longer shows): a process of a
+            # uid no process had then can only come from vmid's own launch as it.
+            running = (await self._processes.current()).ids
             uid = await trio.to_thread.run_sync(
                 identity.allocate,
                 state,
@@ -775,34 +773,30 @@ def _remove_state(
     kept = {identity.UID_RECORD} | ({firmwareid.FIRMWARE_UUID_FILE} if keep_identity else set())
     _empty(state, keep=kept)
     if keep_identity:
-        shutil.rmtree(runtime, ignore_errors=True)
+        safefile.remove_tree(runtime)
         return
     logfile.mark_removed(paths.instance_logs(name))
     uid = identity.recorded(state)
     if uid is not None:
         if (_entries(runtime) - {STATUS_FILE}) | (_entries(state) - {identity.UID_RECORD}):
             log.error("%s: some of its files could not be removed: uid %d stays taken", name, uid)
-            shutil.rmtree(runtime, ignore_errors=True)
+            safefile.remove_tree(runtime)
             return
         identity.give_back(paths.instance_logs(name), uid)
     identity.release(state)
     if uid is not None:
         records.forget(uid)
-    shutil.rmtree(runtime, ignore_errors=True)
+    safefile.remove_tree(runtime)
 
 
 def _empty(directory: Path, keep: Set[str]) -> None:
     """Remove what `directory` holds but the entries named in `keep` (what cannot be removed
-    stays, and is found by whoever checks)."""
+    stays, and is found by whoever checks). Its QEMU's working directory is among them: a
+    guest's, nested as deep as it likes (`safefile.remove_tree`)."""
     with contextlib.suppress(FileNotFoundError):
         for item in directory.iterdir():
-            if item.name in keep:
-                continue
-            if item.is_dir() and not item.is_symlink():
-                shutil.rmtree(item, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    item.unlink()
+            if item.name not in keep:
+                safefile.remove_tree(item)
 
 
 def _entries(directory: Path) -> set[str]:
