@@ -331,11 +331,8 @@ class Instance:
         if state == "prelaunch" and self.status.phase is Phase.SCHEDULED:
             # The earlier daemon died between launch and `cont`: the guest never ran, and its
             # records may not have reached the disk yet.
-            if self._records is not None:
-                try:
-                    await trio.to_thread.run_sync(identity.sync_records, self._records)
-                except OSError as exc:
-                    raise LaunchError(f"cannot save its uid and UUID: {exc}") from exc
+            synced = self._sync_records()
+            await synced()
             await self._boot()
             return
         if self.status.phase is not Phase.RUNNING:
