@@ -909,13 +909,15 @@ def _close(fds: Iterable[int]) -> None:
 
 
 def _listen(plan: LaunchPlan) -> socket.socket:
-    """Make the VM's directories, then listen on its control socket.
+    """Make the VM's directories (but QEMU's own: `_hand_over` makes it anew), then listen on
+    its control socket.
 
     QEMU inherits the listening socket; vmid connects to it as a client.
     """
-    Path(plan.cwd).mkdir(parents=True, exist_ok=True)
+    control = Path(plan.sockets.control)  # in root's directory, above QEMU's
+    control.parent.mkdir(parents=True, exist_ok=True)
     Path(plan.qemuLog).parent.mkdir(parents=True, exist_ok=True)
-    return unixsock.listen(Path(plan.sockets.control))  # in root's directory, above QEMU's
+    return unixsock.listen(control)
 
 
 def _remove_sockets(plan: LaunchPlan) -> None:
